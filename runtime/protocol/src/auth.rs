@@ -1,0 +1,294 @@
+//! Signed requests, in the three formats of the chutes protocol.
+//!
+//! 1. Miner to validator: headers `X-Chutes-Hotkey`, `X-Chutes-Nonce`,
+//!    `X-Chutes-Signature` over `hotkey:nonce:X`, where `X` is the sha256 hex of the
+//!    body, or the endpoint's purpose string when it declares one.
+//! 2. Management (operator or validator to this miner): headers `X-Chutes-Miner`,
+//!    `X-Chutes-Validator`, `X-Chutes-Nonce`, `X-Chutes-Signature` over
+//!    `miner:validator:nonce:X`, signed by the `validator` key.
+//! 3. The inbound verifier ([`InboundVerifier`]) that checks format 2 on this
+//!    miner's own servers. Unlike the original it bounds nonces from the future
+//!    too, and refuses a nonce+signature pair it has already accepted.
+//!
+//! The nonce is the unix time in seconds, as decimal digits.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use sha2::{Digest, Sha256};
+
+use crate::keys::{Hotkey, KeyError, PublicKey, SignatureError};
+
+/// Header names, exactly as the validator spells them.
+pub mod headers {
+    pub const HOTKEY: &str = "X-Chutes-Hotkey";
+    pub const MINER: &str = "X-Chutes-Miner";
+    pub const VALIDATOR: &str = "X-Chutes-Validator";
+    pub const NONCE: &str = "X-Chutes-Nonce";
+    pub const SIGNATURE: &str = "X-Chutes-Signature";
+    pub const BLOCK: &str = "X-Chutes-Block";
+}
+
+/// What a signature covers besides identities and nonce.
+#[derive(Debug, Clone, Copy)]
+pub enum Payload<'a> {
+    /// The request body, signed by its sha256 hex (POST, PUT and PATCH).
+    Body(&'a [u8]),
+    /// A purpose string such as `management`, `sockets` or `graval`.
+    Purpose(&'a str),
+}
+
+impl Payload<'_> {
+    fn message_part(&self) -> String {
+        match self {
+            Payload::Body(body) => sha256_hex(body),
+            Payload::Purpose(purpose) => (*purpose).to_owned(),
+        }
+    }
+}
+
+/// Lowercase hex sha256, as Python's `hashlib.sha256(b).hexdigest()`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Unix time in whole seconds; the protocol's nonce.
+pub fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// `hotkey:nonce:(sha256(body)|purpose)`: what a miner signs for a validator.
+pub fn miner_message(hotkey: &str, nonce: u64, payload: Payload<'_>) -> String {
+    format!("{hotkey}:{nonce}:{}", payload.message_part())
+}
+
+/// `miner:validator:nonce:(sha256(body)|purpose)`: what a management caller signs.
+pub fn management_message(miner: &str, validator: &str, nonce: u64, payload: Payload<'_>) -> String {
+    format!("{miner}:{validator}:{nonce}:{}", payload.message_part())
+}
+
+/// The headers of one signed request, in the order they were built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedHeaders(Vec<(&'static str, String)>);
+
+impl SignedHeaders {
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        self.0.iter().map(|(k, v)| (*k, v.as_str()))
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v)
+    }
+
+    /// As an `http::HeaderMap`. Every value is an SS58 address, digits or hex, all
+    /// valid header characters, so nothing is dropped.
+    pub fn to_header_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in self.iter() {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                map.insert(HeaderName::from_static(lowercase(name)), v);
+            }
+        }
+        map
+    }
+}
+
+fn lowercase(name: &'static str) -> &'static str {
+    // HeaderName::from_static wants lowercase; our constants are mixed case.
+    match name {
+        headers::HOTKEY => "x-chutes-hotkey",
+        headers::MINER => "x-chutes-miner",
+        headers::VALIDATOR => "x-chutes-validator",
+        headers::NONCE => "x-chutes-nonce",
+        headers::SIGNATURE => "x-chutes-signature",
+        _ => "x-chutes-block",
+    }
+}
+
+impl Hotkey {
+    /// Signs a miner-to-validator request (format 1) with the current time as nonce.
+    pub fn sign_request(&self, payload: Payload<'_>) -> SignedHeaders {
+        self.sign_request_at(payload, now_unix())
+    }
+
+    pub fn sign_request_at(&self, payload: Payload<'_>, nonce: u64) -> SignedHeaders {
+        let signature = self.sign(miner_message(self.ss58(), nonce, payload).as_bytes());
+        SignedHeaders(vec![
+            (headers::HOTKEY, self.ss58().to_owned()),
+            (headers::NONCE, nonce.to_string()),
+            (headers::SIGNATURE, signature),
+        ])
+    }
+
+    /// Signs a management request (format 2) to the miner `miner`. The operator's
+    /// own tools pass the miner's address for both, as the original CLI did.
+    pub fn sign_management(&self, miner: &str, payload: Payload<'_>) -> SignedHeaders {
+        self.sign_management_at(miner, payload, now_unix())
+    }
+
+    pub fn sign_management_at(&self, miner: &str, payload: Payload<'_>, nonce: u64) -> SignedHeaders {
+        let message = management_message(miner, self.ss58(), nonce, payload);
+        SignedHeaders(vec![
+            (headers::MINER, miner.to_owned()),
+            (headers::VALIDATOR, self.ss58().to_owned()),
+            (headers::NONCE, nonce.to_string()),
+            (headers::SIGNATURE, self.sign(message.as_bytes())),
+        ])
+    }
+}
+
+/// Why a signed request was refused. Messages say what to fix; none echoes a secret.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing header {0}")]
+    MissingHeader(&'static str),
+    #[error("header {0} is not valid text")]
+    BadHeader(&'static str),
+    #[error("X-Chutes-Miner is {got}, but this is miner {expected}")]
+    WrongMiner { got: String, expected: String },
+    #[error("{got} is not allowed to sign requests here")]
+    UnknownSigner { got: String },
+    #[error("X-Chutes-Nonce must be unix seconds as decimal digits")]
+    BadNonce,
+    #[error("nonce is {age} s old; at most {max} s is accepted (check the caller's clock)")]
+    StaleNonce { age: u64, max: u64 },
+    #[error("nonce is {ahead} s in the future; at most {max} s is accepted (check the caller's clock)")]
+    FutureNonce { ahead: u64, max: u64 },
+    #[error("bad signature: {0}")]
+    Signature(#[from] SignatureError),
+    #[error("this nonce and signature were already used (replay)")]
+    Replayed,
+}
+
+fn header<'h>(map: &'h HeaderMap, name: &'static str) -> Result<&'h str, AuthError> {
+    map.get(name).ok_or(AuthError::MissingHeader(name))?.to_str().map_err(|_| AuthError::BadHeader(name))
+}
+
+fn check_nonce(text: &str, now: u64, max_age: u64, max_ahead: u64) -> Result<u64, AuthError> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(AuthError::BadNonce);
+    }
+    let nonce: u64 = text.parse().map_err(|_| AuthError::BadNonce)?;
+    if nonce <= now {
+        let age = now - nonce;
+        if age >= max_age {
+            return Err(AuthError::StaleNonce { age, max: max_age });
+        }
+    } else if nonce - now > max_ahead {
+        return Err(AuthError::FutureNonce { ahead: nonce - now, max: max_ahead });
+    }
+    Ok(nonce)
+}
+
+/// Verifies a miner-to-validator request (format 1), as the validator does:
+/// returns the signing hotkey. The validator allows 600 s of skew either way.
+pub fn verify_miner_request(
+    headers: &HeaderMap,
+    payload: Payload<'_>,
+    now: u64,
+    max_skew: u64,
+) -> Result<String, AuthError> {
+    let hotkey = header(headers, headers::HOTKEY)?;
+    let nonce_text = header(headers, headers::NONCE)?;
+    let signature = header(headers, headers::SIGNATURE)?;
+    let nonce = check_nonce(nonce_text, now, max_skew, max_skew)?;
+    let key =
+        PublicKey::from_ss58(hotkey).map_err(|_| AuthError::UnknownSigner { got: hotkey.to_owned() })?;
+    key.verify(miner_message(hotkey, nonce, payload).as_bytes(), signature)?;
+    Ok(hotkey.to_owned())
+}
+
+/// Checks management requests (format 2) arriving at this miner.
+///
+/// Accepts a request when the miner header is this miner, the signer is allowed,
+/// the nonce is within the window either way (the original accepted any future
+/// nonce, so a captured request stayed valid forever), the signature verifies, and
+/// the same nonce+signature was not accepted before.
+pub struct InboundVerifier {
+    miner: String,
+    signers: HashMap<String, PublicKey>,
+    max_age: u64,
+    max_ahead: u64,
+    /// Signatures accepted while their nonce is still inside the window, by nonce.
+    /// Only verified signatures enter, so a flood of forged requests cannot grow it.
+    seen: Mutex<HashMap<String, u64>>,
+}
+
+impl std::fmt::Debug for InboundVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut signers: Vec<_> = self.signers.keys().collect();
+        signers.sort();
+        f.debug_struct("InboundVerifier")
+            .field("miner", &self.miner)
+            .field("signers", &signers)
+            .field("max_age", &self.max_age)
+            .field("max_ahead", &self.max_ahead)
+            .finish()
+    }
+}
+
+/// The original miner API's window: a nonce older than 30 s is refused.
+pub const DEFAULT_WINDOW_SECS: u64 = 30;
+
+impl InboundVerifier {
+    /// `signers` are the SS58 addresses allowed to sign (the miner itself for
+    /// operator calls, the validators' hotkeys for validator calls).
+    pub fn new<'a>(miner_ss58: &str, signers: impl IntoIterator<Item = &'a str>) -> Result<Self, KeyError> {
+        PublicKey::from_ss58(miner_ss58)?;
+        let signers = signers
+            .into_iter()
+            .map(|s| PublicKey::from_ss58(s).map(|k| (s.to_owned(), k)))
+            .collect::<Result<HashMap<_, _>, _>>()?;
+        Ok(InboundVerifier {
+            miner: miner_ss58.to_owned(),
+            signers,
+            max_age: DEFAULT_WINDOW_SECS,
+            max_ahead: DEFAULT_WINDOW_SECS,
+            seen: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Changes the accepted nonce window (seconds into the past and into the future).
+    pub fn with_window(mut self, max_age: u64, max_ahead: u64) -> Self {
+        self.max_age = max_age;
+        self.max_ahead = max_ahead;
+        self
+    }
+
+    pub fn miner(&self) -> &str {
+        &self.miner
+    }
+
+    pub fn is_signer(&self, ss58: &str) -> bool {
+        self.signers.contains_key(ss58)
+    }
+
+    /// Verifies one request; returns the signer's address.
+    pub fn verify(&self, headers: &HeaderMap, payload: Payload<'_>, now: u64) -> Result<String, AuthError> {
+        let miner = header(headers, headers::MINER)?;
+        let validator = header(headers, headers::VALIDATOR)?;
+        let nonce_text = header(headers, headers::NONCE)?;
+        let signature = header(headers, headers::SIGNATURE)?;
+        if miner != self.miner {
+            return Err(AuthError::WrongMiner { got: miner.to_owned(), expected: self.miner.clone() });
+        }
+        let key = self
+            .signers
+            .get(validator)
+            .ok_or_else(|| AuthError::UnknownSigner { got: validator.to_owned() })?;
+        let nonce = check_nonce(nonce_text, now, self.max_age, self.max_ahead)?;
+        key.verify(management_message(miner, validator, nonce, payload).as_bytes(), signature)?;
+
+        let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Forget what the window refuses anyway; this bounds the map by the request rate.
+        let oldest = now.saturating_sub(self.max_age);
+        seen.retain(|_, n| *n >= oldest);
+        let id = signature.trim_start_matches("0x").to_ascii_lowercase();
+        if seen.insert(id, nonce).is_some() {
+            return Err(AuthError::Replayed);
+        }
+        Ok(validator.to_owned())
+    }
+}
