@@ -1,6 +1,8 @@
 //! The protocol crate's contract with the validator: known vectors made by other
 //! implementations, and every refusal of the inbound verifier.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use chutes_protocol::auth::{self, Payload, headers};
 use chutes_protocol::{AuthError, Hotkey, InboundVerifier, KeyError, PublicKey, SignatureError};
 

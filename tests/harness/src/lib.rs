@@ -1,0 +1,38 @@
+//! Test support that runs real services on this machine.
+//!
+//! * [`postgres`]: a throwaway PostgreSQL server (initdb into a temp dir, random port).
+//! * [`redis`]: a throwaway Redis server, restartable on the same port and data.
+//! * `lab`: lab hosts, isolated namespaced hosts with their own sshd.
+//!
+//! Every server is owned by a guard value: dropping it (also while a test panics)
+//! stops the server and removes its files. Servers are started from a process-wide
+//! spawner thread that never exits and marks each child to die with the test
+//! process, so a test binary killed outright leaves no server running; temp dirs
+//! of such dead runs are swept the next time a server starts.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod postgres;
+mod process;
+pub mod redis;
+
+pub use postgres::Postgres;
+pub use redis::Redis;
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error("{what} not found: {hint}")]
+    Missing { what: String, hint: String },
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+    #[error("{what} did not become ready within {secs} s; its log ({log}) ends with:\n{tail}")]
+    NotReady { what: String, secs: u64, log: PathBuf, tail: String },
+    #[error("{what} failed: {detail}")]
+    Failed { what: String, detail: String },
+}
+
+pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+    let context = context.into();
+    move |source| HarnessError::Io { context, source }
+}
