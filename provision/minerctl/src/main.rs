@@ -1,0 +1,35 @@
+//! `minerctl`: the operator's command line. Each subcommand lives in `cmd/<name>.rs`
+//! and owns its flags; this file only parses and dispatches.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "minerctl", version, about = "Provision, deploy and operate a chutes miner")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Inspect a hotkey and sign management requests.
+    #[command(subcommand)]
+    Keys(cmd::keys::KeysCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Keys(c) => cmd::keys::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // `{:#}` prints the whole anyhow context chain on one line.
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
