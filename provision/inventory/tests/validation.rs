@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: panics are the failure report
 //! One test per class of inventory mistake: each asserts the message names the file, the
 //! line and column, and the host; and that every problem is listed, not just the first.
 

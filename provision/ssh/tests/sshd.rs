@@ -1,0 +1,290 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: panics are the failure report
+//! The SSH transport against a real OpenSSH server: a throwaway `sshd -D` on 127.0.0.1 with
+//! its own host key, authorized key and config, started per test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use provision_ssh::{HostKeyPolicy, Options, Session, SshError, Target};
+
+struct Sshd {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Child,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn keygen(path: &Path) {
+    let st =
+        Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(path).status().unwrap();
+    assert!(st.success());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Sshd {
+    fn start() -> Sshd {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        keygen(&d.join("host_key"));
+        keygen(&d.join("client_key"));
+        std::fs::copy(d.join("client_key.pub"), d.join("authorized_keys")).unwrap();
+        std::fs::create_dir_all("/run/sshd").unwrap();
+        let port = free_port();
+        std::fs::write(
+            d.join("sshd_config"),
+            format!(
+                "ListenAddress 127.0.0.1:{port}\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
+                 PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                 UsePAM no\nStrictModes no\nPidFile none\nAllowTcpForwarding yes\nMaxSessions 50\nMaxStartups 100\n",
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(d.join("sshd_config"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sshd { dir, port, child }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn host_pub(&self) -> String {
+        std::fs::read_to_string(self.path("host_key.pub")).unwrap().trim().to_string()
+    }
+
+    fn target(&self) -> Target {
+        Target {
+            name: "lab-1".into(),
+            address: "127.0.0.1".into(),
+            port: self.port,
+            user: "root".into(),
+            key: Some(self.path("client_key")),
+            pinned_host_key: None,
+            jump: None,
+        }
+    }
+
+    /// Options with a known_hosts file of our own, holding `lines`.
+    fn options(&self, lines: &str, policy: HostKeyPolicy) -> Options {
+        let kh = self.path("known_hosts");
+        std::fs::write(&kh, lines).unwrap();
+        Options { known_hosts: kh, policy, ..Options::new() }
+    }
+
+    fn known_line(&self) -> String {
+        let mut parts = self.host_pub().split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        parts.truncate(2);
+        format!("[127.0.0.1]:{} {}\n", self.port, parts.join(" "))
+    }
+}
+
+fn other_key() -> String {
+    let d = tempfile::tempdir().unwrap();
+    keygen(&d.path().join("k"));
+    std::fs::read_to_string(d.path().join("k.pub")).unwrap().trim().to_string()
+}
+
+const T: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_captures_status_stdout_stderr_completely_and_reuses_the_connection() {
+    let sshd = Sshd::start();
+    let opts = sshd.options(&sshd.known_line(), HostKeyPolicy::Strict);
+    let s = Session::connect(&sshd.target(), &opts).await.unwrap();
+    let out = s.exec("echo out; echo err >&2; exit 3", None, T).await.unwrap();
+    assert_eq!(
+        (out.status, out.stdout_str().as_str(), out.stderr_str().as_str()),
+        (Some(3), "out\n", "err\n")
+    );
+    // 4 MiB on stdout and stderr together: nothing lost, whatever the order of exit status and data.
+    let out = s.exec("head -c 2097152 /dev/zero; head -c 2097152 /dev/zero >&2", None, T).await.unwrap();
+    assert_eq!((out.stdout.len(), out.stderr.len()), (2097152, 2097152));
+    // stdin reaches the command.
+    let out = s.exec("tr a-z A-Z", Some(b"hello"), T).await.unwrap();
+    assert_eq!(out.stdout_str(), "HELLO");
+    // Many commands at once over the same connection.
+    let outs = futures_join(&s).await;
+    assert!(outs.iter().enumerate().all(|(i, o)| o.stdout_str() == format!("{i}\n")));
+    // A killed process reports its signal instead of a status.
+    let out = s.exec("kill -9 $$", None, T).await.unwrap();
+    assert_eq!(out.status, None);
+    assert!(out.signal.is_some());
+}
+
+async fn futures_join(s: &Session) -> Vec<provision_ssh::Output> {
+    let (a, b, c, d) = tokio::join!(
+        s.exec("sleep 0.2; echo 0", None, T),
+        s.exec("sleep 0.2; echo 1", None, T),
+        s.exec("sleep 0.2; echo 2", None, T),
+        s.exec("sleep 0.2; echo 3", None, T),
+    );
+    vec![a.unwrap(), b.unwrap(), c.unwrap(), d.unwrap()]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_timeout_is_reported_and_session_stays_usable() {
+    let sshd = Sshd::start();
+    let opts = sshd.options(&sshd.known_line(), HostKeyPolicy::Strict);
+    let s = Session::connect(&sshd.target(), &opts).await.unwrap();
+    let err = s.exec("sleep 30", None, Duration::from_millis(300)).await.unwrap_err();
+    assert!(matches!(err, SshError::CommandTimeout { .. }), "{err}");
+    assert!(err.to_string().contains("timed out"), "{err}");
+    assert!(s.exec("true", None, T).await.unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_host_is_refused_by_default_and_recorded_with_accept_new() {
+    let sshd = Sshd::start();
+    let opts = sshd.options("", HostKeyPolicy::Strict);
+    let err = Session::connect(&sshd.target(), &opts).await.err().unwrap();
+    assert!(matches!(err, SshError::HostKeyUnknown { .. }), "{err}");
+    assert!(err.to_string().contains("--accept-new"), "{err}");
+
+    let opts = Options { policy: HostKeyPolicy::AcceptNew, ..opts };
+    Session::connect(&sshd.target(), &opts).await.unwrap();
+    let recorded = std::fs::read_to_string(&opts.known_hosts).unwrap();
+    assert!(
+        recorded.trim_start().starts_with(&format!("[127.0.0.1]:{} ssh-ed25519 ", sshd.port)),
+        "{recorded}"
+    );
+    // Now strict mode accepts it.
+    let opts = Options { policy: HostKeyPolicy::Strict, ..opts };
+    Session::connect(&sshd.target(), &opts).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_host_key_is_refused_with_both_fingerprints_even_with_accept_new() {
+    let sshd = Sshd::start();
+    let wrong = other_key();
+    let mut parts = wrong.split_whitespace();
+    let line = format!("[127.0.0.1]:{} {} {}\n", sshd.port, parts.next().unwrap(), parts.next().unwrap());
+    let opts = sshd.options(&line, HostKeyPolicy::AcceptNew);
+    // Refused in the handshake, before authentication: no command can have run.
+    let err = Session::connect(&sshd.target(), &opts).await.err().unwrap();
+    let msg = err.to_string();
+    assert!(matches!(err, SshError::HostKeyMismatch { .. }), "{msg}");
+    let fp = |k: &str| {
+        let out = Command::new("ssh-keygen").args(["-l", "-f", "-"]).stdin_bytes(k);
+        out.split_whitespace().nth(1).unwrap().to_string()
+    };
+    assert!(msg.contains(&fp(&wrong)), "expected fingerprint missing: {msg}");
+    assert!(msg.contains(&fp(&sshd.host_pub())), "offered fingerprint missing: {msg}");
+    assert!(msg.contains("known_hosts:1"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hashed_known_hosts_entry_is_accepted() {
+    let sshd = Sshd::start();
+    let opts = sshd.options(&sshd.known_line(), HostKeyPolicy::Strict);
+    let st = Command::new("ssh-keygen").arg("-H").arg("-f").arg(&opts.known_hosts).output().unwrap();
+    assert!(st.status.success());
+    let hashed = std::fs::read_to_string(&opts.known_hosts).unwrap();
+    assert!(hashed.starts_with("|1|"), "{hashed}");
+    Session::connect(&sshd.target(), &opts).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_host_key_overrides_known_hosts() {
+    let sshd = Sshd::start();
+    let opts = sshd.options("", HostKeyPolicy::Strict);
+    let mut t = sshd.target();
+    t.pinned_host_key = Some(sshd.host_pub());
+    Session::connect(&t, &opts).await.unwrap();
+    t.pinned_host_key = Some(other_key());
+    let err = Session::connect(&t, &opts).await.err().unwrap();
+    assert!(err.to_string().contains("pinned in the inventory"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_sets_content_mode_and_owner() {
+    let sshd = Sshd::start();
+    let opts = sshd.options(&sshd.known_line(), HostKeyPolicy::Strict);
+    let s = Session::connect(&sshd.target(), &opts).await.unwrap();
+    let path = sshd.path("uploaded.conf");
+    let out = s.upload(path.to_str().unwrap(), b"a = 1\n", 0o640, "root:root").await.unwrap();
+    assert!(out.success(), "{}", out.stderr_str());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "a = 1\n");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jump_host_reaches_the_target_through_direct_tcpip() {
+    let jump = Sshd::start();
+    let target_sshd = Sshd::start();
+    let lines = format!("{}{}", jump.known_line(), target_sshd.known_line());
+    let opts = jump.options(&lines, HostKeyPolicy::Strict);
+    let mut t = target_sshd.target();
+    t.jump = Some(Box::new(Target { name: "bastion".into(), ..jump.target() }));
+    let s = Session::connect(&t, &opts).await.unwrap();
+    // The command runs on the target: its sshd config is visible from the session's parent.
+    let out = s.exec("echo via-jump", None, T).await.unwrap();
+    assert_eq!(out.stdout_str(), "via-jump\n");
+    // A jump host whose key is wrong stops the connection, named as the jump's problem.
+    let opts = jump.options(&target_sshd.known_line(), HostKeyPolicy::Strict);
+    let err = Session::connect(&t, &opts).await.err().unwrap();
+    assert!(err.to_string().contains("jump host"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_client_key_fails_authentication_with_what_was_tried() {
+    let sshd = Sshd::start();
+    let opts = sshd.options(&sshd.known_line(), HostKeyPolicy::Strict);
+    let d = tempfile::tempdir().unwrap();
+    keygen(&d.path().join("k"));
+    let t = Target { key: Some(d.path().join("k")), ..sshd.target() };
+    let err = Session::connect(&t, &opts).await.err().unwrap();
+    assert!(matches!(err, SshError::Auth { .. }), "{err}");
+    assert!(err.to_string().contains("key file"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_port_is_unreachable() {
+    let opts = Options { known_hosts: PathBuf::from("/nonexistent/known_hosts"), ..Options::new() };
+    let t = Target {
+        name: "gone".into(),
+        address: "127.0.0.1".into(),
+        port: free_port(),
+        user: "root".into(),
+        key: None,
+        pinned_host_key: None,
+        jump: None,
+    };
+    let err = Session::connect(&t, &opts).await.err().unwrap();
+    assert!(err.is_unreachable(), "{err}");
+}
+
+trait StdinBytes {
+    fn stdin_bytes(&mut self, input: &str) -> String;
+}
+
+impl StdinBytes for Command {
+    fn stdin_bytes(&mut self, input: &str) -> String {
+        use std::io::Write;
+        let mut child =
+            self.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    }
+}
