@@ -1,0 +1,16 @@
+//! The miner's Kubernetes manifests: the typed values schema (`values`), the Tera templates
+//! in `templates/` rendered into checked objects (`render`), and the k8s-openapi check that
+//! no rendered field is unknown to Kubernetes (`typed`). This crate never talks to a cluster
+//! and never sees a secret value: secrets are rendered without data.
+
+pub mod error;
+pub mod render;
+mod typed;
+pub mod values;
+
+pub use error::{RenderError, ValuesError};
+pub use render::{
+    CREATE_ONCE, GENERATE_ANNOTATION, LIFECYCLE_ANNOTATION, Lifecycle, MANAGED_BY, MANAGED_BY_LABEL,
+    Manifest, Object, ObjectKey, PART_OF, PART_OF_LABEL, canonical, kind_order, render,
+};
+pub use values::{Layer, Values};

@@ -1,0 +1,153 @@
+//! Rendered output: deterministic, typed, secret-free, and held by snapshots.
+//! Update snapshots with `UPDATE_EXPECT=1 cargo test -p minerctl-manifests`.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+use std::collections::BTreeSet;
+
+use minerctl_manifests::{Layer, Lifecycle, MANAGED_BY, MANAGED_BY_LABEL, Values, render};
+use serde_json::Value;
+
+fn full_values() -> Values {
+    Values::load(&[Layer::File(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/full-values.yaml").into(),
+    )])
+    .unwrap()
+}
+
+#[test]
+fn default_render_matches_snapshot() {
+    let yaml = render(&Values::defaults().unwrap()).unwrap().to_yaml();
+    expect_test::expect_file!["snapshots/default.yaml"].assert_eq(&yaml);
+}
+
+#[test]
+fn full_render_matches_snapshot() {
+    let yaml = render(&full_values()).unwrap().to_yaml();
+    expect_test::expect_file!["snapshots/full.yaml"].assert_eq(&yaml);
+}
+
+#[test]
+fn render_is_byte_for_byte_deterministic() {
+    let v = full_values();
+    let a = render(&v).unwrap().to_yaml();
+    let b = render(&v.clone()).unwrap().to_yaml();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn output_parses_back_into_the_same_objects() {
+    let m = render(&full_values()).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&m.to_yaml()).unwrap();
+    let values: Vec<&Value> = m.objects.iter().map(|o| &o.value).collect();
+    assert_eq!(docs.iter().collect::<Vec<_>>(), values);
+}
+
+#[test]
+fn every_object_is_labelled_and_namespaced_where_it_must_be() {
+    let m = render(&full_values()).unwrap();
+    let cluster_scoped = ["Namespace", "ClusterRole", "ClusterRoleBinding"];
+    for o in &m.objects {
+        assert_eq!(o.value["metadata"]["labels"][MANAGED_BY_LABEL], MANAGED_BY, "{}", o.key());
+        assert_eq!(o.namespace().is_none(), cluster_scoped.contains(&o.kind()), "{}", o.key());
+        if let Some(ns) = o.namespace() {
+            assert_eq!(ns, "miner", "{}", o.key());
+        }
+    }
+}
+
+#[test]
+fn rendered_manifests_carry_no_secret_values() {
+    let m = render(&full_values()).unwrap();
+    let secrets: Vec<_> = m.objects.iter().filter(|o| o.kind() == "Secret").collect();
+    assert_eq!(secrets.len(), 2);
+    for s in secrets {
+        assert!(s.value.get("data").is_none() && s.value.get("stringData").is_none());
+        assert_eq!(s.lifecycle(), Lifecycle::CreateOnce);
+        assert_eq!(s.generated_keys().len(), 1);
+    }
+    // Every credential reaches pods by reference only.
+    fn walk(v: &Value, found: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let (Some(Value::String(name)), Some(_)) = (m.get("name"), m.get("value"))
+                    && ["SEED", "PASSWORD", "SS58"].iter().any(|s| name.contains(s))
+                {
+                    found.push(name.clone());
+                }
+                m.values().for_each(|v| walk(v, found));
+            }
+            Value::Array(a) => a.iter().for_each(|v| walk(v, found)),
+            _ => {}
+        }
+    }
+    let mut literal = Vec::new();
+    m.objects.iter().for_each(|o| walk(&o.value, &mut literal));
+    assert!(literal.is_empty(), "credentials given as literals: {literal:?}");
+}
+
+#[test]
+fn two_validators_get_their_own_registry_service_and_nginx_route() {
+    let m = render(&full_values()).unwrap();
+    let ports: BTreeSet<i64> = m
+        .objects
+        .iter()
+        .filter(|o| o.kind() == "Service")
+        .flat_map(|o| o.value["spec"]["ports"].as_array().unwrap().clone())
+        .filter_map(|p| p["nodePort"].as_i64())
+        .collect();
+    assert_eq!(ports, BTreeSet::from([30500, 30501, 31000, 32000]));
+    let conf =
+        m.objects.iter().find(|o| o.name() == "registry-nginx-config").unwrap().value["data"]["nginx.conf"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    assert!(conf.contains(r#""~*^5dt7hz7zpw4dpppxfm7ke3cm7sdawhszxmm5zame7dsvjbcq\.localregistry\.chutes\.ai(:[0-9]+)?$" registry.chutes.ai;"#));
+    assert!(conf.contains("registry.other.example;"));
+    assert!(conf.contains("listen 5000;"));
+}
+
+#[test]
+fn optional_components_follow_their_switches() {
+    let names = |v: &Values| -> BTreeSet<String> {
+        render(v).unwrap().objects.iter().map(|o| format!("{}/{}", o.kind(), o.name())).collect()
+    };
+    let defaults = names(&Values::defaults().unwrap());
+    assert!(!defaults.contains("Deployment/porter"));
+    assert!(defaults.contains("CronJob/audit-exporter"));
+    let full = names(&full_values());
+    assert!(full.contains("Deployment/porter") && full.contains("Service/porter"));
+    let off = names(
+        &Values::load(&[Layer::Set("auditExporter.enabled=false,failedChuteCleanup.enabled=false".into())])
+            .unwrap(),
+    );
+    assert!(!off.iter().any(|n| n.starts_with("CronJob/")));
+}
+
+#[test]
+fn host_path_persistence_replaces_the_claim() {
+    let m = render(&full_values()).unwrap();
+    let pg = m.objects.iter().find(|o| o.kind() == "StatefulSet").unwrap();
+    assert!(pg.value["spec"].get("volumeClaimTemplates").is_none());
+    assert_eq!(
+        pg.value["spec"]["template"]["spec"]["volumes"][0]["hostPath"]["path"],
+        "/var/snap/postgres-data"
+    );
+    let m = render(&Values::defaults().unwrap()).unwrap();
+    let pg = m.objects.iter().find(|o| o.kind() == "StatefulSet").unwrap();
+    assert_eq!(
+        pg.value["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+        "100Gi"
+    );
+}
+
+#[test]
+fn objects_come_in_dependency_order() {
+    let m = render(&full_values()).unwrap();
+    let kinds: Vec<&str> = m.objects.iter().map(|o| o.kind()).collect();
+    let pos = |k: &str| kinds.iter().position(|x| *x == k).unwrap();
+    assert_eq!(pos("Namespace"), 0);
+    assert!(pos("ServiceAccount") < pos("Deployment"));
+    assert!(pos("Secret") < pos("StatefulSet"));
+    assert!(pos("ConfigMap") < pos("DaemonSet"));
+    assert!(pos("Service") < pos("DaemonSet"));
+}
