@@ -1,0 +1,146 @@
+//! CPU backend: host memory stands in for VRAM, bounded by a byte budget given at
+//! construction (the proof fills 95% of it). Always built; the verifier and the
+//! tests use it, and it is the reference the CUDA backend is compared with.
+
+use sha2::{Digest, Sha256};
+
+use crate::device::{DeviceInfo, uuid_hex};
+use crate::engine::Engine;
+use crate::error::BackendError;
+use crate::gemm::{MatRef, sgemm};
+use crate::prng::{fill_matrix, mix_slice};
+
+pub struct CpuEngine {
+    info: DeviceInfo,
+    threads: usize,
+    n: usize,
+    matrices: Vec<Vec<f32>>,
+    scratch: Vec<f32>,
+}
+
+impl CpuEngine {
+    /// An engine reporting `info`; `info.memory` is the memory budget.
+    pub fn with_device(info: DeviceInfo, threads: usize) -> Self {
+        Self { info, threads: threads.max(1), n: 0, matrices: Vec::new(), scratch: Vec::new() }
+    }
+
+    /// An engine for this host with a memory budget of `budget` bytes and all cores.
+    pub fn host(budget: u64) -> Self {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Self::with_device(host_device_info(budget, threads), threads)
+    }
+}
+
+/// Device info for the host CPU: name from /proc/cpuinfo, uuid from the machine id.
+pub fn host_device_info(budget: u64, threads: usize) -> DeviceInfo {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let mut name = format!("CPU {}", field("model name").unwrap_or_else(|| "unknown".into()));
+    name.truncate(63);
+    let mhz: f64 = field("cpu MHz").and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_else(|_| name.clone());
+    let digest = Sha256::digest(machine_id.trim().as_bytes());
+    let mut uuid = [0u8; 16];
+    uuid.copy_from_slice(&digest[..16]);
+    DeviceInfo {
+        name,
+        uuid: uuid_hex(&uuid),
+        memory: budget,
+        processors: threads as u64,
+        clock_rate: (mhz * 1000.0).round(),
+        max_threads_per_processor: 1,
+        major: 0,
+        minor: 0,
+        ecc: false,
+        concurrent_kernels: false,
+    }
+}
+
+impl Engine for CpuEngine {
+    fn device_info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn free_memory(&mut self) -> Result<u64, BackendError> {
+        Ok(self.info.memory)
+    }
+
+    fn allocate(&mut self, n: usize, count: usize) -> Result<(), BackendError> {
+        self.release();
+        let elems = n * n;
+        let matrix_bytes = (elems * 4) as u64;
+        let alloc = |index: usize| -> Result<Vec<f32>, BackendError> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(elems).map_err(|e| BackendError::Alloc {
+                index,
+                count,
+                matrix_bytes,
+                free: self.info.memory,
+                source: Box::new(e),
+            })?;
+            v.resize(elems, 0.0);
+            Ok(v)
+        };
+        let mut matrices = Vec::with_capacity(count);
+        for index in 0..count {
+            matrices.push(alloc(index)?);
+        }
+        self.scratch = alloc(count)?;
+        self.matrices = matrices;
+        self.n = n;
+        Ok(())
+    }
+
+    fn fill_all(&mut self, key: [u32; 2]) -> Result<(), BackendError> {
+        let threads = self.threads;
+        let per = self.matrices.len().div_ceil(threads).max(1);
+        std::thread::scope(|s| {
+            for (c, chunk) in self.matrices.chunks_mut(per).enumerate() {
+                s.spawn(move || {
+                    for (i, m) in chunk.iter_mut().enumerate() {
+                        fill_matrix(key, (c * per + i) as u32, m);
+                    }
+                });
+            }
+        });
+        Ok(())
+    }
+
+    fn step(
+        &mut self,
+        k: usize,
+        j: usize,
+        salt: u32,
+        rows: &[u32],
+        out: &mut [f32],
+    ) -> Result<(), BackendError> {
+        let n = self.n;
+        {
+            let a = MatRef::new(&self.matrices[k], n, n);
+            let b = MatRef::new(&self.matrices[j], n, n);
+            sgemm(a, b, &mut self.scratch, self.threads);
+        }
+        mix_slice(&mut self.scratch, 0, salt);
+        std::mem::swap(&mut self.matrices[k], &mut self.scratch);
+        for (dst, &r) in out.chunks_exact_mut(n).zip(rows) {
+            let r = r as usize;
+            dst.copy_from_slice(&self.matrices[k][r * n..(r + 1) * n]);
+        }
+        Ok(())
+    }
+
+    fn read_matrix(&mut self, k: usize) -> Result<Vec<f32>, BackendError> {
+        Ok(self.matrices[k].clone())
+    }
+
+    fn release(&mut self) {
+        self.matrices = Vec::new();
+        self.scratch = Vec::new();
+    }
+}

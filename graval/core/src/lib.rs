@@ -1,0 +1,41 @@
+//! GraVal-compatible proof of VRAM and work, re-implemented in the open.
+//!
+//! Map of the crate (miner side first, then the validator's):
+//! - [`device`]: the device-info dict (original field names and units).
+//! - [`schedule`]: everything derived from (seed, device): seed key, PRNG key, mix
+//!   salts, hashed rows, the hash-dependent partner order, step hashes.
+//! - [`prng`]: Philox4x32-10 fills and the exact integer mix (shared with the CUDA kernels).
+//! - [`gemm`]: the CPU SGEMM (blocked, packed, AVX2/FMA microkernel).
+//! - [`engine`]: the backend interface; [`cpu`] and `cuda` (feature `cuda`) implement it.
+//! - [`proof`]: sizing to free memory, the chain, the work product.
+//! - [`node`]: all devices of a host, proving in parallel and decrypting challenges.
+//! - [`crypto`]: HKDF-SHA256 key, AES-256-GCM, the `"<seed>|" + base64(iv||ct)` transport.
+//! - [`verify`]: structure, spot checks by regeneration, timing window.
+//! - [`challenge`]: the device-info challenge.
+//! - [`models`]: the per-model table (iterations, estimates, registration specs).
+
+pub mod challenge;
+pub mod cpu;
+pub mod crypto;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+pub mod device;
+pub mod engine;
+pub mod error;
+pub mod gemm;
+pub mod models;
+pub mod node;
+pub mod prng;
+pub mod proof;
+pub mod schedule;
+pub mod verify;
+
+pub use cpu::CpuEngine;
+pub use crypto::ChallengeKey;
+pub use device::DeviceInfo;
+pub use engine::Engine;
+pub use error::{BackendError, ChallengeError, CryptoError, DeviceError, ProofError, VerifyError};
+pub use node::Node;
+pub use proof::{ProofRun, WorkProduct, prove};
+pub use schedule::{ProofParams, SeedKey};
+pub use verify::{CheckReport, SpotCheck, TimingWindow, Verifier};

@@ -1,0 +1,171 @@
+//! The miner's side: size the matrices to the device, run the chain, produce the
+//! work product (GraVal v0.2 JSON) and the first step's hash that keys the challenge.
+//!
+//! Chain: pass 0 fills every matrix `M_k` from the PRNG. Then for iteration
+//! `i = 0..iterations`, `k = 0..num_matrices`, in that order:
+//! `j = partner(i, k, h_prev)`, `M_k <- mix(M_k . M_j)`,
+//! `h[i * num_matrices + k] = step_hash(i, k, j, rows(i, k) of M_k)`.
+
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::device::DeviceInfo;
+use crate::engine::Engine;
+use crate::error::{BackendError, ProofError};
+use crate::schedule::{DEFAULT_MATRIX_SIZE, ProofParams, SeedKey};
+
+/// The original's work product, plus the matrix size so a verifier can check sizing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkProduct {
+    /// Hex SHA-256 per step, `intermediate_hashes[i * num_matrices + k]`.
+    pub intermediate_hashes: Vec<String>,
+    pub num_matrices: u64,
+    pub total_iterations: u64,
+    #[serde(default = "default_matrix_size")]
+    pub matrix_size: usize,
+}
+
+fn default_matrix_size() -> usize {
+    DEFAULT_MATRIX_SIZE
+}
+
+/// One device's finished run.
+#[derive(Clone, Debug)]
+pub struct ProofRun {
+    pub device: DeviceInfo,
+    pub seed: u64,
+    pub work_product: WorkProduct,
+    /// Hash of step (0, 0); input to the challenge key (see `crypto`).
+    pub first_hash: [u8; 32],
+    /// Bytes held by matrices (resident + scratch) and free bytes at sizing time.
+    pub filled_bytes: u64,
+    pub free_bytes: u64,
+    pub fill_seconds: f64,
+    pub chain_seconds: f64,
+}
+
+impl ProofRun {
+    /// Floating-point operations of the chain's products (2 n^3 per step).
+    pub fn chain_flops(&self) -> f64 {
+        let n = self.work_product.matrix_size as f64;
+        2.0 * n * n * n * (self.work_product.num_matrices * self.work_product.total_iterations) as f64
+    }
+}
+
+/// How many resident matrices fit: fill `free - reserve` with `count + 1` matrices
+/// (the +1 is the product scratch) and require that to be at least
+/// `params.fill_fraction` of `free`.
+pub fn plan_matrices(free: u64, reserve: u64, params: &ProofParams) -> Result<usize, BackendError> {
+    let n = params.matrix_size;
+    if !(8..=65536).contains(&n) || !n.is_multiple_of(4) {
+        return Err(BackendError::MatrixSize(n));
+    }
+    let matrix_bytes = params.matrix_bytes();
+    let fit = free.saturating_sub(reserve) / matrix_bytes;
+    let too_little = || BackendError::TooLittleMemory {
+        free,
+        reserve,
+        matrix_bytes,
+        fit,
+        wanted_fraction: params.fill_fraction * 100.0,
+    };
+    if fit < 3 {
+        return Err(too_little());
+    }
+    if (fit * matrix_bytes) as f64 + 0.5 < params.fill_fraction * free as f64 {
+        return Err(too_little());
+    }
+    Ok((fit - 1) as usize)
+}
+
+pub fn check_iterations(iterations: u64) -> Result<(), ProofError> {
+    if (1..=10).contains(&iterations) { Ok(()) } else { Err(ProofError::Iterations(iterations)) }
+}
+
+/// Runs the whole proof on one engine. Matrices are released before returning.
+pub fn prove<E: Engine + ?Sized>(
+    engine: &mut E,
+    seed: u64,
+    iterations: u64,
+    params: &ProofParams,
+) -> Result<ProofRun, ProofError> {
+    check_iterations(iterations)?;
+    let device = engine.device_info().clone();
+    device.validate()?;
+    let free = engine.free_memory()?;
+    let count = plan_matrices(free, engine.reserve_bytes(), params)?;
+    engine.allocate(params.matrix_size, count)?;
+    let result = run_chain(engine, &device, seed, iterations, params, count);
+    engine.release();
+    let (hashes, first_hash, fill_seconds, chain_seconds) = result?;
+    Ok(ProofRun {
+        device,
+        seed,
+        work_product: WorkProduct {
+            intermediate_hashes: hashes.iter().map(hex::encode).collect(),
+            num_matrices: count as u64,
+            total_iterations: iterations,
+            matrix_size: params.matrix_size,
+        },
+        first_hash,
+        filled_bytes: (count as u64 + 1) * params.matrix_bytes(),
+        free_bytes: free,
+        fill_seconds,
+        chain_seconds,
+    })
+}
+
+/// Hashes, first hash, fill seconds, chain seconds.
+type Chain = (Vec<[u8; 32]>, [u8; 32], f64, f64);
+
+fn run_chain<E: Engine + ?Sized>(
+    engine: &mut E,
+    device: &DeviceInfo,
+    seed: u64,
+    iterations: u64,
+    params: &ProofParams,
+    count: usize,
+) -> Result<Chain, BackendError> {
+    let key = SeedKey::derive(seed, device);
+    let t0 = Instant::now();
+    engine.fill_all(key.philox_key())?;
+    let fill_seconds = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let n = params.matrix_size;
+    let mut rows_out = vec![0f32; params.rows_per_hash * n];
+    let mut hashes = Vec::with_capacity(count * iterations as usize);
+    let mut prev = key.start_hash();
+    for i in 0..iterations {
+        for k in 0..count as u64 {
+            let j = key.partner(i, k, count as u64, &prev);
+            let rows = key.hash_rows(i, k, params);
+            engine.step(k as usize, j as usize, key.mix_salt(i, k), &rows, &mut rows_out)?;
+            prev = key.step_hash(i, k, j, &rows_out);
+            hashes.push(prev);
+        }
+    }
+    let first = hashes.first().copied().unwrap_or_default();
+    Ok((hashes, first, fill_seconds, t1.elapsed().as_secs_f64()))
+}
+
+/// Runs [`prove`] on every engine at once, one host thread per device (as the
+/// original's pthread per GPU), and returns the results in engine order.
+pub fn prove_all(
+    engines: &mut [Box<dyn Engine>],
+    seed: u64,
+    iterations: u64,
+    params: &ProofParams,
+) -> Vec<Result<ProofRun, ProofError>> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = engines
+            .iter_mut()
+            .map(|e| s.spawn(move || prove(e.as_mut(), seed, iterations, params)))
+            .collect();
+        handles
+            .into_iter()
+            .enumerate()
+            .map(|(idx, h)| h.join().unwrap_or(Err(ProofError::Panicked(idx))))
+            .collect()
+    })
+}

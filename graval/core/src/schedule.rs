@@ -1,0 +1,139 @@
+//! Everything derived from (seed, device identity): the seed key, the PRNG key, the
+//! per-step mix salt, the rows each step hashes, the seed- and hash-dependent partner
+//! order, and the step hash itself. Miner and verifier call the same functions.
+
+use sha2::{Digest, Sha256};
+
+use crate::device::DeviceInfo;
+
+const DOMAIN: &[u8] = b"graval-rs/v1";
+
+/// Protocol parameters both sides must agree on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ProofParams {
+    /// Matrices are `matrix_size x matrix_size` f32 (8192: 256 MiB each).
+    pub matrix_size: usize,
+    /// Rows of each new matrix that are hashed into its intermediate hash.
+    pub rows_per_hash: usize,
+    /// Fraction of free device memory the resident matrices must fill.
+    pub fill_fraction: f64,
+}
+
+impl Default for ProofParams {
+    fn default() -> Self {
+        Self { matrix_size: DEFAULT_MATRIX_SIZE, rows_per_hash: 8, fill_fraction: 0.95 }
+    }
+}
+
+pub const DEFAULT_MATRIX_SIZE: usize = 8192;
+
+impl ProofParams {
+    pub fn with_matrix_size(matrix_size: usize) -> Self {
+        Self { matrix_size, ..Self::default() }
+    }
+
+    pub fn matrix_bytes(&self) -> u64 {
+        (self.matrix_size * self.matrix_size * 4) as u64
+    }
+}
+
+/// SHA-256 of the seed and the device identity: the root of every derived value.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SeedKey([u8; 32]);
+
+impl std::fmt::Debug for SeedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SeedKey(..)")
+    }
+}
+
+fn h(parts: &[&[u8]]) -> [u8; 32] {
+    let mut d = Sha256::new();
+    d.update(DOMAIN);
+    for p in parts {
+        d.update((p.len() as u64).to_le_bytes());
+        d.update(p);
+    }
+    d.finalize().into()
+}
+
+impl SeedKey {
+    pub fn derive(seed: u64, device: &DeviceInfo) -> Self {
+        Self(h(&[b"seed", &seed.to_le_bytes(), &device.identity_bytes()]))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The Philox key for matrix fills.
+    pub fn philox_key(&self) -> [u32; 2] {
+        let b = h(&[b"philox", &self.0]);
+        [u32::from_le_bytes([b[0], b[1], b[2], b[3]]), u32::from_le_bytes([b[4], b[5], b[6], b[7]])]
+    }
+
+    /// Salt of the mix applied after step (iteration, index).
+    pub fn mix_salt(&self, iteration: u64, index: u64) -> u32 {
+        let b = h(&[b"mix", &self.0, &iteration.to_le_bytes(), &index.to_le_bytes()]);
+        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+    }
+
+    /// The rows of the new matrix hashed at step (iteration, index), in hash order.
+    /// Rows, not the diagonal: a row of A.B needs only the same row of A, so the
+    /// verifier recomputes a checked step's left operand row by row (see `verify`).
+    pub fn hash_rows(&self, iteration: u64, index: u64, params: &ProofParams) -> Vec<u32> {
+        let n = params.matrix_size as u64;
+        let mut rows = Vec::with_capacity(params.rows_per_hash);
+        let mut block = 0u64;
+        while rows.len() < params.rows_per_hash {
+            let b =
+                h(&[b"rows", &self.0, &iteration.to_le_bytes(), &index.to_le_bytes(), &block.to_le_bytes()]);
+            for c in b.chunks_exact(8) {
+                if rows.len() < params.rows_per_hash {
+                    let mut w = [0u8; 8];
+                    w.copy_from_slice(c);
+                    rows.push((u64::from_le_bytes(w) % n) as u32);
+                }
+            }
+            block += 1;
+        }
+        rows
+    }
+
+    /// The hash that precedes the first step.
+    pub fn start_hash(&self) -> [u8; 32] {
+        h(&[b"start", &self.0])
+    }
+
+    /// The right operand of step (iteration, index): any other matrix, chosen by the
+    /// previous step's hash, so the order is unknown until that step has finished and
+    /// every matrix must stay resident. The very first step always multiplies
+    /// matrix 0 by matrix 1, so the challenge key (which depends on it) can be derived
+    /// by a validator that does not yet know `num_matrices`.
+    pub fn partner(&self, iteration: u64, index: u64, num_matrices: u64, prev: &[u8; 32]) -> u64 {
+        if iteration == 0 && index == 0 {
+            return 1;
+        }
+        let b = h(&[b"partner", &self.0, &iteration.to_le_bytes(), &index.to_le_bytes(), prev]);
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&b[..8]);
+        let j = u64::from_le_bytes(w) % (num_matrices - 1);
+        if j >= index { j + 1 } else { j }
+    }
+
+    /// `intermediate_hashes[iteration * num_matrices + index]`: SHA-256 over the step's
+    /// coordinates, its partner and the hashed rows of the new matrix (f32 LE bytes).
+    pub fn step_hash(&self, iteration: u64, index: u64, partner: u64, rows: &[f32]) -> [u8; 32] {
+        let mut d = Sha256::new();
+        d.update(DOMAIN);
+        d.update(b"step");
+        d.update(self.0);
+        d.update(iteration.to_le_bytes());
+        d.update(index.to_le_bytes());
+        d.update(partner.to_le_bytes());
+        for v in rows {
+            d.update(v.to_le_bytes());
+        }
+        d.finalize().into()
+    }
+}

@@ -1,0 +1,249 @@
+//! Miner and validator together on the CPU backend: fixed vectors, round trip, and
+//! every tampering the validator must catch.
+
+// Helpers outside #[test] functions are test code too.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+
+use expect_test::expect;
+use graval::node::decrypt_challenge;
+use graval::verify::check_plaintexts;
+use graval::{
+    BackendError, CpuEngine, CryptoError, DeviceInfo, Node, ProofError, ProofParams, ProofRun, SpotCheck,
+    Verifier, VerifyError, prove,
+};
+
+const SEED: u64 = 1_234_567_890_123;
+const N: usize = 32;
+const MATRIX_BYTES: u64 = (N * N * 4) as u64;
+
+fn params() -> ProofParams {
+    ProofParams::with_matrix_size(N)
+}
+
+/// An H100-shaped device whose memory budget holds 16 resident matrices + scratch.
+fn device() -> DeviceInfo {
+    DeviceInfo {
+        name: "NVIDIA H100 80GB HBM3".into(),
+        uuid: "0123456789abcdef0123456789abcdef".into(),
+        memory: 17 * MATRIX_BYTES,
+        processors: 132,
+        clock_rate: 1_980_000.0,
+        max_threads_per_processor: 2048,
+        major: 9,
+        minor: 0,
+        ecc: true,
+        concurrent_kernels: true,
+    }
+}
+
+fn run(dev: DeviceInfo, seed: u64, iterations: u64, threads: usize) -> ProofRun {
+    prove(&mut CpuEngine::with_device(dev, threads), seed, iterations, &params()).unwrap()
+}
+
+fn verifier() -> Verifier {
+    Verifier::new(params())
+}
+
+fn all_positions(iterations: u64, num: u64) -> SpotCheck {
+    SpotCheck::At((0..iterations).flat_map(|i| (0..num).map(move |k| (i, k))).collect())
+}
+
+#[test]
+fn fixed_vectors_pin_the_algorithm() {
+    let r = run(device(), SEED, 1, 1);
+    assert_eq!(r.work_product.num_matrices, 16);
+    assert_eq!(r.work_product.intermediate_hashes.len(), 16);
+    expect![[r#"
+        [
+            "a8bd39ba5cdc636cf31c6215f857fb69eee4fcc8f2a3be5fcb5cfe60cd91a16e",
+            "0af2b9ed5fe4d76b0d27df4e6904904e3ede32834755fa9333a98791bda124dd",
+            "ef23f38f9440901acce099505896f6a2df80710b0e6222ac35a0f6191924db3d",
+            "1ea3e854be6651f08a9eae67c31e7dbe6a94ae13a8f3c1bcac6d77f26865a4fc",
+        ]
+    "#]]
+    .assert_debug_eq(&r.work_product.intermediate_hashes[..4].to_vec());
+}
+
+#[test]
+fn work_product_json_has_the_original_shape() {
+    let r = run(device(), SEED, 2, 2);
+    let json = serde_json::to_value(&r.work_product).unwrap();
+    let obj = json.as_object().unwrap();
+    assert_eq!(obj["num_matrices"], 16);
+    assert_eq!(obj["total_iterations"], 2);
+    assert_eq!(obj["intermediate_hashes"].as_array().unwrap().len(), 32);
+    assert!(obj["intermediate_hashes"][0].as_str().unwrap().len() == 64);
+    assert_eq!(obj["matrix_size"], N);
+}
+
+#[test]
+fn results_do_not_depend_on_thread_count() {
+    let a = run(device(), SEED, 2, 1);
+    let b = run(device(), SEED, 2, 2);
+    assert_eq!(a.work_product, b.work_product);
+}
+
+#[test]
+fn prove_then_verify_round_trip() {
+    let iterations = 2;
+    let r = run(device(), SEED, iterations, 2);
+    let v = verifier();
+    // Every position, whatever it costs.
+    let report =
+        v.check_proof(&device(), SEED, iterations, &r.work_product, &all_positions(iterations, 16)).unwrap();
+    assert_eq!(report.checked.len(), 32);
+    // Random positions within the budget of full products.
+    let report = v.check_proof(&device(), SEED, iterations, &r.work_product, &SpotCheck::Random(3)).unwrap();
+    assert!(!report.checked.is_empty());
+    assert!(report.full_products <= v.max_full_products, "{report:?}");
+
+    let plaintext = "decrypt me please: 6f1c";
+    let transport = v.encrypt_challenge(&device(), SEED, iterations, plaintext).unwrap();
+    assert!(transport.starts_with(&format!("{SEED}|")));
+    let got = decrypt_challenge(&r, iterations, &transport).unwrap();
+    assert_eq!(got, plaintext);
+    let by_uuid = HashMap::from([(device().uuid, got)]);
+    check_plaintexts([(device().uuid.as_str(), plaintext)], &by_uuid).unwrap();
+}
+
+#[test]
+fn every_tampered_hash_is_caught() {
+    let iterations = 2;
+    let r = run(device(), SEED, iterations, 2);
+    let v = verifier();
+    for t in 0..r.work_product.intermediate_hashes.len() {
+        let mut wp = r.work_product.clone();
+        let h = &mut wp.intermediate_hashes[t];
+        let flipped = if h.starts_with('0') { "1" } else { "0" };
+        h.replace_range(0..1, flipped);
+        let err =
+            v.check_proof(&device(), SEED, iterations, &wp, &all_positions(iterations, 16)).unwrap_err();
+        assert!(matches!(err, VerifyError::HashMismatch { .. }), "position {t}: {err:?}");
+    }
+}
+
+#[test]
+fn a_single_spot_check_catches_a_tampered_hash_at_that_position() {
+    let r = run(device(), SEED, 1, 2);
+    let mut wp = r.work_product.clone();
+    wp.intermediate_hashes[5] = "ab".repeat(32);
+    let err = verifier().check_proof(&device(), SEED, 1, &wp, &SpotCheck::At(vec![(0, 5)])).unwrap_err();
+    assert_eq!(err, VerifyError::HashMismatch { iteration: 0, index: 5 });
+}
+
+#[test]
+fn wrong_seed_or_wrong_uuid_fails_verification_and_decryption() {
+    let r = run(device(), SEED, 1, 2);
+    let v = verifier();
+    let all = all_positions(1, 16);
+    assert!(matches!(
+        v.check_proof(&device(), SEED + 1, 1, &r.work_product, &all),
+        Err(VerifyError::HashMismatch { .. })
+    ));
+    let mut other = device();
+    other.uuid = "f123456789abcdef0123456789abcdef".into();
+    assert!(matches!(
+        v.check_proof(&other, SEED, 1, &r.work_product, &all),
+        Err(VerifyError::HashMismatch { .. })
+    ));
+
+    // A ciphertext for another seed or another device does not open.
+    let for_other_seed = v.encrypt_challenge(&device(), SEED + 1, 1, "x").unwrap();
+    let bare = for_other_seed.split_once('|').unwrap().1;
+    assert_eq!(decrypt_challenge(&r, 1, bare), Err(CryptoError::Decrypt));
+    assert!(matches!(decrypt_challenge(&r, 1, &for_other_seed), Err(CryptoError::Transport(_))));
+    let for_other_device = v.encrypt_challenge(&other, SEED, 1, "x").unwrap();
+    assert_eq!(decrypt_challenge(&r, 1, &for_other_device), Err(CryptoError::Decrypt));
+    // Nor one for other iterations.
+    let for_other_iterations = v.encrypt_challenge(&device(), SEED, 2, "x").unwrap();
+    assert_eq!(decrypt_challenge(&r, 1, &for_other_iterations), Err(CryptoError::Decrypt));
+}
+
+#[test]
+fn any_ciphertext_byte_flip_is_caught() {
+    let r = run(device(), SEED, 1, 2);
+    let v = verifier();
+    let transport = v.encrypt_challenge(&device(), SEED, 1, "decrypt me please").unwrap();
+    let (_, blob) = graval::crypto::parse_transport(&transport).unwrap();
+    for i in 0..blob.len() {
+        let mut bad = blob.clone();
+        bad[i] ^= 0x80;
+        let t = graval::crypto::encode_blob(&bad);
+        assert_eq!(decrypt_challenge(&r, 1, &t), Err(CryptoError::Decrypt), "byte {i}");
+    }
+}
+
+#[test]
+fn structural_lies_are_refused() {
+    let r = run(device(), SEED, 1, 2);
+    let v = verifier();
+    let spot = SpotCheck::Random(1);
+    let mut wp = r.work_product.clone();
+    wp.intermediate_hashes.pop();
+    assert_eq!(
+        v.check_proof(&device(), SEED, 1, &wp, &spot),
+        Err(VerifyError::HashCount { got: 15, want: 16 })
+    );
+    assert!(matches!(
+        v.check_proof(&device(), SEED, 2, &r.work_product, &spot),
+        Err(VerifyError::Iterations { got: 1, want: 2 })
+    ));
+    let mut wp = r.work_product.clone();
+    wp.intermediate_hashes[3] = "zz".repeat(32);
+    assert_eq!(v.check_proof(&device(), SEED, 1, &wp, &spot), Err(VerifyError::HashFormat(3)));
+    // Claiming fewer matrices than the declared memory holds: not VRAM-filling.
+    let mut wp = r.work_product.clone();
+    wp.num_matrices = 8;
+    wp.intermediate_hashes.truncate(8);
+    assert!(matches!(v.check_proof(&device(), SEED, 1, &wp, &spot), Err(VerifyError::VramFraction { .. })));
+    let mut wp = r.work_product.clone();
+    wp.matrix_size = 64;
+    assert_eq!(
+        v.check_proof(&device(), SEED, 1, &wp, &spot),
+        Err(VerifyError::MatrixSize { got: 64, want: 32 })
+    );
+    assert!(matches!(
+        v.check_proof(&device(), SEED, 1, &r.work_product, &SpotCheck::At(vec![(1, 0)])),
+        Err(VerifyError::Position { iteration: 1, index: 0 })
+    ));
+}
+
+#[test]
+fn sizing_fills_95_percent_or_fails_clearly() {
+    let r = run(device(), SEED, 1, 1);
+    assert_eq!(r.filled_bytes, 17 * MATRIX_BYTES);
+    assert!(r.filled_bytes as f64 >= 0.95 * r.free_bytes as f64);
+
+    // Budget for 2.5 matrices: fewer than two operands + scratch.
+    let mut small = device();
+    small.memory = MATRIX_BYTES * 5 / 2;
+    let err = prove(&mut CpuEngine::with_device(small, 1), SEED, 1, &params()).unwrap_err();
+    assert!(matches!(err, ProofError::Backend(BackendError::TooLittleMemory { fit: 2, .. })), "{err:?}");
+    assert!(err.to_string().contains("cannot fill 95% of free memory"), "{err}");
+
+    // 3.9 matrices of budget: 3 fit, which is only 77% of it.
+    let mut ragged = device();
+    ragged.memory = MATRIX_BYTES * 39 / 10;
+    let err = prove(&mut CpuEngine::with_device(ragged, 1), SEED, 1, &params()).unwrap_err();
+    assert!(matches!(err, ProofError::Backend(BackendError::TooLittleMemory { fit: 3, .. })), "{err:?}");
+
+    let err = prove(&mut CpuEngine::with_device(device(), 1), SEED, 0, &params()).unwrap_err();
+    assert!(matches!(err, ProofError::Iterations(0)));
+}
+
+#[test]
+fn node_proves_every_device_in_parallel() {
+    let mut second = device();
+    second.uuid = "fedcba9876543210fedcba9876543210".into();
+    let engines: Vec<Box<dyn graval::Engine>> = vec![
+        Box::new(CpuEngine::with_device(device(), 1)),
+        Box::new(CpuEngine::with_device(second.clone(), 1)),
+    ];
+    let mut node = Node::new(engines, params());
+    let runs = node.prove(SEED, 1).unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_ne!(runs[0].work_product, runs[1].work_product, "the device identity keys the PRNG");
+    verifier().check_proof(&second, SEED, 1, &runs[1].work_product, &SpotCheck::Random(2)).unwrap();
+}
