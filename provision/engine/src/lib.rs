@@ -1,1 +1,27 @@
-//! placeholder
+//! minerctl's provisioning engine.
+//!
+//! Flow (after k0sctl): typed inventory -> connect -> facts -> ordered phases of idempotent
+//! steps. Roles (crate `provision-roles`) only describe steps; this crate decides and applies.
+//!
+//! Invariants:
+//! - Every change to a host goes through [`apply::apply_change`]; in check mode it returns
+//!   before touching the host, so `--check` prints exactly what a run would change (with
+//!   unified diffs for file contents) and changes nothing.
+//! - Probes are read-only; a phase's probes go to the host as one command. A converged host
+//!   therefore costs one round trip per phase.
+//! - A step reports ok / changed / failed / skipped; a failed or unreachable host stops
+//!   itself only (unless fail-fast); handlers run once per phase however many steps notify.
+//! - Captured secrets are redacted from output and the log file.
+
+pub mod apply;
+pub mod conn;
+pub mod facts;
+pub mod plan;
+pub mod report;
+pub mod runner;
+pub mod step;
+
+pub use facts::Facts;
+pub use report::{HostRecap, Log, OutputFormat, Redactor, Reporter, StepEvent};
+pub use runner::{HostVars, Phase, PhasePlan, PlanCtx, Planner, RunOptions, RunResult, run, target_for};
+pub use step::{Action, Meta, PackageState, Status, Step, WaitTarget};

@@ -1,0 +1,105 @@
+//! The one function through which every change to a host goes. In check mode it returns
+//! before touching anything, so `--check` reports exactly what a real run would do.
+
+use std::time::{Duration, Instant};
+
+use crate::conn::Conn;
+use crate::plan::{Change, Mutation, ProbeOut};
+use crate::report::Log;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Transport(#[from] provision_ssh::SshError),
+    #[error("exit status {status}: {stderr}")]
+    Failed { status: String, stderr: String },
+    #[error("host did not come back from reboot within {0} s")]
+    RebootTimeout(u64),
+}
+
+/// Applies `change` to the host behind `conn` (which a reboot replaces), or does nothing in check mode.
+pub async fn apply_change(
+    conn: &mut Conn,
+    change: &Change,
+    check: bool,
+    timeout: Duration,
+    log: &Log,
+    host: &str,
+) -> Result<(), ApplyError> {
+    if check {
+        return Ok(());
+    }
+    match &change.mutation {
+        Mutation::Script { script, stdin } => {
+            log.line(host, &format!("change: {}\n$ {script}", change.summary));
+            let out = conn.mutate(script, stdin.as_deref(), timeout).await?;
+            log.output(host, &out);
+            if out.success() {
+                Ok(())
+            } else {
+                let status = match (out.status, &out.signal) {
+                    (Some(s), _) => s.to_string(),
+                    (None, Some(sig)) => format!("killed by {sig}"),
+                    (None, None) => "unknown".into(),
+                };
+                let mut stderr = out.stderr_str();
+                if stderr.trim().is_empty() {
+                    stderr = out.stdout_str();
+                }
+                Err(ApplyError::Failed { status, stderr: tail(&stderr, 800) })
+            }
+        }
+        Mutation::Reboot { timeout } => reboot(conn, *timeout, log, host).await,
+    }
+}
+
+/// Runs a capture whose command changes the host (e.g. `microk8s add-node` mints a join
+/// token). Callers skip it in check mode; it is here so that every change has one home.
+pub async fn changing_capture(
+    conn: &Conn,
+    cmd: &str,
+    timeout: Duration,
+    log: &Log,
+    host: &str,
+) -> Result<ProbeOut, ApplyError> {
+    log.line(host, &format!("change (capture): $ {cmd}"));
+    let out = conn.mutate(cmd, None, timeout).await?;
+    Ok(ProbeOut { rc: out.status.map(|s| s as i32).unwrap_or(-1), text: out.stdout_str() })
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let s = s.trim();
+    if s.len() <= n { s.to_string() } else { format!("...{}", &s[s.ceil_char_boundary(s.len() - n)..]) }
+}
+
+async fn boot_id(conn: &Conn) -> Option<String> {
+    let out = conn.read("cat /proc/sys/kernel/random/boot_id", Duration::from_secs(10)).await.ok()?;
+    Some(out.stdout_str().trim().to_string())
+}
+
+/// Reboots and waits for SSH to answer with a different boot id.
+async fn reboot(conn: &mut Conn, timeout: Duration, log: &Log, host: &str) -> Result<(), ApplyError> {
+    let before = boot_id(conn).await.unwrap_or_default();
+    log.line(host, "change: reboot");
+    // Detached so that the command returns before the connection drops.
+    let _ = conn
+        .mutate(
+            "nohup sh -c 'sleep 1; systemctl reboot || reboot' >/dev/null 2>&1 &",
+            None,
+            Duration::from_secs(15),
+        )
+        .await;
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    while start.elapsed() < timeout {
+        if let Ok(new) = conn.reconnect().await
+            && let Some(id) = boot_id(&new).await
+            && id != before
+        {
+            *conn = new;
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    Err(ApplyError::RebootTimeout(timeout.as_secs()))
+}

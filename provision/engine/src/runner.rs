@@ -1,0 +1,541 @@
+//! Runs phases over hosts: connect, gather facts, then for each phase plan the steps from
+//! facts and shared variables, probe them in one round trip, and apply what differs.
+//!
+//! Hosts run in parallel (at most `forks` at a time) and meet at a barrier between phases,
+//! so a phase can use what earlier phases captured on every host (WireGuard public keys,
+//! the join token). A failing host stops only itself unless `fail_fast`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use provision_inventory::{Host, Inventory};
+use provision_ssh::{SshError, Target};
+use tokio::sync::{Barrier, RwLock, Semaphore};
+
+use crate::apply::{ApplyError, apply_change, changing_capture};
+use crate::conn::Conn;
+use crate::facts::{self, Facts};
+use crate::plan::{Decision, ProbeOut};
+use crate::report::{HostRecap, Log, Reporter, StepEvent};
+use crate::step::{Action, Status, Step, WaitTarget};
+
+/// Variables captured per host: host name -> variable -> value.
+pub type HostVars = BTreeMap<String, BTreeMap<String, String>>;
+
+/// What a phase plans for one host.
+pub struct PlanCtx<'a> {
+    pub inventory: &'a Inventory,
+    pub host: &'a Host,
+    pub facts: &'a Facts,
+    /// Everything captured so far, on every host.
+    pub vars: &'a HostVars,
+    pub check: bool,
+}
+
+#[derive(Default)]
+pub struct PhasePlan {
+    pub steps: Vec<Step>,
+    /// Run once at the end of the phase, in this order, if a step notified them by name.
+    pub handlers: Vec<Step>,
+}
+
+pub type Planner = Arc<dyn Fn(&PlanCtx) -> PhasePlan + Send + Sync>;
+
+pub struct Phase {
+    pub name: String,
+    /// Selected by `--tags`.
+    pub tag: String,
+    pub plan: Planner,
+}
+
+#[derive(Clone)]
+pub struct RunOptions {
+    pub forks: usize,
+    pub check: bool,
+    pub fail_fast: bool,
+    /// Host names to change; others are only observed (read-only captures) so that their
+    /// variables (public keys, join token) are still known. `None`: every host.
+    pub limit: Option<Vec<String>>,
+    /// Phase tags to run; empty: all.
+    pub tags: Vec<String>,
+    pub ssh: provision_ssh::Options,
+    /// Run commands on this machine instead of over SSH (tests of the engine itself).
+    pub local: bool,
+    /// Connection attempts before a host counts as unreachable.
+    pub connect_attempts: u32,
+}
+
+pub struct RunResult {
+    pub recap: Vec<HostRecap>,
+    pub elapsed: Duration,
+    pub vars: HostVars,
+    pub facts: BTreeMap<String, Facts>,
+}
+
+impl RunResult {
+    pub fn success(&self) -> bool {
+        self.recap.iter().all(|h| h.failed == 0 && !h.unreachable)
+    }
+}
+
+/// SSH target for an inventory host (the jump host inherits user and key unless it names a user).
+pub fn target_for(inv: &Inventory, h: &Host) -> Target {
+    let user = h.ssh_user(&inv.vars).to_string();
+    let jump = h.ssh.jump.as_ref().map(|j| {
+        Box::new(Target {
+            name: format!("{} (jump {})", h.name, j.host),
+            address: j.host.clone(),
+            port: j.port,
+            user: j.user.clone().unwrap_or_else(|| user.clone()),
+            key: h.ssh.key.clone(),
+            pinned_host_key: None,
+            jump: None,
+        })
+    });
+    Target {
+        name: h.name.clone(),
+        address: h.address.clone(),
+        port: h.ssh_port(),
+        user,
+        key: h.ssh.key.clone(),
+        pinned_host_key: h.ssh.host_key.clone(),
+        jump,
+    }
+}
+
+struct Shared {
+    inv: Arc<Inventory>,
+    phases: Vec<Phase>,
+    opts: RunOptions,
+    reporter: Reporter,
+    log: Log,
+    vars: RwLock<HostVars>,
+    facts: RwLock<BTreeMap<String, Facts>>,
+    forks: Semaphore,
+    barrier: Barrier,
+    abort: AtomicBool,
+}
+
+/// Why a host stopped.
+struct Stop {
+    unreachable: bool,
+    message: String,
+}
+
+impl From<SshError> for Stop {
+    fn from(e: SshError) -> Stop {
+        Stop { unreachable: e.is_unreachable(), message: e.to_string() }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Plan and apply.
+    Full,
+    /// Outside --limit: only read-only captures, nothing reported.
+    Observe,
+}
+
+pub async fn run(
+    inv: Arc<Inventory>,
+    phases: Vec<Phase>,
+    opts: RunOptions,
+    reporter: Reporter,
+    log: Log,
+) -> RunResult {
+    let start = Instant::now();
+    let names: Vec<(String, Mode)> = inv
+        .hosts
+        .iter()
+        .map(|h| {
+            let full = opts.limit.as_ref().is_none_or(|l| l.contains(&h.name));
+            (h.name.clone(), if full { Mode::Full } else { Mode::Observe })
+        })
+        .collect();
+    let shared = Arc::new(Shared {
+        inv: inv.clone(),
+        phases,
+        forks: Semaphore::new(opts.forks.max(1)),
+        barrier: Barrier::new(names.len()),
+        opts,
+        reporter,
+        log,
+        vars: RwLock::new(BTreeMap::new()),
+        facts: RwLock::new(BTreeMap::new()),
+        abort: AtomicBool::new(false),
+    });
+    let mut tasks = vec![];
+    for (name, mode) in names {
+        let s = shared.clone();
+        tasks.push((mode, tokio::spawn(async move { lane(s, name, mode).await })));
+    }
+    let mut recap = vec![];
+    for (mode, t) in tasks {
+        match t.await {
+            Ok(r) if mode == Mode::Full => recap.push(r),
+            Ok(_) => {}
+            Err(e) => recap.push(HostRecap {
+                host: "?".into(),
+                failed: 1,
+                error: Some(format!("internal error: {e}")),
+                ..Default::default()
+            }),
+        }
+    }
+    let elapsed = start.elapsed();
+    let vars = shared.vars.read().await.clone();
+    let facts = shared.facts.read().await.clone();
+    RunResult { recap, elapsed, vars, facts }
+}
+
+async fn connect(s: &Shared, host: &Host) -> Result<Conn, SshError> {
+    let target = target_for(&s.inv, host);
+    let mut last = None;
+    for attempt in 0..s.opts.connect_attempts.max(1) {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+        }
+        match Conn::connect(&target, &s.opts.ssh, s.opts.local).await {
+            Ok(c) => return Ok(c),
+            // Only transport failures are worth retrying; a wrong host key is not.
+            Err(e) if e.is_unreachable() => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or(SshError::Disconnected { host: host.name.clone(), reason: "no attempt made".into() }))
+}
+
+async fn lane(s: Arc<Shared>, name: String, mode: Mode) -> HostRecap {
+    let start = Instant::now();
+    let mut recap = HostRecap { host: name.clone(), ..Default::default() };
+    let Some(host) = s.inv.host(&name).cloned() else { return recap };
+    let mut conn: Option<Conn> = None;
+    let mut facts = Facts::default();
+    {
+        let _permit = s.forks.acquire().await;
+        if !s.abort.load(Ordering::SeqCst) {
+            match connect(&s, &host).await {
+                Ok(c) => match c.read(facts::SCRIPT, Duration::from_secs(60)).await {
+                    Ok(out) => {
+                        facts = facts::parse(&out.stdout_str());
+                        s.facts.write().await.insert(name.clone(), facts.clone());
+                        conn = Some(c);
+                    }
+                    Err(e) => stop(&s, &mut recap, mode, e.into()),
+                },
+                Err(e) => stop(&s, &mut recap, mode, e.into()),
+            }
+        }
+    }
+    let selected = |tag: &str| s.opts.tags.is_empty() || s.opts.tags.iter().any(|t| t == tag);
+    for phase in &s.phases {
+        s.barrier.wait().await;
+        let Some(c) = conn.as_mut() else { continue };
+        if s.abort.load(Ordering::SeqCst) || !selected(&phase.tag) {
+            continue;
+        }
+        let _permit = s.forks.acquire().await;
+        let vars = s.vars.read().await.clone();
+        let plan = (phase.plan)(&PlanCtx {
+            inventory: &s.inv,
+            host: &host,
+            facts: &facts,
+            vars: &vars,
+            check: s.opts.check,
+        });
+        if mode == Mode::Full {
+            s.reporter.phase(&name, &phase.name);
+        }
+        if let Err(stop_reason) = run_phase(&s, c, &host.name, &phase.name, &plan, mode, &mut recap).await {
+            if mode == Mode::Full {
+                stop(&s, &mut recap, mode, stop_reason);
+            }
+            if let Some(c) = conn.take() {
+                c.close().await;
+            }
+        }
+    }
+    if let Some(c) = conn {
+        c.close().await;
+    }
+    recap.seconds = start.elapsed().as_secs_f64();
+    recap
+}
+
+fn stop(s: &Shared, recap: &mut HostRecap, mode: Mode, why: Stop) {
+    if mode == Mode::Observe {
+        return;
+    }
+    if why.unreachable {
+        recap.unreachable = true;
+    } else if recap.failed == 0 {
+        recap.failed = 1;
+    }
+    s.log.line(&recap.host, &format!("host stopped: {}", why.message));
+    s.reporter.host_note(
+        &recap.host,
+        &format!("{}: {}", if why.unreachable { "UNREACHABLE" } else { "stopped" }, why.message),
+    );
+    recap.error = Some(why.message);
+    if s.opts.fail_fast {
+        s.abort.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Runs every probe of a phase in one command. Sections are delimited by a per-run marker.
+async fn batch_probe(conn: &Conn, probes: &[Option<String>]) -> Result<Vec<Option<ProbeOut>>, SshError> {
+    if probes.iter().all(Option::is_none) {
+        return Ok(vec![None; probes.len()]);
+    }
+    let marker = format!(
+        "@@minerctl-{:x}",
+        std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64 ^ 0x5eed
+    );
+    let mut script = String::new();
+    for (i, p) in probes.iter().enumerate() {
+        if let Some(p) = p {
+            script.push_str(&format!(
+                "printf '%s\\n' '{marker} {i}'; ( {p}\n) 2>&1; printf '\\n%s %s\\n' '{marker}-rc' \"$?\"\n"
+            ));
+        }
+    }
+    let out = conn.read(&script, Duration::from_secs(120)).await?;
+    let text = out.stdout_str();
+    let mut result = vec![None; probes.len()];
+    let mut rest = text.as_str();
+    while let Some(pos) = rest.find(&format!("{marker} ")) {
+        let after = &rest[pos + marker.len() + 1..];
+        let (idx, body) = after.split_once('\n').unwrap_or((after, ""));
+        let end_tag = format!("\n{marker}-rc ");
+        let Some(end) = body.find(&end_tag) else { break };
+        let section = &body[..end];
+        let rc_line = body[end + end_tag.len()..].lines().next().unwrap_or("1");
+        if let Ok(i) = idx.trim().parse::<usize>()
+            && i < result.len()
+        {
+            result[i] = Some(ProbeOut { rc: rc_line.trim().parse().unwrap_or(1), text: section.to_string() });
+        }
+        rest = &body[end + end_tag.len()..];
+    }
+    Ok(result)
+}
+
+async fn single_probe(conn: &Conn, probe: &str) -> Result<ProbeOut, SshError> {
+    let out = conn.read(&format!("( {probe}\n) 2>&1"), Duration::from_secs(120)).await?;
+    Ok(ProbeOut { rc: out.status.map(|s| s as i32).unwrap_or(-1), text: out.stdout_str() })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_phase(
+    s: &Shared,
+    conn: &mut Conn,
+    host: &str,
+    phase: &str,
+    plan: &PhasePlan,
+    mode: Mode,
+    recap: &mut HostRecap,
+) -> Result<(), Stop> {
+    let check = s.opts.check;
+    let steps: Vec<&Step> = match mode {
+        Mode::Full => plan.steps.iter().collect(),
+        Mode::Observe => plan
+            .steps
+            .iter()
+            .filter(|st| matches!(st.action, Action::Capture { read_only: true, .. }))
+            .collect(),
+    };
+    let probes: Vec<Option<String>> = steps.iter().map(|st| st.action.probe()).collect();
+    // A capture that changes the host is not a probe: it runs on its own, in order, and never in check mode.
+    let batchable: Vec<Option<String>> = steps
+        .iter()
+        .zip(&probes)
+        .map(
+            |(st, p)| {
+                if matches!(st.action, Action::Capture { read_only: false, .. }) { None } else { p.clone() }
+            },
+        )
+        .collect();
+    let batch = batch_probe(conn, &batchable).await?;
+    let mut dirty = false;
+    let mut notified = BTreeSet::new();
+    for (i, step) in steps.iter().enumerate() {
+        if s.abort.load(Ordering::SeqCst) {
+            return Err(Stop {
+                unreachable: false,
+                message: "stopped: another host failed (--fail-fast)".into(),
+            });
+        }
+        let changed =
+            run_step(s, conn, host, phase, step, probes[i].as_deref(), batch[i].clone(), dirty, mode, recap)
+                .await?;
+        if changed {
+            dirty |= !check;
+            notified.extend(step.notify.iter().cloned());
+        }
+    }
+    for handler in plan.handlers.iter().filter(|h| notified.contains(&h.name)) {
+        let probe = handler.action.probe();
+        run_step(s, conn, host, phase, handler, probe.as_deref(), None, true, mode, recap).await?;
+    }
+    Ok(())
+}
+
+/// Probes (unless the batch result is still valid), decides and applies one step.
+/// Returns whether it changed something (or would, in check mode).
+#[allow(clippy::too_many_arguments)]
+async fn run_step(
+    s: &Shared,
+    conn: &mut Conn,
+    host: &str,
+    phase: &str,
+    step: &Step,
+    probe: Option<&str>,
+    batched: Option<ProbeOut>,
+    dirty: bool,
+    mode: Mode,
+    recap: &mut HostRecap,
+) -> Result<bool, Stop> {
+    let check = s.opts.check;
+    let mut ev = StepEvent {
+        host: host.to_string(),
+        phase: phase.to_string(),
+        step: step.name.clone(),
+        kind: step.action.kind().to_string(),
+        status: Status::Ok,
+        summary: None,
+        diff: None,
+        error: None,
+        check,
+    };
+    let skip_mutating_capture =
+        matches!(step.action, Action::Capture { read_only: false, .. }) && (check || mode == Mode::Observe);
+    let result: Result<Status, Stop> = async {
+        if skip_mutating_capture {
+            ev.summary = Some("would run (changes the host)".into());
+            return Ok(Status::Skipped);
+        }
+        // A batched probe is stale once an earlier step of this phase changed the host.
+        let out = match (probe, batched) {
+            (Some(cmd), _) if matches!(step.action, Action::Capture { read_only: false, .. }) => {
+                match changing_capture(conn, cmd, step.timeout, &s.log, host).await {
+                    Ok(out) => out,
+                    Err(ApplyError::Transport(e)) => return Err(e.into()),
+                    Err(e) => {
+                        ev.error = Some(e.to_string());
+                        return Ok(Status::Failed);
+                    }
+                }
+            }
+            (None, _) => ProbeOut::default(),
+            (Some(_), Some(b)) if !dirty => b,
+            (Some(p), _) => single_probe(conn, p).await?,
+        };
+        let decision = match step.action.evaluate(&out) {
+            Ok(d) => d,
+            Err(e) => {
+                ev.error = Some(e);
+                return Ok(Status::Failed);
+            }
+        };
+        match decision {
+            Decision::Ok => Ok(Status::Ok),
+            Decision::Captured(v) => {
+                if let Action::Capture { var, secret, .. } = &step.action {
+                    if *secret {
+                        s.log.redactor.add(&v);
+                    }
+                    s.vars.write().await.entry(host.to_string()).or_default().insert(var.clone(), v);
+                }
+                Ok(Status::Ok)
+            }
+            Decision::Wait { target, timeout, interval } => {
+                if check {
+                    ev.summary = Some("wait skipped in check mode".into());
+                    return Ok(Status::Skipped);
+                }
+                wait_for(conn, &target, timeout, interval).await.map(|_| Status::Ok).or_else(|e| {
+                    ev.error = Some(e);
+                    Ok(Status::Failed)
+                })
+            }
+            Decision::Change(c) => {
+                ev.summary = Some(c.summary.clone());
+                ev.diff = c.diff.clone();
+                match apply_change(conn, &c, check, step.timeout, &s.log, host).await {
+                    Ok(()) => Ok(Status::Changed),
+                    Err(ApplyError::Transport(e)) if e.is_unreachable() => Err(e.into()),
+                    Err(e) => {
+                        ev.error = Some(e.to_string());
+                        Ok(Status::Failed)
+                    }
+                }
+            }
+        }
+    }
+    .await;
+    let status = match result {
+        Ok(st) => st,
+        Err(stop) => {
+            ev.status = Status::Failed;
+            ev.error = Some(stop.message.clone());
+            if mode == Mode::Full {
+                s.log.line(host, &format!("{phase} / {}: unreachable: {}", step.name, stop.message));
+            }
+            return Err(stop);
+        }
+    };
+    ev.status = status;
+    if mode == Mode::Full {
+        match status {
+            Status::Ok => recap.ok += 1,
+            Status::Changed => recap.changed += 1,
+            Status::Failed => recap.failed += 1,
+            Status::Skipped => recap.skipped += 1,
+        }
+        s.log.line(host, &serde_json::to_string(&ev).unwrap_or_default());
+        s.reporter.step(&ev);
+    }
+    if status == Status::Failed {
+        return Err(Stop {
+            unreachable: false,
+            message: format!("{phase} / {}: {}", step.name, ev.error.unwrap_or_default()),
+        });
+    }
+    Ok(status == Status::Changed)
+}
+
+async fn wait_for(
+    conn: &Conn,
+    target: &WaitTarget,
+    timeout: Duration,
+    interval: Duration,
+) -> Result<(), String> {
+    let cmd = match target {
+        WaitTarget::Port { host, port } => {
+            format!(
+                "timeout 5 bash -c {} >/dev/null 2>&1",
+                provision_ssh::shell_quote(&format!("</dev/tcp/{host}/{port}"))
+            )
+        }
+        WaitTarget::Command(c) => c.clone(),
+    };
+    let start = Instant::now();
+    loop {
+        let last = match conn.read(&cmd, Duration::from_secs(60)).await {
+            Ok(out) if out.success() => return Ok(()),
+            Ok(out) => format!("{}{}", out.stdout_str().trim(), out.stderr_str().trim()),
+            Err(e) if e.is_unreachable() => return Err(e.to_string()),
+            Err(e) => e.to_string(),
+        };
+        if start.elapsed() + interval > timeout {
+            let what = match target {
+                WaitTarget::Port { host, port } => format!("{host}:{port}"),
+                WaitTarget::Command(c) => format!("`{c}`"),
+            };
+            return Err(format!("gave up waiting for {what} after {} s (last: {last})", timeout.as_secs()));
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
