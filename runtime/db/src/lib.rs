@@ -1,0 +1,481 @@
+//! The miner's inventory in Postgres: servers, their GPUs, chutes and deployments,
+//! plus the `deployment_audit` trail maintained by triggers.
+//!
+//! Queries are plain runtime `sqlx::query` calls (no compile-time checking), so the
+//! crate builds without a database or an offline cache. Rows are mapped by hand in
+//! [`model`]; their `Serialize` output is the JSON the original API returned.
+//!
+//! Invariants kept by the schema rather than by callers:
+//! * a GPU belongs to at most one deployment, on its own server (composite FK);
+//! * deleting a server deletes its GPUs and deployments; deleting a deployment frees
+//!   its GPUs and stamps `deployment_audit.deleted_at`.
+
+pub mod migrate;
+pub mod model;
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Acquire, Row};
+
+pub use model::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("migration {version}_{name} failed: {source}")]
+    Migration { version: &'static str, name: &'static str, source: sqlx::Error },
+    #[error("a server named {name} or with id {server_id} is already tracked")]
+    DuplicateServer { server_id: String, name: String },
+    #[error("GPU {gpu_id} is already tracked")]
+    DuplicateGpu { gpu_id: String },
+    #[error("server {server_id} has only {free} free verified GPUs, {wanted} wanted")]
+    NotEnoughGpus { server_id: String, free: usize, wanted: usize },
+    #[error("no {what} {id}")]
+    NotFound { what: &'static str, id: String },
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
+}
+
+/// A pool on the inventory database.
+#[derive(Clone, Debug)]
+pub struct Db {
+    pool: PgPool,
+}
+
+impl Db {
+    /// Connects lazily-checked: fails now if the server cannot be reached.
+    pub async fn connect(url: &str) -> Result<Self, DbError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(std::time::Duration::from_secs(10))
+            .connect(url)
+            .await?;
+        Ok(Db { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Self {
+        Db { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies pending migrations under the advisory lock; returns what this call applied.
+    pub async fn migrate(&self) -> Result<Vec<&'static str>, DbError> {
+        let mut conn = self.pool.acquire().await?;
+        let conn = conn.acquire().await?;
+        migrate::run(conn).await
+    }
+
+    /// Cheap liveness check for readiness probes.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    // ---- servers ----
+
+    /// The server whose id or name is `key` (the original's `_get_server`).
+    pub async fn find_server(&self, key: &str) -> Result<Option<Server>, DbError> {
+        let row = sqlx::query("SELECT * FROM servers WHERE server_id = $1 OR name = $1 LIMIT 1")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Server::from_row).transpose().map_err(Into::into)
+    }
+
+    /// Every server with its GPUs and deployments (each with its chute and GPUs).
+    pub async fn list_servers(&self) -> Result<Vec<ServerView>, DbError> {
+        let servers =
+            sqlx::query("SELECT * FROM servers ORDER BY created_at, name").fetch_all(&self.pool).await?;
+        let servers = servers.iter().map(Server::from_row).collect::<Result<Vec<_>, _>>()?;
+        let gpus = sqlx::query("SELECT * FROM gpus ORDER BY gpu_id").fetch_all(&self.pool).await?;
+        let gpus = gpus.iter().map(Gpu::from_row).collect::<Result<Vec<_>, _>>()?;
+        let deployments =
+            self.deployment_views("SELECT * FROM deployments ORDER BY created_at, deployment_id").await?;
+
+        let mut gpus_by_server: HashMap<String, Vec<Gpu>> = HashMap::new();
+        for g in gpus {
+            gpus_by_server.entry(g.server_id.clone()).or_default().push(g);
+        }
+        let mut deps_by_server: HashMap<String, Vec<DeploymentView>> = HashMap::new();
+        for d in deployments {
+            deps_by_server.entry(d.deployment.server_id.clone()).or_default().push(d);
+        }
+        Ok(servers
+            .into_iter()
+            .map(|server| ServerView {
+                gpus: gpus_by_server.remove(&server.server_id).unwrap_or_default(),
+                deployments: deps_by_server.remove(&server.server_id).unwrap_or_default(),
+                server,
+            })
+            .collect())
+    }
+
+    /// Inserts a newly tracked server. A name or id already present is [`DbError::DuplicateServer`].
+    pub async fn insert_server(&self, s: &NewServer) -> Result<Server, DbError> {
+        let row = sqlx::query(
+            "INSERT INTO servers (server_id, validator, name, ip_address, status, labels, gpu_count, \
+             cpu_per_gpu, memory_per_gpu, hourly_cost, locked) \
+             VALUES ($1, $2, $3, $4, 'Ready', $5, $6, $7, $8, $9, FALSE) RETURNING *",
+        )
+        .bind(&s.server_id)
+        .bind(&s.validator)
+        .bind(&s.name)
+        .bind(&s.ip_address)
+        .bind(sqlx::types::Json(&s.labels))
+        .bind(s.gpu_count)
+        .bind(s.cpu_per_gpu)
+        .bind(s.memory_per_gpu)
+        .bind(s.hourly_cost)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                DbError::DuplicateServer { server_id: s.server_id.clone(), name: s.name.clone() }
+            } else {
+                e.into()
+            }
+        })?;
+        Ok(Server::from_row(&row)?)
+    }
+
+    pub async fn set_verification_port(&self, server_id: &str, port: i32) -> Result<(), DbError> {
+        self.update_server(server_id, "UPDATE servers SET verification_port = $2 WHERE server_id = $1", port)
+            .await
+    }
+
+    pub async fn set_seed(&self, server_id: &str, seed: i64) -> Result<(), DbError> {
+        self.update_server(server_id, "UPDATE servers SET seed = $2 WHERE server_id = $1", seed).await
+    }
+
+    async fn update_server<T>(&self, server_id: &str, sql: &'static str, value: T) -> Result<(), DbError>
+    where
+        T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+    {
+        let done = sqlx::query(sql).bind(server_id).bind(value).execute(&self.pool).await?;
+        if done.rows_affected() == 0 {
+            return Err(DbError::NotFound { what: "server", id: server_id.to_owned() });
+        }
+        Ok(())
+    }
+
+    /// Sets `locked`; returns the updated server, or `None` when `key` matches none.
+    pub async fn set_locked(&self, key: &str, locked: bool) -> Result<Option<Server>, DbError> {
+        let row = sqlx::query("UPDATE servers SET locked = $2 WHERE server_id = $1 OR name = $1 RETURNING *")
+            .bind(key)
+            .bind(locked)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Server::from_row).transpose().map_err(Into::into)
+    }
+
+    /// Deletes a server with its GPUs and deployments; false when it did not exist.
+    pub async fn delete_server(&self, server_id: &str) -> Result<bool, DbError> {
+        let done = sqlx::query("DELETE FROM servers WHERE server_id = $1")
+            .bind(server_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    // ---- gpus ----
+
+    /// Inserts the GPUs GraVal reported for a server, unverified, in one transaction.
+    pub async fn insert_gpus(
+        &self,
+        server_id: &str,
+        validator: &str,
+        gpus: &[NewGpu],
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        for g in gpus {
+            sqlx::query(
+                "INSERT INTO gpus (gpu_id, validator, server_id, device_info, model_short_ref, verified) \
+                 VALUES ($1, $2, $3, $4, $5, FALSE)",
+            )
+            .bind(&g.gpu_id)
+            .bind(validator)
+            .bind(server_id)
+            .bind(sqlx::types::Json(&g.device_info))
+            .bind(&g.model_short_ref)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    DbError::DuplicateGpu { gpu_id: g.gpu_id.clone() }
+                } else {
+                    e.into()
+                }
+            })?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn server_gpus(&self, server_id: &str) -> Result<Vec<Gpu>, DbError> {
+        let rows = sqlx::query("SELECT * FROM gpus WHERE server_id = $1 ORDER BY gpu_id")
+            .bind(server_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(Gpu::from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Marks every GPU of a server verified (end of a successful add-node).
+    pub async fn verify_server_gpus(&self, server_id: &str) -> Result<u64, DbError> {
+        let done = sqlx::query("UPDATE gpus SET verified = TRUE WHERE server_id = $1")
+            .bind(server_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    // ---- chutes ----
+
+    /// Inserts or replaces the local chute row (keyed by chute_id, as the original).
+    pub async fn upsert_chute(&self, c: &Chute) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO chutes (chute_id, validator, name, image, code, filename, ref_str, version, supported_gpus, \
+             gpu_count, chutes_version, ban_reason) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) \
+             ON CONFLICT (chute_id) DO UPDATE SET validator = EXCLUDED.validator, name = EXCLUDED.name, \
+             image = EXCLUDED.image, code = EXCLUDED.code, filename = EXCLUDED.filename, ref_str = EXCLUDED.ref_str, \
+             version = EXCLUDED.version, supported_gpus = EXCLUDED.supported_gpus, gpu_count = EXCLUDED.gpu_count, \
+             chutes_version = EXCLUDED.chutes_version, ban_reason = EXCLUDED.ban_reason, updated_at = NOW()",
+        )
+        .bind(&c.chute_id)
+        .bind(&c.validator)
+        .bind(&c.name)
+        .bind(&c.image)
+        .bind(&c.code)
+        .bind(&c.filename)
+        .bind(&c.ref_str)
+        .bind(&c.version)
+        .bind(&c.supported_gpus)
+        .bind(c.gpu_count)
+        .bind(&c.chutes_version)
+        .bind(&c.ban_reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    // ---- deployments ----
+
+    /// Inserts a stub deployment and allocates `gpu_count` free verified GPUs of its
+    /// server to it, atomically: concurrent callers never get the same GPU (rows are
+    /// locked with `FOR UPDATE SKIP LOCKED`), and a shortage inserts nothing.
+    pub async fn create_deployment(
+        &self,
+        d: &NewDeployment,
+        gpu_count: usize,
+    ) -> Result<Vec<String>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let free: Vec<String> = sqlx::query(
+            "SELECT gpu_id FROM gpus WHERE server_id = $1 AND deployment_id IS NULL AND verified \
+             ORDER BY gpu_id LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&d.server_id)
+        .bind(gpu_count as i64)
+        .fetch_all(&mut *tx)
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+        if free.len() < gpu_count {
+            return Err(DbError::NotEnoughGpus {
+                server_id: d.server_id.clone(),
+                free: free.len(),
+                wanted: gpu_count,
+            });
+        }
+        sqlx::query(
+            "INSERT INTO deployments (deployment_id, validator, chute_id, server_id, version, job_id, config_id, \
+             host, active, stub) VALUES ($1,$2,$3,$4,$5,$6,$7,(SELECT ip_address FROM servers WHERE server_id = $4), \
+             FALSE, TRUE)",
+        )
+        .bind(&d.deployment_id)
+        .bind(&d.validator)
+        .bind(&d.chute_id)
+        .bind(&d.server_id)
+        .bind(&d.version)
+        .bind(&d.job_id)
+        .bind(&d.config_id)
+        .execute(&mut *tx)
+        .await?;
+        self.allocate(&mut tx, &d.deployment_id, &free).await?;
+        tx.commit().await?;
+        Ok(free)
+    }
+
+    /// Points the given GPUs at a deployment; refuses GPUs already allocated.
+    async fn allocate(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        deployment_id: &str,
+        gpu_ids: &[String],
+    ) -> Result<(), DbError> {
+        let done = sqlx::query(
+            "UPDATE gpus SET deployment_id = $1 WHERE gpu_id = ANY($2) AND deployment_id IS NULL",
+        )
+        .bind(deployment_id)
+        .bind(gpu_ids)
+        .execute(&mut **tx)
+        .await?;
+        if done.rows_affected() as usize != gpu_ids.len() {
+            return Err(DbError::NotEnoughGpus {
+                server_id: String::new(),
+                free: done.rows_affected() as usize,
+                wanted: gpu_ids.len(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Allocates specific GPUs to an existing deployment (all or none).
+    pub async fn allocate_gpus(&self, deployment_id: &str, gpu_ids: &[String]) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        self.allocate(&mut tx, deployment_id, gpu_ids).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn set_deployment_verified(
+        &self,
+        deployment_id: &str,
+        instance_id: &str,
+    ) -> Result<(), DbError> {
+        sqlx::query("UPDATE deployments SET instance_id = $2, verified_at = NOW() WHERE deployment_id = $1")
+            .bind(deployment_id)
+            .bind(instance_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn deployment(&self, deployment_id: &str) -> Result<Option<DeploymentView>, DbError> {
+        let rows = sqlx::query("SELECT * FROM deployments WHERE deployment_id = $1")
+            .bind(deployment_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(self.attach(rows).await?.into_iter().next())
+    }
+
+    /// Deployments of one server; `jobs`: `Some(true)` only jobs, `Some(false)` no jobs.
+    pub async fn server_deployments(
+        &self,
+        server_id: &str,
+        jobs: Option<bool>,
+    ) -> Result<Vec<DeploymentView>, DbError> {
+        let sql = match jobs {
+            None => "SELECT * FROM deployments WHERE server_id = $1 ORDER BY created_at, deployment_id",
+            Some(true) => {
+                "SELECT * FROM deployments WHERE server_id = $1 AND job_id IS NOT NULL ORDER BY created_at, deployment_id"
+            }
+            Some(false) => {
+                "SELECT * FROM deployments WHERE server_id = $1 AND job_id IS NULL ORDER BY created_at, deployment_id"
+            }
+        };
+        let rows = sqlx::query(sql).bind(server_id).fetch_all(&self.pool).await?;
+        self.attach(rows).await
+    }
+
+    pub async fn all_deployments(&self) -> Result<Vec<DeploymentView>, DbError> {
+        self.deployment_views("SELECT * FROM deployments ORDER BY created_at, deployment_id").await
+    }
+
+    /// Deletes a deployment row (GPUs are freed, the audit row gets `deleted_at`).
+    pub async fn delete_deployment(&self, deployment_id: &str) -> Result<bool, DbError> {
+        let done = sqlx::query("DELETE FROM deployments WHERE deployment_id = $1")
+            .bind(deployment_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn deployment_views(&self, sql: &'static str) -> Result<Vec<DeploymentView>, DbError> {
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+        self.attach(rows).await
+    }
+
+    /// Joins chute, server name and GPUs onto deployment rows.
+    async fn attach(&self, rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<DeploymentView>, DbError> {
+        let deployments = rows.iter().map(Deployment::from_row).collect::<Result<Vec<_>, _>>()?;
+        if deployments.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = deployments.iter().map(|d| d.deployment_id.as_str()).collect();
+        let chute_ids: Vec<&str> = deployments.iter().map(|d| d.chute_id.as_str()).collect();
+        let server_ids: Vec<&str> = deployments.iter().map(|d| d.server_id.as_str()).collect();
+        let gpus = sqlx::query("SELECT * FROM gpus WHERE deployment_id = ANY($1) ORDER BY gpu_id")
+            .bind(&ids)
+            .fetch_all(&self.pool)
+            .await?;
+        let chutes = sqlx::query("SELECT * FROM chutes WHERE chute_id = ANY($1)")
+            .bind(&chute_ids)
+            .fetch_all(&self.pool)
+            .await?;
+        let names = sqlx::query("SELECT server_id, name FROM servers WHERE server_id = ANY($1)")
+            .bind(&server_ids)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut gpus_by_dep: HashMap<String, Vec<Gpu>> = HashMap::new();
+        for g in gpus.iter().map(Gpu::from_row) {
+            let g = g?;
+            if let Some(d) = g.deployment_id.clone() {
+                gpus_by_dep.entry(d).or_default().push(g);
+            }
+        }
+        let chutes: HashMap<String, Chute> = chutes
+            .iter()
+            .map(|r| Chute::from_row(r).map(|c| (c.chute_id.clone(), c)))
+            .collect::<Result<_, _>>()?;
+        let names: HashMap<String, String> = names
+            .iter()
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get("server_id")?, r.try_get("name")?)))
+            .collect::<Result<_, _>>()?;
+        Ok(deployments
+            .into_iter()
+            .map(|d| DeploymentView {
+                chute: chutes.get(&d.chute_id).cloned(),
+                gpus: gpus_by_dep.remove(&d.deployment_id).unwrap_or_default(),
+                server_name: names.get(&d.server_id).cloned(),
+                deployment: d,
+            })
+            .collect())
+    }
+
+    // ---- audit ----
+
+    /// Audit rows still alive, or deleted within `[start, end]` (UTC), as the exporter uploads.
+    pub async fn audit_rows(
+        &self,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+    ) -> Result<Vec<AuditRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT * FROM deployment_audit WHERE deleted_at IS NULL OR deleted_at BETWEEN $1 AND $2 \
+             ORDER BY created_at, deployment_id",
+        )
+        .bind(start.naive_utc())
+        .bind(end.naive_utc())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(AuditRow::from_row).collect::<Result<_, _>>()?)
+    }
+}
+
+/// Formats a naive UTC timestamp as Python's `datetime.isoformat()` does.
+pub fn iso(ts: &NaiveDateTime) -> String {
+    use chrono::Timelike;
+    if ts.nanosecond() == 0 {
+        ts.format("%Y-%m-%dT%H:%M:%S").to_string()
+    } else {
+        ts.format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
+    }
+}
