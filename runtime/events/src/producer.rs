@@ -1,0 +1,186 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rand::RngCore;
+use redis::Script;
+use redis::aio::MultiplexedConnection;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::conn::{Endpoint, StreamConfig};
+use crate::{Backoff, EventsError, MinerEvent};
+
+/// Appends the event unless its `event_id` was appended before (within the dedupe
+/// TTL), and returns the entry's stream id either way. One script, so "appended"
+/// and "remembered" cannot be split by a crash: a producer that lost the reply
+/// retries and gets the first id back instead of a duplicate entry.
+const APPEND: &str = r"
+local prev = redis.call('GET', KEYS[2])
+if prev then return prev end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'event', ARGV[2], 'event_id', ARGV[1])
+redis.call('SET', KEYS[2], id, 'EX', ARGV[4])
+return id
+";
+
+enum Job {
+    Append { event_id: String, payload: String, done: Option<oneshot::Sender<String>> },
+    Flush(oneshot::Sender<()>),
+}
+
+/// Appends events to the stream. Cheap to clone; all clones share one queue and
+/// one background appender, so events keep the order they were accepted in.
+///
+/// "Accepted" means queued in this process: the appender retries until Redis has
+/// the entry, however long Redis is away. Only a crash of this process while
+/// Redis is away loses queued events; callers that must know an event is durable
+/// (an HTTP reply that promises Gepetto will act) use [`Producer::publish_confirmed`].
+#[derive(Clone)]
+pub struct Producer {
+    tx: mpsc::Sender<Job>,
+    capacity: usize,
+    stream: String,
+    /// Accepted, not yet in Redis (queued plus the one being retried).
+    unsent: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer").field("stream", &self.stream).field("queued", &self.queued()).finish()
+    }
+}
+
+impl Producer {
+    /// Starts the appender for `redis_url`. Does not wait for Redis: the miner API
+    /// must come up even while Redis is still starting. Needs a tokio runtime.
+    pub fn connect(redis_url: &str, cfg: StreamConfig) -> Result<Producer, EventsError> {
+        let endpoint = Endpoint::parse(redis_url)?;
+        let capacity = cfg.buffer.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        let stream = cfg.stream.clone();
+        let unsent = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(append_loop(endpoint, cfg, rx, unsent.clone()));
+        Ok(Producer { tx, capacity, stream, unsent })
+    }
+
+    /// Queues `event`, waiting for room if the queue is full. Returns the event's
+    /// dedupe id.
+    pub async fn publish(&self, event: &MinerEvent) -> Result<String, EventsError> {
+        let (job, event_id) = job(event, None)?;
+        self.unsent.fetch_add(1, Ordering::SeqCst);
+        self.tx.send(job).await.map_err(|_| self.refused(EventsError::Closed))?;
+        Ok(event_id)
+    }
+
+    /// Queues `event` or fails at once with [`EventsError::BufferFull`].
+    pub fn try_publish(&self, event: &MinerEvent) -> Result<String, EventsError> {
+        let (job, event_id) = job(event, None)?;
+        self.unsent.fetch_add(1, Ordering::SeqCst);
+        self.tx.try_send(job).map_err(|e| {
+            self.refused(match e {
+                mpsc::error::TrySendError::Full(_) => EventsError::BufferFull { capacity: self.capacity },
+                mpsc::error::TrySendError::Closed(_) => EventsError::Closed,
+            })
+        })?;
+        Ok(event_id)
+    }
+
+    /// Queues `event` and waits until Redis has appended it; returns its stream id.
+    /// If the caller stops waiting (timeout), the event still gets appended.
+    pub async fn publish_confirmed(&self, event: &MinerEvent) -> Result<String, EventsError> {
+        let (done_tx, done_rx) = oneshot::channel();
+        let (job, _) = job(event, Some(done_tx))?;
+        self.unsent.fetch_add(1, Ordering::SeqCst);
+        self.tx.send(job).await.map_err(|_| self.refused(EventsError::Closed))?;
+        done_rx.await.map_err(|_| EventsError::Closed)
+    }
+
+    /// Waits until every event queued before this call is in Redis.
+    pub async fn flush(&self) -> Result<(), EventsError> {
+        let (done_tx, done_rx) = oneshot::channel();
+        self.tx.send(Job::Flush(done_tx)).await.map_err(|_| EventsError::Closed)?;
+        done_rx.await.map_err(|_| EventsError::Closed)
+    }
+
+    /// Events accepted but not yet in Redis.
+    pub fn queued(&self) -> usize {
+        self.unsent.load(Ordering::SeqCst)
+    }
+
+    fn refused(&self, e: EventsError) -> EventsError {
+        self.unsent.fetch_sub(1, Ordering::SeqCst);
+        e
+    }
+}
+
+fn job(event: &MinerEvent, done: Option<oneshot::Sender<String>>) -> Result<(Job, String), EventsError> {
+    let payload = serde_json::to_string(event)?;
+    let mut id = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut id);
+    let event_id: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    Ok((Job::Append { event_id: event_id.clone(), payload, done }, event_id))
+}
+
+async fn append_loop(
+    endpoint: Endpoint,
+    cfg: StreamConfig,
+    mut rx: mpsc::Receiver<Job>,
+    unsent: Arc<AtomicUsize>,
+) {
+    let script = Script::new(APPEND);
+    let dedupe_prefix = cfg.dedupe_key_prefix();
+    let ttl = cfg.dedupe_ttl.as_secs().max(1);
+    let mut conn: Option<MultiplexedConnection> = None;
+    let mut backoff = Backoff::new(cfg.retry_initial, cfg.retry_cap);
+    while let Some(job) = rx.recv().await {
+        let (event_id, payload, done) = match job {
+            Job::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+            Job::Append { event_id, payload, done } => (event_id, payload, done),
+        };
+        loop {
+            let result = match conn.as_mut() {
+                Some(c) => script
+                    .key(&cfg.stream)
+                    .key(format!("{dedupe_prefix}{event_id}"))
+                    .arg(&event_id)
+                    .arg(&payload)
+                    .arg(cfg.max_len)
+                    .arg(ttl)
+                    .invoke_async::<String>(c)
+                    .await
+                    .map_err(|e| endpoint.err(e)),
+                None => match endpoint.connect(cfg.command_timeout).await {
+                    Ok(c) => {
+                        conn = Some(c);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+            };
+            match result {
+                Ok(stream_id) => {
+                    backoff.reset();
+                    unsent.fetch_sub(1, Ordering::SeqCst);
+                    if let Some(done) = done {
+                        let _ = done.send(stream_id);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    conn = None;
+                    let delay = backoff.next_delay();
+                    // Every failure is worth a line at first; later ones every tenth.
+                    if backoff.attempts() <= 3 || backoff.attempts().is_multiple_of(10) {
+                        tracing::warn!(
+                            error = %e, queued = unsent.load(Ordering::SeqCst), retry_in = ?delay,
+                            "event not yet appended to the stream; retrying"
+                        );
+                    }
+                    tokio::time::sleep(delay.max(Duration::from_millis(1))).await;
+                }
+            }
+        }
+    }
+}
