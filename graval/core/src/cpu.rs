@@ -12,6 +12,8 @@ use crate::prng::{fill_matrix, mix_slice};
 
 pub struct CpuEngine {
     info: DeviceInfo,
+    /// Memory budget if not `info.memory` (to mirror another device's sizing).
+    limit: Option<u64>,
     threads: usize,
     n: usize,
     matrices: Vec<Vec<f32>>,
@@ -21,7 +23,14 @@ pub struct CpuEngine {
 impl CpuEngine {
     /// An engine reporting `info`; `info.memory` is the memory budget.
     pub fn with_device(info: DeviceInfo, threads: usize) -> Self {
-        Self { info, threads: threads.max(1), n: 0, matrices: Vec::new(), scratch: Vec::new() }
+        Self { info, limit: None, threads: threads.max(1), n: 0, matrices: Vec::new(), scratch: Vec::new() }
+    }
+
+    /// Sizes proofs to `bytes` instead of `info.memory`, keeping the reported identity
+    /// (e.g. to replay a GPU's proof with that GPU's device info on the CPU).
+    pub fn with_memory_limit(mut self, bytes: u64) -> Self {
+        self.limit = Some(bytes);
+        self
     }
 
     /// An engine for this host with a memory budget of `budget` bytes and all cores.
@@ -68,7 +77,7 @@ impl Engine for CpuEngine {
     }
 
     fn free_memory(&mut self) -> Result<u64, BackendError> {
-        Ok(self.info.memory)
+        Ok(self.limit.unwrap_or(self.info.memory))
     }
 
     fn allocate(&mut self, n: usize, count: usize) -> Result<(), BackendError> {

@@ -95,17 +95,30 @@ fn blas_err(op: &'static str) -> impl Fn(cudarc::cublas::result::CublasError) ->
     move |e| BackendError::Cuda { op, message: format!("{e:?}") }
 }
 
-/// Number of CUDA devices (0 if the driver cannot be loaded or initialised).
-pub fn device_count() -> Result<usize, BackendError> {
-    // cudarc panics when libcuda cannot be loaded; turn that into an error.
-    let r = std::panic::catch_unwind(CudaContext::device_count);
-    match r {
-        Ok(Ok(n)) => Ok(n.max(0) as usize),
-        Ok(Err(e)) => Err(cuda_err("cuDeviceGetCount")(e)),
-        Err(_) => {
-            Err(BackendError::Cuda { op: "load libcuda", message: "CUDA driver library not found".into() })
-        }
+/// Fails with a clear error unless libcuda, libcublas and libnvrtc can be loaded
+/// (cudarc would panic on first use otherwise).
+fn check_libraries() -> Result<(), BackendError> {
+    // SAFETY: these only try to dlopen the libraries by name.
+    let present = unsafe {
+        [
+            ("libcuda (the NVIDIA driver)", sys::is_culib_present()),
+            ("libcublas", blas_sys::is_culib_present()),
+            ("libnvrtc", cudarc::nvrtc::sys::is_culib_present()),
+        ]
+    };
+    match present.iter().find(|(_, ok)| !ok) {
+        Some((name, _)) => Err(BackendError::Cuda {
+            op: "load library",
+            message: format!("{name} not found on the library path (LD_LIBRARY_PATH)"),
+        }),
+        None => Ok(()),
     }
+}
+
+/// Number of CUDA devices.
+pub fn device_count() -> Result<usize, BackendError> {
+    check_libraries()?;
+    CudaContext::device_count().map(|n| n.max(0) as usize).map_err(cuda_err("cuDeviceGetCount"))
 }
 
 /// Device info of GPU `ordinal` from the driver API, in the original's units.

@@ -64,6 +64,13 @@ pub fn fill_matrix(key: [u32; 2], k: u32, out: &mut [f32]) {
     }
 }
 
+/// Matrix `k` of size n x n as a new vector.
+pub fn fill_matrix_vec(key: [u32; 2], k: u32, n: usize) -> Vec<f32> {
+    let mut out = vec![0f32; n * n];
+    fill_matrix(key, k, &mut out);
+    out
+}
+
 /// Fills one row `row` (n elements) of matrix `k` of size n x n.
 pub fn fill_row(key: [u32; 2], k: u32, n: usize, row: usize, out: &mut [f32]) {
     debug_assert_eq!(out.len(), n);

@@ -23,7 +23,7 @@ use crate::crypto::{ChallengeKey, format_transport};
 use crate::device::DeviceInfo;
 use crate::error::{CryptoError, VerifyError};
 use crate::gemm::{MatRef, sgemm};
-use crate::prng::{fill_matrix, fill_row, mix_slice};
+use crate::prng::{fill_matrix_vec, fill_row, mix_slice};
 use crate::proof::WorkProduct;
 use crate::schedule::{ProofParams, SeedKey};
 
@@ -270,11 +270,7 @@ impl<'a> Replay<'a> {
     fn full_state(&mut self, m: u64, t: u64) -> Vec<f32> {
         let n = self.params.matrix_size;
         match self.last_update(m, t) {
-            None => {
-                let mut out = vec![0f32; n * n];
-                fill_matrix(self.philox, m as u32, &mut out);
-                out
-            }
+            None => fill_matrix_vec(self.philox, m as u32, n),
             Some(s) => self.full_after(s).clone(),
         }
     }

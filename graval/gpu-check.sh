@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# GPU check for the CUDA backend: CUDA hashes equal CPU hashes at small n, one
+# full-size proof verified by the CPU verifier, and the GPU benchmark (proof TFLOP/s
+# beside cuBLAS SGEMM on the same card, VRAM filled, wall time per matrix size).
+#
+#   graval/gpu-check.sh                 build with --features cuda (needs cargo), then run
+#   graval/gpu-check.sh --build-only    build here and copy the binaries to graval/.gpu-bin
+#   graval/gpu-check.sh --prebuilt      run the binaries in graval/.gpu-bin (no cargo needed)
+#
+# Exit codes: 0 all passed, 1 a check failed, 3 no CUDA GPU/driver (nothing was tested).
+# Writes the full log to $OUT/gpu-check.log when OUT is set. Takes ~2-3 minutes on one H100.
+set -uo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+bin="$here/.gpu-bin"
+mode="${1:-all}"
+log="${OUT:-/tmp}/gpu-check.log"
+exec > >(tee "$log") 2>&1
+
+build() {
+    command -v cargo >/dev/null || { echo "cargo not found: use --prebuilt with binaries from --build-only"; exit 1; }
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
+    mkdir -p "$bin"
+    (cd "$root" && cargo build --release -p graval --features cuda --bin graval-bench) || exit 1
+    local tests
+    tests=$(cd "$root" && cargo test --release -p graval --features cuda --test cuda --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda" and m.get("executable"):
+        print(m["executable"])') || exit 1
+    [ -n "$tests" ] || { echo "could not find the cuda test binary"; exit 1; }
+    cp "$tests" "$bin/cuda-tests"
+    cp "$CARGO_TARGET_DIR/release/graval-bench" "$bin/graval-bench"
+    echo "built: $(ls -la "$bin" | tail -n +2 | awk '{print $5, $9}' | tr '\n' ' ')"
+}
+
+# Directories holding libcuda, libcublas and libnvrtc, for cudarc's dynamic loading.
+library_path() {
+    local dirs=""
+    for pat in 'libcuda.so*' 'libcublas.so*' 'libcublasLt.so*' 'libnvrtc.so*'; do
+        while IFS= read -r f; do
+            d="$(dirname "$f")"
+            case ":$dirs:" in *":$d:"*) ;; *) dirs="$dirs:$d" ;; esac
+        done < <(find /usr/local/nvidia /usr/local/cuda* /usr/lib/x86_64-linux-gnu /usr/lib64 /opt \
+            -maxdepth 10 -name "$pat" 2>/dev/null | grep -v stubs | head -20)
+    done
+    echo "${dirs#:}"
+}
+
+run() {
+    [ -x "$bin/cuda-tests" ] && [ -x "$bin/graval-bench" ] || { echo "no binaries in $bin: run --build-only first"; exit 1; }
+    if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
+        echo "NO CUDA GPU: nvidia-smi missing or sees no device. The CUDA path is untested."
+        exit 3
+    fi
+    nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version,clocks.sm,clocks.max.sm --format=csv
+    local lp
+    lp="$(library_path)"
+    export LD_LIBRARY_PATH="${lp}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export NVIDIA_TF32_OVERRIDE=0
+    echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+    local status=0
+    echo "=== CUDA tests (CUDA vs CPU hashes, full-size proof, fail-fast allocation) ==="
+    timeout 200 "$bin/cuda-tests" --ignored --test-threads=1 --nocapture || status=1
+    echo "=== GPU benchmark ==="
+    timeout 200 "$bin/graval-bench" gpu --sizes 8192,16384 --model || status=1
+    echo "=== summary ==="
+    grep -E '^RESULT|test result|FAILED|panicked' "$log" | grep -v '^grep'
+    [ $status -eq 0 ] && echo "GPU CHECK PASSED" || echo "GPU CHECK FAILED"
+    exit $status
+}
+
+case "$mode" in
+    --build-only) build ;;
+    --prebuilt) run ;;
+    all) build && run ;;
+    *) echo "usage: $0 [--build-only|--prebuilt]"; exit 2 ;;
+esac
