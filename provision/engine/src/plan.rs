@@ -315,10 +315,9 @@ impl Action {
                 let meta = match (&st.meta, create) {
                     (Some(m), _) => m.clone(),
                     (None, Some(m)) if !absent => m.clone(),
-                    // Nothing to remove from, or not ours to create.
-                    (None, _) if *absent => return Ok(Decision::Ok),
-                    (None, None) => return Err(format!("{path} does not exist")),
-                    (None, Some(m)) => m.clone(),
+                    // Nothing to remove from, or a file that is not ours to create (e.g. cloud.cfg
+                    // on a host without cloud-init).
+                    (None, _) => return Ok(Decision::Ok),
                 };
                 let old = st.content.clone().unwrap_or_default();
                 match edit_lines(&old, line, matches.as_deref(), *absent) {

@@ -76,9 +76,11 @@ pub enum Action {
     Apt { packages: Vec<String>, state: PackageState, update_cache: bool },
     /// Whole-file content (also what templates render to). `secret` hides the diff.
     File { path: String, content: String, meta: Meta, secret: bool },
-    /// A line present in a file: lines matching `regexp` (a substring test when it has no
-    /// regex characters) are replaced by `line`, otherwise `line` is appended.
-    /// With `absent`, matching lines are removed instead.
+    /// A line present in a file: lines whose trimmed start begins with `matches` are replaced
+    /// by `line` (later duplicates dropped); without `matches`, `line` itself is looked for;
+    /// if nothing matches, `line` is appended.
+    /// With `absent`, matching lines are removed instead. A missing file is created with
+    /// `create`'s mode and owner, or left alone when `create` is None.
     Line { path: String, line: String, matches: Option<String>, absent: bool, create: Option<Meta> },
     /// A directory with mode and owner (parents created as needed).
     Directory { path: String, meta: Meta },

@@ -1,1 +1,650 @@
-//! placeholder
+//! The host roles that replace the chutes-miner Ansible playbooks (`wireguard.yml`, `site.yml`,
+//! `join-cluster.yml`, `fix-containerd.yml`, the driver part of `upgrade-nvidia.yml`), as
+//! ordered phases of steps. Pure planning: no I/O; the engine probes and applies.
+//!
+//! Invariants:
+//! - Every step is idempotent: a converged host plans only "ok" steps.
+//! - Phases are ordered and separated by a barrier across hosts; later phases read values
+//!   captured earlier on other hosts (WireGuard public keys, the join token, joined state).
+//! - Secrets stay on hosts: the WireGuard private key is never read; the join token is a
+//!   secret capture, redacted from output and logs.
+
+pub mod render;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use provision_engine::{Action, Meta, PackageState, Phase, PhasePlan, PlanCtx, Step, WaitTarget};
+use provision_inventory::{Host, Inventory};
+
+/// Phase tags, in run order (`--tags` takes these).
+pub const TAGS: &[&str] = &["wireguard", "base", "nvidia", "microk8s", "primary", "join"];
+
+fn phase(name: &str, tag: &str, f: impl Fn(&PlanCtx) -> PhasePlan + Send + Sync + 'static) -> Phase {
+    Phase { name: name.into(), tag: tag.into(), plan: Arc::new(f) }
+}
+
+fn only(cond: bool, f: impl FnOnce() -> PhasePlan) -> PhasePlan {
+    if cond { f() } else { PhasePlan::default() }
+}
+
+fn apt(packages: &[String]) -> Action {
+    Action::Apt { packages: packages.to_vec(), state: PackageState::Present, update_cache: true }
+}
+
+fn cmd(run: impl Into<String>, unless: impl Into<String>) -> Action {
+    Action::Command { run: run.into(), creates: None, unless: Some(unless.into()) }
+}
+
+fn creates(run: impl Into<String>, path: impl Into<String>) -> Action {
+    Action::Command { run: run.into(), creates: Some(path.into()), unless: None }
+}
+
+fn file(path: impl Into<String>, content: String, meta: Meta) -> Action {
+    Action::File { path: path.into(), content, meta, secret: false }
+}
+
+fn line(path: &str, line: &str, matches: Option<&str>) -> Action {
+    Action::Line {
+        path: path.into(),
+        line: line.into(),
+        matches: matches.map(str::to_string),
+        absent: false,
+        create: Some(Meta::root(0o644)),
+    }
+}
+
+fn service(unit: &str) -> Action {
+    Action::Service { unit: unit.into(), enabled: Some(true), started: Some(true) }
+}
+
+fn restart(name: &str, unit: &str) -> Step {
+    Step::new(name, Action::Command { run: format!("systemctl restart {unit}"), creates: None, unless: None })
+}
+
+fn var<'a>(c: &'a PlanCtx, host: &str, key: &str) -> Option<&'a String> {
+    c.vars.get(host).and_then(|v| v.get(key))
+}
+
+fn home(user: &str) -> String {
+    if user == "root" { "/root".into() } else { format!("/home/{user}") }
+}
+
+/// Packages with `{cuda_version}` and `{nvidia_version}` filled in.
+fn cuda_packages(inv: &Inventory) -> Vec<String> {
+    inv.vars
+        .cuda_packages
+        .iter()
+        .map(|p| {
+            p.replace("{cuda_version}", &inv.vars.cuda_version)
+                .replace("{nvidia_version}", &inv.vars.nvidia_version)
+        })
+        .collect()
+}
+
+const KUBELET_ARGS: &str = "/var/snap/microk8s/current/args/kubelet";
+const APISERVER_ARGS: &str = "/var/snap/microk8s/current/args/kube-apiserver";
+const JOINED: &str = "microk8s status 2>/dev/null | grep -q 'acting as a node in a cluster'";
+
+/// All phases in order.
+pub fn phases() -> Vec<Phase> {
+    vec![
+        phase("wireguard keys", "wireguard", wireguard_keys),
+        phase("wireguard config", "wireguard", wireguard_config),
+        phase("wireguard check", "wireguard", wireguard_check),
+        phase("base", "base", base),
+        phase("nvidia", "nvidia", nvidia),
+        phase("microk8s", "microk8s", microk8s),
+        phase("primary", "primary", primary),
+        phase("join token", "join", join_token),
+        phase("join", "join", join),
+        phase("label nodes", "join", label_nodes),
+    ]
+}
+
+fn wireguard_keys(c: &PlanCtx) -> PhasePlan {
+    let mut steps = vec![
+        Step::new("wireguard packages", apt(&["wireguard-tools".into(), "iputils-ping".into()])),
+        Step::new(
+            "ufw off",
+            cmd("ufw disable", "! command -v ufw >/dev/null || ufw status | grep -q inactive"),
+        ),
+        Step::new(
+            "/etc/wireguard",
+            Action::Directory { path: "/etc/wireguard".into(), meta: Meta::root(0o700) },
+        ),
+        // Generated once, on the host; the private key never leaves it.
+        Step::new(
+            "key pair",
+            creates(
+                "set -e; umask 077; wg genkey > /etc/wireguard/private.key.new; \
+                 wg pubkey < /etc/wireguard/private.key.new > /etc/wireguard/public.key; \
+                 mv /etc/wireguard/private.key.new /etc/wireguard/private.key",
+                "/etc/wireguard/private.key",
+            ),
+        ),
+        Step::new(
+            "read public key",
+            Action::Capture {
+                var: "wg_public_key".into(),
+                run: "cat /etc/wireguard/public.key".into(),
+                secret: false,
+                read_only: true,
+            },
+        ),
+    ];
+    if !c.host.is_primary {
+        // Whether this worker already joined the cluster (read by the join phases).
+        steps.push(Step::new(
+            "cluster membership",
+            Action::Capture {
+                var: "joined".into(),
+                run: format!("if {JOINED}; then echo yes; else echo no; fi"),
+                secret: false,
+                read_only: true,
+            },
+        ));
+    }
+    PhasePlan { steps, handlers: vec![] }
+}
+
+fn wireguard_config(c: &PlanCtx) -> PhasePlan {
+    let key = |name: &str| var(c, name, "wg_public_key").cloned();
+    PhasePlan {
+        steps: vec![
+            Step::new(
+                "wg0.conf",
+                Action::File {
+                    path: "/etc/wireguard/wg0.conf".into(),
+                    content: render::wg0_conf(c.inventory, c.host, &key),
+                    meta: Meta::root(0o600),
+                    secret: false,
+                },
+            )
+            .notify("restart wg0"),
+            Step::new("wg-quick@wg0", service("wg-quick@wg0")),
+        ],
+        handlers: vec![restart("restart wg0", "wg-quick@wg0")],
+    }
+}
+
+fn wireguard_check(c: &PlanCtx) -> PhasePlan {
+    let primary_ip = c.inventory.primary().wireguard_ip;
+    only(!c.host.is_primary, || PhasePlan {
+        steps: vec![Step::new(
+            "ping primary over wireguard",
+            Action::WaitFor {
+                target: WaitTarget::Command(format!("ping -c 1 -W 2 {primary_ip}")),
+                timeout: Duration::from_secs(15),
+                interval: Duration::from_secs(5),
+            },
+        )],
+        handlers: vec![],
+    })
+}
+
+/// Apt source files kept by the clean-up (the original list, plus the distribution's own
+/// deb822 sources and the current NVIDIA container toolkit list, which it would have deleted).
+const KEEP_SOURCES: &str = "^(ubuntu\\.sources|debian\\.sources|cuda-.*\\.list|deadsnakes.*\\.list|docker\\.list|nvidia-docker-container\\.list|nvidia-container-toolkit\\.list)$";
+
+fn base(c: &PlanCtx) -> PhasePlan {
+    let v = &c.inventory.vars;
+    let name = &c.host.name;
+    let mut steps = vec![
+        Step::new(
+            "unattended-upgrades off",
+            Action::Service {
+                unit: "unattended-upgrades".into(),
+                enabled: Some(false),
+                started: Some(false),
+            },
+        ),
+        Step::new(
+            "containerd.io absent",
+            Action::Apt {
+                packages: vec!["containerd.io".into()],
+                state: PackageState::Absent,
+                update_cache: false,
+            },
+        ),
+        Step::new(
+            "stray apt sources",
+            cmd(
+                format!(
+                    "find /etc/apt/sources.list.d -maxdepth 1 -type f -printf '%f\\n' | grep -vE '{KEEP_SOURCES}' | sed 's|^|/etc/apt/sources.list.d/|' | xargs -r rm -f --"
+                ),
+                format!(
+                    "! find /etc/apt/sources.list.d -maxdepth 1 -type f -printf '%f\\n' 2>/dev/null | grep -vqE '{KEEP_SOURCES}'"
+                ),
+            ),
+        ),
+        Step::new(
+            "apt proxy files",
+            cmd("rm -f /etc/apt/apt.conf.d/*proxy*", "! ls /etc/apt/apt.conf.d/ 2>/dev/null | grep -q proxy"),
+        ),
+        Step::new(
+            "apt.conf proxy lines",
+            Action::Line {
+                path: "/etc/apt/apt.conf".into(),
+                line: String::new(),
+                matches: Some("Acquire::".into()),
+                absent: true,
+                create: None,
+            },
+        ),
+        Step::new(
+            "snap proxy",
+            cmd(
+                "snap unset system proxy.http proxy.https proxy.no-proxy",
+                "! command -v snap >/dev/null 2>&1 || ! snap get system proxy >/dev/null 2>&1",
+            ),
+        ),
+        Step::new("packages", apt(&v.packages)),
+        Step::new(
+            "lambda images: purge lambda packages",
+            cmd(
+                "dpkg-query -W -f='${Package}\\n' | grep lambda | xargs -r env DEBIAN_FRONTEND=noninteractive apt-get purge -y",
+                "! { [ -e /etc/lambda-version ] || [ -e /etc/systemd/system/lambda-jupyter.service ]; } || ! dpkg-query -W -f='${Package}\\n' | grep -q lambda",
+            ),
+        ),
+        Step::new("/root/.ssh", Action::Directory { path: "/root/.ssh".into(), meta: Meta::root(0o700) }),
+        Step::new(
+            format!("user {}", v.user),
+            Action::User {
+                name: v.user.clone(),
+                shell: "/bin/bash".into(),
+                groups: vec![],
+                authorized_keys: v.ssh_keys.clone(),
+            },
+        ),
+        Step::new(
+            format!("sudoers {}", v.user),
+            Action::Sudoers {
+                name: format!("90-minerctl-{}", v.user),
+                content: format!("{} ALL=(ALL) NOPASSWD:ALL\n", v.user),
+            },
+        ),
+        Step::new(
+            "vim as editor",
+            cmd(
+                "update-alternatives --set editor /usr/bin/vim.basic",
+                "! [ -x /usr/bin/vim.basic ] || [ \"$(readlink -f /etc/alternatives/editor)\" = /usr/bin/vim.basic ]",
+            ),
+        ),
+        Step::new(
+            "nofile soft",
+            line("/etc/security/limits.conf", "* soft nofile 40000", Some("* soft nofile")),
+        ),
+        Step::new(
+            "nofile hard",
+            line("/etc/security/limits.conf", "* hard nofile 40001", Some("* hard nofile")),
+        ),
+        Step::new(
+            "pam_limits session",
+            line("/etc/pam.d/common-session", "session required pam_limits.so", None),
+        ),
+        Step::new(
+            "pam_limits noninteractive",
+            line("/etc/pam.d/common-session-noninteractive", "session required pam_limits.so", None),
+        ),
+        Step::new("/etc/hostname", file("/etc/hostname", format!("{name}\n"), Meta::root(0o644))),
+        Step::new("hostname", cmd(format!("hostname {name}"), format!("[ \"$(hostname)\" = {name} ]"))),
+        Step::new(
+            "cloud-init keeps hostname",
+            Action::Line {
+                path: "/etc/cloud/cloud.cfg".into(),
+                line: "preserve_hostname: true".into(),
+                matches: Some("preserve_hostname:".into()),
+                absent: false,
+                create: None,
+            },
+        ),
+        Step::new(
+            "set-hostname.sh",
+            file("/usr/local/bin/set-hostname.sh", render::set_hostname_script(name), Meta::root(0o755)),
+        ),
+        Step::new(
+            "set-hostname.service",
+            file("/etc/systemd/system/set-hostname.service", render::set_hostname_unit(), Meta::root(0o644)),
+        )
+        .notify("daemon-reload"),
+        Step::new(
+            "set-hostname enabled",
+            Action::Service { unit: "set-hostname.service".into(), enabled: Some(true), started: None },
+        ),
+        Step::new(
+            "timesyncd servers",
+            file(
+                "/etc/systemd/timesyncd.conf.d/minerctl.conf",
+                render::timesyncd_conf(&v.ntp),
+                Meta::root(0o644),
+            ),
+        )
+        .notify("restart timesyncd"),
+        Step::new("timesyncd", service("systemd-timesyncd")),
+    ];
+    if !v.ipv6_enabled {
+        // Applied live with sysctl -w: no reboot needed for this (the original rebooted).
+        steps.push(Step::new(
+            "ipv6 off",
+            Action::Sysctl {
+                file: "99-disable-ipv6.conf".into(),
+                settings: ["all", "default", "lo"]
+                    .iter()
+                    .map(|i| (format!("net.ipv6.conf.{i}.disable_ipv6"), "1".into()))
+                    .collect(),
+            },
+        ));
+    }
+    PhasePlan {
+        steps,
+        handlers: vec![
+            Step::new(
+                "daemon-reload",
+                Action::Command { run: "systemctl daemon-reload".into(), creates: None, unless: None },
+            ),
+            restart("restart timesyncd", "systemd-timesyncd"),
+        ],
+    }
+}
+
+fn nvidia(c: &PlanCtx) -> PhasePlan {
+    let v = &c.inventory.vars;
+    only(c.host.gpu_enabled, || {
+        let mut steps = vec![];
+        if !v.skip_cuda {
+            let pkgs = cuda_packages(c.inventory);
+            let toolkit = pkgs.first().cloned().unwrap_or_default();
+            let url = v.cuda_keyring_url.replace("{distro}", &c.facts.distro_tag());
+            steps.push(
+                Step::new(
+                    "purge other cuda/nvidia packages",
+                    cmd(
+                        "dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' | awk '$2==\"ii\" {print $1}' | grep -E 'cuda|nvidia' \
+                         | grep -vE 'nvidia-kernel|linux-(nvidia|modules|headers|image)' | xargs -r env DEBIAN_FRONTEND=noninteractive apt-get purge -y",
+                        format!("dpkg-query -W -f='${{db:Status-Abbrev}}' {toolkit} 2>/dev/null | grep -q '^ii'"),
+                    ),
+                )
+                .notify("reboot"),
+            );
+            steps.push(Step::new(
+                "cuda keyring",
+                creates(
+                    format!("set -e; t=$(mktemp); curl -fsSL -o \"$t\" {url}; dpkg -i \"$t\"; rm -f \"$t\""),
+                    "/usr/share/keyrings/cuda-archive-keyring.gpg",
+                ),
+            ));
+            steps.push(Step::new("driver and cuda", apt(&pkgs)).notify("reboot"));
+            steps.push(Step::new(
+                "fabricmanager",
+                Action::Service { unit: "nvidia-fabricmanager".into(), enabled: Some(true), started: None },
+            ));
+        }
+        steps.push(Step::new("container toolkit", apt(&v.container_toolkit_packages)));
+        for (rt, check) in [
+            ("docker", "grep -qs nvidia /etc/docker/daemon.json"),
+            ("containerd", "grep -qs nvidia /etc/containerd/config.toml"),
+            ("crio", "grep -qs nvidia /etc/crio/crio.conf.d/99-nvidia.conf"),
+        ] {
+            let extra = if rt == "crio" { " --config=/etc/crio/crio.conf.d/99-nvidia.conf" } else { "" };
+            steps.push(
+                Step::new(
+                    format!("nvidia runtime for {rt}"),
+                    cmd(
+                        format!("nvidia-ctk runtime configure --runtime={rt} --set-as-default{extra}"),
+                        check,
+                    ),
+                )
+                .notify("restart microk8s"),
+            );
+        }
+        // The containerd fix the original meant to make (its shell tested $PKGS, never set):
+        // a `disabled_plugins` line (usually ["cri"]) would keep the CRI plugin off.
+        steps.push(
+            Step::new(
+                "containerd: cri plugin enabled",
+                Action::Line {
+                    path: "/etc/containerd/config.toml".into(),
+                    line: String::new(),
+                    matches: Some("disabled_plugins".into()),
+                    absent: true,
+                    create: None,
+                },
+            )
+            .notify("restart containerd"),
+        );
+        steps.push(Step::new(
+            "/dev/char links script",
+            file(
+                "/usr/local/sbin/minerctl-nvidia-dev-links",
+                render::nvidia_dev_links_script(),
+                Meta::root(0o755),
+            ),
+        ));
+        steps.push(Step::new(
+            "/dev/char links",
+            cmd(
+                "/usr/local/sbin/minerctl-nvidia-dev-links",
+                "/usr/local/sbin/minerctl-nvidia-dev-links --check",
+            ),
+        ));
+        if v.infiniband {
+            steps.push(Step::new("infiniband packages", apt(&["infiniband-diags".into(), "nvlsm".into()])));
+            steps.push(Step::new(
+                "ib_umad loaded",
+                cmd("modprobe ib_umad", "grep -q '^ib_umad ' /proc/modules"),
+            ));
+            steps.push(Step::new("ib_umad at boot", line("/etc/modules", "ib_umad", None)));
+            steps.push(Step::new(
+                "nvlsm.conf",
+                creates(
+                    "mkdir -p /usr/share/nvidia/nvlsm && touch /usr/share/nvidia/nvlsm/nvlsm.conf",
+                    "/usr/share/nvidia/nvlsm/nvlsm.conf",
+                ),
+            ));
+        }
+        let mut handlers = vec![
+            restart("restart containerd", "containerd"),
+            Step::new(
+                "restart microk8s",
+                Action::Command {
+                    run: "systemctl list-units --plain --no-legend 'snap.microk8s.*' | awk '{print $1}' | xargs -r systemctl restart".into(),
+                    creates: None,
+                    unless: None,
+                },
+            ),
+        ];
+        // A container has no kernel of its own to reboot into.
+        if !c.facts.container {
+            handlers.push(Step::new("reboot", Action::Reboot { timeout: Duration::from_secs(900) }));
+        }
+        PhasePlan { steps, handlers }
+    })
+}
+
+fn microk8s(c: &PlanCtx) -> PhasePlan {
+    let v = &c.inventory.vars;
+    let wg = c.host.wireguard_ip;
+    let user = &v.user;
+    let h = home(user);
+    let mut members = vec![user.clone()];
+    if v.login_user != "root" && &v.login_user != user {
+        members.push(v.login_user.clone());
+    }
+    let reg_dir = format!(
+        "/var/snap/microk8s/current/args/certs.d/{}:{}",
+        c.inventory.registry_hostname(),
+        v.registry_port
+    );
+    let mut steps = vec![
+        Step::new(
+            "microk8s snap",
+            cmd(
+                format!("snap install microk8s --classic --channel={}", v.microk8s_channel),
+                "snap list microk8s >/dev/null 2>&1",
+            ),
+        ),
+        Step::new(
+            "microk8s ready",
+            Action::WaitFor {
+                target: WaitTarget::Command(
+                    "microk8s status --wait-ready --timeout 30 >/dev/null 2>&1".into(),
+                ),
+                timeout: Duration::from_secs(300),
+                interval: Duration::from_secs(5),
+            },
+        ),
+        // Replaced, not only appended when absent: a changed wireguard_ip is picked up.
+        Step::new("kubelet --node-ip", line(KUBELET_ARGS, &format!("--node-ip={wg}"), Some("--node-ip=")))
+            .notify("restart kubelite"),
+        Step::new(
+            "apiserver --advertise-address",
+            line(APISERVER_ARGS, &format!("--advertise-address={wg}"), Some("--advertise-address=")),
+        )
+        .notify("restart kubelite"),
+    ];
+    for m in &members {
+        steps.push(Step::new(
+            format!("{m} in group microk8s"),
+            cmd(
+                format!("usermod -aG microk8s {m}"),
+                format!("id -nG {m} | tr ' ' '\\n' | grep -qx microk8s"),
+            ),
+        ));
+    }
+    steps.extend([
+        Step::new(format!("{h}/.kube"), Action::Directory { path: format!("{h}/.kube"), meta: Meta::owned(0o700, user) }),
+        Step::new(
+            "kubeconfig",
+            creates(
+                format!("set -e; umask 077; microk8s config > {h}/.kube/config; chown {user}:{user} {h}/.kube/config"),
+                format!("{h}/.kube/config"),
+            ),
+        ),
+        Step::new("registry mirror dir", Action::Directory { path: reg_dir.clone(), meta: Meta::root(0o755) }),
+        Step::new("registry mirror hosts.toml", file(format!("{reg_dir}/hosts.toml"), render::registry_hosts_toml(c.inventory), Meta::root(0o644))),
+        Step::new("resolved DNS", file("/etc/systemd/resolved.conf.d/minerctl.conf", render::resolved_conf(), Meta::root(0o644)))
+            .notify("restart resolved"),
+    ]);
+    PhasePlan {
+        steps,
+        handlers: vec![
+            restart("restart kubelite", "snap.microk8s.daemon-kubelite"),
+            restart("restart resolved", "systemd-resolved"),
+        ],
+    }
+}
+
+fn primary(c: &PlanCtx) -> PhasePlan {
+    only(c.host.is_primary, || {
+        PhasePlan {
+        steps: vec![
+            Step::new("iptables-persistent", apt(&["iptables-persistent".into()])),
+            Step::new("ip forwarding", Action::Sysctl { file: "99-minerctl-forward.conf".into(), settings: vec![("net.ipv4.ip_forward".into(), "1".into())] }),
+            Step::new("forward wg0", cmd("iptables -A FORWARD -i wg0 -j ACCEPT", "iptables -C FORWARD -i wg0 -j ACCEPT")).notify("save iptables"),
+            Step::new(
+                "NAT on en* interfaces",
+                cmd(
+                    "for i in $(ls /sys/class/net | grep '^en'); do iptables -t nat -C POSTROUTING -o \"$i\" -j MASQUERADE 2>/dev/null || iptables -t nat -A POSTROUTING -o \"$i\" -j MASQUERADE; done",
+                    "for i in $(ls /sys/class/net | grep '^en'); do iptables -t nat -C POSTROUTING -o \"$i\" -j MASQUERADE || exit 1; done",
+                ),
+            )
+            .notify("save iptables"),
+        ],
+        handlers: vec![Step::new("save iptables", Action::Command { run: "netfilter-persistent save".into(), creates: None, unless: None })],
+    }
+    })
+}
+
+/// Workers that have not joined yet (as captured in the wireguard-keys phase).
+fn unjoined<'a>(c: &'a PlanCtx) -> Vec<&'a Host> {
+    c.inventory
+        .hosts
+        .iter()
+        .filter(|h| !h.is_primary && var(c, &h.name, "joined").map(String::as_str) != Some("yes"))
+        .collect()
+}
+
+fn join_token(c: &PlanCtx) -> PhasePlan {
+    let wg = c.host.wireguard_ip;
+    let name = &c.host.name;
+    only(c.host.is_primary, || {
+        let mut steps = vec![Step::new(
+            "internal-ip annotation",
+            cmd(
+                format!(
+                    "microk8s kubectl annotate node {name} kubeadm.alpha.kubernetes.io/internal-ip={wg} --overwrite"
+                ),
+                format!(
+                    "microk8s kubectl get node {name} -o jsonpath='{{.metadata.annotations.kubeadm\\.alpha\\.kubernetes\\.io/internal-ip}}' | grep -qx {wg}"
+                ),
+            ),
+        )];
+        if !unjoined(c).is_empty() {
+            // Matched on the primary's own wireguard IP, not a hard-coded 192.168 prefix.
+            steps.push(Step::new(
+                "join token",
+                Action::Capture {
+                    var: "join_command".into(),
+                    run: format!(
+                        "microk8s add-node --token-ttl 600 | grep -o 'microk8s join {wg}:[^ ]*' | head -n 1"
+                    ),
+                    secret: true,
+                    read_only: false,
+                },
+            ));
+        }
+        PhasePlan { steps, handlers: vec![] }
+    })
+}
+
+fn join(c: &PlanCtx) -> PhasePlan {
+    let primary = c.inventory.primary();
+    only(!c.host.is_primary, || {
+        let join = var(c, &primary.name, "join_command")
+            .cloned()
+            .unwrap_or_else(|| "microk8s join <token from the primary>".into());
+        PhasePlan {
+            steps: vec![
+                Step::new(
+                    "ping primary",
+                    Action::WaitFor {
+                        target: WaitTarget::Command(format!("ping -c 1 -W 2 {}", primary.wireguard_ip)),
+                        timeout: Duration::from_secs(15),
+                        interval: Duration::from_secs(5),
+                    },
+                ),
+                Step::new("join cluster", cmd(format!("{join} --worker --skip-verify"), JOINED)),
+            ],
+            handlers: vec![],
+        }
+    })
+}
+
+fn label_nodes(c: &PlanCtx) -> PhasePlan {
+    only(c.host.is_primary, || {
+        let mut steps = vec![];
+        for h in &c.inventory.hosts {
+            let n = &h.name;
+            steps.push(Step::new(
+                format!("{n} Ready"),
+                Action::WaitFor {
+                    target: WaitTarget::Command(format!(
+                        "microk8s kubectl get node {n} -o jsonpath='{{.status.conditions[?(@.type==\"Ready\")].status}}' | grep -qx True"
+                    )),
+                    timeout: Duration::from_secs(300),
+                    interval: Duration::from_secs(10),
+                },
+            ));
+            // The miner API reads the public IP from this label, on every node.
+            steps.push(Step::new(
+                format!("{n} external-ip label"),
+                cmd(
+                    format!("microk8s kubectl label node {n} chutes/external-ip={} --overwrite", h.external_ip),
+                    format!("microk8s kubectl get node {n} -o jsonpath='{{.metadata.labels.chutes/external-ip}}' | grep -qx {}", h.external_ip),
+                ),
+            ));
+        }
+        PhasePlan { steps, handlers: vec![] }
+    })
+}

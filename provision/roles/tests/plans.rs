@@ -1,0 +1,178 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: panics are the failure report
+//! What the roles plan for each kind of host, and the rendered files (snapshots).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use provision_engine::{Action, Facts, HostVars, PhasePlan, PlanCtx};
+use provision_inventory::Inventory;
+
+const INV: &str = r#"vars:
+  user: chutes
+  ssh_keys: [ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBexampleexampleexampleexampleexample ops]
+  validator: 5Dt7HZ7Zpw4DppPxFM7Ke3Cm7sDAWhsZXmM5ZAmE7dSVJbcQ
+  wireguard_subnet: 10.77.0.0/24
+  ipv6_enabled: false
+hosts:
+  cpu-0: {address: 10.0.0.1, external_ip: 1.2.3.4, wireguard_ip: 10.77.0.1, is_primary: true, gpu_enabled: false}
+  gpu-0: {address: 10.0.0.2, external_ip: 1.2.3.5, wireguard_ip: 10.77.0.3}
+  gpu-1: {address: 10.0.0.3, external_ip: "2001:db8::5", wireguard_ip: 10.77.0.4}
+"#;
+
+fn inv() -> Inventory {
+    provision_inventory::parse_str(INV, Path::new("inv.yml")).unwrap()
+}
+
+fn vars() -> HostVars {
+    let mut v: HostVars = BTreeMap::new();
+    for (h, k) in [("cpu-0", "PRIMARYKEY="), ("gpu-0", "GPU0KEY="), ("gpu-1", "GPU1KEY=")] {
+        v.entry(h.into()).or_default().insert("wg_public_key".into(), k.into());
+    }
+    v.entry("gpu-0".into()).or_default().insert("joined".into(), "yes".into());
+    v.entry("gpu-1".into()).or_default().insert("joined".into(), "no".into());
+    v.entry("cpu-0".into())
+        .or_default()
+        .insert("join_command".into(), "microk8s join 10.77.0.1:25000/abc/def".into());
+    v
+}
+
+fn plan(host: &str, phase: &str) -> PhasePlan {
+    let inv = inv();
+    let vars = vars();
+    let facts = Facts { os_id: "ubuntu".into(), os_version: "22.04".into(), ..Default::default() };
+    let h = inv.host(host).unwrap();
+    let p = provision_roles::phases().into_iter().find(|p| p.name == phase).unwrap();
+    (p.plan)(&PlanCtx { inventory: &inv, host: h, facts: &facts, vars: &vars, check: false })
+}
+
+fn names(p: &PhasePlan) -> Vec<String> {
+    p.steps.iter().map(|s| s.name.clone()).collect()
+}
+
+fn file_content(p: &PhasePlan, path: &str) -> String {
+    p.steps
+        .iter()
+        .find_map(|s| match &s.action {
+            Action::File { path: p, content, .. } if p == path => Some(content.clone()),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[test]
+fn primary_wireguard_config_lists_every_worker_without_private_key() {
+    let p = plan("cpu-0", "wireguard config");
+    expect_test::expect![[r#"
+        # Managed by minerctl; edits are reverted on the next `minerctl provision`.
+        [Interface]
+        Address = 10.77.0.1/24
+        ListenPort = 51820
+        MTU = 1380
+        PostUp = wg set %i private-key /etc/wireguard/private.key
+
+        # gpu-0
+        [Peer]
+        PublicKey = GPU0KEY=
+        AllowedIPs = 10.77.0.3/32, 10.0.0.0/8
+        Endpoint = 1.2.3.5:51820
+
+        # gpu-1
+        [Peer]
+        PublicKey = GPU1KEY=
+        AllowedIPs = 10.77.0.4/32, 10.0.0.0/8
+        Endpoint = [2001:db8::5]:51820
+    "#]]
+    .assert_eq(&file_content(&p, "/etc/wireguard/wg0.conf"));
+}
+
+#[test]
+fn worker_wireguard_config_points_at_the_primary() {
+    let p = plan("gpu-0", "wireguard config");
+    expect_test::expect![[r#"
+        # Managed by minerctl; edits are reverted on the next `minerctl provision`.
+        [Interface]
+        Address = 10.77.0.3/24
+        ListenPort = 51820
+        MTU = 1380
+        PostUp = wg set %i private-key /etc/wireguard/private.key
+
+        # cpu-0 (primary)
+        [Peer]
+        PublicKey = PRIMARYKEY=
+        AllowedIPs = 10.77.0.0/24, 10.0.0.0/8
+        Endpoint = 1.2.3.4:51820
+        PersistentKeepalive = 25
+    "#]]
+    .assert_eq(&file_content(&p, "/etc/wireguard/wg0.conf"));
+}
+
+#[test]
+fn registry_mirror_uses_the_lowercased_validator_and_port() {
+    let p = plan("gpu-0", "microk8s");
+    let path = "/var/snap/microk8s/current/args/certs.d/\
+                5dt7hz7zpw4dpppxfm7ke3cm7sdawhszxmm5zame7dsvjbcq.localregistry.chutes.ai:30500/hosts.toml";
+    expect_test::expect![[r#"
+        # Managed by minerctl.
+        server = "http://5dt7hz7zpw4dpppxfm7ke3cm7sdawhszxmm5zame7dsvjbcq.localregistry.chutes.ai:30500"
+
+        [host."http://5dt7hz7zpw4dpppxfm7ke3cm7sdawhszxmm5zame7dsvjbcq.localregistry.chutes.ai:30500"]
+          capabilities = ["pull", "resolve"]
+    "#]]
+    .assert_eq(&file_content(&p, path));
+}
+
+#[test]
+fn nvidia_phase_only_on_gpu_hosts_and_includes_the_real_containerd_fix() {
+    assert!(plan("cpu-0", "nvidia").steps.is_empty());
+    let p = plan("gpu-0", "nvidia");
+    let n = names(&p);
+    assert!(n.contains(&"driver and cuda".to_string()), "{n:?}");
+    let fix = p.steps.iter().find(|s| s.name == "containerd: cri plugin enabled").unwrap();
+    assert!(
+        matches!(&fix.action, Action::Line { matches: Some(m), absent: true, .. } if m == "disabled_plugins")
+    );
+    // The driver install triggers the reboot handler; the handler exists because facts say no container.
+    let driver = p.steps.iter().find(|s| s.name == "driver and cuda").unwrap();
+    assert_eq!(driver.notify, vec!["reboot"]);
+    assert!(p.handlers.iter().any(|h| h.name == "reboot"));
+    let keyring = p.steps.iter().find(|s| s.name == "cuda keyring").unwrap();
+    let Action::Command { run, .. } = &keyring.action else { panic!() };
+    assert!(run.contains("/repos/ubuntu2204/x86_64/cuda-keyring_1.1-1_all.deb"), "{run}");
+    let Action::Apt { packages, .. } = &driver.action else { panic!() };
+    assert_eq!(packages, &["cuda-toolkit-13-0", "nvidia-open", "nvidia-fabricmanager-580"]);
+}
+
+#[test]
+fn join_token_only_when_a_worker_has_not_joined_and_matches_the_primary_ip() {
+    let p = plan("cpu-0", "join token");
+    let tok = p.steps.iter().find(|s| s.name == "join token").unwrap();
+    let Action::Capture { run, secret, read_only, .. } = &tok.action else { panic!() };
+    assert!(*secret && !*read_only);
+    assert!(run.contains("microk8s join 10.77.0.1:"), "{run}");
+    let j = plan("gpu-1", "join");
+    let step = j.steps.iter().find(|s| s.name == "join cluster").unwrap();
+    let Action::Command { run, unless, .. } = &step.action else { panic!() };
+    assert_eq!(run, "microk8s join 10.77.0.1:25000/abc/def --worker --skip-verify");
+    assert!(unless.as_deref().unwrap().contains("acting as a node in a cluster"));
+}
+
+#[test]
+fn labels_every_node_with_its_external_ip_and_ipv6_off_is_a_sysctl() {
+    let p = plan("cpu-0", "label nodes");
+    let labels: Vec<&str> = p
+        .steps
+        .iter()
+        .filter_map(|s| match &s.action {
+            Action::Command { run, .. } if run.contains("label node") => Some(run.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(labels.len(), 3);
+    assert!(labels[2].contains("chutes/external-ip=2001:db8::5"), "{labels:?}");
+    let base = plan("gpu-0", "base");
+    assert!(
+        base.steps
+            .iter()
+            .any(|s| matches!(&s.action, Action::Sysctl { file, .. } if file == "99-disable-ipv6.conf"))
+    );
+}
