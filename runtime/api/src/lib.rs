@@ -1,0 +1,122 @@
+//! The miner's HTTP API (axum 0.8), section 6 of the reference.
+//!
+//! * [`routes::table`] lists every endpoint once, with its handler and its docs;
+//!   [`router`] and [`openapi::document`] are both built from it.
+//! * Management routes pass [`auth::management`] first: nothing else runs for a
+//!   request whose signature does not verify, and every refusal is JSON
+//!   `{"detail": "..."}` saying why.
+//! * State-changing requests that Gepetto must act on (`server_deleted`, `undeploy`)
+//!   are appended to the durable event stream; the HTTP reply is sent only after
+//!   Redis confirmed the append.
+
+pub mod add_node;
+pub mod auth;
+pub mod error;
+pub mod metrics;
+pub mod netaddr;
+pub mod openapi;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use chutes_protocol::{Hotkey, InboundVerifier};
+use miner_config::Validators;
+use miner_db::Db;
+use miner_events::{MinerEvent, Producer};
+
+pub use add_node::{NodeBootstrap, Progress, ServerArgs};
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub hotkey: Arc<Hotkey>,
+    pub verifier: Arc<InboundVerifier>,
+    pub events: Producer,
+    pub metrics: Arc<Metrics>,
+    pub validators: Arc<Validators>,
+    pub bootstrap: Option<Arc<dyn NodeBootstrap>>,
+    /// How long a request waits for Redis to confirm an event.
+    pub event_timeout: Duration,
+}
+
+impl AppState {
+    /// State for this miner: management requests must be signed by the miner's own hotkey.
+    pub fn new(
+        db: Db,
+        hotkey: Arc<Hotkey>,
+        events: Producer,
+        validators: Validators,
+    ) -> Result<Self, ApiError> {
+        let verifier = InboundVerifier::new(hotkey.ss58(), [hotkey.ss58()])
+            .map_err(|e| ApiError::internal(format!("miner hotkey: {e}")))?;
+        Ok(AppState {
+            db,
+            hotkey,
+            verifier: Arc::new(verifier),
+            events,
+            metrics: Arc::new(Metrics::default()),
+            validators: Arc::new(validators),
+            bootstrap: None,
+            event_timeout: Duration::from_secs(5),
+        })
+    }
+
+    pub fn with_bootstrap(mut self, bootstrap: Arc<dyn NodeBootstrap>) -> Self {
+        self.bootstrap = Some(bootstrap);
+        self
+    }
+
+    /// Appends an internal event and waits for Redis to confirm it.
+    pub async fn publish(&self, event_type: &str, event_data: serde_json::Value) -> Result<String, ApiError> {
+        let event = MinerEvent::new(event_type, event_data);
+        match tokio::time::timeout(self.event_timeout, self.events.publish_confirmed(&event)).await {
+            Ok(Ok(id)) => {
+                self.metrics.event_published(event_type);
+                Ok(id)
+            }
+            Ok(Err(e)) => {
+                Err(ApiError::unavailable(format!("event stream unavailable, {event_type} not sent: {e}")))
+            }
+            Err(_) => Err(ApiError::unavailable(format!(
+                "event stream (Redis) did not confirm {event_type} within {} s; it stays queued and is delivered \
+                 when Redis is back",
+                self.event_timeout.as_secs()
+            ))),
+        }
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    let mut managed = Router::new();
+    let mut open = Router::new();
+    for route in routes::table() {
+        if route.doc.access == routes::Access::Management {
+            managed = managed.route(route.doc.path, route.handler);
+        } else {
+            open = open.route(route.doc.path, route.handler);
+        }
+    }
+    let managed = managed.route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::management));
+    let metrics = state.metrics.clone();
+    open.merge(managed)
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
+        .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
+        .with_state(state)
+}
+
+/// Serves the API until `shutdown` resolves; in-flight requests finish first.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,460 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The miner API over real HTTP against real Postgres and Redis.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chutes_protocol::auth::{Payload, management_message, now_unix, verify_miner_request};
+use common::*;
+use miner_api::{ApiError, NodeBootstrap, Progress, ServerArgs};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn ping_is_public() {
+    let api = Api::start().await;
+    let (status, body) = json_of(api.http.get(api.url("/ping")).send().await.unwrap()).await;
+    assert_eq!((status, body), (200, json!({"message": "pong"})));
+}
+
+#[tokio::test]
+async fn servers_are_listed_with_gpus_and_deployments() {
+    let api = Api::start().await;
+    let (status, body) = json_of(api.get("/servers/").send().await.unwrap()).await;
+    assert_eq!((status, body), (200, json!([])));
+    api.seed_inventory().await;
+    let (status, body) = json_of(api.get("/servers/").send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    let s = &body[0];
+    for field in [
+        "name",
+        "status",
+        "gpu_count",
+        "memory_per_gpu",
+        "cpu_per_gpu",
+        "hourly_cost",
+        "ip_address",
+        "created_at",
+    ] {
+        assert!(s.get(field).is_some(), "CLI field {field} missing from {s}");
+    }
+    assert_eq!(s["gpus"][0]["device_info"]["name"], "A6000");
+    assert_eq!(s["gpus"][0]["verified"], true);
+    let deps = s["deployments"].as_array().unwrap();
+    assert_eq!(deps.len(), 2);
+    assert_eq!(deps[0]["chute"]["name"], "sdxl");
+    for field in ["gpus", "port", "created_at", "active", "stub"] {
+        assert!(deps[0].get(field).is_some(), "CLI field {field} missing from {}", deps[0]);
+    }
+}
+
+/// Sends GET /servers/ with the given headers (raw), returns status and detail.
+async fn with_headers(api: &Api, headers: &[(&str, String)]) -> (u16, String) {
+    let mut req = api.http.get(api.url("/servers/"));
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let (status, body) = json_of(req.send().await.unwrap()).await;
+    (status, body["detail"].as_str().unwrap_or_default().to_owned())
+}
+
+fn management_headers(
+    miner: &str,
+    signer: &chutes_protocol::Hotkey,
+    nonce: u64,
+    purpose: &str,
+) -> Vec<(&'static str, String)> {
+    let sig =
+        signer.sign(management_message(miner, signer.ss58(), nonce, Payload::Purpose(purpose)).as_bytes());
+    vec![
+        ("X-Chutes-Miner", miner.to_owned()),
+        ("X-Chutes-Validator", signer.ss58().to_owned()),
+        ("X-Chutes-Nonce", nonce.to_string()),
+        ("X-Chutes-Signature", sig),
+    ]
+}
+
+#[tokio::test]
+async fn every_management_refusal_is_json_that_says_why() {
+    let api = Api::start().await;
+    let miner = api.miner.ss58().to_owned();
+    let now = now_unix();
+    let good = management_headers(&miner, &api.miner, now, "management");
+
+    for missing in 0..4 {
+        let mut h = good.clone();
+        let (name, _) = h.remove(missing);
+        let (status, detail) = with_headers(&api, &h).await;
+        assert_eq!(status, 401);
+        assert!(detail.contains(&format!("missing header {name}")), "{detail}");
+    }
+
+    let other = hotkey(OTHER_SEED);
+    let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
+        (management_headers(other.ss58(), &api.miner, now, "management"), "but this is miner"),
+        (management_headers(&miner, &other, now, "management"), "not allowed to sign"),
+        (management_headers(&miner, &api.miner, now - 31, "management"), "s old"),
+        (management_headers(&miner, &api.miner, now + 120, "management"), "in the future"),
+        (management_headers(&miner, &api.miner, now, "graval"), "signature does not match"),
+    ];
+    for (headers, expected) in cases {
+        let (status, detail) = with_headers(&api, &headers).await;
+        assert_eq!(status, 401, "{expected}");
+        assert!(detail.contains(expected), "wanted {expected:?} in {detail:?}");
+    }
+    let mut bad_nonce = good.clone();
+    bad_nonce[2].1 = "12ab".into();
+    assert!(with_headers(&api, &bad_nonce).await.1.contains("decimal digits"));
+
+    // The good headers work once, then are a replay.
+    assert_eq!(with_headers(&api, &good).await.0, 200);
+    let (status, detail) = with_headers(&api, &good).await;
+    assert_eq!(status, 401);
+    assert!(detail.contains("replay"), "{detail}");
+
+    let metrics = api.http.get(api.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    for reason in ["missing_header", "wrong_miner", "unknown_signer", "nonce", "signature", "replay"] {
+        assert!(
+            metrics.contains(&format!("miner_api_refusals_total{{reason=\"{reason}\"}}")),
+            "{reason}: {metrics}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_post_must_sign_the_body_it_sends() {
+    let api = Api::start().await;
+    let body = json!({"name": "gpu-1", "validator": "x", "hourly_cost": 1.0, "gpu_short_ref": "a6000"});
+    // Signed over one body, sent with another.
+    let headers = api.miner.sign_management(api.miner.ss58(), Payload::Body(b"{}"));
+    let mut req = api.http.post(api.url("/servers/")).body(serde_json::to_vec(&body).unwrap());
+    for (k, v) in headers.iter() {
+        req = req.header(k, v);
+    }
+    let (status, body) = json_of(req.send().await.unwrap()).await;
+    assert_eq!(status, 401);
+    assert!(body["detail"].as_str().unwrap().contains("signature does not match"), "{body}");
+    // Signing the purpose instead of the body is refused for POST too.
+    let headers = api.miner.sign_management(api.miner.ss58(), Payload::Purpose("management"));
+    let mut req = api.http.post(api.url("/servers/")).body("{}");
+    for (k, v) in headers.iter() {
+        req = req.header(k, v);
+    }
+    assert_eq!(req.send().await.unwrap().status(), 401);
+}
+
+#[tokio::test]
+async fn lock_and_unlock_by_name_or_id() {
+    let api = Api::start().await;
+    api.seed_inventory().await;
+    let (status, body) = json_of(api.get("/servers/gpu-1/lock").send().await.unwrap()).await;
+    assert_eq!((status, &body["locked"]), (200, &json!(true)));
+    assert!(api.db.find_server("uid-1").await.unwrap().unwrap().locked);
+    let (status, body) = json_of(api.get("/servers/uid-1/unlock").send().await.unwrap()).await;
+    assert_eq!((status, &body["locked"]), (200, &json!(false)));
+    for path in ["/servers/nope/lock", "/servers/nope/unlock"] {
+        let (status, body) = json_of(api.get(path).send().await.unwrap()).await;
+        assert_eq!(status, 404);
+        assert_eq!(body["detail"], "No kubernetes node with id or name nope found!");
+    }
+}
+
+#[tokio::test]
+async fn delete_preflight_lists_only_jobs() {
+    let api = Api::start().await;
+    api.seed_inventory().await;
+    let (status, body) = json_of(api.get("/servers/gpu-1/delete_preflight").send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    let jobs = body["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["deployment_id"], "d-job");
+    assert_eq!(jobs[0]["job_id"], "job-1");
+    assert_eq!(json_of(api.get("/servers/nope/delete_preflight").send().await.unwrap()).await.0, 404);
+}
+
+#[tokio::test]
+async fn deleting_a_server_hands_gepetto_a_durable_event() {
+    let api = Api::start().await;
+    api.seed_inventory().await;
+    let (status, body) = json_of(api.delete("/servers/gpu-1").send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "started");
+    assert_eq!(
+        api.events().await,
+        vec![json!({"event_type": "server_deleted", "event_data": {"server_id": "uid-1"}})]
+    );
+    // The row stays until Gepetto has undeployed everything on it.
+    assert!(api.db.find_server("uid-1").await.unwrap().is_some());
+
+    let (status, _) = json_of(api.delete("/servers/nope").send().await.unwrap()).await;
+    assert_eq!(status, 404);
+    assert_eq!(api.events().await.len(), 1, "a refused request publishes nothing");
+}
+
+#[tokio::test]
+async fn purging_a_server_undeploys_its_services_but_not_its_jobs() {
+    let api = Api::start().await;
+    api.seed_inventory().await;
+    let (status, body) = json_of(api.delete("/servers/gpu-1/deployments").send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        json!({"status": "initiated", "deployments_purged": [
+            {"chute_id": "chute-1", "chute_name": "sdxl", "server_id": "uid-1", "server_name": "gpu-1", "gpu_count": 1}
+        ]})
+    );
+    let events = api.events().await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["event_type"], "undeploy");
+    assert_eq!(events[0]["event_data"]["deployment_id"], "d-svc");
+    assert_eq!(json_of(api.delete("/servers/nope/deployments").send().await.unwrap()).await.0, 404);
+}
+
+#[tokio::test]
+async fn purge_all_and_purge_one() {
+    let api = Api::start().await;
+    api.seed_inventory().await;
+    let (status, body) = json_of(api.delete("/deployments/purge").send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["deployments_purged"].as_array().unwrap().len(), 2, "jobs included: {body}");
+    let (status, body) = json_of(api.delete("/deployments/d-job").send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["status"], "initiated");
+    assert_eq!(body["deployment_purged"]["deployment_id"], "d-job");
+    assert_eq!(body["deployment_purged"]["chute"]["name"], "sdxl");
+    let (status, body) = json_of(api.delete("/deployments/nope").send().await.unwrap()).await;
+    assert_eq!(status, 404);
+    assert!(body["detail"].as_str().unwrap().contains("nope"));
+    let ids: Vec<Value> =
+        api.events().await.iter().map(|e| e["event_data"]["deployment_id"].clone()).collect();
+    assert_eq!(ids, vec![json!("d-svc"), json!("d-job"), json!("d-job")]);
+}
+
+#[tokio::test]
+async fn with_redis_down_a_purge_says_so_instead_of_pretending() {
+    let mut redis = test_harness::Redis::start().unwrap();
+    let api = Api::start_with(Options {
+        redis_url: Some(redis.url()),
+        event_timeout: Duration::from_millis(700),
+        ..Options::default()
+    })
+    .await;
+    api.seed_inventory().await;
+    redis.kill();
+    let (status, body) = json_of(api.delete("/deployments/d-svc").send().await.unwrap()).await;
+    assert_eq!(status, 503);
+    assert!(body["detail"].as_str().unwrap().contains("did not confirm undeploy"), "{body}");
+    // When Redis is back the queued event is delivered, exactly once.
+    redis.restart().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let n = api.events().await.len();
+        if n == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "queued event never arrived ({n})");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn registry_auth_signs_for_loopback_callers() {
+    let api = Api::start().await;
+    let resp = api.http.get(api.url("/registry/auth")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let headers = resp.headers().clone();
+    assert_eq!(resp.json::<Value>().await.unwrap(), json!({"authenticated": true}));
+    let signer = verify_miner_request(&headers, Payload::Purpose("registry"), now_unix(), 600).unwrap();
+    assert_eq!(signer, api.miner.ss58());
+}
+
+#[tokio::test]
+async fn registry_auth_refuses_public_callers() {
+    use axum::extract::connect_info::MockConnectInfo;
+    use tower::ServiceExt;
+    let api = Api::start().await;
+    let producer =
+        miner_events::Producer::connect(&redis().url(), miner_events::StreamConfig::default()).unwrap();
+    let state = miner_api::AppState::new(api.db.clone(), api.miner.clone(), producer, validators()).unwrap();
+    for (ip, want) in [("8.8.8.8", 401), ("10.1.2.3", 200)] {
+        let app = miner_api::router(state.clone())
+            .layer(MockConnectInfo(std::net::SocketAddr::new(ip.parse().unwrap(), 4000)));
+        let req = axum::http::Request::get("/registry/auth").body(axum::body::Body::empty()).unwrap();
+        let resp = app.oneshot(req).await.unwrap();
+        assert_eq!(resp.status().as_u16(), want, "{ip}");
+        let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        if want == 401 {
+            assert!(body["detail"].as_str().unwrap().contains("only served to private addresses"), "{body}");
+            assert!(body["detail"].as_str().unwrap().contains(ip));
+        }
+    }
+}
+
+#[tokio::test]
+async fn openapi_documents_exactly_the_served_routes() {
+    let api = Api::start().await;
+    let doc: Value = api.http.get(api.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    let mut documented = Vec::new();
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+            // Served: the route answers with something other than "no such endpoint" / 405.
+            let concrete = path.replace("{id_or_name}", "nope").replace("{deployment_id}", "nope");
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let body = (m == Method::POST).then(|| json!({}));
+            let resp = api.signed(m, &concrete, body.as_ref(), &api.miner).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let text = resp.text().await.unwrap();
+            assert_ne!(status, 405, "{method} {path} not served");
+            assert!(!text.contains("no such endpoint"), "{method} {path} not served");
+        }
+    }
+    documented.sort();
+    assert_eq!(
+        documented,
+        vec![
+            "DELETE /deployments/purge",
+            "DELETE /deployments/{deployment_id}",
+            "DELETE /servers/{id_or_name}",
+            "DELETE /servers/{id_or_name}/deployments",
+            "GET /metrics",
+            "GET /openapi.json",
+            "GET /ping",
+            "GET /registry/auth",
+            "GET /servers/",
+            "GET /servers/{id_or_name}/delete_preflight",
+            "GET /servers/{id_or_name}/lock",
+            "GET /servers/{id_or_name}/unlock",
+            "POST /servers/",
+        ]
+    );
+    assert_eq!(
+        doc["paths"]["/servers/"]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/ServerArgs"
+    );
+    // An unknown path is a JSON 404 saying where to look.
+    let (status, body) = json_of(api.http.get(api.url("/nope")).send().await.unwrap()).await;
+    assert_eq!(status, 404);
+    assert!(body["detail"].as_str().unwrap().contains("/openapi.json"));
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_template() {
+    let api = Api::start().await;
+    api.seed_inventory().await;
+    api.get("/servers/gpu-1/lock").send().await.unwrap();
+    api.get("/servers/nope/lock").send().await.unwrap();
+    let text = api.http.get(api.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        text.contains(
+            r#"miner_api_requests_total{method="GET",route="/servers/{id_or_name}/lock",status="200"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"miner_api_requests_total{method="GET",route="/servers/{id_or_name}/lock",status="404"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("gpu-1"), "raw paths must not become labels");
+}
+
+// ---- POST /servers/ ----
+
+fn args(api_validator: &str) -> Value {
+    json!({"name": "gpu-9", "validator": api_validator, "hourly_cost": 0.7, "gpu_short_ref": "a6000"})
+}
+
+#[tokio::test]
+async fn add_refuses_bad_arguments_before_touching_anything() {
+    let api = Api::start().await;
+    api.seed_inventory().await;
+    let v = validators().supported[0].hotkey.clone();
+    let cases = [
+        (json!({"name": "gpu-9"}), 400, "body must be ServerArgs"),
+        (
+            json!({"name": "gpu-9", "validator": v, "hourly_cost": 0.0, "gpu_short_ref": "a6000"}),
+            400,
+            "hourly_cost",
+        ),
+        (json!({"name": " ", "validator": v, "hourly_cost": 1.0, "gpu_short_ref": "a6000"}), 400, "name"),
+        (
+            json!({"name": "gpu-9", "validator": v, "hourly_cost": 1.0, "gpu_short_ref": ""}),
+            400,
+            "gpu_short_ref",
+        ),
+        (args("5Unknown"), 400, "not one of the supported validators"),
+        (
+            json!({"name": "gpu-1", "validator": v, "hourly_cost": 1.0, "gpu_short_ref": "a6000"}),
+            409,
+            "already tracked",
+        ),
+        (args(&v), 503, "add-node is not available"),
+    ];
+    for (body, status, why) in cases {
+        let (got, reply) = json_of(api.post("/servers/", &body).send().await.unwrap()).await;
+        assert_eq!(got, status, "{body} -> {reply}");
+        assert!(reply["detail"].as_str().unwrap().contains(why), "{why}: {reply}");
+    }
+    assert_eq!(api.db.list_servers().await.unwrap().len(), 1);
+}
+
+/// Scripted steps, to check the HTTP side of add-node (the real steps need the cluster).
+struct Scripted {
+    fail: bool,
+}
+
+#[async_trait]
+impl NodeBootstrap for Scripted {
+    async fn preflight(&self, args: &ServerArgs) -> Result<(), ApiError> {
+        if args.gpu_short_ref == "h999" {
+            return Err(ApiError::bad_request("gpu_short_ref h999 is not supported by the validator"));
+        }
+        Ok(())
+    }
+    async fn run(&self, args: ServerArgs, progress: Progress) -> Result<(), String> {
+        progress.say(format!("labelling node {}", args.name)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if self.fail { Err("graval pod failed".into()) } else { Ok(()) }
+    }
+}
+
+async fn stream_lines(resp: reqwest::Response) -> Vec<Value> {
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let text = resp.text().await.unwrap();
+    text.split("\n\n")
+        .filter(|c| !c.is_empty())
+        .map(|c| serde_json::from_str(c.strip_prefix("data: ").expect("data: prefix")).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn add_streams_progress_and_ends_with_a_result_line() {
+    let v = validators().supported[0].hotkey.clone();
+    for (fail, last) in [
+        (false, "completed server bootstrapping in"),
+        (true, "error: bootstrap of gpu-9 failed: graval pod failed"),
+    ] {
+        let api =
+            Api::start_with(Options { bootstrap: Some(Arc::new(Scripted { fail })), ..Options::default() })
+                .await;
+        let resp = api.post("/servers/", &args(&v)).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let lines = stream_lines(resp).await;
+        assert_eq!(lines[0]["message"], "labelling node gpu-9");
+        assert!(lines[0]["timestamp"].as_str().unwrap().contains('T'));
+        assert!(lines.last().unwrap()["message"].as_str().unwrap().starts_with(last), "{lines:?}");
+
+        let mut bad = args(&v);
+        bad["gpu_short_ref"] = json!("h999");
+        let (status, body) = json_of(api.post("/servers/", &bad).send().await.unwrap()).await;
+        assert_eq!(status, 400);
+        assert!(body["detail"].as_str().unwrap().contains("h999"));
+    }
+}
