@@ -452,12 +452,10 @@ struct RawHost {
     host: Host,
     external_pos: Pos,
     wireguard_pos: Pos,
-    ok: bool,
 }
 
 fn host(ctx: &mut Ctx, name: &str, name_pos: Pos, node: &Node, v: &Vars, base_dir: &Path) -> RawHost {
     ctx.host = Some(name.to_string());
-    let before = ctx.problems.len();
     if !valid_hostname(name) {
         ctx.err(name_pos, "host names become hostnames and Kubernetes node names: use lowercase letters, digits and `-` (at most 63)");
     }
@@ -559,9 +557,8 @@ fn host(ctx: &mut Ctx, name: &str, name_pos: Pos, node: &Node, v: &Vars, base_di
             host_key: own.host_key.or(h.ssh.host_key),
         };
     }
-    let ok = ctx.problems.len() == before;
     ctx.host = None;
-    RawHost { host: h, external_pos, wireguard_pos, ok }
+    RawHost { host: h, external_pos, wireguard_pos }
 }
 
 pub(crate) fn inventory(root: Option<Node>, file: &Path) -> Result<Inventory, Vec<Problem>> {
@@ -599,8 +596,9 @@ pub(crate) fn inventory(root: Option<Node>, file: &Path) -> Result<Inventory, Ve
             .err(n.pos(), format!("`hosts` must be a mapping of host name to settings, found {}", n.kind())),
     }
 
-    // Cross-host rules, only over hosts whose own fields parsed.
-    let good: Vec<&RawHost> = raw.iter().filter(|r| r.ok).collect();
+    // Cross-host rules, over every host whose field in question parsed (an unparsed field
+    // keeps its placeholder, the unspecified address).
+    let good: Vec<&RawHost> = raw.iter().collect();
     let primaries: Vec<&RawHost> = raw.iter().filter(|r| r.host.is_primary).collect();
     match primaries.len() {
         1 => {}
@@ -625,7 +623,7 @@ pub(crate) fn inventory(root: Option<Node>, file: &Path) -> Result<Inventory, Ve
     for (i, a) in good.iter().enumerate() {
         for b in &good[..i] {
             ctx.host = Some(a.host.name.clone());
-            if a.host.wireguard_ip == b.host.wireguard_ip {
+            if a.host.wireguard_ip == b.host.wireguard_ip && !a.host.wireguard_ip.is_unspecified() {
                 ctx.err(
                     a.wireguard_pos,
                     format!(
@@ -634,7 +632,7 @@ pub(crate) fn inventory(root: Option<Node>, file: &Path) -> Result<Inventory, Ve
                     ),
                 );
             }
-            if a.host.external_ip == b.host.external_ip {
+            if a.host.external_ip == b.host.external_ip && !a.host.external_ip.is_unspecified() {
                 ctx.err(a.external_pos, format!(
                     "external_ip {} is also used by host `{}` (line {}); each node needs its own public IP",
                     a.host.external_ip, b.host.name, b.external_pos.line

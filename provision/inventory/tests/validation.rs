@@ -213,6 +213,19 @@ fn groups_must_name_known_hosts() {
 }
 
 #[test]
+fn problems_in_one_host_do_not_hide_cross_host_problems() {
+    let text = GOOD
+        .replace("external_ip: 1.2.3.5", "external_ip: 1.2.3.4")
+        .replace("    gpu_short_ref: h100\n", "    gpu_short_ref: h100\n    is_primray: true\n");
+    let msg = errors(&text);
+    assert!(msg.contains("has 2 problem(s)"), "{msg}");
+    assert!(
+        msg.contains("unknown key `is_primray`") && msg.contains("external_ip 1.2.3.4 is also used"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn error_value_exposes_structured_problems() {
     let err = parse_str("hosts: {}\n", Path::new("x.yml")).unwrap_err();
     assert!(matches!(err, InventoryError::Invalid { .. }));

@@ -17,12 +17,15 @@ enum Command {
     /// Inspect a hotkey and sign management requests.
     #[command(subcommand)]
     Keys(cmd::keys::KeysCommand),
+    /// Bring hosts to the miner's desired state over SSH (replaces the Ansible playbooks).
+    Provision(cmd::provision::ProvisionArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Keys(c) => cmd::keys::run(c),
+        Command::Provision(a) => cmd::provision::run(a),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,118 @@
+//! `minerctl provision`: bring hosts from the inventory to the state the miner needs
+//! (WireGuard mesh, base system, NVIDIA stack, microk8s cluster). Replaces the Ansible
+//! playbooks; see provision/ARCHITECTURE-provision.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use provision_engine::{Log, OutputFormat, Redactor, Reporter, RunOptions};
+
+#[derive(clap::Args, Debug)]
+pub struct ProvisionArgs {
+    /// Inventory file (see inventory.example.yml).
+    #[arg(short, long, default_value = "inventory.yml")]
+    pub inventory: PathBuf,
+    /// Report what would change (with diffs) and change nothing.
+    #[arg(long)]
+    pub check: bool,
+    /// Hosts worked on at the same time.
+    #[arg(long, default_value_t = 10)]
+    pub forks: usize,
+    /// Only change these hosts or groups (comma-separated); other hosts are only read.
+    #[arg(long)]
+    pub limit: Option<String>,
+    /// Only run these roles (comma-separated): wireguard, base, nvidia, microk8s, primary, join.
+    #[arg(long, value_delimiter = ',')]
+    pub tags: Vec<String>,
+    /// Stop every host as soon as one fails.
+    #[arg(long)]
+    pub fail_fast: bool,
+    /// Trust and record host keys of hosts not yet in known_hosts (changed keys are still refused).
+    #[arg(long)]
+    pub accept_new: bool,
+    /// known_hosts file [default: ~/.ssh/known_hosts].
+    #[arg(long)]
+    pub known_hosts: Option<PathBuf>,
+    /// Output format: human (progress + recap) or json (one event per line).
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    pub output: Format,
+    /// Log file [default: ~/.cache/minerctl/provision-<time>.log].
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    /// Also print steps that were already in the desired state.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Seconds to wait for each SSH connection.
+    #[arg(long, default_value_t = 15)]
+    pub connect_timeout: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+fn default_log_path() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    let secs =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    base.join("minerctl").join(format!("provision-{secs}-{}.log", std::process::id()))
+}
+
+pub fn run(args: ProvisionArgs) -> anyhow::Result<ExitCode> {
+    // Everything about the inventory is checked before any connection.
+    let inv = provision_inventory::load(&args.inventory)?;
+    for t in &args.tags {
+        if !provision_roles::TAGS.contains(&t.as_str()) {
+            bail!("--tags: unknown role `{t}`; roles are {}", provision_roles::TAGS.join(", "));
+        }
+    }
+    let limit = match &args.limit {
+        Some(spec) => Some(inv.limit(spec).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let mut ssh = provision_ssh::Options::new();
+    if let Some(k) = &args.known_hosts {
+        ssh.known_hosts = k.clone();
+    }
+    if args.accept_new {
+        ssh.policy = provision_ssh::HostKeyPolicy::AcceptNew;
+    }
+    ssh.connect_timeout = Duration::from_secs(args.connect_timeout);
+    let opts = RunOptions {
+        forks: args.forks.max(1),
+        check: args.check,
+        fail_fast: args.fail_fast,
+        limit,
+        tags: args.tags.clone(),
+        ssh,
+        local: false,
+        connect_attempts: 2,
+    };
+    let redactor = Redactor::default();
+    let log_path = args.log_file.clone().unwrap_or_else(default_log_path);
+    let log = Log::open(&log_path, redactor.clone())
+        .with_context(|| format!("cannot open log file {}", log_path.display()))?;
+    let format = if args.output == Format::Json { OutputFormat::Json } else { OutputFormat::Human };
+    let reporter = Reporter::new(format, redactor, args.verbose, Box::new(std::io::stdout()));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = rt.block_on(provision_engine::run(
+        Arc::new(inv),
+        provision_roles::phases(),
+        opts,
+        reporter.clone(),
+        log.clone(),
+    ));
+    reporter.recap(&result.recap, result.elapsed, log.path.as_deref(), args.check);
+    Ok(if result.success() { ExitCode::SUCCESS } else { ExitCode::from(2) })
+}
