@@ -11,6 +11,7 @@
 //! of such dead runs are swept the next time a server starts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod lab;
 pub mod postgres;
 mod process;
 pub mod redis;

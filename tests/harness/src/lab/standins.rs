@@ -1,0 +1,241 @@
+//! Stand-in executables for what cannot run in a lab host (TEST SUPPORT ONLY).
+//!
+//! The scripts live in `tests/harness/standins/` and are embedded here. Installed into
+//! a lab host's own root, at `/usr/local/bin` (ahead of `/usr/sbin` and `/usr/bin` in
+//! every PATH, root's, users' and sudo's secure_path), they keep their state in files
+//! under `/var/lib/lab-standins` inside that root and record every call in
+//! `/var/lib/lab-standins/calls.log`, which [`LabHost::calls`] reads back.
+
+use std::net::IpAddr;
+
+use super::error::LabError;
+use super::host::LabHost;
+
+/// Where the stand-ins go inside a lab host.
+pub const STANDIN_BIN_DIR: &str = "/usr/local/bin";
+/// Where they keep their state inside a lab host.
+pub const STANDIN_STATE_DIR: &str = "/var/lib/lab-standins";
+const LIB_PATH: &str = "/usr/local/lib/lab-standins/lib.sh";
+const LIB: &str = include_str!("../../standins/lib.sh");
+
+/// A command (or family of commands) modelled by a stand-in script.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Standin {
+    /// `systemctl`: unit state in files; `ssh`/`sshd` act on the lab's real sshd.
+    Systemctl,
+    /// `snap install/remove/refresh/list`; installing microk8s lays out its files.
+    Snap,
+    /// `microk8s status/start/stop/config/add-node/join/leave/enable`; `kubectl` recorded.
+    Microk8s,
+    /// `nvidia-smi` reporting the GPUs set by [`LabHost::set_gpus`].
+    NvidiaSmi,
+    /// `nvidia-ctk runtime configure` / `cdi generate`.
+    NvidiaCtk,
+    /// `wg` (genkey/pubkey/show) and `wg-quick` (up/down/strip/save).
+    WireGuard,
+    /// `reboot` and `shutdown -r`: a modelled reboot (processes killed, sshd restarted).
+    Reboot,
+    /// `sysctl`: writes stored in the lab root, reads fall back to the kernel.
+    Sysctl,
+    /// `modprobe`: recorded, with a list of "loaded" modules.
+    Modprobe,
+}
+
+impl Standin {
+    pub const ALL: [Standin; 9] = [
+        Standin::Systemctl,
+        Standin::Snap,
+        Standin::Microk8s,
+        Standin::NvidiaSmi,
+        Standin::NvidiaCtk,
+        Standin::WireGuard,
+        Standin::Reboot,
+        Standin::Sysctl,
+        Standin::Modprobe,
+    ];
+
+    /// The programs this stand-in provides, with their scripts.
+    fn scripts(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Standin::Systemctl => &[("systemctl", include_str!("../../standins/systemctl"))],
+            Standin::Snap => &[("snap", include_str!("../../standins/snap"))],
+            Standin::Microk8s => &[("microk8s", include_str!("../../standins/microk8s"))],
+            Standin::NvidiaSmi => &[("nvidia-smi", include_str!("../../standins/nvidia-smi"))],
+            Standin::NvidiaCtk => &[("nvidia-ctk", include_str!("../../standins/nvidia-ctk"))],
+            Standin::WireGuard => &[
+                ("wg", include_str!("../../standins/wg")),
+                ("wg-quick", include_str!("../../standins/wg-quick")),
+            ],
+            Standin::Reboot => &[
+                ("reboot", include_str!("../../standins/reboot")),
+                ("shutdown", include_str!("../../standins/shutdown")),
+            ],
+            Standin::Sysctl => &[("sysctl", include_str!("../../standins/sysctl"))],
+            Standin::Modprobe => &[("modprobe", include_str!("../../standins/modprobe"))],
+        }
+    }
+
+    /// Names of the programs this stand-in installs.
+    pub fn programs(self) -> Vec<&'static str> {
+        self.scripts().iter().map(|(name, _)| *name).collect()
+    }
+}
+
+/// One recorded call of a stand-in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub program: String,
+    pub args: Vec<String>,
+}
+
+/// A GPU that the `nvidia-smi` stand-in reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gpu {
+    /// Model name as nvidia-smi prints it, e.g. `NVIDIA H100 80GB HBM3`.
+    pub name: String,
+    /// `GPU-...`; left empty, [`LabHost::set_gpus`] derives one unique to host and index.
+    pub uuid: String,
+    pub memory_mib: u64,
+}
+
+impl Gpu {
+    pub fn new(name: impl Into<String>, memory_mib: u64) -> Gpu {
+        Gpu { name: name.into(), uuid: String::new(), memory_mib }
+    }
+
+    pub fn h100() -> Gpu {
+        Gpu::new("NVIDIA H100 80GB HBM3", 81559)
+    }
+
+    pub fn h200() -> Gpu {
+        Gpu::new("NVIDIA H200", 143771)
+    }
+
+    pub fn a100_80gb() -> Gpu {
+        Gpu::new("NVIDIA A100-SXM4-80GB", 81920)
+    }
+}
+
+impl LabHost {
+    /// Installs stand-ins into this host's root (only there), replacing earlier copies;
+    /// their state and call log are kept.
+    pub fn install_standins(&self, standins: &[Standin]) -> Result<(), LabError> {
+        let env = format!("LAB_NAME={}\nLAB_ADDR={}\n", self.name(), self.addr());
+        let mut files = vec![
+            (LIB_PATH.to_string(), 0o644, LIB),
+            (format!("{STANDIN_STATE_DIR}/host.env"), 0o644, env.as_str()),
+        ];
+        for standin in standins {
+            for (program, script) in standin.scripts() {
+                files.push((format!("{STANDIN_BIN_DIR}/{program}"), 0o755, script));
+            }
+        }
+        self.write_text_files(&files)
+    }
+
+    /// Sets the GPUs that the `nvidia-smi` stand-in reports (an empty list: "No devices
+    /// were found"). Before any call, nvidia-smi fails as without a driver.
+    pub fn set_gpus(&self, gpus: &[Gpu]) -> Result<(), LabError> {
+        let octet = match self.addr() {
+            IpAddr::V4(v4) => v4.octets()[3],
+            IpAddr::V6(_) => 0,
+        };
+        let mut table = String::new();
+        for (i, gpu) in gpus.iter().enumerate() {
+            let bad = |detail: &str| LabError::Malformed {
+                host: self.name().to_string(),
+                what: format!("GPU {i} for set_gpus"),
+                detail: detail.to_string(),
+            };
+            if gpu.name.is_empty() || gpu.name.contains(['\t', '\n']) {
+                return Err(bad("the name must be non-empty, without tabs or newlines"));
+            }
+            if gpu.uuid.contains(['\t', '\n', ' ']) {
+                return Err(bad("the uuid must not contain whitespace"));
+            }
+            let uuid = if gpu.uuid.is_empty() {
+                format!("GPU-{octet:08x}-{i:04x}-4000-8000-{:012x}", gpu.memory_mib)
+            } else {
+                gpu.uuid.clone()
+            };
+            table.push_str(&format!("{i}\t{}\t{uuid}\t{}\n", gpu.name, gpu.memory_mib));
+        }
+        self.write_file(&format!("{STANDIN_STATE_DIR}/nvidia/gpus"), table)
+    }
+
+    /// Arguments of every recorded call of `program`, oldest first (the program name
+    /// itself left out).
+    pub fn calls(&self, program: &str) -> Result<Vec<Vec<String>>, LabError> {
+        Ok(self.all_calls()?.into_iter().filter(|c| c.program == program).map(|c| c.args).collect())
+    }
+
+    /// Every recorded stand-in call, oldest first.
+    pub fn all_calls(&self) -> Result<Vec<Call>, LabError> {
+        let log = self.sh(&format!("cat {STANDIN_STATE_DIR}/calls.log 2>/dev/null || true"))?;
+        Ok(parse_calls(&log))
+    }
+
+    /// How many reboots the stand-ins have modelled on this host.
+    pub fn boot_count(&self) -> Result<u32, LabError> {
+        let text = self.sh(&format!("cat {STANDIN_STATE_DIR}/boot_count 2>/dev/null || echo 0"))?;
+        text.trim().parse().map_err(|e| LabError::Malformed {
+            host: self.name().to_string(),
+            what: format!("{STANDIN_STATE_DIR}/boot_count"),
+            detail: format!("{e}: {text:?}"),
+        })
+    }
+}
+
+/// Decodes calls.log: one call per line, tab-separated fields with `\\`, `\t`, `\n`
+/// escaped (see `lab_record` in standins/lib.sh).
+fn parse_calls(log: &str) -> Vec<Call> {
+    log.lines()
+        .filter(|line| !line.is_empty())
+        .map(|line| {
+            let mut fields = line.split('\t').map(unescape);
+            let program = fields.next().unwrap_or_default();
+            Call { program, args: fields.collect() }
+        })
+        .collect()
+}
+
+fn unescape(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_lines_decode_escapes() {
+        let log = "systemctl\tenable\t--now\tx.service\nsh\ta\\\\b\tc\\td\te\\nf\t\n";
+        assert_eq!(
+            parse_calls(log),
+            vec![
+                Call {
+                    program: "systemctl".into(),
+                    args: vec!["enable".into(), "--now".into(), "x.service".into()]
+                },
+                Call {
+                    program: "sh".into(),
+                    args: vec!["a\\b".into(), "c\td".into(), "e\nf".into(), String::new()]
+                },
+            ]
+        );
+    }
+}

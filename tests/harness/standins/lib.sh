@@ -1,0 +1,65 @@
+# Shared part of the lab stand-ins, sourced by each of them.
+#
+# TEST SUPPORT ONLY. Lab hosts have no systemd, no snapd, no GPU and share the
+# machine's kernel, so these scripts model the commands that need them well enough for
+# a provisioning tool to be tested against: state lives in files under $LAB_STATE,
+# inside the lab host's own root, and every call is appended to $LAB_STATE/calls.log.
+LAB_STATE=/var/lib/lab-standins
+mkdir -p "$LAB_STATE"
+# LAB_NAME and LAB_ADDR, written when the stand-ins are installed.
+[ -f "$LAB_STATE/host.env" ] && . "$LAB_STATE/host.env"
+
+# lab_record PROGRAM ARGS...: one line per call, fields separated by tabs, with
+# backslash, tab and newline escaped as \\, \t and \n (LabHost::calls decodes them).
+lab_record() {
+    awk 'BEGIN {
+        for (i = 1; i < ARGC; i++) {
+            s = ARGV[i]; gsub(/\\/, "&&", s); gsub(/\t/, "\\t", s); gsub(/\n/, "\\n", s)
+            printf "%s%s", (i > 1 ? "\t" : ""), s
+        }
+        printf "\n"; exit
+    }' "$@" >>"$LAB_STATE/calls.log"
+}
+
+lab_die() {
+    code=$1
+    shift
+    printf '%s\n' "$*" >&2
+    exit "$code"
+}
+
+# The lab's real sshd (see the lab init script).
+lab_sshd_running() { [ -f /run/sshd.pid ] && kill -0 "$(cat /run/sshd.pid)" 2>/dev/null; }
+lab_sshd_start() {
+    mkdir -p /run/sshd
+    lab_sshd_running || /usr/sbin/sshd -E /var/log/lab-sshd.log </dev/null >/dev/null 2>&1
+}
+lab_sshd_stop() {
+    if lab_sshd_running; then kill "$(cat /run/sshd.pid)"; fi
+    rm -f /run/sshd.pid
+}
+# sshd re-reads its configuration on SIGHUP; sessions survive, as with systemd.
+lab_sshd_restart() {
+    if lab_sshd_running; then kill -HUP "$(cat /run/sshd.pid)"; else lab_sshd_start; fi
+}
+
+# A reboot, modelled: the command returns, then (detached, a moment later) every
+# process of the lab host but PID 1 is killed, SSH sessions included; units come back
+# as they are enabled, /run starts empty, the boot id changes and sshd starts again.
+lab_reboot() {
+    boots=$(cat "$LAB_STATE/boot_count" 2>/dev/null || echo 0)
+    echo $((boots + 1)) >"$LAB_STATE/boot_count"
+    setsid sh -c '. /usr/local/lib/lab-standins/lib.sh; sleep 0.3; lab_boot' </dev/null >/dev/null 2>&1 &
+}
+lab_boot() {
+    kill -KILL -1 2>/dev/null # everything but PID 1 and this process
+    rm -f "$LAB_STATE"/systemd/*.active
+    for f in "$LAB_STATE"/systemd/*.enabled; do
+        [ -e "$f" ] && : >"${f%.enabled}.active"
+    done
+    find /run -mindepth 1 -maxdepth 1 -exec rm -rf {} + 2>/dev/null
+    cat /proc/sys/kernel/random/uuid >"$LAB_STATE/boot_id"
+    umount /proc/sys/kernel/random/boot_id 2>/dev/null
+    mount --bind "$LAB_STATE/boot_id" /proc/sys/kernel/random/boot_id
+    lab_sshd_start
+}
