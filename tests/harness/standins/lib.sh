@@ -28,19 +28,39 @@ lab_die() {
     exit "$code"
 }
 
-# The lab's real sshd (see the lab init script).
+# The lab's real sshd (see the lab init script). sshd writes its pid file only once
+# its listening sockets are bound, so the pid file appearing means "ready".
 lab_sshd_running() { [ -f /run/sshd.pid ] && kill -0 "$(cat /run/sshd.pid)" 2>/dev/null; }
+lab_sshd_wait() {
+    i=0
+    while [ ! -s /run/sshd.pid ]; do
+        i=$((i + 1))
+        [ $i -lt 500 ] || lab_die 1 "Job for ssh.service failed: sshd did not start (see /var/log/lab-sshd.log)."
+        sleep 0.01
+    done
+}
 lab_sshd_start() {
     mkdir -p /run/sshd
-    lab_sshd_running || /usr/sbin/sshd -E /var/log/lab-sshd.log </dev/null >/dev/null 2>&1
+    lab_sshd_running && return 0
+    rm -f /run/sshd.pid
+    /usr/sbin/sshd -E /var/log/lab-sshd.log </dev/null >/dev/null 2>&1 ||
+        lab_die 1 "Job for ssh.service failed: sshd exited with an error (see /var/log/lab-sshd.log)."
+    lab_sshd_wait
 }
 lab_sshd_stop() {
     if lab_sshd_running; then kill "$(cat /run/sshd.pid)"; fi
     rm -f /run/sshd.pid
 }
-# sshd re-reads its configuration on SIGHUP; sessions survive, as with systemd.
+# As Debian's ssh.service: test the configuration first (a broken one leaves the running
+# sshd alone), then SIGHUP, on which sshd re-executes itself with the new configuration;
+# sessions survive.
 lab_sshd_restart() {
-    if lab_sshd_running; then kill -HUP "$(cat /run/sshd.pid)"; else lab_sshd_start; fi
+    lab_sshd_running || { lab_sshd_start; return; }
+    err=$(/usr/sbin/sshd -t 2>&1) || lab_die 1 "Job for ssh.service failed: $err"
+    pid=$(cat /run/sshd.pid)
+    rm -f /run/sshd.pid
+    kill -HUP "$pid"
+    lab_sshd_wait
 }
 
 # A reboot, modelled: the command returns, then (detached, a moment later) every

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Command;
 
-use test_harness::lab::{Lab, LabError, LabHost};
+use test_harness::lab::{Gpu, Lab, LabError, LabHost, Standin};
 
 /// An `ssh` command from this machine to `host`, pinning `known_hosts_line` as its
 /// host key (kept in the returned temp dir).
@@ -249,4 +249,268 @@ fn relative_paths_are_refused() {
     let host = LabHost::start("paths").unwrap();
     let err = host.write_file("etc/motd", "x").unwrap_err();
     assert!(err.to_string().contains("must be absolute"), "{err}");
+}
+
+// ---- stand-ins -------------------------------------------------------------------
+
+/// Runs `command` expecting failure; returns (exit code, stdout, stderr).
+fn fails(host: &LabHost, command: &str) -> (i32, String, String) {
+    let out = host.exec(command).unwrap();
+    assert!(!out.status.success(), "`{command}` succeeded: {}", text(&out.stdout));
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+const DEMO_UNIT: &str = "[Unit]\nDescription=demo\n[Service]\nExecStart=/bin/true\n";
+
+#[test]
+fn standins_live_in_one_host_record_calls_and_keep_unit_state() {
+    let lab = Lab::start_named(&["units-a", "units-b"]).unwrap();
+    let (a, b) = (&lab[0], &lab[1]);
+    a.install_standins(&Standin::ALL).unwrap();
+    a.write_file("/etc/systemd/system/demo.service", DEMO_UNIT).unwrap();
+    a.write_file("/etc/systemd/system/other.service", DEMO_UNIT).unwrap();
+
+    assert_eq!(a.sh("command -v systemctl").unwrap(), "/usr/local/bin/systemctl\n");
+    assert_ne!(b.sh("command -v systemctl || true").unwrap(), "/usr/local/bin/systemctl\n");
+    assert!(!Path::new("/usr/local/bin/systemctl").exists(), "installed on the machine");
+
+    a.sh("systemctl daemon-reload && systemctl enable --now demo").unwrap();
+    assert_eq!(a.sh("systemctl is-active demo.service").unwrap(), "active\n");
+    assert_eq!(a.sh("systemctl is-enabled demo").unwrap(), "enabled\n");
+    a.sh("systemctl start other").unwrap();
+    assert_eq!(fails(a, "systemctl is-enabled other"), (1, "disabled\n".into(), String::new()));
+    a.sh("systemctl stop demo").unwrap();
+    assert_eq!(fails(a, "systemctl is-active demo"), (3, "inactive\n".into(), String::new()));
+    assert_eq!(a.sh("systemctl is-enabled demo").unwrap(), "enabled\n", "stop keeps it enabled");
+
+    // Units that do not exist fail as on a real host.
+    let (code, _, err) = fails(a, "systemctl enable nosuch");
+    assert_eq!(code, 1);
+    assert!(err.contains("Unit file nosuch.service does not exist"), "{err}");
+    assert_eq!(fails(a, "systemctl start nosuch").0, 5);
+    a.sh("systemctl mask demo").unwrap();
+    assert!(fails(a, "systemctl start demo").2.contains("masked"));
+
+    assert_eq!(
+        a.calls("systemctl").unwrap()[..3],
+        [
+            vec!["daemon-reload".to_string()],
+            vec!["enable".into(), "--now".into(), "demo".into()],
+            vec!["is-active".into(), "demo.service".into()]
+        ]
+    );
+    // Arguments survive any characters.
+    a.sh("modprobe 'two words' \"$(printf 'tab\\there')\" 'back\\slash'").unwrap();
+    assert_eq!(
+        a.calls("modprobe").unwrap(),
+        [vec!["two words".to_string(), "tab\there".into(), "back\\slash".into()]]
+    );
+    assert!(b.all_calls().unwrap().is_empty(), "b recorded a's calls");
+}
+
+#[test]
+fn systemctl_restart_ssh_applies_a_new_sshd_config() {
+    let host = LabHost::start("ssh-config").unwrap();
+    host.install_standins(&[Standin::Systemctl]).unwrap();
+    let line = host.known_hosts_line();
+    host.write_file(
+        "/etc/ssh/sshd_config.d/10-port.conf",
+        format!("Port 2222\nListenAddress {}:2222\n", host.addr()),
+    )
+    .unwrap();
+    assert!(ssh(&host, &line, &["-p", "2222", "-o", "ConnectTimeout=2"], "true").status.code() == Some(255));
+    host.sh("systemctl restart ssh").unwrap();
+    let pinned = format!("[{}]:2222 {}", host.addr(), host.host_public_key());
+    let out = ssh(&host, &pinned, &["-p", "2222"], "hostname");
+    assert_eq!(text(&out.stdout), "ssh-config\n", "{}", text(&out.stderr));
+    assert_eq!(host.sh("systemctl is-active ssh").unwrap(), "active\n");
+}
+
+#[test]
+fn microk8s_cluster_forms_across_lab_hosts() {
+    let lab = Lab::start_named(&["k8s-primary", "k8s-worker"]).unwrap();
+    let (primary, worker) = (&lab[0], &lab[1]);
+    for h in lab.hosts() {
+        h.install_standins(&Standin::ALL).unwrap();
+    }
+    assert_eq!(fails(primary, "microk8s status").0, 127, "microk8s exists before its snap");
+    assert!(primary.sh("snap list").unwrap().contains("No snaps are installed yet"));
+
+    for h in lab.hosts() {
+        let out = h.sh("snap install microk8s --classic --channel=1.31/stable").unwrap();
+        assert!(out.contains("microk8s (1.31/stable) v1.31.0"), "{out}");
+    }
+    let list = primary.sh("snap list microk8s").unwrap();
+    assert!(list.contains("1.31/stable") && list.contains("classic"), "{list}");
+    assert!(primary.sh("snap install microk8s --classic").unwrap().contains("already installed"));
+    assert!(primary.sh("microk8s status --wait-ready").unwrap().starts_with("microk8s is running\n"));
+    primary.sh("systemctl restart snap.microk8s.daemon-kubelite").unwrap();
+    assert!(primary.sh("getent group microk8s").is_ok(), "the snap creates the microk8s group");
+    assert!(primary.sh("test -f /var/snap/microk8s/current/args/kubelet").is_ok());
+
+    let kubeconfig = primary.sh("microk8s config").unwrap();
+    assert!(kubeconfig.contains(&format!("server: https://{}:16443", primary.addr())), "{kubeconfig}");
+
+    let add_node = primary.sh("microk8s add-node --token-ttl 600").unwrap();
+    let join = add_node
+        .lines()
+        .find(|l| l.starts_with(&format!("microk8s join {}:25000/", primary.addr())))
+        .unwrap_or_else(|| panic!("no join line in {add_node}"));
+    worker.sh(&format!("{join} --worker --skip-verify")).unwrap();
+    assert!(worker.sh("microk8s status").unwrap().contains("acting as a node in a cluster"));
+    let (_, _, err) = fails(worker, &format!("{join} --worker"));
+    assert!(err.contains("already joined"), "{err}");
+    let token = join.rsplit('/').nth(1).unwrap();
+    assert!(
+        primary
+            .read_to_string("/var/lib/lab-standins/microk8s/tokens")
+            .unwrap()
+            .contains(&format!("{token} 600"))
+    );
+
+    primary.sh("microk8s kubectl label node k8s-worker chutes/external-ip=1.2.3.4 --overwrite").unwrap();
+    assert_eq!(primary.calls("microk8s").unwrap().last().unwrap()[..3], ["kubectl", "label", "node"]);
+}
+
+#[test]
+fn nvidia_smi_reports_the_gpus_the_test_sets() {
+    let host = LabHost::start("gpu").unwrap();
+    host.install_standins(&[Standin::NvidiaSmi, Standin::NvidiaCtk]).unwrap();
+    assert_eq!(fails(&host, "nvidia-smi").0, 9, "no driver before set_gpus");
+
+    host.set_gpus(&vec![Gpu::h100(); 8]).unwrap();
+    let csv = host.sh("nvidia-smi --query-gpu=name,uuid,memory.total --format=csv,noheader").unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().map(|l| l.split(", ").collect()).collect();
+    assert_eq!(rows.len(), 8, "{csv}");
+    assert!(rows.iter().all(|r| r[0] == "NVIDIA H100 80GB HBM3" && r[2] == "81559 MiB"), "{csv}");
+    assert_eq!(rows.iter().map(|r| r[1]).collect::<HashSet<_>>().len(), 8, "uuids repeat: {csv}");
+    assert!(rows[0][1].starts_with("GPU-"));
+    let header = host.sh("nvidia-smi --query-gpu=index,memory.total --format=csv,nounits -i 3").unwrap();
+    assert_eq!(header, "index, memory.total\n3, 81559\n");
+    assert!(host.sh("nvidia-smi -L").unwrap().starts_with("GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-"));
+    assert!(host.sh("nvidia-smi").unwrap().contains("NVIDIA H100 80GB HBM3"));
+    assert!(
+        fails(&host, "nvidia-smi --query-gpu=bogus --format=csv")
+            .2
+            .contains("\"bogus\" is not a valid field")
+    );
+
+    host.set_gpus(&[]).unwrap();
+    assert_eq!(fails(&host, "nvidia-smi -L"), (6, String::new(), "No devices were found\n".into()));
+
+    // nvidia-ctk changes the runtime's config once; running it again changes nothing.
+    let configure = "nvidia-ctk runtime configure --runtime=containerd --set-as-default";
+    host.sh(configure).unwrap();
+    let first = host.read_to_string("/etc/containerd/config.toml").unwrap();
+    assert!(
+        first.contains("runtimes.nvidia") && first.contains("default_runtime_name = \"nvidia\""),
+        "{first}"
+    );
+    host.sh(configure).unwrap();
+    assert_eq!(host.read_to_string("/etc/containerd/config.toml").unwrap(), first);
+    assert_eq!(host.calls("nvidia-smi").unwrap().len(), 7);
+}
+
+#[test]
+fn reboot_over_ssh_ends_sessions_and_brings_the_host_back_as_enabled() {
+    let host = LabHost::start("reboot").unwrap();
+    host.install_standins(&Standin::ALL).unwrap();
+    host.write_file("/etc/systemd/system/enabled.service", DEMO_UNIT).unwrap();
+    host.write_file("/etc/systemd/system/started.service", DEMO_UNIT).unwrap();
+    host.sh("systemctl enable enabled && systemctl start started").unwrap();
+    host.sh("setsid sleep 600 </dev/null >/dev/null 2>&1 &").unwrap();
+    let boot_id = host.read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let line = host.known_hosts_line();
+
+    let out = ssh(&host, &line, &[], "reboot");
+    assert!(out.status.code() == Some(0) || out.status.code() == Some(255), "{}", text(&out.stderr));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while host.read_to_string("/proc/sys/kernel/random/boot_id").unwrap() == boot_id {
+        assert!(std::time::Instant::now() < deadline, "no reboot within 10 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    host.wait_for_sshd(std::time::Duration::from_secs(10)).unwrap();
+
+    assert_eq!(host.boot_count().unwrap(), 1);
+    assert_eq!(host.calls("reboot").unwrap(), [Vec::<String>::new()]);
+    assert!(host.sh("pgrep -x sleep").is_err(), "a process survived the reboot");
+    assert_eq!(host.sh("systemctl is-active enabled").unwrap(), "active\n");
+    assert_eq!(fails(&host, "systemctl is-active started").0, 3);
+    let out = ssh(&host, &line, &[], "hostname");
+    assert_eq!(text(&out.stdout), "reboot\n", "same host key after reboot: {}", text(&out.stderr));
+    assert_ne!(
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap(),
+        host.read_to_string("/proc/sys/kernel/random/boot_id").unwrap()
+    );
+}
+
+#[test]
+fn sysctl_and_modprobe_are_recorded_and_never_reach_the_machine() {
+    let host = LabHost::start("kernel").unwrap();
+    host.install_standins(&[Standin::Sysctl, Standin::Modprobe]).unwrap();
+    let machine_value = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let wanted = if machine_value.trim() == "1" { "0" } else { "1" };
+
+    assert_eq!(
+        host.sh(&format!("sysctl -w net.ipv4.ip_forward={wanted}")).unwrap(),
+        format!("net.ipv4.ip_forward = {wanted}\n")
+    );
+    assert_eq!(host.sh("sysctl -n net.ipv4.ip_forward").unwrap().trim(), wanted);
+    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(), machine_value);
+    // The real sysctl (by absolute path) cannot write: /proc/sys is read-only inside.
+    assert!(
+        host.exec(&format!("/usr/sbin/sysctl -w net.ipv4.ip_forward={wanted}")).unwrap().status.code()
+            != Some(0)
+    );
+    assert_eq!(std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap(), machine_value);
+
+    host.write_file("/etc/sysctl.d/99-disable-ipv6.conf", "net.ipv6.conf.all.disable_ipv6 = 1\n# comment\n")
+        .unwrap();
+    let out = host.sh("sysctl --system").unwrap();
+    assert!(out.contains("* Applying /etc/sysctl.d/99-disable-ipv6.conf ..."), "{out}");
+    assert_eq!(
+        host.sh("sysctl net.ipv6.conf.all.disable_ipv6").unwrap(),
+        "net.ipv6.conf.all.disable_ipv6 = 1\n"
+    );
+    assert_eq!(host.calls("sysctl").unwrap()[0], ["-w", &format!("net.ipv4.ip_forward={wanted}")]);
+
+    host.sh("modprobe ib_umad && modprobe wireguard && modprobe -r wireguard").unwrap();
+    assert_eq!(host.read_to_string("/var/lib/lab-standins/modules").unwrap(), "ib_umad\n");
+    assert_eq!(host.calls("modprobe").unwrap().len(), 3);
+}
+
+#[test]
+fn wireguard_keys_and_interfaces_behave_like_the_real_tools() {
+    let host = LabHost::start("wireguard").unwrap();
+    host.install_standins(&[Standin::WireGuard, Standin::Systemctl]).unwrap();
+    let private = host.sh("wg genkey").unwrap();
+    let private = private.trim();
+    assert_eq!(private.len(), 44, "{private}");
+    let public = host.sh(&format!("echo {private} | wg pubkey")).unwrap();
+    assert_eq!(public.trim().len(), 44);
+    assert_ne!(public.trim(), private);
+    assert_eq!(
+        host.sh(&format!("echo {private} | wg pubkey")).unwrap(),
+        public,
+        "pubkey is a function of the key"
+    );
+
+    assert!(fails(&host, "wg-quick up wg0").2.contains("/etc/wireguard/wg0.conf' does not exist"));
+    host.write_file(
+        "/etc/wireguard/wg0.conf",
+        format!("[Interface]\nAddress = 192.168.0.1/20\nPrivateKey = {private}\nListenPort = 51820\n"),
+    )
+    .unwrap();
+    host.sh("wg-quick up wg0").unwrap();
+    assert!(fails(&host, "wg-quick up wg0").2.contains("`wg0' already exists"));
+    host.sh("wg-quick down wg0 && wg-quick up wg0").unwrap();
+    assert!(host.sh("wg show").unwrap().contains("interface: wg0"));
+    assert!(!host.sh("wg-quick strip wg0").unwrap().contains("Address"));
+
+    // The unit needs its unit file, which the wireguard-tools package would install.
+    assert_eq!(fails(&host, "systemctl enable --now wg-quick@wg0").0, 1);
+    host.write_file("/lib/systemd/system/wg-quick@.service", DEMO_UNIT).unwrap();
+    host.sh("wg-quick down wg0 && systemctl enable --now wg-quick@wg0").unwrap();
+    assert!(host.sh("wg show").unwrap().contains("interface: wg0"));
+    assert_eq!(host.calls("wg-quick").unwrap()[0], ["up", "wg0"]);
 }

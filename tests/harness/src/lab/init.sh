@@ -91,13 +91,16 @@ sed -i 's/^root:!*/root:/' /etc/shadow
 /usr/sbin/sshd -E /var/log/lab-sshd.log </dev/null
 
 # Stay as PID 1: reap orphans (daemons that exit would otherwise stay zombies and look
-# alive to `kill -0`) until the lifeline ends.
-exec 3<&0
-cat <&3 >/dev/null 2>&1 &
-lifeline=$!
-exec 3<&- </dev/null
+# alive to `kill -0`) until the lifeline ends. `cat` watches it: exit 0 means EOF, i.e.
+# the owner is gone; any other end (a modelled reboot kills every process but PID 1)
+# just starts a new watcher. fd 3 keeps the lifeline open in PID 1 for that.
+exec 3<&0 </dev/null
 read -r key_type key_b64 _ </etc/ssh/ssh_host_ed25519_key.pub
 echo "ready $host_pid $key_type $key_b64"
 exec >/dev/null 2>&1
 set +e
-while kill -0 "$lifeline"; do wait "$lifeline"; done
+while :; do
+    cat <&3 >/dev/null 2>&1 &
+    wait $! && break
+    sleep 0.1
+done
