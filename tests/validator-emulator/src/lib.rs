@@ -1,0 +1,364 @@
+//! An emulator of the validator side the miner talks to, for tests.
+//!
+//! It runs in-process on its own tokio runtime, on a free port of 127.0.0.1:
+//!
+//! * socket.io (socketioxide) at `/socket.io`: the `authenticate` handshake with
+//!   real sr25519 checks of the signed headers (purpose `sockets`, 600 s skew, and
+//!   optionally a set of registered hotkeys), `auth_success` / `auth_failed`, and
+//!   [`Emulator::broadcast`] of `miner_broadcast` events to authenticated sockets.
+//! * the REST endpoints of the validator API (reference section 10), each checking
+//!   the signature the way the validator does: purpose string where the endpoint
+//!   declares one, sha256 of the body otherwise, none on the public ones.
+//!
+//! Everything the miner sends is recorded ([`Emulator::requests`],
+//! [`Emulator::auth_attempts`]). [`Emulator::stop`] kills the runtime, dropping
+//! every connection without a goodbye, as a crashed validator would;
+//! [`Emulator::restart`] comes back on the same port with the recordings kept.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a poisoned lock or a failed bind is the failure report
+
+mod rest;
+mod sockets;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use socketioxide::SocketIo;
+use tokio::runtime::Runtime;
+
+/// One HTTP request as the emulator received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedRequest {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    /// Header names lowercased.
+    pub headers: BTreeMap<String, String>,
+    pub body: Vec<u8>,
+    /// The verified signer, or why verification failed; `Ok("")` on public endpoints.
+    pub auth: Result<String, String>,
+    pub status: u16,
+}
+
+impl RecordedRequest {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+}
+
+/// One `authenticate` event and what the emulator made of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthAttempt {
+    pub payload: Value,
+    pub result: Result<String, String>,
+}
+
+/// The `/miner/*` listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Listing {
+    Chutes,
+    Images,
+    Nodes,
+    Instances,
+    Metrics,
+}
+
+impl Listing {
+    fn from_segment(s: &str) -> Option<Listing> {
+        Some(match s {
+            "chutes" => Listing::Chutes,
+            "images" => Listing::Images,
+            "nodes" => Listing::Nodes,
+            "instances" => Listing::Instances,
+            "metrics" => Listing::Metrics,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub requests: Vec<RecordedRequest>,
+    pub auth_attempts: Vec<AuthAttempt>,
+    /// `None`: any hotkey with a valid signature is "registered".
+    pub registered: Option<HashSet<String>>,
+    pub supported_gpus: Vec<String>,
+    pub listings: HashMap<Listing, Vec<Value>>,
+    pub chutes: HashMap<(String, String), Value>,
+    pub utilization: Vec<Value>,
+    pub rolling_updates: Vec<Value>,
+    pub default_verification: String,
+    pub verification: HashMap<String, String>,
+    pub tasks: u64,
+    pub node_seed: u64,
+    pub deleted_nodes: Vec<String>,
+    /// Launch tokens still available; `None` = unlimited.
+    pub launch_capacity: Option<usize>,
+    pub jobs: HashSet<String>,
+    pub jobs_tried: HashSet<(String, String)>,
+    pub launches: u64,
+    pub instances: HashMap<String, String>,
+    pub released_jobs: Vec<String>,
+    /// Injected failures: (path prefix, status, times left).
+    pub faults: VecDeque<(String, u16, usize)>,
+    pub broadcasts: Vec<Value>,
+}
+
+pub(crate) type Shared = Arc<Mutex<State>>;
+
+struct Running {
+    rt: Runtime,
+    io: SocketIo,
+}
+
+/// Knobs fixed at start.
+#[derive(Debug, Clone)]
+pub struct EmulatorOptions {
+    /// Engine.IO ping schedule (the server pings in v4).
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+}
+
+impl Default for EmulatorOptions {
+    fn default() -> Self {
+        EmulatorOptions { ping_interval: Duration::from_secs(25), ping_timeout: Duration::from_secs(20) }
+    }
+}
+
+pub struct Emulator {
+    port: u16,
+    shared: Shared,
+    options: EmulatorOptions,
+    running: Option<Running>,
+}
+
+impl std::fmt::Debug for Emulator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Emulator")
+            .field("port", &self.port)
+            .field("running", &self.running.is_some())
+            .finish()
+    }
+}
+
+impl Emulator {
+    /// Starts on a free port with default timings.
+    pub fn start() -> Emulator {
+        Emulator::start_with(EmulatorOptions::default())
+    }
+
+    pub fn start_with(options: EmulatorOptions) -> Emulator {
+        let state = State {
+            default_verification: "pending".into(),
+            node_seed: 42,
+            supported_gpus: vec!["h100".into(), "a100".into()],
+            ..State::default()
+        };
+        let mut emulator = Emulator { port: 0, shared: Arc::new(Mutex::new(state)), options, running: None };
+        emulator.launch();
+        emulator
+    }
+
+    fn launch(&mut self) {
+        // Binding can race a just-closed listener of the previous life; retry briefly.
+        let mut listener = None;
+        for _ in 0..50 {
+            match std::net::TcpListener::bind(("127.0.0.1", self.port)) {
+                Ok(l) => {
+                    listener = Some(l);
+                    break;
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        let listener = listener.expect("bind the validator emulator's port");
+        listener.set_nonblocking(true).unwrap();
+        self.port = listener.local_addr().unwrap().port();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("validator-emulator")
+            .enable_all()
+            .build()
+            .unwrap();
+        let (layer, io) = SocketIo::builder()
+            .ping_interval(self.options.ping_interval)
+            .ping_timeout(self.options.ping_timeout)
+            .build_layer();
+        sockets::install(&io, self.shared.clone());
+        let app = rest::router(self.shared.clone()).layer(layer);
+        rt.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
+        });
+        self.running = Some(Running { rt, io });
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// REST base URL, `http://127.0.0.1:PORT`.
+    pub fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// socket.io URL as `VALIDATORS` lists it, `ws://127.0.0.1:PORT`.
+    pub fn socket_url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server: every connection drops without a close frame.
+    pub fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.rt.shutdown_background();
+        }
+    }
+
+    /// Starts again on the same port; recordings and settings are kept, sessions are not.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.launch();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// Sends `miner_broadcast` `{reason, data}` to every authenticated socket and
+    /// returns how many sockets it went to (0 while stopped).
+    pub async fn broadcast(&self, reason: &str, data: Value) -> usize {
+        self.broadcast_raw(json!({"reason": reason, "data": data})).await
+    }
+
+    /// Sends any `miner_broadcast` payload (for malformed or unknown-reason cases).
+    pub async fn broadcast_raw(&self, payload: Value) -> usize {
+        let Some(running) = &self.running else { return 0 };
+        let io = running.io.clone();
+        let shared = self.shared.clone();
+        running
+            .rt
+            .spawn(async move {
+                let n = io.to(sockets::AUTHENTICATED).sockets().len();
+                if n > 0 && io.to(sockets::AUTHENTICATED).emit("miner_broadcast", &payload).await.is_ok() {
+                    shared.lock().unwrap().broadcasts.push(payload);
+                    n
+                } else {
+                    0
+                }
+            })
+            .await
+            .unwrap_or(0)
+    }
+
+    /// Server-side disconnect of every socket (`41`), the polite way.
+    pub async fn disconnect_all(&self) {
+        if let Some(running) = &self.running {
+            let io = running.io.clone();
+            let _ = running.rt.spawn(async move { io.disconnect().await }).await;
+        }
+    }
+
+    /// Sockets that passed `authenticate` and are still connected.
+    pub async fn authenticated_sockets(&self) -> usize {
+        let Some(running) = &self.running else { return 0 };
+        let io = running.io.clone();
+        running.rt.spawn(async move { io.to(sockets::AUTHENTICATED).sockets().len() }).await.unwrap_or(0)
+    }
+
+    /// Waits until at least `n` sockets are authenticated; false on timeout.
+    pub async fn wait_authenticated(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self.authenticated_sockets().await >= n {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    /// Only these hotkeys pass the "registered on the subnet" check (default: any).
+    pub fn register_hotkeys<'a>(&self, hotkeys: impl IntoIterator<Item = &'a str>) {
+        self.state().registered = Some(hotkeys.into_iter().map(str::to_owned).collect());
+    }
+
+    pub fn set_supported_gpus(&self, gpus: &[&str]) {
+        self.state().supported_gpus = gpus.iter().map(|g| (*g).to_owned()).collect();
+    }
+
+    /// Items of a `/miner/*` listing; an empty list is sent as `data: NO_ITEMS`.
+    pub fn set_listing(&self, listing: Listing, items: Vec<Value>) {
+        self.state().listings.insert(listing, items);
+    }
+
+    /// What `GET /miner/chutes/{id}/{version}` returns.
+    pub fn set_chute(&self, chute_id: &str, version: &str, chute: Value) {
+        self.state().chutes.insert((chute_id.to_owned(), version.to_owned()), chute);
+    }
+
+    pub fn set_utilization(&self, items: Vec<Value>) {
+        self.state().utilization = items;
+    }
+
+    pub fn set_rolling_updates(&self, items: Vec<Value>) {
+        self.state().rolling_updates = items;
+    }
+
+    /// Verification outcome of one task (`pending`, `error`, `failed`, `success`…).
+    pub fn set_verification_status(&self, task_id: &str, status: &str) {
+        self.state().verification.insert(task_id.to_owned(), status.to_owned());
+    }
+
+    /// Outcome for tasks without their own (initially `pending`).
+    pub fn set_default_verification(&self, status: &str) {
+        self.state().default_verification = status.to_owned();
+    }
+
+    /// Launch tokens to hand out before answering 423; `None` = unlimited.
+    pub fn set_launch_capacity(&self, capacity: Option<usize>) {
+        self.state().launch_capacity = capacity;
+    }
+
+    /// A job the validator knows (launch_config with an unknown job_id is 404).
+    pub fn add_job(&self, job_id: &str) {
+        self.state().jobs.insert(job_id.to_owned());
+    }
+
+    /// The next `times` requests whose path starts with `path_prefix` get `status`.
+    pub fn fail_next(&self, path_prefix: &str, status: u16, times: usize) {
+        self.state().faults.push_back((path_prefix.to_owned(), status, times));
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state().requests.clone()
+    }
+
+    pub fn auth_attempts(&self) -> Vec<AuthAttempt> {
+        self.state().auth_attempts.clone()
+    }
+
+    /// Payloads broadcast to at least one authenticated socket.
+    pub fn broadcasts(&self) -> Vec<Value> {
+        self.state().broadcasts.clone()
+    }
+
+    pub fn deleted_nodes(&self) -> Vec<String> {
+        self.state().deleted_nodes.clone()
+    }
+
+    pub fn released_jobs(&self) -> Vec<String> {
+        self.state().released_jobs.clone()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.shared.lock().unwrap()
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
