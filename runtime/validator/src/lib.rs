@@ -12,7 +12,7 @@
 //!
 //! All signing goes through `chutes-protocol`; nothing here touches key material
 //! beyond calling [`chutes_protocol::Hotkey::sign_request`].
-
+pub mod rest;
 pub mod socket;
 
 /// The addresses of one validator, as `VALIDATORS` lists them.
