@@ -48,6 +48,14 @@ fn ssh(host: &LabHost, known_hosts_line: &str, extra: &[&str], command: &str) ->
     cmd.output().unwrap()
 }
 
+/// Starts a detached process named `test-daemon` (a copy of sleep) inside `host`.
+fn start_daemon(host: &LabHost) {
+    host.sh(
+        "cp /bin/sleep /usr/local/bin/test-daemon && setsid test-daemon 600 </dev/null >/dev/null 2>&1 &",
+    )
+    .unwrap();
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -87,9 +95,9 @@ fn hosts_have_their_own_names_addresses_and_files() {
     assert_eq!(std::fs::read("/etc/debian_version").unwrap(), machine_motd);
 
     // Processes of one host are invisible to the others.
-    a.sh("setsid sleep 600 </dev/null >/dev/null 2>&1 &").unwrap();
-    assert!(a.sh("pgrep -x sleep").is_ok());
-    assert!(b.sh("pgrep -x sleep").is_err(), "b sees a's process");
+    start_daemon(a);
+    assert!(a.sh("pgrep -x test-daemon").is_ok());
+    assert!(b.sh("pgrep -x test-daemon").is_err(), "b sees a's process");
 }
 
 #[test]
@@ -205,7 +213,7 @@ fn processes_in(pid_ns: &Path) -> usize {
 fn dropping_a_host_leaves_no_processes_mounts_or_files() {
     let host = LabHost::start("teardown").unwrap();
     // A daemon, a long command in flight and an SSH session, all inside.
-    host.sh("setsid sleep 600 </dev/null >/dev/null 2>&1 &").unwrap();
+    start_daemon(&host);
     let (_dir, mut session) = ssh_command(&host, &host.known_hosts_line(), &[], "sleep 600");
     let mut session = session.stderr(std::process::Stdio::null()).spawn().unwrap();
     let traces = Traces::of(&host);
@@ -418,14 +426,15 @@ fn reboot_over_ssh_ends_sessions_and_brings_the_host_back_as_enabled() {
     host.write_file("/etc/systemd/system/enabled.service", DEMO_UNIT).unwrap();
     host.write_file("/etc/systemd/system/started.service", DEMO_UNIT).unwrap();
     host.sh("systemctl enable enabled && systemctl start started").unwrap();
-    host.sh("setsid sleep 600 </dev/null >/dev/null 2>&1 &").unwrap();
+    start_daemon(&host);
     let boot_id = host.read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
     let line = host.known_hosts_line();
 
     let out = ssh(&host, &line, &[], "reboot");
     assert!(out.status.code() == Some(0) || out.status.code() == Some(255), "{}", text(&out.stderr));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while host.read_to_string("/proc/sys/kernel/random/boot_id").unwrap() == boot_id {
+    // A command running at the moment of the reboot is killed with the rest: retry.
+    while host.read_to_string("/proc/sys/kernel/random/boot_id").map_or(true, |id| id == boot_id) {
         assert!(std::time::Instant::now() < deadline, "no reboot within 10 s");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -433,7 +442,7 @@ fn reboot_over_ssh_ends_sessions_and_brings_the_host_back_as_enabled() {
 
     assert_eq!(host.boot_count().unwrap(), 1);
     assert_eq!(host.calls("reboot").unwrap(), [Vec::<String>::new()]);
-    assert!(host.sh("pgrep -x sleep").is_err(), "a process survived the reboot");
+    assert!(host.sh("pgrep -x test-daemon").is_err(), "a process survived the reboot");
     assert_eq!(host.sh("systemctl is-active enabled").unwrap(), "active\n");
     assert_eq!(fails(&host, "systemctl is-active started").0, 3);
     let out = ssh(&host, &line, &[], "hostname");
