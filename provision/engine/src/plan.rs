@@ -188,6 +188,7 @@ impl Action {
     /// The read-only probe, or None when the step needs none.
     pub fn probe(&self) -> Option<String> {
         Some(match self {
+            Action::Apt { packages, .. } if packages.is_empty() => return None,
             Action::Apt { packages, .. } => {
                 let names: Vec<String> = packages.iter().map(|p| q(p)).collect();
                 format!(
@@ -256,13 +257,16 @@ impl Action {
                 let names: Vec<String> = todo.iter().map(|p| q(p)).collect();
                 let env = "DEBIAN_FRONTEND=noninteractive";
                 let opts = "-y -q -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold";
+                let install =
+                    format!("{env} apt-get install {opts} --no-install-recommends {}", names.join(" "));
                 let script = match state {
-                    PackageState::Present => format!(
-                        "set -e; {upd}{env} apt-get install {opts} --no-install-recommends {}",
-                        names.join(" "),
-                        upd =
-                            if *update_cache { format!("{env} apt-get update -q; ") } else { String::new() }
+                    // Package lists younger than a day are reused (Ansible's cache_valid_time);
+                    // an install that fails on them is retried once after a fresh update.
+                    PackageState::Present if *update_cache => format!(
+                        "set -e; if [ -z \"$(find /var/lib/apt/lists -maxdepth 1 -name '*Packages*' -mmin -1440 2>/dev/null | head -n 1)\" ]; \
+                         then {env} apt-get update -q; fi; {install} || {{ {env} apt-get update -q && {install}; }}"
                     ),
+                    PackageState::Present => install,
                     PackageState::Absent => format!("{env} apt-get purge {opts} {}", names.join(" ")),
                 };
                 let verb = if *state == PackageState::Present { "install" } else { "purge" };
@@ -559,7 +563,10 @@ mod tests {
             Decision::Change(c) => {
                 assert_eq!(c.summary, "install jq");
                 let Mutation::Script { script, .. } = c.mutation else { panic!() };
-                assert!(script.contains("apt-get update") && script.ends_with(" jq"), "{script}");
+                assert!(
+                    script.contains("apt-get update") && script.contains("--no-install-recommends jq"),
+                    "{script}"
+                );
             }
             d => panic!("{d:?}"),
         }

@@ -44,6 +44,8 @@ pub struct Vars {
     pub cuda_packages: Vec<String>,
     /// NVIDIA container toolkit packages on GPU hosts.
     pub container_toolkit_packages: Vec<String>,
+    /// Packages on the primary only (iptables persistence for the NAT rules).
+    pub primary_packages: Vec<String>,
     /// URL of the CUDA keyring .deb; `{distro}` is replaced by e.g. `ubuntu2204`.
     pub cuda_keyring_url: String,
     /// NTP servers for systemd-timesyncd.

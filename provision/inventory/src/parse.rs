@@ -27,6 +27,7 @@ const VAR_KEYS: &[&str] = &[
     "packages",
     "cuda_packages",
     "container_toolkit_packages",
+    "primary_packages",
     "cuda_keyring_url",
     "ntp",
     "ssh",
@@ -324,6 +325,7 @@ fn vars(ctx: &mut Ctx, node: Option<&Node>, base_dir: &Path) -> Vars {
             "nvidia-fabricmanager-{nvidia_version}".into(),
         ],
         container_toolkit_packages: vec!["nvidia-container-toolkit".into()],
+        primary_packages: vec!["iptables-persistent".into()],
         cuda_keyring_url:
             "https://developer.download.nvidia.com/compute/cuda/repos/{distro}/x86_64/cuda-keyring_1.1-1_all.deb".into(),
         ntp: vec!["pool.ntp.org".into()],
@@ -369,6 +371,7 @@ fn vars(ctx: &mut Ctx, node: Option<&Node>, base_dir: &Path) -> Vars {
     take!("cuda_packages", v.cuda_packages, |c: &mut Ctx, n: &Node| c.strings(n, "cuda_packages"));
     take!("container_toolkit_packages", v.container_toolkit_packages, |c: &mut Ctx, n: &Node| c
         .strings(n, "container_toolkit_packages"));
+    take!("primary_packages", v.primary_packages, |c: &mut Ctx, n: &Node| c.strings(n, "primary_packages"));
     take!("cuda_keyring_url", v.cuda_keyring_url, |c: &mut Ctx, n: &Node| c.string(n, "cuda_keyring_url"));
     take!("ntp", v.ntp, |c: &mut Ctx, n: &Node| c.strings(n, "ntp"));
     if let Some(n) = f.remove("wireguard_subnet")

@@ -257,6 +257,7 @@ fn base(c: &PlanCtx) -> PhasePlan {
                 authorized_keys: v.ssh_keys.clone(),
             },
         ),
+        Step::new("sudo", apt(&["sudo".into()])),
         Step::new(
             format!("sudoers {}", v.user),
             Action::Sudoers {
@@ -539,7 +540,7 @@ fn primary(c: &PlanCtx) -> PhasePlan {
     only(c.host.is_primary, || {
         PhasePlan {
         steps: vec![
-            Step::new("iptables-persistent", apt(&["iptables-persistent".into()])),
+            Step::new("primary packages", apt(&c.inventory.vars.primary_packages)),
             Step::new("ip forwarding", Action::Sysctl { file: "99-minerctl-forward.conf".into(), settings: vec![("net.ipv4.ip_forward".into(), "1".into())] }),
             Step::new("forward wg0", cmd("iptables -A FORWARD -i wg0 -j ACCEPT", "iptables -C FORWARD -i wg0 -j ACCEPT")).notify("save iptables"),
             Step::new(

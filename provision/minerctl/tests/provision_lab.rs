@@ -1,0 +1,345 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: panics are the failure report
+//! `minerctl provision` (the real binary) against lab hosts: real sshd, apt-get, files,
+//! users and sudoers; stand-ins (tests/support/standins.sh) only for what a lab host cannot
+//! run: systemd, snap/microk8s, nvidia tools, iptables, ping.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use test_harness::lab::{Lab, LabHost};
+
+const STANDINS: &str = include_str!("support/standins.sh");
+const STANDIN_NAMES: &[&str] = &[
+    "systemctl",
+    "snap",
+    "microk8s",
+    "nvidia-smi",
+    "nvidia-ctk",
+    "iptables",
+    "netfilter-persistent",
+    "ping",
+    "sysctl",
+    "modprobe",
+    "reboot",
+    "wg-quick",
+];
+
+struct Setup {
+    lab: Lab,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// One primary CPU host and `gpus` GPU hosts, with stand-ins installed.
+    fn start(gpus: usize) -> Setup {
+        let mut names = vec!["cpu-0".to_string()];
+        names.extend((1..=gpus).map(|i| format!("gpu-{i}")));
+        let lab = Lab::start_named(&names).unwrap();
+        for h in lab.hosts() {
+            install_standins(h);
+        }
+        let s = Setup { lab, dir: tempfile::tempdir().unwrap() };
+        s.write_inventory();
+        s.write_known_hosts(|h| h.known_hosts_line());
+        s
+    }
+
+    fn inventory(&self) -> PathBuf {
+        self.dir.path().join("inventory.yml")
+    }
+
+    fn known_hosts(&self) -> PathBuf {
+        self.dir.path().join("known_hosts")
+    }
+
+    fn write_inventory(&self) {
+        let h0 = &self.lab.hosts()[0];
+        let mut y = format!(
+            "vars:\n  user: chutes\n  login_user: root\n  ssh_keys: ['{key}']\n  packages: [hello]\n  primary_packages: []\n  \
+             container_toolkit_packages: []\n  skip_cuda: true\n  ssh:\n    key: {path}\nhosts:\n",
+            key = h0.client_public_key(),
+            path = h0.client_key_path().display()
+        );
+        for (i, h) in self.lab.hosts().iter().enumerate() {
+            y.push_str(&format!(
+                "  {name}:\n    address: {addr}\n    external_ip: 203.0.113.{n}\n    wireguard_ip: 192.168.0.{n}\n    \
+                 is_primary: {p}\n    gpu_enabled: {g}\n",
+                name = h.name(),
+                addr = h.addr(),
+                n = i + 1,
+                p = i == 0,
+                g = i != 0,
+            ));
+        }
+        std::fs::write(self.inventory(), y).unwrap();
+    }
+
+    fn write_known_hosts(&self, line: impl Fn(&LabHost) -> String) {
+        let lines: Vec<String> = self.lab.hosts().iter().map(line).collect();
+        std::fs::write(self.known_hosts(), lines.join("\n") + "\n").unwrap();
+    }
+
+    fn command(&self, extra: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_minerctl"));
+        c.arg("provision")
+            .arg("-i")
+            .arg(self.inventory())
+            .arg("--known-hosts")
+            .arg(self.known_hosts())
+            .arg("--log-file")
+            .arg(self.dir.path().join("provision.log"))
+            .args(["--output", "json"])
+            .args(extra);
+        c
+    }
+
+    fn run(&self, extra: &[&str]) -> Run {
+        Run::from(self.command(extra).output().unwrap())
+    }
+}
+
+fn install_standins(h: &LabHost) {
+    h.write_file("/usr/local/sbin/minerctl-standin", STANDINS).unwrap();
+    let links: Vec<String> =
+        STANDIN_NAMES.iter().map(|n| format!("ln -sf minerctl-standin /usr/local/sbin/{n}")).collect();
+    h.sh(&format!("chmod 755 /usr/local/sbin/minerctl-standin && {}", links.join(" && "))).unwrap();
+}
+
+/// A finished run: exit code and the JSON events it printed.
+struct Run {
+    code: Option<i32>,
+    events: Vec<serde_json::Value>,
+    stdout: String,
+    stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        let events = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        Run { code: o.status.code(), events, stdout, stderr: String::from_utf8_lossy(&o.stderr).into_owned() }
+    }
+}
+
+impl Run {
+    fn recap(&self, host: &str) -> serde_json::Value {
+        let recap = self
+            .events
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "recap")
+            .unwrap_or_else(|| panic!("no recap:\n{}\n{}", self.stdout, self.stderr));
+        recap["hosts"].as_array().unwrap().iter().find(|h| h["host"] == host).unwrap().clone()
+    }
+    fn changed_steps(&self) -> Vec<(String, String)> {
+        self.events
+            .iter()
+            .filter(|e| e["event"] == "step" && e["status"] == "changed")
+            .map(|e| (e["host"].as_str().unwrap().to_string(), e["step"].as_str().unwrap().to_string()))
+            .collect()
+    }
+    fn assert_ok(&self) {
+        assert_eq!(self.code, Some(0), "run failed:\n{}\n{}", self.stdout, self.stderr);
+    }
+}
+
+fn file(h: &LabHost, path: &str) -> String {
+    h.read_to_string(path).unwrap_or_else(|e| panic!("{}: {path}: {e}", h.name()))
+}
+
+const MIRROR: &str = "/var/snap/microk8s/current/args/certs.d/5dt7hz7zpw4dpppxfm7ke3cm7sdawhszxmm5zame7dsvjbcq.localregistry.chutes.ai:30500/hosts.toml";
+
+#[test]
+fn converges_then_noop_then_check_shows_drift_then_repairs() {
+    let s = Setup::start(3);
+    let hosts = s.lab.hosts();
+    // A containerd config as docker.io ships it: CRI disabled.
+    for h in &hosts[1..] {
+        h.write_file(
+            "/etc/containerd/config.toml",
+            "disabled_plugins = [\"cri\"]\nroot = \"/var/lib/containerd\"\n",
+        )
+        .unwrap();
+    }
+
+    let first = s.run(&[]);
+    first.assert_ok();
+    for h in hosts {
+        let r = first.recap(h.name());
+        assert_eq!((r["failed"].as_u64(), r["unreachable"].as_bool()), (Some(0), Some(false)), "{r}");
+        assert!(r["changed"].as_u64().unwrap() > 10, "{r}");
+        // Real effects: package, user with key, sudoers, hostname, wireguard keys.
+        h.sh("dpkg-query -W -f='${Status}' hello | grep -q 'install ok installed'").unwrap();
+        assert!(file(h, "/home/chutes/.ssh/authorized_keys").contains(h.client_public_key()));
+        h.sh("visudo -cf /etc/sudoers.d/90-minerctl-chutes").unwrap();
+        assert_eq!(h.sh("hostname").unwrap().trim(), h.name());
+        assert!(h.sh("stat -c %a /etc/wireguard/private.key").unwrap().trim() == "600");
+    }
+    // The primary's wg0.conf has each worker's real public key, and no private key.
+    let wg = file(&hosts[0], "/etc/wireguard/wg0.conf");
+    for h in &hosts[1..] {
+        let key = file(h, "/etc/wireguard/public.key");
+        assert!(wg.contains(&format!("PublicKey = {}", key.trim())), "{wg}");
+    }
+    assert!(!wg.contains(file(&hosts[0], "/etc/wireguard/private.key").trim()));
+    // The containerd fix really edits the file; nvidia-ctk's runtime stanza stays.
+    let containerd = file(&hosts[1], "/etc/containerd/config.toml");
+    assert!(
+        !containerd.contains("disabled_plugins") && containerd.contains("runtimes.nvidia"),
+        "{containerd}"
+    );
+    // Workers joined with the primary's token; every node is labelled with its external IP.
+    assert!(file(&hosts[2], "/var/lib/standin/joined").starts_with("192.168.0.1:25000/"));
+    assert_eq!(file(&hosts[0], "/var/lib/standin/labels/gpu-3.chutes_external-ip").trim(), "203.0.113.4");
+    assert!(file(&hosts[1], "/var/snap/microk8s/current/args/kubelet").contains("--node-ip=192.168.0.2\n"));
+    // The join token never reaches output or the log.
+    let log = std::fs::read_to_string(s.dir.path().join("provision.log")).unwrap();
+    assert!(
+        !log.contains("0123456789abcdef0123456789abcdef")
+            && !first.stdout.contains("0123456789abcdef0123456789abcdef")
+    );
+
+    let second = s.run(&[]);
+    second.assert_ok();
+    assert_eq!(second.changed_steps(), vec![], "a converged cluster must report nothing changed");
+
+    // Someone edits a managed file on one host.
+    let edited = "server = \"http://example.invalid\"\n";
+    hosts[2].write_file(MIRROR, edited).unwrap();
+    let check = s.run(&["--check"]);
+    check.assert_ok();
+    assert_eq!(check.changed_steps(), vec![("gpu-2".to_string(), "registry mirror hosts.toml".to_string())]);
+    let ev = check.events.iter().find(|e| e["status"] == "changed").unwrap();
+    let diff = ev["diff"].as_str().unwrap();
+    assert!(
+        diff.contains("-server = \"http://example.invalid\"") && diff.contains("+server = \"http://5dt7"),
+        "{diff}"
+    );
+    assert_eq!(file(&hosts[2], MIRROR), edited, "--check changed the file");
+
+    let repair = s.run(&[]);
+    repair.assert_ok();
+    assert_eq!(repair.changed_steps(), vec![("gpu-2".to_string(), "registry mirror hosts.toml".to_string())]);
+    assert!(file(&hosts[2], MIRROR).contains("capabilities = [\"pull\", \"resolve\"]"));
+}
+
+#[test]
+fn host_lost_mid_run_is_unreachable_others_finish_and_rerun_completes() {
+    let s = Setup::start(3);
+    let victim = &s.lab.hosts()[2];
+    // The victim's `snap install` blocks until released, so sshd dies while a step runs.
+    victim.sh("mkdir -p /var/lib/standin && touch /var/lib/standin/block-snap").unwrap();
+    let child = s
+        .command(&[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
+    while !victim
+        .sh("grep -c '^snap install' /var/log/standin.calls || true")
+        .unwrap()
+        .trim()
+        .starts_with('1')
+    {
+        assert!(std::time::Instant::now() < deadline, "the victim never reached snap install");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    victim.kill_sshd().unwrap();
+    let run = Run::from(child.wait_with_output().unwrap());
+    assert_eq!(run.code, Some(2), "{}\n{}", run.stdout, run.stderr);
+    let r = run.recap(victim.name());
+    assert_eq!(r["unreachable"], true, "{r}");
+    for h in ["cpu-0", "gpu-1", "gpu-3"] {
+        let r = run.recap(h);
+        assert_eq!((r["failed"].as_u64(), r["unreachable"].as_bool()), (Some(0), Some(false)), "{h}: {r}");
+    }
+
+    victim.sh("rm -f /var/lib/standin/block-snap").unwrap();
+    victim.start_sshd().unwrap();
+    let rerun = s.run(&[]);
+    rerun.assert_ok();
+    assert!(victim.exists_joined());
+}
+
+trait Joined {
+    fn exists_joined(&self) -> bool;
+}
+impl Joined for LabHost {
+    fn exists_joined(&self) -> bool {
+        self.sh("test -e /var/lib/standin/joined && echo yes || echo no").unwrap().trim() == "yes"
+    }
+}
+
+#[test]
+fn wrong_host_key_is_refused_before_any_command() {
+    let s = Setup::start(1);
+    let other = Setup::start(0);
+    // known_hosts claims cpu-0 has the key of another host.
+    let wrong = format!("{} {}", s.lab.hosts()[0].addr(), other.lab.hosts()[0].host_public_key());
+    s.write_known_hosts(|h| if h.name() == "cpu-0" { wrong.clone() } else { h.known_hosts_line() });
+    let run = s.run(&["--accept-new", "--limit", "cpu-0"]);
+    assert_eq!(run.code, Some(2));
+    let r = run.recap("cpu-0");
+    let err = r["error"].as_str().unwrap();
+    assert!(err.contains("HOST KEY MISMATCH"), "{err}");
+    let fp = |k: &str| {
+        let out = Command::new("ssh-keygen").args(["-l", "-f", "/dev/stdin"]).stdin_bytes(k);
+        out.split_whitespace().nth(1).unwrap().to_string()
+    };
+    assert!(
+        err.contains(&fp(s.lab.hosts()[0].host_public_key()))
+            && err.contains(&fp(other.lab.hosts()[0].host_public_key())),
+        "{err}"
+    );
+    // Nothing ran there: no stand-in was called, no file was written.
+    let calls = s.lab.hosts()[0].sh("cat /var/log/standin.calls 2>/dev/null || true").unwrap();
+    assert_eq!(calls, "");
+    assert!(s.lab.hosts()[0].sh("test -e /etc/wireguard && echo yes || echo no").unwrap().trim() == "no");
+}
+
+#[test]
+fn bad_inventory_is_rejected_before_connecting_with_every_place_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inv.yml");
+    std::fs::write(
+        &inv,
+        "hosts:\n  a:\n    address: 127.0.1.250\n    external_ip: 1.1.1.1\n    wireguard_ip: 192.168.0.1\n  \
+         b:\n    address: 127.0.1.251\n    external_ip: 1.1.1.1\n    wireguard_ip: 192.168.99.1\n    is_primary: yes\n",
+    )
+    .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_minerctl")).args(["provision", "-i"]).arg(&inv).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let f = inv.display();
+    assert!(
+        err.contains(&format!("{f}:8:18: host `b`: external_ip 1.1.1.1 is also used by host `a` (line 4)")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{f}:9:19: host `b`: wireguard_ip 192.168.99.1 is outside the mesh subnet")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{f}:10:17: host `b`: `is_primary` must be true or false, found `yes`")),
+        "{err}"
+    );
+    assert!(err.contains("no host has `is_primary: true`"), "{err}");
+}
+
+trait StdinBytes {
+    fn stdin_bytes(&mut self, input: &str) -> String;
+}
+impl StdinBytes for Command {
+    fn stdin_bytes(&mut self, input: &str) -> String {
+        use std::io::Write;
+        let mut child =
+            self.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
+    }
+}
+
+#[allow(dead_code)]
+fn unused(_: &Path) {}
