@@ -24,9 +24,7 @@ mod record;
 mod resources;
 mod rollout;
 
-pub use credentials::{
-    Credentials, MINER_SECRET, MinerCredentials, REGISTRY_SECRET, RegistryCredentials,
-};
+pub use credentials::{Credentials, MINER_SECRET, MinerCredentials, REGISTRY_SECRET, RegistryCredentials};
 pub use deploy::{FIELD_MANAGER, Options, Report, deploy};
 pub use error::DeployError;
 pub use kubeconfig::client_from_kubeconfig;
@@ -36,8 +34,5 @@ pub use record::RECORD_NAME;
 pub(crate) fn is_pod_ready(pod: &serde_json::Value) -> bool {
     pod.pointer("/status/conditions")
         .and_then(serde_json::Value::as_array)
-        .is_some_and(|c| {
-            c.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
