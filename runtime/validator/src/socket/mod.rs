@@ -174,19 +174,16 @@ impl Client {
         let mut backoff = Backoff::new(self.options.backoff_initial, self.options.backoff_cap);
         loop {
             self.state.send_replace(SocketState::Connecting);
-            let started = Instant::now();
             let mut authenticated_at = None;
-            let ended = tokio::select! {
-                _ = shutdown.cancelled() => Ended::Shutdown,
-                e = self.connection(&mut authenticated_at, &shutdown) => e,
-            };
+            // `connection` watches `shutdown` itself, so it can say goodbye (`41`).
+            let ended = self.connection(&mut authenticated_at, &shutdown).await;
             if matches!(ended, Ended::Shutdown | Ended::ProducerClosed) {
                 tracing::info!(validator = %self.target.hotkey, reason = %ended, "validator socket stopped");
                 break;
             }
-            if authenticated_at.is_some_and(|t: Instant| t.elapsed() >= self.options.stable_after)
-                || (authenticated_at.is_some() && started.elapsed() >= self.options.stable_after)
-            {
+            // Only a connection that stayed up a while resets the backoff, so a validator
+            // that accepts and drops at once is not hammered.
+            if authenticated_at.is_some_and(|t: Instant| t.elapsed() >= self.options.stable_after) {
                 backoff.reset();
             }
             let delay = backoff.next_delay();
@@ -217,14 +214,17 @@ impl Client {
             Ok(u) => u,
             Err(e) => return Ended::BadUrl(e),
         };
-        let mut ws =
-            match tokio::time::timeout(self.options.connect_timeout, tokio_tungstenite::connect_async(&url))
-                .await
-            {
-                Err(_) => return Ended::Timeout("the websocket connection"),
-                Ok(Err(e)) => return Ended::Connect(e.to_string()),
-                Ok(Ok((ws, _))) => ws,
-            };
+        let connect =
+            tokio::time::timeout(self.options.connect_timeout, tokio_tungstenite::connect_async(&url));
+        let connected = tokio::select! {
+            r = connect => r,
+            _ = shutdown.cancelled() => return Ended::Shutdown,
+        };
+        let mut ws = match connected {
+            Err(_) => return Ended::Timeout("the websocket connection"),
+            Ok(Err(e)) => return Ended::Connect(e.to_string()),
+            Ok(Ok((ws, _))) => ws,
+        };
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
         let ended = tokio::select! {
             e = self.serve(&mut ws, authenticated_at) => e,
