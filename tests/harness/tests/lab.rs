@@ -523,3 +523,37 @@ fn wireguard_keys_and_interfaces_behave_like_the_real_tools() {
     assert!(host.sh("wg show").unwrap().contains("interface: wg0"));
     assert_eq!(host.calls("wg-quick").unwrap()[0], ["up", "wg0"]);
 }
+
+#[test]
+fn firewall_rules_and_ping_stay_inside_the_host() {
+    let host = LabHost::start("firewall").unwrap();
+    host.install_standins(&Standin::ALL).unwrap();
+    let rule = "FORWARD -i wg0 -j ACCEPT";
+    assert_eq!(fails(&host, &format!("iptables -C {rule}")).0, 1);
+    host.sh(&format!("iptables -A {rule} && iptables -t nat -A POSTROUTING -o eth0 -j MASQUERADE")).unwrap();
+    host.sh(&format!("iptables -C {rule}")).unwrap();
+    assert_eq!(host.sh("iptables -S FORWARD").unwrap(), "-P FORWARD ACCEPT\n-A FORWARD -i wg0 -j ACCEPT\n");
+    host.sh("netfilter-persistent save").unwrap();
+    let saved = host.read_to_string("/etc/iptables/rules.v4").unwrap();
+    assert!(saved.contains("*nat\n") && saved.contains("-A POSTROUTING -o eth0 -j MASQUERADE\n"), "{saved}");
+    host.sh(&format!("iptables -D {rule} && iptables -t nat -F")).unwrap();
+    assert_eq!(fails(&host, &format!("iptables -C {rule}")).0, 1);
+    host.sh("netfilter-persistent start").unwrap();
+    host.sh(&format!("iptables -C {rule}")).unwrap();
+    assert!(host.sh("iptables -t nat -S").unwrap().contains("-A POSTROUTING -o eth0 -j MASQUERADE"));
+    assert_eq!(host.calls("iptables").unwrap()[0], ["-C", "FORWARD", "-i", "wg0", "-j", "ACCEPT"]);
+
+    // Ping reaches a WireGuard peer only once the interface covering it is up.
+    assert_eq!(fails(&host, "ping -c 1 192.168.0.1").0, 1);
+    host.write_file(
+        "/etc/wireguard/wg0.conf",
+        "[Interface]\nAddress = 192.168.0.3/20\n[Peer]\nAllowedIPs = 192.168.0.0/20, 10.0.0.0/8\n",
+    )
+    .unwrap();
+    host.sh("wg-quick up wg0").unwrap();
+    assert!(host.sh("ping -c 1 192.168.0.1").unwrap().contains("1 received"));
+    assert!(host.sh("ping -c 2 10.1.2.3").unwrap().contains("2 received"));
+    assert_eq!(fails(&host, "ping -c 1 192.168.16.1").0, 1);
+    host.write_file("/var/lib/lab-standins/ping/reachable", "203.0.113.7\n").unwrap();
+    host.sh("ping -c 1 203.0.113.7").unwrap();
+}

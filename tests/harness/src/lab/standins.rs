@@ -17,6 +17,8 @@ pub const STANDIN_BIN_DIR: &str = "/usr/local/bin";
 pub const STANDIN_STATE_DIR: &str = "/var/lib/lab-standins";
 const LIB_PATH: &str = "/usr/local/lib/lab-standins/lib.sh";
 const LIB: &str = include_str!("../../standins/lib.sh");
+/// One script behind every iptables name; it dispatches on the name it was called by.
+const IPTABLES: &str = include_str!("../../standins/iptables");
 
 /// A command (or family of commands) modelled by a stand-in script.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,10 +41,16 @@ pub enum Standin {
     Sysctl,
     /// `modprobe`: recorded, with a list of "loaded" modules.
     Modprobe,
+    /// `iptables`, `ip6tables`, their `-save`/`-restore`, `netfilter-persistent`: rules kept
+    /// in the lab root (the real ones would change the machine's firewall).
+    Iptables,
+    /// `ping`: answers for loopback, the lab address, WireGuard subnets of interfaces that
+    /// are up, and addresses a test lists in `/var/lib/lab-standins/ping/reachable`.
+    Ping,
 }
 
 impl Standin {
-    pub const ALL: [Standin; 9] = [
+    pub const ALL: [Standin; 11] = [
         Standin::Systemctl,
         Standin::Snap,
         Standin::Microk8s,
@@ -52,6 +60,8 @@ impl Standin {
         Standin::Reboot,
         Standin::Sysctl,
         Standin::Modprobe,
+        Standin::Iptables,
+        Standin::Ping,
     ];
 
     /// The programs this stand-in provides, with their scripts.
@@ -72,6 +82,16 @@ impl Standin {
             ],
             Standin::Sysctl => &[("sysctl", include_str!("../../standins/sysctl"))],
             Standin::Modprobe => &[("modprobe", include_str!("../../standins/modprobe"))],
+            Standin::Iptables => &[
+                ("iptables", IPTABLES),
+                ("ip6tables", IPTABLES),
+                ("iptables-save", IPTABLES),
+                ("ip6tables-save", IPTABLES),
+                ("iptables-restore", IPTABLES),
+                ("ip6tables-restore", IPTABLES),
+                ("netfilter-persistent", include_str!("../../standins/netfilter-persistent")),
+            ],
+            Standin::Ping => &[("ping", include_str!("../../standins/ping"))],
         }
     }
 
