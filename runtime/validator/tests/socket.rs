@@ -286,3 +286,67 @@ async fn killing_the_validator_redis_and_the_consumer_mid_stream_loses_no_event(
     shutdown.cancel();
     handle.join.await.unwrap();
 }
+
+/// A validator that stops pinging (a half-open connection: NAT timeout, frozen
+/// peer) is given up on after pingInterval + pingTimeout, and the client reconnects.
+/// The server here is a bare websocket speaking Engine.IO by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_validator_that_stops_pinging_is_detected_and_reconnected() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let redis = Redis::start().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let seen_tx = seen_tx.clone();
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                let open =
+                    r#"0{"sid":"s","upgrades":[],"pingInterval":300,"pingTimeout":200,"maxPayload":1000000}"#;
+                ws.send(Message::text(open)).await.unwrap();
+                // Answer the namespace connect and authenticate, then go silent but keep the socket open.
+                while let Some(Ok(Message::Text(t))) = ws.next().await {
+                    let _ = seen_tx.send(t.to_string());
+                    if t.as_str() == "40" {
+                        ws.send(Message::text(r#"40{"sid":"n"}"#)).await.unwrap();
+                    } else if t.as_str().starts_with(r#"42["authenticate""#) {
+                        ws.send(Message::text(r#"42["auth_success",{"message":"Authenticated"}]"#))
+                            .await
+                            .unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let producer = Producer::connect(&redis.url(), fast_stream()).unwrap();
+    let shutdown = CancellationToken::new();
+    let started = tokio::time::Instant::now();
+    let handle = socket::spawn_with(
+        target(format!("ws://127.0.0.1:{port}"), "http://127.0.0.1:1".into()),
+        miner_hotkey(),
+        producer,
+        shutdown.clone(),
+        fast_socket(),
+    );
+    let deadline = started + Duration::from_secs(10);
+    while handle.stats.authenticated.load(Ordering::SeqCst) < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(handle.stats.authenticated.load(Ordering::SeqCst), 2, "reconnected after the pings stopped");
+    assert!(
+        elapsed >= Duration::from_millis(500),
+        "waited out pingInterval + pingTimeout first: {elapsed:?}"
+    );
+    let mut frames = Vec::new();
+    while let Ok(f) = seen.try_recv() {
+        frames.push(f);
+    }
+    assert_eq!(frames.iter().filter(|f| *f == "40").count(), 2, "{frames:?}");
+    shutdown.cancel();
+    handle.join.await.unwrap();
+}
