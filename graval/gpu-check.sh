@@ -8,7 +8,7 @@
 #   graval/gpu-check.sh --prebuilt      run the binaries in graval/.gpu-bin (no cargo needed)
 #
 # Exit codes: 0 all passed, 1 a check failed, 3 no CUDA GPU/driver (nothing was tested).
-# Writes the full log to $OUT/gpu-check.log when OUT is set. Takes ~2-3 minutes on one H100.
+# Writes the full log to $OUT/gpu-check.log when OUT is set. Takes ~3 minutes on one H100.
 set -uo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -18,21 +18,33 @@ mode="${1:-all}"
 log="${OUT:-/tmp}/gpu-check.log"
 exec > >(tee "$log") 2>&1
 
+# Path of the test executable `$2` of package `$1`, built in release (extra flags after).
+test_binary() {
+    local pkg="$1" name="$2"
+    shift 2
+    (cd "$root" && cargo test --release -p "$pkg" "$@" --test "$name" --no-run --message-format=json 2>/dev/null) |
+        python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == sys.argv[1] and m.get("executable"):
+        print(m["executable"])' "$name"
+}
+
 build() {
     command -v cargo >/dev/null || { echo "cargo not found: use --prebuilt with binaries from --build-only"; exit 1; }
     export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}"
     mkdir -p "$bin"
     (cd "$root" && cargo build --release -p graval --features cuda --bin graval-bench) || exit 1
-    local tests
-    tests=$(cd "$root" && cargo test --release -p graval --features cuda --test cuda --no-run --message-format=json 2>/dev/null |
-        python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "cuda" and m.get("executable"):
-        print(m["executable"])') || exit 1
-    [ -n "$tests" ] || { echo "could not find the cuda test binary"; exit 1; }
-    cp "$tests" "$bin/cuda-tests"
     cp "$CARGO_TARGET_DIR/release/graval-bench" "$bin/graval-bench"
+    (cd "$root" && cargo build --release -p graval-bootstrap --features cuda) || exit 1
+    cp "$CARGO_TARGET_DIR/release/graval-bootstrap" "$bin/graval-bootstrap"
+    local t
+    t="$(test_binary graval cuda --features cuda)"
+    [ -n "$t" ] || { echo "could not build the graval cuda test binary"; exit 1; }
+    cp "$t" "$bin/cuda-tests"
+    t="$(test_binary graval-bootstrap server)"
+    [ -n "$t" ] || { echo "could not build the bootstrap server test binary"; exit 1; }
+    cp "$t" "$bin/server-tests"
     echo "built: $(ls -la "$bin" | tail -n +2 | awk '{print $5, $9}' | tr '\n' ' ')"
 }
 
@@ -50,7 +62,9 @@ library_path() {
 }
 
 run() {
-    [ -x "$bin/cuda-tests" ] && [ -x "$bin/graval-bench" ] || { echo "no binaries in $bin: run --build-only first"; exit 1; }
+    for b in cuda-tests graval-bench graval-bootstrap server-tests; do
+        [ -x "$bin/$b" ] || { echo "no $b in $bin: run --build-only first"; exit 1; }
+    done
     if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
         echo "NO CUDA GPU: nvidia-smi missing or sees no device. The CUDA path is untested."
         exit 3
@@ -64,6 +78,9 @@ run() {
     local status=0
     echo "=== CUDA tests (CUDA vs CPU hashes, full-size proof, fail-fast allocation) ==="
     timeout 200 "$bin/cuda-tests" --ignored --test-threads=1 --nocapture || status=1
+    echo "=== bootstrap server on the GPU: signed /prove, CPU-verified proof, /info ==="
+    GRAVAL_BOOTSTRAP_BIN="$bin/graval-bootstrap" timeout 120 "$bin/server-tests" --ignored cuda_node_povw_flow \
+        --nocapture || status=1
     echo "=== GPU benchmark ==="
     timeout 200 "$bin/graval-bench" gpu --sizes 8192,16384 --model || status=1
     echo "=== summary ==="

@@ -1,1 +1,84 @@
-fn main() {}
+//! graval-bootstrap: serve the GraVal bootstrap endpoints for this node's GPUs.
+//!
+//! Configuration comes from flags or, as the original k8s Job set them, from the
+//! environment: `MINER_HOTKEY_SS58` (the miner's address, required) and
+//! `VALIDATOR_WHITELIST` (comma-separated validator addresses; empty refuses all).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use graval::{CpuEngine, Engine, Node, ProofParams};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Backend {
+    Cuda,
+    Cpu,
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "graval-bootstrap",
+    about = "GraVal bootstrap server (/ping /devices /prove /info /remote_token)"
+)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    host: String,
+    /// Port to listen on (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// The miner's hotkey SS58 address; requests must name it.
+    #[arg(long = "hotkey", env = "MINER_HOTKEY_SS58")]
+    hotkey: String,
+    /// Comma-separated SS58 addresses of validators allowed to call. Empty refuses every validator call.
+    #[arg(long = "validator-whitelist", env = "VALIDATOR_WHITELIST", default_value = "")]
+    validator_whitelist: String,
+    /// Compute backend: every CUDA GPU, or the host CPU (testing).
+    #[arg(long, value_enum, default_value_t = default_backend())]
+    backend: Backend,
+    /// Memory budget of the CPU backend, MiB.
+    #[arg(long, default_value_t = 1024)]
+    cpu_memory_mib: u64,
+    /// Matrix side length; validator and miner must agree.
+    #[arg(long, default_value_t = graval::schedule::DEFAULT_MATRIX_SIZE)]
+    matrix_size: usize,
+}
+
+fn default_backend() -> Backend {
+    if cfg!(feature = "cuda") { Backend::Cuda } else { Backend::Cpu }
+}
+
+fn whitelist(text: &str) -> Vec<String> {
+    text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    let args = Args::parse();
+    let params = ProofParams::with_matrix_size(args.matrix_size);
+    let node = match args.backend {
+        Backend::Cuda => Node::cuda(params).context("opening the CUDA devices")?,
+        Backend::Cpu => {
+            let engine: Box<dyn Engine> = Box::new(CpuEngine::host(args.cpu_memory_mib << 20));
+            Node::new(vec![engine], params)
+        }
+    };
+    if node.devices().is_empty() {
+        bail!("no devices found for the {:?} backend", args.backend);
+    }
+    let whitelist = whitelist(&args.validator_whitelist);
+    if whitelist.is_empty() {
+        tracing::warn!("VALIDATOR_WHITELIST is empty: every validator request will be refused");
+    }
+    let state = graval_bootstrap::AppState::new(node, &args.hotkey, &whitelist)
+        .context("MINER_HOTKEY_SS58 / VALIDATOR_WHITELIST must be SS58 addresses")?;
+    let addr: SocketAddr = format!("{}:{}", args.host, args.port).parse().context("--host/--port")?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    // Tests and operators read the bound address (with --port 0) from this line.
+    println!("listening on {}", listener.local_addr()?);
+    axum::serve(listener, graval_bootstrap::router(Arc::new(state))).await.context("serving")?;
+    Ok(())
+}

@@ -64,10 +64,20 @@ pub fn fill_matrix(key: [u32; 2], k: u32, out: &mut [f32]) {
     }
 }
 
-/// Matrix `k` of size n x n as a new vector.
-pub fn fill_matrix_vec(key: [u32; 2], k: u32, n: usize) -> Vec<f32> {
+/// Matrix `k` of size n x n as a new vector, filled on `threads` threads.
+pub fn fill_matrix_vec(key: [u32; 2], k: u32, n: usize, threads: usize) -> Vec<f32> {
     let mut out = vec![0f32; n * n];
-    fill_matrix(key, k, &mut out);
+    let chunk = (n * n).div_ceil(threads.max(1)).div_ceil(4) * 4;
+    std::thread::scope(|s| {
+        for (c, part) in out.chunks_mut(chunk.max(4)).enumerate() {
+            s.spawn(move || {
+                let g0 = (c * chunk / 4) as u64;
+                for (g, four) in part.chunks_exact_mut(4).enumerate() {
+                    four.copy_from_slice(&fill_group(key, k, g0 + g as u64));
+                }
+            });
+        }
+    });
     out
 }
 
@@ -131,6 +141,16 @@ mod tests {
             seen[(*v as i32 + 8) as usize] += 1;
         }
         assert!(seen.iter().all(|&c| c > 150), "{seen:?}");
+    }
+
+    #[test]
+    fn threaded_fill_equals_serial_fill() {
+        let n = 36;
+        let mut m = vec![0f32; n * n];
+        fill_matrix([7, 9], 3, &mut m);
+        for threads in [1, 2, 5, 7] {
+            assert_eq!(fill_matrix_vec([7, 9], 3, n, threads), m, "threads={threads}");
+        }
     }
 
     #[test]

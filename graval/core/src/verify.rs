@@ -58,7 +58,7 @@ pub struct Verifier {
 impl Verifier {
     pub fn new(params: ProofParams) -> Self {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-        Self { params, max_full_products: 4, min_vram_fraction: 0.90, threads }
+        Self { params, max_full_products: 2, min_vram_fraction: 0.90, threads }
     }
 
     /// The key a correct miner derives after the first step of its run.
@@ -270,7 +270,7 @@ impl<'a> Replay<'a> {
     fn full_state(&mut self, m: u64, t: u64) -> Vec<f32> {
         let n = self.params.matrix_size;
         match self.last_update(m, t) {
-            None => fill_matrix_vec(self.philox, m as u32, n),
+            None => fill_matrix_vec(self.philox, m as u32, n, self.threads),
             Some(s) => self.full_after(s).clone(),
         }
     }

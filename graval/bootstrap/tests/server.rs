@@ -1,0 +1,320 @@
+//! Runs the real `graval-bootstrap` binary (CPU backend, small matrices) and talks to
+//! it over HTTP as a validator would: signed requests, a PoVW challenge checked with
+//! the graval verifier, the device-info challenge, and every way auth must refuse.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+
+use chutes_protocol::Hotkey;
+use chutes_protocol::auth::{Payload, now_unix};
+use graval::{DeviceInfo, ProofParams, SpotCheck, Verifier, WorkProduct};
+
+const N: usize = 32;
+
+fn key(byte: u8) -> Hotkey {
+    Hotkey::from_seed(&[byte; 32], "test").unwrap()
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The server binary: this build's, or a CUDA build named by GRAVAL_BOOTSTRAP_BIN.
+fn binary() -> String {
+    std::env::var("GRAVAL_BOOTSTRAP_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_graval-bootstrap").to_string())
+}
+
+fn start(miner: &str, whitelist: &str) -> Server {
+    let n = N.to_string();
+    start_with(miner, whitelist, &["--backend", "cpu", "--cpu-memory-mib", "1", "--matrix-size", &n])
+}
+
+fn start_with(miner: &str, whitelist: &str, args: &[&str]) -> Server {
+    let mut child = Command::new(binary())
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .args(args)
+        .env("MINER_HOTKEY_SS58", miner)
+        .env("VALIDATOR_WHITELIST", whitelist)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let addr = line.trim().strip_prefix("listening on ").expect("listening line").to_string();
+    Server { child, addr }
+}
+
+/// One HTTP/1.1 request with `Connection: close`; returns (status, body).
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let text = String::from_utf8_lossy(&out).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, rest.to_string())
+}
+
+fn signed(signer: &Hotkey, miner: &str, payload: Payload<'_>) -> Vec<(&'static str, String)> {
+    signer.sign_management(miner, payload).iter().map(|(k, v)| (k, v.to_string())).collect()
+}
+
+fn devices(server: &Server, miner: &Hotkey) -> Vec<DeviceInfo> {
+    let h = signed(miner, miner.ss58(), Payload::Purpose("graval"));
+    let (status, body) = http(&server.addr, "GET", "/devices", &h, b"");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    serde_json::from_value(v["devices"].clone()).unwrap()
+}
+
+#[test]
+fn validator_povw_flow_round_trip() {
+    let (miner, validator) = (key(1), key(2));
+    let server = start(miner.ss58(), &format!(" {} ,", validator.ss58()));
+    assert_eq!(http(&server.addr, "GET", "/ping", &[], b""), (200, "pong".to_string()));
+
+    let devs = devices(&server, &miner);
+    assert_eq!(devs.len(), 1);
+    let dev = &devs[0];
+    dev.validate().unwrap();
+
+    // The validator encrypts per GPU, sends one /prove, checks plaintexts and proofs.
+    let (seed, iterations) = (987_654_321u64, 2u64);
+    let v = Verifier::new(ProofParams::with_matrix_size(N));
+    let plaintext = "decrypt me please: 0b7e";
+    let transport = v.encrypt_challenge(dev, seed, iterations, plaintext).unwrap();
+    let b64 = transport.split_once('|').unwrap().1;
+    let body = serde_json::json!({"seed": seed, "iterations": iterations, "ciphertext": {&dev.uuid: b64}});
+    let body = serde_json::to_vec(&body).unwrap();
+    let h = signed(&validator, miner.ss58(), Payload::Body(&body));
+    let (status, text) = http(&server.addr, "POST", "/prove", &h, &body);
+    assert_eq!(status, 200, "{text}");
+    let resp: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(resp["seed"], seed);
+    assert_eq!(resp["plaintext"][&dev.uuid], plaintext);
+    let p = &resp["proof"][&dev.uuid];
+    assert_eq!(p["device_id"], 0);
+    assert_eq!(p["device_uuid"], dev.uuid.as_str());
+    assert_eq!(p["device_name"], dev.name.as_str());
+    let wp: WorkProduct = serde_json::from_value(p["work_product"].clone()).unwrap();
+    v.check_proof(dev, seed, iterations, &wp, &SpotCheck::Random(3)).unwrap();
+    assert_eq!(serde_json::from_value::<Vec<DeviceInfo>>(resp["devices"].clone()).unwrap(), devs);
+
+    // Replaying the exact signed request is refused.
+    let (status, text) = http(&server.addr, "POST", "/prove", &h, &body);
+    assert_eq!(status, 401, "{text}");
+    assert!(text.contains("already used"), "{text}");
+}
+
+#[test]
+fn device_info_challenge_answers_verify() {
+    let (miner, validator) = (key(3), key(4));
+    let server = start(miner.ss58(), validator.ss58());
+    let devs = devices(&server, &miner);
+    for _ in 0..3 {
+        let c = graval::challenge::generate(devs.len());
+        let h = signed(&validator, miner.ss58(), Payload::Purpose("graval"));
+        let (status, answer) = http(&server.addr, "GET", &format!("/info?challenge={c}"), &h, b"");
+        assert_eq!(status, 200, "{answer}");
+        assert!(graval::challenge::verify(&c, &answer, &devs));
+    }
+    let h = signed(&validator, miner.ss58(), Payload::Purpose("graval"));
+    let (status, text) = http(&server.addr, "GET", "/info?challenge=zz", &h, b"");
+    assert_eq!(status, 400, "{text}");
+}
+
+#[test]
+fn auth_refusals() {
+    let (miner, validator, stranger) = (key(5), key(6), key(7));
+    let server = start(miner.ss58(), validator.ss58());
+    let body = br#"{"seed": 1, "iterations": 1, "ciphertext": {}}"#;
+
+    // Unsigned.
+    let (status, text) = http(&server.addr, "POST", "/prove", &[], body);
+    assert_eq!(status, 401, "{text}");
+    // Signed by a key not on the whitelist.
+    let h = signed(&stranger, miner.ss58(), Payload::Body(body));
+    assert_eq!(http(&server.addr, "POST", "/prove", &h, body).0, 401);
+    // Addressed to another miner.
+    let h = signed(&validator, stranger.ss58(), Payload::Body(body));
+    let (status, text) = http(&server.addr, "POST", "/prove", &h, body);
+    assert_eq!(status, 401);
+    assert!(text.contains("X-Chutes-Miner"), "{text}");
+    // Signature over another body.
+    let h = signed(&validator, miner.ss58(), Payload::Body(br#"{"seed": 2}"#));
+    assert_eq!(http(&server.addr, "POST", "/prove", &h, body).0, 401);
+    // A stale nonce.
+    let stale = validator.sign_management_at(miner.ss58(), Payload::Body(body), now_unix() - 120);
+    let h: Vec<_> = stale.iter().map(|(k, v)| (k, v.to_string())).collect();
+    let (status, text) = http(&server.addr, "POST", "/prove", &h, body);
+    assert_eq!(status, 401);
+    assert!(text.contains("old"), "{text}");
+    // /devices is for the miner only, not validators.
+    let h = signed(&validator, miner.ss58(), Payload::Purpose("graval"));
+    assert_eq!(http(&server.addr, "GET", "/devices", &h, b"").0, 401);
+    // Validators sign GET endpoints with the purpose, not a body hash.
+    let h = signed(&validator, miner.ss58(), Payload::Purpose("management"));
+    assert_eq!(http(&server.addr, "GET", &format!("/info?challenge={}", "0".repeat(64)), &h, b"").0, 401);
+}
+
+#[test]
+fn empty_whitelist_refuses_every_validator_call() {
+    let (miner, validator) = (key(8), key(9));
+    let server = start(miner.ss58(), "");
+    let body = br#"{"seed": 1, "iterations": 1, "ciphertext": {}}"#;
+    let h = signed(&validator, miner.ss58(), Payload::Body(body));
+    let (status, text) = http(&server.addr, "POST", "/prove", &h, body);
+    assert_eq!(status, 401, "{text}");
+    let h = signed(&validator, miner.ss58(), Payload::Purpose("graval"));
+    assert_eq!(http(&server.addr, "GET", &format!("/info?challenge={}", "0".repeat(64)), &h, b"").0, 401);
+    // The miner can still list its devices, and /ping answers.
+    assert_eq!(devices(&server, &miner).len(), 1);
+    assert_eq!(http(&server.addr, "GET", "/ping", &[], b"").0, 200);
+}
+
+#[test]
+fn bad_challenges_get_clear_400s() {
+    let (miner, validator) = (key(10), key(11));
+    let server = start(miner.ss58(), validator.ss58());
+    let cases: [(&[u8], &str); 4] = [
+        (br#"{"seed": 1, "iterations": 11}"#, "iterations must be in 1..=10"),
+        (br#"{"seed": -1}"#, "invalid challenge body"),
+        (br#"{"seed": 1, "ciphertext": {"00000000000000000000000000000000": "AAAA"}}"#, "does not have"),
+        (br#"{"seed": 1, "extra": 1}"#, "unknown field"),
+    ];
+    for (body, want) in cases {
+        let h = signed(&validator, miner.ss58(), Payload::Body(body));
+        let (status, text) = http(&server.addr, "POST", "/prove", &h, body);
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains(want), "{text}");
+    }
+    // A ciphertext for another seed does not decrypt: 400 naming the device.
+    let dev = &devices(&server, &miner)[0];
+    let v = Verifier::new(ProofParams::with_matrix_size(N));
+    let other = v.encrypt_challenge(dev, 2, 1, "x").unwrap();
+    let body = serde_json::to_vec(
+        &serde_json::json!({"seed": 1, "ciphertext": {&dev.uuid: other.split_once('|').unwrap().1}}),
+    )
+    .unwrap();
+    let h = signed(&validator, miner.ss58(), Payload::Body(&body));
+    let (status, text) = http(&server.addr, "POST", "/prove", &h, &body);
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains(&dev.uuid) && text.contains("decryption failed"), "{text}");
+}
+
+#[test]
+fn remote_token_fetches_the_url_from_the_node() {
+    let (miner, validator) = (key(12), key(13));
+    let server = start(miner.ss58(), validator.ss58());
+    // A one-shot token server on loopback.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let token_server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).unwrap();
+        let req = String::from_utf8_lossy(&buf[..n]).to_string();
+        s.write_all(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n{\"token\": \"abc-123\"}")
+            .unwrap();
+        req
+    });
+    let body =
+        serde_json::to_vec(&serde_json::json!({"token_url": format!("http://127.0.0.1:{port}/token?x=1")}))
+            .unwrap();
+    let h = signed(&validator, miner.ss58(), Payload::Purpose("graval"));
+    let (status, text) = http(&server.addr, "POST", "/remote_token", &h, &body);
+    assert_eq!((status, text.as_str()), (200, "abc-123"));
+    assert!(token_server.join().unwrap().starts_with("GET /token?x=1 HTTP/1.0"));
+
+    let body = br#"{"token_url": "https://example.invalid/"}"#;
+    let h = signed(&validator, miner.ss58(), Payload::Purpose("graval"));
+    let (status, text) = http(&server.addr, "POST", "/remote_token", &h, body);
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("https is not supported"), "{text}");
+}
+
+#[test]
+fn missing_hotkey_fails_at_startup_with_a_clear_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_graval-bootstrap"))
+        .args(["--backend", "cpu", "--port", "0"])
+        .env_remove("MINER_HOTKEY_SS58")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--hotkey") || err.contains("MINER_HOTKEY_SS58"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_graval-bootstrap"))
+        .args(["--backend", "cpu", "--port", "0", "--hotkey", "not-an-address"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SS58"), "{err}");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU and a CUDA build named by GRAVAL_BOOTSTRAP_BIN; run graval/gpu-check.sh"]
+fn cuda_node_povw_flow() {
+    let (miner, validator) = (key(14), key(15));
+    let server = start_with(miner.ss58(), validator.ss58(), &["--backend", "cuda"]);
+    let devs = devices(&server, &miner);
+    assert!(!devs.is_empty());
+    let mut v = Verifier::new(ProofParams::default());
+    // Rows-only spot checks: a full 16384^3 product on the CPU is too slow for a check script.
+    v.max_full_products = 0;
+    let (seed, iterations) = (4_242_424_242u64, 1u64);
+    let mut cts = serde_json::Map::new();
+    for d in &devs {
+        let t = v.encrypt_challenge(d, seed, iterations, &format!("decrypt me please: {}", d.uuid)).unwrap();
+        cts.insert(d.uuid.clone(), t.split_once('|').unwrap().1.into());
+    }
+    let body =
+        serde_json::to_vec(&serde_json::json!({"seed": seed, "iterations": iterations, "ciphertext": cts}))
+            .unwrap();
+    let h = signed(&validator, miner.ss58(), Payload::Body(&body));
+    let t = std::time::Instant::now();
+    let (status, text) = http(&server.addr, "POST", "/prove", &h, &body);
+    let elapsed = t.elapsed().as_secs_f64();
+    assert_eq!(status, 200, "{text}");
+    let resp: serde_json::Value = serde_json::from_str(&text).unwrap();
+    for d in &devs {
+        assert_eq!(resp["plaintext"][&d.uuid], format!("decrypt me please: {}", d.uuid));
+        let wp: WorkProduct = serde_json::from_value(resp["proof"][&d.uuid]["work_product"].clone()).unwrap();
+        let report = v.check_proof(d, seed, iterations, &wp, &SpotCheck::Random(2)).unwrap();
+        println!(
+            "bootstrap /prove on {}: {} matrices of {}^2, {elapsed:.2} s end to end, spot-checked {:?}",
+            d.name, wp.num_matrices, wp.matrix_size, report.checked
+        );
+    }
+    let c = graval::challenge::generate(devs.len());
+    let h = signed(&validator, miner.ss58(), Payload::Purpose("graval"));
+    let (status, answer) = http(&server.addr, "GET", &format!("/info?challenge={c}"), &h, b"");
+    assert_eq!(status, 200);
+    assert!(graval::challenge::verify(&c, &answer, &devs));
+}
