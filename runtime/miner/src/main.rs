@@ -1,0 +1,270 @@
+//! `chutes-miner`: every in-cluster process of the miner in one binary.
+//!
+//! Each subcommand loads only the settings it needs (see `miner-config`), so a
+//! missing or malformed variable stops start-up with a message naming it, and
+//! `migrate` does not ask for the hotkey. SIGTERM and SIGINT start a graceful
+//! shutdown: servers finish in-flight requests, the event producer flushes.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use miner_config::{
+    ApiSettings, AuditSettings, DatabaseSettings, Identity, PorterSettings, ProcessEnv, RedisSettings,
+    Validators,
+};
+use miner_db::Db;
+use miner_events::{Producer, StreamConfig};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(name = "chutes-miner", version, about = "The chutes miner's in-cluster services.")]
+struct Cli {
+    /// Log format: `text` for people, `json` for log collectors.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The miner API: inventory management, registry auth, /openapi.json, /metrics, and one
+    /// socket.io connection per validator in VALIDATORS, whose events go to the Redis stream.
+    /// Needs POSTGRESQL, REDIS_URL, MINER_SS58, MINER_SEED, VALIDATORS.
+    Api {
+        /// Address to listen on.
+        #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8000")]
+        listen: SocketAddr,
+        /// Do not connect to the validators' sockets (serve the API only).
+        #[arg(long)]
+        no_sockets: bool,
+    },
+    /// Gepetto's event consumer ONLY: reads the durable event stream through the consumer group,
+    /// logs each event and acknowledges it. The scheduler itself (deploying chutes, autoscaling,
+    /// reconciling) is not implemented yet; it is a later issue. Needs REDIS_URL.
+    Gepetto {
+        /// Consumer group shared by all Gepetto replicas.
+        #[arg(long, env = "GEPETTO_GROUP", default_value = "gepetto")]
+        group: String,
+        /// This replica's consumer name; keep it stable across restarts (the pod name).
+        #[arg(long, env = "GEPETTO_CONSUMER")]
+        consumer: Option<String>,
+    },
+    /// Porter: answers GET /axon with REAL_AXON_HOST/REAL_AXON_PORT to whitelisted, signed validators
+    /// (VALIDATOR_WHITELIST, MINER_HOTKEY_SS58 or MINER_SS58) and nothing to anyone else.
+    Porter {
+        #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8000")]
+        listen: SocketAddr,
+        /// Requests checked at once; more are refused with 503.
+        #[arg(long, default_value_t = 256)]
+        max_in_flight: usize,
+    },
+    /// Uploads the previous hour of deployment_audit (run hourly at :01). Needs POSTGRESQL,
+    /// MINER_SS58, MINER_SEED; optional AUDIT_URL, PROMETHEUS_URL, SUBTENSOR_HTTP/SUBTENSOR_ADDRESS.
+    AuditExport {
+        /// Report the hour ending at the last full hour before this RFC 3339 time (default: now).
+        #[arg(long)]
+        at: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// Applies pending database migrations (under an advisory lock) and exits. Needs POSTGRESQL.
+    Migrate,
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Cancelled on SIGTERM or SIGINT.
+fn shutdown_signal() -> Result<CancellationToken> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let token = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let t = token.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        t.cancel();
+    });
+    Ok(token)
+}
+
+async fn connect_db() -> Result<Db> {
+    let settings = DatabaseSettings::from_env(&ProcessEnv)?;
+    Db::connect(settings.url.expose()).await.with_context(|| format!("connecting to {}", settings.url))
+}
+
+async fn migrate(db: &Db) -> Result<()> {
+    let applied = db.migrate().await.context("migrating the database")?;
+    if applied.is_empty() {
+        tracing::info!("database schema is up to date");
+    } else {
+        tracing::info!(?applied, "database migrated");
+    }
+    Ok(())
+}
+
+async fn run_api(listen: SocketAddr, no_sockets: bool) -> Result<()> {
+    let identity = Identity::from_env(&ProcessEnv)?;
+    let validators = Validators::from_env(&ProcessEnv)?;
+    let redis = RedisSettings::from_env(&ProcessEnv)?;
+    let _api = ApiSettings::from_env(&ProcessEnv)?;
+    let db = connect_db().await?;
+    migrate(&db).await?;
+    let shutdown = shutdown_signal()?;
+
+    let producer = Producer::connect(redis.url.expose(), StreamConfig::default())
+        .with_context(|| format!("event stream at {}", redis.url))?;
+    let mut sockets = Vec::new();
+    if !no_sockets {
+        for v in &validators.supported {
+            let target = miner_validator::ValidatorTarget {
+                hotkey: v.hotkey.clone(),
+                api: v.api.clone(),
+                socket: v.socket.clone(),
+            };
+            tracing::info!(validator = %v.hotkey, socket = %v.socket, "connecting to validator socket");
+            sockets.push(miner_validator::socket::spawn(
+                target,
+                identity.hotkey.clone(),
+                producer.clone(),
+                shutdown.clone(),
+            ));
+        }
+    }
+
+    let state = miner_api::AppState::new(db, identity.hotkey.clone(), producer.clone(), validators)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    tracing::info!(%listen, miner = %identity.ss58(), "miner API listening");
+    let stop = shutdown.clone();
+    miner_api::serve(listener, state, async move { stop.cancelled().await })
+        .await
+        .context("serving the API")?;
+
+    shutdown.cancel();
+    for s in sockets {
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.join).await;
+    }
+    match tokio::time::timeout(Duration::from_secs(5), producer.flush()).await {
+        Ok(Ok(())) => tracing::info!("event stream flushed"),
+        _ => tracing::warn!(queued = producer.queued(), "events still queued at exit (Redis unreachable)"),
+    }
+    Ok(())
+}
+
+async fn run_gepetto(group: String, consumer: Option<String>) -> Result<()> {
+    let redis = RedisSettings::from_env(&ProcessEnv)?;
+    let name = match consumer {
+        Some(n) => n,
+        None => {
+            std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "gepetto-0".to_owned())
+        }
+    };
+    let shutdown = shutdown_signal()?;
+    let consumer = miner_events::Consumer::new(redis.url.expose(), &group, &name, StreamConfig::default())
+        .with_context(|| format!("event stream at {}", redis.url))?;
+    tracing::warn!("gepetto runs the event consumer loop only; scheduling is not implemented yet");
+    tracing::info!(%group, consumer = %name, "consuming miner events");
+    consumer
+        .run(
+            |d: miner_events::Delivery| async move {
+                tracing::info!(
+                    stream_id = %d.id,
+                    event_id = %d.event_id,
+                    attempt = d.attempt,
+                    event_type = %d.event.event_type,
+                    event_data = %d.event.event_data,
+                    "event received (no handler yet)"
+                );
+                Ok::<(), std::convert::Infallible>(())
+            },
+            shutdown,
+        )
+        .await;
+    Ok(())
+}
+
+async fn run_porter(listen: SocketAddr, max_in_flight: usize) -> Result<()> {
+    let s = PorterSettings::from_env(&ProcessEnv)?;
+    let cfg = miner_porter::PorterConfig {
+        real_host: s.real_host,
+        real_port: s.real_port,
+        miner_ss58: s.miner_ss58,
+        whitelist: s.whitelist,
+        max_in_flight,
+    };
+    let shutdown = shutdown_signal()?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+    tracing::info!(%listen, "porter listening");
+    miner_porter::serve(listener, &cfg, async move { shutdown.cancelled().await })
+        .await
+        .context("serving porter")
+}
+
+async fn run_audit(at: Option<chrono::DateTime<chrono::Utc>>) -> Result<()> {
+    let identity = Identity::from_env(&ProcessEnv)?;
+    let settings = AuditSettings::from_env(&ProcessEnv)?;
+    let db = connect_db().await?;
+    let cfg = miner_audit::ExporterConfig::new(
+        settings.upload_url,
+        settings.prometheus_url,
+        settings.subtensor_rpc,
+    );
+    let exporter = miner_audit::Exporter::new(db, identity.hotkey.clone(), cfg)?;
+    let window = miner_audit::Window::previous_hour(at.unwrap_or_else(chrono::Utc::now));
+    let done = exporter.run(window).await?;
+    tracing::info!(block = done.block, sha256 = %done.sha256, rows = done.rows, attempts = done.attempts,
+        start = %window.start, end = %window.end, "audit report uploaded");
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Api { listen, no_sockets } => run_api(listen, no_sockets).await,
+        Command::Gepetto { group, consumer } => run_gepetto(group, consumer).await,
+        Command::Porter { listen, max_in_flight } => run_porter(listen, max_in_flight).await,
+        Command::AuditExport { at } => run_audit(at).await,
+        Command::Migrate => migrate(&connect_db().await?).await,
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    // kube and reqwest are built without a rustls provider; pick ring once for the process.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("chutes-miner: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the whole context chain on one line; no setting's value is in it.
+            tracing::error!("chutes-miner: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
