@@ -348,3 +348,25 @@ async fn a_failing_event_is_retried_then_dead_lettered_without_blocking_the_rest
         redis_cmd(&url, redis::cmd("XPENDING").arg("miner_events").arg("gepetto")).await;
     assert_eq!(pending.0, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_recovers_when_redis_comes_back_empty() {
+    let redis = Redis::start().unwrap();
+    let url = redis.url();
+    let producer = Producer::connect(&url, fast()).unwrap();
+    let (mut rx, stop, task) = spawn_collector(&url, "g-0", fast());
+    let first = BTreeSet::from([producer.publish(&event(1)).await.unwrap()]);
+    assert_eq!(collect_until(&mut rx, &first, 10).await.len(), 1);
+
+    // Redis lost everything (a pod restarted without its volume): stream and group are gone.
+    let () = redis_cmd(&url, &mut redis::cmd("FLUSHALL")).await;
+    let mut later = BTreeSet::new();
+    for n in 2..6 {
+        later.insert(producer.publish(&event(n)).await.unwrap());
+    }
+    let got = collect_until(&mut rx, &later, 15).await;
+    stop.cancel();
+    task.await.unwrap();
+    let ids: BTreeSet<String> = got.iter().map(|d| d.event_id.clone()).collect();
+    assert_eq!(ids, later, "the group was re-created and nothing appended afterwards was skipped");
+}
