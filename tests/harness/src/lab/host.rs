@@ -3,12 +3,14 @@
 use std::io::{BufRead, BufReader, PipeReader, PipeWriter, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use super::client_key::{ClientKey, client_key};
 use super::error::{LabError, io};
+use super::setup::Setup;
 use super::slot::Slot;
 
 /// The script that runs as PID 1 of every lab host (see its header for the protocol).
@@ -36,7 +38,8 @@ pub struct LabHost {
     init_pid: u32,
     host_key: String,
     client_key: &'static ClientKey,
-    unshare: Child,
+    /// The spawned child: parent of the lab's PID 1, outside its PID namespace.
+    spawned: Child,
     /// Write end of the lifeline pipe; the lab's PID 1 exits when it reads EOF.
     lifeline: Option<PipeWriter>,
     slot: Option<Slot>,
@@ -56,9 +59,9 @@ impl LabHost {
         let (lifeline_r, lifeline_w) = std::io::pipe().map_err(io("create a lifeline pipe"))?;
         let (out_r, out_w) = std::io::pipe().map_err(io("create an output pipe"))?;
         let err_w = out_w.try_clone().map_err(io("duplicate an output pipe"))?;
-        let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--uts", "--pid", "--fork", "--kill-child", "--propagation", "private"])
-            .args(["--", "/bin/sh", "-c", INIT, "lab-init", name])
+        let setup = Setup::new(name).map_err(io(format!("prepare lab host {name}")))?;
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", INIT, "lab-init", name])
             .arg(addr.to_string())
             .arg(&client_key.public_key)
             .env_clear()
@@ -66,22 +69,32 @@ impl LabHost {
             .stdin(lifeline_r)
             .stdout(out_w)
             .stderr(err_w);
-        let unshare = cmd.spawn().map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => LabError::MissingProgram {
-                program: "unshare".into(),
-                hint: "apt-get install util-linux".into(),
-            },
-            _ => io(format!("start lab host {name}"))(e),
-        })?;
+        // SAFETY: `enter` makes only async-signal-safe system calls (see setup.rs).
+        unsafe {
+            cmd.pre_exec(move || setup.enter());
+        }
+        let spawned = cmd.spawn();
         // Closes our copies of the child's pipe ends, so EOF on `out_r` means it is done.
         drop(cmd);
+        let spawned = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                // The step that failed is on the output pipe.
+                let output = read_ready(out_r, Duration::from_secs(2)).err().unwrap_or_default();
+                return Err(LabError::Start {
+                    host: name.to_string(),
+                    addr: addr.to_string(),
+                    detail: format!("{e} ({})", output.trim()),
+                });
+            }
+        };
         let mut host = LabHost {
             name: name.to_string(),
             addr,
             init_pid: 0,
             host_key: String::new(),
             client_key,
-            unshare,
+            spawned,
             lifeline: Some(lifeline_w),
             slot: Some(slot),
         };
@@ -335,16 +348,23 @@ impl LabHost {
     }
 }
 
+impl LabHost {
+    /// Closes the lifeline: the host starts going down; `Drop` waits for it.
+    pub(crate) fn begin_teardown(&mut self) {
+        self.lifeline.take();
+    }
+}
+
 impl Drop for LabHost {
     fn drop(&mut self) {
         // EOF on the lifeline: PID 1 exits and the kernel kills everything else in the
         // PID namespace; with the last process the mount namespace and its mounts go.
-        self.lifeline.take();
-        if !wait_exit(&mut self.unshare, TEARDOWN_TIMEOUT) {
-            // Stuck before it reads the lifeline (still setting up): `--kill-child`
-            // makes killing `unshare` kill PID 1 too.
-            let _ = self.unshare.kill();
-            let _ = self.unshare.wait();
+        self.begin_teardown();
+        if !wait_exit(&mut self.spawned, TEARDOWN_TIMEOUT) {
+            // Stuck before it reads the lifeline (still setting up): PID 1 dies with
+            // its parent, the spawned child (see setup.rs).
+            let _ = self.spawned.kill();
+            let _ = self.spawned.wait();
         }
         self.slot.take();
     }
@@ -361,20 +381,23 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> bool {
     }
 }
 
-/// Reads the init script's output until its `ready PID KEYTYPE KEY` line.
+/// Reads the lab's start-up output: `pid HOST_PID` (from setup.rs), diagnostics, and the
+/// init script's `ready KEYTYPE KEY`.
 fn read_ready(out: PipeReader, timeout: Duration) -> Result<(u32, String), String> {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut seen = String::new();
+        let mut pid = None;
         for line in BufReader::new(out).lines() {
             let Ok(line) = line else { break };
-            if let Some(rest) = line.strip_prefix("ready ") {
-                let mut fields = rest.split(' ');
-                let pid = fields.next().and_then(|p| p.parse::<u32>().ok());
-                let key = fields.collect::<Vec<_>>().join(" ");
+            if let Some(p) = line.strip_prefix("pid ") {
+                pid = p.trim().parse::<u32>().ok();
+                continue;
+            }
+            if let Some(key) = line.strip_prefix("ready ") {
                 let _ = tx.send(match pid {
-                    Some(pid) if pid > 1 && !key.is_empty() => Ok((pid, key)),
-                    _ => Err(format!("malformed ready line {line:?}")),
+                    Some(pid) if pid > 1 && !key.is_empty() => Ok((pid, key.to_string())),
+                    _ => Err(format!("malformed start-up output {seen:?} then {line:?}")),
                 });
                 return;
             }

@@ -19,6 +19,7 @@
 mod client_key;
 mod error;
 mod host;
+mod setup;
 mod slot;
 mod standins;
 
@@ -74,8 +75,17 @@ impl Lab {
     }
 
     /// Takes the hosts out, e.g. to drop one of them early.
-    pub fn into_hosts(self) -> Vec<LabHost> {
-        self.hosts
+    pub fn into_hosts(mut self) -> Vec<LabHost> {
+        std::mem::take(&mut self.hosts)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Let every host start going down before waiting for any of them.
+        for host in &mut self.hosts {
+            host.begin_teardown();
+        }
     }
 }
 
