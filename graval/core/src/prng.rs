@@ -2,7 +2,8 @@
 //!
 //! Both are pure functions of (key, counter) so any element can be computed on its own,
 //! by a GPU thread or a CPU loop, with identical bits. The CUDA kernels in
-//! `cuda::KERNELS` are a line-for-line transcription; `tests/vectors.rs` pins both.
+//! `cuda::KERNELS` are a line-for-line transcription; the Random123 known answers
+//! below, the fixed hashes in `tests/proof.rs` and the GPU check (`tests/cuda.rs`) pin both.
 //!
 //! Value range: matrix elements and mix outputs are integers in [-8, 8] stored as f32.
 //! A product of two such n x n matrices has |sum| <= 64 n, below 2^24 for n <= 262144,

@@ -370,3 +370,32 @@ pub fn check_plaintexts<'a>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_window_is_open_at_both_ends() {
+        let w = TimingWindow::default();
+        // Measured on an H100 SXM: 5 iterations at n = 16384 took 63.3 s; table says 70 s.
+        assert!(w.check(63.3, 70.0).is_ok());
+        assert!(w.check(38.5, 70.0).is_err(), "0.55 x 70 exactly is refused");
+        assert!(w.check(38.6, 70.0).is_ok());
+        assert!(w.check(119.0, 70.0).is_err(), "1.7 x 70 exactly is refused");
+        assert_eq!(
+            w.check(10.0, 70.0),
+            Err(VerifyError::Timing { elapsed: 10.0, low: 0.55 * 70.0, high: 1.7 * 70.0 })
+        );
+        assert!(w.check_upper(1.0, 70.0).is_ok());
+        assert!(w.check_upper(120.0, 70.0).is_err());
+    }
+
+    #[test]
+    fn plaintexts_must_all_match() {
+        let got = HashMap::from([("a".to_string(), "x".to_string()), ("b".to_string(), "y".to_string())]);
+        assert!(check_plaintexts([("a", "x"), ("b", "y")], &got).is_ok());
+        assert_eq!(check_plaintexts([("a", "x"), ("b", "z")], &got), Err(VerifyError::Plaintext("b".into())));
+        assert_eq!(check_plaintexts([("c", "x")], &got), Err(VerifyError::MissingDevice("c".into())));
+    }
+}
