@@ -262,7 +262,14 @@ where
             return self.dead_letter(&entry, &reason).await;
         }
         let event_type = delivery.event.event_type.clone();
-        match (self.handler)(delivery).await {
+        // Deploys can take minutes. While the handler runs, keep the entry's idle time
+        // low so no other replica's XAUTOCLAIM takes it over and runs it twice at once.
+        let heartbeat = keep_claimed(self.conn.clone(), self.c, entry.id.clone());
+        let outcome = tokio::select! {
+            outcome = (self.handler)(delivery) => outcome,
+            never = heartbeat => match never {},
+        };
+        match outcome {
             Ok(()) => self.ack(&entry.id).await,
             Err(e) => {
                 tracing::warn!(
@@ -299,6 +306,25 @@ where
         add.arg("source_id").arg(&entry.id).arg("reason").arg(reason);
         add.query_async::<String>(&mut self.conn).await.map_err(|e| self.c.endpoint.err(e))?;
         self.ack(&entry.id).await
+    }
+}
+
+/// Re-claims `id` for this consumer every third of `claim_idle` (`XCLAIM … 0 … JUSTID`
+/// resets its idle time without counting a delivery). Never returns; dropped when the
+/// handler finishes. Failures are ignored: if Redis is away, nobody can claim either.
+async fn keep_claimed(mut conn: MultiplexedConnection, c: &Consumer, id: String) -> std::convert::Infallible {
+    let every = (c.cfg.claim_idle / 3).max(std::time::Duration::from_millis(10));
+    loop {
+        tokio::time::sleep(every).await;
+        let _: Result<Value, _> = redis::cmd("XCLAIM")
+            .arg(&c.cfg.stream)
+            .arg(&c.group)
+            .arg(&c.name)
+            .arg(0)
+            .arg(&id)
+            .arg("JUSTID")
+            .query_async(&mut conn)
+            .await;
     }
 }
 

@@ -370,3 +370,45 @@ async fn a_consumer_recovers_when_redis_comes_back_empty() {
     let ids: BTreeSet<String> = got.iter().map(|d| d.event_id.clone()).collect();
     assert_eq!(ids, later, "the group was re-created and nothing appended afterwards was skipped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_handler_keeps_its_event_from_other_replicas() {
+    let redis = Redis::start().unwrap();
+    let url = redis.url();
+    let producer = Producer::connect(&url, fast()).unwrap();
+    producer.publish_confirmed(&event(1)).await.unwrap();
+
+    // Replica A takes four claim_idle periods to handle the event.
+    let started = Arc::new(Mutex::new(0u32));
+    let consumer = Consumer::new(&url, "gepetto", "g-a", fast()).unwrap();
+    let stop_a = CancellationToken::new();
+    let (s, st) = (stop_a.clone(), started.clone());
+    let a = tokio::spawn(async move {
+        consumer
+            .run(
+                move |_d: Delivery| {
+                    let st = st.clone();
+                    async move {
+                        *st.lock().unwrap() += 1;
+                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        Ok::<(), String>(())
+                    }
+                },
+                s,
+            )
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Replica B claims stale entries every 200 ms.
+    let (mut rx_b, stop_b, b) = spawn_collector(&url, "g-b", fast());
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop_a.cancel();
+    stop_b.cancel();
+    a.await.unwrap();
+    b.await.unwrap();
+    assert_eq!(*started.lock().unwrap(), 1);
+    assert!(rx_b.try_recv().is_err(), "B must not run the event A is still handling");
+    let pending: PendingSummary =
+        redis_cmd(&url, redis::cmd("XPENDING").arg("miner_events").arg("gepetto")).await;
+    assert_eq!(pending.0, 0, "A acknowledged it");
+}
