@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
-use graval::{CpuEngine, Engine, Node, ProofParams};
+use graval::{CpuEngine, Engine, Node};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum Backend {
@@ -41,9 +41,10 @@ struct Args {
     /// Memory budget of the CPU backend, MiB.
     #[arg(long, default_value_t = 1024)]
     cpu_memory_mib: u64,
-    /// Matrix side length; validator and miner must agree.
-    #[arg(long, default_value_t = graval::schedule::DEFAULT_MATRIX_SIZE)]
-    matrix_size: usize,
+    /// Matrix side length; validator and miner must agree. Default: by device memory
+    /// (16384 from 40 GB, 8192 from 8 GB, else 4096).
+    #[arg(long)]
+    matrix_size: Option<usize>,
 }
 
 fn default_backend() -> Backend {
@@ -58,12 +59,11 @@ fn whitelist(text: &str) -> Vec<String> {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     let args = Args::parse();
-    let params = ProofParams::with_matrix_size(args.matrix_size);
     let node = match args.backend {
-        Backend::Cuda => Node::cuda(params).context("opening the CUDA devices")?,
+        Backend::Cuda => Node::cuda(args.matrix_size).context("opening the CUDA devices")?,
         Backend::Cpu => {
             let engine: Box<dyn Engine> = Box::new(CpuEngine::host(args.cpu_memory_mib << 20));
-            Node::new(vec![engine], params)
+            Node::new(vec![engine], args.matrix_size)
         }
     };
     if node.devices().is_empty() {

@@ -285,7 +285,7 @@ fn cuda_node_povw_flow() {
     let server = start_with(miner.ss58(), validator.ss58(), &["--backend", "cuda"]);
     let devs = devices(&server, &miner);
     assert!(!devs.is_empty());
-    let mut v = Verifier::new(ProofParams::default());
+    let mut v = Verifier::for_device(&devs[0]);
     // Rows-only spot checks: a full 16384^3 product on the CPU is too slow for a check script.
     v.max_full_products = 0;
     let (seed, iterations) = (4_242_424_242u64, 1u64);

@@ -10,36 +10,47 @@ use crate::schedule::{ProofParams, SeedKey};
 
 pub struct Node {
     engines: Vec<Box<dyn Engine>>,
-    params: ProofParams,
+    /// Fixed matrix size, or `None` to size each device by its memory.
+    matrix_size: Option<usize>,
 }
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("devices", &self.devices()).field("params", &self.params).finish()
+        f.debug_struct("Node")
+            .field("devices", &self.devices())
+            .field("matrix_size", &self.matrix_size)
+            .finish()
     }
 }
 
 impl Node {
-    pub fn new(engines: Vec<Box<dyn Engine>>, params: ProofParams) -> Self {
-        Self { engines, params }
+    /// `matrix_size`: `None` sizes each device by its memory
+    /// ([`ProofParams::for_device`]), as validators expect; `Some(n)` forces n.
+    pub fn new(engines: Vec<Box<dyn Engine>>, matrix_size: Option<usize>) -> Self {
+        Self { engines, matrix_size }
     }
 
     /// Every CUDA GPU of the host.
     #[cfg(feature = "cuda")]
-    pub fn cuda(params: ProofParams) -> Result<Self, BackendError> {
+    pub fn cuda(matrix_size: Option<usize>) -> Result<Self, BackendError> {
         let engines = crate::cuda::CudaEngine::all()?;
         let engines: Vec<Box<dyn Engine>> =
             engines.into_iter().map(|e| Box::new(e) as Box<dyn Engine>).collect();
-        Ok(Self::new(engines, params))
+        Ok(Self::new(engines, matrix_size))
     }
 
     #[cfg(not(feature = "cuda"))]
-    pub fn cuda(_params: ProofParams) -> Result<Self, BackendError> {
+    pub fn cuda(_matrix_size: Option<usize>) -> Result<Self, BackendError> {
         Err(BackendError::NoCuda)
     }
 
-    pub fn params(&self) -> &ProofParams {
-        &self.params
+    /// The proof parameters of device `index`.
+    pub fn params(&self, index: usize) -> Option<ProofParams> {
+        let dev = self.engines.get(index)?.device_info();
+        Some(match self.matrix_size {
+            Some(n) => ProofParams::with_matrix_size(n),
+            None => ProofParams::for_device(dev),
+        })
     }
 
     pub fn devices(&self) -> Vec<DeviceInfo> {
@@ -48,7 +59,8 @@ impl Node {
 
     /// One proof per device, all devices at once (one host thread each).
     pub fn prove(&mut self, seed: u64, iterations: u64) -> Result<Vec<ProofRun>, ProofError> {
-        prove_all(&mut self.engines, seed, iterations, &self.params).into_iter().collect()
+        let params: Vec<ProofParams> = (0..self.engines.len()).filter_map(|i| self.params(i)).collect();
+        prove_all(&mut self.engines, seed, iterations, &params).into_iter().collect()
     }
 }
 

@@ -150,17 +150,20 @@ fn run_chain<E: Engine + ?Sized>(
 }
 
 /// Runs [`prove`] on every engine at once, one host thread per device (as the
-/// original's pthread per GPU), and returns the results in engine order.
+/// original's pthread per GPU), engine i with `params[i]`, and returns the results in
+/// engine order.
 pub fn prove_all(
     engines: &mut [Box<dyn Engine>],
     seed: u64,
     iterations: u64,
-    params: &ProofParams,
+    params: &[ProofParams],
 ) -> Vec<Result<ProofRun, ProofError>> {
+    assert_eq!(engines.len(), params.len(), "one ProofParams per engine");
     std::thread::scope(|s| {
         let handles: Vec<_> = engines
             .iter_mut()
-            .map(|e| s.spawn(move || prove(e.as_mut(), seed, iterations, params)))
+            .zip(params)
+            .map(|(e, p)| s.spawn(move || prove(e.as_mut(), seed, iterations, p)))
             .collect();
         handles
             .into_iter()

@@ -32,9 +32,27 @@ impl Default for ProofParams {
 /// Sums stay exact: 16384 * 64 < 2^24.
 pub const DEFAULT_MATRIX_SIZE: usize = 16384;
 
+/// Matrix size for a device with `memory` bytes in total. Whole matrices must fill 95%
+/// of free memory after a 512 MiB reserve, so a matrix must stay small beside the
+/// card: 1 GiB matrices from 40 GB up (the H100 class the default is calibrated on),
+/// 256 MiB from 8 GB, 64 MiB below.
+pub fn auto_matrix_size(memory: u64) -> usize {
+    match memory {
+        m if m >= 40_000_000_000 => DEFAULT_MATRIX_SIZE,
+        m if m >= 8_000_000_000 => 8192,
+        _ => 4096,
+    }
+}
+
 impl ProofParams {
     pub fn with_matrix_size(matrix_size: usize) -> Self {
         Self { matrix_size, ..Self::default() }
+    }
+
+    /// The parameters both sides use for a device: the matrix size follows from the
+    /// declared `memory`, so miner and validator agree without negotiating it.
+    pub fn for_device(device: &DeviceInfo) -> Self {
+        Self::with_matrix_size(auto_matrix_size(device.memory))
     }
 
     pub fn matrix_bytes(&self) -> u64 {

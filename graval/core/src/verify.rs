@@ -61,6 +61,11 @@ impl Verifier {
         Self { params, max_full_products: 2, min_vram_fraction: 0.90, threads }
     }
 
+    /// A verifier with the parameters a miner uses for `device` by default.
+    pub fn for_device(device: &DeviceInfo) -> Self {
+        Self::new(ProofParams::for_device(device))
+    }
+
     /// The key a correct miner derives after the first step of its run.
     pub fn challenge_key(&self, device: &DeviceInfo, seed: u64, iterations: u64) -> ChallengeKey {
         let key = SeedKey::derive(seed, device);

@@ -241,9 +241,28 @@ fn node_proves_every_device_in_parallel() {
         Box::new(CpuEngine::with_device(device(), 1)),
         Box::new(CpuEngine::with_device(second.clone(), 1)),
     ];
-    let mut node = Node::new(engines, params());
+    let mut node = Node::new(engines, Some(N));
     let runs = node.prove(SEED, 1).unwrap();
     assert_eq!(runs.len(), 2);
     assert_ne!(runs[0].work_product, runs[1].work_product, "the device identity keys the PRNG");
     verifier().check_proof(&second, SEED, 1, &runs[1].work_product, &SpotCheck::Random(2)).unwrap();
+}
+
+#[test]
+fn matrix_size_follows_declared_memory() {
+    use graval::schedule::auto_matrix_size;
+    let mut d = device();
+    d.memory = 85_017_493_504; // H100 80GB
+    assert_eq!(ProofParams::for_device(&d).matrix_size, 16384);
+    assert_eq!(Verifier::for_device(&d).params.matrix_size, 16384);
+    assert_eq!(auto_matrix_size(25_386_450_944), 8192); // 24 GB cards
+    assert_eq!(auto_matrix_size(6_000_000_000), 4096);
+    // With a 512 MiB reserve, whole matrices of the chosen size fill 95% of what a
+    // card of each table size typically has free (total minus ~600 MB of context).
+    for model in graval::models::MODELS {
+        let total = model.memory_gb * 1_073_741_824;
+        let free = total - 600_000_000;
+        let p = ProofParams::with_matrix_size(auto_matrix_size(total));
+        graval::proof::plan_matrices(free, 512 << 20, &p).unwrap_or_else(|e| panic!("{}: {e}", model.key));
+    }
 }
