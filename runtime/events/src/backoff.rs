@@ -2,9 +2,9 @@ use std::time::Duration;
 
 use rand::Rng;
 
-/// Capped exponential backoff with "full jitter": each delay is uniform in
-/// `[base/2, min(cap, initial·2^n)]`, so many miners (or many validator sockets)
-/// that lost the same server do not come back in lock step.
+/// Capped exponential backoff with "equal jitter": with `c = min(cap, initial·2^n)`
+/// each delay is uniform in `[c/2, c]`, so many miners (or many validator sockets)
+/// that lost the same server do not come back in lock step, yet none retries hot.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     initial: Duration,
