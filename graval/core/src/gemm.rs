@@ -52,36 +52,29 @@ pub fn sgemm(a: MatRef<'_>, b: MatRef<'_>, c: &mut [f32], threads: usize) {
             let kc = KC.min(k - pc);
             pack_b(b, pc, kc, jc, nc, &mut bpack);
             let first = pc == 0;
-            let blocks: Vec<(usize, &mut [f32])> =
-                c.chunks_mut(MC * n).enumerate().map(|(i, ch)| (i * MC, ch)).collect();
-            let threads = threads.clamp(1, blocks.len());
-            let per = blocks.len().div_ceil(threads);
+            // Row blocks are handed out one at a time, so a thread that the OS
+            // preempts (this runs on shared machines) does not hold up a fixed share.
+            let blocks = c.chunks_mut(MC * n).enumerate().map(|(i, ch)| (i * MC, ch));
+            let count = m.div_ceil(MC);
+            let queue = std::sync::Mutex::new(blocks);
             let bpack = &bpack[..];
-            let mut groups: Vec<Vec<(usize, &mut [f32])>> = Vec::with_capacity(threads);
-            let mut it = blocks.into_iter();
-            loop {
-                let g: Vec<_> = it.by_ref().take(per).collect();
-                if g.is_empty() {
-                    break;
-                }
-                groups.push(g);
-            }
-            let run = |group: Vec<(usize, &mut [f32])>| {
+            let run = || {
                 let mut apack = vec![0f32; MC * KC];
-                for (ic, cblock) in group {
+                loop {
+                    let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+                    let Some((ic, cblock)) = next else { break };
                     let mc = MC.min(m - ic);
                     pack_a(a, ic, mc, pc, kc, &mut apack);
                     macro_kernel(kernel, mc, nc, kc, &apack, bpack, cblock, n, jc, first);
                 }
             };
-            if groups.len() == 1 {
-                if let Some(g) = groups.pop() {
-                    run(g);
-                }
+            let threads = threads.clamp(1, count);
+            if threads == 1 {
+                run();
             } else {
                 std::thread::scope(|s| {
-                    for g in groups {
-                        s.spawn(|| run(g));
+                    for _ in 0..threads {
+                        s.spawn(run);
                     }
                 });
             }
