@@ -557,3 +557,40 @@ fn firewall_rules_and_ping_stay_inside_the_host() {
     host.write_file("/var/lib/lab-standins/ping/reachable", "203.0.113.7\n").unwrap();
     host.sh("ping -c 1 203.0.113.7").unwrap();
 }
+
+/// Run only as the child of `a_killed_test_process_leaves_no_host_behind`: starts a host,
+/// reports it, and waits to be killed.
+#[test]
+#[ignore = "helper: run by a_killed_test_process_leaves_no_host_behind"]
+fn helper_child_holding_a_host() {
+    let host = LabHost::start("orphan").unwrap();
+    println!("\nHOST {}", host.init_pid());
+    std::thread::sleep(std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn a_killed_test_process_leaves_no_host_behind() {
+    use std::io::BufRead;
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "helper_child_holding_a_host", "--ignored", "--nocapture", "--test-threads=1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let pid: u32 = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.split_once("HOST ").map(|(_, p)| p.trim().parse().unwrap()))
+        .expect("the child started no host");
+    let pid_ns = std::fs::read_link(format!("/proc/{pid}/ns/pid")).unwrap();
+    assert!(processes_in(&pid_ns) >= 2);
+
+    child.kill().unwrap(); // SIGKILL: no Drop runs
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while processes_in(&pid_ns) > 0 {
+        assert!(std::time::Instant::now() < deadline, "the host outlived its test process");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

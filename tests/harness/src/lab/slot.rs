@@ -11,6 +11,7 @@ use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::error::{LabError, io};
@@ -56,8 +57,12 @@ impl Slot {
         Ipv4Addr::new(127, 0, 1, self.n)
     }
 
-    /// Takes the lowest free slot.
+    /// Takes a free slot. The search starts where this process's last one ended (and at
+    /// a PID-dependent place in a new process), so a slot just freed is not handed out
+    /// again at once: whatever still refers to its address (a test checking that the old
+    /// host is gone, a known_hosts entry, TIME_WAIT sockets) does not meet a new host.
     pub(crate) fn acquire() -> Result<Slot, LabError> {
+        static NEXT: AtomicUsize = AtomicUsize::new(usize::MAX);
         let dir = state_dir()?;
         if let Some(listener) = wildcard_ssh_listener() {
             return Err(LabError::Start {
@@ -69,8 +74,13 @@ impl Slot {
                 ),
             });
         }
-        for n in FIRST..=LAST {
+        let count = usize::from(LAST - FIRST) + 1;
+        let _ = NEXT.compare_exchange(usize::MAX, std::process::id() as usize * 37, Ordering::Relaxed, Ordering::Relaxed);
+        let start = NEXT.fetch_add(1, Ordering::Relaxed);
+        for i in 0..count {
+            let n = FIRST + ((start + i) % count) as u8;
             if let Some(slot) = try_take(&dir, n)? {
+                NEXT.store(start + i + 1, Ordering::Relaxed);
                 return Ok(slot);
             }
         }
