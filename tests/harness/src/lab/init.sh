@@ -18,7 +18,9 @@ echo "$name" >/etc/hostname
 printf '127.0.0.1\tlocalhost\n%s\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n' "$addr" "$name" >/etc/hosts
 
 # sshd: fresh host key, key-only root login, listening on this host's address only.
-rm -f /etc/ssh/ssh_host_* /etc/ssh/sshd_config.d/* /root/.ssh/authorized_keys
+# (Also: no man-db auto-update. Its apt trigger rebuilds the whole man index, which
+# takes ~10 s per apt-get install on an overlay; nobody tests man pages.)
+rm -f /etc/ssh/ssh_host_* /etc/ssh/sshd_config.d/* /root/.ssh/authorized_keys /var/lib/man-db/auto-update
 [ -d /etc/ssh/sshd_config.d ] || mkdir -p /etc/ssh/sshd_config.d
 [ -d /var/log ] || mkdir -p /var/log
 ssh-keygen -q -t ed25519 -N '' -C "root@$name" -f /etc/ssh/ssh_host_ed25519_key
