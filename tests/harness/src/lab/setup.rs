@@ -55,7 +55,10 @@ impl Setup {
         unsafe {
             check(libc::unshare(libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWPID), b"unshare")?;
             // Nothing mounted from here on propagates back to the machine.
-            check(libc::mount(null(), c"/".as_ptr(), null(), libc::MS_REC | libc::MS_PRIVATE, null()), b"make / private")?;
+            check(
+                libc::mount(null(), c"/".as_ptr(), null(), libc::MS_REC | libc::MS_PRIVATE, null()),
+                b"make / private",
+            )?;
             let pid = libc::fork();
             if pid < 0 {
                 return Err(fail(b"fork"));
@@ -85,7 +88,13 @@ impl Setup {
             for dir in [c"/tmp/upper", c"/tmp/work", c"/tmp/root"] {
                 mkdir(dir)?;
             }
-            mount(c"lab-root", c"/tmp/root", c"overlay", 0, Some(c"lowerdir=/,upperdir=/tmp/upper,workdir=/tmp/work"))?;
+            mount(
+                c"lab-root",
+                c"/tmp/root",
+                c"overlay",
+                0,
+                Some(c"lowerdir=/,upperdir=/tmp/upper,workdir=/tmp/work"),
+            )?;
             check(libc::chdir(c"/tmp/root".as_ptr()), b"chdir /tmp/root")?;
 
             // The lower layer is the machine's root file system without its submounts:
@@ -141,7 +150,8 @@ unsafe fn wait_and_exit(pid: libc::pid_t) -> ! {
                 libc::_exit(1);
             }
         }
-        let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
+        let code =
+            if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 128 + libc::WTERMSIG(status) };
         libc::_exit(code)
     }
 }
@@ -159,7 +169,13 @@ unsafe fn report_host_pid() {
     }
 }
 
-unsafe fn mount(source: &CStr, target: &CStr, fstype: &CStr, flags: libc::c_ulong, data: Option<&CStr>) -> io::Result<()> {
+unsafe fn mount(
+    source: &CStr,
+    target: &CStr,
+    fstype: &CStr,
+    flags: libc::c_ulong,
+    data: Option<&CStr>,
+) -> io::Result<()> {
     let data = data.map_or(null(), |d| d.as_ptr().cast());
     // SAFETY: valid C strings (or null data).
     let ret = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data) };

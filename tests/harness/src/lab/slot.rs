@@ -75,7 +75,12 @@ impl Slot {
             });
         }
         let count = usize::from(LAST - FIRST) + 1;
-        let _ = NEXT.compare_exchange(usize::MAX, std::process::id() as usize * 37, Ordering::Relaxed, Ordering::Relaxed);
+        let _ = NEXT.compare_exchange(
+            usize::MAX,
+            std::process::id() as usize * 37,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         let start = NEXT.fetch_add(1, Ordering::Relaxed);
         for i in 0..count {
             let n = FIRST + ((start + i) % count) as u8;
