@@ -229,7 +229,9 @@ impl Action {
                 (None, None) => return None,
             },
             Action::Capture { run, .. } => run.clone(),
-            Action::Reboot { .. } | Action::WaitFor { .. } => return None,
+            // The first attempt rides with the phase's probes: a converged host needs no extra round trip.
+            Action::WaitFor { target, .. } => wait_command(target),
+            Action::Reboot { .. } => return None,
         })
     }
 
@@ -510,9 +512,22 @@ impl Action {
                 mutation: Mutation::Reboot { timeout: *timeout },
             }),
             Action::WaitFor { target, timeout, interval } => {
+                if out.rc == 0 {
+                    return Ok(Decision::Ok);
+                }
                 Decision::Wait { target: target.clone(), timeout: *timeout, interval: *interval }
             }
         })
+    }
+}
+
+/// The read-only check behind a wait: exits 0 once the target answers.
+pub fn wait_command(target: &WaitTarget) -> String {
+    match target {
+        WaitTarget::Port { host, port } => {
+            format!("timeout 5 bash -c {} >/dev/null 2>&1", q(&format!("</dev/tcp/{host}/{port}")))
+        }
+        WaitTarget::Command(c) => c.clone(),
     }
 }
 

@@ -512,15 +512,7 @@ async fn wait_for(
     timeout: Duration,
     interval: Duration,
 ) -> Result<(), String> {
-    let cmd = match target {
-        WaitTarget::Port { host, port } => {
-            format!(
-                "timeout 5 bash -c {} >/dev/null 2>&1",
-                provision_ssh::shell_quote(&format!("</dev/tcp/{host}/{port}"))
-            )
-        }
-        WaitTarget::Command(c) => c.clone(),
-    };
+    let cmd = crate::plan::wait_command(target);
     let start = Instant::now();
     loop {
         let last = match conn.read(&cmd, Duration::from_secs(60)).await {

@@ -3,145 +3,13 @@
 //! users and sudoers; stand-ins (tests/support/standins.sh) only for what a lab host cannot
 //! run: systemd, snap/microk8s, nvidia tools, iptables, ping.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-use test_harness::lab::{Lab, LabHost};
+use test_harness::lab::LabHost;
 
-const STANDINS: &str = include_str!("support/standins.sh");
-const STANDIN_NAMES: &[&str] = &[
-    "systemctl",
-    "snap",
-    "microk8s",
-    "nvidia-smi",
-    "nvidia-ctk",
-    "iptables",
-    "netfilter-persistent",
-    "ping",
-    "sysctl",
-    "modprobe",
-    "reboot",
-    "wg-quick",
-];
-
-struct Setup {
-    lab: Lab,
-    dir: tempfile::TempDir,
-}
-
-impl Setup {
-    /// One primary CPU host and `gpus` GPU hosts, with stand-ins installed.
-    fn start(gpus: usize) -> Setup {
-        let mut names = vec!["cpu-0".to_string()];
-        names.extend((1..=gpus).map(|i| format!("gpu-{i}")));
-        let lab = Lab::start_named(&names).unwrap();
-        for h in lab.hosts() {
-            install_standins(h);
-        }
-        let s = Setup { lab, dir: tempfile::tempdir().unwrap() };
-        s.write_inventory();
-        s.write_known_hosts(|h| h.known_hosts_line());
-        s
-    }
-
-    fn inventory(&self) -> PathBuf {
-        self.dir.path().join("inventory.yml")
-    }
-
-    fn known_hosts(&self) -> PathBuf {
-        self.dir.path().join("known_hosts")
-    }
-
-    fn write_inventory(&self) {
-        let h0 = &self.lab.hosts()[0];
-        let mut y = format!(
-            "vars:\n  user: chutes\n  login_user: root\n  ssh_keys: ['{key}']\n  packages: [hello]\n  primary_packages: []\n  \
-             container_toolkit_packages: []\n  skip_cuda: true\n  ssh:\n    key: {path}\nhosts:\n",
-            key = h0.client_public_key(),
-            path = h0.client_key_path().display()
-        );
-        for (i, h) in self.lab.hosts().iter().enumerate() {
-            y.push_str(&format!(
-                "  {name}:\n    address: {addr}\n    external_ip: 203.0.113.{n}\n    wireguard_ip: 192.168.0.{n}\n    \
-                 is_primary: {p}\n    gpu_enabled: {g}\n",
-                name = h.name(),
-                addr = h.addr(),
-                n = i + 1,
-                p = i == 0,
-                g = i != 0,
-            ));
-        }
-        std::fs::write(self.inventory(), y).unwrap();
-    }
-
-    fn write_known_hosts(&self, line: impl Fn(&LabHost) -> String) {
-        let lines: Vec<String> = self.lab.hosts().iter().map(line).collect();
-        std::fs::write(self.known_hosts(), lines.join("\n") + "\n").unwrap();
-    }
-
-    fn command(&self, extra: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_minerctl"));
-        c.arg("provision")
-            .arg("-i")
-            .arg(self.inventory())
-            .arg("--known-hosts")
-            .arg(self.known_hosts())
-            .arg("--log-file")
-            .arg(self.dir.path().join("provision.log"))
-            .args(["--output", "json"])
-            .args(extra);
-        c
-    }
-
-    fn run(&self, extra: &[&str]) -> Run {
-        Run::from(self.command(extra).output().unwrap())
-    }
-}
-
-fn install_standins(h: &LabHost) {
-    h.write_file("/usr/local/sbin/minerctl-standin", STANDINS).unwrap();
-    let links: Vec<String> =
-        STANDIN_NAMES.iter().map(|n| format!("ln -sf minerctl-standin /usr/local/sbin/{n}")).collect();
-    h.sh(&format!("chmod 755 /usr/local/sbin/minerctl-standin && {}", links.join(" && "))).unwrap();
-}
-
-/// A finished run: exit code and the JSON events it printed.
-struct Run {
-    code: Option<i32>,
-    events: Vec<serde_json::Value>,
-    stdout: String,
-    stderr: String,
-}
-
-impl From<Output> for Run {
-    fn from(o: Output) -> Run {
-        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
-        let events = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-        Run { code: o.status.code(), events, stdout, stderr: String::from_utf8_lossy(&o.stderr).into_owned() }
-    }
-}
-
-impl Run {
-    fn recap(&self, host: &str) -> serde_json::Value {
-        let recap = self
-            .events
-            .iter()
-            .rev()
-            .find(|e| e["event"] == "recap")
-            .unwrap_or_else(|| panic!("no recap:\n{}\n{}", self.stdout, self.stderr));
-        recap["hosts"].as_array().unwrap().iter().find(|h| h["host"] == host).unwrap().clone()
-    }
-    fn changed_steps(&self) -> Vec<(String, String)> {
-        self.events
-            .iter()
-            .filter(|e| e["event"] == "step" && e["status"] == "changed")
-            .map(|e| (e["host"].as_str().unwrap().to_string(), e["step"].as_str().unwrap().to_string()))
-            .collect()
-    }
-    fn assert_ok(&self) {
-        assert_eq!(self.code, Some(0), "run failed:\n{}\n{}", self.stdout, self.stderr);
-    }
-}
+#[path = "support/lab.rs"]
+mod lab;
+use lab::{Run, Setup};
 
 fn file(h: &LabHost, path: &str) -> String {
     h.read_to_string(path).unwrap_or_else(|e| panic!("{}: {path}: {e}", h.name()))
@@ -340,6 +208,3 @@ impl StdinBytes for Command {
         String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
     }
 }
-
-#[allow(dead_code)]
-fn unused(_: &Path) {}

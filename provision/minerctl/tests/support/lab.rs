@@ -1,0 +1,147 @@
+//! Lab setup shared by the lab tests and the benchmark: lab hosts with stand-ins, an
+//! inventory and known_hosts for them, and running the real `minerctl provision`.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use test_harness::lab::{Lab, LabHost};
+
+const STANDINS: &str = include_str!("standins.sh");
+const STANDIN_NAMES: &[&str] = &[
+    "systemctl",
+    "snap",
+    "microk8s",
+    "nvidia-smi",
+    "nvidia-ctk",
+    "iptables",
+    "netfilter-persistent",
+    "ping",
+    "sysctl",
+    "modprobe",
+    "reboot",
+    "wg-quick",
+];
+
+pub struct Setup {
+    pub lab: Lab,
+    pub dir: tempfile::TempDir,
+}
+
+impl Setup {
+    /// One primary CPU host and `gpus` GPU hosts, with stand-ins installed.
+    pub fn start(gpus: usize) -> Setup {
+        let mut names = vec!["cpu-0".to_string()];
+        names.extend((1..=gpus).map(|i| format!("gpu-{i}")));
+        let lab = Lab::start_named(&names).unwrap();
+        for h in lab.hosts() {
+            install_standins(h);
+        }
+        let s = Setup { lab, dir: tempfile::tempdir().unwrap() };
+        s.write_inventory();
+        s.write_known_hosts(|h| h.known_hosts_line());
+        s
+    }
+
+    pub fn inventory(&self) -> PathBuf {
+        self.dir.path().join("inventory.yml")
+    }
+
+    pub fn known_hosts(&self) -> PathBuf {
+        self.dir.path().join("known_hosts")
+    }
+
+    fn write_inventory(&self) {
+        let h0 = &self.lab.hosts()[0];
+        let mut y = format!(
+            "vars:\n  user: chutes\n  login_user: root\n  ssh_keys: ['{key}']\n  packages: [hello]\n  primary_packages: []\n  \
+             container_toolkit_packages: []\n  skip_cuda: true\n  ssh:\n    key: {path}\nhosts:\n",
+            key = h0.client_public_key(),
+            path = h0.client_key_path().display()
+        );
+        for (i, h) in self.lab.hosts().iter().enumerate() {
+            y.push_str(&format!(
+                "  {name}:\n    address: {addr}\n    external_ip: 203.0.113.{n}\n    wireguard_ip: 192.168.0.{n}\n    \
+                 is_primary: {p}\n    gpu_enabled: {g}\n",
+                name = h.name(),
+                addr = h.addr(),
+                n = i + 1,
+                p = i == 0,
+                g = i != 0,
+            ));
+        }
+        std::fs::write(self.inventory(), y).unwrap();
+    }
+
+    pub fn write_known_hosts(&self, line: impl Fn(&LabHost) -> String) {
+        let lines: Vec<String> = self.lab.hosts().iter().map(line).collect();
+        std::fs::write(self.known_hosts(), lines.join("\n") + "\n").unwrap();
+    }
+
+    pub fn command(&self, extra: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_minerctl"));
+        c.arg("provision")
+            .arg("-i")
+            .arg(self.inventory())
+            .arg("--known-hosts")
+            .arg(self.known_hosts())
+            .arg("--log-file")
+            .arg(self.dir.path().join("provision.log"))
+            .args(["--output", "json"])
+            .args(extra);
+        c
+    }
+
+    pub fn run(&self, extra: &[&str]) -> Run {
+        Run::from(self.command(extra).output().unwrap())
+    }
+}
+
+fn install_standins(h: &LabHost) {
+    // A lab host inherits this machine's /root/.bashrc, which here runs `pyenv init` (about
+    // 250 ms for every SSH command, since bash reads .bashrc when started by sshd). A stock
+    // server .bashrc returns at once for non-interactive shells; make the lab's do the same.
+    h.sh("[ ! -f /root/.bashrc ] || sed -i '1i case $- in *i*) ;; *) return;; esac' /root/.bashrc").unwrap();
+    h.write_file("/usr/local/sbin/minerctl-standin", STANDINS).unwrap();
+    let links: Vec<String> =
+        STANDIN_NAMES.iter().map(|n| format!("ln -sf minerctl-standin /usr/local/sbin/{n}")).collect();
+    h.sh(&format!("chmod 755 /usr/local/sbin/minerctl-standin && {}", links.join(" && "))).unwrap();
+}
+
+/// A finished run: exit code and the JSON events it printed.
+pub struct Run {
+    pub code: Option<i32>,
+    pub events: Vec<serde_json::Value>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        let events = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        Run { code: o.status.code(), events, stdout, stderr: String::from_utf8_lossy(&o.stderr).into_owned() }
+    }
+}
+
+impl Run {
+    pub fn recap(&self, host: &str) -> serde_json::Value {
+        let recap = self
+            .events
+            .iter()
+            .rev()
+            .find(|e| e["event"] == "recap")
+            .unwrap_or_else(|| panic!("no recap:\n{}\n{}", self.stdout, self.stderr));
+        recap["hosts"].as_array().unwrap().iter().find(|h| h["host"] == host).unwrap().clone()
+    }
+    pub fn changed_steps(&self) -> Vec<(String, String)> {
+        self.events
+            .iter()
+            .filter(|e| e["event"] == "step" && e["status"] == "changed")
+            .map(|e| (e["host"].as_str().unwrap().to_string(), e["step"].as_str().unwrap().to_string()))
+            .collect()
+    }
+    pub fn assert_ok(&self) {
+        assert_eq!(self.code, Some(0), "run failed:\n{}\n{}", self.stdout, self.stderr);
+    }
+}
