@@ -141,7 +141,9 @@ impl Setup {
 /// and exits with its status. It never returns into `Command`'s exec path.
 unsafe fn wait_and_exit(pid: libc::pid_t) -> ! {
     // SAFETY: system calls only. Closing fds >= 3 releases `Command`'s error-report
-    // pipe, so that `spawn` returns once PID 1 has exec'd (or reported its error).
+    // pipe, so that `spawn` returns once PID 1 has exec'd (or reported its error), and
+    // drops the copies of other lab hosts' lifeline write ends that the fork duplicated:
+    // this process lives as long as its host and must not keep any other host alive.
     unsafe {
         libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
         let mut status: c_int = 0;

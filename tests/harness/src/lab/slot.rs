@@ -74,6 +74,8 @@ impl Slot {
                 ),
             });
         }
+        static SWEEP: std::sync::Once = std::sync::Once::new();
+        SWEEP.call_once(|| sweep_stale(&dir));
         let count = usize::from(LAST - FIRST) + 1;
         let _ = NEXT.compare_exchange(
             usize::MAX,
@@ -125,6 +127,24 @@ fn try_take(dir: &Path, n: u8) -> Result<Option<Slot>, LabError> {
     let _ = file.set_len(0);
     let _ = writeln!(file, "{}", std::process::id());
     Ok(Some(Slot { n, path, _lock: file }))
+}
+
+/// Removes lock files left by processes that died without dropping their slots (the
+/// lock itself died with them): those we can lock and that still name the file we hold.
+fn sweep_stale(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !(name.starts_with("slot-") && name.ends_with(".lock")) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(file) = OpenOptions::new().write(true).open(&path) else { continue };
+        if file.try_lock().is_ok() && names_same_file(&path, &file) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 fn names_same_file(path: &Path, file: &File) -> bool {
