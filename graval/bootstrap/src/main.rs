@@ -79,6 +79,26 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
     // Tests and operators read the bound address (with --port 0) from this line.
     println!("listening on {}", listener.local_addr()?);
-    axum::serve(listener, graval_bootstrap::router(Arc::new(state))).await.context("serving")?;
+    axum::serve(listener, graval_bootstrap::router(Arc::new(state)))
+        .with_graceful_shutdown(shutdown())
+        .await
+        .context("serving")?;
     Ok(())
+}
+
+/// Resolves on SIGTERM (the Job being deleted) or Ctrl-C; in-flight requests finish.
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
 }

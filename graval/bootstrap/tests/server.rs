@@ -318,3 +318,14 @@ fn cuda_node_povw_flow() {
     assert_eq!(status, 200);
     assert!(graval::challenge::verify(&c, &answer, &devs));
 }
+
+#[test]
+fn sigterm_stops_the_server_cleanly() {
+    let (miner, validator) = (key(16), key(17));
+    let mut server = start(miner.ss58(), validator.ss58());
+    assert_eq!(http(&server.addr, "GET", "/ping", &[], b"").0, 200);
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
