@@ -46,7 +46,7 @@ pub struct LabHost {
 }
 
 impl LabHost {
-    /// Starts a lab host named `name` on the lowest free lab address.
+    /// Starts a lab host named `name` on a free lab address.
     pub fn start(name: &str) -> Result<LabHost, LabError> {
         validate_name(name)?;
         LabHost::start_in(Slot::acquire()?, name)
@@ -185,8 +185,8 @@ impl LabHost {
     /// Runs `command` like [`LabHost::exec`] and returns its stdout; a non-zero exit is
     /// an error carrying stderr.
     pub fn sh(&self, command: &str) -> Result<String, LabError> {
-        let out = self.exec(command)?;
-        self.check(command, out)
+        let out = self.check(command, self.exec(command)?)?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Reads a file of the host.
@@ -194,10 +194,7 @@ impl LabHost {
         self.check_path(path)?;
         let command = r#"exec cat -- "$1""#;
         let out = self.run(command, &[path], &[], None)?;
-        if out.status.success() {
-            return Ok(out.stdout);
-        }
-        Err(self.check(&format!("cat {path}"), out).err().unwrap_or_else(|| unreachable!()))
+        Ok(self.check(&format!("cat {path}"), out)?.stdout)
     }
 
     /// Reads a UTF-8 file of the host.
@@ -302,9 +299,10 @@ impl LabHost {
         Err(LabError::BadPath { host: self.name.clone(), path: path.to_string(), reason: reason.into() })
     }
 
-    fn check(&self, command: &str, out: Output) -> Result<String, LabError> {
+    /// `out` if the command succeeded, else an error naming it and carrying its stderr.
+    fn check(&self, command: &str, out: Output) -> Result<Output, LabError> {
         if out.status.success() {
-            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+            return Ok(out);
         }
         Err(LabError::Command {
             host: self.name.clone(),
