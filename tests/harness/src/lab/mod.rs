@@ -25,7 +25,7 @@ mod standins;
 
 pub use error::LabError;
 pub use host::LabHost;
-pub use standins::{Call, Gpu, Standin};
+pub use standins::{Call, Gpu, STANDIN_BIN_DIR, STANDIN_STATE_DIR, Standin};
 
 /// A set of lab hosts started together. Dropping it tears all of them down.
 #[derive(Debug)]
