@@ -208,3 +208,24 @@ impl StdinBytes for Command {
         String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
     }
 }
+
+#[test]
+fn sudo_that_wants_a_password_fails_fast_with_a_clear_message() {
+    let s = Setup::start(0);
+    let h = &s.lab.hosts()[0];
+    // A login user whose sudo asks for a password (real sudo, real sudoers).
+    h.sh(&format!(
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q sudo >/dev/null && useradd -m -s /bin/sh ops && usermod -p '*' ops \
+         && install -d -m 700 -o ops -g ops /home/ops/.ssh && echo '{}' > /home/ops/.ssh/authorized_keys \
+         && chown ops:ops /home/ops/.ssh/authorized_keys && echo 'ops ALL=(ALL) ALL' > /etc/sudoers.d/ops && chmod 440 /etc/sudoers.d/ops",
+        h.client_public_key()
+    ))
+    .unwrap();
+    let inv = std::fs::read_to_string(s.inventory()).unwrap().replace("login_user: root", "login_user: ops");
+    std::fs::write(s.inventory(), inv).unwrap();
+    let run = s.run(&[]);
+    assert_eq!(run.code, Some(2), "{}", run.stdout);
+    let err = run.recap("cpu-0")["error"].as_str().unwrap().to_string();
+    assert!(err.contains("`sudo -n` as `ops` needs a password") && err.contains("NOPASSWD"), "{err}");
+    assert_eq!(h.sh("test -e /etc/wireguard && echo yes || echo no").unwrap().trim(), "no");
+}
