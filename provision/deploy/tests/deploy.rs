@@ -23,7 +23,7 @@ async fn env() -> Env {
     let emu = Emulator::start().unwrap();
     emu.add_node(Node::new("cpu-0"));
     emu.add_node(Node::new("gpu-0").gpus(8));
-    let client = minerctl_deploy::client_from_kubeconfig(&emu.kubeconfig_yaml(), None).await.unwrap();
+    let client = minerctl_deploy::client_from_kubeconfig(&emu.kubeconfig_yaml(), None, None).await.unwrap();
     Env { emu, client }
 }
 
@@ -215,7 +215,8 @@ async fn rollout_timeout_names_the_object_and_why() {
     // No node for the control plane: the scheduler's reason is reported.
     let env = Env { emu: Emulator::start().unwrap(), client: env.client };
     env.emu.add_node(Node::new("gpu-0").gpus(8));
-    let client = minerctl_deploy::client_from_kubeconfig(&env.emu.kubeconfig_yaml(), None).await.unwrap();
+    let client =
+        minerctl_deploy::client_from_kubeconfig(&env.emu.kubeconfig_yaml(), None, None).await.unwrap();
     let env = Env { emu: env.emu, client };
     let (r, _) = run(&env, &[], &creds(), &short).await;
     let err = r.unwrap_err().to_string();

@@ -19,6 +19,10 @@ enum Command {
     Keys(cmd::keys::KeysCommand),
     /// Bring hosts to the miner's desired state over SSH (replaces the Ansible playbooks).
     Provision(cmd::provision::ProvisionArgs),
+    /// Print the miner's Kubernetes manifests for the given values (like `helm template`).
+    Render(cmd::render::RenderArgs),
+    /// Apply the manifests to the cluster (server-side apply, prune, rollout wait).
+    Deploy(cmd::deploy::DeployArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -26,6 +30,8 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Keys(c) => cmd::keys::run(c),
         Command::Provision(a) => cmd::provision::run(a),
+        Command::Render(a) => cmd::render::run(a),
+        Command::Deploy(a) => cmd::deploy::run(a),
     };
     match result {
         Ok(code) => code,

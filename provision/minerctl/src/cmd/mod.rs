@@ -1,4 +1,6 @@
 //! One module per subcommand.
 
+pub mod deploy;
 pub mod keys;
 pub mod provision;
+pub mod render;
