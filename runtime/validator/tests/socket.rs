@@ -350,3 +350,51 @@ async fn a_validator_that_stops_pinging_is_detected_and_reconnected() {
     shutdown.cancel();
     handle.join.await.unwrap();
 }
+
+/// `wss://` must get as far as a TLS handshake: a build without a TLS feature, or
+/// without a rustls crypto provider, fails before that (anchors B.7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_urls_reach_a_tls_handshake() {
+    let redis = Redis::start().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Not a TLS server: answers the ClientHello with plain HTTP and hangs up.
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            use tokio::io::AsyncWriteExt;
+            let _ = tcp.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+        }
+    });
+    let producer = Producer::connect(&redis.url(), fast_stream()).unwrap();
+    let shutdown = CancellationToken::new();
+    let mut handle = socket::spawn_with(
+        target(format!("wss://127.0.0.1:{port}"), "https://127.0.0.1:1".into()),
+        miner_hotkey(),
+        producer,
+        shutdown.clone(),
+        fast_socket(),
+    );
+    let reason = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            handle.state.changed().await.unwrap();
+            if let SocketState::Retrying { reason, .. } = &*handle.state.borrow() {
+                return reason.clone();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    eprintln!("wss to a non-TLS server: {reason}");
+    let lower = reason.to_lowercase();
+    assert!(!lower.contains("not enabled") && !lower.contains("feature"), "TLS not built in: {reason}");
+    assert!(
+        lower.contains("tls")
+            || lower.contains("io error")
+            || lower.contains("handshake")
+            || lower.contains("corrupt"),
+        "{reason}"
+    );
+    shutdown.cancel();
+    handle.join.await.unwrap();
+}
