@@ -77,7 +77,8 @@ async fn boot_id(conn: &Conn) -> Option<String> {
     Some(out.stdout_str().trim().to_string())
 }
 
-/// Reboots and waits for SSH to answer with a different boot id.
+/// Reboots and waits until SSH answers again on a host that really restarted: its boot id
+/// changed, or (where the boot id cannot change, e.g. a container) the old connection dropped.
 async fn reboot(conn: &mut Conn, timeout: Duration, log: &Log, host: &str) -> Result<(), ApplyError> {
     let before = boot_id(conn).await.unwrap_or_default();
     log.line(host, "change: reboot");
@@ -90,16 +91,23 @@ async fn reboot(conn: &mut Conn, timeout: Duration, log: &Log, host: &str) -> Re
         )
         .await;
     let start = Instant::now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut dropped = false;
     while start.elapsed() < timeout {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if !dropped {
+            dropped = conn.is_closed() || boot_id(conn).await.is_none();
+            if !dropped {
+                continue;
+            }
+        }
         if let Ok(new) = conn.reconnect().await
             && let Some(id) = boot_id(&new).await
-            && id != before
+            && (id != before || dropped)
         {
+            log.line(host, &format!("back after reboot in {:.0} s", start.elapsed().as_secs_f64()));
             *conn = new;
             return Ok(());
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
     }
     Err(ApplyError::RebootTimeout(timeout.as_secs()))
 }

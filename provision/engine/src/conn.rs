@@ -45,6 +45,14 @@ impl Conn {
         }
     }
 
+    /// Whether the transport is gone (always false for local).
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Conn::Ssh(s) => s.is_closed(),
+            Conn::Local { .. } => false,
+        }
+    }
+
     pub async fn reconnect(&self) -> Result<Conn, SshError> {
         match self {
             Conn::Ssh(s) => Ok(Conn::Ssh(Box::new(s.reconnect().await?))),

@@ -1,0 +1,87 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: panics are the failure report
+//! Reboot-and-wait over real SSH: a lab host whose `reboot` (a stand-in: a lab host has no
+//! kernel of its own) drops every SSH connection and brings sshd back a moment later. The
+//! engine must notice, reconnect, and carry on with the next phase on the new connection.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use provision_engine::*;
+use test_harness::lab::Lab;
+
+const REBOOT: &str = "#!/bin/sh\necho reboot >> /var/log/standin.calls\n\
+( sleep 0.5; pkill -KILL -x sshd; sleep 1; /usr/sbin/sshd -E /var/log/lab-sshd.log ) >/dev/null 2>&1 &\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reboot_handler_reconnects_and_the_run_goes_on() {
+    let lab = Lab::start(1).unwrap();
+    let h = &lab[0];
+    h.write_file("/usr/local/sbin/reboot", REBOOT).unwrap();
+    h.sh("chmod 755 /usr/local/sbin/reboot; ln -sf /bin/false /usr/local/sbin/systemctl").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kh = dir.path().join("known_hosts");
+    std::fs::write(&kh, h.known_hosts_line() + "\n").unwrap();
+    let inv = format!(
+        "vars:\n  login_user: root\n  ssh:\n    key: {}\nhosts:\n  {}:\n    address: {}\n    external_ip: 10.9.9.9\n    wireguard_ip: 192.168.0.1\n    is_primary: true\n",
+        h.client_key_path().display(),
+        h.name(),
+        h.addr()
+    );
+    let inv = Arc::new(provision_inventory::parse_str(&inv, Path::new("lab.yml")).unwrap());
+    let phases = vec![
+        Phase {
+            name: "driver".into(),
+            tag: "t".into(),
+            plan: Arc::new(|_: &PlanCtx| PhasePlan {
+                steps: vec![
+                    Step::new(
+                        "install",
+                        Action::Command {
+                            run: "touch /root/driver".into(),
+                            creates: Some("/root/driver".into()),
+                            unless: None,
+                        },
+                    )
+                    .notify("reboot"),
+                ],
+                handlers: vec![Step::new("reboot", Action::Reboot { timeout: Duration::from_secs(60) })],
+            }),
+        },
+        Phase {
+            name: "after".into(),
+            tag: "t".into(),
+            plan: Arc::new(|_: &PlanCtx| PhasePlan {
+                steps: vec![Step::new(
+                    "after",
+                    Action::Command {
+                        run: "touch /root/after".into(),
+                        creates: Some("/root/after".into()),
+                        unless: None,
+                    },
+                )],
+                handlers: vec![],
+            }),
+        },
+    ];
+    let mut ssh = provision_ssh::Options::new();
+    ssh.known_hosts = kh;
+    let opts = RunOptions {
+        forks: 1,
+        check: false,
+        fail_fast: false,
+        limit: None,
+        tags: vec![],
+        ssh,
+        local: false,
+        connect_attempts: 1,
+    };
+    let red = Redactor::default();
+    let reporter = Reporter::new(OutputFormat::Human, red.clone(), true, Box::new(std::io::sink()));
+    let r = run(inv, phases, opts, reporter, Log::none(red)).await;
+    let rc = &r.recap[0];
+    assert!(r.success(), "{rc:?}");
+    assert_eq!(rc.changed, 3, "install, reboot, after: {rc:?}");
+    assert_eq!(h.sh("cat /var/log/standin.calls").unwrap(), "reboot\n");
+    assert_eq!(h.sh("test -e /root/after && echo yes").unwrap().trim(), "yes");
+}
