@@ -288,3 +288,34 @@ impl StdinBytes for Command {
         String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_agent_keys_are_used_when_no_key_file_is_set() {
+    let sshd = Sshd::start();
+    let sock = sshd.path("agent.sock");
+    let mut agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let added =
+        Command::new("ssh-add").arg(sshd.path("client_key")).env("SSH_AUTH_SOCK", &sock).output().unwrap();
+    assert!(added.status.success(), "{added:?}");
+    // Only this test reads SSH_AUTH_SOCK: the others name their key file.
+    unsafe { std::env::set_var("SSH_AUTH_SOCK", &sock) };
+    let opts = sshd.options(&sshd.known_line(), HostKeyPolicy::Strict);
+    let t = Target { key: None, ..sshd.target() };
+    let s = Session::connect(&t, &opts).await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let s = s.unwrap();
+    assert_eq!(s.exec("echo agent", None, T).await.unwrap().stdout_str(), "agent\n");
+}
