@@ -347,6 +347,17 @@ impl Emulator {
         self.with(|s| s.create(k, object, "emulator", false)).map_err(EmulatorError::Api)
     }
 
+    /// Ends every open watch stream (clients reconnect from their last resourceVersion).
+    pub fn close_watches(&self) {
+        self.shared.lock().close_watches();
+    }
+
+    /// How many change events are kept for resuming watches; a watch from an older
+    /// resourceVersion gets 410 Expired and must list again. Default 10 000.
+    pub fn set_watch_history(&self, events: usize) {
+        self.shared.lock().set_watch_history(events);
+    }
+
     /// The resourceVersion clock: unchanged means nothing in the cluster changed.
     pub fn resource_version(&self) -> u64 {
         self.shared.lock().rv

@@ -17,7 +17,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::apply;
 use crate::kinds::{self, Kind};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::store::{ApiError, State, WatchEvent, prepare_body};
+use crate::store::{ApiError, CLOSE_WATCHES, State, WatchEvent, prepare_body};
 
 #[derive(Clone)]
 pub struct Shared {
@@ -706,6 +706,7 @@ async fn watch_stream(app: &Shared, t: &Target, q: &Q) -> Response {
                         Ok(Err(RecvError::Lagged(_))) => {
                             return Some((Ok(gone_line("watch fell behind")), (initial, rx, last_rv, true)));
                         }
+                        Ok(Ok(ev)) if ev.kind == CLOSE_WATCHES => return None,
                         Ok(Ok(ev)) => {
                             if ev.rv <= last_rv || !matches(&ev) {
                                 continue;

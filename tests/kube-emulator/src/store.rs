@@ -13,8 +13,11 @@ use crate::apply;
 use crate::kinds::{self, Kind};
 use crate::util::{now_rfc3339, short_hash};
 
-/// How many watch events are kept for resuming from an older resourceVersion.
+/// How many watch events are kept by default for resuming from an older resourceVersion.
 const EVENT_LOG: usize = 10_000;
+
+/// The `kind` of the internal event that ends every open watch stream.
+pub const CLOSE_WATCHES: &str = "CLOSE";
 
 /// (group, plural, namespace or "", name)
 pub type Key = (String, String, String, String);
@@ -93,6 +96,8 @@ pub struct State {
     pub pod_seen: BTreeMap<String, std::time::Instant>,
     /// What `pods/{name}/log` returns, by (namespace, name).
     pub pod_logs: BTreeMap<(String, String), String>,
+    /// Events kept for resuming watches (older ones answer 410 Expired).
+    pub watch_history: usize,
 }
 
 impl State {
@@ -110,6 +115,7 @@ impl State {
             requests: Vec::new(),
             pod_seen: BTreeMap::new(),
             pod_logs: BTreeMap::new(),
+            watch_history: EVENT_LOG,
         };
         // What every cluster has.
         for ns in ["default", "kube-system", "kube-public"] {
@@ -162,13 +168,35 @@ impl State {
             object: object.clone(),
         });
         self.events.push_back(ev.clone());
-        while self.events.len() > EVENT_LOG {
+        while self.events.len() > self.watch_history {
             if let Some(old) = self.events.pop_front() {
                 self.compacted_rv = old.rv;
             }
         }
         // No receivers is fine.
         let _ = self.tx.send(ev);
+    }
+
+    /// Ends every open watch stream, as an API server restart would.
+    pub fn close_watches(&mut self) {
+        let _ = self.tx.send(Arc::new(WatchEvent {
+            rv: u64::MAX,
+            group: String::new(),
+            plural: String::new(),
+            namespace: String::new(),
+            kind: CLOSE_WATCHES,
+            object: Value::Null,
+        }));
+    }
+
+    /// Keeps only the last `n` events (at least 1); compacts at once.
+    pub fn set_watch_history(&mut self, n: usize) {
+        self.watch_history = n.max(1);
+        while self.events.len() > self.watch_history {
+            if let Some(old) = self.events.pop_front() {
+                self.compacted_rv = old.rv;
+            }
+        }
     }
 
     /// Events after `rv`, or None when some of them were compacted away (410 Gone).

@@ -392,3 +392,51 @@ async fn namespaces_are_labelled_and_deleting_one_empties_it() {
     nss.delete("chutes", &DeleteParams::default()).await.unwrap();
     assert!(emu.list("v1", "ConfigMap", Some("chutes")).unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_watch_from_a_compacted_resource_version_gets_410_expired() {
+    let emu = Emulator::start().unwrap();
+    let c = client(&emu).await;
+    let api: Api<ConfigMap> = Api::namespaced(c, "default");
+    let old = api.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    emu.set_watch_history(1);
+    for n in ["a", "b", "c"] {
+        api.create(&PostParams::default(), &cm(n, json!({}))).await.unwrap();
+    }
+    let mut w = api.watch(&WatchParams::default().timeout(5), &old).await.unwrap().boxed();
+    match w.next().await.unwrap().unwrap() {
+        WatchEvent::Error(e) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn kube_runtime_reflector_follows_changes_across_dropped_watches() {
+    use kube::runtime::{WatchStreamExt, reflector, watcher};
+    let emu = Emulator::start().unwrap();
+    let c = client(&emu).await;
+    let api: Api<ConfigMap> = Api::namespaced(c, "default");
+    let (reader, writer) = reflector::store::<ConfigMap>();
+    let stream =
+        watcher(api.clone(), watcher::Config::default()).default_backoff().reflect(writer).applied_objects();
+    let task = tokio::spawn(stream.for_each(|_| async {}));
+    reader.wait_until_ready().await.unwrap();
+    let names = || {
+        let mut n: Vec<String> = reader.state().iter().map(|o| o.metadata.name.clone().unwrap()).collect();
+        n.sort();
+        n
+    };
+    api.create(&PostParams::default(), &cm("a", json!({}))).await.unwrap();
+    api.create(&PostParams::default(), &cm("b", json!({}))).await.unwrap();
+    eventually("a and b in the store", || async { names() == ["a", "b"] }).await;
+
+    // The server drops every watch and forgets history while things change: the watcher
+    // must reconnect, get 410 or the missed events, and converge either way.
+    emu.set_watch_history(1);
+    emu.close_watches();
+    api.delete("a", &DeleteParams::default()).await.unwrap();
+    api.create(&PostParams::default(), &cm("c", json!({}))).await.unwrap();
+    api.create(&PostParams::default(), &cm("d", json!({}))).await.unwrap();
+    eventually("the store matches the cluster", || async { names() == ["b", "c", "d"] }).await;
+    task.abort();
+}
