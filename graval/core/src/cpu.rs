@@ -8,7 +8,7 @@ use crate::device::{DeviceInfo, uuid_hex};
 use crate::engine::Engine;
 use crate::error::BackendError;
 use crate::gemm::{MatRef, sgemm};
-use crate::prng::{fill_matrix, mix_slice};
+use crate::prng::{FRESH_MATRIX, fill_matrix, fill_matrix_threaded, mix_matrix};
 
 pub struct CpuEngine {
     info: DeviceInfo,
@@ -125,23 +125,32 @@ impl Engine for CpuEngine {
         &mut self,
         k: usize,
         j: usize,
+        fresh: [u32; 2],
         salt: u32,
         rows: &[u32],
         out: &mut [f32],
-    ) -> Result<(), BackendError> {
+    ) -> Result<u64, BackendError> {
         let n = self.n;
-        {
-            let a = MatRef::new(&self.matrices[k], n, n);
-            let b = MatRef::new(&self.matrices[j], n, n);
-            sgemm(a, b, &mut self.scratch, self.threads);
+        if k == j || k >= self.matrices.len() || j >= self.matrices.len() {
+            return Err(BackendError::Step { k, j, count: self.matrices.len() });
         }
-        mix_slice(&mut self.scratch, 0, salt);
-        std::mem::swap(&mut self.matrices[k], &mut self.scratch);
-        for (dst, &r) in out.chunks_exact_mut(n).zip(rows) {
+        // The scratch holds the fresh operand; the product goes straight into M_k,
+        // whose old state the step does not read.
+        fill_matrix_threaded(fresh, FRESH_MATRIX, &mut self.scratch, self.threads);
+        let (dst, src) = if k < j {
+            let (lo, hi) = self.matrices.split_at_mut(j);
+            (&mut lo[k], &hi[0])
+        } else {
+            let (lo, hi) = self.matrices.split_at_mut(k);
+            (&mut hi[0], &lo[j])
+        };
+        sgemm(MatRef::new(&self.scratch, n, n), MatRef::new(src, n, n), dst, self.threads);
+        let digest = mix_matrix(dst, salt, self.threads);
+        for (o, &r) in out.chunks_exact_mut(n).zip(rows) {
             let r = r as usize;
-            dst.copy_from_slice(&self.matrices[k][r * n..(r + 1) * n]);
+            o.copy_from_slice(&dst[r * n..(r + 1) * n]);
         }
-        Ok(())
+        Ok(digest)
     }
 
     fn read_matrix(&mut self, k: usize) -> Result<Vec<f32>, BackendError> {

@@ -15,7 +15,14 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchCon
 use crate::device::{DeviceInfo, uuid_hex};
 use crate::engine::Engine;
 use crate::error::BackendError;
-use crate::prng::FILL_TAG;
+use crate::prng::{FILL_TAG, FRESH_MATRIX};
+
+/// Threads per block of every kernel (`graval_mix` reduces in a 256-slot shared array).
+const THREADS: u32 = 256;
+
+/// Blocks of `graval_mix`: enough to fill an H100 many times over, few enough that the
+/// one atomic add per block stays negligible.
+const MIX_BLOCKS: u64 = 8192;
 
 /// CUDA C source of the three kernels; keep in step with `prng.rs`.
 pub const KERNELS: &str = r#"
@@ -55,20 +62,32 @@ extern "C" __global__ void graval_fill(float* m, unsigned long long groups, unsi
     }
 }
 
-extern "C" __global__ void graval_mix(const float* src, float* dst, unsigned long long total,
-                                      unsigned salt) {
+// In place: m[i] <- mix(m[i], i, salt); *digest += sum of the mix hashes (mod 2^64).
+// blockDim.x must be MIX_THREADS; one atomic per block.
+extern "C" __global__ void graval_mix(float* m, unsigned long long total, unsigned salt,
+                                      unsigned long long* digest) {
+    __shared__ unsigned long long part[256];
+    unsigned long long acc = 0;
     unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
          i < total; i += stride) {
-        unsigned v = (unsigned)__float2int_rz(src[i]);
+        unsigned v = (unsigned)__float2int_rz(m[i]);
         unsigned h = (v * 0x9E3779B1u) ^ ((unsigned)i * 0x85EBCA77u) ^ salt;
         h ^= h >> 16;
         h *= 0x7FEB352Du;
         h ^= h >> 15;
         h *= 0x846CA68Bu;
         h ^= h >> 16;
-        dst[i] = draw_to_value(h);
+        acc += (unsigned long long)h;
+        m[i] = draw_to_value(h);
     }
+    part[threadIdx.x] = acc;
+    __syncthreads();
+    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) atomicAdd(digest, part[0]);
 }
 
 extern "C" __global__ void graval_gather_rows(const float* m, float* out, const unsigned* rows,
@@ -162,6 +181,7 @@ pub struct CudaEngine {
     n: usize,
     matrices: Vec<CudaSlice<f32>>,
     scratch: Option<CudaSlice<f32>>,
+    digest: Option<CudaSlice<u64>>,
 }
 
 impl CudaEngine {
@@ -203,6 +223,7 @@ impl CudaEngine {
             n: 0,
             matrices: Vec::new(),
             scratch: None,
+            digest: None,
         })
     }
 
@@ -223,8 +244,12 @@ impl CudaEngine {
     }
 
     fn grid(items: u64) -> LaunchConfig {
-        let blocks = items.div_ceil(256).clamp(1, 1 << 20) as u32;
-        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+        Self::grid_max(items, 1 << 20)
+    }
+
+    fn grid_max(items: u64, max_blocks: u64) -> LaunchConfig {
+        let blocks = items.div_ceil(u64::from(THREADS)).clamp(1, max_blocks) as u32;
+        LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
     }
 
     /// `c = a . b` (row-major n x n) through cuBLAS: computes `c^T = b^T . a^T` in
@@ -323,6 +348,7 @@ impl Engine for CudaEngine {
         }
         self.scratch = matrices.pop();
         self.matrices = matrices;
+        self.digest = Some(self.stream.alloc_zeros::<u64>(1).map_err(cuda_err("cuMemAlloc digest"))?);
         self.n = n;
         // Surface asynchronous allocation failures now, not at the first product.
         self.stream.synchronize().map_err(cuda_err("cuStreamSynchronize after allocation"))
@@ -340,40 +366,69 @@ impl Engine for CudaEngine {
         &mut self,
         k: usize,
         j: usize,
+        fresh: [u32; 2],
         salt: u32,
         rows: &[u32],
         out: &mut [f32],
-    ) -> Result<(), BackendError> {
+    ) -> Result<u64, BackendError> {
         let n = self.n;
-        let mut scratch = self
-            .scratch
-            .take()
-            .ok_or(BackendError::Cuda { op: "step", message: "matrices not allocated".into() })?;
+        let count = self.matrices.len();
+        if k == j || k >= count || j >= count {
+            return Err(BackendError::Step { k, j, count });
+        }
+        let not_allocated = || BackendError::Cuda { op: "step", message: "matrices not allocated".into() };
+        let mut scratch = self.scratch.take().ok_or_else(not_allocated)?;
+        let mut digest_dev = match self.digest.take() {
+            Some(d) => d,
+            None => {
+                self.scratch = Some(scratch);
+                return Err(not_allocated());
+            }
+        };
+        let mut matrices = std::mem::take(&mut self.matrices);
         let result = (|| {
-            self.gemm(&self.matrices[k], &self.matrices[j], &mut scratch, n)?;
+            // Fresh operand into the scratch, product straight into M_k (its old state
+            // is not read), then mix and digest in place.
+            self.launch_fill(&mut scratch, FRESH_MATRIX, fresh)?;
+            let (dst, src) = if k < j {
+                let (lo, hi) = matrices.split_at_mut(j);
+                (&mut lo[k], &hi[0])
+            } else {
+                let (lo, hi) = matrices.split_at_mut(k);
+                (&mut hi[0], &lo[j])
+            };
+            self.gemm(&scratch, src, dst, n)?;
+            self.stream.memset_zeros(&mut digest_dev).map_err(cuda_err("cuMemsetD8 digest"))?;
             let total = (n * n) as u64;
             {
-                let cfg = Self::grid(total);
+                let cfg = Self::grid_max(total, MIX_BLOCKS);
                 let mut b = self.stream.launch_builder(&self.mix);
-                b.arg(&scratch).arg(&mut self.matrices[k]).arg(&total).arg(&salt);
-                // SAFETY: both buffers hold n*n floats; signature (float*, float*, u64, u32).
+                b.arg(&mut *dst).arg(&total).arg(&salt).arg(&mut digest_dev);
+                // SAFETY: `dst` holds n*n floats, `digest_dev` one u64; signature
+                // (float*, u64, u32, u64*); block size THREADS as the kernel requires.
                 unsafe { b.launch(cfg) }.map_err(cuda_err("launch graval_mix"))?;
             }
             let rows_dev = self.stream.clone_htod(rows).map_err(cuda_err("cuMemcpyHtoD rows"))?;
+            // SAFETY: the gather kernel writes all rows.len() * n floats before the copy.
             let mut gathered =
                 unsafe { self.stream.alloc::<f32>(rows.len() * n) }.map_err(cuda_err("cuMemAlloc rows"))?;
             let (nrows, nn) = (rows.len() as u32, n as u32);
             {
                 let cfg = Self::grid(u64::from(nrows) * u64::from(nn));
                 let mut b = self.stream.launch_builder(&self.gather);
-                b.arg(&self.matrices[k]).arg(&mut gathered).arg(&rows_dev).arg(&nrows).arg(&nn);
+                b.arg(&*dst).arg(&mut gathered).arg(&rows_dev).arg(&nrows).arg(&nn);
                 // SAFETY: rows are < n; `gathered` holds nrows*n floats.
                 unsafe { b.launch(cfg) }.map_err(cuda_err("launch graval_gather_rows"))?;
             }
             self.stream.memcpy_dtoh(&gathered, out).map_err(cuda_err("cuMemcpyDtoH rows"))?;
-            self.stream.synchronize().map_err(cuda_err("cuStreamSynchronize after step"))
+            let mut digest = [0u64; 1];
+            self.stream.memcpy_dtoh(&digest_dev, &mut digest).map_err(cuda_err("cuMemcpyDtoH digest"))?;
+            self.stream.synchronize().map_err(cuda_err("cuStreamSynchronize after step"))?;
+            Ok(digest[0])
         })();
+        self.matrices = matrices;
         self.scratch = Some(scratch);
+        self.digest = Some(digest_dev);
         result
     }
 
@@ -384,6 +439,7 @@ impl Engine for CudaEngine {
     fn release(&mut self) {
         self.matrices.clear();
         self.scratch = None;
+        self.digest = None;
         let _ = self.stream.synchronize();
     }
 }

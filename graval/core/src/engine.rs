@@ -1,6 +1,7 @@
 //! The backend interface: what the proof driver needs from a device. The driver
 //! (`proof::prove`) owns the order of steps and all hashing; an engine only holds
-//! matrices and runs fill / multiply+mix / row-slice. CPU and CUDA implement it.
+//! matrices and runs fill / fresh operand, multiply, mix and digest / row-slice. CPU and
+//! CUDA implement it.
 
 use crate::device::DeviceInfo;
 use crate::error::BackendError;
@@ -24,16 +25,19 @@ pub trait Engine: Send {
     /// Fills every resident matrix `k` from the PRNG (`prng::fill_matrix(key, k, ..)`).
     fn fill_all(&mut self, key: [u32; 2]) -> Result<(), BackendError>;
 
-    /// `M_k <- mix_salt(M_k . M_j)`, then copies rows `rows` of the new `M_k`, in
-    /// order, into `out` (`rows.len() * n` floats).
+    /// `M_k <- mix_salt(R . M_j)` with `R = prng::fill_matrix(fresh, FRESH_MATRIX)`
+    /// (`j != k`; the old `M_k` is overwritten, not read), then copies rows `rows` of
+    /// the new `M_k`, in order, into `out` (`rows.len() * n` floats) and returns the
+    /// digest of the whole new `M_k` (`prng::mix_matrix`).
     fn step(
         &mut self,
         k: usize,
         j: usize,
+        fresh: [u32; 2],
         salt: u32,
         rows: &[u32],
         out: &mut [f32],
-    ) -> Result<(), BackendError>;
+    ) -> Result<u64, BackendError>;
 
     /// Copies matrix `k` to the host (tests and debugging).
     fn read_matrix(&mut self, k: usize) -> Result<Vec<f32>, BackendError>;

@@ -36,6 +36,8 @@ pub enum BackendError {
     },
     #[error("matrix size {0} is not supported (must be a multiple of 4 in 8..=65536)")]
     MatrixSize(usize),
+    #[error("step would write matrix {k} from matrix {j}: both must differ and be below {count}")]
+    Step { k: usize, j: usize, count: usize },
     #[error("CUDA {op}: {message}")]
     Cuda { op: &'static str, message: String },
     #[error("CUDA backend not compiled in (build with --features cuda)")]

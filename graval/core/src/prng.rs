@@ -18,6 +18,10 @@ const PHILOX_W1: u32 = 0xBB67_AE85;
 /// Counter word 3 for matrix fills ("MATX"); other uses of the generator pick other tags.
 pub const FILL_TAG: u32 = 0x4D41_5458;
 
+/// Counter word 2 of the fresh right-hand operand `R_t` of a step. `R_t` is filled with
+/// its own per-step key (`SeedKey::fresh_key`), so it never meets a resident fill.
+pub const FRESH_MATRIX: u32 = u32::MAX;
+
 /// Number of distinct element values: integers -8..=8.
 pub const VALUE_SPAN: u32 = 17;
 
@@ -68,7 +72,13 @@ pub fn fill_matrix(key: [u32; 2], k: u32, out: &mut [f32]) {
 /// Matrix `k` of size n x n as a new vector, filled on `threads` threads.
 pub fn fill_matrix_vec(key: [u32; 2], k: u32, n: usize, threads: usize) -> Vec<f32> {
     let mut out = vec![0f32; n * n];
-    let chunk = (n * n).div_ceil(threads.max(1)).div_ceil(4) * 4;
+    fill_matrix_threaded(key, k, &mut out, threads);
+    out
+}
+
+/// [`fill_matrix`] on `threads` threads (same bits).
+pub fn fill_matrix_threaded(key: [u32; 2], k: u32, out: &mut [f32], threads: usize) {
+    let chunk = out.len().div_ceil(threads.max(1)).div_ceil(4) * 4;
     std::thread::scope(|s| {
         for (c, part) in out.chunks_mut(chunk.max(4)).enumerate() {
             s.spawn(move || {
@@ -79,7 +89,6 @@ pub fn fill_matrix_vec(key: [u32; 2], k: u32, n: usize, threads: usize) -> Vec<f
             });
         }
     });
-    out
 }
 
 /// Fills one row `row` (n elements) of matrix `k` of size n x n.
@@ -97,6 +106,12 @@ pub fn fill_row(key: [u32; 2], k: u32, n: usize, row: usize, out: &mut [f32]) {
 /// (A.B.C precomputed), and it keeps every later product exact.
 #[inline(always)]
 pub fn mix(x: f32, idx: u32, salt: u32) -> f32 {
+    draw_to_value(mix_hash(x, idx, salt))
+}
+
+/// The 32-bit hash inside [`mix`]; the step digest sums it over every element.
+#[inline(always)]
+pub fn mix_hash(x: f32, idx: u32, salt: u32) -> u32 {
     let v = x as i32 as u32;
     let mut h = v.wrapping_mul(0x9E37_79B1) ^ idx.wrapping_mul(0x85EB_CA77) ^ salt;
     h ^= h >> 16;
@@ -104,14 +119,34 @@ pub fn mix(x: f32, idx: u32, salt: u32) -> f32 {
     h ^= h >> 15;
     h = h.wrapping_mul(0x846C_A68B);
     h ^= h >> 16;
-    draw_to_value(h)
+    h
 }
 
-/// Applies [`mix`] to a run of elements starting at linear index `idx0`.
-pub fn mix_slice(values: &mut [f32], idx0: usize, salt: u32) {
+/// Applies [`mix`] to a run of elements starting at linear index `idx0` and returns
+/// their part of the step digest: the wrapping sum of every element's [`mix_hash`] as
+/// u64. A sum is order-free, so GPU blocks may add their parts in any order; it
+/// depends on every element, so it cannot be had without the whole product.
+pub fn mix_slice(values: &mut [f32], idx0: usize, salt: u32) -> u64 {
+    let mut digest = 0u64;
     for (off, v) in values.iter_mut().enumerate() {
-        *v = mix(*v, (idx0 + off) as u32, salt);
+        let h = mix_hash(*v, (idx0 + off) as u32, salt);
+        digest = digest.wrapping_add(u64::from(h));
+        *v = draw_to_value(h);
     }
+    digest
+}
+
+/// [`mix_slice`] over a whole matrix (linear indices from 0) on `threads` threads;
+/// returns the step digest.
+pub fn mix_matrix(values: &mut [f32], salt: u32, threads: usize) -> u64 {
+    let chunk = values.len().div_ceil(threads.max(1)).max(1);
+    let mut parts = vec![0u64; values.len().div_ceil(chunk)];
+    std::thread::scope(|s| {
+        for ((c, part), d) in values.chunks_mut(chunk).enumerate().zip(parts.iter_mut()) {
+            s.spawn(move || *d = mix_slice(part, c * chunk, salt));
+        }
+    });
+    parts.iter().fold(0u64, |d, p| d.wrapping_add(*p))
 }
 
 #[cfg(test)]
@@ -162,6 +197,21 @@ mod tests {
         let mut row = vec![0f32; n];
         fill_row([7, 9], 3, n, 5, &mut row);
         assert_eq!(&m[5 * n..6 * n], &row[..]);
+    }
+
+    #[test]
+    fn threaded_mix_equals_serial_mix_and_digest() {
+        let mut a: Vec<f32> = (0..1000).map(|i| (i * 37 % 2001) as f32 - 1000.0).collect();
+        let mut b = a.clone();
+        let serial = mix_slice(&mut a, 0, 5);
+        for threads in [1, 3, 8] {
+            let mut c = b.clone();
+            assert_eq!(mix_matrix(&mut c, 5, threads), serial, "threads={threads}");
+            assert_eq!(c, a);
+        }
+        // One element more or less changes the digest.
+        b[999] += 1.0;
+        assert_ne!(mix_matrix(&mut b, 5, 2), serial);
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //!
 //! Chain: pass 0 fills every matrix `M_k` from the PRNG. Then for iteration
 //! `i = 0..iterations`, `k = 0..num_matrices`, in that order:
-//! `j = partner(i, k, h_prev)`, `M_k <- mix(M_k . M_j)`,
-//! `h[i * num_matrices + k] = step_hash(i, k, j, rows(i, k) of M_k)`.
+//! `j = partner(i, k, h_prev)` (a matrix not yet rewritten this iteration),
+//! `R = fill(fresh_key(i, k, h_prev))`, `M_k <- mix(R . M_j)`,
+//! `h[i * num_matrices + k] = step_hash(i, k, j, digest(M_k), rows(i, k) of M_k)`.
+//! Why this shape (and not `mix(M_j . R)`): `verify` and `README.md`.
 
 use std::time::Instant;
 
@@ -36,7 +38,7 @@ pub struct ProofRun {
     pub device: DeviceInfo,
     pub seed: u64,
     pub work_product: WorkProduct,
-    /// Hash of step (0, 0); input to the challenge key (see `crypto`).
+    /// Hash of step (0, 0)'s hashed rows; input to the challenge key (see `crypto`).
     pub first_hash: [u8; 32],
     /// Bytes held by matrices (resident + scratch) and free bytes at sizing time.
     pub filled_bytes: u64,
@@ -136,16 +138,21 @@ fn run_chain<E: Engine + ?Sized>(
     let mut rows_out = vec![0f32; params.rows_per_hash * n];
     let mut hashes = Vec::with_capacity(count * iterations as usize);
     let mut prev = key.start_hash();
+    let mut first = [0u8; 32];
     for i in 0..iterations {
         for k in 0..count as u64 {
             let j = key.partner(i, k, count as u64, &prev);
             let rows = key.hash_rows(i, k, params);
-            engine.step(k as usize, j as usize, key.mix_salt(i, k), &rows, &mut rows_out)?;
-            prev = key.step_hash(i, k, j, &rows_out);
+            let fresh = key.fresh_key(i, k, &prev);
+            let digest =
+                engine.step(k as usize, j as usize, fresh, key.mix_salt(i, k), &rows, &mut rows_out)?;
+            if i == 0 && k == 0 {
+                first = key.first_rows_hash(&rows_out);
+            }
+            prev = key.step_hash(i, k, j, digest, &rows_out);
             hashes.push(prev);
         }
     }
-    let first = hashes.first().copied().unwrap_or_default();
     Ok((hashes, first, fill_seconds, t1.elapsed().as_secs_f64()))
 }
 

@@ -1,6 +1,6 @@
 //! Everything derived from (seed, device identity): the seed key, the PRNG key, the
-//! per-step mix salt, the rows each step hashes, the seed- and hash-dependent partner
-//! order, and the step hash itself. Miner and verifier call the same functions.
+//! per-step mix salt and fresh-operand key, the rows each step hashes, the seed- and
+//! hash-dependent partner order, and the step hash itself. Miner and verifier call the same functions.
 
 use sha2::{Digest, Sha256};
 
@@ -102,8 +102,9 @@ impl SeedKey {
     }
 
     /// The rows of the new matrix hashed at step (iteration, index), in hash order.
-    /// Rows, not the diagonal: a row of A.B needs only the same row of A, so the
-    /// verifier recomputes a checked step's left operand row by row (see `verify`).
+    /// Rows, not the diagonal: a row of `R . M` needs only that row of the PRNG matrix
+    /// `R`, so the validator derives step (0, 0)'s rows (the challenge key) in a few
+    /// row products. The step's digest covers the rest of the matrix.
     pub fn hash_rows(&self, iteration: u64, index: u64, params: &ProofParams) -> Vec<u32> {
         let n = params.matrix_size as u64;
         let mut rows = Vec::with_capacity(params.rows_per_hash);
@@ -128,11 +129,15 @@ impl SeedKey {
         h(&[b"start", &self.0])
     }
 
-    /// The right operand of step (iteration, index): any other matrix, chosen by the
-    /// previous step's hash, so the order is unknown until that step has finished and
-    /// every matrix must stay resident. The very first step always multiplies
-    /// matrix 0 by matrix 1, so the challenge key (which depends on it) can be derived
-    /// by a validator that does not yet know `num_matrices`.
+    /// The resident operand of step (iteration, index), chosen by the previous step's
+    /// hash, so the order is unknown until that step has finished. It is a matrix not
+    /// yet rewritten in this iteration (`index < j`), i.e. as the previous iteration
+    /// (or the fill) left it; the last index, which has none, takes one rewritten in
+    /// this iteration. So a matrix's state is read during the next iteration and every
+    /// state must stay resident until then, and the lineage of any step goes back at
+    /// most two steps per iteration (`verify` replays it in at most `2 i + 2` products).
+    /// The very first step always uses matrix 1, so the challenge key (which depends on
+    /// it) can be derived by a validator that does not yet know `num_matrices`.
     pub fn partner(&self, iteration: u64, index: u64, num_matrices: u64, prev: &[u8; 32]) -> u64 {
         if iteration == 0 && index == 0 {
             return 1;
@@ -140,20 +145,48 @@ impl SeedKey {
         let b = h(&[b"partner", &self.0, &iteration.to_le_bytes(), &index.to_le_bytes(), prev]);
         let mut w = [0u8; 8];
         w.copy_from_slice(&b[..8]);
-        let j = u64::from_le_bytes(w) % (num_matrices - 1);
-        if j >= index { j + 1 } else { j }
+        let r = u64::from_le_bytes(w);
+        if index + 1 < num_matrices {
+            index + 1 + r % (num_matrices - 1 - index)
+        } else {
+            r % (num_matrices - 1)
+        }
+    }
+
+    /// Philox key of the fresh left operand `R_t` of step (iteration, index): keyed by
+    /// the previous step's hash, so it cannot be made (or a product with it started)
+    /// before that step is done. Filled as matrix [`crate::prng::FRESH_MATRIX`].
+    pub fn fresh_key(&self, iteration: u64, index: u64, prev: &[u8; 32]) -> [u32; 2] {
+        let b = h(&[b"fresh", &self.0, &iteration.to_le_bytes(), &index.to_le_bytes(), prev]);
+        [u32::from_le_bytes([b[0], b[1], b[2], b[3]]), u32::from_le_bytes([b[4], b[5], b[6], b[7]])]
+    }
+
+    /// Hash of step (0, 0)'s hashed rows: the input to the challenge key. Rows only, so
+    /// a validator derives it in a few row products before it sends the challenge.
+    pub fn first_rows_hash(&self, rows: &[f32]) -> [u8; 32] {
+        let mut d = Sha256::new();
+        d.update(DOMAIN);
+        d.update(b"first-rows");
+        d.update(self.0);
+        for v in rows {
+            d.update(v.to_le_bytes());
+        }
+        d.finalize().into()
     }
 
     /// `intermediate_hashes[iteration * num_matrices + index]`: SHA-256 over the step's
-    /// coordinates, its partner and the hashed rows of the new matrix (f32 LE bytes).
-    pub fn step_hash(&self, iteration: u64, index: u64, partner: u64, rows: &[f32]) -> [u8; 32] {
+    /// coordinates, its partner, the digest of the whole new matrix (`prng::mix_matrix`)
+    /// and its hashed rows (f32 LE bytes). The digest covers every element, so no
+    /// hash can be had from a few rows of the product.
+    pub fn step_hash(&self, iteration: u64, index: u64, partner: u64, digest: u64, rows: &[f32]) -> [u8; 32] {
         let mut d = Sha256::new();
         d.update(DOMAIN);
-        d.update(b"step");
+        d.update(b"step2");
         d.update(self.0);
         d.update(iteration.to_le_bytes());
         d.update(index.to_le_bytes());
         d.update(partner.to_le_bytes());
+        d.update(digest.to_le_bytes());
         for v in rows {
             d.update(v.to_le_bytes());
         }

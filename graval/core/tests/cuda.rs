@@ -30,6 +30,8 @@ fn cuda_hashes_equal_cpu_hashes_at_small_n() {
     same_hashes(64, 6, 2);
     same_hashes(256, 12, 2);
     same_hashes(1024, 5, 1);
+    // 4M elements: the mix kernel's grid-stride loop and block sums run more than once.
+    same_hashes(2048, 3, 2);
 }
 
 #[test]
@@ -45,15 +47,19 @@ fn cuda_fill_and_mix_match_cpu_elementwise() {
         assert_eq!(gpu.read_matrix(k).unwrap(), want, "fill of matrix {k}");
     }
     let mut rows_out = vec![0f32; 2 * n];
-    gpu.step(0, 2, 99, &[5, 77], &mut rows_out).unwrap();
-    let a = graval::prng::fill_matrix_vec([11, 22], 0, n, 1);
+    let fresh = [5, 6];
+    let digest = gpu.step(0, 2, fresh, 99, &[5, 77], &mut rows_out).unwrap();
+    let r = graval::prng::fill_matrix_vec(fresh, graval::prng::FRESH_MATRIX, n, 1);
     let b = graval::prng::fill_matrix_vec([11, 22], 2, n, 1);
     let mut c = vec![0f32; n * n];
-    graval::gemm::sgemm(graval::gemm::MatRef::new(&a, n, n), graval::gemm::MatRef::new(&b, n, n), &mut c, 1);
-    graval::prng::mix_slice(&mut c, 0, 99);
-    assert_eq!(gpu.read_matrix(0).unwrap(), c, "product + mix");
+    graval::gemm::sgemm(graval::gemm::MatRef::new(&r, n, n), graval::gemm::MatRef::new(&b, n, n), &mut c, 1);
+    let want_digest = graval::prng::mix_slice(&mut c, 0, 99);
+    assert_eq!(gpu.read_matrix(0).unwrap(), c, "fresh operand . M_2, then mix");
+    assert_eq!(digest, want_digest, "digest");
     assert_eq!(&rows_out[..n], &c[5 * n..6 * n]);
     assert_eq!(&rows_out[n..], &c[77 * n..78 * n]);
+    assert_eq!(gpu.read_matrix(2).unwrap(), b, "the partner is not written");
+    assert!(gpu.step(1, 1, fresh, 99, &[0], &mut rows_out[..n]).is_err());
     gpu.release();
 }
 
@@ -89,10 +95,17 @@ fn full_size_proof_fills_vram_and_verifies_on_cpu() {
     );
     assert!(run.filled_bytes as f64 >= 0.95 * run.free_bytes as f64);
     let mut v = Verifier::new(params);
-    // A full 16384^3 product is ~9 TFLOP: too slow on a CPU for a check script.
-    v.max_full_products = 0;
-    let report = v.check_proof(&info, SEED, 1, &run.work_product, &SpotCheck::Random(2)).unwrap();
-    println!("CPU verifier checked {:?} with {} full products", report.checked, report.full_products);
+    // A full 16384^3 product is ~9 TFLOP, seconds on this host's CPU cores: one
+    // position of iteration 0 (one product) is what a check script affords.
+    v.max_full_products = 1;
+    let t = std::time::Instant::now();
+    let report = v.check_proof(&info, SEED, 1, &run.work_product, &SpotCheck::Random(1)).unwrap();
+    println!(
+        "CPU verifier checked {:?} with {} full products in {:.1}s",
+        report.checked,
+        report.full_products,
+        t.elapsed().as_secs_f64()
+    );
     let transport = v.encrypt_challenge(&info, SEED, 1, "decrypt me please: gpu").unwrap();
     assert_eq!(decrypt_challenge(&run, 1, &transport).unwrap(), "decrypt me please: gpu");
 }

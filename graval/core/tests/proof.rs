@@ -50,20 +50,31 @@ fn all_positions(iterations: u64, num: u64) -> SpotCheck {
     SpotCheck::At((0..iterations).flat_map(|i| (0..num).map(move |k| (i, k))).collect())
 }
 
+/// Regenerated from the algorithm (not typed in) when it last changed on purpose
+/// (`UPDATE_EXPECT=1 cargo test -p graval --test proof`); any accidental change to the
+/// PRNG, mix, digest, partner order, fresh operand, step hash or challenge-key input
+/// fails here. The GPU check compares CUDA with these CPU hashes bit for bit.
 #[test]
 fn fixed_vectors_pin_the_algorithm() {
-    let r = run(device(), SEED, 1, 1);
+    let r = run(device(), SEED, 2, 1);
     assert_eq!(r.work_product.num_matrices, 16);
-    assert_eq!(r.work_product.intermediate_hashes.len(), 16);
+    assert_eq!(r.work_product.intermediate_hashes.len(), 32);
+    let h = &r.work_product.intermediate_hashes;
+    // First steps, the last step of iteration 0 (reads a matrix rewritten in its own
+    // iteration), the first and last steps of iteration 1, and the challenge-key input.
+    let pinned = [&h[0], &h[1], &h[2], &h[15], &h[16], &h[31], &hex::encode(r.first_hash)];
     expect![[r#"
         [
-            "a8bd39ba5cdc636cf31c6215f857fb69eee4fcc8f2a3be5fcb5cfe60cd91a16e",
-            "0af2b9ed5fe4d76b0d27df4e6904904e3ede32834755fa9333a98791bda124dd",
-            "ef23f38f9440901acce099505896f6a2df80710b0e6222ac35a0f6191924db3d",
-            "1ea3e854be6651f08a9eae67c31e7dbe6a94ae13a8f3c1bcac6d77f26865a4fc",
+            "a765ef1a6a799ba90b7f7b8c44bfa251e13aaf43f8dd5cf04313948c2ac84a3f",
+            "8c525c9e6f210f6e0fb2adb471ea865f336b6c14b03a3434073fe74703ed331e",
+            "005ff6ed352b1206b5e599957148b47eec1915e427b0f5ad05334154899859da",
+            "bb76f6e13f246c262c1665fed926cc4bacfb32ae122278fe8337d785a6eb2843",
+            "a4f0bc6140b80730e60eede3015191710cd318fa68898ef2b60035fd18c46305",
+            "b645d87ba60060b24d32766c40463dd97e69915115bd6d877d3d19987a102655",
+            "8a85f261dd0b73edf27a55116e4a2426cebd4bb0546a54b0d2e69f6209c4348b",
         ]
     "#]]
-    .assert_debug_eq(&r.work_product.intermediate_hashes[..4].to_vec());
+    .assert_debug_eq(&pinned);
 }
 
 #[test]
@@ -265,4 +276,98 @@ fn matrix_size_follows_declared_memory() {
         let p = ProofParams::with_matrix_size(auto_matrix_size(total));
         graval::proof::plan_matrices(free, 512 << 20, &p).unwrap_or_else(|e| panic!("{}: {e}", model.key));
     }
+}
+
+/// A lazy miner computes iteration 0 honestly and makes up the hashes of later
+/// iterations. Spot checks are drawn over every iteration, so the default check
+/// (3 positions) lets such a proof through with probability (1/3)^3 = 1/27 here.
+#[test]
+fn faked_later_iterations_are_caught_by_the_default_spot_check() {
+    let iterations = 3;
+    let r = run(device(), SEED, iterations, 2);
+    let v = verifier();
+    let spot = SpotCheck::default();
+    // Honest proof: every trial passes, and draws reach every iteration.
+    let mut reached = std::collections::BTreeSet::new();
+    for _ in 0..24 {
+        let report = v.check_proof(&device(), SEED, iterations, &r.work_product, &spot).unwrap();
+        assert_eq!(report.checked.len(), 3);
+        reached.extend(report.checked.iter().map(|&(i, _)| i));
+    }
+    assert_eq!(reached, (0..iterations).collect(), "random checks reach every iteration");
+
+    let mut lazy = r.work_product.clone();
+    for (t, h) in lazy.intermediate_hashes.iter_mut().enumerate().skip(16) {
+        *h = format!("{:064x}", (t as u128 + 1) * 0x9e37_79b9_7f4a_7c15);
+    }
+    let trials = 64;
+    let mut passed = 0;
+    for _ in 0..trials {
+        match v.check_proof(&device(), SEED, iterations, &lazy, &spot) {
+            Ok(_) => passed += 1,
+            Err(VerifyError::HashMismatch { iteration, .. }) => assert!(iteration >= 1),
+            Err(e) => panic!("unexpected error {e:?}"),
+        }
+    }
+    // Expected 64/27 = 2.4 passes; 13 or more has probability below 1e-6.
+    assert!(passed <= 12, "{passed} of {trials} lazy proofs passed");
+}
+
+/// Verifier work, counted in full n^3 products (what it costs at n = 16384: about
+/// 8.8 TFLOP each), not in seconds: a position of iteration i replays its lineage,
+/// i + 1 to 2 i + 2 products; checking everything costs exactly the miner's work.
+#[test]
+fn verifier_work_is_bounded_in_products() {
+    let iterations = 4;
+    let num = 16;
+    let r = run(device(), SEED, iterations, 2);
+    let v = verifier();
+    assert!(v.max_full_products >= 2 * 9 + 2, "the default reaches every position of a 10-iteration proof");
+    let mut per_iteration = vec![0usize; iterations as usize];
+    for i in 0..iterations {
+        for k in 0..num {
+            let cost = v.replay_cost(&device(), SEED, &r.work_product, i, k).unwrap();
+            let lo = i as usize + 1;
+            let hi = 2 * i as usize + 2;
+            assert!((lo..=hi).contains(&cost), "({i}, {k}) costs {cost}, outside {lo}..={hi}");
+            per_iteration[i as usize] += cost;
+            if k % 5 == 0 {
+                let report = v
+                    .check_proof(&device(), SEED, iterations, &r.work_product, &SpotCheck::At(vec![(i, k)]))
+                    .unwrap();
+                assert_eq!(report.full_products, cost, "({i}, {k})");
+            }
+        }
+    }
+    println!(
+        "mean products per check by iteration: {:?}",
+        per_iteration.iter().map(|c| *c as f64 / num as f64).collect::<Vec<_>>()
+    );
+    let report =
+        v.check_proof(&device(), SEED, iterations, &r.work_product, &all_positions(iterations, num)).unwrap();
+    assert_eq!(report.full_products, (iterations * num) as usize);
+    // A budget of one product keeps random checks in iteration 0.
+    let mut cheap = verifier();
+    cheap.max_full_products = 1;
+    let report =
+        cheap.check_proof(&device(), SEED, iterations, &r.work_product, &SpotCheck::Random(3)).unwrap();
+    assert_eq!(report.full_products, 3);
+    assert!(report.checked.iter().all(|&(i, _)| i == 0), "{report:?}");
+    cheap.max_full_products = 0;
+    assert_eq!(
+        cheap.check_proof(&device(), SEED, iterations, &r.work_product, &SpotCheck::Random(1)),
+        Err(VerifyError::NoEligiblePosition(0))
+    );
+}
+
+#[test]
+fn engine_step_refuses_reading_the_matrix_it_writes() {
+    use graval::Engine;
+    let mut e = CpuEngine::with_device(device(), 1);
+    e.allocate(N, 3).unwrap();
+    let mut out = vec![0f32; N];
+    let err = e.step(1, 1, [1, 2], 3, &[0], &mut out).unwrap_err();
+    assert!(matches!(err, BackendError::Step { k: 1, j: 1, count: 3 }), "{err:?}");
+    assert!(e.step(0, 3, [1, 2], 3, &[0], &mut out).is_err());
+    assert!(e.step(0, 2, [1, 2], 3, &[0], &mut out).is_ok());
 }
