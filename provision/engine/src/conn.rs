@@ -45,6 +45,14 @@ impl Conn {
         }
     }
 
+    /// Takes the host's provisioning lock for the life of this connection (SSH only).
+    pub async fn lock(&mut self, owner: &str) -> Result<(), SshError> {
+        match self {
+            Conn::Ssh(s) => s.lock(owner).await,
+            Conn::Local { .. } => Ok(()),
+        }
+    }
+
     /// Whether the transport is gone (always false for local).
     pub fn is_closed(&self) -> bool {
         match self {

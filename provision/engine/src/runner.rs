@@ -190,7 +190,17 @@ pub async fn run(
     RunResult { recap, elapsed, vars, facts }
 }
 
-async fn connect(s: &Shared, host: &Host) -> Result<Conn, SshError> {
+/// Who holds a host lock: shown to a second operator who finds the host busy.
+fn lock_owner() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "?".into());
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+    let since =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    format!("minerctl run by {user}@{host}, pid {}, since unix time {since}", std::process::id())
+}
+
+/// Connects (with retries on transport errors); with `lock`, takes the host lock.
+async fn connect(s: &Shared, host: &Host, lock: bool) -> Result<Conn, SshError> {
     let target = target_for(&s.inv, host);
     let mut last = None;
     for attempt in 0..s.opts.connect_attempts.max(1) {
@@ -198,6 +208,11 @@ async fn connect(s: &Shared, host: &Host) -> Result<Conn, SshError> {
             tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
         }
         match Conn::connect(&target, &s.opts.ssh, s.opts.local).await {
+            // A real run holds the host lock so that two operators cannot interleave changes.
+            Ok(mut c) if lock => {
+                c.lock(&lock_owner()).await?;
+                return Ok(c);
+            }
             Ok(c) => return Ok(c),
             // Only transport failures are worth retrying; a wrong host key is not.
             Err(e) if e.is_unreachable() => last = Some(e),
@@ -216,7 +231,8 @@ async fn lane(s: Arc<Shared>, name: String, mode: Mode) -> HostRecap {
     {
         let _permit = s.forks.acquire().await;
         if !s.abort.load(Ordering::SeqCst) {
-            match connect(&s, &host).await {
+            // Hosts outside --limit are only read, and check mode changes nothing: no lock for them.
+            match connect(&s, &host, mode == Mode::Full && !s.opts.check).await {
                 Ok(c) => match c.read(facts::SCRIPT, Duration::from_secs(60)).await {
                     Ok(out) => {
                         facts = facts::parse(&out.stdout_str());

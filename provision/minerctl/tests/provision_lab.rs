@@ -113,6 +113,15 @@ fn host_lost_mid_run_is_unreachable_others_finish_and_rerun_completes() {
         assert!(std::time::Instant::now() < deadline, "the victim never reached snap install");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // A second operator meanwhile: the victim is locked by the first run; the run says by whom.
+    let second = s.run(&["--limit", victim.name(), "--tags", "base"]);
+    assert_eq!(second.code, Some(2), "{}", second.stdout);
+    let err = second.recap(victim.name())["error"].as_str().unwrap().to_string();
+    assert!(
+        err.contains("another minerctl run holds the host lock") && err.contains("minerctl run by"),
+        "{err}"
+    );
+
     victim.kill_sshd().unwrap();
     let run = Run::from(child.wait_with_output().unwrap());
     assert_eq!(run.code, Some(2), "{}\n{}", run.stdout, run.stderr);

@@ -54,6 +54,9 @@ pub struct Session {
     become_prefix: &'static str,
     target: Target,
     options: Options,
+    /// Open while this session holds the host lock (see [`Session::lock`]).
+    lock: Option<russh::Channel<client::Msg>>,
+    lock_owner: Option<String>,
 }
 
 fn addr_of(t: &Target) -> String {
@@ -72,9 +75,14 @@ impl Session {
         }
     }
 
-    /// Connects again with the same target and options (after a reboot, say).
+    /// Connects again with the same target and options (after a reboot, say), taking the
+    /// host lock again if this session held it.
     pub async fn reconnect(&self) -> Result<Session, SshError> {
-        Session::connect(&self.target, &self.options).await
+        let mut s = Session::connect(&self.target, &self.options).await?;
+        if let Some(owner) = &self.lock_owner {
+            s.lock(owner).await?;
+        }
+        Ok(s)
     }
 
     fn connect_inner<'a>(
@@ -161,6 +169,8 @@ impl Session {
                 become_prefix: "",
                 target: target.clone(),
                 options: options.clone(),
+                lock: None,
+                lock_owner: None,
             };
             session.authenticate(target).await?;
             if target.user != "root" {
@@ -236,6 +246,63 @@ impl Session {
             tried.push("no key: set ssh.key or start ssh-agent".into());
         }
         Err(SshError::Auth { host: target.name.clone(), user, tried: tried.join(", ") })
+    }
+
+    /// Takes the host's provisioning lock (`/run/minerctl.lock`, flock) for as long as this
+    /// session lives, so that two operators cannot run on one host at once. The lock is held
+    /// by a command whose stdin is this connection: when the connection ends, for whatever
+    /// reason, the lock is released by the host itself.
+    pub async fn lock(&mut self, owner: &str) -> Result<(), SshError> {
+        let host = self.name.clone();
+        let lost = |e: russh::Error| SshError::Disconnected { host: host.clone(), reason: e.to_string() };
+        let script = format!(
+            "exec 9>>/run/minerctl.lock; if ! flock -n 9; then echo \"BUSY $(cat /run/minerctl.lock.owner 2>/dev/null)\"; exit 75; fi; \
+             echo {o} > /run/minerctl.lock.owner; echo LOCKED; exec cat >/dev/null",
+            o = shell_quote(owner)
+        );
+        let wrapped = if self.become_prefix.is_empty() {
+            script
+        } else {
+            format!("{}sh -c {}", self.become_prefix, shell_quote(&script))
+        };
+        let mut ch = self.handle.channel_open_session().await.map_err(lost)?;
+        ch.exec(true, wrapped.as_bytes()).await.map_err(lost)?;
+        let mut seen = Vec::new();
+        let wait = async {
+            while let Some(msg) = ch.wait().await {
+                match msg {
+                    ChannelMsg::Data { data } => {
+                        seen.extend_from_slice(&data);
+                        if seen.ends_with(b"\n") {
+                            break;
+                        }
+                    }
+                    ChannelMsg::ExitStatus { .. } | ChannelMsg::Close => break,
+                    _ => {}
+                }
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(30), wait).await.is_err() {
+            return Err(SshError::CommandTimeout {
+                host,
+                command: "take /run/minerctl.lock".into(),
+                secs: 30,
+            });
+        }
+        let line = String::from_utf8_lossy(&seen).trim().to_string();
+        if line == "LOCKED" {
+            self.lock = Some(ch);
+            self.lock_owner = Some(owner.to_string());
+            return Ok(());
+        }
+        match line.strip_prefix("BUSY") {
+            Some(holder) => Err(SshError::Locked { host, holder: holder.trim().to_string() }),
+            None => Err(SshError::Connect {
+                host,
+                addr: addr_of(&self.target),
+                reason: format!("cannot take /run/minerctl.lock: {line}"),
+            }),
+        }
     }
 
     pub fn name(&self) -> &str {

@@ -102,6 +102,8 @@ pub enum SshError {
          passwordless sudo (`{user} ALL=(ALL) NOPASSWD:ALL`) or log in as root"
     )]
     SudoNeedsPassword { host: String, user: String },
+    #[error("{host}: another minerctl run holds the host lock (/run/minerctl.lock): {holder}")]
+    Locked { host: String, holder: String },
     #[error("{host}: command timed out after {secs} s: {command}")]
     CommandTimeout { host: String, command: String, secs: u64 },
     #[error("{host}: connection lost: {reason}")]

@@ -319,3 +319,28 @@ async fn ssh_agent_keys_are_used_when_no_key_file_is_set() {
     let s = s.unwrap();
     assert_eq!(s.exec("echo agent", None, T).await.unwrap().stdout_str(), "agent\n");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_lock_keeps_a_second_run_out_until_the_first_connection_ends() {
+    let sshd = Sshd::start();
+    let opts = sshd.options(&sshd.known_line(), HostKeyPolicy::Strict);
+    // The lock lives in /run of the machine here; use a unique owner text to recognise ours.
+    let mut first = Session::connect(&sshd.target(), &opts).await.unwrap();
+    first.lock("alice@laptop pid 1").await.unwrap();
+    let mut second = Session::connect(&sshd.target(), &opts).await.unwrap();
+    let err = second.lock("bob@desk pid 2").await.unwrap_err();
+    assert!(matches!(err, SshError::Locked { .. }), "{err}");
+    assert!(err.to_string().contains("alice@laptop pid 1"), "{err}");
+    first.close().await;
+    // The host releases the lock when the holder's connection ends.
+    let mut ok = false;
+    for _ in 0..50 {
+        let mut s = Session::connect(&sshd.target(), &opts).await.unwrap();
+        if s.lock("bob@desk pid 2").await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "lock not released after the holder disconnected");
+}
