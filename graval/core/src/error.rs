@@ -91,11 +91,11 @@ pub enum VerifyError {
     HashCount { got: usize, want: u64 },
     #[error("work_product.intermediate_hashes[{0}] is not 64 hex characters")]
     HashFormat(usize),
-    #[error("position (iteration {iteration}, matrix {index}) is outside the proof")]
+    #[error("position (iteration {iteration}, step {index}) is outside the proof")]
     Position { iteration: u64, index: u64 },
     #[error("no spot position fits the verification budget of {0} full products")]
     NoEligiblePosition(usize),
-    #[error("hash mismatch at (iteration {iteration}, matrix {index})")]
+    #[error("hash mismatch at (iteration {iteration}, step {index})")]
     HashMismatch { iteration: u64, index: u64 },
     #[error("plaintext mismatch for device {0}")]
     Plaintext(String),

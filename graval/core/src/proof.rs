@@ -2,10 +2,11 @@
 //! work product (GraVal v0.2 JSON) and the first step's hash that keys the challenge.
 //!
 //! Chain: pass 0 fills every matrix `M_k` from the PRNG. Then for iteration
-//! `i = 0..iterations`, `k = 0..num_matrices`, in that order:
-//! `j = partner(i, k, h_prev)` (a matrix not yet rewritten this iteration),
-//! `R = fill(fresh_key(i, k, h_prev))`, `M_k <- mix(R . M_j)`,
-//! `h[i * num_matrices + k] = step_hash(i, k, j, digest(M_k), rows(i, k) of M_k)`.
+//! `i = 0..iterations`, in the order `order(i, h_prev)` (index order in iteration 0,
+//! a hash-drawn permutation after), step `p` rewrites `m = order[p]`:
+//! `j = partner(i, p, order, h_prev)` (a matrix not yet rewritten this iteration),
+//! `R = fill(fresh_key(i, p, h_prev))`, `M_m <- mix(R . M_j)`,
+//! `h[i * num_matrices + p] = step_hash(i, p, m, j, digest(M_m), rows(i, p) of M_m)`.
 //! Why this shape (and not `mix(M_j . R)`): `verify` and `README.md`.
 
 use std::time::Instant;
@@ -20,7 +21,8 @@ use crate::schedule::{DEFAULT_MATRIX_SIZE, ProofParams, SeedKey};
 /// The original's work product, plus the matrix size so a verifier can check sizing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkProduct {
-    /// Hex SHA-256 per step, `intermediate_hashes[i * num_matrices + k]`.
+    /// Hex SHA-256 per step, `intermediate_hashes[i * num_matrices + p]` for step `p`
+    /// of iteration `i`.
     pub intermediate_hashes: Vec<String>,
     pub num_matrices: u64,
     pub total_iterations: u64,
@@ -140,16 +142,18 @@ fn run_chain<E: Engine + ?Sized>(
     let mut prev = key.start_hash();
     let mut first = [0u8; 32];
     for i in 0..iterations {
-        for k in 0..count as u64 {
-            let j = key.partner(i, k, count as u64, &prev);
-            let rows = key.hash_rows(i, k, params);
-            let fresh = key.fresh_key(i, k, &prev);
+        let order = key.order(i, count as u64, &prev);
+        for p in 0..count as u64 {
+            let m = order[p as usize];
+            let j = key.partner(i, p, &order, &prev);
+            let rows = key.hash_rows(i, p, params);
+            let fresh = key.fresh_key(i, p, &prev);
             let digest =
-                engine.step(k as usize, j as usize, fresh, key.mix_salt(i, k), &rows, &mut rows_out)?;
-            if i == 0 && k == 0 {
+                engine.step(m as usize, j as usize, fresh, key.mix_salt(i, p), &rows, &mut rows_out)?;
+            if i == 0 && p == 0 {
                 first = key.first_rows_hash(&rows_out);
             }
-            prev = key.step_hash(i, k, j, digest, &rows_out);
+            prev = key.step_hash(i, p, m, j, digest, &rows_out);
             hashes.push(prev);
         }
     }

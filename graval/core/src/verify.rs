@@ -39,7 +39,8 @@ pub enum SpotCheck {
     /// leaving out only those whose replay alone needs more than
     /// `Verifier::max_full_products`.
     Random(usize),
-    /// Exactly these (iteration, index) positions, whatever they cost.
+    /// Exactly these (iteration, step within the iteration) positions, whatever they
+    /// cost; hash `iteration * num_matrices + step`.
     At(Vec<(u64, u64)>),
 }
 
@@ -202,7 +203,7 @@ impl Verifier {
         })
     }
 
-    /// Full products a check of (iteration, index) alone replays (its lineage), for
+    /// Full products a check of (iteration, step) alone replays (its lineage), for
     /// a proof that passed [`Verifier::check_structure`].
     pub fn replay_cost(
         &self,
@@ -245,7 +246,11 @@ struct Replay<'a> {
     key: &'a SeedKey,
     num: u64,
     hashes: &'a [[u8; 32]],
+    /// Per step: the matrix it rewrites and the one it reads.
+    matrices: Vec<u64>,
     partners: Vec<u64>,
+    /// Per iteration: the position of each matrix in that iteration's order.
+    positions: Vec<Vec<u64>>,
     threads: usize,
 }
 
@@ -258,13 +263,24 @@ impl<'a> Replay<'a> {
         threads: usize,
     ) -> Self {
         let mut prev = key.start_hash();
+        let mut matrices = Vec::with_capacity(hashes.len());
         let mut partners = Vec::with_capacity(hashes.len());
-        for (s, h) in hashes.iter().enumerate() {
-            let s = s as u64;
-            partners.push(key.partner(s / num, s % num, num, &prev));
-            prev = *h;
+        let mut positions = Vec::new();
+        for (i, chunk) in hashes.chunks(num as usize).enumerate() {
+            let i = i as u64;
+            let order = key.order(i, num, &prev);
+            let mut pos = vec![0u64; num as usize];
+            for (p, &m) in order.iter().enumerate() {
+                pos[m as usize] = p as u64;
+            }
+            positions.push(pos);
+            for (p, h) in chunk.iter().enumerate() {
+                matrices.push(order[p]);
+                partners.push(key.partner(i, p as u64, &order, &prev));
+                prev = *h;
+            }
         }
-        Self { params, key, num, hashes, partners, threads }
+        Self { params, key, num, hashes, matrices, partners, positions, threads }
     }
 
     fn prev_hash(&self, t: u64) -> [u8; 32] {
@@ -274,12 +290,13 @@ impl<'a> Replay<'a> {
     /// The step whose output step `t` reads (its partner's last writer), or `None`
     /// when that is still the partner's fill.
     fn source(&self, t: u64) -> Option<u64> {
-        let (i, k) = (t / self.num, t % self.num);
-        let m = self.partners[t as usize];
-        if m < k {
-            Some(i * self.num + m)
+        let (i, p) = (t / self.num, t % self.num);
+        let j = self.partners[t as usize];
+        let q = self.positions[i as usize][j as usize];
+        if q < p {
+            Some(i * self.num + q)
         } else if i >= 1 {
-            Some((i - 1) * self.num + m)
+            Some((i - 1) * self.num + self.positions[i as usize - 1][j as usize])
         } else {
             None
         }
@@ -347,7 +364,8 @@ impl<'a> Replay<'a> {
             for &row in &rows {
                 sel.extend_from_slice(&c[row as usize * n..(row as usize + 1) * n]);
             }
-            if self.key.step_hash(i, k, partner, digest, &sel) != self.hashes[s as usize] {
+            let matrix = self.matrices[s as usize];
+            if self.key.step_hash(i, k, matrix, partner, digest, &sel) != self.hashes[s as usize] {
                 return Err(VerifyError::HashMismatch { iteration: i, index: k });
             }
             if let Some(src) = src

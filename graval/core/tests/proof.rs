@@ -65,12 +65,12 @@ fn fixed_vectors_pin_the_algorithm() {
     let pinned = [&h[0], &h[1], &h[2], &h[15], &h[16], &h[31], &hex::encode(r.first_hash)];
     expect![[r#"
         [
-            "a765ef1a6a799ba90b7f7b8c44bfa251e13aaf43f8dd5cf04313948c2ac84a3f",
-            "8c525c9e6f210f6e0fb2adb471ea865f336b6c14b03a3434073fe74703ed331e",
-            "005ff6ed352b1206b5e599957148b47eec1915e427b0f5ad05334154899859da",
-            "bb76f6e13f246c262c1665fed926cc4bacfb32ae122278fe8337d785a6eb2843",
-            "a4f0bc6140b80730e60eede3015191710cd318fa68898ef2b60035fd18c46305",
-            "b645d87ba60060b24d32766c40463dd97e69915115bd6d877d3d19987a102655",
+            "91c276dcae9dc087bb1959dfd335444f015710419c0fea1cfaffb9d713d840f0",
+            "2319133c9f505a48255abde50d03676b2ab55c0b8df7983473a25e5243e3961d",
+            "5ed35eed00597b871472e28204ea24b4ed2aef045cb9fa58d07db3d0f89176af",
+            "146202addafb7126e6a2a6594f93ba31e39c761732c0fe602c82dd84c4c5bb95",
+            "60bec25c7daaac107fdc7e29dacb803f708c7b13e43bb3a1dce4bdfcb46f6237",
+            "c136acf391b41804b6ab388b3a58005bb6b6d2af590d0ed5bfe978f70a319aab",
             "8a85f261dd0b73edf27a55116e4a2426cebd4bb0546a54b0d2e69f6209c4348b",
         ]
     "#]]
