@@ -11,6 +11,7 @@
 
 pub mod add_node;
 pub mod auth;
+pub mod bootstrap;
 pub mod error;
 pub mod metrics;
 pub mod netaddr;

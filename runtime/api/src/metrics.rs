@@ -14,9 +14,13 @@ use axum::response::Response;
 /// (method, route template, status) -> (count, seconds).
 type RequestTable = BTreeMap<(String, String, u16), (u64, f64)>;
 
-#[derive(Default, Debug)]
+/// Appends metric lines (with their HELP/TYPE) from another part of the process.
+pub type Source = Box<dyn Fn(&mut String) + Send + Sync>;
+
+#[derive(Default)]
 pub struct Metrics {
     requests: Mutex<RequestTable>,
+    sources: Mutex<Vec<Source>>,
     refusals: Mutex<BTreeMap<&'static str, u64>>,
     events: Mutex<BTreeMap<String, u64>>,
 }
@@ -25,7 +29,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
 impl Metrics {
+    /// Adds lines rendered by someone else (socket clients, the event producer).
+    pub fn add_source(&self, source: Source) {
+        lock(&self.sources).push(source);
+    }
+
     pub fn observe(&self, method: &str, route: &str, status: u16, took: Duration) {
         let mut map = lock(&self.requests);
         let e = map.entry((method.to_owned(), route.to_owned(), status)).or_default();
@@ -73,6 +88,9 @@ impl Metrics {
         out.push_str("# TYPE miner_api_events_published_total counter\n");
         for (t, n) in lock(&self.events).iter() {
             let _ = writeln!(out, "miner_api_events_published_total{{event_type=\"{t}\"}} {n}");
+        }
+        for source in lock(&self.sources).iter() {
+            source(&mut out);
         }
         out
     }

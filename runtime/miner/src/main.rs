@@ -6,6 +6,7 @@
 //! shutdown: servers finish in-flight requests, the event producer flushes.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -124,7 +125,7 @@ async fn run_api(listen: SocketAddr, no_sockets: bool) -> Result<()> {
     let identity = Identity::from_env(&ProcessEnv)?;
     let validators = Validators::from_env(&ProcessEnv)?;
     let redis = RedisSettings::from_env(&ProcessEnv)?;
-    let _api = ApiSettings::from_env(&ProcessEnv)?;
+    let api_settings = ApiSettings::from_env(&ProcessEnv)?;
     let db = connect_db().await?;
     migrate(&db).await?;
     let shutdown = shutdown_signal()?;
@@ -149,8 +150,15 @@ async fn run_api(listen: SocketAddr, no_sockets: bool) -> Result<()> {
         }
     }
 
-    let state = miner_api::AppState::new(db, identity.hotkey.clone(), producer.clone(), validators)
+    let validators_hotkeys: Vec<String> =
+        if no_sockets { Vec::new() } else { validators.hotkeys().map(str::to_owned).collect() };
+    let bootstrap = node_bootstrap(&db, &identity, &validators, &api_settings).await;
+    let mut state = miner_api::AppState::new(db, identity.hotkey.clone(), producer.clone(), validators)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(b) = bootstrap {
+        state = state.with_bootstrap(b);
+    }
+    register_metrics(&state.metrics, &sockets, &validators_hotkeys, &producer);
     let listener =
         tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
     tracing::info!(%listen, miner = %identity.ss58(), "miner API listening");
@@ -168,6 +176,96 @@ async fn run_api(listen: SocketAddr, no_sockets: bool) -> Result<()> {
         _ => tracing::warn!(queued = producer.queued(), "events still queued at exit (Redis unreachable)"),
     }
     Ok(())
+}
+
+/// Socket client counters and the producer's queue on the API's /metrics.
+fn register_metrics(
+    metrics: &miner_api::Metrics,
+    sockets: &[miner_validator::socket::SocketHandle],
+    hotkeys: &[String],
+    producer: &Producer,
+) {
+    use std::fmt::Write;
+    use std::sync::atomic::Ordering::Relaxed;
+    let stats: Vec<(String, Arc<miner_validator::socket::SocketStats>)> =
+        hotkeys.iter().cloned().zip(sockets.iter().map(|s| s.stats.clone())).collect();
+    metrics.add_source(Box::new(move |out: &mut String| {
+        for (name, help, pick) in [
+            ("miner_validator_socket_connects_total", "Socket connections opened, by validator.", 0),
+            (
+                "miner_validator_socket_authenticated_total",
+                "Successful authenticate handshakes, by validator.",
+                1,
+            ),
+            ("miner_validator_events_accepted_total", "miner_broadcast events appended to the stream.", 2),
+            (
+                "miner_validator_events_dropped_total",
+                "miner_broadcast events dropped (unknown or malformed).",
+                3,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (validator, s) in &stats {
+                let n = [&s.connects, &s.authenticated, &s.events_accepted, &s.events_dropped][pick]
+                    .load(Relaxed);
+                let _ = writeln!(out, "{name}{{validator=\"{validator}\"}} {n}");
+            }
+        }
+    }));
+    let producer = producer.clone();
+    metrics.add_source(Box::new(move |out: &mut String| {
+        let _ = writeln!(
+            out,
+            "# HELP miner_events_queued Events accepted but not yet in Redis.\n# TYPE miner_events_queued gauge\nminer_events_queued {}",
+            producer.queued()
+        );
+    }));
+}
+
+/// The add-node flow, when a Kubernetes client can be built (in-cluster or KUBECONFIG).
+/// Without one the API still serves everything else; `POST /servers/` answers 503.
+async fn node_bootstrap(
+    db: &Db,
+    identity: &Identity,
+    validators: &Validators,
+    settings: &ApiSettings,
+) -> Option<Arc<dyn miner_api::NodeBootstrap>> {
+    let client = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(error = %e, "no Kubernetes client: adding servers is disabled");
+            return None;
+        }
+    };
+    let mut clients = std::collections::HashMap::new();
+    for v in &validators.supported {
+        let target = miner_validator::ValidatorTarget {
+            hotkey: v.hotkey.clone(),
+            api: v.api.clone(),
+            socket: v.socket.clone(),
+        };
+        match miner_validator::rest::ValidatorClient::new(&target, identity.hotkey.clone()) {
+            Ok(c) => {
+                clients.insert(v.hotkey.clone(), c);
+            }
+            Err(e) => tracing::warn!(validator = %v.hotkey, error = %e, "validator REST client unavailable"),
+        }
+    }
+    let timings = miner_api::bootstrap::BootstrapTimings {
+        timeout: Duration::from_secs(settings.graval_bootstrap_timeout_secs),
+        ..Default::default()
+    };
+    Some(Arc::new(miner_api::bootstrap::KubeBootstrap {
+        client,
+        namespace: settings.namespace.clone(),
+        db: db.clone(),
+        hotkey: identity.hotkey.clone(),
+        validators: clients,
+        graval_image: settings.graval_bootstrap_image.clone(),
+        graval_address: Arc::new(|ip: &str, port: u16| format!("http://{ip}:{port}")),
+        timings,
+        http: reqwest::Client::new(),
+    }))
 }
 
 async fn run_gepetto(group: String, consumer: Option<String>) -> Result<()> {

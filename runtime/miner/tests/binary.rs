@@ -151,3 +151,76 @@ fn migrate_then_serve_then_stop_gracefully_on_sigterm() {
     assert!(logs.lines().all(|l| l.trim().is_empty() || l.starts_with('{')), "json logs: {logs}");
     assert!(!logs.contains(&SEED[2..]));
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    Some(buf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_relays_validator_broadcasts_into_the_stream_exactly() {
+    let pg = Postgres::start().unwrap();
+    let redis = Redis::start().unwrap();
+    let emulator = validator_emulator::Emulator::start();
+    let validator = Hotkey::from_seed(&[9; 32], "t").unwrap().ss58().to_owned();
+    let validators = format!(
+        r#"{{"supported":[{{"hotkey":"{validator}","registry":"r","api":"{}","socket":"{}"}}]}}"#,
+        emulator.api_url(),
+        emulator.socket_url()
+    );
+    let port = free_port();
+    let mut child = miner()
+        .args(["api", "--listen", &format!("127.0.0.1:{port}")])
+        .env("POSTGRESQL", pg.url())
+        .env("REDIS_URL", redis.url())
+        .env("MINER_SS58", ss58())
+        .env("MINER_SEED", SEED)
+        .env("VALIDATORS", validators)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(emulator.wait_authenticated(1, Duration::from_secs(30)).await, "the miner never authenticated");
+
+    let data = serde_json::json!({"chute_id": "c-1", "version": "v7", "job_only": false});
+    assert_eq!(emulator.broadcast("chute_created", data.clone()).await, 1);
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let events = loop {
+        let reply: redis::streams::StreamRangeReply =
+            redis::cmd("XRANGE").arg("miner_events").arg("-").arg("+").query_async(&mut conn).await.unwrap();
+        if !reply.ids.is_empty() {
+            break reply;
+        }
+        assert!(Instant::now() < deadline, "the event never reached the stream");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let text: String = events.ids[0].get("event").unwrap();
+    let event: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut expected = data;
+    expected["validator"] = validator.clone().into();
+    assert_eq!(event, serde_json::json!({"event_type": "chute_created", "event_data": expected}));
+
+    let metrics = http_get(port, "/metrics").unwrap();
+    assert!(
+        metrics.contains(&format!("miner_validator_events_accepted_total{{validator=\"{validator}\"}} 1")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("miner_events_queued 0"), "{metrics}");
+
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(child.try_wait().unwrap().unwrap().success());
+}

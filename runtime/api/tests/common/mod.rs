@@ -59,15 +59,24 @@ pub struct Api {
     pub shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+pub type MakeBootstrap = Box<dyn FnOnce(Db) -> Arc<dyn NodeBootstrap> + Send>;
+
 pub struct Options {
     pub redis_url: Option<String>,
     pub bootstrap: Option<Arc<dyn NodeBootstrap>>,
+    /// Builds the bootstrap once the API's database exists.
+    pub make_bootstrap: Option<MakeBootstrap>,
     pub event_timeout: Duration,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { redis_url: None, bootstrap: None, event_timeout: Duration::from_secs(5) }
+        Options {
+            redis_url: None,
+            bootstrap: None,
+            make_bootstrap: None,
+            event_timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -77,6 +86,7 @@ impl Api {
     }
 
     pub async fn start_with(opts: Options) -> Api {
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let url = pg().create_database(&unique("api")).unwrap();
         let db = Db::connect(&url).await.unwrap();
         db.migrate().await.unwrap();
@@ -90,6 +100,9 @@ impl Api {
         state.event_timeout = opts.event_timeout;
         if let Some(b) = opts.bootstrap {
             state = state.with_bootstrap(b);
+        }
+        if let Some(make) = opts.make_bootstrap {
+            state = state.with_bootstrap(make(db.clone()));
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
