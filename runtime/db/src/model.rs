@@ -8,6 +8,28 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 use sqlx::types::Json;
 
+/// Timestamps as the original API's orjson wrote aware datetimes:
+/// `2025-01-01T10:00:00.123456+00:00` (no fraction when it is zero).
+mod py_datetime {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_str(&format!("{}+00:00", crate::iso(&t.naive_utc()))),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| {
+            DateTime::parse_from_rfc3339(&t).map(|t| t.with_timezone(&Utc)).map_err(serde::de::Error::custom)
+        })
+        .transpose()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Server {
     pub server_id: String,
@@ -16,6 +38,7 @@ pub struct Server {
     pub ip_address: Option<String>,
     pub verification_port: Option<i32>,
     pub status: Option<String>,
+    #[serde(with = "py_datetime")]
     pub created_at: Option<DateTime<Utc>>,
     pub labels: Value,
     pub seed: Option<i64>,
@@ -105,7 +128,9 @@ pub struct Chute {
     pub version: String,
     pub supported_gpus: Vec<String>,
     pub gpu_count: i32,
+    #[serde(with = "py_datetime")]
     pub created_at: Option<DateTime<Utc>>,
+    #[serde(with = "py_datetime")]
     pub updated_at: Option<DateTime<Utc>>,
     pub ban_reason: Option<String>,
     pub chutes_version: Option<String>,
@@ -143,10 +168,12 @@ pub struct Deployment {
     pub server_id: String,
     pub version: String,
     pub active: bool,
+    #[serde(with = "py_datetime")]
     pub verified_at: Option<DateTime<Utc>>,
     pub stub: bool,
     pub job_id: Option<String>,
     pub config_id: Option<String>,
+    #[serde(with = "py_datetime")]
     pub created_at: Option<DateTime<Utc>>,
 }
 

@@ -275,3 +275,16 @@ async fn lock_unlock_and_job_filters() {
     assert_eq!(db.deployment("d-job").await.unwrap().unwrap().server_name.as_deref(), Some("gpu-1"));
     assert!(db.deployment("nope").await.unwrap().is_none());
 }
+
+#[tokio::test]
+async fn timestamps_serialize_as_the_original_api_wrote_them() {
+    let db = inventory().await;
+    sqlx::query("UPDATE servers SET created_at = '2026-11-26 10:00:00.25+00'")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let v = serde_json::to_value(db.list_servers().await.unwrap()).unwrap();
+    assert_eq!(v[0]["created_at"], "2026-11-26T10:00:00.250000+00:00");
+    let back: Server = serde_json::from_value(v[0].clone()).unwrap();
+    assert_eq!(back.created_at, db.find_server("uid-1").await.unwrap().unwrap().created_at);
+}
