@@ -231,7 +231,7 @@ impl Action {
             Action::Capture { run, .. } => run.clone(),
             // The first attempt rides with the phase's probes: a converged host needs no extra round trip.
             Action::WaitFor { target, .. } => wait_command(target),
-            Action::Reboot { .. } => return None,
+            Action::Reboot { .. } | Action::Assert { .. } => return None,
         })
     }
 
@@ -506,6 +506,8 @@ impl Action {
                 }
                 Decision::Captured(out.text.trim().to_string())
             }
+            Action::Assert { ok: true, .. } => Decision::Ok,
+            Action::Assert { ok: false, message } => return Err(message.clone()),
             Action::Reboot { timeout } => Decision::Change(Change {
                 summary: "reboot".into(),
                 diff: None,

@@ -450,6 +450,12 @@ async fn run_step(
         };
         let decision = match step.action.evaluate(&out) {
             Ok(d) => d,
+            // In check mode a value may not exist yet because an earlier step only *would* have
+            // created it (a fresh host's WireGuard key): report that instead of failing.
+            Err(e) if check && matches!(step.action, Action::Capture { .. }) => {
+                ev.summary = Some(format!("not available before the steps above have run ({e})"));
+                return Ok(Status::Skipped);
+            }
             Err(e) => {
                 ev.error = Some(e);
                 return Ok(Status::Failed);

@@ -103,6 +103,9 @@ pub enum Action {
     WaitFor { target: WaitTarget, timeout: Duration, interval: Duration },
     /// Read-only command whose trimmed stdout is stored as a host variable for later phases
     /// (e.g. a WireGuard public key). `secret` values are redacted from logs and output.
+    /// A precondition decided while planning (e.g. "every peer's public key is known"):
+    /// fails the host with `message` when false. Never changes anything.
+    Assert { ok: bool, message: String },
     /// Without `read_only` the command itself changes something (e.g. `microk8s add-node`
     /// mints a token): it is then skipped in check mode.
     Capture { var: String, run: String, secret: bool, read_only: bool },
@@ -125,6 +128,7 @@ impl Action {
             Action::Reboot { .. } => "reboot",
             Action::WaitFor { .. } => "wait_for",
             Action::Capture { .. } => "capture",
+            Action::Assert { .. } => "assert",
         }
     }
 }

@@ -238,3 +238,49 @@ fn sudo_that_wants_a_password_fails_fast_with_a_clear_message() {
     assert!(err.contains("`sudo -n` as `ops` needs a password") && err.contains("NOPASSWD"), "{err}");
     assert_eq!(h.sh("test -e /etc/wireguard && echo yes || echo no").unwrap().trim(), "no");
 }
+
+#[test]
+fn check_on_fresh_hosts_reports_the_plan_and_changes_nothing() {
+    let s = Setup::start(1);
+    let before: Vec<String> =
+        s.lab.hosts().iter().map(|h| h.sh("ls -la /etc /root /home | md5sum").unwrap()).collect();
+    let run = s.run(&["--check"]);
+    run.assert_ok();
+    let changed = run.changed_steps();
+    for step in ["packages", "user chutes", "key pair", "wg0.conf", "microk8s snap", "join cluster"] {
+        assert!(changed.iter().any(|(_, st)| st == step), "{step} missing from the plan: {changed:?}");
+    }
+    // The public key a fresh host does not have yet is reported, not a failure.
+    assert!(run.events.iter().any(|e| e["step"] == "read public key" && e["status"] == "skipped"));
+    for (h, b) in s.lab.hosts().iter().zip(before) {
+        assert_eq!(
+            h.sh("ls -la /etc /root /home | md5sum").unwrap(),
+            b,
+            "{}: --check changed files",
+            h.name()
+        );
+        assert!(
+            h.exec("dpkg-query -W -f='${Status}' hello 2>/dev/null | grep -q installed")
+                .unwrap()
+                .status
+                .code()
+                != Some(0)
+        );
+        // Only read-only stand-in calls (probes): nothing enabled, installed, joined or labelled.
+        let calls = h.sh("cat /var/log/standin.calls 2>/dev/null || true").unwrap();
+        for l in calls.lines() {
+            assert!(
+                l.starts_with("systemctl is-")
+                    || l.starts_with("snap list")
+                    || l.starts_with("snap get")
+                    || l.starts_with("microk8s status")
+                    || l.starts_with("ping")
+                    || l.starts_with("nvidia-smi")
+                    || l.starts_with("iptables -C")
+                    || l.starts_with("microk8s kubectl get"),
+                "{}: --check ran a changing command: {l}",
+                h.name()
+            );
+        }
+    }
+}

@@ -150,8 +150,27 @@ fn wireguard_keys(c: &PlanCtx) -> PhasePlan {
 
 fn wireguard_config(c: &PlanCtx) -> PhasePlan {
     let key = |name: &str| var(c, name, "wg_public_key").cloned();
+    let peers: Vec<&Host> = if c.host.is_primary {
+        c.inventory.hosts.iter().filter(|h| !h.is_primary).collect()
+    } else {
+        vec![c.inventory.primary()]
+    };
+    let missing: Vec<&str> =
+        peers.iter().filter(|h| key(&h.name).is_none()).map(|h| h.name.as_str()).collect();
     PhasePlan {
         steps: vec![
+            // Never write a config with a placeholder key (e.g. a peer outside --limit that was
+            // never provisioned or is down); check mode shows the placeholder instead.
+            Step::new(
+                "peer keys known",
+                Action::Assert {
+                    ok: missing.is_empty() || c.check,
+                    message: format!(
+                        "WireGuard public key unknown for {}: provision those hosts first (or include them in --limit)",
+                        missing.join(", ")
+                    ),
+                },
+            ),
             Step::new(
                 "wg0.conf",
                 Action::File {
