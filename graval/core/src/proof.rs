@@ -4,7 +4,8 @@
 //! Chain: pass 0 fills every matrix `M_k` from the PRNG. Then for iteration
 //! `i = 0..iterations`, in the order `order(i, h_prev)` (index order in iteration 0,
 //! a hash-drawn permutation after), step `p` rewrites `m = order[p]`:
-//! `j = partner(i, p, order, h_prev)` (a matrix not yet rewritten this iteration),
+//! `j = partner(i, p, order, h_prev)` (in iteration 0 any other matrix, after that
+//! one not yet rewritten in this iteration),
 //! `R = fill(fresh_key(i, p, h_prev))`, `M_m <- mix(R . M_j)`,
 //! `h[i * num_matrices + p] = step_hash(i, p, m, j, digest(M_m), rows(i, p) of M_m)`.
 //! Why this shape (and not `mix(M_j . R)`): `verify` and `README.md`.

@@ -159,14 +159,17 @@ impl SeedKey {
 
     /// The resident operand of step `position` of `iteration` (which rewrites matrix
     /// `order[position]`), chosen by the previous step's hash, so it is unknown until
-    /// that step has finished. It is a matrix not yet rewritten in this iteration
-    /// (a later position), i.e. as the previous iteration (or the fill) left it; the
-    /// last position, which has none, takes any other matrix (rewritten in this
-    /// iteration). Every state written in one iteration may be read in the next, and
-    /// the lineage of any step goes back at most two steps per iteration (`verify`
-    /// replays it in `i + 1` to `2 i + 2` products). The very first step always reads
-    /// matrix 1, so the challenge key (which depends on it) can be derived by a
-    /// validator that does not yet know `num_matrices`.
+    /// that step has finished.
+    /// - Iteration 0: any other matrix as it is now (rewritten earlier in the
+    ///   iteration, or still its fill), so products written in iteration 0 must be
+    ///   kept for the rest of it; this is all the residency a 1-iteration proof has.
+    /// - Later iterations: a matrix not yet rewritten in this iteration (a later
+    ///   position), i.e. as the previous iteration left it; the last position, which
+    ///   has none, takes any other matrix. Every state written in one iteration may be
+    ///   read in the next, and a lineage spends at most two steps per later iteration.
+    ///
+    /// The very first step always reads matrix 1, so the challenge key (which depends
+    /// on it) can be derived by a validator that does not yet know `num_matrices`.
     pub fn partner(&self, iteration: u64, position: u64, order: &[u64], prev: &[u8; 32]) -> u64 {
         if iteration == 0 && position == 0 {
             return 1;
@@ -176,7 +179,7 @@ impl SeedKey {
         let mut w = [0u8; 8];
         w.copy_from_slice(&b[..8]);
         let r = u64::from_le_bytes(w);
-        if position + 1 < num {
+        if iteration > 0 && position + 1 < num {
             order[(position + 1 + r % (num - 1 - position)) as usize]
         } else {
             let m = order[position as usize];
@@ -257,7 +260,7 @@ mod tests {
     }
 
     #[test]
-    fn partner_is_not_yet_rewritten_except_at_the_last_position() {
+    fn partner_after_iteration_0_is_not_yet_rewritten_except_at_the_last_position() {
         let k = key();
         let num = 16u64;
         assert_eq!(k.partner(0, 0, &k.order(0, num, &[0u8; 32]), &[9u8; 32]), 1);
@@ -273,6 +276,25 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Iteration 0 reads products of earlier positions too (not only fills), so a
+    /// 1-iteration proof still needs its products resident.
+    #[test]
+    fn partner_in_iteration_0_is_any_other_matrix() {
+        let k = key();
+        let num = 16u64;
+        let order = k.order(0, num, &[0u8; 32]);
+        let mut earlier = 0;
+        for seed in 0..50u8 {
+            for p in 1..num {
+                let j = k.partner(0, p, &order, &[seed; 32]);
+                assert_ne!(j, p);
+                earlier += u32::from(j < p);
+            }
+        }
+        // Expected 50 * sum(p / 15 for p in 1..16) = 400.
+        assert!((300..500).contains(&earlier), "{earlier}");
     }
 
     /// Residency: a state written in iteration 0 is read in iteration 1 about as often

@@ -67,10 +67,10 @@ fn fixed_vectors_pin_the_algorithm() {
         [
             "91c276dcae9dc087bb1959dfd335444f015710419c0fea1cfaffb9d713d840f0",
             "2319133c9f505a48255abde50d03676b2ab55c0b8df7983473a25e5243e3961d",
-            "5ed35eed00597b871472e28204ea24b4ed2aef045cb9fa58d07db3d0f89176af",
-            "146202addafb7126e6a2a6594f93ba31e39c761732c0fe602c82dd84c4c5bb95",
-            "60bec25c7daaac107fdc7e29dacb803f708c7b13e43bb3a1dce4bdfcb46f6237",
-            "c136acf391b41804b6ab388b3a58005bb6b6d2af590d0ed5bfe978f70a319aab",
+            "866fbafb47edeaf980a723f9fc788b74ac98952242a8078c10b6f37d7979099d",
+            "d3390a5670f586b0e989c1d32480aef9a87901958caa5e1de9879778b8bf993d",
+            "0265f5827b2fcb3eafb501745872e1a7095216149665c4eb8b0810df4daeeeef",
+            "5eafbc1fc4131aa6074ccc08fba262e26ad09dbf5849e56e1dd70eced30e6634",
             "8a85f261dd0b73edf27a55116e4a2426cebd4bb0546a54b0d2e69f6209c4348b",
         ]
     "#]]
@@ -313,22 +313,23 @@ fn faked_later_iterations_are_caught_by_the_default_spot_check() {
     assert!(passed <= 12, "{passed} of {trials} lazy proofs passed");
 }
 
-/// Verifier work, counted in full n^3 products (what it costs at n = 16384: about
-/// 8.8 TFLOP each), not in seconds: a position of iteration i replays its lineage,
-/// i + 1 to 2 i + 2 products; checking everything costs exactly the miner's work.
+/// Verifier work, counted in full n^3 products (at n = 16384 about 8.8 TFLOP each,
+/// ~15 s on 16 CPU cores, measured in the GPU check), not in seconds: a position of
+/// iteration i replays its lineage, at least i + 1 products and about i + 1.7 on
+/// average; checking everything costs exactly the miner's work.
 #[test]
 fn verifier_work_is_bounded_in_products() {
     let iterations = 4;
     let num = 16;
     let r = run(device(), SEED, iterations, 2);
     let v = verifier();
-    assert!(v.max_full_products >= 2 * 9 + 2, "the default reaches every position of a 10-iteration proof");
+    assert!(v.max_full_products >= 2 * 9 + 6, "the default reaches (practically) every position");
     let mut per_iteration = vec![0usize; iterations as usize];
     for i in 0..iterations {
         for k in 0..num {
             let cost = v.replay_cost(&device(), SEED, &r.work_product, i, k).unwrap();
             let lo = i as usize + 1;
-            let hi = 2 * i as usize + 2;
+            let hi = 2 * i as usize + 6;
             assert!((lo..=hi).contains(&cost), "({i}, {k}) costs {cost}, outside {lo}..={hi}");
             per_iteration[i as usize] += cost;
             if k % 5 == 0 {
@@ -339,10 +340,22 @@ fn verifier_work_is_bounded_in_products() {
             }
         }
     }
-    println!(
-        "mean products per check by iteration: {:?}",
-        per_iteration.iter().map(|c| *c as f64 / num as f64).collect::<Vec<_>>()
-    );
+    // Means over this and three more seeds (one proof's costs are correlated: its
+    // positions share lineages): about i + 1.7.
+    for seed in 1..4 {
+        let other = run(device(), SEED + seed, iterations, 2);
+        for i in 0..iterations {
+            for k in 0..num {
+                per_iteration[i as usize] +=
+                    v.replay_cost(&device(), SEED + seed, &other.work_product, i, k).unwrap();
+            }
+        }
+    }
+    let means: Vec<f64> = per_iteration.iter().map(|c| *c as f64 / (4 * num) as f64).collect();
+    println!("mean products per check by iteration: {means:?}");
+    for (i, m) in means.iter().enumerate() {
+        assert!(*m <= i as f64 + 2.5, "iteration {i}: mean {m}");
+    }
     let report =
         v.check_proof(&device(), SEED, iterations, &r.work_product, &all_positions(iterations, num)).unwrap();
     assert_eq!(report.full_products, (iterations * num) as usize);
