@@ -129,6 +129,15 @@ pub struct Reporter {
     /// Print ok steps too (human format).
     pub verbose: bool,
     out: Arc<Mutex<Box<dyn Write + Send>>>,
+    /// Live per-host status lines, redrawn below the event lines (terminals only).
+    board: Option<Arc<Mutex<Board>>>,
+}
+
+#[derive(Default)]
+struct Board {
+    rows: Vec<(String, String)>,
+    /// Lines of the board currently on screen.
+    drawn: usize,
 }
 
 impl Reporter {
@@ -138,19 +147,63 @@ impl Reporter {
         verbose: bool,
         out: Box<dyn Write + Send>,
     ) -> Reporter {
-        Reporter { format, redactor, verbose, out: Arc::new(Mutex::new(out)) }
+        Reporter { format, redactor, verbose, out: Arc::new(Mutex::new(out)), board: None }
+    }
+
+    /// Shows one live status line per host under the scrolling events (for a terminal).
+    pub fn with_live_board(mut self, hosts: &[String]) -> Reporter {
+        if self.format == OutputFormat::Human {
+            let rows = hosts.iter().map(|h| (h.clone(), "waiting".to_string())).collect();
+            self.board = Some(Arc::new(Mutex::new(Board { rows, drawn: 0 })));
+        }
+        self
     }
 
     fn write(&self, s: &str) {
-        if let Ok(mut o) = self.out.lock() {
-            let _ = o.write_all(self.redactor.apply(s).as_bytes());
-            let _ = o.flush();
+        let Ok(mut o) = self.out.lock() else { return };
+        let mut text = String::new();
+        let board = self.board.as_ref().and_then(|b| b.lock().ok());
+        if let Some(b) = &board {
+            // Erase the board, print the new lines, draw the board again below them.
+            text.push_str(&"\x1b[1A\x1b[2K".repeat(b.drawn));
+        }
+        text.push_str(&self.redactor.apply(s));
+        if let Some(mut b) = board {
+            let w = b.rows.iter().map(|(h, _)| h.len()).max().unwrap_or(0);
+            for (h, status) in &b.rows {
+                text.push_str(&format!("  {h:w$}  {status}\n"));
+            }
+            b.drawn = b.rows.len();
+        }
+        let _ = o.write_all(text.as_bytes());
+        let _ = o.flush();
+    }
+
+    fn set_status(&self, host: &str, status: String) {
+        if let Some(b) = &self.board
+            && let Ok(mut b) = b.lock()
+            && let Some(row) = b.rows.iter_mut().find(|(h, _)| h == host)
+        {
+            row.1 = status;
         }
     }
 
     pub fn phase(&self, host: &str, phase: &str) {
-        if self.format == OutputFormat::Human && self.verbose {
-            self.write(&format!("[{host}] == {phase}\n"));
+        if self.format == OutputFormat::Human {
+            self.set_status(host, format!("{phase} ..."));
+            if self.verbose {
+                self.write(&format!("[{host}] == {phase}\n"));
+            } else if self.board.is_some() {
+                self.write("");
+            }
+        }
+    }
+
+    /// The host is done (or stopped): final word on its board line.
+    pub fn host_done(&self, host: &str, summary: &str) {
+        if self.board.is_some() {
+            self.set_status(host, summary.to_string());
+            self.write("");
         }
     }
 
@@ -213,6 +266,12 @@ impl Reporter {
                 })
             )),
             OutputFormat::Human => {
+                // The recap replaces the live board.
+                if let Some(b) = &self.board
+                    && let Ok(mut b) = b.lock()
+                {
+                    b.rows.clear();
+                }
                 let mut s = String::from("\n");
                 s.push_str(&render_recap(hosts));
                 s.push_str(&format!(

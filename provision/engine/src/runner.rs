@@ -277,6 +277,22 @@ async fn lane(s: Arc<Shared>, name: String, mode: Mode) -> HostRecap {
         c.close().await;
     }
     recap.seconds = start.elapsed().as_secs_f64();
+    if mode == Mode::Full {
+        let word = if recap.unreachable {
+            "UNREACHABLE"
+        } else if recap.failed > 0 {
+            "FAILED"
+        } else {
+            "done"
+        };
+        s.reporter.host_done(
+            &name,
+            &format!(
+                "{word}: ok={} changed={} failed={} ({:.1} s)",
+                recap.ok, recap.changed, recap.failed, recap.seconds
+            ),
+        );
+    }
     recap
 }
 

@@ -358,3 +358,20 @@ async fn check_mode_skips_host_changing_captures_and_waits() {
     assert_eq!((r.recap[0].skipped, r.recap[0].failed), (2, 0));
     assert!(!marker.exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_board_shows_one_line_per_host_and_its_outcome() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inv = inventory(&["h1", "h2"]);
+    let buf = Buf::default();
+    let red = Redactor::default();
+    let reporter = Reporter::new(OutputFormat::Human, red.clone(), false, Box::new(buf.clone()))
+        .with_live_board(&["h1".to_string(), "h2".to_string()]);
+    let r = run(inv.clone(), failing_phase("h2", tmp.path()), opts(false), reporter, Log::none(red)).await;
+    assert!(!r.success());
+    let out = buf.text();
+    // Redrawn in place: cursor-up + erase-line before each redraw.
+    assert!(out.contains("\x1b[1A\x1b[2K"), "{out:?}");
+    assert!(out.contains("  h1  one ...") && out.contains("  h1  done: ok=0 changed=2 failed=0"), "{out:?}");
+    assert!(out.contains("  h2  FAILED: ok=0 changed=0 failed=1"), "{out:?}");
+}
