@@ -6,6 +6,7 @@
 #   graval/gpu-check.sh                 build with --features cuda (needs cargo), then run
 #   graval/gpu-check.sh --build-only    build here and copy the binaries to graval/.gpu-bin
 #   graval/gpu-check.sh --prebuilt      run the binaries in graval/.gpu-bin (no cargo needed)
+#   graval/gpu-check.sh --prebuilt-tests  the same without the benchmark (~1 minute)
 #
 # Exit codes: 0 all passed, 1 a check failed, 3 no CUDA GPU/driver (nothing was tested).
 # Writes the full log to $OUT/gpu-check.log when OUT is set. Takes ~3 minutes on one H100.
@@ -81,8 +82,10 @@ run() {
     echo "=== bootstrap server on the GPU: signed /prove, CPU-verified proof, /info ==="
     GRAVAL_BOOTSTRAP_BIN="$bin/graval-bootstrap" timeout 120 "$bin/server-tests" --ignored cuda_node_povw_flow \
         --nocapture || status=1
-    echo "=== GPU benchmark ==="
-    timeout 200 "$bin/graval-bench" gpu --sizes 8192,16384 --model || status=1
+    if [ "${1:-}" != "tests-only" ]; then
+        echo "=== GPU benchmark ==="
+        timeout 200 "$bin/graval-bench" gpu --sizes 8192,16384 --model || status=1
+    fi
     echo "=== summary ==="
     grep -E '^RESULT|test result|FAILED|panicked' "$log" | grep -v '^grep'
     [ $status -eq 0 ] && echo "GPU CHECK PASSED" || echo "GPU CHECK FAILED"
@@ -92,6 +95,7 @@ run() {
 case "$mode" in
     --build-only) build ;;
     --prebuilt) run ;;
+    --prebuilt-tests) run tests-only ;;
     all) build && run ;;
-    *) echo "usage: $0 [--build-only|--prebuilt]"; exit 2 ;;
+    *) echo "usage: $0 [--build-only|--prebuilt|--prebuilt-tests]"; exit 2 ;;
 esac
