@@ -1,13 +1,14 @@
 //! The challenge cipher: AES-256-GCM under a key derived with HKDF-SHA256 from the
 //! run, carried as `"<seed>|" + base64(iv16 || ciphertext+tag)` like GraVal v0.2.
 //!
-//! Key: `HKDF-SHA256(salt = "graval-rs/v1/challenge", ikm = seed_key || h(0,0),
+//! Key: `HKDF-SHA256(salt = "graval-rs/v1/challenge", ikm = seed_key || r(0,0),
 //! info = "aes-256-gcm" || iterations_le)`, where `seed_key` binds seed and device
-//! identity and `h(0,0)` is the hash of the chain's first product (matrix 0 times
-//! matrix 1, both PRNG fills). The validator computes `h(0,0)` from a few rows of one
-//! product (cheap); the miner gets it from its own run, so a device that computes any
-//! bit of that product wrongly cannot decrypt. See ARCHITECTURE-graval.md for why the
-//! key cannot depend on the *last* step without the validator redoing the whole run.
+//! identity and `r(0,0)` is `SeedKey::first_rows_hash` of the chain's first product's
+//! hashed rows (`mix(R_0 . fill_1)`, both PRNG matrices). The validator computes it from
+//! a few row products (cheap); the miner gets it from its own run, so a device that
+//! computes any bit of those rows wrongly cannot decrypt. See README.md (design
+//! difference 4) for why the key cannot depend on the *last* step without the validator
+//! redoing the whole run.
 //!
 //! IV: 16 random bytes as in the original's transport; the first 12 are the GCM nonce
 //! and all 16 are authenticated as associated data, so no byte of it can be altered.

@@ -3,14 +3,16 @@
 //! Map of the crate (miner side first, then the validator's):
 //! - [`device`]: the device-info dict (original field names and units).
 //! - [`schedule`]: everything derived from (seed, device): seed key, PRNG key, mix
-//!   salts, hashed rows, the hash-dependent partner order, step hashes.
-//! - [`prng`]: Philox4x32-10 fills and the exact integer mix (shared with the CUDA kernels).
+//!   salts, fresh-operand keys, hashed rows, the hash-dependent order and partners,
+//!   step hashes.
+//! - [`prng`]: Philox4x32-10 fills, the exact integer mix and the step digest (shared
+//!   with the CUDA kernels).
 //! - [`gemm`]: the CPU SGEMM (blocked, packed, AVX2/FMA microkernel).
 //! - [`engine`]: the backend interface; [`cpu`] and `cuda` (feature `cuda`) implement it.
 //! - [`proof`]: sizing to free memory, the chain, the work product.
 //! - [`node`]: all devices of a host, proving in parallel and decrypting challenges.
 //! - [`crypto`]: HKDF-SHA256 key, AES-256-GCM, the `"<seed>|" + base64(iv||ct)` transport.
-//! - [`verify`]: structure, spot checks by regeneration, timing window.
+//! - [`verify`]: structure, spot checks by lineage replay, timing window.
 //! - [`challenge`]: the device-info challenge.
 //! - [`models`]: the per-model table (iterations, estimates, registration specs).
 
