@@ -458,3 +458,29 @@ async fn add_streams_progress_and_ends_with_a_result_line() {
         assert!(body["detail"].as_str().unwrap().contains("h999"));
     }
 }
+
+#[tokio::test]
+async fn every_management_route_refuses_unsigned_requests_before_doing_anything() {
+    let api = Api::start().await;
+    api.seed_inventory().await;
+    let doc: Value = api.http.get(api.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let mut checked = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            if op.get("security").is_none() {
+                continue;
+            }
+            let concrete = path.replace("{id_or_name}", "gpu-1").replace("{deployment_id}", "d-svc");
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let (status, body) =
+                json_of(api.http.request(m, api.url(&concrete)).body("{}").send().await.unwrap()).await;
+            assert_eq!(status, 401, "{method} {path}");
+            assert!(body["detail"].as_str().unwrap().contains("missing header"), "{method} {path}: {body}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 9);
+    assert!(api.events().await.is_empty(), "a refused request published nothing");
+    assert!(!api.db.find_server("gpu-1").await.unwrap().unwrap().locked);
+    assert_eq!(api.db.all_deployments().await.unwrap().len(), 2);
+}
