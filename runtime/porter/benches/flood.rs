@@ -10,6 +10,7 @@ use chutes_protocol::auth::{Payload, management_message, now_unix};
 use miner_porter::PorterConfig;
 
 fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(run());
 }

@@ -14,6 +14,8 @@ fn key(seed: u8) -> Hotkey {
 }
 
 async fn start(max_in_flight: usize) -> (String, Hotkey, Hotkey) {
+    // reqwest may be built without a rustls provider when other crates are in the build.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let miner = key(1);
     let validator = key(2);
     let cfg = PorterConfig {
