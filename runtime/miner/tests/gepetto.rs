@@ -92,3 +92,119 @@ async fn killing_gepetto_and_redis_mid_stream_loses_no_event() {
     unsafe { libc::kill(g.id() as i32, libc::SIGTERM) };
     assert!(g.wait().unwrap().success());
 }
+
+/// Every `instance_id` gepetto logged, from the `event_data` field of its JSON logs.
+fn handled_instances(log: &std::path::Path) -> BTreeSet<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["fields"]["event_data"].as_str().map(str::to_owned))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+        .filter_map(|d| d["instance_id"].as_str().map(str::to_owned))
+        .collect()
+}
+
+const SEED: &str = "0x5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+
+/// The whole path, process by process: validator emulator → `chutes-miner api` (socket client)
+/// → Redis stream → `chutes-miner gepetto`, while the emulator restarts, Redis is killed and
+/// restarted, and gepetto is killed and restarted. Counts what arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_broadcast_is_lost_across_emulator_redis_and_consumer_restarts() {
+    let pg = test_harness::Postgres::start().unwrap();
+    let mut redis = Redis::start().unwrap();
+    let mut emulator = validator_emulator::Emulator::start();
+    let validator = chutes_protocol::Hotkey::from_seed(&[9; 32], "t").unwrap().ss58().to_owned();
+    let miner = chutes_protocol::Hotkey::from_seed_hex(SEED, "t").unwrap().ss58().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gepetto.log");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut api = Command::new(BIN)
+        .args(["api", "--listen", &format!("127.0.0.1:{port}")])
+        .env_clear()
+        .env("POSTGRESQL", pg.url())
+        .env("REDIS_URL", redis.url())
+        .env("MINER_SS58", &miner)
+        .env("MINER_SEED", SEED)
+        .env(
+            "VALIDATORS",
+            format!(
+                r#"{{"supported":[{{"hotkey":"{validator}","registry":"r","api":"{}","socket":"{}"}}]}}"#,
+                emulator.api_url(),
+                emulator.socket_url()
+            ),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut g = gepetto(&redis.url(), &log);
+
+    let mut sent = 0usize;
+    async fn send(emulator: &validator_emulator::Emulator, from: usize, n: usize) -> usize {
+        assert!(emulator.wait_authenticated(1, Duration::from_secs(30)).await, "miner not connected");
+        for i in from..from + n {
+            let data = serde_json::json!({"instance_id": format!("i-{i}"), "miner_hotkey": "m"});
+            assert_eq!(
+                emulator.broadcast("instance_verified", data).await,
+                1,
+                "event {i} not delivered to the socket"
+            );
+        }
+        n
+    }
+    let stream_len = |url: String| async move {
+        let client = redis::Client::open(url).unwrap();
+        let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return 0 };
+        redis::cmd("XLEN").arg("miner_events").query_async::<usize>(&mut conn).await.unwrap_or(0)
+    };
+    let redis_url = redis.url();
+    let wait_len = |n: usize| {
+        let url = redis_url.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while stream_len(url.clone()).await < n {
+                assert!(Instant::now() < deadline, "stream stuck below {n}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    sent += send(&emulator, sent, 30).await;
+    wait_len(sent).await; // what the socket delivered is in Redis before the validator goes away
+    emulator.stop();
+    emulator.restart();
+    sent += send(&emulator, sent, 30).await;
+    wait_len(sent).await;
+    redis.kill();
+    sent += send(&emulator, sent, 30).await; // accepted and queued while Redis is down
+    redis.restart().unwrap();
+    wait_len(sent).await;
+    g.kill().unwrap();
+    g.wait().unwrap();
+    sent += send(&emulator, sent, 30).await;
+    let mut g = gepetto(&redis.url(), &log);
+    wait_len(sent).await;
+
+    let want: BTreeSet<String> = (0..sent).map(|i| format!("i-{i}")).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let missing: Vec<_> = want.difference(&handled_instances(&log)).cloned().collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {sent} events never reached gepetto: {missing:?}",
+            missing.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(stream_len(redis.url()).await, sent, "each broadcast appended exactly once");
+
+    for child in [&mut api, &mut g] {
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        assert!(child.wait().unwrap().success());
+    }
+}
