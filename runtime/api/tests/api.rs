@@ -484,3 +484,20 @@ async fn every_management_route_refuses_unsigned_requests_before_doing_anything(
     assert!(!api.db.find_server("gpu-1").await.unwrap().unwrap().locked);
     assert_eq!(api.db.all_deployments().await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn bodies_are_bounded_and_strangers_bodies_are_never_read() {
+    let api = Api::start().await;
+    let big = json!({"name": "x".repeat(70 * 1024)});
+    let (status, body) = json_of(api.post("/servers/", &big).send().await.unwrap()).await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("larger than 65536 bytes"));
+    // A stranger's megabyte is refused on its headers alone: 401, not 413.
+    let stranger = hotkey(OTHER_SEED);
+    let resp = api
+        .signed(Method::POST, "/servers/", Some(&json!({"pad": "y".repeat(1 << 20)})), &stranger)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
