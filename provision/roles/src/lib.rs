@@ -242,11 +242,21 @@ fn base(c: &PlanCtx) -> PhasePlan {
             cmd("rm -f /etc/apt/apt.conf.d/*proxy*", "! ls /etc/apt/apt.conf.d/ 2>/dev/null | grep -q proxy"),
         ),
         Step::new(
-            "apt.conf proxy lines",
+            "apt.conf http proxy",
             Action::Line {
                 path: "/etc/apt/apt.conf".into(),
                 line: String::new(),
-                matches: Some("Acquire::".into()),
+                matches: Some("Acquire::http::Proxy".into()),
+                absent: true,
+                create: None,
+            },
+        ),
+        Step::new(
+            "apt.conf https proxy",
+            Action::Line {
+                path: "/etc/apt/apt.conf".into(),
+                line: String::new(),
+                matches: Some("Acquire::https::Proxy".into()),
                 absent: true,
                 create: None,
             },
@@ -387,6 +397,7 @@ fn nvidia(c: &PlanCtx) -> PhasePlan {
                 )
                 .notify("reboot"),
             );
+            steps.push(Step::new("curl", apt(&["curl".into(), "ca-certificates".into()])));
             steps.push(Step::new(
                 "cuda keyring",
                 creates(
