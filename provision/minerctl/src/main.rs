@@ -23,6 +23,10 @@ enum Command {
     Render(cmd::render::RenderArgs),
     /// Apply the manifests to the cluster (server-side apply, prune, rollout wait).
     Deploy(cmd::deploy::DeployArgs),
+    /// Provision a GPU host, join and label it, and register it with the miner API.
+    AddNode(cmd::add_node::AddNodeArgs),
+    /// Remove a GPU node: API, drain and delete, the primary's WireGuard peers.
+    RemoveNode(cmd::remove_node::RemoveNodeArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,6 +36,8 @@ fn main() -> std::process::ExitCode {
         Command::Provision(a) => cmd::provision::run(a),
         Command::Render(a) => cmd::render::run(a),
         Command::Deploy(a) => cmd::deploy::run(a),
+        Command::AddNode(a) => cmd::add_node::run(a),
+        Command::RemoveNode(a) => cmd::remove_node::run(a),
     };
     match result {
         Ok(code) => code,

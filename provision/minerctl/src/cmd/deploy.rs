@@ -14,10 +14,9 @@ use minerctl_deploy::{Credentials, MinerCredentials, Options, RegistryCredential
 
 use super::render::ValuesArgs;
 
+/// How to reach the cluster (shared with `remove-node`).
 #[derive(clap::Args, Debug)]
-pub struct DeployArgs {
-    #[command(flatten)]
-    pub values: ValuesArgs,
+pub struct KubeArgs {
     /// Kubeconfig file. Without it, the kubeconfig is read from the inventory's primary
     /// host over SSH (`microk8s config`).
     #[arg(long, value_name = "FILE")]
@@ -29,6 +28,14 @@ pub struct DeployArgs {
     /// public address when `microk8s config` prints an internal one).
     #[arg(long, value_name = "URL")]
     pub api_server: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    pub values: ValuesArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
     /// Inventory, for reaching the primary over SSH.
     #[arg(short, long, default_value = "inventory.yml")]
     pub inventory: PathBuf,
@@ -97,8 +104,6 @@ fn credentials(args: &DeployArgs) -> anyhow::Result<Credentials> {
 /// `microk8s config` on the inventory's primary host.
 async fn kubeconfig_over_ssh(args: &DeployArgs) -> anyhow::Result<String> {
     let inv = provision_inventory::load(&args.inventory)?;
-    let primary = inv.primary();
-    let target = provision_engine::target_for(&inv, primary);
     let mut options = provision_ssh::Options::new();
     if let Some(k) = &args.known_hosts {
         options.known_hosts = k.clone();
@@ -106,7 +111,17 @@ async fn kubeconfig_over_ssh(args: &DeployArgs) -> anyhow::Result<String> {
     if args.accept_new {
         options.policy = provision_ssh::HostKeyPolicy::AcceptNew;
     }
-    let session = provision_ssh::Session::connect(&target, &options).await?;
+    kubeconfig_from_primary(&inv, &options).await
+}
+
+/// Runs `microk8s config` on the primary (read-only; also used by `remove-node`).
+pub(crate) async fn kubeconfig_from_primary(
+    inv: &provision_inventory::Inventory,
+    options: &provision_ssh::Options,
+) -> anyhow::Result<String> {
+    let primary = inv.primary();
+    let target = provision_engine::target_for(inv, primary);
+    let session = provision_ssh::Session::connect(&target, options).await?;
     let out = session.exec("microk8s config", None, Duration::from_secs(60)).await?;
     session.close().await;
     if !out.success() {
@@ -133,7 +148,7 @@ pub fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
-        let yaml = match &args.kubeconfig {
+        let yaml = match &args.kube.kubeconfig {
             Some(path) => std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read --kubeconfig {}", path.display()))?,
             None => kubeconfig_over_ssh(&args)
@@ -142,8 +157,8 @@ pub fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
         };
         let client = minerctl_deploy::client_from_kubeconfig(
             &yaml,
-            args.context.as_deref(),
-            args.api_server.as_deref(),
+            args.kube.context.as_deref(),
+            args.kube.api_server.as_deref(),
         )
         .await?;
         let mut out = std::io::stdout().lock();

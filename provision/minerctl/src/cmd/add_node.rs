@@ -1,0 +1,92 @@
+//! `minerctl add-node <host>`: the whole procedure for a new GPU host in one command.
+//!
+//! 1. Checks everything local first (the host is a GPU worker of the inventory with
+//!    `hourly_cost` and `gpu_short_ref`, the hotkey loads, the API URL is well-formed), then
+//!    asks the API for its server list, which proves the URL and the signature work and that
+//!    the host is not tracked already — all before any host changes.
+//! 2. Provisions the host (every role) and, on the primary, the WireGuard peer list and the
+//!    join/label phases; other hosts are only read.
+//! 3. `POST /servers/` and prints the API's progress as it arrives, until the GPUs are
+//!    verified (exit 0) or the API reports why not (exit 1; the API has undone its part).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use minerctl_nodes::{ServerArgs, phases};
+
+use super::node_common::NodeArgs;
+
+#[derive(clap::Args, Debug)]
+pub struct AddNodeArgs {
+    /// The inventory host to add (its name becomes the Kubernetes node name).
+    pub host: String,
+    #[command(flatten)]
+    pub common: NodeArgs,
+    /// Validator hotkey the GPUs are advertised to [default: the inventory's `validator`].
+    #[arg(long)]
+    pub validator: Option<String>,
+}
+
+pub fn run(args: AddNodeArgs) -> anyhow::Result<ExitCode> {
+    let inv = provision_inventory::load(&args.common.inventory)?;
+    let host = phases::check_worker(&inv, &args.host).map_err(anyhow::Error::msg)?;
+    let missing: Vec<&str> = [
+        (!host.gpu_enabled).then_some("gpu_enabled: true"),
+        host.hourly_cost.is_none().then_some("hourly_cost"),
+        host.gpu_short_ref.is_none().then_some("gpu_short_ref"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{}: host `{}` needs {} to be added as a GPU node",
+            inv.file.display(),
+            host.name,
+            missing.join(", ")
+        );
+    }
+    let server = ServerArgs {
+        name: host.name.clone(),
+        validator: args.validator.clone().unwrap_or_else(|| inv.vars.validator.clone()),
+        hourly_cost: host.hourly_cost.unwrap_or_default(),
+        gpu_short_ref: host.gpu_short_ref.clone().unwrap_or_default(),
+    };
+    let api = args.common.api(&inv)?;
+    let log = args.common.log("add-node")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        let tracked = api.list_servers().await.context("checking the miner API before changing any host")?;
+        if tracked.iter().any(|s| s["name"] == server.name.as_str()) {
+            bail!(
+                "{} is already tracked by the miner API at {}; `minerctl remove-node {}` first to add it again",
+                server.name,
+                api.base(),
+                server.name
+            );
+        }
+
+        println!("== provisioning {} (and the primary's mesh and join phases)", server.name);
+        let limit = phases::add_node_limit(&inv, &server.name);
+        let result = args.common.provision(&log, inv, phases::add_node(&server.name), limit, &[]).await;
+        if !result.success() {
+            bail!("provisioning failed (see above); {} was not registered with the miner API", server.name);
+        }
+
+        println!("== registering {} with the miner API at {}", server.name, api.base());
+        let outcome = api
+            .add_server(&server, |e| {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "  {}", e.message);
+                let _ = out.flush();
+            })
+            .await
+            .with_context(|| format!("add-node {}", server.name))?;
+        println!("{} added: {}", server.name, outcome.completion);
+        Ok(ExitCode::SUCCESS)
+    })
+}

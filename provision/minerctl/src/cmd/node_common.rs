@@ -1,0 +1,109 @@
+//! What `add-node` and `remove-node` share: the SSH/provision flags, running a set of
+//! provision phases with the engine's live report, and the miner API client.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chutes_protocol::Hotkey;
+use provision_engine::{Log, OutputFormat, Phase, Redactor, Reporter, RunOptions, RunResult};
+use provision_inventory::Inventory;
+
+/// The API Service's NodePort in the default values (`api.nodePort`).
+pub const DEFAULT_API_PORT: u16 = 32000;
+
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    /// Inventory file (see inventory.example.yml).
+    #[arg(short, long, default_value = "inventory.yml")]
+    pub inventory: PathBuf,
+    /// The miner's hotkey file (Bittensor JSON or hex seed): signs the API requests.
+    #[arg(long, value_name = "FILE")]
+    pub hotkey: PathBuf,
+    /// Miner API root URL [default: http://<primary external_ip>:32000].
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
+    /// Trust and record host keys of hosts not yet in known_hosts (changed keys are still refused).
+    #[arg(long)]
+    pub accept_new: bool,
+    /// known_hosts file [default: ~/.ssh/known_hosts].
+    #[arg(long)]
+    pub known_hosts: Option<PathBuf>,
+    /// Log file of the provision part [default: ~/.cache/minerctl/<command>-<time>.log].
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    /// Also print provision steps that were already in the desired state.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// Seconds to wait for each SSH connection.
+    #[arg(long, default_value_t = 15)]
+    pub connect_timeout: u64,
+}
+
+impl NodeArgs {
+    pub fn ssh_options(&self) -> provision_ssh::Options {
+        let mut ssh = provision_ssh::Options::new();
+        if let Some(k) = &self.known_hosts {
+            ssh.known_hosts = k.clone();
+        }
+        if self.accept_new {
+            ssh.policy = provision_ssh::HostKeyPolicy::AcceptNew;
+        }
+        ssh.connect_timeout = Duration::from_secs(self.connect_timeout);
+        ssh
+    }
+
+    /// The API client, signing with the miner's hotkey.
+    pub fn api(&self, inv: &Inventory) -> anyhow::Result<minerctl_nodes::MinerApi> {
+        let key = Hotkey::load(&self.hotkey)?;
+        let url = self
+            .api
+            .clone()
+            .unwrap_or_else(|| format!("http://{}:{DEFAULT_API_PORT}", inv.primary().external_ip));
+        Ok(minerctl_nodes::MinerApi::new(&url, Arc::new(key))?)
+    }
+
+    pub fn log(&self, command: &str) -> anyhow::Result<Log> {
+        let path = self.log_file.clone().unwrap_or_else(|| {
+            let base = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(std::env::temp_dir);
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            base.join("minerctl").join(format!("{command}-{secs}-{}.log", std::process::id()))
+        });
+        Log::open(&path, Redactor::default())
+            .with_context(|| format!("cannot open log file {}", path.display()))
+    }
+
+    /// Runs `phases` on `limit` (others observed), printing progress and the recap.
+    pub async fn provision(
+        &self,
+        log: &Log,
+        inv: Inventory,
+        phases: Vec<Phase>,
+        limit: Vec<String>,
+        tags: &[&str],
+    ) -> RunResult {
+        let opts = RunOptions {
+            forks: 10,
+            check: false,
+            fail_fast: false,
+            limit: Some(limit),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            ssh: self.ssh_options(),
+            local: false,
+            connect_attempts: 2,
+        };
+        let redactor = Redactor::default();
+        let reporter =
+            Reporter::new(OutputFormat::Human, redactor, self.verbose, Box::new(std::io::stdout()));
+        let result = provision_engine::run(Arc::new(inv), phases, opts, reporter.clone(), log.clone()).await;
+        reporter.recap(&result.recap, result.elapsed, log.path.as_deref(), false);
+        result
+    }
+}

@@ -1,0 +1,412 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: panics are the failure report
+//! `minerctl add-node` / `remove-node` (the real binary) end to end: lab hosts for the SSH
+//! part (real sshd, apt-get, files; stand-ins for microk8s and friends), the Kubernetes API
+//! emulator as the cluster, and the real miner API served in-process with real Postgres and
+//! Redis, GraVal's bootstrap server on the CPU backend and the validator emulator.
+//!
+//! The lab's `microk8s kubectl` and kubelet registration reach the emulator
+//! (tests/nodes/microk8s.sh), so the labels the provision phases set are the ones the API
+//! reads, and the node the join registers is the one the API bootstraps.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chutes_protocol::Hotkey;
+use miner_api::bootstrap::{BootstrapTimings, KubeBootstrap};
+use miner_db::{Chute, Db, NewDeployment};
+use miner_events::{Producer, StreamConfig};
+use miner_validator::ValidatorTarget;
+use miner_validator::rest::{RestOptions, ValidatorClient};
+use serde_json::{Value, json};
+use test_harness::lab::LabHost;
+use test_harness::{Postgres, Redis};
+
+#[path = "support/lab.rs"]
+mod lab;
+
+const MINER_SEED: &str = "0x9f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c";
+const VALIDATOR_SEED: &str = "0x2222222222222222222222222222222222222222222222222222222222222222";
+const MICROK8S: &str = include_str!("nodes/microk8s.sh");
+
+fn text(o: &Output) -> String {
+    format!(
+        "--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Inventory for `hosts` of the lab (the first is the primary, the others GPU workers).
+fn write_inventory(path: &Path, hosts: &[&LabHost], validator: &str) {
+    let h0 = hosts[0];
+    let mut y = format!(
+        "vars:\n  user: chutes\n  login_user: root\n  validator: {validator}\n  ssh_keys: ['{key}']\n  packages: [hello]\n  \
+         primary_packages: []\n  container_toolkit_packages: []\n  skip_cuda: true\n  ssh:\n    key: {path}\nhosts:\n",
+        key = h0.client_public_key(),
+        path = h0.client_key_path().display()
+    );
+    for (i, h) in hosts.iter().enumerate() {
+        y.push_str(&format!(
+            "  {name}:\n    address: {addr}\n    external_ip: 203.0.113.{n}\n    wireguard_ip: 192.168.0.{n}\n    \
+             is_primary: {p}\n    gpu_enabled: {g}\n",
+            name = h.name(),
+            addr = h.addr(),
+            n = i + 1,
+            p = i == 0,
+            g = i != 0,
+        ));
+        if i != 0 {
+            y.push_str("    hourly_cost: 0.8\n    gpu_short_ref: a6000\n");
+        }
+    }
+    std::fs::write(path, y).unwrap();
+}
+
+/// The outside world of one test: cluster, API and its dependencies.
+struct World {
+    rt: tokio::runtime::Runtime,
+    kube: kube_emulator::Emulator,
+    validator: validator_emulator::Emulator,
+    db: Db,
+    api_url: String,
+    validator_hotkey: String,
+    _pg: Postgres,
+    _redis: Redis,
+}
+
+fn hotkey(seed: &str) -> Hotkey {
+    Hotkey::from_seed_hex(seed, "test").unwrap()
+}
+
+fn world() -> World {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let kube = kube_emulator::Emulator::start().unwrap();
+    kube.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "chutes"}})).unwrap();
+    // The primary runs microk8s already: its node exists.
+    kube.add_node(kube_emulator::Node::new("cpu-0"));
+    let validator = validator_emulator::Emulator::start();
+    validator.set_supported_gpus(&["a6000"]);
+    validator.set_default_verification("success");
+    let validator_hotkey = hotkey(VALIDATOR_SEED).ss58().to_string();
+    let pg = Postgres::start().unwrap();
+    let redis = Redis::start().unwrap();
+
+    let (db, api_url) = rt.block_on(async {
+        let miner = Arc::new(hotkey(MINER_SEED));
+        let db = Db::connect(&pg.create_database("nodes").unwrap()).await.unwrap();
+        db.migrate().await.unwrap();
+        let producer = Producer::connect(&redis.url(), StreamConfig::default()).unwrap();
+        let validators = miner_config::Validators::parse(&format!(
+            r#"{{"supported":[{{"hotkey":"{validator_hotkey}","registry":"registry.example","api":"{}","socket":"{}"}}]}}"#,
+            validator.api_url(),
+            validator.socket_url()
+        ))
+        .unwrap();
+
+        // GraVal's bootstrap server; in a cluster the Job runs it behind a NodePort.
+        let engine: Box<dyn graval::Engine> = Box::new(graval::CpuEngine::host(64 << 20));
+        let node = graval::Node::new(vec![engine], Some(64));
+        let gstate = graval_bootstrap::AppState::new(node, miner.ss58(), std::slice::from_ref(&validator_hotkey)).unwrap();
+        let glistener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let graval = format!("http://{}", glistener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(glistener, graval_bootstrap::router(Arc::new(gstate))).await });
+
+        let kc = kube::config::Kubeconfig::from_yaml(&kube.kubeconfig_yaml()).unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+        let client = kube::Client::try_from(cfg).unwrap();
+        let target = ValidatorTarget {
+            hotkey: validator_hotkey.clone(),
+            api: validator.api_url(),
+            socket: validator.socket_url(),
+        };
+        let rest = RestOptions { attempts: 2, backoff_initial: Duration::from_millis(50), ..RestOptions::default() };
+        let mut clients = HashMap::new();
+        clients.insert(validator_hotkey.clone(), ValidatorClient::with_options(&target, miner.clone(), rest).unwrap());
+        let bootstrap = Arc::new(KubeBootstrap {
+            client,
+            namespace: "chutes".into(),
+            db: db.clone(),
+            hotkey: miner.clone(),
+            validators: clients,
+            graval_image: "parachutes/graval-bootstrap:test".into(),
+            graval_address: Arc::new(move |_ip, _port| graval.clone()),
+            timings: BootstrapTimings {
+                timeout: Duration::from_secs(30),
+                poll: Duration::from_millis(100),
+                devices_attempts: 3,
+                devices_retry: Duration::from_millis(100),
+                cleanup_wait: Duration::from_secs(5),
+            },
+            http: reqwest::Client::new(),
+        });
+        let state = miner_api::AppState::new(db.clone(), miner, producer, validators).unwrap().with_bootstrap(bootstrap);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(miner_api::serve(listener, state, std::future::pending()));
+        (db, url)
+    });
+    World { rt, kube, validator, db, api_url, validator_hotkey, _pg: pg, _redis: redis }
+}
+
+/// Lab host stand-ins: the provision ones, plus `microk8s` reaching the emulator.
+fn install_microk8s(h: &LabHost, kube_url: &str, node_json: Option<&Value>) {
+    h.write_file("/var/lib/nodes-test/api-server", kube_url).unwrap();
+    if let Some(n) = node_json {
+        h.write_file("/var/lib/nodes-test/node.json", n.to_string()).unwrap();
+    }
+    h.write_file("/usr/local/lib/nodes-test/microk8s.sh", MICROK8S).unwrap();
+    h.sh("chmod 755 /usr/local/lib/nodes-test/microk8s.sh && \
+          ln -sf /usr/local/sbin/minerctl-standin /usr/local/lib/nodes-test/microk8s && \
+          ln -sf /usr/local/lib/nodes-test/microk8s.sh /usr/local/sbin/microk8s")
+        .unwrap();
+}
+
+/// The Node a GPU host's kubelet registers (one A6000, as the GPU operator labels it).
+fn gpu_node(name: &str) -> Value {
+    let capacity = json!({"cpu": "32", "memory": "128Gi", "pods": "110", "nvidia.com/gpu": "1"});
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {
+            "kubernetes.io/hostname": name, "nvidia.com/gpu.present": "true",
+            "nvidia.com/gpu.count": "1", "nvidia.com/gpu.memory": "49152"}},
+        "spec": {},
+        "status": {
+            "capacity": capacity, "allocatable": capacity,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status"}],
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": name}],
+        },
+    })
+}
+
+struct Cli<'a> {
+    dir: &'a Path,
+    inventory: PathBuf,
+    known_hosts: PathBuf,
+    hotkey: PathBuf,
+}
+
+impl Cli<'_> {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_minerctl"))
+            .args(args)
+            .arg("-i")
+            .arg(&self.inventory)
+            .arg("--known-hosts")
+            .arg(&self.known_hosts)
+            .arg("--log-file")
+            .arg(self.dir.join(format!("{}.log", args[0])))
+            .output()
+            .unwrap()
+    }
+    fn node(&self, args: &[&str]) -> Output {
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend(["--hotkey", self.hotkey.to_str().unwrap()]);
+        self.run(&a)
+    }
+}
+
+fn node_labels(w: &World, name: &str) -> Option<Value> {
+    w.kube.get("v1", "Node", None, name).ok().flatten().map(|n| n["metadata"]["labels"].clone())
+}
+
+#[test]
+fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out() {
+    let w = world();
+    let setup = lab::Setup::start(1);
+    let hosts = setup.lab.hosts();
+    let (primary, gpu) = (&hosts[0], &hosts[1]);
+    install_microk8s(primary, &w.kube.url(), None);
+    install_microk8s(gpu, &w.kube.url(), Some(&gpu_node(gpu.name())));
+    let dir = setup.dir.path();
+    let hotkey_file = dir.join("hotkey");
+    std::fs::write(&hotkey_file, MINER_SEED).unwrap();
+    let cli =
+        Cli { dir, inventory: setup.inventory(), known_hosts: setup.known_hosts(), hotkey: hotkey_file };
+
+    // The cluster as it was: the primary alone, provisioned.
+    write_inventory(&cli.inventory, &[primary], &w.validator_hotkey);
+    let out = cli.run(&["provision"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The operator adds the host to the inventory.
+    write_inventory(&cli.inventory, &[primary, gpu], &w.validator_hotkey);
+
+    // A wrong API address is found before any host changes.
+    let out = cli.node(&["add-node", gpu.name(), "--api", "http://127.0.0.1:9"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(stderr(&out).contains("checking the miner API before changing any host"), "{}", text(&out));
+    assert!(stderr(&out).contains("127.0.0.1:9"), "{}", text(&out));
+    assert!(gpu.read_to_string("/etc/wireguard/wg0.conf").is_err(), "nothing was provisioned");
+
+    // The validator fails the GPU: the API's reason is shown, the exit code says so.
+    w.validator.set_default_verification("failed");
+    let out = cli.node(&["add-node", gpu.name(), "--api", &w.api_url]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let s = stdout(&out);
+    assert!(s.contains("== registering gpu-1 with the miner API"), "{}", text(&out));
+    assert!(s.contains("  error: bootstrap of gpu-1 failed"), "{}", text(&out));
+    assert!(stderr(&out).contains("add-node gpu-1: bootstrap of gpu-1 failed"), "{}", text(&out));
+    assert!(w.rt.block_on(w.db.list_servers()).unwrap().is_empty(), "the API undid its part");
+
+    // Provisioned and joined anyway: the mesh on both ends, the Node registered and labelled.
+    let gpu_key = gpu.read_to_string("/etc/wireguard/public.key").unwrap();
+    let wg0 = primary.read_to_string("/etc/wireguard/wg0.conf").unwrap();
+    assert!(wg0.contains(gpu_key.trim()), "primary's peers include gpu-1:\n{wg0}");
+    let primary_key = primary.read_to_string("/etc/wireguard/public.key").unwrap();
+    assert!(gpu.read_to_string("/etc/wireguard/wg0.conf").unwrap().contains(primary_key.trim()));
+    assert_eq!(node_labels(&w, "gpu-1").unwrap()["chutes/external-ip"], "203.0.113.2");
+
+    // Rerun once the validator is happy: provisioning has nothing left to do, the API
+    // streams its progress and the GPUs are verified.
+    w.validator.set_default_verification("success");
+    let out = cli.node(&["add-node", gpu.name(), "--api", &w.api_url]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = stdout(&out);
+    let api_lines: Vec<&str> = s
+        .split("== registering gpu-1 with the miner API")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("  "))
+        .collect();
+    assert!(api_lines.len() >= 3, "progress lines shown as they came: {api_lines:#?}");
+    assert!(api_lines.last().unwrap().starts_with("  completed server bootstrapping in"), "{api_lines:#?}");
+    assert!(s.contains("gpu-1 added: completed server bootstrapping"), "{}", text(&out));
+
+    let servers = w.rt.block_on(w.db.list_servers()).unwrap();
+    assert_eq!(servers.len(), 1);
+    assert_eq!(servers[0].server.name, "gpu-1");
+    assert_eq!(servers[0].server.hourly_cost, 0.8);
+    assert!(servers[0].gpus.iter().all(|g| g.verified && g.model_short_ref == "a6000"));
+    let labels = node_labels(&w, "gpu-1").unwrap();
+    assert_eq!(labels["gpu-short-ref"], "a6000");
+    assert_eq!(labels["chutes/validator"], w.validator_hotkey.as_str());
+
+    // A second add-node of a tracked host is refused before anything runs.
+    let out = cli.node(&["add-node", gpu.name(), "--api", &w.api_url]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("gpu-1 is already tracked by the miner API"), "{}", text(&out));
+    assert!(!stdout(&out).contains("provisioning"), "{}", text(&out));
+
+    // A job runs on it: remove-node refuses and names it; nothing changes.
+    let server_id = servers[0].server.server_id.clone();
+    w.rt.block_on(async {
+        w.db.upsert_chute(&Chute {
+            chute_id: "chute-1".into(),
+            validator: w.validator_hotkey.clone(),
+            name: Some("sdxl".into()),
+            image: "u/sdxl:1".into(),
+            code: "x".into(),
+            filename: "sdxl.py".into(),
+            ref_str: "sdxl:chute".into(),
+            version: "v1".into(),
+            supported_gpus: vec!["a6000".into()],
+            gpu_count: 1,
+            created_at: None,
+            updated_at: None,
+            ban_reason: None,
+            chutes_version: None,
+        })
+        .await
+        .unwrap();
+        w.db.create_deployment(
+            &NewDeployment {
+                deployment_id: "d-job".into(),
+                validator: w.validator_hotkey.clone(),
+                chute_id: "chute-1".into(),
+                server_id: server_id.clone(),
+                version: "v1".into(),
+                job_id: Some("job-7".into()),
+                config_id: None,
+            },
+            1,
+        )
+        .await
+        .unwrap();
+    });
+    let kubeconfig = dir.join("kubeconfig");
+    w.kube.write_kubeconfig(&kubeconfig).unwrap();
+    let kc = kubeconfig.to_str().unwrap();
+    let before = w.kube.resource_version();
+    let out = cli.node(&["remove-node", gpu.name(), "--api", &w.api_url, "--kubeconfig", kc]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let e = stderr(&out);
+    assert!(e.contains("gpu-1 runs 1 job(s); nothing was changed"), "{}", text(&out));
+    assert!(e.contains("job_id job-7"), "{}", text(&out));
+    assert_eq!(w.kube.resource_version(), before, "the cluster was not touched");
+    assert_eq!(w.rt.block_on(w.db.list_servers()).unwrap().len(), 1);
+    assert!(primary.read_to_string("/etc/wireguard/wg0.conf").unwrap().contains(gpu_key.trim()));
+
+    // --force: the API is told, the node drained and deleted, the host leaves, the primary
+    // drops the peer.
+    let out = cli.node(&["remove-node", gpu.name(), "--api", &w.api_url, "--kubeconfig", kc, "--force"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = stdout(&out);
+    assert!(s.contains("--force: removing it with 1 job(s) running"), "{}", text(&out));
+    assert!(s.contains("Deletion of server gpu-1"), "{}", text(&out));
+    assert!(
+        s.contains("node gpu-1: cordoned") && s.contains("node gpu-1: deleted from the cluster"),
+        "{}",
+        text(&out)
+    );
+    assert!(s.contains("Delete its entry from"), "{}", text(&out));
+    assert!(node_labels(&w, "gpu-1").is_none(), "Node deleted");
+    assert!(gpu.read_to_string("/var/log/standin.calls").unwrap().contains("microk8s leave"));
+    let wg0 = primary.read_to_string("/etc/wireguard/wg0.conf").unwrap();
+    assert!(!wg0.contains(gpu_key.trim()), "gpu-1 is no longer a peer:\n{wg0}");
+    assert!(node_labels(&w, "cpu-0").is_some(), "the primary's node stays");
+}
+
+#[test]
+fn bad_requests_are_refused_before_any_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inventory.yml");
+    let validator = hotkey(VALIDATOR_SEED).ss58().to_string();
+    // Addresses nobody listens on: any connection attempt would fail differently.
+    std::fs::write(
+        &inv,
+        format!(
+            "vars:\n  validator: {validator}\n  ssh_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ4dL7mY6kO1jvq3b2sXyZt9Vv3mZ1rW0m8uJ8Q3hKx9 t']\nhosts:\n  \
+             cpu-0:\n    address: 127.0.0.9\n    external_ip: 203.0.113.1\n    wireguard_ip: 192.168.0.1\n    is_primary: true\n  \
+             gpu-1:\n    address: 127.0.0.9\n    external_ip: 203.0.113.2\n    wireguard_ip: 192.168.0.2\n    gpu_enabled: true\n    hourly_cost: 0.8\n"
+        ),
+    )
+    .unwrap();
+    let key = dir.path().join("hotkey");
+    std::fs::write(&key, MINER_SEED).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_minerctl"))
+            .args(args)
+            .arg("-i")
+            .arg(&inv)
+            .arg("--hotkey")
+            .arg(&key)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["add-node", "gpu-9"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("host `gpu-9` is not in") && stderr(&out).contains("cpu-0, gpu-1"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&["remove-node", "cpu-0"]);
+    assert!(stderr(&out).contains("host `cpu-0` is the primary"), "{}", text(&out));
+    let out = run(&["add-node", "gpu-1"]);
+    assert!(stderr(&out).contains("host `gpu-1` needs gpu_short_ref"), "{}", text(&out));
+    let out = run(&["add-node", "gpu-1", "--api", "ftp://x"]);
+    assert!(stderr(&out).contains("host `gpu-1` needs gpu_short_ref"), "inventory first: {}", text(&out));
+}
