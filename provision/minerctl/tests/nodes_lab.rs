@@ -336,6 +336,11 @@ fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out(
         .await
         .unwrap();
     });
+    // The job's pod, as Gepetto would have started it.
+    w.kube
+        .create(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "chute-job-7", "namespace": "chutes"},
+                       "spec": {"nodeName": "gpu-1", "containers": [{"name": "chute", "image": "u/sdxl:1"}]}}))
+        .unwrap();
     let kubeconfig = dir.join("kubeconfig");
     w.kube.write_kubeconfig(&kubeconfig).unwrap();
     let kc = kubeconfig.to_str().unwrap();
