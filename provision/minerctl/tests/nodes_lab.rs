@@ -47,7 +47,8 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// Inventory for `hosts` of the lab (the first is the primary, the others GPU workers).
+/// Inventory for `hosts` of the lab: `cpu-0` is the primary, `gpu-N` GPU workers. A host's
+/// addresses follow from its name, so they stay put when others join or leave.
 fn write_inventory(path: &Path, hosts: &[&LabHost], validator: &str) {
     let h0 = hosts[0];
     let mut y = format!(
@@ -56,17 +57,18 @@ fn write_inventory(path: &Path, hosts: &[&LabHost], validator: &str) {
         key = h0.client_public_key(),
         path = h0.client_key_path().display()
     );
-    for (i, h) in hosts.iter().enumerate() {
+    for h in hosts {
+        let n = h.name().rsplit('-').next().unwrap().parse::<u8>().unwrap() + 1;
+        let primary = h.name() == "cpu-0";
         y.push_str(&format!(
             "  {name}:\n    address: {addr}\n    external_ip: 203.0.113.{n}\n    wireguard_ip: 192.168.0.{n}\n    \
              is_primary: {p}\n    gpu_enabled: {g}\n",
             name = h.name(),
             addr = h.addr(),
-            n = i + 1,
-            p = i == 0,
-            g = i != 0,
+            p = primary,
+            g = !primary,
         ));
-        if i != 0 {
+        if !primary {
             y.push_str("    hourly_cost: 0.8\n    gpu_short_ref: a6000\n");
         }
     }
@@ -115,13 +117,20 @@ fn world() -> World {
         ))
         .unwrap();
 
-        // GraVal's bootstrap server; in a cluster the Job runs it behind a NodePort.
-        let engine: Box<dyn graval::Engine> = Box::new(graval::CpuEngine::host(64 << 20));
-        let node = graval::Node::new(vec![engine], Some(64));
-        let gstate = graval_bootstrap::AppState::new(node, miner.ss58(), std::slice::from_ref(&validator_hotkey)).unwrap();
-        let glistener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let graval = format!("http://{}", glistener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(glistener, graval_bootstrap::router(Arc::new(gstate))).await });
+        // GraVal's bootstrap server, one per GPU host (each its own GPU uuid); in a cluster
+        // the Job runs it behind a NodePort of the node's external IP.
+        let mut gravals = HashMap::new();
+        for (n, ip) in [(1u8, "203.0.113.2"), (2, "203.0.113.3")] {
+            let mut info = graval::cpu::host_device_info(64 << 20, 1);
+            info.uuid = format!("{n:032x}");
+            let engine: Box<dyn graval::Engine> = Box::new(graval::CpuEngine::with_device(info, 1));
+            let node = graval::Node::new(vec![engine], Some(64));
+            let gstate =
+                graval_bootstrap::AppState::new(node, miner.ss58(), std::slice::from_ref(&validator_hotkey)).unwrap();
+            let glistener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            gravals.insert(ip.to_string(), format!("http://{}", glistener.local_addr().unwrap()));
+            tokio::spawn(async move { axum::serve(glistener, graval_bootstrap::router(Arc::new(gstate))).await });
+        }
 
         let kc = kube::config::Kubeconfig::from_yaml(&kube.kubeconfig_yaml()).unwrap();
         let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
@@ -141,7 +150,7 @@ fn world() -> World {
             hotkey: miner.clone(),
             validators: clients,
             graval_image: "parachutes/graval-bootstrap:test".into(),
-            graval_address: Arc::new(move |_ip, _port| graval.clone()),
+            graval_address: Arc::new(move |ip, _port| gravals.get(ip).cloned().unwrap_or_else(|| format!("http://{ip}:1"))),
             timings: BootstrapTimings {
                 timeout: Duration::from_secs(30),
                 poll: Duration::from_millis(100),
@@ -224,11 +233,13 @@ fn node_labels(w: &World, name: &str) -> Option<Value> {
 #[test]
 fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out() {
     let w = world();
-    let setup = lab::Setup::start(1);
+    let setup = lab::Setup::start(2);
     let hosts = setup.lab.hosts();
     let (primary, gpu) = (&hosts[0], &hosts[1]);
     install_microk8s(primary, &w.kube.url(), None);
     install_microk8s(gpu, &w.kube.url(), Some(&gpu_node(gpu.name())));
+    let gpu2 = &hosts[2];
+    install_microk8s(gpu2, &w.kube.url(), Some(&gpu_node(gpu2.name())));
     let dir = setup.dir.path();
     let hotkey_file = dir.join("hotkey");
     std::fs::write(&hotkey_file, MINER_SEED).unwrap();
@@ -300,6 +311,18 @@ fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out(
     assert!(stderr(&out).contains("gpu-1 is already tracked by the miner API"), "{}", text(&out));
     assert!(!stdout(&out).contains("provisioning"), "{}", text(&out));
 
+    // A second node: the primary gains its peer and keeps gpu-1's; gpu-1 is only read.
+    let gpu1_wg0 = gpu.read_to_string("/etc/wireguard/wg0.conf").unwrap();
+    write_inventory(&cli.inventory, &[primary, gpu, gpu2], &w.validator_hotkey);
+    let out = cli.node(&["add-node", gpu2.name(), "--api", &w.api_url]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!stdout(&out).contains("\ngpu-1 "), "gpu-1 is not in the recap: {}", text(&out));
+    let gpu2_key = gpu2.read_to_string("/etc/wireguard/public.key").unwrap();
+    let wg0 = primary.read_to_string("/etc/wireguard/wg0.conf").unwrap();
+    assert!(wg0.contains(gpu_key.trim()) && wg0.contains(gpu2_key.trim()), "{wg0}");
+    assert_eq!(gpu.read_to_string("/etc/wireguard/wg0.conf").unwrap(), gpu1_wg0);
+    assert_eq!(w.rt.block_on(w.db.list_servers()).unwrap().len(), 2);
+
     // A job runs on it: remove-node refuses and names it; nothing changes.
     let server_id = servers[0].server.server_id.clone();
     w.rt.block_on(async {
@@ -351,7 +374,7 @@ fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out(
     assert!(e.contains("gpu-1 runs 1 job(s); nothing was changed"), "{}", text(&out));
     assert!(e.contains("job_id job-7"), "{}", text(&out));
     assert_eq!(w.kube.resource_version(), before, "the cluster was not touched");
-    assert_eq!(w.rt.block_on(w.db.list_servers()).unwrap().len(), 1);
+    assert_eq!(w.rt.block_on(w.db.list_servers()).unwrap().len(), 2);
     assert!(primary.read_to_string("/etc/wireguard/wg0.conf").unwrap().contains(gpu_key.trim()));
 
     // --force: the API is told, the node drained and deleted, the host leaves, the primary
@@ -366,12 +389,28 @@ fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out(
         "{}",
         text(&out)
     );
+    assert!(s.contains("node gpu-1: evicted pod chutes/chute-job-7"), "{}", text(&out));
+    assert!(w.kube.get("v1", "Pod", Some("chutes"), "chute-job-7").unwrap().is_none());
     assert!(s.contains("Delete its entry from"), "{}", text(&out));
     assert!(node_labels(&w, "gpu-1").is_none(), "Node deleted");
     assert!(gpu.read_to_string("/var/log/standin.calls").unwrap().contains("microk8s leave"));
     let wg0 = primary.read_to_string("/etc/wireguard/wg0.conf").unwrap();
     assert!(!wg0.contains(gpu_key.trim()), "gpu-1 is no longer a peer:\n{wg0}");
+    assert!(wg0.contains(gpu2_key.trim()), "gpu-2 stays a peer:\n{wg0}");
     assert!(node_labels(&w, "cpu-0").is_some(), "the primary's node stays");
+
+    // A dead host (the usual reason to remove one): it cannot be told to leave, the rest
+    // is done. The operator has taken gpu-1 out of the inventory as told.
+    write_inventory(&cli.inventory, &[primary, gpu2], &w.validator_hotkey);
+    gpu2.kill_sshd().unwrap();
+    let out = cli.node(&["remove-node", gpu2.name(), "--api", &w.api_url, "--kubeconfig", kc]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = stdout(&out);
+    assert!(s.contains("gpu-2: could not make it leave the cluster"), "{}", text(&out));
+    assert!(s.contains("node gpu-2: deleted from the cluster"), "{}", text(&out));
+    assert!(node_labels(&w, "gpu-2").is_none());
+    let wg0 = primary.read_to_string("/etc/wireguard/wg0.conf").unwrap();
+    assert!(!wg0.contains(gpu2_key.trim()) && !wg0.contains("[Peer]"), "no peers left:\n{wg0}");
 }
 
 #[test]
