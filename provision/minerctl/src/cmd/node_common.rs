@@ -57,10 +57,10 @@ impl NodeArgs {
     /// The API client, signing with the miner's hotkey.
     pub fn api(&self, inv: &Inventory) -> anyhow::Result<minerctl_nodes::MinerApi> {
         let key = Hotkey::load(&self.hotkey)?;
-        let url = self
-            .api
-            .clone()
-            .unwrap_or_else(|| format!("http://{}:{DEFAULT_API_PORT}", inv.primary().external_ip));
+        let url = self.api.clone().unwrap_or_else(|| {
+            let ip = inv.primary().external_ip;
+            format!("http://{}", std::net::SocketAddr::new(ip, DEFAULT_API_PORT))
+        });
         Ok(minerctl_nodes::MinerApi::new(&url, Arc::new(key))?)
     }
 
