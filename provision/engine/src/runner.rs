@@ -45,7 +45,7 @@ pub type Planner = Arc<dyn Fn(&PlanCtx) -> PhasePlan + Send + Sync>;
 
 pub struct Phase {
     pub name: String,
-    /// Selected by `--tags`.
+    /// Selected by `--tags` (steps may carry their own tag instead).
     pub tag: String,
     pub plan: Planner,
 }
@@ -249,18 +249,23 @@ async fn lane(s: Arc<Shared>, name: String, mode: Mode) -> HostRecap {
     for phase in &s.phases {
         s.barrier.wait().await;
         let Some(c) = conn.as_mut() else { continue };
-        if s.abort.load(Ordering::SeqCst) || !selected(&phase.tag) {
+        if s.abort.load(Ordering::SeqCst) {
             continue;
         }
         let _permit = s.forks.acquire().await;
         let vars = s.vars.read().await.clone();
-        let plan = (phase.plan)(&PlanCtx {
+        let mut plan = (phase.plan)(&PlanCtx {
             inventory: &s.inv,
             host: &host,
             facts: &facts,
             vars: &vars,
             check: s.opts.check,
         });
+        // --tags: steps carry their own tag or inherit the phase's.
+        plan.steps.retain(|st| selected(st.tag.as_deref().unwrap_or(&phase.tag)));
+        if plan.steps.is_empty() {
+            continue;
+        }
         if mode == Mode::Full {
             s.reporter.phase(&name, &phase.name);
         }

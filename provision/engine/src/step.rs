@@ -12,6 +12,8 @@ pub struct Step {
     pub notify: Vec<String>,
     /// Limit for each remote command of this step.
     pub timeout: Duration,
+    /// `--tags` name for this step; `None`: the phase's tag.
+    pub tag: Option<String>,
 }
 
 impl Step {
@@ -23,7 +25,12 @@ impl Step {
             }
             _ => Duration::from_secs(120),
         };
-        Step { name: name.into(), action, notify: vec![], timeout }
+        Step { name: name.into(), action, notify: vec![], timeout, tag: None }
+    }
+
+    pub fn tag(mut self, tag: &str) -> Step {
+        self.tag = Some(tag.to_string());
+        self
     }
 
     pub fn notify(mut self, handler: &str) -> Step {

@@ -91,15 +91,41 @@ pub fn phases() -> Vec<Phase> {
     vec![
         phase("wireguard keys", "wireguard", wireguard_keys),
         phase("wireguard config", "wireguard", wireguard_config),
-        phase("wireguard check", "wireguard", wireguard_check),
-        phase("base", "base", base),
-        phase("nvidia", "nvidia", nvidia),
-        phase("microk8s", "microk8s", microk8s),
-        phase("primary", "primary", primary),
-        phase("join token", "join", join_token),
+        // One phase, several roles: nothing here needs results that other hosts produce in
+        // this phase, so their probes share one round trip per host. Steps keep their role as
+        // `--tags` name.
+        phase("host setup", "base", host_setup),
         phase("join", "join", join),
         phase("label nodes", "join", label_nodes),
     ]
+}
+
+/// wireguard check, base, nvidia, microk8s, primary and the join token, in that order, as one
+/// phase (one probe round trip per host); the reboot handler (if any) runs last.
+///
+/// The WireGuard check can open it because the config phase before ended at a barrier (the
+/// primary's wg0 is up); the join token can close it because microk8s runs by then and the
+/// workers' membership was captured in the first phase.
+fn host_setup(c: &PlanCtx) -> PhasePlan {
+    let mut steps = vec![];
+    let mut handlers = vec![];
+    let mut reboot = vec![];
+    let sections = [
+        ("wireguard", wireguard_check(c)),
+        ("base", base(c)),
+        ("nvidia", nvidia(c)),
+        ("microk8s", microk8s(c)),
+        ("primary", primary(c)),
+        ("join", join_token(c)),
+    ];
+    for (tag, plan) in sections {
+        steps.extend(plan.steps.into_iter().map(|st| st.tag(tag)));
+        for h in plan.handlers {
+            if matches!(h.action, Action::Reboot { .. }) { reboot.push(h) } else { handlers.push(h) }
+        }
+    }
+    handlers.extend(reboot);
+    PhasePlan { steps, handlers }
 }
 
 fn wireguard_keys(c: &PlanCtx) -> PhasePlan {
@@ -636,17 +662,7 @@ fn join(c: &PlanCtx) -> PhasePlan {
             .cloned()
             .unwrap_or_else(|| "microk8s join <token from the primary>".into());
         PhasePlan {
-            steps: vec![
-                Step::new(
-                    "ping primary",
-                    Action::WaitFor {
-                        target: WaitTarget::Command(format!("ping -c 1 -W 2 {}", primary.wireguard_ip)),
-                        timeout: Duration::from_secs(15),
-                        interval: Duration::from_secs(5),
-                    },
-                ),
-                Step::new("join cluster", cmd(format!("{join} --worker --skip-verify"), JOINED)),
-            ],
+            steps: vec![Step::new("join cluster", cmd(format!("{join} --worker --skip-verify"), JOINED))],
             handlers: vec![],
         }
     })

@@ -41,8 +41,20 @@ fn plan(host: &str, phase: &str) -> PhasePlan {
     let vars = vars();
     let facts = Facts { os_id: "ubuntu".into(), os_version: "22.04".into(), ..Default::default() };
     let h = inv.host(host).unwrap();
-    let p = provision_roles::phases().into_iter().find(|p| p.name == phase).unwrap();
-    (p.plan)(&PlanCtx { inventory: &inv, host: h, facts: &facts, vars: &vars, check: false })
+    // The wireguard check, base, nvidia, microk8s, primary and join token are tagged sections
+    // of the "host setup" phase.
+    let (name, tag) = match phase {
+        "base" | "nvidia" | "microk8s" | "primary" => ("host setup", Some(phase)),
+        "join token" => ("host setup", Some("join")),
+        "wireguard check" => ("host setup", Some("wireguard")),
+        other => (other, None),
+    };
+    let p = provision_roles::phases().into_iter().find(|p| p.name == name).unwrap();
+    let mut plan = (p.plan)(&PlanCtx { inventory: &inv, host: h, facts: &facts, vars: &vars, check: false });
+    if let Some(t) = tag {
+        plan.steps.retain(|s| s.tag.as_deref() == Some(t));
+    }
+    plan
 }
 
 fn names(p: &PhasePlan) -> Vec<String> {

@@ -102,6 +102,9 @@ fn install_standins(h: &LabHost) {
     // 250 ms for every SSH command, since bash reads .bashrc when started by sshd). A stock
     // server .bashrc returns at once for non-interactive shells; make the lab's do the same.
     h.sh("[ ! -f /root/.bashrc ] || sed -i '1i case $- in *i*) ;; *) return;; esac' /root/.bashrc").unwrap();
+    // man-db's dpkg trigger rebuilds the manual index after every install (seconds per host on
+    // this 2-core machine); servers being provisioned do not need it for the tests' packages.
+    h.sh("echo 'man-db man-db/auto-update boolean false' | debconf-set-selections; rm -f /var/lib/man-db/auto-update").unwrap();
     h.write_file("/usr/local/sbin/minerctl-standin", STANDINS).unwrap();
     let links: Vec<String> =
         STANDIN_NAMES.iter().map(|n| format!("ln -sf minerctl-standin /usr/local/sbin/{n}")).collect();
