@@ -2,7 +2,8 @@
 //! Wall time of `minerctl provision` on 4, 16 and 32 lab hosts: a first run (converging
 //! fresh hosts: real apt-get, users, files; stand-ins for systemd/snap/nvidia) and a no-op
 //! rerun. Run with `cargo bench -p minerctl --bench provision_lab` (needs root: lab hosts).
-//! Set PROVISION_BENCH_SIZES=4,16 to choose sizes.
+//! Set PROVISION_BENCH_SIZES=4,16 to choose sizes, and MINERCTL_WRAPPER="/usr/bin/time -f
+//! TIME,%e,%U,%S" to see minerctl's own CPU time (wall, user, system) per no-op run.
 
 use std::time::Instant;
 
@@ -31,6 +32,10 @@ fn main() {
             let r = setup.run(&["--forks", &forks]);
             noop.push(t.elapsed().as_secs_f64());
             r.assert_ok();
+            // Lines a MINERCTL_WRAPPER profiler printed (e.g. /usr/bin/time).
+            for l in r.stderr.lines().filter(|l| l.starts_with("TIME")) {
+                eprintln!("{n} hosts no-op: {l}");
+            }
             assert!(r.changed_steps().is_empty(), "no-op rerun changed something: {:?}", r.changed_steps());
         }
         noop.sort_by(|a, b| a.total_cmp(b));

@@ -79,7 +79,16 @@ impl Setup {
     }
 
     pub fn command(&self, extra: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_minerctl"));
+        // MINERCTL_WRAPPER (e.g. "/usr/bin/time -f %e,%U,%S") runs minerctl under a profiler.
+        let mut c = match std::env::var("MINERCTL_WRAPPER") {
+            Ok(w) if !w.trim().is_empty() => {
+                let mut parts = w.split_whitespace();
+                let mut c = Command::new(parts.next().unwrap_or_default());
+                c.args(parts).arg(env!("CARGO_BIN_EXE_minerctl"));
+                c
+            }
+            _ => Command::new(env!("CARGO_BIN_EXE_minerctl")),
+        };
         c.arg("provision")
             .arg("-i")
             .arg(self.inventory())
