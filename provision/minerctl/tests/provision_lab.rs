@@ -284,3 +284,31 @@ fn check_on_fresh_hosts_reports_the_plan_and_changes_nothing() {
         }
     }
 }
+
+#[test]
+fn adding_a_node_is_one_more_run_without_limit() {
+    let s = Setup::start(2);
+    let full = std::fs::read_to_string(s.inventory()).unwrap();
+    let cut = full.find("  gpu-2:\n").unwrap();
+    std::fs::write(s.inventory(), &full[..cut]).unwrap();
+    s.run(&[]).assert_ok();
+
+    // The operator adds gpu-2 to the inventory and runs again, without --limit.
+    std::fs::write(s.inventory(), &full).unwrap();
+    let run = s.run(&[]);
+    run.assert_ok();
+    let changed = run.changed_steps();
+    assert!(
+        changed.iter().all(|(h, _)| h == "gpu-2" || h == "cpu-0"),
+        "gpu-1 must stay untouched: {changed:?}"
+    );
+    assert!(changed.contains(&("cpu-0".into(), "wg0.conf".into())), "{changed:?}");
+    assert!(changed.contains(&("cpu-0".into(), "restart wg0".into())), "{changed:?}");
+    assert!(changed.contains(&("cpu-0".into(), "gpu-2 external-ip label".into())), "{changed:?}");
+    assert!(changed.contains(&("gpu-2".into(), "join cluster".into())), "{changed:?}");
+    let hosts = s.lab.hosts();
+    let wg = file(&hosts[0], "/etc/wireguard/wg0.conf");
+    assert!(wg.contains(file(&hosts[2], "/etc/wireguard/public.key").trim()), "{wg}");
+    // A new join token was minted only because a worker had not joined yet.
+    assert!(run.events.iter().any(|e| e["step"] == "join token" && e["status"] == "ok"));
+}
