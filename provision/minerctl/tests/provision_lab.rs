@@ -161,8 +161,10 @@ fn wrong_host_key_is_refused_before_any_command() {
     let err = r["error"].as_str().unwrap();
     assert!(err.contains("HOST KEY MISMATCH"), "{err}");
     let fp = |k: &str| {
-        let out = Command::new("ssh-keygen").args(["-l", "-f", "/dev/stdin"]).stdin_bytes(k);
-        out.split_whitespace().nth(1).unwrap().to_string()
+        let f = s.dir.path().join("key.pub");
+        std::fs::write(&f, k).unwrap();
+        let out = Command::new("ssh-keygen").arg("-l").arg("-f").arg(&f).output().unwrap();
+        String::from_utf8(out.stdout).unwrap().split_whitespace().nth(1).unwrap().to_string()
     };
     assert!(
         err.contains(&fp(s.lab.hosts()[0].host_public_key()))
@@ -203,19 +205,6 @@ fn bad_inventory_is_rejected_before_connecting_with_every_place_named() {
         "{err}"
     );
     assert!(err.contains("no host has `is_primary: true`"), "{err}");
-}
-
-trait StdinBytes {
-    fn stdin_bytes(&mut self, input: &str) -> String;
-}
-impl StdinBytes for Command {
-    fn stdin_bytes(&mut self, input: &str) -> String {
-        use std::io::Write;
-        let mut child =
-            self.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn().unwrap();
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        String::from_utf8(child.wait_with_output().unwrap().stdout).unwrap()
-    }
 }
 
 #[test]
