@@ -28,23 +28,31 @@ pub fn check_worker<'a>(inv: &'a Inventory, name: &str) -> Result<&'a Host, Stri
     Ok(host)
 }
 
-/// Every provision phase for `node`; on the primary only the WireGuard and join phases
+/// Every provision phase for `node`; on the primary only the steps tagged WireGuard or join
 /// (its base system, drivers and microk8s are not touched by adding a worker). Run with
 /// `limit = [node, primary]`.
+///
+/// Selection is by each step's own tag, the rule `--tags` uses: one phase can hold several
+/// roles (the roles crate runs base, nvidia, microk8s and the join token as one "host setup"
+/// phase), so filtering whole phases would drop the primary's join token with the rest.
 pub fn add_node(node: &str) -> Vec<Phase> {
     provision_roles::phases()
         .into_iter()
         .map(|p| {
-            if PRIMARY_TAGS.contains(&p.tag.as_str()) {
-                return p;
-            }
             let plan = p.plan.clone();
+            let phase_tag = p.tag.clone();
             let node = node.to_string();
             Phase {
                 name: p.name,
                 tag: p.tag,
                 plan: Arc::new(move |c| {
-                    if c.host.is_primary && c.host.name != node { PhasePlan::default() } else { plan(c) }
+                    let mut full = plan(c);
+                    if c.host.is_primary && c.host.name != node {
+                        full.steps.retain(|st| {
+                            PRIMARY_TAGS.contains(&st.tag.as_deref().unwrap_or(phase_tag.as_str()))
+                        });
+                    }
+                    full
                 }),
             }
         })

@@ -658,11 +658,25 @@ fn join_token(c: &PlanCtx) -> PhasePlan {
 fn join(c: &PlanCtx) -> PhasePlan {
     let primary = c.inventory.primary();
     only(!c.host.is_primary, || {
-        let join = var(c, &primary.name, "join_command")
-            .cloned()
-            .unwrap_or_else(|| "microk8s join <token from the primary>".into());
+        let token = var(c, &primary.name, "join_command").cloned();
+        let joined = var(c, &c.host.name, "joined").map(String::as_str) == Some("yes");
+        let join = token.clone().unwrap_or_else(|| "microk8s join <token from the primary>".into());
         PhasePlan {
-            steps: vec![Step::new("join cluster", cmd(format!("{join} --worker --skip-verify"), JOINED))],
+            steps: vec![
+                // A joined node needs no token; an unjoined one must never run the placeholder
+                // (check mode shows it instead).
+                Step::new(
+                    "join token known",
+                    Action::Assert {
+                        ok: token.is_some() || joined || c.check,
+                        message: format!(
+                            "no join token from the primary {}: it must run in the same invocation (not excluded by --limit or --tags)",
+                            primary.name
+                        ),
+                    },
+                ),
+                Step::new("join cluster", cmd(format!("{join} --worker --skip-verify"), JOINED)),
+            ],
             handlers: vec![],
         }
     })

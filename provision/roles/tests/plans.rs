@@ -169,6 +169,28 @@ fn join_token_only_when_a_worker_has_not_joined_and_matches_the_primary_ip() {
 }
 
 #[test]
+fn an_unjoined_worker_without_a_token_fails_clearly_instead_of_running_a_placeholder() {
+    let inv = inv();
+    let facts = Facts::default();
+    let mut vars = vars();
+    vars.get_mut("cpu-0").unwrap().remove("join_command");
+    let join = provision_roles::phases().into_iter().find(|p| p.name == "join").unwrap();
+    let assert_of = |host: &str, check: bool| {
+        let h = inv.host(host).unwrap();
+        let p = (join.plan)(&PlanCtx { inventory: &inv, host: h, facts: &facts, vars: &vars, check });
+        match &p.steps.iter().find(|s| s.name == "join token known").unwrap().action {
+            Action::Assert { ok, message } => (*ok, message.clone()),
+            other => panic!("{other:?}"),
+        }
+    };
+    let (ok, message) = assert_of("gpu-1", false);
+    assert!(!ok && message.contains("no join token from the primary cpu-0"), "{message}");
+    // Check mode shows the plan; a node that already joined needs no token.
+    assert!(assert_of("gpu-1", true).0);
+    assert!(assert_of("gpu-0", false).0);
+}
+
+#[test]
 fn labels_every_node_with_its_external_ip_and_ipv6_off_is_a_sysctl() {
     let p = plan("cpu-0", "label nodes");
     let labels: Vec<&str> = p
