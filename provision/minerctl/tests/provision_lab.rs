@@ -205,6 +205,11 @@ fn bad_inventory_is_rejected_before_connecting_with_every_place_named() {
         "{err}"
     );
     assert!(err.contains("no host has `is_primary: true`"), "{err}");
+
+    // `minerctl provision FILE`, as the README writes it, reads the same file.
+    let positional =
+        Command::new(env!("CARGO_BIN_EXE_minerctl")).arg("provision").arg(&inv).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&positional.stderr), err);
 }
 
 #[test]

@@ -12,9 +12,12 @@ use provision_engine::{Log, OutputFormat, Redactor, Reporter, RunOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct ProvisionArgs {
-    /// Inventory file (see inventory.example.yml).
+    /// Inventory file (see inventory.example.yml); `minerctl provision FILE` works too.
     #[arg(short, long, default_value = "inventory.yml")]
     pub inventory: PathBuf,
+    /// The inventory file, given without -i.
+    #[arg(value_name = "INVENTORY", conflicts_with = "inventory")]
+    pub inventory_file: Option<PathBuf>,
     /// Report what would change (with diffs) and change nothing.
     #[arg(long)]
     pub check: bool,
@@ -68,7 +71,8 @@ fn default_log_path() -> PathBuf {
 
 pub fn run(args: ProvisionArgs) -> anyhow::Result<ExitCode> {
     // Everything about the inventory is checked before any connection.
-    let inv = provision_inventory::load(&args.inventory)?;
+    let inventory = args.inventory_file.as_ref().unwrap_or(&args.inventory);
+    let inv = provision_inventory::load(inventory)?;
     for t in &args.tags {
         if !provision_roles::TAGS.contains(&t.as_str()) {
             bail!("--tags: unknown role `{t}`; roles are {}", provision_roles::TAGS.join(", "));
