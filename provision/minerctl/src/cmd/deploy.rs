@@ -39,12 +39,9 @@ pub struct DeployArgs {
     /// Inventory, for reaching the primary over SSH.
     #[arg(short, long, default_value = "inventory.yml")]
     pub inventory: PathBuf,
-    /// known_hosts file for that SSH connection [default: ~/.ssh/known_hosts].
-    #[arg(long)]
-    pub known_hosts: Option<PathBuf>,
-    /// Trust and record the primary's host key if it is not in known_hosts yet.
-    #[arg(long)]
-    pub accept_new: bool,
+    /// How to reach the primary over SSH.
+    #[command(flatten)]
+    pub ssh: super::ssh::SshArgs,
     /// Hotkey file (Bittensor JSON or hex seed): creates or updates the
     /// `miner-credentials` secret. Needed on the first deploy.
     #[arg(long, value_name = "FILE")]
@@ -104,14 +101,7 @@ fn credentials(args: &DeployArgs) -> anyhow::Result<Credentials> {
 /// `microk8s config` on the inventory's primary host.
 async fn kubeconfig_over_ssh(args: &DeployArgs) -> anyhow::Result<String> {
     let inv = provision_inventory::load(&args.inventory)?;
-    let mut options = provision_ssh::Options::new();
-    if let Some(k) = &args.known_hosts {
-        options.known_hosts = k.clone();
-    }
-    if args.accept_new {
-        options.policy = provision_ssh::HostKeyPolicy::AcceptNew;
-    }
-    kubeconfig_from_primary(&inv, &options).await
+    kubeconfig_from_primary(&inv, &args.ssh.options()).await
 }
 
 /// Runs `microk8s config` on the primary (read-only; also used by `remove-node`).

@@ -7,3 +7,4 @@ pub mod node_common;
 pub mod provision;
 pub mod remove_node;
 pub mod render;
+pub mod ssh;

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use chutes_protocol::Hotkey;
@@ -24,34 +23,19 @@ pub struct NodeArgs {
     /// Miner API root URL [default: http://<primary external_ip>:32000].
     #[arg(long, value_name = "URL")]
     pub api: Option<String>,
-    /// Trust and record host keys of hosts not yet in known_hosts (changed keys are still refused).
-    #[arg(long)]
-    pub accept_new: bool,
-    /// known_hosts file [default: ~/.ssh/known_hosts].
-    #[arg(long)]
-    pub known_hosts: Option<PathBuf>,
+    #[command(flatten)]
+    pub ssh: super::ssh::SshArgs,
     /// Log file of the provision part [default: ~/.cache/minerctl/<command>-<time>.log].
     #[arg(long)]
     pub log_file: Option<PathBuf>,
     /// Also print provision steps that were already in the desired state.
     #[arg(short, long)]
     pub verbose: bool,
-    /// Seconds to wait for each SSH connection.
-    #[arg(long, default_value_t = 15)]
-    pub connect_timeout: u64,
 }
 
 impl NodeArgs {
     pub fn ssh_options(&self) -> provision_ssh::Options {
-        let mut ssh = provision_ssh::Options::new();
-        if let Some(k) = &self.known_hosts {
-            ssh.known_hosts = k.clone();
-        }
-        if self.accept_new {
-            ssh.policy = provision_ssh::HostKeyPolicy::AcceptNew;
-        }
-        ssh.connect_timeout = Duration::from_secs(self.connect_timeout);
-        ssh
+        self.ssh.options()
     }
 
     /// The API client, signing with the miner's hotkey.

@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use provision_engine::{Log, OutputFormat, Redactor, Reporter, RunOptions};
@@ -33,12 +32,8 @@ pub struct ProvisionArgs {
     /// Stop every host as soon as one fails.
     #[arg(long)]
     pub fail_fast: bool,
-    /// Trust and record host keys of hosts not yet in known_hosts (changed keys are still refused).
-    #[arg(long)]
-    pub accept_new: bool,
-    /// known_hosts file [default: ~/.ssh/known_hosts].
-    #[arg(long)]
-    pub known_hosts: Option<PathBuf>,
+    #[command(flatten)]
+    pub ssh: super::ssh::SshArgs,
     /// Output format: human (progress + recap) or json (one event per line).
     #[arg(long, value_enum, default_value_t = Format::Human)]
     pub output: Format,
@@ -48,9 +43,6 @@ pub struct ProvisionArgs {
     /// Also print steps that were already in the desired state.
     #[arg(short, long)]
     pub verbose: bool,
-    /// Seconds to wait for each SSH connection.
-    #[arg(long, default_value_t = 15)]
-    pub connect_timeout: u64,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,14 +74,7 @@ pub fn run(args: ProvisionArgs) -> anyhow::Result<ExitCode> {
         Some(spec) => Some(inv.limit(spec).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    let mut ssh = provision_ssh::Options::new();
-    if let Some(k) = &args.known_hosts {
-        ssh.known_hosts = k.clone();
-    }
-    if args.accept_new {
-        ssh.policy = provision_ssh::HostKeyPolicy::AcceptNew;
-    }
-    ssh.connect_timeout = Duration::from_secs(args.connect_timeout);
+    let ssh = args.ssh.options();
     let opts = RunOptions {
         forks: args.forks.max(1),
         check: args.check,
