@@ -1,21 +1,31 @@
 //! The cluster behind the API: workload controllers that create pods, a scheduler that
-//! binds them to nodes, and a kubelet that makes them Running and Ready (or fails them).
+//! binds them to nodes, a kubelet that admits, starts, fails and stops them, and the
+//! garbage and namespace controllers that finish deletions.
+//!
+//! Controllers are level-driven but incremental: each write marks what it concerns as dirty
+//! (see `State::observe`), and `reconcile` looks at dirty objects only, so the cost of a
+//! write is about what it touches. Time-driven work (start delays, grace periods, Job
+//! deadlines and TTLs) sits in a timer queue the 50 ms ticker checks.
 //!
 //! Simplifications (see README): Deployments own their pods directly (no ReplicaSets) and
-//! replace changed pods at once; Jobs run one pod at a time; taints, tolerations, pod
-//! affinity and preemption are ignored. Statuses carry no timestamps in conditions, so a
-//! settled cluster does not change and the resourceVersion clock stands still.
+//! replace changed pods at once; Jobs run one pod at a time; pod affinity and preemption are
+//! ignored. Statuses carry no timestamps in conditions, so a settled cluster does not change
+//! and the resourceVersion clock stands still.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value, json};
 
 use crate::kinds::Kind;
 use crate::selectors::expressions_match;
-use crate::store::{State, kind};
+use crate::store::{FOREGROUND, Key, Propagation, State, deleting, finalizers, kind, kind_of};
 use crate::util::{milli, now_rfc3339, short_hash};
 
 const MANAGER: &str = "kube-controller-manager";
+
+/// Rounds of dirty work one reconcile may take before yielding to the next request or tick
+/// (a guard against controllers that keep changing each other).
+const MAX_ROUNDS: usize = 200;
 
 fn pods() -> &'static Kind {
     kind("v1", "Pod")
@@ -33,6 +43,11 @@ fn terminal(pod: &Value) -> bool {
     matches!(phase(pod), "Succeeded" | "Failed")
 }
 
+/// Counts towards a workload: neither finished nor on its way out.
+fn live(pod: &Value) -> bool {
+    !terminal(pod) && !deleting(pod)
+}
+
 pub fn pod_ready(pod: &Value) -> bool {
     pod.pointer("/status/conditions")
         .and_then(Value::as_array)
@@ -46,29 +61,105 @@ fn node_ready(node: &Value) -> bool {
 }
 
 impl State {
-    /// Runs every controller until nothing changes (bounded).
+    /// Runs the controllers over what is dirty until nothing is (bounded).
     pub fn reconcile(&mut self) {
-        for _ in 0..10 {
-            let before = self.rv;
-            self.workloads();
-            self.schedule();
-            self.kubelet();
-            self.workload_status();
-            if self.rv == before {
+        for _ in 0..MAX_ROUNDS {
+            self.wake_due_timers();
+            if self.dirty.is_empty() && self.sched_new.is_empty() && !self.sched_all {
                 break;
+            }
+            let batch = std::mem::take(&mut self.dirty);
+            for k in batch {
+                self.control(&k);
+            }
+            self.schedule();
+        }
+    }
+
+    fn wake_due_timers(&mut self) {
+        let now = Instant::now();
+        while self.timers.first().is_some_and(|(when, _)| *when <= now) {
+            if let Some((_, k)) = self.timers.pop_first() {
+                self.dirty.insert(k);
             }
         }
     }
 
-    fn owned_pods(&self, ns: &str, uid: &str) -> Vec<Value> {
-        self.list(pods(), Some(ns))
+    fn wake_at(&mut self, when: Instant, k: &Key) {
+        self.timers.insert((when, k.clone()));
+    }
+
+    fn control(&mut self, k: &Key) {
+        let (Some(kind), Some(obj)) = (kind_of(k), self.get_key(k).cloned()) else {
+            return;
+        };
+        match kind.kind {
+            "Pod" => self.kubelet(k, &obj),
+            "Namespace" => self.namespace(k, &obj),
+            _ if deleting(&obj) => self.finish_deletion(k, &obj),
+            "Deployment" => self.deployment(k, &obj),
+            "StatefulSet" => self.statefulset(k, &obj),
+            "DaemonSet" => self.daemonset(k, &obj),
+            "Job" => self.job(k, &obj),
+            _ => {}
+        }
+    }
+
+    /// The garbage collector's part of a deletion: drop `foregroundDeletion` once the
+    /// dependents are gone, and remove the object once no finalizer is left.
+    fn finish_deletion(&mut self, k: &Key, obj: &Value) {
+        let mut f = finalizers(obj);
+        if f.iter().any(|x| x == FOREGROUND) && self.dependents_of(s(obj, "/metadata/uid")).is_empty() {
+            f.retain(|x| x != FOREGROUND);
+            let mut new = obj.clone();
+            new["metadata"]["finalizers"] = json!(f);
+            if let Some(kind) = kind_of(k) {
+                let _ = self.update(kind, obj, new, false);
+            }
+        }
+        if f.is_empty() {
+            self.remove(k);
+        }
+    }
+
+    /// Namespaces get their `default` ServiceAccount; a Terminating one is emptied, then goes.
+    fn namespace(&mut self, k: &Key, ns_obj: &Value) {
+        let ns = k.3.clone();
+        let sa = kind("v1", "ServiceAccount");
+        if !deleting(ns_obj) {
+            if self.get(sa, &ns, "default").is_none() {
+                let _ = self.create(
+                    sa,
+                    json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": ns}}),
+                    MANAGER,
+                    false,
+                );
+            }
+            return;
+        }
+        let mut inside: Vec<(Key, bool)> = Vec::new();
+        for kd in crate::kinds::KINDS.iter().filter(|kd| kd.namespaced) {
+            inside.extend(self.list_keyed(kd, Some(&ns)).into_iter().map(|(k, v)| (k.clone(), deleting(v))));
+        }
+        for (key, going) in &inside {
+            if !going {
+                self.delete_key(key, Propagation::Background);
+            }
+        }
+        let empty = crate::kinds::KINDS
+            .iter()
+            .filter(|kd| kd.namespaced)
+            .all(|kd| self.list_keyed(kd, Some(&ns)).is_empty());
+        if empty {
+            self.remove(k);
+        }
+    }
+
+    fn owned_pods(&self, uid: &str) -> Vec<Value> {
+        self.dependents_of(uid)
             .into_iter()
-            .filter(|p| {
-                p.pointer("/metadata/ownerReferences")
-                    .and_then(Value::as_array)
-                    .is_some_and(|r| r.iter().any(|r| r["uid"] == json!(uid)))
-            })
-            .cloned()
+            .filter(|k| k.1 == "pods" && k.0.is_empty())
+            .filter_map(|k| self.get_key(&k).cloned())
             .collect()
     }
 
@@ -79,7 +170,7 @@ impl State {
         name: &str,
         extra: Map<String, Value>,
         node: Option<&str>,
-    ) {
+    ) -> bool {
         let mut labels =
             template.pointer("/metadata/labels").and_then(Value::as_object).cloned().unwrap_or_default();
         labels.extend(extra);
@@ -104,35 +195,23 @@ impl State {
         if let Some(a) = template.pointer("/metadata/annotations") {
             pod["metadata"]["annotations"] = a.clone();
         }
-        let _ = self.create(pods(), pod, MANAGER, false);
+        self.create(pods(), pod, MANAGER, false).is_ok()
     }
 
     fn delete_pod(&mut self, pod: &Value) {
-        let _ = self.delete(pods(), s(pod, "/metadata/namespace"), s(pod, "/metadata/name"), false, false);
+        let k = crate::store::key(pods(), s(pod, "/metadata/namespace"), s(pod, "/metadata/name"));
+        self.delete_key(&k, Propagation::Background);
     }
 
-    fn workloads(&mut self) {
-        for owner in self.list(kind("apps/v1", "Deployment"), None).into_iter().cloned().collect::<Vec<_>>() {
-            self.deployment(&owner);
-        }
-        for owner in self.list(kind("apps/v1", "StatefulSet"), None).into_iter().cloned().collect::<Vec<_>>()
-        {
-            self.statefulset(&owner);
-        }
-        for owner in self.list(kind("apps/v1", "DaemonSet"), None).into_iter().cloned().collect::<Vec<_>>() {
-            self.daemonset(&owner);
-        }
-        for owner in self.list(kind("batch/v1", "Job"), None).into_iter().cloned().collect::<Vec<_>>() {
-            self.job(&owner);
-        }
-    }
-
-    fn deployment(&mut self, d: &Value) {
+    fn deployment(&mut self, k: &Key, d: &Value) {
         let template = &d["spec"]["template"];
         let hash = short_hash(template);
         let want = d["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
         let mut current = Vec::new();
-        for p in self.owned_pods(s(d, "/metadata/namespace"), s(d, "/metadata/uid")) {
+        for p in self.owned_pods(s(d, "/metadata/uid")) {
+            if deleting(&p) {
+                continue;
+            }
             if s(&p, "/metadata/labels/pod-template-hash") != hash || terminal(&p) {
                 self.delete_pod(&p);
             } else {
@@ -149,17 +228,45 @@ impl State {
             extra.insert("pod-template-hash".into(), json!(hash));
             self.make_pod(d, template, &name, extra, None);
         }
+        let owned: Vec<Value> = self.owned_pods(s(d, "/metadata/uid")).into_iter().filter(live).collect();
+        let total = owned.len() as u64;
+        let want = want as u64;
+        let updated =
+            owned.iter().filter(|p| s(p, "/metadata/labels/pod-template-hash") == hash).count() as u64;
+        let ready = owned.iter().filter(|p| pod_ready(p)).count() as u64;
+        let available = ready >= want;
+        let mut status = json!({
+            "observedGeneration": d["metadata"]["generation"],
+            "replicas": total, "updatedReplicas": updated, "readyReplicas": ready, "availableReplicas": ready,
+            "conditions": [
+                {"type": "Available", "status": if available { "True" } else { "False" },
+                 "reason": if available { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
+                 "message": if available { "Deployment has minimum availability." } else { "Deployment does not have minimum availability." }},
+                {"type": "Progressing", "status": "True",
+                 "reason": if updated >= want && ready >= want { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" }},
+            ],
+        });
+        if want > ready {
+            status["unavailableReplicas"] = json!(want - ready);
+        }
+        self.set_status(kind("apps/v1", "Deployment"), &k.2, &k.3, status);
     }
 
-    fn statefulset(&mut self, st: &Value) {
+    fn statefulset(&mut self, k: &Key, st: &Value) {
         let template = &st["spec"]["template"];
-        let name = s(st, "/metadata/name");
+        let name = s(st, "/metadata/name").to_string();
         let revision = format!("{name}-{}", short_hash(template));
         let want = st["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
         let mut have = vec![false; want];
-        for p in self.owned_pods(s(st, "/metadata/namespace"), s(st, "/metadata/uid")) {
-            let ordinal = s(&p, "/metadata/name").rsplit('-').next().and_then(|o| o.parse::<usize>().ok());
-            match ordinal {
+        for p in self.owned_pods(s(st, "/metadata/uid")) {
+            if deleting(&p) {
+                // Same name: the replacement waits until this one is gone.
+                if let Some(i) = ordinal(&p).filter(|i| *i < want) {
+                    have[i] = true;
+                }
+                continue;
+            }
+            match ordinal(&p) {
                 Some(i)
                     if i < want
                         && s(&p, "/metadata/labels/controller-revision-hash") == revision
@@ -170,28 +277,80 @@ impl State {
                 _ => self.delete_pod(&p),
             }
         }
+        // PersistentVolumeClaims from volumeClaimTemplates, one per template and ordinal,
+        // kept when the StatefulSet goes (the default retention policy).
+        let claims =
+            st.pointer("/spec/volumeClaimTemplates").and_then(Value::as_array).cloned().unwrap_or_default();
+        let pvc = kind("v1", "PersistentVolumeClaim");
+        let mut template = template.clone();
+        for i in 0..want {
+            for c in &claims {
+                let cname = format!("{}-{name}-{i}", s(c, "/metadata/name"));
+                if self.get(pvc, &k.2, &cname).is_none() {
+                    let mut obj = json!({
+                        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                        "metadata": {"name": cname, "namespace": k.2,
+                                     "labels": st.pointer("/spec/selector/matchLabels").cloned().unwrap_or(json!({}))},
+                        "spec": c.get("spec").cloned().unwrap_or(json!({})),
+                    });
+                    if obj["spec"].get("volumeMode").is_none() {
+                        obj["spec"]["volumeMode"] = json!("Filesystem");
+                    }
+                    let _ = self.create(pvc, obj, MANAGER, false);
+                }
+            }
+        }
         for (i, present) in have.iter().enumerate() {
             if !present {
+                // Each pod mounts its own claims.
+                if let Some(vols) = template.pointer_mut("/spec/volumes").and_then(Value::as_array_mut) {
+                    for v in vols.iter_mut() {
+                        if let Some(c) = claims.iter().find(|c| c.pointer("/metadata/name") == v.get("name"))
+                        {
+                            v["persistentVolumeClaim"] =
+                                json!({"claimName": format!("{}-{name}-{i}", s(c, "/metadata/name"))});
+                        }
+                    }
+                }
                 let mut extra = Map::new();
                 extra.insert("controller-revision-hash".into(), json!(revision));
                 extra.insert("statefulset.kubernetes.io/pod-name".into(), json!(format!("{name}-{i}")));
-                self.make_pod(st, template, &format!("{name}-{i}"), extra, None);
+                extra.insert("apps.kubernetes.io/pod-index".into(), json!(i.to_string()));
+                self.make_pod(st, &template, &format!("{name}-{i}"), extra, None);
             }
         }
+        let owned: Vec<Value> = self.owned_pods(s(st, "/metadata/uid")).into_iter().filter(live).collect();
+        let updated =
+            owned.iter().filter(|p| s(p, "/metadata/labels/controller-revision-hash") == revision).count();
+        let ready = owned.iter().filter(|p| pod_ready(p)).count();
+        let status = json!({
+            "observedGeneration": st["metadata"]["generation"],
+            "replicas": owned.len(), "readyReplicas": ready, "availableReplicas": ready,
+            "currentReplicas": updated, "updatedReplicas": updated,
+            "currentRevision": revision, "updateRevision": revision,
+        });
+        self.set_status(kind("apps/v1", "StatefulSet"), &k.2, &k.3, status);
     }
 
-    fn daemonset(&mut self, ds: &Value) {
+    fn daemonset(&mut self, k: &Key, ds: &Value) {
         let template = &ds["spec"]["template"];
         let hash = short_hash(template);
         let eligible: Vec<String> = self
             .nodes()
             .iter()
-            .filter(|n| placement_mismatch(&template["spec"], n).is_none())
+            .filter(|n| {
+                placement_mismatch(&template["spec"], n).is_none()
+                    && taint_mismatch(&template["spec"], n).is_none()
+            })
             .map(|n| s(n, "/metadata/name").to_string())
             .collect();
         let mut covered = Vec::new();
-        for p in self.owned_pods(s(ds, "/metadata/namespace"), s(ds, "/metadata/uid")) {
+        for p in self.owned_pods(s(ds, "/metadata/uid")) {
             let node = s(&p, "/spec/nodeName").to_string();
+            if deleting(&p) {
+                covered.push(node);
+                continue;
+            }
             if s(&p, "/metadata/labels/controller-revision-hash") != hash
                 || terminal(&p)
                 || !eligible.contains(&node)
@@ -208,36 +367,111 @@ impl State {
             extra.insert("controller-revision-hash".into(), json!(hash));
             self.make_pod(ds, template, &name, extra, Some(node));
         }
+        let owned: Vec<Value> = self.owned_pods(s(ds, "/metadata/uid")).into_iter().filter(live).collect();
+        let desired = eligible.len();
+        let updated =
+            owned.iter().filter(|p| s(p, "/metadata/labels/controller-revision-hash") == hash).count();
+        let ready = owned.iter().filter(|p| pod_ready(p)).count();
+        let status = json!({
+            "observedGeneration": ds["metadata"]["generation"],
+            "desiredNumberScheduled": desired, "currentNumberScheduled": owned.len(),
+            "updatedNumberScheduled": updated, "numberReady": ready, "numberAvailable": ready,
+            "numberUnavailable": desired.saturating_sub(ready), "numberMisscheduled": 0,
+        });
+        self.set_status(kind("apps/v1", "DaemonSet"), &k.2, &k.3, status);
     }
 
-    fn job(&mut self, job: &Value) {
-        let finished = job.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|c| {
-            c.iter().any(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True")
-        });
-        if finished {
-            return;
-        }
-        let owned = self.owned_pods(s(job, "/metadata/namespace"), s(job, "/metadata/uid"));
+    fn job(&mut self, k: &Key, job: &Value) {
+        let uid = s(job, "/metadata/uid").to_string();
+        let owned = self.owned_pods(&uid);
         let failed = owned.iter().filter(|p| phase(p) == "Failed").count() as u64;
         let succeeded = owned.iter().filter(|p| phase(p) == "Succeeded").count() as u64;
-        let active = owned.iter().filter(|p| !terminal(p)).count();
+        let terminating = owned.iter().filter(|p| deleting(p) && !terminal(p)).count() as u64;
+        let active: Vec<&Value> = owned.iter().filter(|p| live(p)).collect();
+        let ready = active.iter().filter(|p| pod_ready(p)).count() as u64;
         let backoff = job["spec"]["backoffLimit"].as_u64().unwrap_or(6);
         let completions = job["spec"]["completions"].as_u64().unwrap_or(1);
-        if succeeded < completions && failed <= backoff && active == 0 {
-            let uid = s(job, "/metadata/uid").to_string();
+        let mut status = job.get("status").cloned().unwrap_or(json!({}));
+        let finished_before = status.get("conditions").and_then(Value::as_array).is_some_and(|c| {
+            c.iter().any(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True")
+        });
+        let now = Instant::now();
+        let mut ending: Option<Value> = None;
+        if !finished_before {
+            if succeeded >= completions {
+                ending = Some(json!({"type": "Complete", "status": "True"}));
+            } else if failed > backoff {
+                ending = Some(json!({
+                    "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                    "message": "Job has reached the specified backoff limit",
+                }));
+            } else if let (Some(limit), Some(started)) =
+                (job["spec"]["activeDeadlineSeconds"].as_u64(), self.job_started.get(&uid).copied())
+            {
+                let deadline = started + Duration::from_secs(limit);
+                if now >= deadline {
+                    ending = Some(json!({
+                        "type": "Failed", "status": "True", "reason": "DeadlineExceeded",
+                        "message": "Job was active longer than specified deadline",
+                    }));
+                } else {
+                    self.wake_at(deadline, k);
+                }
+            }
+        }
+        let suspended = job["spec"]["suspend"] == true;
+        if !finished_before && ending.is_none() && !suspended && active.is_empty() && succeeded < completions
+        {
             let name = s(job, "/metadata/name").to_string();
             let n = self.next_id();
             let pod_name = format!("{name}-{}", &short_hash(&json!(n))[..5]);
             let mut extra = Map::new();
-            for (k, v) in [
+            for (key, v) in [
                 ("controller-uid", &uid),
                 ("batch.kubernetes.io/controller-uid", &uid),
                 ("job-name", &name),
                 ("batch.kubernetes.io/job-name", &name),
             ] {
-                extra.insert(k.into(), json!(v));
+                extra.insert(key.into(), json!(v));
             }
-            self.make_pod(job, &job["spec"]["template"], &pod_name, extra, None);
+            if self.make_pod(job, &job["spec"]["template"], &pod_name, extra, None) {
+                self.job_started.entry(uid.clone()).or_insert(now);
+                // The new pod marks this Job dirty; its status is counted then.
+                return;
+            }
+        }
+        if ending.is_some() {
+            for p in &active {
+                self.delete_pod(p);
+            }
+        }
+        status["active"] = json!(if ending.is_some() { 0 } else { active.len() as u64 });
+        status["ready"] = json!(ready);
+        status["failed"] = json!(failed);
+        status["succeeded"] = json!(succeeded);
+        status["terminating"] = json!(terminating);
+        if status.get("startTime").is_none() && self.job_started.contains_key(&uid) {
+            status["startTime"] = json!(now_rfc3339());
+        }
+        if let Some(cond) = ending {
+            if cond["type"] == "Complete" {
+                status["completionTime"] = json!(now_rfc3339());
+            }
+            status["conditions"] = json!([cond]);
+        }
+        let finished = finished_before || status.get("conditions").is_some();
+        self.set_status(kind("batch/v1", "Job"), &k.2, &k.3, status);
+        if finished {
+            let at = *self.job_finished.entry(uid).or_insert(now);
+            // The TTL-after-finished controller deletes with Foreground propagation.
+            if let Some(ttl) = job["spec"]["ttlSecondsAfterFinished"].as_u64() {
+                let due = at + Duration::from_secs(ttl);
+                if now >= due {
+                    self.delete_key(k, Propagation::Foreground);
+                } else {
+                    self.wake_at(due, k);
+                }
+            }
         }
     }
 
@@ -245,43 +479,51 @@ impl State {
         self.list(kind("v1", "Node"), None).into_iter().cloned().collect()
     }
 
-    /// Binds pods without a node to the first node (by name) that fits them.
+    /// Binds pods without a node to the first node (by name) that fits them. Only pods that
+    /// are new are tried, unless capacity was freed or nodes changed (then every one).
     fn schedule(&mut self) {
-        let pending: Vec<Value> = self
-            .list(pods(), None)
-            .into_iter()
-            .filter(|p| s(p, "/spec/nodeName").is_empty() && !terminal(p))
-            .cloned()
-            .collect();
-        for pod in pending {
-            let nodes = self.nodes();
+        let candidates: Vec<Key> = if std::mem::take(&mut self.sched_all) {
+            self.unscheduled.iter().cloned().collect()
+        } else {
+            self.sched_new.iter().cloned().collect()
+        };
+        self.sched_new.clear();
+        if candidates.is_empty() {
+            return;
+        }
+        let nodes = self.nodes();
+        for k in candidates {
+            let Some(pod) = self.get_key(&k).cloned() else { continue };
+            if !s(&pod, "/spec/nodeName").is_empty() || !live(&pod) {
+                continue;
+            }
             let mut reasons: Vec<String> = Vec::new();
             let mut chosen = None;
             for node in &nodes {
-                let why = if !node_ready(node) {
-                    Some("node(s) were not ready".to_string())
+                let why: Vec<String> = if !node_ready(node) {
+                    vec!["node(s) were not ready".to_string()]
                 } else if node.pointer("/spec/unschedulable") == Some(&json!(true)) {
-                    Some("node(s) were unschedulable".to_string())
+                    vec!["node(s) were unschedulable".to_string()]
+                } else if let Some(m) = taint_mismatch(&pod["spec"], node) {
+                    vec![m]
                 } else if let Some(m) = placement_mismatch(&pod["spec"], node) {
-                    Some(m)
+                    vec![m]
                 } else {
-                    self.insufficient(&pod, node)
+                    self.misfits(&pod, node).into_iter().map(|m| m.reason()).collect()
                 };
-                match why {
-                    None => {
-                        chosen = Some(s(node, "/metadata/name").to_string());
-                        break;
-                    }
-                    Some(r) => reasons.push(r),
+                if why.is_empty() {
+                    chosen = Some(s(node, "/metadata/name").to_string());
+                    break;
                 }
+                reasons.extend(why);
             }
-            let ns = s(&pod, "/metadata/namespace").to_string();
-            let name = s(&pod, "/metadata/name").to_string();
             match chosen {
                 Some(node) => {
                     let mut bound = pod.clone();
                     bound["spec"]["nodeName"] = json!(node);
                     bound["status"] = json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]});
+                    // The scheduler checked the fit: the pod counts on its node from now on.
+                    self.admitted.insert(s(&pod, "/metadata/uid").to_string());
                     let _ = self.update(pods(), &pod, bound, false);
                 }
                 None => {
@@ -294,11 +536,15 @@ impl State {
                         }
                     }
                     let detail: Vec<String> = counted.iter().map(|(r, c)| format!("{c} {r}")).collect();
-                    let message = format!("0/{} nodes are available: {}.", nodes.len(), detail.join(", "));
+                    let message = if nodes.is_empty() {
+                        "no nodes available to schedule pods".to_string()
+                    } else {
+                        format!("0/{} nodes are available: {}.", nodes.len(), detail.join(", "))
+                    };
                     self.set_status(
                         pods(),
-                        &ns,
-                        &name,
+                        &k.2,
+                        &k.3,
                         json!({"phase": "Pending", "conditions": [{
                             "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
                         }]}),
@@ -308,117 +554,261 @@ impl State {
         }
     }
 
-    /// Resource requests of the pod that the node cannot fit next to what it already runs.
-    fn insufficient(&self, pod: &Value, node: &Value) -> Option<String> {
+    /// Requests of the pod the node cannot fit next to the pods it already counts.
+    fn misfits(&self, pod: &Value, node: &Value) -> Vec<Misfit> {
         let node_name = s(node, "/metadata/name");
-        let alloc = node.pointer("/status/allocatable").and_then(Value::as_object)?;
-        let others: Vec<&Value> = self
-            .list(pods(), None)
+        let alloc = node.pointer("/status/allocatable").cloned().unwrap_or(json!({}));
+        let used = self.usage.get(node_name);
+        pod_requests(pod)
             .into_iter()
-            .filter(|p| s(p, "/spec/nodeName") == node_name && !terminal(p))
-            .collect();
-        for (resource, capacity) in alloc {
-            let Some(capacity) = milli(capacity) else { continue };
-            let want = requests(pod, resource);
-            if want == 0 {
-                continue;
+            .filter_map(|(resource, want)| {
+                let capacity = alloc.get(&resource).and_then(milli).unwrap_or(0);
+                let used = used.and_then(|u| u.get(&resource)).copied().unwrap_or(0);
+                (used + want > capacity).then_some(Misfit { resource, want, used, capacity })
+            })
+            .collect()
+    }
+
+    /// The kubelet: admits pods bound to its node (or rejects them, `OutOf<resource>`),
+    /// starts them after the start delay once their ServiceAccount, ConfigMaps and Secrets
+    /// exist, unless a fault says otherwise, and stops deleted ones.
+    fn kubelet(&mut self, k: &Key, pod: &Value) {
+        if deleting(pod) {
+            self.terminate(k, pod);
+            return;
+        }
+        let node_name = s(pod, "/spec/nodeName").to_string();
+        if node_name.is_empty() || terminal(pod) {
+            return;
+        }
+        let Some(node) = self.get(kind("v1", "Node"), "", &node_name).cloned() else {
+            return; // bound to a node that does not exist: stays Pending, as on a real cluster
+        };
+        if !node_ready(&node) {
+            return;
+        }
+        let uid = s(pod, "/metadata/uid").to_string();
+        if !self.admitted.contains(&uid) {
+            if let Some(m) = self.misfits(pod, &node).into_iter().next() {
+                let mut status = pod.get("status").cloned().unwrap_or(json!({}));
+                status["phase"] = json!("Failed");
+                status["reason"] = json!(format!("OutOf{}", m.resource));
+                status["message"] = json!(format!(
+                    "Pod was rejected: Node didn't have enough resource: {}, requested: {}, used: {}, capacity: {}",
+                    m.resource,
+                    m.shown(m.want),
+                    m.shown(m.used),
+                    m.shown(m.capacity)
+                ));
+                status["startTime"] = json!(now_rfc3339());
+                self.set_status(pods(), &k.2, &k.3, status);
+                return;
             }
-            let used: u128 = others.iter().map(|p| requests(p, resource)).sum();
-            if used + want > capacity {
-                return Some(format!("Insufficient {resource}"));
+            self.admitted.insert(uid.clone());
+            self.recount_pod(k);
+        }
+        let seen = *self.pod_seen.entry(uid).or_insert_with(Instant::now);
+        if seen.elapsed() < self.pod_start_delay {
+            let at = seen + self.pod_start_delay;
+            self.wake_at(at, k);
+            return;
+        }
+        let host_ip = node
+            .pointer("/status/addresses")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .map(|a| a["address"].clone())
+            .unwrap_or(json!("127.0.0.1"));
+        let names = containers(pod).iter().map(|c| s(c, "/name").to_string()).collect::<Vec<_>>().join(" ");
+        let not_ready = |waiting: &[Value], phase: &str| {
+            json!({
+                "phase": phase,
+                "hostIP": host_ip,
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True"},
+                    {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
+                     "message": format!("containers with unready status: [{names}]")},
+                ],
+                "containerStatuses": waiting,
+            })
+        };
+        let waiting_all = |reason: &str, message: Option<&str>, crash: bool| -> Vec<Value> {
+            containers(pod)
+                .iter()
+                .map(|c| {
+                    let mut w = json!({"reason": reason});
+                    if let Some(m) = message {
+                        w["message"] = json!(m);
+                    }
+                    json!({
+                        "name": c["name"], "image": c["image"], "imageID": "", "ready": false,
+                        "restartCount": if crash { 5 } else { 0 }, "started": false,
+                        "state": {"waiting": w},
+                    })
+                })
+                .collect()
+        };
+        let status = if let Some((reason, message)) = self.missing_dependencies(&k.2, pod) {
+            not_ready(&waiting_all(reason, message.as_deref(), false), "Pending")
+        } else if let Some(f) = {
+            let images: Vec<String> = containers(pod).iter().map(|c| s(c, "/image").to_string()).collect();
+            self.faults.iter().find(|f| images.iter().any(|i| i.contains(&f.image))).cloned()
+        } {
+            let crash = f.reason == "CrashLoopBackOff";
+            not_ready(
+                &waiting_all(&f.reason, Some(&f.message), crash),
+                if crash { "Running" } else { "Pending" },
+            )
+        } else {
+            if phase(pod) == "Running" && pod_ready(pod) {
+                return;
+            }
+            let started = now_rfc3339();
+            let n = self.next_id();
+            let statuses: Vec<Value> = containers(pod)
+                .iter()
+                .map(|c| {
+                    json!({
+                        "name": c["name"], "image": c["image"], "imageID": "", "ready": true,
+                        "restartCount": 0, "started": true, "state": {"running": {"startedAt": started}},
+                    })
+                })
+                .collect();
+            json!({
+                "phase": "Running",
+                "hostIP": host_ip,
+                "podIP": format!("10.1.{}.{}", (n / 250) % 250, n % 250 + 2),
+                "startTime": started,
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True"},
+                    {"type": "Initialized", "status": "True"},
+                    {"type": "ContainersReady", "status": "True"},
+                    {"type": "Ready", "status": "True"},
+                ],
+                "containerStatuses": statuses,
+            })
+        };
+        if pod.get("status") != Some(&status) {
+            self.set_status(pods(), &k.2, &k.3, status);
+        }
+    }
+
+    /// Why the kubelet cannot start the pod's containers yet: a mounted ConfigMap or Secret
+    /// that does not exist (`ContainerCreating`, as volume setup retries), or one that an
+    /// environment variable needs (`CreateContainerConfigError`).
+    fn missing_dependencies(&self, ns: &str, pod: &Value) -> Option<(&'static str, Option<String>)> {
+        let exists = |kd: &str, name: &str| self.get(kind("v1", kd), ns, name).is_some();
+        for v in pod.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
+            if let Some(cm) = v.get("configMap")
+                && cm["optional"] != true
+                && !exists("ConfigMap", s(cm, "/name"))
+            {
+                return Some(("ContainerCreating", None));
+            }
+            if let Some(sec) = v.get("secret")
+                && sec["optional"] != true
+                && !exists("Secret", s(sec, "/secretName"))
+            {
+                return Some(("ContainerCreating", None));
+            }
+        }
+        let data_has = |kd: &str, name: &str, key: &str| {
+            self.get(kind("v1", kd), ns, name).is_some_and(|o| {
+                o.pointer(&format!("/data/{key}")).is_some()
+                    || o.pointer(&format!("/stringData/{key}")).is_some()
+                    || o.pointer(&format!("/binaryData/{key}")).is_some()
+            })
+        };
+        for c in containers(pod) {
+            for from in c.get("envFrom").and_then(Value::as_array).into_iter().flatten() {
+                for (field, kd, word) in
+                    [("configMapRef", "ConfigMap", "configmap"), ("secretRef", "Secret", "secret")]
+                {
+                    if let Some(r) = from.get(field)
+                        && r["optional"] != true
+                        && !exists(kd, s(r, "/name"))
+                    {
+                        return Some((
+                            "CreateContainerConfigError",
+                            Some(format!("{word} \"{}\" not found", s(r, "/name"))),
+                        ));
+                    }
+                }
+            }
+            for e in c.get("env").and_then(Value::as_array).into_iter().flatten() {
+                for (field, kd, word) in
+                    [("configMapKeyRef", "ConfigMap", "configmap"), ("secretKeyRef", "Secret", "secret")]
+                {
+                    let Some(r) = e.pointer(&format!("/valueFrom/{field}")) else { continue };
+                    if r["optional"] == true {
+                        continue;
+                    }
+                    let (name, key) = (s(r, "/name"), s(r, "/key"));
+                    if !exists(kd, name) {
+                        return Some((
+                            "CreateContainerConfigError",
+                            Some(format!("{word} \"{name}\" not found")),
+                        ));
+                    }
+                    if !data_has(kd, name, key) {
+                        return Some((
+                            "CreateContainerConfigError",
+                            Some(format!("couldn't find key {key} in {kd} {ns}/{name}")),
+                        ));
+                    }
+                }
             }
         }
         None
     }
 
-    /// Pods on a node start (after the configured delay) unless a fault says otherwise.
-    fn kubelet(&mut self) {
-        let nodes = self.nodes();
-        let bound: Vec<Value> = self
-            .list(pods(), None)
-            .into_iter()
-            .filter(|p| !s(p, "/spec/nodeName").is_empty() && !terminal(p))
-            .cloned()
-            .collect();
-        for pod in bound {
-            let Some(node) = nodes.iter().find(|n| s(n, "/metadata/name") == s(&pod, "/spec/nodeName"))
-            else {
-                continue; // bound to a node that does not exist: stays Pending, as on a real cluster
-            };
-            if !node_ready(node) {
-                continue;
-            }
-            let uid = s(&pod, "/metadata/uid").to_string();
-            let seen = *self.pod_seen.entry(uid).or_insert_with(Instant::now);
-            if seen.elapsed() < self.pod_start_delay {
-                continue;
-            }
-            let images: Vec<String> = containers(&pod).iter().map(|c| s(c, "/image").to_string()).collect();
-            let fault = self.faults.iter().find(|f| images.iter().any(|i| i.contains(&f.image))).cloned();
-            let ns = s(&pod, "/metadata/namespace").to_string();
-            let name = s(&pod, "/metadata/name").to_string();
-            let host_ip = node
-                .pointer("/status/addresses")
-                .and_then(Value::as_array)
-                .and_then(|a| a.first())
-                .map(|a| a["address"].clone())
-                .unwrap_or(json!("127.0.0.1"));
-            let current = pod.get("status").cloned().unwrap_or(json!({}));
-            let status = match fault {
-                Some(f) => {
-                    let crash = f.reason == "CrashLoopBackOff";
-                    let statuses: Vec<Value> = containers(&pod)
-                        .iter()
-                        .map(|c| {
-                            json!({
-                                "name": c["name"], "image": c["image"], "imageID": "", "ready": false,
-                                "restartCount": if crash { 5 } else { 0 }, "started": false,
-                                "state": {"waiting": {"reason": f.reason, "message": f.message}},
-                            })
-                        })
-                        .collect();
-                    json!({
-                        "phase": if crash { "Running" } else { "Pending" },
-                        "hostIP": host_ip,
-                        "conditions": [
-                            {"type": "PodScheduled", "status": "True"},
-                            {"type": "Ready", "status": "False", "reason": "ContainersNotReady",
-                             "message": format!("containers with unready status: [{}]", containers(&pod).iter().map(|c| s(c, "/name")).collect::<Vec<_>>().join(" "))},
-                        ],
-                        "containerStatuses": statuses,
-                    })
+    /// A deleted pod: stopped at once unless terminations are held (then at the end of its
+    /// grace period); a pod on a node that is not Ready stays Terminating.
+    fn terminate(&mut self, k: &Key, pod: &Value) {
+        let node_name = s(pod, "/spec/nodeName").to_string();
+        match self.get(kind("v1", "Node"), "", &node_name) {
+            Some(n) if !node_ready(n) => return,
+            _ => {}
+        }
+        if !terminal(pod) {
+            let exists = !node_name.is_empty() && self.get(kind("v1", "Node"), "", &node_name).is_some();
+            let ends = self.grace_ends.get(k).copied();
+            let due = ends.is_none_or(|e| e <= Instant::now());
+            if exists && self.hold_terminations && !due {
+                if let Some(e) = ends {
+                    self.wake_at(e, k);
                 }
-                None => {
-                    if phase(&pod) == "Running" && pod_ready(&pod) {
-                        continue;
-                    }
-                    let started = now_rfc3339();
-                    let n = self.next_id();
-                    let statuses: Vec<Value> = containers(&pod)
-                        .iter()
-                        .map(|c| json!({
-                            "name": c["name"], "image": c["image"], "imageID": "", "ready": true,
-                            "restartCount": 0, "started": true, "state": {"running": {"startedAt": started}},
-                        }))
-                        .collect();
-                    json!({
-                        "phase": "Running",
-                        "hostIP": host_ip,
-                        "podIP": format!("10.1.{}.{}", (n / 250) % 250, n % 250 + 2),
-                        "startTime": started,
-                        "conditions": [
-                            {"type": "PodScheduled", "status": "True"},
-                            {"type": "Initialized", "status": "True"},
-                            {"type": "ContainersReady", "status": "True"},
-                            {"type": "Ready", "status": "True"},
-                        ],
-                        "containerStatuses": statuses,
-                    })
-                }
-            };
-            if current != status {
-                self.set_status(pods(), &ns, &name, status);
+                return;
             }
+        }
+        self.stop_pod(k, pod);
+    }
+
+    /// The kubelet confirms a termination: the pod goes, or (with finalizers left) stays
+    /// as Failed until they are removed.
+    pub fn stop_pod(&mut self, k: &Key, pod: &Value) {
+        if finalizers(pod).is_empty() {
+            self.remove(k);
+        } else if !terminal(pod) {
+            let mut status = pod.get("status").cloned().unwrap_or(json!({}));
+            status["phase"] = json!("Failed");
+            status["conditions"] = json!([
+                {"type": "PodScheduled", "status": "True"},
+                {"type": "Ready", "status": "False", "reason": "PodCompleted"},
+            ]);
+            self.set_status(pods(), &k.2, &k.3, status);
+        }
+    }
+
+    /// Ends a terminating pod's grace period now. False when no such pod is terminating.
+    pub fn finish_termination(&mut self, ns: &str, name: &str) -> bool {
+        let k = crate::store::key(pods(), ns, name);
+        match self.get_key(&k).cloned() {
+            Some(p) if deleting(&p) => {
+                self.stop_pod(&k, &p);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -449,141 +839,90 @@ impl State {
             {"type": "Ready", "status": "False", "reason": "PodCompleted"},
         ]);
         status["containerStatuses"] = json!(statuses);
-        let changed = self.set_status(pods(), ns, name, status);
-        self.reconcile();
-        changed
+        self.set_status(pods(), ns, name, status)
     }
+}
 
-    fn workload_status(&mut self) {
-        for d in self.list(kind("apps/v1", "Deployment"), None).into_iter().cloned().collect::<Vec<_>>() {
-            let hash = short_hash(&d["spec"]["template"]);
-            let owned = self.owned_pods(s(&d, "/metadata/namespace"), s(&d, "/metadata/uid"));
-            let want = d["spec"]["replicas"].as_u64().unwrap_or(1);
-            let total = owned.len() as u64;
-            let updated =
-                owned.iter().filter(|p| s(p, "/metadata/labels/pod-template-hash") == hash).count() as u64;
-            let ready = owned.iter().filter(|p| pod_ready(p)).count() as u64;
-            let available = ready >= want;
-            let mut status = json!({
-                "observedGeneration": d["metadata"]["generation"],
-                "replicas": total, "updatedReplicas": updated, "readyReplicas": ready, "availableReplicas": ready,
-                "conditions": [
-                    {"type": "Available", "status": if available { "True" } else { "False" },
-                     "reason": if available { "MinimumReplicasAvailable" } else { "MinimumReplicasUnavailable" },
-                     "message": if available { "Deployment has minimum availability." } else { "Deployment does not have minimum availability." }},
-                    {"type": "Progressing", "status": "True",
-                     "reason": if updated >= want && ready >= want { "NewReplicaSetAvailable" } else { "ReplicaSetUpdated" }},
-                ],
-            });
-            if want > ready {
-                status["unavailableReplicas"] = json!(want - ready);
-            }
-            self.set_status(
-                kind("apps/v1", "Deployment"),
-                s(&d, "/metadata/namespace"),
-                s(&d, "/metadata/name"),
-                status,
-            );
-        }
-        for st in self.list(kind("apps/v1", "StatefulSet"), None).into_iter().cloned().collect::<Vec<_>>() {
-            let revision = format!("{}-{}", s(&st, "/metadata/name"), short_hash(&st["spec"]["template"]));
-            let owned = self.owned_pods(s(&st, "/metadata/namespace"), s(&st, "/metadata/uid"));
-            let updated = owned
-                .iter()
-                .filter(|p| s(p, "/metadata/labels/controller-revision-hash") == revision)
-                .count();
-            let ready = owned.iter().filter(|p| pod_ready(p)).count();
-            let status = json!({
-                "observedGeneration": st["metadata"]["generation"],
-                "replicas": owned.len(), "readyReplicas": ready, "availableReplicas": ready,
-                "currentReplicas": updated, "updatedReplicas": updated,
-                "currentRevision": revision, "updateRevision": revision,
-            });
-            self.set_status(
-                kind("apps/v1", "StatefulSet"),
-                s(&st, "/metadata/namespace"),
-                s(&st, "/metadata/name"),
-                status,
-            );
-        }
-        for ds in self.list(kind("apps/v1", "DaemonSet"), None).into_iter().cloned().collect::<Vec<_>>() {
-            let hash = short_hash(&ds["spec"]["template"]);
-            let desired = self
-                .nodes()
-                .iter()
-                .filter(|n| placement_mismatch(&ds["spec"]["template"]["spec"], n).is_none())
-                .count();
-            let owned = self.owned_pods(s(&ds, "/metadata/namespace"), s(&ds, "/metadata/uid"));
-            let updated =
-                owned.iter().filter(|p| s(p, "/metadata/labels/controller-revision-hash") == hash).count();
-            let ready = owned.iter().filter(|p| pod_ready(p)).count();
-            let status = json!({
-                "observedGeneration": ds["metadata"]["generation"],
-                "desiredNumberScheduled": desired, "currentNumberScheduled": owned.len(),
-                "updatedNumberScheduled": updated, "numberReady": ready, "numberAvailable": ready,
-                "numberUnavailable": desired.saturating_sub(ready), "numberMisscheduled": 0,
-            });
-            self.set_status(
-                kind("apps/v1", "DaemonSet"),
-                s(&ds, "/metadata/namespace"),
-                s(&ds, "/metadata/name"),
-                status,
-            );
-        }
-        for job in self.list(kind("batch/v1", "Job"), None).into_iter().cloned().collect::<Vec<_>>() {
-            let owned = self.owned_pods(s(&job, "/metadata/namespace"), s(&job, "/metadata/uid"));
-            let failed = owned.iter().filter(|p| phase(p) == "Failed").count() as u64;
-            let succeeded = owned.iter().filter(|p| phase(p) == "Succeeded").count() as u64;
-            let active = owned.iter().filter(|p| !terminal(p)).count() as u64;
-            let ready = owned.iter().filter(|p| pod_ready(p)).count() as u64;
-            let backoff = job["spec"]["backoffLimit"].as_u64().unwrap_or(6);
-            let completions = job["spec"]["completions"].as_u64().unwrap_or(1);
-            let mut status = job.get("status").cloned().unwrap_or(json!({}));
-            let was_finished = status.get("conditions").is_some();
-            status["active"] = json!(active);
-            status["ready"] = json!(ready);
-            status["failed"] = json!(failed);
-            status["succeeded"] = json!(succeeded);
-            if status.get("startTime").is_none() && !owned.is_empty() {
-                status["startTime"] = json!(now_rfc3339());
-            }
-            if !was_finished {
-                if succeeded >= completions {
-                    status["conditions"] = json!([{"type": "Complete", "status": "True"}]);
-                    status["completionTime"] = json!(now_rfc3339());
-                } else if failed > backoff {
-                    status["conditions"] = json!([{
-                        "type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                        "message": "Job has reached the specified backoff limit",
-                    }]);
-                }
-            }
-            self.set_status(
-                kind("batch/v1", "Job"),
-                s(&job, "/metadata/namespace"),
-                s(&job, "/metadata/name"),
-                status,
-            );
+/// A resource a node cannot fit.
+struct Misfit {
+    resource: String,
+    want: u128,
+    used: u128,
+    capacity: u128,
+}
+
+impl Misfit {
+    fn reason(&self) -> String {
+        if self.resource == "pods" {
+            "Too many pods".into()
+        } else {
+            format!("Insufficient {}", self.resource)
         }
     }
+    /// As the kubelet prints quantities: CPU in millicores, everything else in units.
+    fn shown(&self, q: u128) -> u128 {
+        if self.resource == "cpu" { q } else { q / 1000 }
+    }
+}
+
+fn ordinal(p: &Value) -> Option<usize> {
+    s(p, "/metadata/name").rsplit('-').next().and_then(|o| o.parse::<usize>().ok())
 }
 
 fn containers(pod: &Value) -> Vec<Value> {
     pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default()
 }
 
-/// Sum of a resource's requests (or limits when no request) over the pod's containers.
-fn requests(pod: &Value, resource: &str) -> u128 {
-    containers(pod)
-        .iter()
-        .map(|c| {
-            c.pointer("/resources/requests")
-                .and_then(|r| r.get(resource))
-                .or_else(|| c.pointer("/resources/limits").and_then(|r| r.get(resource)))
+/// What a pod takes from its node, in milli-units: each resource's requests (or limits when
+/// no request) summed over the containers, and one `pods` slot.
+pub fn pod_requests(pod: &Value) -> Vec<(String, u128)> {
+    let mut out: Vec<(String, u128)> = vec![("pods".into(), 1000)];
+    for c in containers(pod) {
+        let req = c.pointer("/resources/requests").and_then(Value::as_object);
+        let lim = c.pointer("/resources/limits").and_then(Value::as_object);
+        let mut names: Vec<&String> = req.into_iter().chain(lim).flat_map(|m| m.keys()).collect();
+        names.sort();
+        names.dedup();
+        for r in names {
+            let q = req
+                .and_then(|m| m.get(r))
+                .or_else(|| lim.and_then(|m| m.get(r)))
                 .and_then(milli)
-                .unwrap_or(0)
-        })
-        .sum()
+                .unwrap_or(0);
+            if q == 0 {
+                continue;
+            }
+            match out.iter_mut().find(|(n, _)| n == r) {
+                Some((_, x)) => *x += q,
+                None => out.push((r.clone(), q)),
+            }
+        }
+    }
+    out
+}
+
+/// The first NoSchedule/NoExecute taint of the node the pod does not tolerate, worded as
+/// the scheduler words it.
+pub fn taint_mismatch(spec: &Value, node: &Value) -> Option<String> {
+    let tolerations = spec.get("tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
+    let taints = node.pointer("/spec/taints").and_then(Value::as_array)?;
+    taints
+        .iter()
+        .filter(|t| matches!(s(t, "/effect"), "NoSchedule" | "NoExecute"))
+        .find(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
+        .map(|t| format!("node(s) had untolerated taint {{{}: {}}}", s(t, "/key"), s(t, "/value")))
+}
+
+fn tolerates(tol: &Value, taint: &Value) -> bool {
+    let effect = s(tol, "/effect");
+    if !effect.is_empty() && effect != s(taint, "/effect") {
+        return false;
+    }
+    let key = s(tol, "/key");
+    match s(tol, "/operator") {
+        "Exists" => key.is_empty() || key == s(taint, "/key"),
+        _ => key == s(taint, "/key") && s(tol, "/value") == s(taint, "/value"),
+    }
 }
 
 /// Why a pod spec's nodeSelector / required node affinity rejects a node, if it does.

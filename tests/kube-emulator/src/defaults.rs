@@ -1,6 +1,7 @@
 //! What the API server fills in on write: the parts tests and clients can observe.
 //! Service cluster IPs and NodePorts (with the real "already allocated" error), namespace
-//! labels, replica counts. Everything else is stored as sent.
+//! labels, workload and pod spec defaults (restartPolicy, dnsPolicy, pull policy, update
+//! strategies, Job selectors and labels, requests copied from limits).
 
 use std::collections::BTreeSet;
 
@@ -24,22 +25,169 @@ pub fn apply_defaults(
                 obj["metadata"]["labels"] = json!({});
             }
             obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = name;
+            if obj.get("spec").is_none() {
+                obj["spec"] = json!({"finalizers": ["kubernetes"]});
+            }
             if obj.get("status").is_none() {
                 obj["status"] = json!({"phase": "Active"});
             }
         }
-        "Deployment" | "StatefulSet"
-            if obj.get("spec").is_some_and(Value::is_object) && obj["spec"].get("replicas").is_none() =>
-        {
-            obj["spec"]["replicas"] = json!(1);
+        "Pod" => {
+            if obj.get("status").is_none() {
+                obj["status"] = json!({"phase": "Pending"});
+            }
+            if let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) {
+                pod_spec(spec, true);
+            }
         }
-        "Pod" if obj.get("status").is_none() => {
-            obj["status"] = json!({"phase": "Pending"});
+        "Deployment" => {
+            let spec = spec_of(obj);
+            fill(spec, "replicas", json!(1));
+            fill(spec, "revisionHistoryLimit", json!(10));
+            fill(spec, "progressDeadlineSeconds", json!(600));
+            fill(
+                spec,
+                "strategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+            );
+            template(spec);
+        }
+        "StatefulSet" => {
+            let spec = spec_of(obj);
+            fill(spec, "replicas", json!(1));
+            fill(spec, "revisionHistoryLimit", json!(10));
+            fill(spec, "podManagementPolicy", json!("OrderedReady"));
+            fill(spec, "updateStrategy", json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}));
+            fill(
+                spec,
+                "persistentVolumeClaimRetentionPolicy",
+                json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+            );
+            template(spec);
+        }
+        "DaemonSet" => {
+            let spec = spec_of(obj);
+            fill(spec, "revisionHistoryLimit", json!(10));
+            fill(
+                spec,
+                "updateStrategy",
+                json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}),
+            );
+            template(spec);
+        }
+        "Job" => job(obj),
+        "CronJob" => {
+            let spec = spec_of(obj);
+            fill(spec, "concurrencyPolicy", json!("Allow"));
+            fill(spec, "suspend", json!(false));
+            fill(spec, "successfulJobsHistoryLimit", json!(3));
+            fill(spec, "failedJobsHistoryLimit", json!(1));
+            if let Some(tpl) = spec.pointer_mut("/jobTemplate/spec/template/spec").filter(|s| s.is_object()) {
+                pod_spec(tpl, false);
+            }
         }
         "Service" => service(state, old, obj)?,
         _ => {}
     }
     Ok(())
+}
+
+fn spec_of(obj: &mut Value) -> &mut Value {
+    if !obj.get("spec").is_some_and(Value::is_object) {
+        obj["spec"] = json!({});
+    }
+    &mut obj["spec"]
+}
+
+fn fill(v: &mut Value, field: &str, default: Value) {
+    if v.get(field).is_none_or(Value::is_null) {
+        v[field] = default;
+    }
+}
+
+fn template(spec: &mut Value) {
+    if let Some(pod) = spec.pointer_mut("/template/spec").filter(|s| s.is_object()) {
+        pod_spec(pod, false);
+    }
+}
+
+/// Job defaults, and the selector the real server derives from the Job's uid (unless
+/// `manualSelector`), with the labels that make the template match it.
+fn job(obj: &mut Value) {
+    let uid = obj.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_string();
+    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let spec = spec_of(obj);
+    fill(spec, "parallelism", json!(1));
+    fill(spec, "completions", json!(1));
+    fill(spec, "backoffLimit", json!(6));
+    fill(spec, "completionMode", json!("NonIndexed"));
+    fill(spec, "suspend", json!(false));
+    fill(spec, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    let manual = spec.get("manualSelector") == Some(&json!(true));
+    if !manual && !uid.is_empty() {
+        fill(spec, "selector", json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}));
+        if !spec.pointer("/template/metadata").is_some_and(Value::is_object) {
+            spec["template"]["metadata"] = json!({});
+        }
+        let meta = &mut spec["template"]["metadata"];
+        if !meta.get("labels").is_some_and(Value::is_object) {
+            meta["labels"] = json!({});
+        }
+        for (k, v) in [
+            ("batch.kubernetes.io/controller-uid", &uid),
+            ("batch.kubernetes.io/job-name", &name),
+            ("controller-uid", &uid),
+            ("job-name", &name),
+        ] {
+            fill(&mut meta["labels"], k, json!(v));
+        }
+    }
+    template(spec);
+}
+
+/// What the API server fills into a pod spec (`pod`: a Pod itself, which also gets what
+/// admission adds: the ServiceAccount, priority, and requests copied from limits).
+fn pod_spec(spec: &mut Value, pod: bool) {
+    fill(spec, "restartPolicy", json!("Always"));
+    fill(spec, "dnsPolicy", json!("ClusterFirst"));
+    fill(spec, "schedulerName", json!("default-scheduler"));
+    fill(spec, "terminationGracePeriodSeconds", json!(30));
+    fill(spec, "securityContext", json!({}));
+    if pod {
+        fill(spec, "serviceAccountName", json!("default"));
+        let sa = spec["serviceAccountName"].clone();
+        fill(spec, "serviceAccount", sa);
+        fill(spec, "enableServiceLinks", json!(true));
+        fill(spec, "priority", json!(0));
+        fill(spec, "preemptionPolicy", json!("PreemptLowerPriority"));
+    }
+    for list in ["initContainers", "containers"] {
+        for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+            container(c, pod);
+        }
+    }
+}
+
+fn container(c: &mut Value, pod: bool) {
+    fill(c, "terminationMessagePath", json!("/dev/termination-log"));
+    fill(c, "terminationMessagePolicy", json!("File"));
+    let image = c.get("image").and_then(Value::as_str).unwrap_or_default();
+    let last = image.rsplit('/').next().unwrap_or_default();
+    let latest = !image.contains('@') && (!last.contains(':') || last.ends_with(":latest"));
+    fill(c, "imagePullPolicy", json!(if latest { "Always" } else { "IfNotPresent" }));
+    fill(c, "resources", json!({}));
+    if pod && let Some(limits) = c.pointer("/resources/limits").and_then(Value::as_object).cloned() {
+        // Requests default to limits (how a GPU limit alone becomes a GPU request).
+        if !c.pointer("/resources/requests").is_some_and(Value::is_object) {
+            c["resources"]["requests"] = json!({});
+        }
+        for (r, q) in limits {
+            fill(&mut c["resources"]["requests"], &r, q);
+        }
+    }
+    for p in c.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+        fill(p, "protocol", json!("TCP"));
+    }
 }
 
 fn service(state: &mut State, old: Option<&Value>, obj: &mut Value) -> Result<(), ApiError> {

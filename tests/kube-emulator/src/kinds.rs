@@ -16,6 +16,12 @@ pub struct Kind {
 }
 
 impl Kind {
+    /// Whether the real server keeps `metadata.generation` (workloads do; ConfigMaps,
+    /// Secrets, Services, Pods and the like do not).
+    pub fn has_generation(&self) -> bool {
+        matches!(self.kind, "Deployment" | "StatefulSet" | "DaemonSet" | "Job" | "CronJob" | "NetworkPolicy")
+    }
+
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
             self.version.to_string()

@@ -21,6 +21,7 @@ mod selectors;
 mod server;
 mod store;
 mod util;
+mod validate;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -52,6 +53,7 @@ pub struct Node {
     capacity: Vec<(String, String)>,
     address: String,
     ready: bool,
+    taints: Vec<Value>,
 }
 
 impl Node {
@@ -72,6 +74,7 @@ impl Node {
             ],
             address: "127.0.0.1".into(),
             ready: true,
+            taints: Vec::new(),
         }
     }
 
@@ -99,6 +102,13 @@ impl Node {
         self
     }
 
+    /// A taint (`NoSchedule`, `PreferNoSchedule` or `NoExecute`): pods that do not
+    /// tolerate a NoSchedule/NoExecute taint are not scheduled there.
+    pub fn taint(mut self, key: &str, value: &str, effect: &str) -> Node {
+        self.taints.push(json!({"key": key, "value": value, "effect": effect}));
+        self
+    }
+
     pub fn not_ready(mut self) -> Node {
         self.ready = false;
         self
@@ -112,7 +122,7 @@ impl Node {
         json!({
             "apiVersion": "v1", "kind": "Node",
             "metadata": {"name": self.name, "labels": labels},
-            "spec": {},
+            "spec": if self.taints.is_empty() { json!({}) } else { json!({"taints": self.taints}) },
             "status": {
                 "capacity": capacity, "allocatable": capacity,
                 "conditions": [ready_condition(self.ready)],
@@ -186,7 +196,8 @@ impl Emulator {
                     }
                 };
                 let _ = ready_tx.send(Ok(()));
-                // Time-driven behaviour (pod start delays) needs a clock tick.
+                // Time-driven behaviour (start delays, grace periods, Job deadlines and TTLs)
+                // needs a clock tick; with nothing due it costs a look at the timer queue.
                 let ticker = serve_shared.clone();
                 tokio::spawn(async move {
                     let mut every = tokio::time::interval(Duration::from_millis(50));
@@ -240,6 +251,10 @@ impl Emulator {
                     let mut new = obj;
                     new["metadata"] = old["metadata"].clone();
                     new["metadata"]["labels"] = node.to_object()["metadata"]["labels"].clone();
+                    // Cordoning (spec.unschedulable) is the cluster's, not the builder's.
+                    if let Some(u) = old.pointer("/spec/unschedulable") {
+                        new["spec"]["unschedulable"] = u.clone();
+                    }
                     let _ = s.update(k, &old, new, false);
                 }
                 None => {
@@ -262,25 +277,39 @@ impl Emulator {
         })
     }
 
-    /// Deletes a node and, like the pod garbage collector, the pods bound to it.
+    /// Deletes a node and, like the pod garbage collector, the pods bound to it (at once:
+    /// no kubelet is left to wait for).
     pub fn remove_node(&self, name: &str) -> bool {
         self.with(|s| {
-            let pods: Vec<(String, String)> = s
-                .list(store::kind("v1", "Pod"), None)
+            let pods: Vec<store::Key> = s
+                .list_keyed(store::kind("v1", "Pod"), None)
                 .into_iter()
-                .filter(|p| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(name))
-                .map(|p| {
-                    (
-                        p["metadata"]["namespace"].as_str().unwrap_or_default().to_string(),
-                        p["metadata"]["name"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
+                .filter(|(_, p)| p.pointer("/spec/nodeName").and_then(Value::as_str) == Some(name))
+                .map(|(k, _)| k.clone())
                 .collect();
-            for (ns, pod) in pods {
-                let _ = s.delete(store::kind("v1", "Pod"), &ns, &pod, false, false);
+            for k in pods {
+                s.remove(&k);
             }
-            s.delete(store::kind("v1", "Node"), "", name, false, false).is_ok()
+            s.delete(store::kind("v1", "Node"), "", name, store::DeleteOptions::default()).is_ok()
         })
+    }
+
+    /// While held, deleted pods on a node stay Terminating (with their deletionTimestamp,
+    /// still counted on the node) until their grace period ends or
+    /// [`finish_pod_termination`](Self::finish_pod_termination). Released, every
+    /// terminating pod goes. By default terminations are not held: the kubelet stops a
+    /// deleted pod at once, so a delete shows a MODIFIED (deletionTimestamp) and a DELETED.
+    pub fn hold_pod_terminations(&self, hold: bool) {
+        self.with(|s| {
+            s.hold_terminations = hold;
+            s.mark_all(store::kind("v1", "Pod"));
+        })
+    }
+
+    /// Ends one terminating pod's grace period now (the pod goes). False when no such pod
+    /// is terminating.
+    pub fn finish_pod_termination(&self, namespace: &str, name: &str) -> bool {
+        self.with(|s| s.finish_termination(namespace, name))
     }
 
     /// Ends a pod as `Failed` with this reason and message (a Job counts the failure and
@@ -295,16 +324,25 @@ impl Emulator {
     }
 
     pub fn add_fault(&self, fault: Fault) {
-        self.with(|s| s.faults.push(fault));
+        self.with(|s| {
+            s.faults.push(fault);
+            s.mark_all(store::kind("v1", "Pod"));
+        });
     }
 
     pub fn clear_faults(&self) {
-        self.with(|s| s.faults.clear());
+        self.with(|s| {
+            s.faults.clear();
+            s.mark_all(store::kind("v1", "Pod"));
+        });
     }
 
     /// Pods become Running/Ready only this long after the kubelet first sees them.
     pub fn set_pod_start_delay(&self, delay: Duration) {
-        self.with(|s| s.pod_start_delay = delay);
+        self.with(|s| {
+            s.pod_start_delay = delay;
+            s.mark_all(store::kind("v1", "Pod"));
+        });
     }
 
     pub fn set_pod_log(&self, namespace: &str, name: &str, text: &str) {

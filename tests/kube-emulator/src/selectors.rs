@@ -113,6 +113,11 @@ impl FieldSelector {
         Ok(FieldSelector(reqs))
     }
 
+    /// The field paths the selector uses.
+    pub fn paths(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|(p, _, _)| p.as_str())
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(path, eq, value)| (field_string(obj, path) == *value) == *eq)
     }

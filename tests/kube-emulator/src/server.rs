@@ -17,7 +17,9 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::apply;
 use crate::kinds::{self, Kind};
 use crate::selectors::{FieldSelector, LabelSelector};
-use crate::store::{ApiError, CLOSE_WATCHES, State, WatchEvent, prepare_body};
+use crate::store::{
+    ApiError, CLOSE_WATCHES, DeleteOptions, Propagation, State, WatchEvent, prepare_body, qualified_plural,
+};
 
 #[derive(Clone)]
 pub struct Shared {
@@ -240,8 +242,22 @@ fn dispatch(
     let dry = dry_run(q);
     match (method.as_str(), &t.name, t.sub.as_deref()) {
         ("GET", None, _) => {
-            let items = select(state, kind, t.ns.as_deref(), q)?;
-            Ok(Reply::Json(200, list_value(kind, state.rv, items)))
+            let mut items = select(state, kind, t.ns.as_deref(), q)?;
+            // `limit`/`continue`: pages in key order; the token names the last item sent.
+            if let Some(token) = q.get("continue").filter(|c| !c.is_empty()) {
+                let after = decode_continue(token)?;
+                items.retain(|o| item_key(o) > after);
+            }
+            let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+            let mut next = None;
+            if let Some(limit) = limit
+                && items.len() > limit
+            {
+                let remaining = items.len() - limit;
+                items.truncate(limit);
+                next = items.last().map(|o| (encode_continue(&item_key(o)), remaining));
+            }
+            Ok(Reply::Json(200, list_value(kind, state.rv, items, next)))
         }
         ("GET", Some(name), None | Some("status")) => state
             .get(kind, &ns, name)
@@ -262,7 +278,10 @@ fn dispatch(
             Ok(Reply::Json(201, created))
         }
         ("POST", Some(name), Some("eviction")) if kind.kind == "Pod" => {
-            state.delete(kind, &ns, name, false, dry)?;
+            let body = if body.is_empty() { json!({}) } else { parse_body(body)? };
+            let mut d = delete_options(q, body.get("deleteOptions").unwrap_or(&json!({})))?;
+            d.dry_run |= dry;
+            state.delete(kind, &ns, name, d)?;
             Ok(Reply::Json(
                 201,
                 json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
@@ -315,10 +334,6 @@ fn dispatch(
         }
         ("DELETE", Some(name), None) => {
             let opts = if body.is_empty() { json!({}) } else { parse_body(body)? };
-            let orphan = q.get("propagationPolicy").map(String::as_str) == Some("Orphan")
-                || opts["propagationPolicy"] == "Orphan"
-                || opts["orphanDependents"] == true;
-            let dry = dry || opts["dryRun"].as_array().is_some_and(|a| a.iter().any(|d| d == "All"));
             if let Some(live) = state.get(kind, &ns, name) {
                 for (field, pointer) in
                     [("uid", "/metadata/uid"), ("resourceVersion", "/metadata/resourceVersion")]
@@ -332,28 +347,62 @@ fn dispatch(
                             "Conflict",
                             format!(
                                 "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: {field}: {want}",
-                                kind.plural
+                                qualified_plural(kind)
                             ),
                         ));
                     }
                 }
             }
-            Ok(Reply::Json(200, state.delete(kind, &ns, name, orphan, dry)?))
+            let d = delete_options(q, &opts)?;
+            Ok(Reply::Json(200, state.delete(kind, &ns, name, d)?))
         }
         ("DELETE", None, None) => {
+            let opts = if body.is_empty() { json!({}) } else { parse_body(body)? };
+            let d = delete_options(q, &opts)?;
             let items: Vec<Value> = select(state, kind, t.ns.as_deref(), q)?;
             let mut deleted = Vec::new();
             for item in items {
                 let n = item["metadata"]["name"].as_str().unwrap_or_default().to_string();
                 let item_ns = item["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
-                if let Ok(gone) = state.delete(kind, &item_ns, &n, false, dry) {
+                if let Ok(gone) = state.delete(kind, &item_ns, &n, d) {
                     deleted.push(gone);
                 }
             }
-            Ok(Reply::Json(200, list_value(kind, state.rv, deleted)))
+            Ok(Reply::Json(200, list_value(kind, state.rv, deleted, None)))
         }
         _ => Err(ApiError::new(405, "MethodNotAllowed", format!("{method} is not supported here"))),
     }
+}
+
+/// `propagationPolicy`, `gracePeriodSeconds` and `dryRun`, from the query or the body.
+fn delete_options(q: &Q, body: &Value) -> Result<DeleteOptions, ApiError> {
+    let policy = q
+        .get("propagationPolicy")
+        .cloned()
+        .or_else(|| body["propagationPolicy"].as_str().map(str::to_string));
+    let propagation = match policy.as_deref() {
+        None | Some("") if body["orphanDependents"] == true => Propagation::Orphan,
+        None | Some("") => Propagation::Default,
+        Some("Orphan") => Propagation::Orphan,
+        Some("Background") => Propagation::Background,
+        Some("Foreground") => Propagation::Foreground,
+        Some(other) => {
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                format!(
+                    "DeleteOptions.meta.k8s.io \"\" is invalid: propagationPolicy: Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\", \"nil\""
+                ),
+            ));
+        }
+    };
+    let grace = q
+        .get("gracePeriodSeconds")
+        .and_then(|g| g.parse::<i64>().ok())
+        .or_else(|| body["gracePeriodSeconds"].as_i64())
+        .map(|g| g.max(0) as u64);
+    let dry_run = dry_run(q) || body["dryRun"].as_array().is_some_and(|a| a.iter().any(|d| d == "All"));
+    Ok(DeleteOptions { propagation, grace, dry_run })
 }
 
 /// Optimistic concurrency: a resourceVersion in the body must be the stored one.
@@ -597,24 +646,99 @@ fn json_patch(target: &mut Value, ops: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn selectors(q: &Q) -> Result<(LabelSelector, FieldSelector), ApiError> {
+fn selectors(kind: &Kind, q: &Q) -> Result<(LabelSelector, FieldSelector), ApiError> {
     let bad = |m: String| ApiError::new(400, "BadRequest", m);
+    let fields =
+        FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or_default()).map_err(bad)?;
+    if let Some(field) = fields.paths().find(|p| !field_selectable(kind, p)) {
+        return Err(bad(format!("field label not supported: {field}")));
+    }
     Ok((
         LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or_default()).map_err(bad)?,
-        FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or_default()).map_err(bad)?,
+        fields,
     ))
 }
 
+/// The fields the real server lets a field selector use, per kind.
+fn field_selectable(kind: &Kind, path: &str) -> bool {
+    if matches!(path, "metadata.name" | "metadata.namespace") {
+        return true;
+    }
+    let extra: &[&str] = match kind.kind {
+        "Pod" => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.podIPs",
+            "status.nominatedNodeName",
+        ],
+        "Node" => &["spec.unschedulable"],
+        "Namespace" => &["status.phase"],
+        "Secret" => &["type"],
+        "Job" => &["status.successful"],
+        "Event" => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+            "regarding.kind",
+            "regarding.name",
+            "regarding.namespace",
+            "reportingController",
+        ],
+        _ => &[],
+    };
+    extra.contains(&path)
+}
+
+fn item_key(o: &Value) -> String {
+    format!(
+        "{}/{}",
+        o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default(),
+        o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default()
+    )
+}
+
+fn encode_continue(key: &str) -> String {
+    key.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_continue(token: &str) -> Result<String, ApiError> {
+    let bad = || ApiError::new(400, "BadRequest", format!("continue key is not valid: {token}"));
+    if !token.len().is_multiple_of(2) {
+        return Err(bad());
+    }
+    let bytes: Result<Vec<u8>, _> =
+        (0..token.len()).step_by(2).map(|i| u8::from_str_radix(&token[i..i + 2], 16)).collect();
+    String::from_utf8(bytes.map_err(|_| bad())?).map_err(|_| bad())
+}
+
 fn select(state: &State, kind: &Kind, ns: Option<&str>, q: &Q) -> Result<Vec<Value>, ApiError> {
-    let (labels, fields) = selectors(q)?;
+    let (labels, fields) = selectors(kind, q)?;
     Ok(state.list(kind, ns).into_iter().filter(|o| labels.matches(o) && fields.matches(o)).cloned().collect())
 }
 
-fn list_value(kind: &Kind, rv: u64, items: Vec<Value>) -> Value {
-    json!({
+fn list_value(kind: &Kind, rv: u64, items: Vec<Value>, next: Option<(String, usize)>) -> Value {
+    let mut v = json!({
         "apiVersion": kind.api_version(), "kind": format!("{}List", kind.kind),
         "metadata": {"resourceVersion": rv.to_string()}, "items": items,
-    })
+    });
+    if let Some((token, remaining)) = next {
+        v["metadata"]["continue"] = json!(token);
+        v["metadata"]["remainingItemCount"] = json!(remaining);
+    }
+    v
 }
 
 fn event_line(ev_type: &str, object: &Value) -> Bytes {
@@ -630,18 +754,32 @@ fn gone_line(message: &str) -> Bytes {
 /// `?watch=true`: replay from `resourceVersion` (or the current objects as ADDED when it is
 /// absent or "0"), then live events until `timeoutSeconds`.
 async fn watch_stream(app: &Shared, t: &Target, q: &Q) -> Response {
-    let (labels, fields) = match selectors(q) {
+    let kind = t.kind;
+    let (labels, fields) = match selectors(kind, q) {
         Ok(s) => s,
         Err(e) => return error(e),
     };
-    let kind = t.kind;
     let ns = t.ns.clone();
-    let matches = move |ev: &WatchEvent| {
-        ev.group == kind.group
-            && ev.plural == kind.plural
-            && ns.as_ref().is_none_or(|n| *n == ev.namespace)
-            && labels.matches(&ev.object)
-            && fields.matches(&ev.object)
+    let selects = move |o: &Value| labels.matches(o) && fields.matches(o);
+    // The event this watch sends for a change, if any: with a selector, a change that moves
+    // an object out of it is a DELETED, one that moves it in an ADDED (as the real server).
+    let translate = move |ev: &WatchEvent| -> Option<&'static str> {
+        if ev.group != kind.group
+            || ev.plural != kind.plural
+            || ns.as_ref().is_some_and(|n| *n != ev.namespace)
+        {
+            return None;
+        }
+        let now = selects(&ev.object);
+        match (ev.kind, ev.previous.as_ref().map(&selects)) {
+            ("MODIFIED", Some(was)) => match (was, now) {
+                (true, true) => Some("MODIFIED"),
+                (true, false) => Some("DELETED"),
+                (false, true) => Some("ADDED"),
+                (false, false) => None,
+            },
+            (k, _) => now.then_some(k),
+        }
     };
     let (initial, rx, last_rv) = {
         let state = app.lock();
@@ -658,8 +796,9 @@ async fn watch_stream(app: &Shared, t: &Target, q: &Q) -> Response {
                         namespace: o["metadata"]["namespace"].as_str().unwrap_or_default().into(),
                         kind: "ADDED",
                         object: o.clone(),
+                        previous: None,
                     };
-                    if matches(&ev) {
+                    if translate(&ev).is_some() {
                         lines.push(event_line("ADDED", o));
                     }
                 }
@@ -670,8 +809,8 @@ async fn watch_stream(app: &Shared, t: &Target, q: &Q) -> Response {
                     let mut last = rv;
                     for ev in events {
                         last = ev.rv;
-                        if matches(&ev) {
-                            lines.push(event_line(ev.kind, &ev.object));
+                        if let Some(kind) = translate(&ev) {
+                            lines.push(event_line(kind, &ev.object));
                         }
                     }
                     last.max(rv)
@@ -692,7 +831,7 @@ async fn watch_stream(app: &Shared, t: &Target, q: &Q) -> Response {
     let stream = futures_util::stream::unfold(
         (initial.into_iter(), rx, last_rv, false),
         move |(mut initial, mut rx, mut last_rv, done)| {
-            let matches = matches.clone();
+            let translate = translate.clone();
             async move {
                 if done {
                     return None;
@@ -708,14 +847,12 @@ async fn watch_stream(app: &Shared, t: &Target, q: &Q) -> Response {
                         }
                         Ok(Ok(ev)) if ev.kind == CLOSE_WATCHES => return None,
                         Ok(Ok(ev)) => {
-                            if ev.rv <= last_rv || !matches(&ev) {
+                            if ev.rv <= last_rv {
                                 continue;
                             }
+                            let Some(kind) = translate(&ev) else { continue };
                             last_rv = ev.rv;
-                            return Some((
-                                Ok(event_line(ev.kind, &ev.object)),
-                                (initial, rx, last_rv, false),
-                            ));
+                            return Some((Ok(event_line(kind, &ev.object)), (initial, rx, last_rv, false)));
                         }
                     }
                 }

@@ -10,6 +10,12 @@ pub fn now_rfc3339() -> String {
     rfc3339(secs)
 }
 
+/// `secs` seconds from now, as RFC 3339 (deletion timestamps).
+pub fn rfc3339_in(secs: u64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    rfc3339(now + secs)
+}
+
 pub fn rfc3339(secs: u64) -> String {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;

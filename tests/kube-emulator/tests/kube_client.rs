@@ -296,8 +296,8 @@ async fn a_job_gets_a_pod_that_runs_on_its_node_and_can_be_failed() {
     let p = pods.list(&ListParams::default().labels("job-name=graval-b")).await.unwrap().items.remove(0);
     assert_eq!(p.status.unwrap().phase.as_deref(), Some("Pending"));
 
-    // Deleting the Job takes its pods with it.
-    jobs.delete("graval-a", &DeleteParams::default()).await.unwrap();
+    // Deleting the Job with background propagation takes its pods with it.
+    jobs.delete("graval-a", &DeleteParams::background()).await.unwrap();
     assert!(pods.list(&lp).await.unwrap().items.is_empty());
 }
 
