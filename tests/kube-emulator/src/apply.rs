@@ -1,8 +1,11 @@
 //! Field ownership and server-side apply.
 //!
-//! Model: an object's fields are the paths to its leaves; a leaf is a scalar, a list (lists
-//! are atomic: owned and replaced whole) or an empty map. Each manager owns a set of paths,
-//! stored in `metadata.managedFields` in the real `FieldsV1` shape. Apply conflicts when it
+//! Model: an object's fields are the paths to its leaves; a leaf is a scalar, an atomic list
+//! (owned and replaced whole) or an empty map. Keyed lists (containers, env, volumes by
+//! `name`, ports by `containerPort`: see `merge::list_key`) are associative as on the real
+//! server: each item is a path segment `k:{"name":"c"}`, so managers own items field by
+//! field. Each manager owns a set of paths, stored in `metadata.managedFields` in the real
+//! `FieldsV1` shape. Apply conflicts when it
 //! would change the value of a path another manager owns; `force` takes the path over.
 //! Fields a manager applied before and no longer applies are removed unless someone else
 //! owns them. Non-apply writes give the writer the paths it changed.
@@ -11,6 +14,7 @@ use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
+use crate::merge::list_key;
 use crate::util::now_rfc3339;
 
 pub type Path = Vec<String>;
@@ -56,6 +60,16 @@ fn collect(v: &Value, prefix: &mut Path, out: &mut FieldSet) {
                 prefix.pop();
             }
         }
+        Value::Array(items)
+            if !items.is_empty()
+                && let Some(key) = prefix.last().and_then(|f| list_key(f, items)) =>
+        {
+            for item in items {
+                prefix.push(item_segment(key, item));
+                collect(item, prefix, out);
+                prefix.pop();
+            }
+        }
         _ if prefix.is_empty() => {}
         _ => {
             out.insert(prefix.clone());
@@ -63,25 +77,73 @@ fn collect(v: &Value, prefix: &mut Path, out: &mut FieldSet) {
     }
 }
 
-pub fn get_path<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
-    path.iter().try_fold(v, |node, k| node.get(k))
+/// `k:{"name":"c"}`: the path segment of a keyed list's item.
+fn item_segment(key: &str, item: &Value) -> String {
+    let mut m = Map::new();
+    m.insert(key.to_string(), item.get(key).cloned().unwrap_or(Value::Null));
+    format!("k:{}", Value::Object(m))
 }
 
-/// Removes a leaf and any map it leaves empty.
+/// The (key, value) a `k:` segment names.
+fn parse_segment(seg: &str) -> Option<(String, Value)> {
+    let v: Value = serde_json::from_str(seg.strip_prefix("k:")?).ok()?;
+    v.as_object()?.iter().next().map(|(k, v)| (k.clone(), v.clone()))
+}
+
+fn step<'a>(node: &'a Value, seg: &str) -> Option<&'a Value> {
+    match (node, parse_segment(seg)) {
+        (Value::Array(items), Some((k, v))) => items.iter().find(|i| i.get(&k) == Some(&v)),
+        _ => node.get(seg),
+    }
+}
+
+fn step_mut<'a>(node: &'a mut Value, seg: &str) -> Option<&'a mut Value> {
+    match (node, parse_segment(seg)) {
+        (Value::Array(items), Some((k, v))) => items.iter_mut().find(|i| i.get(&k) == Some(&v)),
+        (node, _) => node.get_mut(seg),
+    }
+}
+
+pub fn get_path<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |node, k| step(node, k))
+}
+
+/// A path as the real server prints it in conflicts: `.spec.containers[name="c"].image`.
+pub fn display_path(path: &[String]) -> String {
+    path.iter()
+        .map(|seg| match parse_segment(seg) {
+            Some((k, v)) => format!("[{k}={v}]"),
+            None => format!(".{seg}"),
+        })
+        .collect()
+}
+
+/// Removes a leaf, any map it leaves empty, and a list item left with only its key.
 fn remove_path(v: &mut Value, path: &[String]) {
     let Some((last, parents)) = path.split_last() else {
         return;
     };
-    if let Some(Value::Object(m)) = get_path_mut(v, parents) {
-        m.remove(last);
-        if m.is_empty() && !parents.is_empty() {
-            remove_path(v, parents);
+    let key_of_item = parents.last().and_then(|p| parse_segment(p)).map(|(k, _)| k);
+    let emptied = match get_path_mut(v, parents) {
+        Some(Value::Object(m)) => {
+            m.remove(last);
+            m.is_empty() || key_of_item.is_some_and(|k| m.len() == 1 && m.contains_key(&k))
         }
+        Some(Value::Array(items)) => {
+            if let Some((k, val)) = parse_segment(last) {
+                items.retain(|i| i.get(&k) != Some(&val));
+            }
+            items.is_empty()
+        }
+        _ => false,
+    };
+    if emptied && !parents.is_empty() {
+        remove_path(v, parents);
     }
 }
 
 fn get_path_mut<'a>(v: &'a mut Value, path: &[String]) -> Option<&'a mut Value> {
-    path.iter().try_fold(v, |node, k| node.get_mut(k))
+    path.iter().try_fold(v, |node, k| step_mut(node, k))
 }
 
 /// One path is the other or contains it.
@@ -93,31 +155,46 @@ fn overlaps(a: &[String], b: &[String]) -> bool {
 /// `live` with the same value; what the server defaulted into `live` (a Service port's
 /// `nodePort`, `protocol`) is not a difference. This stands in for the real server's
 /// associative lists, which own list items field by field.
-fn within(applied: Option<&Value>, live: Option<&Value>) -> bool {
+fn within(applied: Option<&Value>, live: Option<&Value>, field: &str) -> bool {
     match (applied, live) {
         (None, None) => true,
-        (Some(Value::Object(a)), Some(Value::Object(l))) => a.iter().all(|(k, v)| within(Some(v), l.get(k))),
-        (Some(Value::Array(a)), Some(Value::Array(l))) => {
-            a.len() == l.len() && a.iter().zip(l).all(|(x, y)| within(Some(x), Some(y)))
+        (Some(Value::Object(a)), Some(Value::Object(l))) => {
+            a.iter().all(|(k, v)| within(Some(v), l.get(k), k))
         }
+        (Some(Value::Array(a)), Some(Value::Array(l))) => match list_key(field, a) {
+            Some(key) => a.iter().all(|x| within(Some(x), l.iter().find(|y| y.get(key) == x.get(key)), "")),
+            None => a.len() == l.len() && a.iter().zip(l).all(|(x, y)| within(Some(x), Some(y), "")),
+        },
         (a, l) => a == l,
     }
 }
 
-/// Maps merge key by key; anything else replaces.
-pub fn merge_into(base: &mut Value, overlay: &Value) {
+/// Maps merge key by key, keyed lists item by item; anything else replaces.
+pub fn merge_into(base: &mut Value, overlay: &Value, field: &str) {
     match (base, overlay) {
         (Value::Object(b), Value::Object(o)) => {
             for (k, v) in o {
                 match b.get_mut(k) {
                     Some(slot)
-                        if slot.is_object() && v.is_object() && !v.as_object().is_some_and(Map::is_empty) =>
+                        if (slot.is_object()
+                            && v.is_object()
+                            && !v.as_object().is_some_and(Map::is_empty))
+                            || (slot.is_array() && v.is_array()) =>
                     {
-                        merge_into(slot, v)
+                        merge_into(slot, v, k)
                     }
                     _ => {
                         b.insert(k.clone(), v.clone());
                     }
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(o)) if list_key(field, o).is_some() => {
+            let key = list_key(field, o).unwrap_or_default();
+            for item in o {
+                match b.iter_mut().find(|x| x.get(key) == item.get(key)) {
+                    Some(slot) => merge_into(slot, item, ""),
+                    None => b.push(item.clone()),
                 }
             }
         }
@@ -159,8 +236,10 @@ pub fn read_entries(obj: &Value) -> Vec<Entry> {
 }
 
 fn parse_fields_v1(v: &Value, prefix: &mut Path, out: &mut FieldSet) {
-    let children: Vec<(&String, &Value)> =
-        v.as_object().map(|m| m.iter().filter(|(k, _)| k.starts_with("f:")).collect()).unwrap_or_default();
+    let children: Vec<(&String, &Value)> = v
+        .as_object()
+        .map(|m| m.iter().filter(|(k, _)| k.starts_with("f:") || k.starts_with("k:")).collect())
+        .unwrap_or_default();
     if children.is_empty() {
         if !prefix.is_empty() {
             out.insert(prefix.clone());
@@ -168,7 +247,7 @@ fn parse_fields_v1(v: &Value, prefix: &mut Path, out: &mut FieldSet) {
         return;
     }
     for (k, child) in children {
-        prefix.push(k[2..].to_string());
+        prefix.push(if k.starts_with("k:") { k.clone() } else { k[2..].to_string() });
         parse_fields_v1(child, prefix, out);
         prefix.pop();
     }
@@ -180,7 +259,8 @@ fn fields_v1(set: &FieldSet) -> Value {
         let mut node = &mut root;
         for k in path {
             let Value::Object(m) = node else { break };
-            node = m.entry(format!("f:{k}")).or_insert_with(|| Value::Object(Map::new()));
+            let name = if k.starts_with("k:") { k.clone() } else { format!("f:{k}") };
+            node = m.entry(name).or_insert_with(|| Value::Object(Map::new()));
         }
     }
     root
@@ -239,7 +319,8 @@ pub fn apply(
     for e in entries.iter().filter(|e| !is_mine(e)) {
         for q in &e.fields {
             let touched = new_set.iter().any(|p| overlaps(p, q));
-            if touched && !within(get_path(applied, q), get_path(live, q)) {
+            let field = q.last().map(String::as_str).unwrap_or_default();
+            if touched && !within(get_path(applied, q), get_path(live, q), field) {
                 conflicts.push(Conflict { manager: e.manager.clone(), path: q.clone() });
             }
         }
@@ -255,11 +336,21 @@ pub fn apply(
 
     let old_set = entries.iter().find(|e| is_mine(e)).map(|e| e.fields.clone()).unwrap_or_default();
     let mut result = live.clone();
+    let others_own = |p: &[String]| {
+        entries.iter().filter(|e| !is_mine(e)).any(|e| e.fields.iter().any(|o| overlaps(o, p)))
+    };
     for q in old_set.difference(&new_set) {
-        let shared = entries.iter().filter(|e| !is_mine(e)).any(|e| e.fields.iter().any(|o| overlaps(o, q)));
-        if !shared {
-            remove_path(&mut result, q);
+        if others_own(q) {
+            continue;
         }
+        // A list item this manager no longer applies goes whole (with what the server
+        // defaulted into it) unless someone else owns part of it.
+        let item = (1..=q.len()).map(|n| &q[..n]).find(|p| {
+            p.last().is_some_and(|s| s.starts_with("k:"))
+                && !new_set.iter().any(|n| n.starts_with(p))
+                && !others_own(p)
+        });
+        remove_path(&mut result, item.unwrap_or(q));
     }
     let mut body = applied.clone();
     if let Some(m) = body.as_object_mut() {
@@ -269,7 +360,7 @@ pub fn apply(
             meta.remove("resourceVersion");
         }
     }
-    merge_into(&mut result, &body);
+    merge_into(&mut result, &body, "");
 
     entries.retain(|e| !is_mine(e));
     entries.push(Entry {

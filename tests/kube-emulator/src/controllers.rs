@@ -302,13 +302,17 @@ impl State {
         }
         for (i, present) in have.iter().enumerate() {
             if !present {
-                // Each pod mounts its own claims.
+                // Each pod mounts its own claims, as volumes named after the templates.
+                if !claims.is_empty() && template.pointer("/spec/volumes").is_none_or(|v| !v.is_array()) {
+                    template["spec"]["volumes"] = json!([]);
+                }
                 if let Some(vols) = template.pointer_mut("/spec/volumes").and_then(Value::as_array_mut) {
-                    for v in vols.iter_mut() {
-                        if let Some(c) = claims.iter().find(|c| c.pointer("/metadata/name") == v.get("name"))
-                        {
-                            v["persistentVolumeClaim"] =
-                                json!({"claimName": format!("{}-{name}-{i}", s(c, "/metadata/name"))});
+                    for c in &claims {
+                        let volume = json!({"name": s(c, "/metadata/name"),
+                            "persistentVolumeClaim": {"claimName": format!("{}-{name}-{i}", s(c, "/metadata/name"))}});
+                        match vols.iter_mut().find(|v| v.get("name") == c.pointer("/metadata/name")) {
+                            Some(v) => *v = volume,
+                            None => vols.push(volume),
                         }
                     }
                 }
@@ -497,6 +501,7 @@ impl State {
             if !s(&pod, "/spec/nodeName").is_empty() || !live(&pod) {
                 continue;
             }
+            let reqs = pod_requests(&pod);
             let mut reasons: Vec<String> = Vec::new();
             let mut chosen = None;
             for node in &nodes {
@@ -509,7 +514,7 @@ impl State {
                 } else if let Some(m) = placement_mismatch(&pod["spec"], node) {
                     vec![m]
                 } else {
-                    self.misfits(&pod, node).into_iter().map(|m| m.reason()).collect()
+                    self.misfits(&reqs, node).into_iter().map(|m| m.reason()).collect()
                 };
                 if why.is_empty() {
                     chosen = Some(s(node, "/metadata/name").to_string());
@@ -555,16 +560,20 @@ impl State {
     }
 
     /// Requests of the pod the node cannot fit next to the pods it already counts.
-    fn misfits(&self, pod: &Value, node: &Value) -> Vec<Misfit> {
+    fn misfits(&self, reqs: &[(String, u128)], node: &Value) -> Vec<Misfit> {
         let node_name = s(node, "/metadata/name");
-        let alloc = node.pointer("/status/allocatable").cloned().unwrap_or(json!({}));
+        let alloc = node.pointer("/status/allocatable");
         let used = self.usage.get(node_name);
-        pod_requests(pod)
-            .into_iter()
+        reqs.iter()
             .filter_map(|(resource, want)| {
-                let capacity = alloc.get(&resource).and_then(milli).unwrap_or(0);
-                let used = used.and_then(|u| u.get(&resource)).copied().unwrap_or(0);
-                (used + want > capacity).then_some(Misfit { resource, want, used, capacity })
+                let capacity = alloc.and_then(|a| a.get(resource)).and_then(milli).unwrap_or(0);
+                let used = used.and_then(|u| u.get(resource)).copied().unwrap_or(0);
+                (used + want > capacity).then(|| Misfit {
+                    resource: resource.clone(),
+                    want: *want,
+                    used,
+                    capacity,
+                })
             })
             .collect()
     }
@@ -589,7 +598,7 @@ impl State {
         }
         let uid = s(pod, "/metadata/uid").to_string();
         if !self.admitted.contains(&uid) {
-            if let Some(m) = self.misfits(pod, &node).into_iter().next() {
+            if let Some(m) = self.misfits(&pod_requests(pod), &node).into_iter().next() {
                 let mut status = pod.get("status").cloned().unwrap_or(json!({}));
                 status["phase"] = json!("Failed");
                 status["reason"] = json!(format!("OutOf{}", m.resource));
@@ -869,8 +878,8 @@ fn ordinal(p: &Value) -> Option<usize> {
     s(p, "/metadata/name").rsplit('-').next().and_then(|o| o.parse::<usize>().ok())
 }
 
-fn containers(pod: &Value) -> Vec<Value> {
-    pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default()
+fn containers(pod: &Value) -> &[Value] {
+    pod.pointer("/spec/containers").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
 }
 
 /// What a pod takes from its node, in milli-units: each resource's requests (or limits when
@@ -927,8 +936,8 @@ fn tolerates(tol: &Value, taint: &Value) -> bool {
 
 /// Why a pod spec's nodeSelector / required node affinity rejects a node, if it does.
 pub fn placement_mismatch(spec: &Value, node: &Value) -> Option<String> {
-    let labels = node.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
-    let label = |k: &str| labels.get(k).and_then(Value::as_str).map(str::to_string);
+    let labels = node.pointer("/metadata/labels");
+    let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str).map(str::to_string);
     if let Some(sel) = spec.get("nodeSelector").and_then(Value::as_object)
         && !sel.iter().all(|(k, v)| label(k).as_deref() == v.as_str())
     {

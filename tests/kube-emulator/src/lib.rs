@@ -17,6 +17,7 @@ mod apply;
 mod controllers;
 mod defaults;
 mod kinds;
+mod merge;
 mod selectors;
 mod server;
 mod store;
@@ -404,6 +405,12 @@ impl Emulator {
     /// Every request served so far, as `METHOD /path?query`.
     pub fn requests(&self) -> Vec<String> {
         self.shared.lock().requests.clone()
+    }
+
+    /// How long each write request held the emulator (its handling plus the controllers it
+    /// set off), oldest first, last 100 000: the emulator's own share of a client's latency.
+    pub fn write_costs(&self) -> Vec<Duration> {
+        self.shared.lock().write_costs.iter().copied().collect()
     }
 
     pub fn clear_requests(&self) {

@@ -11,11 +11,12 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Query, State as AxumState};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::apply;
 use crate::kinds::{self, Kind};
+use crate::merge;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::store::{
     ApiError, CLOSE_WATCHES, DeleteOptions, Propagation, State, WatchEvent, prepare_body, qualified_plural,
@@ -208,10 +209,13 @@ async fn resource(
     }
     let result = {
         let mut state = app.lock();
+        let started = std::time::Instant::now();
         let r = dispatch(&mut state, method, &t, q, headers, body);
         let wrote = *method != Method::GET && !dry_run(q);
         if wrote {
             state.reconcile();
+            let cost = started.elapsed();
+            state.record_write_cost(cost);
         }
         r
     };
@@ -314,8 +318,8 @@ fn dispatch(
             let live = live.ok_or_else(|| ApiError::not_found(kind, name))?;
             let mut new = live.clone();
             match content_type.as_str() {
-                "application/merge-patch+json" => merge_patch(&mut new, &patch, false),
-                "application/strategic-merge-patch+json" => merge_patch(&mut new, &patch, true),
+                "application/merge-patch+json" => merge::merge_patch(&mut new, &patch),
+                "application/strategic-merge-patch+json" => merge::strategic(&mut new, &patch),
                 "application/json-patch+json" => json_patch(&mut new, &patch)?,
                 other => {
                     return Err(ApiError::new(
@@ -541,7 +545,7 @@ fn server_side_apply(
     let merged = apply::apply(live.as_ref(), &patch, manager, force).map_err(|conflicts| {
         let list: Vec<String> = conflicts
             .iter()
-            .map(|c| format!("conflict with \"{}\": .{}", c.manager, c.path.join(".")))
+            .map(|c| format!("conflict with \"{}\": {}", c.manager, apply::display_path(&c.path)))
             .collect();
         ApiError::new(
             409,
@@ -561,42 +565,6 @@ fn server_side_apply(
             Ok(Reply::Json(200, state.update(kind, &live, merged, dry)?))
         }
     }
-}
-
-/// RFC 7386; with `strategic`, lists whose items all have a `name` merge item by item.
-fn merge_patch(target: &mut Value, patch: &Value, strategic: bool) {
-    match patch {
-        Value::Object(p) => {
-            if !target.is_object() {
-                *target = Value::Object(Map::new());
-            }
-            if let Value::Object(t) = target {
-                for (k, v) in p {
-                    if v.is_null() {
-                        t.remove(k);
-                    } else {
-                        let slot = t.entry(k.clone()).or_insert(Value::Null);
-                        merge_patch(slot, v, strategic);
-                    }
-                }
-            }
-        }
-        Value::Array(items) if strategic && named(items) && target.as_array().is_some_and(|t| named(t)) => {
-            if let Value::Array(t) = target {
-                for item in items {
-                    match t.iter_mut().find(|x| x["name"] == item["name"]) {
-                        Some(existing) => merge_patch(existing, item, true),
-                        None => t.push(item.clone()),
-                    }
-                }
-            }
-        }
-        other => *target = other.clone(),
-    }
-}
-
-fn named(items: &[Value]) -> bool {
-    !items.is_empty() && items.iter().all(|i| i.get("name").is_some())
 }
 
 /// RFC 6902: add, remove, replace, test (enough for what clients send).

@@ -77,7 +77,14 @@ impl ApiError {
     /// 422 with one cause per (field, message), worded as the real server words them:
     /// `Job.batch "x" is invalid: spec.template: Invalid value: ...`.
     pub fn invalid(kind: &Kind, name: &str, causes: Vec<(String, String)>) -> Self {
-        let list: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
+        // The real server prints each distinct error once.
+        let mut list: Vec<String> = Vec::new();
+        for (f, m) in &causes {
+            let line = format!("{f}: {m}");
+            if !list.contains(&line) {
+                list.push(line);
+            }
+        }
         let joined = if list.len() == 1 { list[0].clone() } else { format!("[{}]", list.join(", ")) };
         let kind_name = if kind.group.is_empty() {
             kind.kind.to_string()
@@ -197,6 +204,8 @@ pub struct State {
     /// When each Job started and finished (uid), for activeDeadlineSeconds and the TTL.
     pub job_started: HashMap<String, Instant>,
     pub job_finished: HashMap<String, Instant>,
+    /// How long each write request held the state (handling plus reconcile), newest last.
+    pub write_costs: VecDeque<Duration>,
 }
 
 fn uid_of(v: &Value) -> &str {
@@ -264,6 +273,7 @@ impl State {
             hold_terminations: false,
             job_started: HashMap::new(),
             job_finished: HashMap::new(),
+            write_costs: VecDeque::new(),
         };
         // What every cluster has.
         for ns in ["default", "kube-system", "kube-public"] {
@@ -276,6 +286,13 @@ impl State {
         }
         s.reconcile();
         s
+    }
+
+    pub fn record_write_cost(&mut self, cost: Duration) {
+        if self.write_costs.len() >= 100_000 {
+            self.write_costs.pop_front();
+        }
+        self.write_costs.push_back(cost);
     }
 
     pub fn next_id(&mut self) -> u64 {

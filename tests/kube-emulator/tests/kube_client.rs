@@ -12,40 +12,14 @@ use kube::discovery::Discovery;
 use kube_emulator::{Emulator, Fault, Node};
 use serde_json::json;
 
-async fn client(emu: &Emulator) -> kube::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let kc = kube::config::Kubeconfig::from_yaml(&emu.kubeconfig_yaml()).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
-    kube::Client::try_from(cfg).unwrap()
-}
-
-fn api_err(e: kube::Error) -> Box<kube::core::Status> {
-    match e {
-        kube::Error::Api(s) => s,
-        other => panic!("expected an API error, got {other:?}"),
-    }
-}
+mod common;
+use common::{api_err, client, eventually};
 
 fn cm(name: &str, data: serde_json::Value) -> ConfigMap {
     serde_json::from_value(
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}),
     )
     .unwrap()
-}
-
-/// Polls until `f` holds (the emulator's controllers run on every write and every 50 ms).
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..100 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("never happened: {what}");
 }
 
 #[tokio::test]
