@@ -464,6 +464,9 @@ impl State {
         }
         crate::defaults::apply_defaults(self, kind, None, &mut obj)?;
         crate::validate::object(self, kind, None, &obj)?;
+        if kind.kind == "Pod" {
+            self.admit_service_account(&ns, &name, &obj)?;
+        }
         if dry_run {
             obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
             return Ok(obj);
@@ -475,6 +478,22 @@ impl State {
         self.emit(kind, "ADDED", &obj, None);
         self.observe(kind, &k, None, Some(&obj));
         Ok(obj)
+    }
+
+    /// The ServiceAccount admission plugin: a pod naming a ServiceAccount that does not
+    /// exist is refused (controllers retry when it appears).
+    fn admit_service_account(&self, ns: &str, name: &str, pod: &Value) -> Result<(), ApiError> {
+        let sa = pod.pointer("/spec/serviceAccountName").and_then(Value::as_str).unwrap_or_default();
+        if sa.is_empty() || self.get(kind("v1", "ServiceAccount"), ns, sa).is_some() {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            403,
+            "Forbidden",
+            format!(
+                "pods \"{name}\" is forbidden: error looking up service account {ns}/{sa}: serviceaccount \"{sa}\" not found"
+            ),
+        ))
     }
 
     /// Stores a new version of an existing object. A version equal to the stored one

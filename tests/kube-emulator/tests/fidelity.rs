@@ -320,7 +320,7 @@ async fn deleted_pods_terminate_keep_their_gpus_and_namespaces_pass_through_term
 }
 
 #[tokio::test]
-async fn pods_wait_for_their_configmaps_and_secrets() {
+async fn pods_wait_for_their_service_account_configmaps_and_secrets() {
     let emu = Emulator::start().unwrap();
     emu.add_node(Node::new("cpu-0"));
     let c = client(&emu).await;
@@ -339,6 +339,26 @@ async fn pods_wait_for_their_configmaps_and_secrets() {
     let waiting = st.container_statuses.unwrap()[0].state.clone().unwrap().waiting.unwrap();
     assert_eq!(waiting.reason.as_deref(), Some("CreateContainerConfigError"));
     assert_eq!(waiting.message.as_deref(), Some("secret \"creds\" not found"));
+
+    // A ServiceAccount that does not exist: admission refuses the pod (and a Job's pod
+    // appears once the account does).
+    let sa = json!({"serviceAccountName": "runner", "restartPolicy": "Never", "containers": [{"name": "c", "image": "x:1"}]});
+    let e = api_err(pods.create(&PostParams::default(), &pod("no-sa", sa.clone())).await.unwrap_err());
+    assert_eq!(e.code, 403);
+    assert_eq!(
+        e.message,
+        "pods \"no-sa\" is forbidden: error looking up service account default/runner: serviceaccount \"runner\" not found"
+    );
+    let jobs: Api<Job> = Api::namespaced(c.clone(), "default");
+    let j: Job =
+        serde_json::from_value(json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "j"},
+        "spec": {"template": {"spec": sa}}}))
+        .unwrap();
+    jobs.create(&PostParams::default(), &j).await.unwrap();
+    assert!(pods.list(&ListParams::default().labels("job-name=j")).await.unwrap().items.is_empty());
+    emu.create(json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "runner", "namespace": "default"}}))
+        .unwrap();
+    assert_eq!(pods.list(&ListParams::default().labels("job-name=j")).await.unwrap().items.len(), 1);
 
     let cms: Api<ConfigMap> = Api::namespaced(c, "default");
     let cm: ConfigMap = serde_json::from_value(
