@@ -21,6 +21,7 @@ mod merge;
 mod selectors;
 mod server;
 mod store;
+mod strict;
 mod util;
 mod validate;
 

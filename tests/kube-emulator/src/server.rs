@@ -275,6 +275,7 @@ fn dispatch(
         ("POST", None, _) => {
             let mut obj = parse_body(body)?;
             prepare_body(kind, &mut obj)?;
+            strict(q, kind, &obj)?;
             if kind.namespaced {
                 set_namespace(&mut obj, &ns)?;
             }
@@ -295,6 +296,7 @@ fn dispatch(
             let live = state.get(kind, &ns, name).cloned().ok_or_else(|| ApiError::not_found(kind, name))?;
             let mut obj = parse_body(body)?;
             prepare_body(kind, &mut obj)?;
+            strict(q, kind, &obj)?;
             check_identity(&obj, name, kind, &ns)?;
             check_resource_version(&obj, &live, kind, name)?;
             let new = finish_write(kind, &live, obj, sub, &manager(q, headers));
@@ -313,6 +315,7 @@ fn dispatch(
             let patch = parse_body(body)?;
             let live = state.get(kind, &ns, name).cloned();
             if content_type == "application/apply-patch+yaml" {
+                strict(q, kind, &patch)?;
                 return server_side_apply(state, kind, &ns, name, live, patch, q, dry);
             }
             let live = live.ok_or_else(|| ApiError::not_found(kind, name))?;
@@ -333,6 +336,7 @@ fn dispatch(
             }
             check_resource_version(&patch, &live, kind, name)?;
             check_identity(&new, name, kind, &ns)?;
+            strict(q, kind, &new)?;
             let new = finish_write(kind, &live, new, sub, &manager(q, headers));
             Ok(Reply::Json(200, state.update(kind, &live, new, dry)?))
         }
@@ -407,6 +411,19 @@ fn delete_options(q: &Q, body: &Value) -> Result<DeleteOptions, ApiError> {
         .map(|g| g.max(0) as u64);
     let dry_run = dry_run(q) || body["dryRun"].as_array().is_some_and(|a| a.iter().any(|d| d == "All"));
     Ok(DeleteOptions { propagation, grace, dry_run })
+}
+
+/// `fieldValidation=Strict`: unknown fields are refused as the real server refuses them.
+fn strict(q: &Q, kind: &Kind, body: &Value) -> Result<(), ApiError> {
+    if q.get("fieldValidation").map(String::as_str) != Some("Strict") {
+        return Ok(());
+    }
+    let unknown = crate::strict::unknown_fields(kind, body);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+    Err(ApiError::new(400, "BadRequest", format!("strict decoding error: {}", list.join(", "))))
 }
 
 /// Optimistic concurrency: a resourceVersion in the body must be the stored one.

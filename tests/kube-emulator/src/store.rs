@@ -765,25 +765,27 @@ impl State {
                 );
                 self.dirty.extend(wake);
             }
-            "ServiceAccount" | "ConfigMap" | "Secret" | "PersistentVolumeClaim"
-                if old.is_none() || new.is_none() =>
-            {
-                // Pods and workloads waiting for this object try again.
+            "ServiceAccount" | "ConfigMap" | "Secret" => {
                 let ns = k.2.clone();
                 let mut wake: Vec<Key> = Vec::new();
-                for kd in ["Deployment", "StatefulSet", "DaemonSet", "Job"] {
+                if kind.kind == "ServiceAccount" && old.is_none() {
+                    // Controllers whose pods admission refused try again.
+                    for kd in ["Deployment", "StatefulSet", "DaemonSet", "Job"] {
+                        wake.extend(
+                            self.list_keyed(kind_const(kd), Some(&ns)).into_iter().map(|(k, _)| k.clone()),
+                        );
+                    }
+                } else {
+                    // Pods waiting for a volume or an env reference look again.
                     wake.extend(
-                        self.list_keyed(kind_const(kd), Some(&ns)).into_iter().map(|(k, _)| k.clone()),
+                        self.list_keyed(kind_const("Pod"), Some(&ns))
+                            .into_iter()
+                            .filter(|(_, p)| {
+                                p.pointer("/status/phase").and_then(Value::as_str) == Some("Pending")
+                            })
+                            .map(|(k, _)| k.clone()),
                     );
                 }
-                wake.extend(
-                    self.list_keyed(kind_const("Pod"), Some(&ns))
-                        .into_iter()
-                        .filter(|(_, p)| {
-                            p.pointer("/status/phase").and_then(Value::as_str) == Some("Pending")
-                        })
-                        .map(|(k, _)| k.clone()),
-                );
                 self.dirty.extend(wake);
             }
             _ => {}

@@ -450,6 +450,24 @@ async fn paging_field_selectors_and_validation_errors_as_the_real_server() {
     let e = api_err(cms.list(&ListParams::default().fields("data.x=1")).await.unwrap_err());
     assert_eq!((e.code, e.message.as_str()), (400, "field label not supported: data.x"));
 
+    // fieldValidation=Strict refuses what the schema does not declare.
+    let strict = PatchParams::default().validation_strict();
+    let e =
+        api_err(cms.patch("cm-0", &strict, &Patch::Merge(json!({"spec": {"x": "1"}}))).await.unwrap_err());
+    assert_eq!((e.code, e.message.as_str()), (400, "strict decoding error: unknown field \"spec\""));
+    let deploys: Api<Deployment> = Api::namespaced(c.clone(), "default");
+    let typo = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}},
+            "spec": {"containers": [{"name": "c", "imagee": "x:1"}]}}}});
+    let e = api_err(
+        deploys
+            .patch("d", &PatchParams::apply("m").validation_strict(), &Patch::Apply(typo))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(e.message, "strict decoding error: unknown field \"spec.template.spec.containers[0].imagee\"");
+    assert!(deploys.get_opt("d").await.unwrap().is_none());
+
     let missing = api_err(cms.get("nope").await.unwrap_err());
     assert_eq!(missing.message, "configmaps \"nope\" not found");
 
