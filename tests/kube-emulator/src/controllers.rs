@@ -496,34 +496,25 @@ impl State {
             return;
         }
         let nodes = self.nodes();
+        // Pods with the same requirements that failed in this pass fail the same way: binding
+        // only takes capacity away. Chute pods differ mostly in name, so this saves most work.
+        let mut failed: std::collections::HashMap<String, String> = std::collections::HashMap::new();
         for k in candidates {
             let Some(pod) = self.get_key(&k).cloned() else { continue };
             if !s(&pod, "/spec/nodeName").is_empty() || !live(&pod) {
                 continue;
             }
             let reqs = pod_requests(&pod);
-            let mut reasons: Vec<String> = Vec::new();
-            let mut chosen = None;
-            for node in &nodes {
-                let why: Vec<String> = if !node_ready(node) {
-                    vec!["node(s) were not ready".to_string()]
-                } else if node.pointer("/spec/unschedulable") == Some(&json!(true)) {
-                    vec!["node(s) were unschedulable".to_string()]
-                } else if let Some(m) = taint_mismatch(&pod["spec"], node) {
-                    vec![m]
-                } else if let Some(m) = placement_mismatch(&pod["spec"], node) {
-                    vec![m]
-                } else {
-                    self.misfits(&reqs, node).into_iter().map(|m| m.reason()).collect()
-                };
-                if why.is_empty() {
-                    chosen = Some(s(node, "/metadata/name").to_string());
-                    break;
-                }
-                reasons.extend(why);
-            }
-            match chosen {
-                Some(node) => {
+            let spec = &pod["spec"];
+            let signature =
+                json!([reqs, spec.get("nodeSelector"), spec.get("affinity"), spec.get("tolerations")])
+                    .to_string();
+            let outcome = match failed.get(&signature) {
+                Some(message) => Err(message.clone()),
+                None => self.place(&pod, &reqs, &nodes),
+            };
+            match outcome {
+                Ok(node) => {
                     let mut bound = pod.clone();
                     bound["spec"]["nodeName"] = json!(node);
                     bound["status"] = json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]});
@@ -531,21 +522,8 @@ impl State {
                     self.admitted.insert(s(&pod, "/metadata/uid").to_string());
                     let _ = self.update(pods(), &pod, bound, false);
                 }
-                None => {
-                    reasons.sort();
-                    let mut counted: Vec<(String, usize)> = Vec::new();
-                    for r in reasons {
-                        match counted.iter_mut().find(|(x, _)| *x == r) {
-                            Some((_, c)) => *c += 1,
-                            None => counted.push((r, 1)),
-                        }
-                    }
-                    let detail: Vec<String> = counted.iter().map(|(r, c)| format!("{c} {r}")).collect();
-                    let message = if nodes.is_empty() {
-                        "no nodes available to schedule pods".to_string()
-                    } else {
-                        format!("0/{} nodes are available: {}.", nodes.len(), detail.join(", "))
-                    };
+                Err(message) => {
+                    failed.insert(signature, message.clone());
                     self.set_status(
                         pods(),
                         &k.2,
@@ -557,6 +535,41 @@ impl State {
                 }
             }
         }
+    }
+
+    /// The first node (by name) that takes the pod, or the scheduler's message for why none does.
+    fn place(&self, pod: &Value, reqs: &[(String, u128)], nodes: &[Value]) -> Result<String, String> {
+        let mut reasons: Vec<String> = Vec::new();
+        for node in nodes {
+            let why: Vec<String> = if !node_ready(node) {
+                vec!["node(s) were not ready".to_string()]
+            } else if node.pointer("/spec/unschedulable") == Some(&json!(true)) {
+                vec!["node(s) were unschedulable".to_string()]
+            } else if let Some(m) = taint_mismatch(&pod["spec"], node) {
+                vec![m]
+            } else if let Some(m) = placement_mismatch(&pod["spec"], node) {
+                vec![m]
+            } else {
+                self.misfits(reqs, node).into_iter().map(|m| m.reason()).collect()
+            };
+            if why.is_empty() {
+                return Ok(s(node, "/metadata/name").to_string());
+            }
+            reasons.extend(why);
+        }
+        if nodes.is_empty() {
+            return Err("no nodes available to schedule pods".to_string());
+        }
+        reasons.sort();
+        let mut counted: Vec<(String, usize)> = Vec::new();
+        for r in reasons {
+            match counted.iter_mut().find(|(x, _)| *x == r) {
+                Some((_, c)) => *c += 1,
+                None => counted.push((r, 1)),
+            }
+        }
+        let detail: Vec<String> = counted.iter().map(|(r, c)| format!("{c} {r}")).collect();
+        Err(format!("0/{} nodes are available: {}.", nodes.len(), detail.join(", ")))
     }
 
     /// Requests of the pod the node cannot fit next to the pods it already counts.
@@ -913,7 +926,8 @@ pub fn pod_requests(pod: &Value) -> Vec<(String, u128)> {
 /// The first NoSchedule/NoExecute taint of the node the pod does not tolerate, worded as
 /// the scheduler words it.
 pub fn taint_mismatch(spec: &Value, node: &Value) -> Option<String> {
-    let tolerations = spec.get("tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
+    let tolerations =
+        spec.get("tolerations").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
     let taints = node.pointer("/spec/taints").and_then(Value::as_array)?;
     taints
         .iter()
