@@ -606,6 +606,11 @@ impl State {
         let Some(node) = self.get(kind("v1", "Node"), "", &node_name).cloned() else {
             return; // bound to a node that does not exist: stays Pending, as on a real cluster
         };
+        // The taint manager evicts pods that do not tolerate a NoExecute taint.
+        if untolerated(&pod["spec"], &node, &["NoExecute"]).is_some() {
+            self.delete_key(k, Propagation::Background);
+            return;
+        }
         if !node_ready(&node) {
             return;
         }
@@ -926,14 +931,19 @@ pub fn pod_requests(pod: &Value) -> Vec<(String, u128)> {
 /// The first NoSchedule/NoExecute taint of the node the pod does not tolerate, worded as
 /// the scheduler words it.
 pub fn taint_mismatch(spec: &Value, node: &Value) -> Option<String> {
+    untolerated(spec, node, &["NoSchedule", "NoExecute"])
+        .map(|t| format!("node(s) had untolerated taint {{{}: {}}}", s(t, "/key"), s(t, "/value")))
+}
+
+/// The first taint of the node with one of these effects that the pod does not tolerate.
+fn untolerated<'a>(spec: &Value, node: &'a Value, effects: &[&str]) -> Option<&'a Value> {
     let tolerations =
         spec.get("tolerations").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-    let taints = node.pointer("/spec/taints").and_then(Value::as_array)?;
-    taints
+    node.pointer("/spec/taints")
+        .and_then(Value::as_array)?
         .iter()
-        .filter(|t| matches!(s(t, "/effect"), "NoSchedule" | "NoExecute"))
+        .filter(|t| effects.contains(&s(t, "/effect")))
         .find(|t| !tolerations.iter().any(|tol| tolerates(tol, t)))
-        .map(|t| format!("node(s) had untolerated taint {{{}: {}}}", s(t, "/key"), s(t, "/value")))
 }
 
 fn tolerates(tol: &Value, taint: &Value) -> bool {

@@ -102,6 +102,13 @@ async fn taints_keep_pods_away_unless_tolerated() {
     pods.create(&PostParams::default(), &pod("tolerant", tolerant)).await.unwrap();
     let p = pods.get("tolerant").await.unwrap();
     assert_eq!(p.spec.unwrap().node_name.as_deref(), Some("gpu-0"));
+    // A NoExecute taint evicts what does not tolerate it.
+    emu.add_node(Node::new("gpu-0").gpus(8).taint("dedicated", "chutes", "NoSchedule").taint(
+        "maintenance",
+        "",
+        "NoExecute",
+    ));
+    assert!(pods.get_opt("tolerant").await.unwrap().is_none());
 }
 
 fn job(name: &str, extra_spec: Value) -> Job {
