@@ -582,3 +582,47 @@ impl State {
         events
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_generator_is_splitmix64() {
+        // Published SplitMix64 outputs for seed 0: traces stay tied to this algorithm.
+        let mut rng = Rng(0);
+        assert_eq!(
+            [rng.next(), rng.next(), rng.next()],
+            [0xe220a8397b1dcdaf, 0x6e789e6aa1b965f4, 0x06c45d188009454f]
+        );
+    }
+
+    #[test]
+    fn a_seed_gives_the_same_steps_byte_for_byte() {
+        let params = ScenarioParams::default();
+        let a = Scenario::generate(7, &params).to_jsonl();
+        assert_eq!(a, Scenario::generate(7, &params).to_jsonl());
+        assert_ne!(a, Scenario::generate(8, &params).to_jsonl());
+        let back = Scenario::from_jsonl(&a).unwrap();
+        assert_eq!(back.to_jsonl(), a, "a trace reads back to the same steps");
+        assert_eq!(back.steps.len(), 2 + params.initial_chutes + params.steps);
+    }
+
+    #[test]
+    fn every_kind_of_step_turns_up() {
+        let scenario = Scenario::generate(1, &ScenarioParams { steps: 400, ..ScenarioParams::default() });
+        let mut kinds = BTreeSet::new();
+        for step in &scenario.steps {
+            let v = serde_json::to_value(step).unwrap_or_default();
+            kinds.insert(v["step"].as_str().unwrap_or_default().to_owned());
+        }
+        assert_eq!(kinds.len(), 15, "{kinds:?}");
+    }
+
+    #[test]
+    fn a_bad_trace_names_its_line() {
+        let err = Scenario::from_jsonl("{\"seed\": 3}\n{\"step\": \"bounty_change\"}\n").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        assert!(Scenario::from_jsonl("").unwrap_err().to_string().contains("line 1"));
+    }
+}
