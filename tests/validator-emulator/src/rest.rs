@@ -222,7 +222,7 @@ fn route(state: &mut State, r: &Request<'_>, events: &mut Vec<Event>) -> Answer 
         ("POST", ["nodes"]) => json(state.post_nodes(hotkey, r.body)),
         ("GET", ["nodes", "verification_status"]) => {
             let task = query_param(r.query, "task_id").unwrap_or_default();
-            ok(json!({"status": crate::verification::status(state, &task)}))
+            ok(json!({"status": crate::verification::poll(state, &task, events)}))
         }
         ("DELETE", ["nodes", gpu]) => json(state.delete_node(hotkey, gpu)),
         ("GET", ["miner", kind]) if Listing::from_segment(kind).is_some() => {

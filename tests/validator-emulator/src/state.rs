@@ -176,6 +176,8 @@ pub(crate) struct State {
     pub rolling: BTreeMap<String, RollingUpdate>,
     pub default_verification: String,
     pub verification: HashMap<String, String>,
+    /// Tasks whose `gpu_verified` events went out.
+    pub announced_tasks: HashSet<String>,
     pub tasks: u64,
     pub node_seed: u64,
     pub nodes: BTreeMap<String, Node>,

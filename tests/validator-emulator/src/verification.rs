@@ -6,7 +6,9 @@
 //! or a default for all tasks. A GPU counts as verified (for the instance checks)
 //! while its task's status is one that add-node treats as done.
 
-use crate::state::State;
+use serde_json::json;
+
+use crate::state::{Event, State};
 
 /// Opens a verification task for one `POST /nodes/` and returns its id and the seed
 /// the validator hands out (the same for every GPU of the request).
@@ -23,4 +25,19 @@ pub(crate) fn status(state: &State, task_id: &str) -> String {
 /// Whether a status means the GPUs passed (add-node's `Verification::Done`).
 pub(crate) fn passed(status: &str) -> bool {
     !matches!(status, "pending" | "error" | "failed")
+}
+
+/// `GET /nodes/verification_status?task_id=`: the status, and `gpu_verified` per
+/// GPU of the task the first time it reads as passed.
+pub(crate) fn poll(state: &mut State, task_id: &str, events: &mut Vec<Event>) -> String {
+    let status = status(state, task_id);
+    if passed(&status) && state.announced_tasks.insert(task_id.to_owned()) {
+        for node in state.nodes.values().filter(|n| n.task_id == task_id) {
+            events.push(Event {
+                recipients: Some(vec![node.miner_hotkey.clone()]),
+                ..Event::new("gpu_verified", json!({"gpu_id": node.uuid, "miner_hotkey": node.miner_hotkey}))
+            });
+        }
+    }
+    status
 }

@@ -547,6 +547,19 @@ mod stateful {
         let announce = json!({"node_ids": ["GPU-a"], "host": "10.0.0.5", "port": 32000});
         assert_eq!(miner.body(reqwest::Method::POST, "/instances/c1/", announce.clone()).await.0, 400);
         emulator.set_verification_status(&task, "success");
+        let poll = format!("/nodes/verification_status?task_id={task}");
+        for _ in 0..2 {
+            assert_eq!(miner.get(&poll, "graval").await.1, json!({"status": "success"}));
+        }
+        for gpu in ["GPU-a", "GPU-b"] {
+            let event = socket.event().await;
+            assert_eq!(
+                event,
+                json!({"reason": "gpu_verified", "data": {"gpu_id": gpu, "miner_hotkey": miner.key.ss58()}, "filter_recipients": [miner.key.ss58()]})
+            );
+        }
+        let verified = emulator.events().iter().filter(|e| e["reason"] == "gpu_verified").count();
+        assert_eq!(verified, 2, "once per GPU, not per poll");
         let (status, instance) = miner.body(reqwest::Method::POST, "/instances/c1/", announce.clone()).await;
         assert_eq!(status, 202, "{instance}");
         assert_eq!(
