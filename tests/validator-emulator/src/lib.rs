@@ -374,6 +374,40 @@ impl Emulator {
         all
     }
 
+    /// What a chute process does on start, for stand-ins that run no chute: claims
+    /// the launch config with its token (`POST /instances/launch_config/{id}`, same
+    /// checks), then activates it. Returns the instance id, or the refusal as
+    /// `(status, detail)`. Events go out as for the HTTP calls.
+    pub async fn start_chute(
+        &self,
+        config_id: &str,
+        host: &str,
+        port: u16,
+        gpus: &[&str],
+    ) -> Result<String, (u16, String)> {
+        let mut events = Vec::new();
+        let result = {
+            let mut state = self.state();
+            let bearer = state.launch_configs.get(config_id).map(|c| format!("Bearer {}", c.token));
+            let body = json!({
+                "host": host,
+                "port_mappings": [{"proto": "tcp", "internal_port": port, "external_port": port}],
+                "gpus": gpus.iter().map(|g| json!({"uuid": g})).collect::<Vec<_>>(),
+            });
+            let claimed = state.claim(config_id, bearer.as_deref(), body.to_string().as_bytes(), &mut events);
+            let activated = match claimed.0 {
+                200 => state.activate(config_id, bearer.as_deref(), &mut events),
+                _ => claimed,
+            };
+            match activated {
+                (200, v) => Ok(v["instance_id"].as_str().unwrap_or_default().to_owned()),
+                (status, v) => Err((status, v["detail"].as_str().unwrap_or_default().to_owned())),
+            }
+        };
+        self.emit(events).await;
+        result
+    }
+
     /// Every instance, every miner's.
     pub fn instances(&self) -> Vec<Instance> {
         self.state().instances.values().cloned().collect()

@@ -463,7 +463,22 @@ mod stateful {
         assert_eq!(deleted["reason"], "instance_deleted");
         assert_eq!(deleted["data"]["config_id"], config_id.as_str());
         assert_eq!(miner.listing("/miner/instances/").await, None);
-        assert_eq!(other.launch("chute_id=c1").await.0, 200, "capacity is free again");
+        let (status, again) = other.launch("chute_id=c1").await;
+        assert_eq!(status, 200, "capacity is free again");
+        // A chute stand-in without HTTP: the same claim checks, then activation.
+        let again = again["config_id"].as_str().unwrap();
+        assert_eq!(
+            emulator.start_chute(again, "10.0.0.5", 31001, &["GPU-a"]).await.unwrap_err().0,
+            404,
+            "not theirs"
+        );
+        assert_eq!(emulator.start_chute("no-such-config", "h", 1, &[]).await.unwrap_err().0, 404);
+        let (_, mine_again) = miner.launch("chute_id=c1").await;
+        let started = emulator
+            .start_chute(mine_again["config_id"].as_str().unwrap(), "10.0.0.5", 31001, &["GPU-a"])
+            .await;
+        let started = started.unwrap();
+        assert!(emulator.instances().iter().any(|i| i.instance_id == started && i.active && i.verified));
         assert_eq!(
             miner.delete(&format!("/instances/c1/{instance_id}"), "instances").await.0,
             404,
