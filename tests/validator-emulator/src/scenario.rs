@@ -26,6 +26,8 @@ use crate::state::{Event, Instance, RollingUpdate, State};
 pub enum Step {
     /// `image_created`.
     ImageCreated { image: ImageSpec },
+    /// `image_deleted {image_id}`; only for an image no chute uses.
+    ImageDeleted { image_id: String },
     /// `chute_created {chute_id, version, job_only}`.
     ChuteCreated { chute: ChuteSpec },
     /// `chute_updated {chute_id, version, job_only}`: the chute is replaced.
@@ -142,6 +144,8 @@ struct Model {
 
 #[derive(Clone, Copy)]
 enum Kind {
+    ImageCreated,
+    ImageDeleted,
     ChuteCreated,
     ChuteUpdated,
     ChuteDeleted,
@@ -273,7 +277,10 @@ fn new_chute(rng: &mut Rng, model: &mut Model, params: &ScenarioParams) -> Step 
 
 fn possible(model: &Model, params: &ScenarioParams) -> Vec<Kind> {
     // Repeats weight the choice towards the common events.
-    let mut kinds = vec![Kind::ChuteCreated, Kind::Traffic, Kind::Traffic];
+    let mut kinds = vec![Kind::ChuteCreated, Kind::Traffic, Kind::Traffic, Kind::ImageCreated];
+    if model.images.keys().any(|i| !model.chutes.values().any(|c| &c.image_id == i)) {
+        kinds.push(Kind::ImageDeleted);
+    }
     if !model.chutes.is_empty() {
         kinds.extend([Kind::ChuteUpdated, Kind::Bounty, Kind::Bounty, Kind::JobCreated, Kind::JobCreated]);
         kinds.extend([Kind::Capacity, Kind::Evict, Kind::Rolling]);
@@ -303,6 +310,22 @@ fn next_step(kind: Kind, rng: &mut Rng, model: &mut Model, params: &ScenarioPara
     let chute_ids: Vec<String> = model.chutes.keys().cloned().collect();
     let any_chute = |rng: &mut Rng| rng.pick(&chute_ids).cloned().unwrap_or_default();
     match kind {
+        Kind::ImageCreated => {
+            let image = new_image(rng);
+            model.images.insert(image.image_id.clone(), image.clone());
+            Step::ImageCreated { image }
+        }
+        Kind::ImageDeleted => {
+            let unused: Vec<String> = model
+                .images
+                .keys()
+                .filter(|i| !model.chutes.values().any(|c| &c.image_id == *i))
+                .cloned()
+                .collect();
+            let id = rng.pick(&unused).cloned().unwrap_or_default();
+            model.images.remove(&id);
+            Step::ImageDeleted { image_id: id }
+        }
         Kind::ChuteCreated => new_chute(rng, model, params),
         Kind::ChuteUpdated => {
             let id = any_chute(rng);
@@ -383,8 +406,10 @@ fn next_step(kind: Kind, rng: &mut Rng, model: &mut Model, params: &ScenarioPara
                 total_compute_time: invocations as f64 * (0.5 + rng.below(20) as f64 * 0.25),
                 error_count: rng.next() % 10,
                 rate_limit_count: if rng.below(3) == 0 { rng.next() % 200 } else { 0 },
-                per_second_price_usd: 0.0001 * (1 + rng.below(50)) as f64,
-                total_usage_usd: 0.01 * (rng.next() % 10_000) as f64,
+                // Divisions give the double nearest each decimal, which prints and reads
+                // back exactly, so traces round-trip byte for byte.
+                per_second_price_usd: (1 + rng.below(50)) as f64 / 10_000.0,
+                total_usage_usd: (rng.next() % 10_000) as f64 / 100.0,
             };
             Step::Traffic { chute_id: id, traffic }
         }
@@ -410,6 +435,12 @@ impl State {
             Step::ImageCreated { image } => {
                 self.catalogue.images.insert(image.image_id.clone(), image.clone());
                 events.push(Event::new("image_created", image.to_wire()));
+            }
+            Step::ImageDeleted { image_id } => {
+                let used = self.catalogue.chutes.values().any(|c| &c.image_id == image_id);
+                if !used && self.catalogue.images.remove(image_id).is_some() {
+                    events.push(Event::new("image_deleted", json!({"image_id": image_id})));
+                }
             }
             Step::ChuteCreated { chute } => {
                 self.catalogue.chutes.insert(chute.chute_id.clone(), chute.clone());
@@ -603,9 +634,15 @@ mod tests {
         let a = Scenario::generate(7, &params).to_jsonl();
         assert_eq!(a, Scenario::generate(7, &params).to_jsonl());
         assert_ne!(a, Scenario::generate(8, &params).to_jsonl());
-        let back = Scenario::from_jsonl(&a).unwrap();
-        assert_eq!(back.to_jsonl(), a, "a trace reads back to the same steps");
-        assert_eq!(back.steps.len(), 2 + params.initial_chutes + params.steps);
+        assert_eq!(Scenario::from_jsonl(&a).unwrap().steps.len(), 2 + params.initial_chutes + params.steps);
+        for seed in 0..50 {
+            let trace = Scenario::generate(seed, &params).to_jsonl();
+            assert_eq!(
+                Scenario::from_jsonl(&trace).unwrap().to_jsonl(),
+                trace,
+                "seed {seed} reads back the same"
+            );
+        }
     }
 
     #[test]
@@ -616,7 +653,7 @@ mod tests {
             let v = serde_json::to_value(step).unwrap_or_default();
             kinds.insert(v["step"].as_str().unwrap_or_default().to_owned());
         }
-        assert_eq!(kinds.len(), 15, "{kinds:?}");
+        assert_eq!(kinds.len(), 16, "{kinds:?}");
     }
 
     #[test]
