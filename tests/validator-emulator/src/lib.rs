@@ -5,21 +5,33 @@
 //! * socket.io (socketioxide) at `/socket.io`: the `authenticate` handshake with
 //!   real sr25519 checks of the signed headers (purpose `sockets`, 600 s skew, and
 //!   optionally a set of registered hotkeys), `auth_success` / `auth_failed`, and
-//!   [`Emulator::broadcast`] of `miner_broadcast` events to authenticated sockets.
+//!   `miner_broadcast` events to authenticated sockets (`config_id` only to the
+//!   miner that owns the instance, `filter_recipients` honoured).
 //! * the REST endpoints of the validator API (reference section 10), each checking
 //!   the signature the way the validator does: purpose string where the endpoint
-//!   declares one, sha256 of the body otherwise, none on the public ones.
+//!   declares one, sha256 of the body otherwise, none on the public ones, the
+//!   launch token on the chute-side launch-config endpoints.
+//! * state behind them: one [`catalogue`] (chutes, images, jobs) every listing
+//!   derives from; the instance lifecycle (launch configs, chute-side claim and
+//!   activation, legacy announce/activate, deletion); job claims; registered GPUs;
+//!   metrics, utilization and `active_instances` that follow the instances.
+//! * a seeded [`scenario`] driver of catalogue changes and events.
 //!
 //! Everything the miner sends is recorded ([`Emulator::requests`],
 //! [`Emulator::auth_attempts`]). [`Emulator::stop`] kills the runtime, dropping
 //! every connection without a goodbye, as a crashed validator would;
-//! [`Emulator::restart`] comes back on the same port with the recordings kept.
+//! [`Emulator::restart`] comes back on the same port with the state kept.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a poisoned lock or a failed bind is the failure report
 
+pub mod catalogue;
 mod rest;
+pub mod scenario;
 mod sockets;
+mod state;
+mod verification;
+mod views;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -27,6 +39,11 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use tokio::runtime::Runtime;
+
+pub use catalogue::{ChuteJob, ChuteSpec, ImageSpec, JobPort, JobSpec, Traffic};
+pub use scenario::{Scenario, ScenarioError, ScenarioParams, Step};
+use state::{Event, State};
+pub use state::{Instance, LaunchConfig, Node};
 
 /// One HTTP request as the emulator received it.
 #[derive(Debug, Clone, PartialEq)]
@@ -76,34 +93,6 @@ impl Listing {
             _ => return None,
         })
     }
-}
-
-#[derive(Debug, Default)]
-pub(crate) struct State {
-    pub requests: Vec<RecordedRequest>,
-    pub auth_attempts: Vec<AuthAttempt>,
-    /// `None`: any hotkey with a valid signature is "registered".
-    pub registered: Option<HashSet<String>>,
-    pub supported_gpus: Vec<String>,
-    pub listings: HashMap<Listing, Vec<Value>>,
-    pub chutes: HashMap<(String, String), Value>,
-    pub utilization: Vec<Value>,
-    pub rolling_updates: Vec<Value>,
-    pub default_verification: String,
-    pub verification: HashMap<String, String>,
-    pub tasks: u64,
-    pub node_seed: u64,
-    pub deleted_nodes: Vec<String>,
-    /// Launch tokens still available; `None` = unlimited.
-    pub launch_capacity: Option<usize>,
-    pub jobs: HashSet<String>,
-    pub jobs_tried: HashSet<(String, String)>,
-    pub launches: u64,
-    pub instances: HashMap<String, String>,
-    pub released_jobs: Vec<String>,
-    /// Injected failures: (path prefix, status, times left).
-    pub faults: VecDeque<(String, u16, usize)>,
-    pub broadcasts: Vec<Value>,
 }
 
 pub(crate) type Shared = Arc<Mutex<State>>;
@@ -187,7 +176,7 @@ impl Emulator {
             .ping_timeout(self.options.ping_timeout)
             .build_layer();
         sockets::install(&io, self.shared.clone());
-        let app = rest::router(self.shared.clone()).layer(layer);
+        let app = rest::router(self.shared.clone(), io.clone()).layer(layer);
         rt.spawn(async move {
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
@@ -288,22 +277,55 @@ impl Emulator {
         self.state().supported_gpus = gpus.iter().map(|g| (*g).to_owned()).collect();
     }
 
-    /// Items of a `/miner/*` listing; an empty list is sent as `data: NO_ITEMS`.
+    /// Replaces a derived `/miner/*` listing with raw items, for wire-level tests
+    /// (huge or malformed items); an empty list is sent as `data: NO_ITEMS`.
+    /// Everything else should go through the catalogue.
     pub fn set_listing(&self, listing: Listing, items: Vec<Value>) {
-        self.state().listings.insert(listing, items);
+        self.state().listing_overrides.insert(listing, items);
     }
 
-    /// What `GET /miner/chutes/{id}/{version}` returns.
+    /// Puts a chute given as wire JSON into the catalogue at `version` (known
+    /// fields are read, the rest is sent back as is). No event.
     pub fn set_chute(&self, chute_id: &str, version: &str, chute: Value) {
-        self.state().chutes.insert((chute_id.to_owned(), version.to_owned()), chute);
+        self.add_chute(ChuteSpec::from_json(chute_id, version, &chute));
     }
 
+    /// Puts a chute into the catalogue (replacing one with the same id). No event:
+    /// use [`Emulator::apply`] with [`Step::ChuteCreated`] to also broadcast.
+    pub fn add_chute(&self, chute: ChuteSpec) {
+        self.state().catalogue.chutes.insert(chute.chute_id.clone(), chute);
+    }
+
+    /// Puts an image into the catalogue. No event.
+    pub fn add_image(&self, image: ImageSpec) {
+        self.state().catalogue.images.insert(image.image_id.clone(), image);
+    }
+
+    /// A chute's target instance count (423 once that many are active); `None`: no cap.
+    pub fn set_capacity(&self, chute_id: &str, capacity: Option<u32>) {
+        if let Some(c) = self.state().catalogue.chutes.get_mut(chute_id) {
+            c.capacity = capacity;
+        }
+    }
+
+    /// Last-hour traffic of a chute, as `/miner/metrics/` reports it.
+    pub fn set_traffic(&self, chute_id: &str, traffic: Traffic) {
+        self.state().catalogue.traffic.insert(chute_id.to_owned(), traffic);
+    }
+
+    /// The catalogue as it stands.
+    pub fn catalogue(&self) -> catalogue::Catalogue {
+        self.state().catalogue.clone()
+    }
+
+    /// Replaces `/chutes/utilization` with raw items (default: derived per chute).
     pub fn set_utilization(&self, items: Vec<Value>) {
-        self.state().utilization = items;
+        self.state().utilization_override = Some(items);
     }
 
+    /// Replaces `/chutes/rolling_updates` with raw items (default: derived).
     pub fn set_rolling_updates(&self, items: Vec<Value>) {
-        self.state().rolling_updates = items;
+        self.state().rolling_override = Some(items);
     }
 
     /// Verification outcome of one task (`pending`, `error`, `failed`, `success`…).
@@ -316,14 +338,121 @@ impl Emulator {
         self.state().default_verification = status.to_owned();
     }
 
-    /// Launch tokens to hand out before answering 423; `None` = unlimited.
+    /// Launch tokens to hand out over all chutes before answering 423, on top of
+    /// each chute's capacity; `None` = unlimited.
     pub fn set_launch_capacity(&self, capacity: Option<usize>) {
         self.state().launch_capacity = capacity;
     }
 
-    /// A job the validator knows (launch_config with an unknown job_id is 404).
+    /// A job any chute id may claim, without an event (launch_config with an
+    /// unknown job_id is 404). Prefer [`Step::JobCreated`], which names its chute.
     pub fn add_job(&self, job_id: &str) {
-        self.state().jobs.insert(job_id.to_owned());
+        let job = JobSpec {
+            job_id: job_id.to_owned(),
+            chute_id: None,
+            method: "run".into(),
+            disk_gb: 10,
+            exclude: vec![],
+        };
+        self.state().catalogue.jobs.insert(job_id.to_owned(), job);
+    }
+
+    /// The hotkey holding a job through a launch config, if any.
+    pub fn job_holder(&self, job_id: &str) -> Option<String> {
+        self.state().job_claims.get(job_id).and_then(|c| c.holder.as_ref()).map(|(h, _)| h.clone())
+    }
+
+    /// The launch token of a config, as the chute gets it from `CHUTES_LAUNCH_JWT`.
+    pub fn launch_token(&self, config_id: &str) -> Option<String> {
+        self.state().launch_configs.get(config_id).map(|c| c.token.clone())
+    }
+
+    /// Launch configs handed out, in order.
+    pub fn launch_configs(&self) -> Vec<LaunchConfig> {
+        let mut all: Vec<LaunchConfig> = self.state().launch_configs.values().cloned().collect();
+        all.sort_by(|a, b| a.config_id.cmp(&b.config_id));
+        all
+    }
+
+    /// What a chute process does on start, for stand-ins that run no chute: claims
+    /// the launch config with its token (`POST /instances/launch_config/{id}`, same
+    /// checks), then activates it. Returns the instance id, or the refusal as
+    /// `(status, detail)`. Events go out as for the HTTP calls.
+    pub async fn start_chute(
+        &self,
+        config_id: &str,
+        host: &str,
+        port: u16,
+        gpus: &[&str],
+    ) -> Result<String, (u16, String)> {
+        let mut events = Vec::new();
+        let result = {
+            let mut state = self.state();
+            let bearer = state.launch_configs.get(config_id).map(|c| format!("Bearer {}", c.token));
+            let body = json!({
+                "host": host,
+                "port_mappings": [{"proto": "tcp", "internal_port": port, "external_port": port}],
+                "gpus": gpus.iter().map(|g| json!({"uuid": g})).collect::<Vec<_>>(),
+            });
+            let claimed = state.claim(config_id, bearer.as_deref(), body.to_string().as_bytes(), &mut events);
+            let activated = match claimed.0 {
+                200 => state.activate(config_id, bearer.as_deref(), &mut events),
+                _ => claimed,
+            };
+            match activated {
+                (200, v) => Ok(v["instance_id"].as_str().unwrap_or_default().to_owned()),
+                (status, v) => Err((status, v["detail"].as_str().unwrap_or_default().to_owned())),
+            }
+        };
+        self.emit(events).await;
+        result
+    }
+
+    /// Every instance, every miner's.
+    pub fn instances(&self) -> Vec<Instance> {
+        self.state().instances.values().cloned().collect()
+    }
+
+    /// GPUs registered through `POST /nodes/`.
+    pub fn nodes(&self) -> Vec<Node> {
+        self.state().nodes.values().cloned().collect()
+    }
+
+    /// Performs one scenario step: the catalogue change, then the events the real
+    /// validator sends for it. Returns how many of its events reached at least one
+    /// socket (the change applies while stopped too; its events then reach none).
+    pub async fn apply(&self, step: &Step) -> usize {
+        let events = self.state().apply(step);
+        self.emit(events).await
+    }
+
+    /// The validator drops an instance (consecutive failures, say): it is gone from
+    /// every listing and `instance_deleted` is broadcast. False if there was none.
+    pub async fn evict_instance(&self, instance_id: &str) -> bool {
+        let mut events = Vec::new();
+        let found = self.state().remove_instance(instance_id, &mut events).is_some();
+        self.emit(events).await;
+        found
+    }
+
+    async fn emit(&self, events: Vec<Event>) -> usize {
+        let before = self.state().broadcasts.len();
+        match &self.running {
+            Some(running) => {
+                let io = running.io.clone();
+                let shared = self.shared.clone();
+                let _ = running.rt.spawn(async move { sockets::emit(&io, &shared, events).await }).await;
+            }
+            None => self.state().events.extend(events.iter().map(Event::payload)),
+        }
+        let state = self.state();
+        state.broadcasts[before.min(state.broadcasts.len())..].len()
+    }
+
+    /// Every event the validator emitted (REST-caused and applied steps), whether
+    /// or not a socket was there to get it.
+    pub fn events(&self) -> Vec<Value> {
+        self.state().events.clone()
     }
 
     /// The next `times` requests whose path starts with `path_prefix` get `status`.

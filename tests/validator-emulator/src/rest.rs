@@ -1,5 +1,5 @@
 //! The REST side: one fallback handler so every request is recorded the same way,
-//! then routed by method and path segments.
+//! then routed by method and path segments to the state (`state.rs`, `views.rs`).
 
 use std::collections::BTreeMap;
 
@@ -11,13 +11,21 @@ use axum::response::{IntoResponse, Response};
 use chutes_protocol::Payload;
 use chutes_protocol::auth::{now_unix, verify_miner_request};
 use serde_json::{Value, json};
+use socketioxide::SocketIo;
 
-use crate::{Listing, RecordedRequest, Shared, State};
+use crate::state::{Event, State};
+use crate::{Listing, RecordedRequest, Shared};
 
 const MAX_SKEW: u64 = 600;
 
-pub(crate) fn router(shared: Shared) -> Router {
-    Router::new().fallback(handle).with_state(shared)
+#[derive(Clone)]
+struct App {
+    shared: Shared,
+    io: SocketIo,
+}
+
+pub(crate) fn router(shared: Shared, io: SocketIo) -> Router {
+    Router::new().fallback(handle).with_state(App { shared, io })
 }
 
 /// What an endpoint signs, as chutes-api declares it.
@@ -26,10 +34,18 @@ enum Auth {
     Public,
     Body,
     Purpose(&'static str),
+    /// The chute's launch token (`Authorization: Bearer`), checked by the state.
+    Bearer,
+}
+
+/// What a route answers: JSON, or an SSE-style listing.
+enum Answer {
+    Json(u16, Value),
+    Stream(Vec<Value>),
 }
 
 async fn handle(
-    AxumState(shared): AxumState<Shared>,
+    AxumState(app): AxumState<App>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -40,41 +56,62 @@ async fn handle(
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let auth_kind = auth_of(&method, &segments);
     let auth = match auth_kind {
-        None | Some(Auth::Public) => Ok(String::new()),
+        None | Some(Auth::Public | Auth::Bearer) => Ok(String::new()),
         Some(Auth::Body) => verify(&headers, Payload::Body(&body)),
         Some(Auth::Purpose(p)) => verify(&headers, Payload::Purpose(p)),
     };
-    let mut state = shared.lock().unwrap();
-    let auth = auth.and_then(|hotkey| match &state.registered {
-        Some(set) if !hotkey.is_empty() && !set.contains(&hotkey) => {
-            Err(format!("hotkey {hotkey} is not registered"))
-        }
-        _ => Ok(hotkey),
-    });
-    let (status, response) = if let Some(status) = take_fault(&mut state, &path) {
-        (status, json_response(status, json!({"detail": "injected failure"})))
-    } else if auth_kind.is_none() {
-        (404, json_response(404, json!({"detail": "Not Found"})))
-    } else if let Err(e) = &auth {
-        (401, json_response(401, json!({"detail": e})))
-    } else {
-        let hotkey = auth.clone().unwrap_or_default();
-        let (status, response) = route(&mut state, &method, &segments, &query, &body, &hotkey);
-        (status, response)
+    let mut events = Vec::new();
+    let (status, answer) = {
+        let mut state = app.shared.lock().unwrap();
+        let auth = auth.and_then(|hotkey| match &state.registered {
+            Some(set) if !hotkey.is_empty() && !set.contains(&hotkey) => {
+                Err(format!("hotkey {hotkey} is not registered"))
+            }
+            _ => Ok(hotkey),
+        });
+        let answer = if let Some(status) = take_fault(&mut state, &path) {
+            Answer::Json(status, json!({"detail": "injected failure"}))
+        } else if auth_kind.is_none() {
+            Answer::Json(404, json!({"detail": "Not Found"}))
+        } else if let Err(e) = &auth {
+            Answer::Json(401, json!({"detail": e}))
+        } else {
+            let hotkey = auth.clone().unwrap_or_default();
+            let bearer = headers.get("authorization").and_then(|v| v.to_str().ok());
+            let request = Request {
+                method: &method,
+                s: &segments,
+                query: &query,
+                body: &body,
+                hotkey: &hotkey,
+                bearer,
+            };
+            route(&mut state, &request, &mut events)
+        };
+        let status = match &answer {
+            Answer::Json(s, _) => *s,
+            Answer::Stream(_) => 200,
+        };
+        state.requests.push(RecordedRequest {
+            method: method.to_string(),
+            path,
+            query,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                .collect::<BTreeMap<_, _>>(),
+            body: body.to_vec(),
+            auth,
+            status,
+        });
+        (status, answer)
     };
-    state.requests.push(RecordedRequest {
-        method: method.to_string(),
-        path,
-        query,
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-            .collect::<BTreeMap<_, _>>(),
-        body: body.to_vec(),
-        auth,
-        status,
-    });
-    response
+    // Events go out before the answer, so a client holding the reply can wait for them.
+    crate::sockets::emit(&app.io, &app.shared, events).await;
+    match answer {
+        Answer::Json(_, v) => json_response(status, v),
+        Answer::Stream(items) => stream_response(items),
+    }
 }
 
 fn verify(headers: &HeaderMap, payload: Payload<'_>) -> Result<String, String> {
@@ -103,10 +140,12 @@ fn auth_of(method: &Method, s: &[&str]) -> Option<Auth> {
         ("DELETE", ["nodes", _]) => Purpose("nodes"),
         ("GET", ["miner", "chutes" | "images" | "nodes" | "instances" | "metrics"]) => Purpose("miner"),
         ("GET", ["miner", "chutes", _, _]) => Purpose("miner"),
-        ("GET", ["miner", "inventory"]) => Purpose("miner"),
+        ("GET", ["miner", "inventory" | "active_instances"]) => Purpose("miner"),
         ("DELETE", ["miner", "jobs", _]) => Purpose("miner"),
         ("GET", ["chutes", "utilization" | "rolling_updates"]) => Public,
         ("GET", ["instances", "launch_config"]) => Purpose("launch"),
+        ("POST", ["instances", "launch_config", _]) => Bearer,
+        ("GET", ["instances", "launch_config", _, "activate"]) => Bearer,
         ("POST", ["instances", _]) => Body,
         ("PATCH", ["instances", _, _]) => Body,
         ("DELETE", ["instances", _, _]) => Purpose("instances"),
@@ -120,124 +159,107 @@ fn json_response(status: u16, body: Value) -> Response {
     (code, axum::Json(body)).into_response()
 }
 
+/// One `data: {json}\n\n` line per item; `data: NO_ITEMS` for an explicit empty set.
+fn stream_response(items: Vec<Value>) -> Response {
+    let mut text = String::new();
+    if items.is_empty() {
+        text.push_str("data: NO_ITEMS\n\n");
+    }
+    for item in items {
+        text.push_str(&format!("data: {item}\n\n"));
+    }
+    Response::builder().header("content-type", "text/event-stream").body(Body::from(text)).unwrap()
+}
+
 fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == name).map(|(_, v)| v.to_owned())
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| percent_decode(v))
+        .filter(|v| !v.is_empty())
 }
 
-fn uuid_like(n: u64) -> String {
-    format!("00000000-0000-4000-8000-{n:012x}")
+/// The client percent-encodes ids; decode so `a%2Fb` names `a/b` again.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok())) {
+            (b'%', Some(h)) if u8::from_str_radix(h, 16).is_ok() => {
+                out.push(u8::from_str_radix(h, 16).unwrap_or(b'?'));
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
-fn route(
-    state: &mut State,
-    method: &Method,
-    s: &[&str],
-    query: &str,
-    body: &[u8],
-    hotkey: &str,
-) -> (u16, Response) {
-    let ok = |v: Value| (200, json_response(200, v));
-    match (method.as_str(), s) {
+struct Request<'a> {
+    method: &'a Method,
+    s: &'a [&'a str],
+    query: &'a str,
+    body: &'a [u8],
+    hotkey: &'a str,
+    bearer: Option<&'a str>,
+}
+
+fn route(state: &mut State, r: &Request<'_>, events: &mut Vec<Event>) -> Answer {
+    let json = |(status, v): (u16, Value)| Answer::Json(status, v);
+    let ok = |v: Value| Answer::Json(200, v);
+    let hotkey = r.hotkey;
+    match (r.method.as_str(), r.s) {
         ("GET", ["nodes", "supported"]) => ok(json!(state.supported_gpus)),
-        ("POST", ["nodes"]) => {
-            let Ok(request) = serde_json::from_slice::<Value>(body) else {
-                return (400, json_response(400, json!({"detail": "body is not JSON"})));
-            };
-            let Some(nodes) = request.get("nodes").and_then(Value::as_array) else {
-                return (400, json_response(400, json!({"detail": "missing nodes"})));
-            };
-            state.tasks += 1;
-            let task_id = uuid_like(state.tasks);
-            let seed = state.node_seed;
-            let nodes: Vec<Value> = nodes
-                .iter()
-                .map(|n| {
-                    let mut n = n.clone();
-                    if let Some(o) = n.as_object_mut() {
-                        o.insert("seed".into(), json!(seed));
-                    }
-                    n
-                })
-                .collect();
-            (202, json_response(202, json!({"nodes": nodes, "task_id": task_id})))
-        }
+        ("POST", ["nodes"]) => json(state.post_nodes(hotkey, r.body)),
         ("GET", ["nodes", "verification_status"]) => {
-            let task = query_param(query, "task_id").unwrap_or_default();
-            let status =
-                state.verification.get(&task).cloned().unwrap_or_else(|| state.default_verification.clone());
-            ok(json!({"status": status}))
+            let task = query_param(r.query, "task_id").unwrap_or_default();
+            ok(json!({"status": crate::verification::poll(state, &task, events)}))
         }
-        ("DELETE", ["nodes", gpu]) => {
-            state.deleted_nodes.push((*gpu).to_owned());
-            ok(json!({"node_id": gpu, "deleted": true}))
-        }
+        ("DELETE", ["nodes", gpu]) => json(state.delete_node(hotkey, gpu)),
         ("GET", ["miner", kind]) if Listing::from_segment(kind).is_some() => {
             let listing = Listing::from_segment(kind).unwrap_or(Listing::Chutes);
-            let items = state.listings.get(&listing).cloned().unwrap_or_default();
-            let mut text = String::new();
-            if items.is_empty() {
-                text.push_str("data: NO_ITEMS\n\n");
-            }
-            for item in items {
-                text.push_str(&format!("data: {item}\n\n"));
-            }
-            (
-                200,
-                Response::builder()
-                    .header("content-type", "text/event-stream")
-                    .body(Body::from(text))
-                    .unwrap(),
-            )
+            Answer::Stream(state.listing(listing, hotkey))
         }
-        ("GET", ["miner", "chutes", id, version]) => {
-            match state.chutes.get(&((*id).to_owned(), (*version).to_owned())) {
-                Some(chute) => ok(chute.clone()),
-                None => (404, json_response(404, json!({"detail": "chute not found"}))),
-            }
-        }
-        ("GET", ["miner", "inventory"]) => ok(json!([])),
-        ("DELETE", ["miner", "jobs", job]) => {
-            state.released_jobs.push((*job).to_owned());
-            ok(json!({"job_id": job, "released": true}))
-        }
-        ("GET", ["chutes", "utilization"]) => ok(json!(state.utilization)),
-        ("GET", ["chutes", "rolling_updates"]) => ok(json!(state.rolling_updates)),
-        ("GET", ["instances", "launch_config"]) => {
-            let job = query_param(query, "job_id").filter(|j| !j.is_empty());
-            if let Some(job) = &job {
-                if !state.jobs.contains(job) {
-                    return (404, json_response(404, json!({"detail": "job not found"})));
-                }
-                if !state.jobs_tried.insert((hotkey.to_owned(), job.clone())) {
-                    return (403, json_response(403, json!({"detail": "already attempted this job"})));
-                }
-            }
-            match &mut state.launch_capacity {
-                Some(0) => return (423, json_response(423, json!({"detail": "at capacity"}))),
-                Some(n) => *n -= 1,
-                None => {}
-            }
-            state.launches += 1;
-            let n = state.launches;
-            ok(json!({"token": format!("emulator.{n}.jwt"), "config_id": uuid_like(n)}))
-        }
-        ("POST", ["instances", chute]) => {
-            state.launches += 1;
-            let instance_id = uuid_like(state.launches);
-            state.instances.insert(instance_id.clone(), (*chute).to_owned());
-            ok(json!({"instance_id": instance_id, "chute_id": chute}))
-        }
-        ("PATCH", ["instances", chute, instance]) => {
-            if state.instances.get(*instance).map(String::as_str) != Some(*chute) {
-                return (404, json_response(404, json!({"detail": "instance not found"})));
-            }
-            ok(json!({"instance_id": instance, "chute_id": chute, "active": true, "verified": true}))
-        }
-        ("DELETE", ["instances", _, instance]) => match state.instances.remove(*instance) {
-            Some(_) => ok(json!({"instance_id": instance, "deleted": true})),
-            None => (404, json_response(404, json!({"detail": "instance not found"}))),
+        ("GET", ["miner", "chutes", id, version]) => match state.catalogue.chutes.get(*id) {
+            Some(chute) if chute.version == *version => ok(state.catalogue.chute_wire(chute)),
+            _ => Answer::Json(404, json!({"detail": format!("chute_id='{id}' not found")})),
         },
+        ("GET", ["miner", "inventory"]) => ok(json!(state.inventory(hotkey))),
+        ("GET", ["miner", "active_instances"]) => ok(json!(state.active_instances())),
+        ("DELETE", ["miner", "jobs", job]) => json(state.release_job(hotkey, job, events)),
+        ("GET", ["chutes", "utilization"]) => ok(json!(state.utilization())),
+        ("GET", ["chutes", "rolling_updates"]) => ok(json!(state.rolling_updates())),
+        ("GET", ["instances", "launch_config"]) => {
+            let Some(chute_id) = query_param(r.query, "chute_id") else {
+                return Answer::Json(422, json!({"detail": "query parameter chute_id is required"}));
+            };
+            let server_id = query_param(r.query, "server_id");
+            let job_id = query_param(r.query, "job_id");
+            json(state.launch_config(hotkey, &chute_id, server_id, job_id))
+        }
+        ("POST", ["instances", "launch_config", config]) => {
+            json(state.claim(config, r.bearer, r.body, events))
+        }
+        ("GET", ["instances", "launch_config", config, "activate"]) => {
+            json(state.activate(config, r.bearer, events))
+        }
+        ("POST", ["instances", chute]) => json(state.announce(hotkey, chute, r.body, events)),
+        ("PATCH", ["instances", chute, instance]) => {
+            json(state.patch_activate(hotkey, chute, instance, r.body, events))
+        }
+        ("DELETE", ["instances", chute, instance]) => {
+            json(state.delete_instance(hotkey, chute, instance, events))
+        }
         ("POST", ["audit", "miner_data"]) => ok(json!({"status": "ok"})),
-        _ => (404, json_response(404, json!({"detail": "Not Found"}))),
+        _ => Answer::Json(404, json!({"detail": "Not Found"})),
     }
 }

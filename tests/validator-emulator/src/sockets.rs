@@ -7,10 +7,58 @@ use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::extract::{Data, SocketRef};
 
+use crate::state::Event;
 use crate::{AuthAttempt, Shared};
 
 /// Room of sockets that passed `authenticate`; broadcasts go only there.
 pub(crate) const AUTHENTICATED: &str = "authenticated";
+
+/// Room of one miner's sockets, for events only that miner may see in full.
+fn miner_room(hotkey: &str) -> String {
+    format!("miner:{hotkey}")
+}
+
+/// Sends events as chutes-api does: to every authenticated socket, except that
+/// `config_id` goes only to the miner the instance belongs to, and events with
+/// `filter_recipients` go only to those miners. Every event is logged; those that
+/// reached a socket are also kept as broadcasts.
+pub(crate) async fn emit(io: &SocketIo, shared: &Shared, events: Vec<Event>) {
+    for event in events {
+        let full = event.payload();
+        shared.lock().unwrap().events.push(full.clone());
+        let mut reached = 0;
+        match (&event.recipients, &event.owner) {
+            (Some(recipients), _) => {
+                for hotkey in recipients {
+                    let n = io.to(miner_room(hotkey)).sockets().len();
+                    if n > 0 && io.to(miner_room(hotkey)).emit("miner_broadcast", &full).await.is_ok() {
+                        reached += n;
+                    }
+                }
+            }
+            (None, Some(owner)) => {
+                let n = io.to(miner_room(owner)).sockets().len();
+                if n > 0 && io.to(miner_room(owner)).emit("miner_broadcast", &full).await.is_ok() {
+                    reached += n;
+                }
+                let others = || io.to(AUTHENTICATED).except(miner_room(owner));
+                let n = others().sockets().len();
+                if n > 0 && others().emit("miner_broadcast", &event.public_payload()).await.is_ok() {
+                    reached += n;
+                }
+            }
+            (None, None) => {
+                let n = io.to(AUTHENTICATED).sockets().len();
+                if n > 0 && io.to(AUTHENTICATED).emit("miner_broadcast", &full).await.is_ok() {
+                    reached += n;
+                }
+            }
+        }
+        if reached > 0 {
+            shared.lock().unwrap().broadcasts.push(full);
+        }
+    }
+}
 
 /// The validator accepts nonces within 600 s either way.
 const MAX_SKEW: u64 = 600;
@@ -29,8 +77,9 @@ fn on_connect(socket: SocketRef, shared: Shared) {
             let result = check(&payload, &shared);
             shared.lock().unwrap().auth_attempts.push(AuthAttempt { payload, result: result.clone() });
             match result {
-                Ok(_) => {
+                Ok(hotkey) => {
                     socket.join(AUTHENTICATED);
+                    socket.join(miner_room(&hotkey));
                     let _ = socket.emit("auth_success", &json!({"message": "Authenticated"}));
                 }
                 Err(error) => {
