@@ -115,7 +115,14 @@ pub enum Action {
     Assert { ok: bool, message: String },
     /// Without `read_only` the command itself changes something (e.g. `microk8s add-node`
     /// mints a token): it is then skipped in check mode.
-    Capture { var: String, run: String, secret: bool, read_only: bool },
+    ///
+    /// The value is the trimmed output, or with `pick`, the first occurrence of that prefix
+    /// together with the non-blank characters that follow it (what `grep -o 'PREFIX[^ ]*'`
+    /// would print). The output is matched here rather than by a pipeline on the host, so a
+    /// failing command is never hidden behind a pipe's last exit status. An empty value, a
+    /// missing match or a non-zero exit fails the step, naming what was expected and what
+    /// the command printed (with tokens redacted for secret captures).
+    Capture { var: String, run: String, secret: bool, read_only: bool, pick: Option<String> },
 }
 
 impl Action {

@@ -156,6 +156,7 @@ fn wireguard_keys(c: &PlanCtx) -> PhasePlan {
                 run: "cat /etc/wireguard/public.key".into(),
                 secret: false,
                 read_only: true,
+                pick: None,
             },
         ),
     ];
@@ -168,6 +169,7 @@ fn wireguard_keys(c: &PlanCtx) -> PhasePlan {
                 run: format!("if {JOINED}; then echo yes; else echo no; fi"),
                 secret: false,
                 read_only: true,
+                pick: None,
             },
         ));
     }
@@ -638,16 +640,17 @@ fn join_token(c: &PlanCtx) -> PhasePlan {
             ),
         )];
         if !unjoined(c).is_empty() {
-            // Matched on the primary's own wireguard IP, not a hard-coded 192.168 prefix.
+            // Matched on the primary's own wireguard IP, not a hard-coded 192.168 prefix, and
+            // by the engine rather than `| grep | head`: when wg0 is not up, add-node offers no
+            // such line, and the step must fail saying so instead of capturing "".
             steps.push(Step::new(
                 "join token",
                 Action::Capture {
                     var: "join_command".into(),
-                    run: format!(
-                        "microk8s add-node --token-ttl 600 | grep -o 'microk8s join {wg}:[^ ]*' | head -n 1"
-                    ),
+                    run: "microk8s add-node --token-ttl 600".into(),
                     secret: true,
                     read_only: false,
+                    pick: Some(format!("microk8s join {wg}:")),
                 },
             ));
         }

@@ -158,9 +158,9 @@ fn nvidia_phase_only_on_gpu_hosts_and_includes_the_real_containerd_fix() {
 fn join_token_only_when_a_worker_has_not_joined_and_matches_the_primary_ip() {
     let p = plan("cpu-0", "join token");
     let tok = p.steps.iter().find(|s| s.name == "join token").unwrap();
-    let Action::Capture { run, secret, read_only, .. } = &tok.action else { panic!() };
+    let Action::Capture { secret, read_only, pick, .. } = &tok.action else { panic!() };
     assert!(*secret && !*read_only);
-    assert!(run.contains("microk8s join 10.77.0.1:"), "{run}");
+    assert_eq!(pick.as_deref(), Some("microk8s join 10.77.0.1:"));
     let j = plan("gpu-1", "join");
     let step = j.steps.iter().find(|s| s.name == "join cluster").unwrap();
     let Action::Command { run, unless, .. } = &step.action else { panic!() };
@@ -208,5 +208,49 @@ fn labels_every_node_with_its_external_ip_and_ipv6_off_is_a_sysctl() {
         base.steps
             .iter()
             .any(|s| matches!(&s.action, Action::Sysctl { file, .. } if file == "99-disable-ipv6.conf"))
+    );
+}
+
+/// Runs the primary's "join token" capture as the engine's local transport does (`sh -c`),
+/// with a `microk8s` that prints `add_node_output`, and decides on its output.
+fn join_token_capture(add_node_output: &str) -> Result<provision_engine::plan::Decision, String> {
+    let p = plan("cpu-0", "join token");
+    let tok = p.steps.iter().find(|s| s.name == "join token").unwrap();
+    let Action::Capture { run, .. } = &tok.action else { panic!() };
+    let bin = tempfile::tempdir().unwrap();
+    let fake = bin.path().join("microk8s");
+    std::fs::write(&fake, format!("#!/bin/sh\ncat <<'EOF'\n{add_node_output}EOF\n")).unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
+    let out = std::process::Command::new("sh").arg("-c").arg(run).env("PATH", path).output().unwrap();
+    let probe = provision_engine::plan::ProbeOut {
+        rc: out.status.code().unwrap_or(-1),
+        text: String::from_utf8_lossy(&out.stdout).into_owned(),
+    };
+    tok.action.evaluate(&probe)
+}
+
+#[test]
+fn join_token_without_a_line_for_the_primary_wireguard_ip_fails_naming_what_add_node_printed() {
+    // wg0 not up yet: add-node offers only the other addresses.
+    let err = join_token_capture(
+        "From the node you wish to join to this cluster, run the following:\n\
+         microk8s join 10.0.0.1:25000/0123456789abcdef0123456789abcdef/a1b2c3d4e5f6\n",
+    )
+    .unwrap_err();
+    assert!(err.contains("expected a line with `microk8s join 10.77.0.1:...`"), "{err}");
+    assert!(err.contains("microk8s join 10.0.0.1:25000/<redacted>"), "{err}");
+    assert!(!err.contains("0123456789abcdef"), "the token leaked into the error: {err}");
+    // add-node printing nothing at all is said as such.
+    let err = join_token_capture("").unwrap_err();
+    assert!(err.contains("it printed nothing"), "{err}");
+    // With wg0 up the line is there and its join string is the value.
+    let ok = join_token_capture(
+        "microk8s join 10.0.0.1:25000/aaaa/bbbb\nmicrok8s join 10.77.0.1:25000/cccc/dddd\n",
+    )
+    .unwrap();
+    assert!(
+        matches!(&ok, provision_engine::plan::Decision::Captured(v) if v == "microk8s join 10.77.0.1:25000/cccc/dddd"),
+        "{ok:?}"
     );
 }
