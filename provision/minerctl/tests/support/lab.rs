@@ -114,6 +114,9 @@ fn install_standins(h: &LabHost) {
     // man-db's dpkg trigger rebuilds the manual index after every install (seconds per host on
     // this 2-core machine); servers being provisioned do not need it for the tests' packages.
     h.sh("echo 'man-db man-db/auto-update boolean false' | debconf-set-selections; rm -f /var/lib/man-db/auto-update").unwrap();
+    // The stand-ins' state folders and call log exist from the start, so that a read-only
+    // call (a probe) leaves the host exactly as it was (the --check tests compare everything).
+    h.sh("mkdir -p /var/lib/standin/enabled /var/lib/standin/active /var/lib/standin/labels && touch /var/log/standin.calls").unwrap();
     h.write_file("/usr/local/sbin/minerctl-standin", STANDINS).unwrap();
     let links: Vec<String> =
         STANDIN_NAMES.iter().map(|n| format!("ln -sf minerctl-standin /usr/local/sbin/{n}")).collect();
