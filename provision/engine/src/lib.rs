@@ -19,9 +19,12 @@ pub mod facts;
 pub mod plan;
 pub mod report;
 pub mod runner;
+pub mod state;
 pub mod step;
 
 pub use facts::Facts;
 pub use report::{HostRecap, Log, OutputFormat, Redactor, Reporter, StepEvent};
-pub use runner::{HostVars, Phase, PhasePlan, PlanCtx, Planner, RunOptions, RunResult, run, target_for};
+pub use runner::{
+    HostVars, Phase, PhasePlan, PlanCtx, Planner, ProfileRow, RunOptions, RunResult, run, target_for,
+};
 pub use step::{Action, Meta, PackageState, Status, Step, WaitTarget};

@@ -108,6 +108,7 @@ async fn run_two_phases(h: &test_harness::lab::LabHost, reboot_timeout: Duration
         ssh,
         local: false,
         connect_attempts: 1,
+        profile: false,
     };
     let red = Redactor::default();
     let reporter = Reporter::new(OutputFormat::Human, red.clone(), true, Box::new(std::io::sink()));

@@ -48,6 +48,7 @@ fn opts(check: bool) -> RunOptions {
         ssh: provision_ssh::Options::new(),
         local: true,
         connect_attempts: 1,
+        profile: false,
     }
 }
 

@@ -289,6 +289,7 @@ fn check_on_fresh_hosts_reports_the_plan_and_changes_nothing() {
         for l in calls.lines() {
             assert!(
                 l.starts_with("systemctl is-")
+                    || l.starts_with("systemctl show")
                     || l.starts_with("snap list")
                     || l.starts_with("snap get")
                     || l.starts_with("microk8s status")

@@ -17,6 +17,15 @@ systemctl)
     start|restart) touch "$st/active/$2" ;;
     stop) rm -f "$st/active/$2" ;;
     list-units) ls "$st/active" | grep "^snap\.microk8s\." ;;
+    show)
+      # `show -p UnitFileState -p ActiveState -- UNIT...`: one block per unit, blank line between.
+      while [ $# -gt 0 ] && [ "$1" != -- ]; do shift; done; shift
+      sep=
+      for u in "$@"; do
+        [ -z "$sep" ] || echo; sep=1
+        if [ -e "$st/enabled/$u" ]; then echo UnitFileState=enabled; else echo UnitFileState=disabled; fi
+        if [ -e "$st/active/$u" ]; then echo ActiveState=active; else echo ActiveState=inactive; fi
+      done ;;
     *) : ;;
   esac ;;
 snap)
