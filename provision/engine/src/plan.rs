@@ -217,6 +217,7 @@ impl Action {
                      then base64 -w0 \"$h/.ssh/authorized_keys\"; fi; echo"
                 )
             }
+            Action::GroupMember { user, .. } => format!("id -nG {}", q(user)),
             Action::Service { unit, .. } => {
                 let u = q(unit);
                 format!(
@@ -442,6 +443,19 @@ impl Action {
                     summary: format!("user {name}: {}", what.join(", ")),
                     diff: None,
                     mutation: Mutation::Script { script, stdin: Some(new_keys.into_bytes()) },
+                })
+            }
+            Action::GroupMember { user, group } => {
+                if out.rc == 0 && out.text.split_whitespace().any(|g| g == group) {
+                    return Ok(Decision::Ok);
+                }
+                Decision::Change(Change {
+                    summary: format!("add {user} to group {group}"),
+                    diff: None,
+                    mutation: Mutation::Script {
+                        script: format!("usermod -aG {} {}", q(group), q(user)),
+                        stdin: None,
+                    },
                 })
             }
             Action::Service { unit, enabled, started } => {

@@ -9,15 +9,16 @@
 //! |---|---|---|
 //! | facts | the facts script | planning |
 //! | packages | one `grep` of `/var/lib/dpkg/status` | apt |
-//! | file contents, mode, owner | one `tar` of the managed files (plus `/etc/passwd`, `/etc/group`, authorized_keys) | file, line, sudoers, sysctl, user |
-//! | existence, type, mode, owner | one `stat` | directory, absent, command `creates` |
+//! | file contents, mode, owner | one `tar` of the managed files (plus `/etc/passwd`, `/etc/group`, authorized_keys) | file, line, sudoers, sysctl, user, group member |
+//! | type, mode, owner | one `stat` | directory |
+//! | existence | shell built-ins (`[ -e ]`), no process | absent, command `creates` |
 //! | units | one `systemctl show` | service |
 //! | anything else | its own shell probe, in the same command | command `unless`, capture, first attempt of a wait |
 //!
 //! [`Snapshot::answer`] turns this into exactly the text each step's own probe would have
 //! printed, so `evaluate` (and with it `--check`) decides the same way whichever read it.
 //! Contents are only read for files a step writes or edits: a `creates` path (such as a
-//! private key) is only `stat`ed.
+//! private key) is only tested for existence.
 //!
 //! A snapshot is only as good as the moment it was taken: the runner drops it once anything
 //! changed on any host, and steps it cannot answer are probed as before.
@@ -57,6 +58,7 @@ fn source(action: &Action) -> Source {
         | Action::Directory { .. }
         | Action::Absent { .. }
         | Action::User { .. }
+        | Action::GroupMember { .. }
         | Action::Service { .. }
         | Action::Command { creates: Some(_), .. } => Source::Structured,
         // A capture that mints something is not a read.
@@ -74,8 +76,10 @@ pub struct Request {
     packages: bool,
     /// Files whose contents are read.
     contents: BTreeSet<String>,
-    /// Paths whose existence and metadata are read (never their contents).
+    /// Paths whose type and metadata are read (never their contents).
     meta: BTreeSet<String>,
+    /// Paths only tested for existence (shell built-ins: no process at all).
+    exists: BTreeSet<String>,
     units: Vec<String>,
     shell: Vec<String>,
 }
@@ -103,9 +107,13 @@ impl Request {
                 Action::Directory { path, .. } => {
                     self.meta.insert(path.clone());
                 }
-                Action::Absent { paths, .. } => self.meta.extend(paths.iter().cloned()),
+                Action::Absent { paths, .. } => self.exists.extend(paths.iter().cloned()),
                 Action::Command { creates: Some(c), .. } => {
-                    self.meta.insert(c.clone());
+                    self.exists.insert(c.clone());
+                }
+                Action::GroupMember { .. } => {
+                    self.contents.insert("/etc/passwd".into());
+                    self.contents.insert("/etc/group".into());
                 }
                 Action::User { name, .. } => {
                     self.contents.insert("/etc/passwd".into());
@@ -145,6 +153,14 @@ impl Request {
                 paths.join(" ")
             ));
         }
+        if !self.exists.is_empty() {
+            let paths: Vec<String> = self.exists.iter().map(|p| q(p)).collect();
+            // `E`: exists (links followed, as `[ -e ]`); `L`: is a symbolic link.
+            s.push_str(&format!(
+                "printf '%s\\n' '{marker} exists'\nfor p in {}; do e=; [ ! -e \"$p\" ] || e=E; [ ! -L \"$p\" ] || e=${{e}}L; [ -z \"$e\" ] || printf '%s %s\\n' \"$e\" \"$p\"; done\n{times}",
+                paths.join(" ")
+            ));
+        }
         for (i, p) in self.shell.iter().enumerate() {
             s.push_str(&format!(
                 "printf '%s\\n' '{marker} sh {i}'; ( {p}\n) 2>&1; printf '\\n%s %s\\n' '{marker}-rc' \"$?\"\n{times}"
@@ -172,6 +188,7 @@ impl Request {
         !self.packages
             && self.contents.is_empty()
             && self.meta.is_empty()
+            && self.exists.is_empty()
             && self.units.is_empty()
             && self.shell.is_empty()
     }
@@ -191,6 +208,9 @@ impl Request {
         }
         if !self.meta.is_empty() {
             l.push(read("paths (stat)"));
+        }
+        if !self.exists.is_empty() {
+            l.push(read("paths (exist)"));
         }
         for p in &self.shell {
             l.push(steps.get(p).cloned().unwrap_or_else(|| ("shell".into(), "shell probe".into())));
@@ -222,6 +242,8 @@ pub struct Snapshot {
     packages: HashMap<String, String>,
     units: HashMap<String, (String, String)>,
     paths: HashMap<String, PathState>,
+    /// Path -> (exists, is a symbolic link), for `exists` paths.
+    exists: HashMap<String, (bool, bool)>,
     shell: HashMap<String, ProbeOut>,
     /// (step kind, probe, CPU seconds) per section, when profiled.
     pub cpu: Vec<(String, String, f64)>,
@@ -293,6 +315,12 @@ impl Snapshot {
                         content: None,
                     });
                 }
+            } else if name == "exists" {
+                for l in body.lines() {
+                    if let Some((flags, path)) = l.split_once(' ') {
+                        snap.exists.insert(path.to_string(), (flags.contains('E'), flags.contains('L')));
+                    }
+                }
             } else if let Some(i) = name.strip_prefix("sh ").and_then(|i| i.parse::<usize>().ok())
                 && let Some(p) = snap.request.shell.get(i).cloned()
             {
@@ -360,21 +388,23 @@ impl Snapshot {
                 Some(p) => format!("{}|{:o}|{}|{}\n", p.kind, p.mode, p.owner, p.group),
             },
             Action::Absent { paths, .. } => {
-                if !paths.iter().all(|p| self.request.meta.contains(p)) {
+                if !paths.iter().all(|p| self.request.exists.contains(p)) {
                     return None;
                 }
-                paths.iter().filter(|p| self.paths.contains_key(*p)).map(|p| format!("{p}\n")).collect()
+                paths.iter().filter(|p| self.exists.contains_key(*p)).map(|p| format!("{p}\n")).collect()
             }
             Action::Command { creates: Some(c), .. } => {
-                if !self.request.meta.contains(c) {
+                if !self.request.exists.contains(c) {
                     return None;
                 }
-                match self.paths.get(c) {
-                    // `[ -e ]` follows links: a link's target is not known here.
-                    Some(p) if p.kind == "symbolic link" => return None,
-                    Some(_) => "DONE\n".into(),
-                    None => "TODO\n".into(),
+                match self.exists.get(c) {
+                    Some((true, _)) => "DONE\n".into(),
+                    _ => "TODO\n".into(),
                 }
+            }
+            Action::GroupMember { user, .. } => {
+                let (_, _, groups) = self.account(user)?;
+                format!("{}\n", groups.join(" "))
             }
             Action::User { name, .. } => self.user_text(name)?,
             Action::Service { unit, .. } => {
@@ -407,18 +437,14 @@ impl Snapshot {
         }
     }
 
-    /// The user probe's text: passwd line, `id -nG`, base64 authorized_keys.
-    fn user_text(&self, name: &str) -> Option<String> {
+    /// A local account from /etc/passwd and /etc/group: (passwd line, home, `id -nG`).
+    /// None for a user only another NSS source knows (LDAP, ...): `getent` and `id` decide then.
+    fn account(&self, name: &str) -> Option<(String, String, Vec<String>)> {
         let passwd = String::from_utf8_lossy(self.paths.get("/etc/passwd")?.content.as_deref()?).into_owned();
         let group = String::from_utf8_lossy(self.paths.get("/etc/group")?.content.as_deref()?).into_owned();
-        // A user only another NSS source knows (LDAP, ...) is left to `getent`.
         let line = passwd.lines().find(|l| l.split(':').next() == Some(name))?;
         let f: Vec<&str> = line.split(':').collect();
         let (gid, user_home) = (*f.get(3)?, *f.get(5)?);
-        let keys_path = format!("{}/.ssh/authorized_keys", home(name));
-        if user_home != home(name) || !self.request.contents.contains(&keys_path) {
-            return None;
-        }
         let mut groups = vec![];
         for g in group.lines() {
             let gf: Vec<&str> = g.split(':').collect();
@@ -430,6 +456,16 @@ impl Snapshot {
             } else if members.split(',').any(|m| m == name) {
                 groups.push(gname.to_string());
             }
+        }
+        Some((line.to_string(), user_home.to_string(), groups))
+    }
+
+    /// The user probe's text: passwd line, `id -nG`, base64 authorized_keys.
+    fn user_text(&self, name: &str) -> Option<String> {
+        let (line, user_home, groups) = self.account(name)?;
+        let keys_path = format!("{}/.ssh/authorized_keys", home(name));
+        if user_home != home(name) || !self.request.contents.contains(&keys_path) {
+            return None;
         }
         let keys = match self.paths.get(&keys_path) {
             Some(p) if p.kind == "regular file" => B64.encode(p.content.as_deref().unwrap_or_default()),

@@ -95,6 +95,8 @@ pub enum Action {
     Absent { paths: Vec<String>, recursive: bool },
     /// A user with shell, supplementary groups and (added, never removed) authorized keys.
     User { name: String, shell: String, groups: Vec<String>, authorized_keys: Vec<String> },
+    /// `user` is a member of `group` (added with `usermod -aG`, never removed).
+    GroupMember { user: String, group: String },
     /// `/etc/sudoers.d/<name>`, checked with `visudo -c` before it is installed.
     Sudoers { name: String, content: String },
     /// A systemd unit enabled and/or started (`None` leaves that aspect alone).
@@ -135,6 +137,7 @@ impl Action {
             Action::Directory { .. } => "directory",
             Action::Absent { .. } => "absent",
             Action::User { .. } => "user",
+            Action::GroupMember { .. } => "group_member",
             Action::Sudoers { .. } => "sudoers",
             Action::Service { .. } => "service",
             Action::Sysctl { .. } => "sysctl",

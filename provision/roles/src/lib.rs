@@ -232,7 +232,16 @@ fn wireguard_check(c: &PlanCtx) -> PhasePlan {
 
 /// Apt source files kept by the clean-up (the original list, plus the distribution's own
 /// deb822 sources and the current NVIDIA container toolkit list, which it would have deleted).
-const KEEP_SOURCES: &str = "^(ubuntu\\.sources|debian\\.sources|cuda-.*\\.list|deadsnakes.*\\.list|docker\\.list|nvidia-docker-container\\.list|nvidia-container-toolkit\\.list)$";
+/// As shell `case` patterns: the guard and the clean-up use only shell built-ins, so a
+/// converged host starts no process for them.
+const KEEP_SOURCES: &str = "ubuntu.sources|debian.sources|cuda-*.list|deadsnakes*.list|docker.list|nvidia-docker-container.list|nvidia-container-toolkit.list";
+
+/// A loop over the files in /etc/apt/sources.list.d that are not kept, running `then` on each (`$f`).
+fn stray_sources(then: &str) -> String {
+    format!(
+        "for f in /etc/apt/sources.list.d/*; do [ -f \"$f\" ] || continue; case \"${{f##*/}}\" in {KEEP_SOURCES}) ;; *) {then} ;; esac; done"
+    )
+}
 
 fn base(c: &PlanCtx) -> PhasePlan {
     let v = &c.inventory.vars;
@@ -256,18 +265,14 @@ fn base(c: &PlanCtx) -> PhasePlan {
         ),
         Step::new(
             "stray apt sources",
-            cmd(
-                format!(
-                    "find /etc/apt/sources.list.d -maxdepth 1 -type f -printf '%f\\n' | grep -vE '{KEEP_SOURCES}' | sed 's|^|/etc/apt/sources.list.d/|' | xargs -r rm -f --"
-                ),
-                format!(
-                    "! find /etc/apt/sources.list.d -maxdepth 1 -type f -printf '%f\\n' 2>/dev/null | grep -vqE '{KEEP_SOURCES}'"
-                ),
-            ),
+            cmd(format!("set -e; {}", stray_sources("rm -f -- \"$f\"")), stray_sources("exit 1")),
         ),
         Step::new(
             "apt proxy files",
-            cmd("rm -f /etc/apt/apt.conf.d/*proxy*", "! ls /etc/apt/apt.conf.d/ 2>/dev/null | grep -q proxy"),
+            cmd(
+                "rm -f /etc/apt/apt.conf.d/*proxy*",
+                "for f in /etc/apt/apt.conf.d/*proxy*; do [ ! -e \"$f\" ] || exit 1; done",
+            ),
         ),
         Step::new(
             "apt.conf http proxy",
@@ -565,10 +570,7 @@ fn microk8s(c: &PlanCtx) -> PhasePlan {
     for m in &members {
         steps.push(Step::new(
             format!("{m} in group microk8s"),
-            cmd(
-                format!("usermod -aG microk8s {m}"),
-                format!("id -nG {m} | tr ' ' '\\n' | grep -qx microk8s"),
-            ),
+            Action::GroupMember { user: m.clone(), group: "microk8s".into() },
         ));
     }
     steps.extend([
