@@ -351,7 +351,13 @@ fn base(c: &PlanCtx) -> PhasePlan {
             line("/etc/pam.d/common-session-noninteractive", "session required pam_limits.so", None),
         ),
         Step::new("/etc/hostname", file("/etc/hostname", format!("{name}\n"), Meta::root(0o644))),
-        Step::new("hostname", cmd(format!("hostname {name}"), format!("[ \"$(hostname)\" = {name} ]"))),
+        Step::new(
+            "hostname",
+            cmd(
+                format!("hostname {name}"),
+                format!("read -r h </proc/sys/kernel/hostname && [ \"$h\" = {name} ]"),
+            ),
+        ),
         Step::new(
             "cloud-init keeps hostname",
             Action::Line {
@@ -541,11 +547,12 @@ fn microk8s(c: &PlanCtx) -> PhasePlan {
         v.registry_port
     );
     let mut steps = vec![
+        // snapd mounts an installed snap at /snap/NAME/current: a path test, no snapd call.
         Step::new(
             "microk8s snap",
-            cmd(
+            creates(
                 format!("snap install microk8s --classic --channel={}", v.microk8s_channel),
-                "snap list microk8s >/dev/null 2>&1",
+                "/snap/microk8s/current",
             ),
         ),
         Step::new(
@@ -641,6 +648,19 @@ fn join_token(c: &PlanCtx) -> PhasePlan {
                 ),
             ),
         )];
+        // Every node's Ready status and external-ip label in one read, so that the label phase
+        // asks the API once per run instead of twice per node. The first line makes the output
+        // never empty (a fresh primary has no API yet: the label phase then asks per node).
+        steps.push(Step::new(
+            "node states",
+            Action::Capture {
+                var: NODE_STATES.into(),
+                run: "echo nodes:; microk8s kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name}{\" \"}{.status.conditions[?(@.type==\"Ready\")].status}{\" \"}{.metadata.labels.chutes/external-ip}{\"\\n\"}{end}' 2>/dev/null; true".into(),
+                secret: false,
+                read_only: true,
+                pick: None,
+            },
+        ));
         if !unjoined(c).is_empty() {
             // Matched on the primary's own wireguard IP, not a hard-coded 192.168 prefix, and
             // by the engine rather than `| grep | head`: when wg0 is not up, add-node offers no
@@ -687,11 +707,40 @@ fn join(c: &PlanCtx) -> PhasePlan {
     })
 }
 
+/// Host variable on the primary: `NAME READY EXTERNAL_IP` per node, as read in "host setup".
+const NODE_STATES: &str = "node_states";
+
+/// Nodes that were Ready and carried their external-ip label when the primary was read.
+fn labelled_nodes<'a>(c: &'a PlanCtx) -> Vec<&'a Host> {
+    let states = var(c, &c.inventory.primary().name, NODE_STATES).map(String::as_str).unwrap_or("");
+    c.inventory
+        .hosts
+        .iter()
+        .filter(|h| {
+            states.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() == 3 && f[0] == h.name && f[1] == "True" && f[2] == h.external_ip.to_string()
+            })
+        })
+        .collect()
+}
+
 fn label_nodes(c: &PlanCtx) -> PhasePlan {
     only(c.host.is_primary, || {
         let mut steps = vec![];
+        let done = labelled_nodes(c);
         for h in &c.inventory.hosts {
             let n = &h.name;
+            if done.iter().any(|d| d.name == h.name) {
+                // Already Ready and labelled, as read once for all nodes: nothing to ask again.
+                for what in ["Ready", "external-ip label"] {
+                    steps.push(Step::new(
+                        format!("{n} {what}"),
+                        Action::Assert { ok: true, message: String::new() },
+                    ));
+                }
+                continue;
+            }
             steps.push(Step::new(
                 format!("{n} Ready"),
                 Action::WaitFor {

@@ -254,3 +254,41 @@ fn join_token_without_a_line_for_the_primary_wireguard_ip_fails_naming_what_add_
         "{ok:?}"
     );
 }
+
+#[test]
+fn nodes_read_ready_and_labelled_are_not_asked_again() {
+    let inv = inv();
+    let facts = Facts::default();
+    let mut vars = vars();
+    // As the primary's "node states" capture read them: gpu-0 done, gpu-1 labelled with an old IP.
+    vars.get_mut("cpu-0").unwrap().insert(
+        "node_states".into(),
+        "nodes:\ncpu-0 True 1.2.3.4\ngpu-0 True 1.2.3.5\ngpu-1 True 9.9.9.9\n".into(),
+    );
+    let p = provision_roles::phases().into_iter().find(|p| p.name == "label nodes").unwrap();
+    let plan = (p.plan)(&PlanCtx {
+        inventory: &inv,
+        host: inv.host("cpu-0").unwrap(),
+        facts: &facts,
+        vars: &vars,
+        check: false,
+    });
+    let kind = |name: &str| plan.steps.iter().find(|s| s.name == name).unwrap().action.kind();
+    assert_eq!(kind("gpu-0 Ready"), "assert");
+    assert_eq!(kind("gpu-0 external-ip label"), "assert");
+    assert_eq!(kind("gpu-1 Ready"), "wait_for");
+    assert_eq!(kind("gpu-1 external-ip label"), "command");
+    // The read itself: one capture on the primary, never failing on a fresh one.
+    let setup = plan_host_setup_primary(&inv, &facts, &vars);
+    let Action::Capture { run, read_only, .. } =
+        &setup.steps.iter().find(|s| s.name == "node states").unwrap().action
+    else {
+        panic!()
+    };
+    assert!(*read_only && run.starts_with("echo nodes:;") && run.ends_with("; true"), "{run}");
+}
+
+fn plan_host_setup_primary(inv: &Inventory, facts: &Facts, vars: &HostVars) -> PhasePlan {
+    let p = provision_roles::phases().into_iter().find(|p| p.name == "host setup").unwrap();
+    (p.plan)(&PlanCtx { inventory: inv, host: inv.host("cpu-0").unwrap(), facts, vars, check: false })
+}
