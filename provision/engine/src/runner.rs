@@ -33,6 +33,10 @@ pub struct PlanCtx<'a> {
     /// Everything captured so far, on every host.
     pub vars: &'a HostVars,
     pub check: bool,
+    /// The engine is planning only to learn what to read in the state read before the run:
+    /// facts are defaults and nothing is captured yet. A planner whose steps depend on a value
+    /// it captures in bulk during the run (instead of asking per item) leaves them out here.
+    pub before_run: bool,
 }
 
 #[derive(Default)]
@@ -290,6 +294,7 @@ async fn lane(s: Arc<Shared>, name: String, mode: Mode) -> HostRecap {
             facts: &facts,
             vars: &vars,
             check: s.opts.check,
+            before_run: false,
         });
         // --tags: steps carry their own tag or inherit the phase's.
         plan.steps.retain(|st| selected(st.tag.as_deref().unwrap_or(&phase.tag)));
@@ -399,6 +404,7 @@ async fn read_state(
             facts: &facts,
             vars: &vars,
             check: s.opts.check,
+            before_run: false,
         });
         for st in plan.steps.iter().filter(|st| selected(st.tag.as_deref().unwrap_or(&phase.tag))) {
             if mode == Mode::Observe && !matches!(st.action, Action::Capture { read_only: true, .. }) {

@@ -726,7 +726,9 @@ fn labelled_nodes<'a>(c: &'a PlanCtx) -> Vec<&'a Host> {
 }
 
 fn label_nodes(c: &PlanCtx) -> PhasePlan {
-    only(c.host.is_primary, || {
+    // Before the run, node states are not read yet: asking per node now would cost the
+    // 2N reads that the "node states" capture exists to save.
+    only(c.host.is_primary && !c.before_run, || {
         let mut steps = vec![];
         let done = labelled_nodes(c);
         for h in &c.inventory.hosts {

@@ -50,7 +50,14 @@ fn plan(host: &str, phase: &str) -> PhasePlan {
         other => (other, None),
     };
     let p = provision_roles::phases().into_iter().find(|p| p.name == name).unwrap();
-    let mut plan = (p.plan)(&PlanCtx { inventory: &inv, host: h, facts: &facts, vars: &vars, check: false });
+    let mut plan = (p.plan)(&PlanCtx {
+        inventory: &inv,
+        host: h,
+        facts: &facts,
+        vars: &vars,
+        check: false,
+        before_run: false,
+    });
     if let Some(t) = tag {
         plan.steps.retain(|s| s.tag.as_deref() == Some(t));
     }
@@ -177,7 +184,14 @@ fn an_unjoined_worker_without_a_token_fails_clearly_instead_of_running_a_placeho
     let join = provision_roles::phases().into_iter().find(|p| p.name == "join").unwrap();
     let assert_of = |host: &str, check: bool| {
         let h = inv.host(host).unwrap();
-        let p = (join.plan)(&PlanCtx { inventory: &inv, host: h, facts: &facts, vars: &vars, check });
+        let p = (join.plan)(&PlanCtx {
+            inventory: &inv,
+            host: h,
+            facts: &facts,
+            vars: &vars,
+            check,
+            before_run: false,
+        });
         match &p.steps.iter().find(|s| s.name == "join token known").unwrap().action {
             Action::Assert { ok, message } => (*ok, message.clone()),
             other => panic!("{other:?}"),
@@ -272,12 +286,23 @@ fn nodes_read_ready_and_labelled_are_not_asked_again() {
         facts: &facts,
         vars: &vars,
         check: false,
+        before_run: false,
     });
     let kind = |name: &str| plan.steps.iter().find(|s| s.name == name).unwrap().action.kind();
     assert_eq!(kind("gpu-0 Ready"), "assert");
     assert_eq!(kind("gpu-0 external-ip label"), "assert");
     assert_eq!(kind("gpu-1 Ready"), "wait_for");
     assert_eq!(kind("gpu-1 external-ip label"), "command");
+    // Before the run (the engine planning what to read), nothing is asked per node.
+    let before = (p.plan)(&PlanCtx {
+        inventory: &inv,
+        host: inv.host("cpu-0").unwrap(),
+        facts: &facts,
+        vars: &vars,
+        check: false,
+        before_run: true,
+    });
+    assert!(before.steps.is_empty(), "{:?}", names(&before));
     // The read itself: one capture on the primary, never failing on a fresh one.
     let setup = plan_host_setup_primary(&inv, &facts, &vars);
     let Action::Capture { run, read_only, .. } =
@@ -290,5 +315,12 @@ fn nodes_read_ready_and_labelled_are_not_asked_again() {
 
 fn plan_host_setup_primary(inv: &Inventory, facts: &Facts, vars: &HostVars) -> PhasePlan {
     let p = provision_roles::phases().into_iter().find(|p| p.name == "host setup").unwrap();
-    (p.plan)(&PlanCtx { inventory: inv, host: inv.host("cpu-0").unwrap(), facts, vars, check: false })
+    (p.plan)(&PlanCtx {
+        inventory: inv,
+        host: inv.host("cpu-0").unwrap(),
+        facts,
+        vars,
+        check: false,
+        before_run: false,
+    })
 }
