@@ -404,7 +404,7 @@ async fn read_state(
             facts: &facts,
             vars: &vars,
             check: s.opts.check,
-            before_run: false,
+            before_run: true,
         });
         for st in plan.steps.iter().filter(|st| selected(st.tag.as_deref().unwrap_or(&phase.tag))) {
             if mode == Mode::Observe && !matches!(st.action, Action::Capture { read_only: true, .. }) {
