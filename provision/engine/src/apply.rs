@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::conn::Conn;
-use crate::plan::{Change, Mutation, ProbeOut};
+use crate::plan::{Change, Mutation, ProbeOut, tail};
 use crate::report::Log;
 
 #[derive(Debug, thiserror::Error)]
@@ -13,8 +13,12 @@ pub enum ApplyError {
     Transport(#[from] provision_ssh::SshError),
     #[error("exit status {status}: {stderr}")]
     Failed { status: String, stderr: String },
-    #[error("host did not come back from reboot within {0} s")]
+    #[error(
+        "no reboot seen within {0} s: the boot id did not change and the connection did not drop and come back"
+    )]
     RebootTimeout(u64),
+    #[error("cannot read the boot id before rebooting, so a reboot could not be confirmed; not rebooting")]
+    BootIdUnreadable,
 }
 
 /// Applies `change` to the host behind `conn` (which a reboot replaces), or does nothing in check mode.
@@ -67,20 +71,18 @@ pub async fn changing_capture(
     Ok(ProbeOut { rc: out.status.map(|s| s as i32).unwrap_or(-1), text: out.stdout_str() })
 }
 
-fn tail(s: &str, n: usize) -> String {
-    let s = s.trim();
-    if s.len() <= n { s.to_string() } else { format!("...{}", &s[s.ceil_char_boundary(s.len() - n)..]) }
-}
-
 async fn boot_id(conn: &Conn) -> Option<String> {
     let out = conn.read("cat /proc/sys/kernel/random/boot_id", Duration::from_secs(10)).await.ok()?;
     Some(out.stdout_str().trim().to_string())
 }
 
 /// Reboots and waits until SSH answers again on a host that really restarted: its boot id
-/// changed, or (where the boot id cannot change, e.g. a container) the old connection dropped.
+/// changed, or (where the boot id cannot change, e.g. a container) the old connection dropped
+/// and a new one was established. A failed read on a live connection proves neither: a slow
+/// or failing command is not a reboot.
 async fn reboot(conn: &mut Conn, timeout: Duration, log: &Log, host: &str) -> Result<(), ApplyError> {
-    let before = boot_id(conn).await.unwrap_or_default();
+    // Without the boot id from before, a new one could not be told from the old.
+    let before = boot_id(conn).await.ok_or(ApplyError::BootIdUnreadable)?;
     log.line(host, "change: reboot");
     // Detached so that the command returns before the connection drops.
     let _ = conn
@@ -91,18 +93,18 @@ async fn reboot(conn: &mut Conn, timeout: Duration, log: &Log, host: &str) -> Re
         )
         .await;
     let start = Instant::now();
-    let mut dropped = false;
     while start.elapsed() < timeout {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if !dropped {
-            dropped = conn.is_closed() || boot_id(conn).await.is_none();
-            if !dropped {
-                continue;
+        if !conn.is_closed() {
+            match boot_id(conn).await {
+                Some(id) if id != before => {}
+                _ => continue,
             }
         }
+        // The old connection is gone (or the host already reports a new boot): a reboot
+        // happened once a new connection reads the boot id.
         if let Ok(new) = conn.reconnect().await
-            && let Some(id) = boot_id(&new).await
-            && (id != before || dropped)
+            && boot_id(&new).await.is_some()
         {
             log.line(host, &format!("back after reboot in {:.0} s", start.elapsed().as_secs_f64()));
             *conn = new;

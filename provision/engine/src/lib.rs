@@ -7,8 +7,10 @@
 //! - Every change to a host goes through [`apply::apply_change`]; in check mode it returns
 //!   before touching the host, so `--check` prints exactly what a run would change (with
 //!   unified diffs for file contents) and changes nothing.
-//! - Probes are read-only; a phase's probes go to the host as one command. A converged host
-//!   therefore costs one round trip per phase.
+//! - Reads are read-only. Facts and the state every phase looks at are read in one command
+//!   per host (`state.rs`: dpkg status, one tar of managed files, one stat, one
+//!   `systemctl show`, the remaining shell guards) and decided on here; a converged host
+//!   therefore costs one round trip and starts processes only for guards that need them.
 //! - A step reports ok / changed / failed / skipped; a failed or unreachable host stops
 //!   itself only (unless fail-fast); handlers run once per phase however many steps notify.
 //! - Captured secrets are redacted from output and the log file.
@@ -19,9 +21,12 @@ pub mod facts;
 pub mod plan;
 pub mod report;
 pub mod runner;
+pub mod state;
 pub mod step;
 
 pub use facts::Facts;
 pub use report::{HostRecap, Log, OutputFormat, Redactor, Reporter, StepEvent};
-pub use runner::{HostVars, Phase, PhasePlan, PlanCtx, Planner, RunOptions, RunResult, run, target_for};
+pub use runner::{
+    HostVars, Phase, PhasePlan, PlanCtx, Planner, ProfileRow, RunOptions, RunResult, run, target_for,
+};
 pub use step::{Action, Meta, PackageState, Status, Step, WaitTarget};

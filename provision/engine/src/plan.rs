@@ -217,6 +217,7 @@ impl Action {
                      then base64 -w0 \"$h/.ssh/authorized_keys\"; fi; echo"
                 )
             }
+            Action::GroupMember { user, .. } => format!("id -nG {}", q(user)),
             Action::Service { unit, .. } => {
                 let u = q(unit);
                 format!(
@@ -444,6 +445,19 @@ impl Action {
                     mutation: Mutation::Script { script, stdin: Some(new_keys.into_bytes()) },
                 })
             }
+            Action::GroupMember { user, group } => {
+                if out.rc == 0 && out.text.split_whitespace().any(|g| g == group) {
+                    return Ok(Decision::Ok);
+                }
+                Decision::Change(Change {
+                    summary: format!("add {user} to group {group}"),
+                    diff: None,
+                    mutation: Mutation::Script {
+                        script: format!("usermod -aG {} {}", q(group), q(user)),
+                        stdin: None,
+                    },
+                })
+            }
             Action::Service { unit, enabled, started } => {
                 let field = |k: &str| {
                     out.text.lines().find_map(|l| l.strip_prefix(k)).unwrap_or("").trim().to_string()
@@ -500,11 +514,8 @@ impl Action {
                     mutation: Mutation::Script { script: run.clone(), stdin: None },
                 })
             }
-            Action::Capture { run, .. } => {
-                if out.rc != 0 {
-                    return Err(format!("`{}` exited {}: {}", first_line(run), out.rc, out.text.trim()));
-                }
-                Decision::Captured(out.text.trim().to_string())
+            Action::Capture { run, secret, pick, .. } => {
+                Decision::Captured(captured_value(run, out, pick.as_deref(), *secret)?)
             }
             Action::Assert { ok: true, .. } => Decision::Ok,
             Action::Assert { ok: false, message } => return Err(message.clone()),
@@ -521,6 +532,63 @@ impl Action {
             }
         })
     }
+}
+
+/// The value of a capture from its command's output (see [`Action::Capture`]).
+fn captured_value(run: &str, out: &ProbeOut, pick: Option<&str>, secret: bool) -> Result<String, String> {
+    let printed = || {
+        let text = if secret { redact_tokens(&out.text) } else { out.text.trim().to_string() };
+        if text.is_empty() { "nothing".to_string() } else { format!("\n{}", tail(&text, 2000)) }
+    };
+    if out.rc != 0 {
+        return Err(format!("`{}` exited {}; it printed {}", first_line(run), out.rc, printed()));
+    }
+    let value = match pick {
+        None => out.text.trim().to_string(),
+        Some(prefix) => out
+            .text
+            .lines()
+            .find_map(|l| {
+                let rest = &l[l.find(prefix)? + prefix.len()..];
+                let word = rest.split(char::is_whitespace).next().unwrap_or("");
+                (!word.is_empty()).then(|| format!("{prefix}{word}"))
+            })
+            .ok_or_else(|| {
+                format!(
+                    "expected a line with `{prefix}...` from `{}`; it printed {}",
+                    first_line(run),
+                    printed()
+                )
+            })?,
+    };
+    if value.is_empty() {
+        return Err(format!("`{}` printed nothing", first_line(run)));
+    }
+    Ok(value)
+}
+
+/// Output of a secret capture as it may be shown: every word with a `/` keeps only what comes
+/// before it (`microk8s join 10.0.0.1:25000/<redacted>`), which still shows the addresses offered.
+fn redact_tokens(text: &str) -> String {
+    text.trim()
+        .lines()
+        .map(|l| {
+            l.split(' ')
+                .map(|w| match w.split_once('/') {
+                    Some((head, _)) => format!("{head}/<redacted>"),
+                    None => w.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The last `n` bytes of trimmed `s` (at a character boundary), marked when cut.
+pub(crate) fn tail(s: &str, n: usize) -> String {
+    let s = s.trim();
+    if s.len() <= n { s.to_string() } else { format!("...{}", &s[s.ceil_char_boundary(s.len() - n)..]) }
 }
 
 /// The read-only check behind a wait: exits 0 once the target answers.

@@ -312,3 +312,40 @@ pub fn render_recap(hosts: &[HostRecap]) -> String {
     }
     s
 }
+
+/// The `--profile` tables: host-side CPU per step kind and the most expensive probes, summed
+/// over hosts and shown per host too.
+pub fn render_profile(rows: &[crate::runner::ProfileRow], hosts: usize) -> String {
+    use std::collections::BTreeMap;
+    let hosts = hosts.max(1) as f64;
+    let mut by_kind: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
+    let mut by_probe: BTreeMap<(&str, &str), (f64, usize)> = BTreeMap::new();
+    for r in rows {
+        let k = by_kind.entry(&r.kind).or_default();
+        k.0 += r.seconds;
+        k.1 += 1;
+        let p = by_probe.entry((&r.kind, &r.probe)).or_default();
+        p.0 += r.seconds;
+        p.1 += 1;
+    }
+    let total: f64 = rows.iter().map(|r| r.seconds).sum();
+    let mut s = format!(
+        "\nhost-side CPU of reads (processes the hosts' shells started; sshd not included): {:.0} ms, {:.1} ms per host\n",
+        total * 1000.0,
+        total * 1000.0 / hosts
+    );
+    s.push_str(&format!("{:<14} {:>6} {:>10} {:>12}\n", "KIND", "READS", "CPU ms", "ms / host"));
+    let mut kinds: Vec<_> = by_kind.into_iter().collect();
+    kinds.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+    for (k, (sec, n)) in kinds {
+        s.push_str(&format!("{k:<14} {n:>6} {:>10.0} {:>12.1}\n", sec * 1000.0, sec * 1000.0 / hosts));
+    }
+    let mut probes: Vec<_> = by_probe.into_iter().collect();
+    probes.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+    s.push_str(&format!("\n{:<14} {:<40} {:>6} {:>10}\n", "KIND", "PROBE (top 20)", "READS", "CPU ms"));
+    for ((k, p), (sec, n)) in probes.into_iter().take(20) {
+        let p: String = p.chars().take(40).collect();
+        s.push_str(&format!("{k:<14} {p:<40} {n:>6} {:>10.0}\n", sec * 1000.0));
+    }
+    s
+}

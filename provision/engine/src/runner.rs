@@ -5,7 +5,7 @@
 //! so a phase can use what earlier phases captured on every host (WireGuard public keys,
 //! the join token). A failing host stops only itself unless `fail_fast`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use crate::conn::Conn;
 use crate::facts::{self, Facts};
 use crate::plan::{Decision, ProbeOut};
 use crate::report::{HostRecap, Log, Reporter, StepEvent};
+use crate::state::{Request, Snapshot};
 use crate::step::{Action, Status, Step, WaitTarget};
 
 /// Variables captured per host: host name -> variable -> value.
@@ -32,6 +33,10 @@ pub struct PlanCtx<'a> {
     /// Everything captured so far, on every host.
     pub vars: &'a HostVars,
     pub check: bool,
+    /// The engine is planning only to learn what to read in the state read before the run:
+    /// facts are defaults and nothing is captured yet. A planner whose steps depend on a value
+    /// it captures in bulk during the run (instead of asking per item) leaves them out here.
+    pub before_run: bool,
 }
 
 #[derive(Default)]
@@ -65,6 +70,21 @@ pub struct RunOptions {
     pub local: bool,
     /// Connection attempts before a host counts as unreachable.
     pub connect_attempts: u32,
+    /// Measure the host-side CPU of every read (facts, state reads, probes): see
+    /// [`RunResult::profile`].
+    pub profile: bool,
+}
+
+/// Host-side CPU of one read, as the host's shell measured it (`times`: the processes it
+/// started and waited for; not sshd itself).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProfileRow {
+    pub host: String,
+    /// Step kind (`apt`, `command`, ...), `facts`, or `state read` for the snapshot's reads.
+    pub kind: String,
+    /// The step or read.
+    pub probe: String,
+    pub seconds: f64,
 }
 
 pub struct RunResult {
@@ -72,6 +92,8 @@ pub struct RunResult {
     pub elapsed: Duration,
     pub vars: HostVars,
     pub facts: BTreeMap<String, Facts>,
+    /// With [`RunOptions::profile`]: one row per read per host.
+    pub profile: Vec<ProfileRow>,
 }
 
 impl RunResult {
@@ -116,6 +138,10 @@ struct Shared {
     forks: Semaphore,
     barrier: Barrier,
     abort: AtomicBool,
+    /// Something changed on some host: snapshots taken before may be stale (a join changes
+    /// the primary's node list, a restarted wg0 what a worker's ping sees).
+    changed_any: AtomicBool,
+    profile: std::sync::Mutex<Vec<ProfileRow>>,
 }
 
 /// Why a host stopped.
@@ -165,6 +191,8 @@ pub async fn run(
         vars: RwLock::new(BTreeMap::new()),
         facts: RwLock::new(BTreeMap::new()),
         abort: AtomicBool::new(false),
+        changed_any: AtomicBool::new(false),
+        profile: std::sync::Mutex::new(vec![]),
     });
     let mut tasks = vec![];
     for (name, mode) in names {
@@ -187,7 +215,8 @@ pub async fn run(
     let elapsed = start.elapsed();
     let vars = shared.vars.read().await.clone();
     let facts = shared.facts.read().await.clone();
-    RunResult { recap, elapsed, vars, facts }
+    let profile = shared.profile.lock().map(|p| p.clone()).unwrap_or_default();
+    RunResult { recap, elapsed, vars, facts, profile }
 }
 
 /// Who holds a host lock: shown to a second operator who finds the host busy.
@@ -228,15 +257,18 @@ async fn lane(s: Arc<Shared>, name: String, mode: Mode) -> HostRecap {
     let Some(host) = s.inv.host(&name).cloned() else { return recap };
     let mut conn: Option<Conn> = None;
     let mut facts = Facts::default();
+    let mut snapshot: Option<Snapshot> = None;
+    let selected = |tag: &str| s.opts.tags.is_empty() || s.opts.tags.iter().any(|t| t == tag);
     {
         let _permit = s.forks.acquire().await;
         if !s.abort.load(Ordering::SeqCst) {
             // Hosts outside --limit are only read, and check mode changes nothing: no lock for them.
             match connect(&s, &host, mode == Mode::Full && !s.opts.check).await {
-                Ok(c) => match c.read(facts::SCRIPT, Duration::from_secs(60)).await {
-                    Ok(out) => {
-                        facts = facts::parse(&out.stdout_str());
+                Ok(c) => match read_state(&s, &c, &host, mode, &selected).await {
+                    Ok(snap) => {
+                        facts = facts::parse(&snap.facts_text);
                         s.facts.write().await.insert(name.clone(), facts.clone());
+                        snapshot = Some(snap);
                         conn = Some(c);
                     }
                     Err(e) => stop(&s, &mut recap, mode, e.into()),
@@ -245,12 +277,14 @@ async fn lane(s: Arc<Shared>, name: String, mode: Mode) -> HostRecap {
             }
         }
     }
-    let selected = |tag: &str| s.opts.tags.is_empty() || s.opts.tags.iter().any(|t| t == tag);
     for phase in &s.phases {
         s.barrier.wait().await;
         let Some(c) = conn.as_mut() else { continue };
         if s.abort.load(Ordering::SeqCst) {
             continue;
+        }
+        if s.changed_any.load(Ordering::SeqCst) {
+            snapshot = None;
         }
         let _permit = s.forks.acquire().await;
         let vars = s.vars.read().await.clone();
@@ -260,6 +294,7 @@ async fn lane(s: Arc<Shared>, name: String, mode: Mode) -> HostRecap {
             facts: &facts,
             vars: &vars,
             check: s.opts.check,
+            before_run: false,
         });
         // --tags: steps carry their own tag or inherit the phase's.
         plan.steps.retain(|st| selected(st.tag.as_deref().unwrap_or(&phase.tag)));
@@ -269,7 +304,9 @@ async fn lane(s: Arc<Shared>, name: String, mode: Mode) -> HostRecap {
         if mode == Mode::Full {
             s.reporter.phase(&name, &phase.name);
         }
-        if let Err(stop_reason) = run_phase(&s, c, &host.name, &phase.name, &plan, mode, &mut recap).await {
+        if let Err(stop_reason) =
+            run_phase(&s, c, &host.name, &phase.name, &plan, mode, snapshot.as_ref(), &mut recap).await
+        {
             if mode == Mode::Full {
                 stop(&s, &mut recap, mode, stop_reason);
             }
@@ -321,42 +358,90 @@ fn stop(s: &Shared, recap: &mut HostRecap, mode: Mode, why: Stop) {
     }
 }
 
-/// Runs every probe of a phase in one command. Sections are delimited by a per-run marker.
-async fn batch_probe(conn: &Conn, probes: &[Option<String>]) -> Result<Vec<Option<ProbeOut>>, SshError> {
-    if probes.iter().all(Option::is_none) {
-        return Ok(vec![None; probes.len()]);
+/// A marker that no probe's output contains: separates the sections of one command's output.
+fn marker() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    format!("@@minerctl-{:x}", std::process::id() as u64 ^ nanos ^ 0x5eed)
+}
+
+/// What a step's probe is called in profiles.
+fn label(step: &Step) -> (String, String) {
+    (step.action.kind().to_string(), step.name.clone())
+}
+
+fn record_profile(s: &Shared, host: &str, snap: &Snapshot) {
+    if let Ok(mut p) = s.profile.lock() {
+        p.extend(snap.cpu.iter().map(|(kind, probe, seconds)| ProfileRow {
+            host: host.to_string(),
+            kind: kind.clone(),
+            probe: probe.clone(),
+            seconds: *seconds,
+        }));
     }
-    let marker = format!(
-        "@@minerctl-{:x}",
-        std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64 ^ 0x5eed
-    );
-    let mut script = String::new();
-    for (i, p) in probes.iter().enumerate() {
-        if let Some(p) = p {
-            script.push_str(&format!(
-                "printf '%s\\n' '{marker} {i}'; ( {p}\n) 2>&1; printf '\\n%s %s\\n' '{marker}-rc' \"$?\"\n"
-            ));
+}
+
+/// Facts and everything every phase will look at, in one command (see `state.rs`). The
+/// phases are planned here with what is known before any fact or capture: whatever a later
+/// plan needs beyond that is probed in its phase.
+async fn read_state(
+    s: &Shared,
+    conn: &Conn,
+    host: &Host,
+    mode: Mode,
+    selected: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<Snapshot, SshError> {
+    let facts = Facts::default();
+    let vars = HostVars::new();
+    let mut req = Request::default();
+    let mut labels = HashMap::new();
+    for phase in &s.phases {
+        let plan = (phase.plan)(&PlanCtx {
+            inventory: &s.inv,
+            host,
+            facts: &facts,
+            vars: &vars,
+            check: s.opts.check,
+            before_run: true,
+        });
+        for st in plan.steps.iter().filter(|st| selected(st.tag.as_deref().unwrap_or(&phase.tag))) {
+            if mode == Mode::Observe && !matches!(st.action, Action::Capture { read_only: true, .. }) {
+                continue;
+            }
+            req.add(&st.action);
+            if let Some(p) = st.action.probe() {
+                labels.entry(p).or_insert_with(|| label(st));
+            }
         }
     }
-    let out = conn.read(&script, Duration::from_secs(120)).await?;
-    let text = out.stdout_str();
-    let mut result = vec![None; probes.len()];
-    let mut rest = text.as_str();
-    while let Some(pos) = rest.find(&format!("{marker} ")) {
-        let after = &rest[pos + marker.len() + 1..];
-        let (idx, body) = after.split_once('\n').unwrap_or((after, ""));
-        let end_tag = format!("\n{marker}-rc ");
-        let Some(end) = body.find(&end_tag) else { break };
-        let section = &body[..end];
-        let rc_line = body[end + end_tag.len()..].lines().next().unwrap_or("1");
-        if let Ok(i) = idx.trim().parse::<usize>()
-            && i < result.len()
-        {
-            result[i] = Some(ProbeOut { rc: rc_line.trim().parse().unwrap_or(1), text: section.to_string() });
+    let m = marker();
+    let out =
+        conn.read(&req.script(&m, Some(facts::SCRIPT), s.opts.profile), Duration::from_secs(120)).await?;
+    let snap = Snapshot::parse(&out.stdout, &m, &req, true, &labels);
+    record_profile(s, &host.name, &snap);
+    Ok(snap)
+}
+
+/// Runs the given probes in one command; the result answers by probe text.
+async fn batch_probe(s: &Shared, conn: &Conn, host: &str, steps: &[&Step]) -> Result<Snapshot, SshError> {
+    let mut req = Request::default();
+    let mut labels = HashMap::new();
+    for st in steps {
+        if let Some(p) = st.action.probe() {
+            labels.entry(p.clone()).or_insert_with(|| label(st));
+            req.add_shell(p);
         }
-        rest = &body[end + end_tag.len()..];
     }
-    Ok(result)
+    if req.is_empty() {
+        return Ok(Snapshot::default());
+    }
+    let m = marker();
+    let out = conn.read(&req.script(&m, None, s.opts.profile), Duration::from_secs(120)).await?;
+    let snap = Snapshot::parse(&out.stdout, &m, &req, false, &labels);
+    record_profile(s, host, &snap);
+    Ok(snap)
 }
 
 async fn single_probe(conn: &Conn, probe: &str) -> Result<ProbeOut, SshError> {
@@ -372,6 +457,7 @@ async fn run_phase(
     phase: &str,
     plan: &PhasePlan,
     mode: Mode,
+    snapshot: Option<&Snapshot>,
     recap: &mut HostRecap,
 ) -> Result<(), Stop> {
     let check = s.opts.check;
@@ -384,17 +470,28 @@ async fn run_phase(
             .collect(),
     };
     let probes: Vec<Option<String>> = steps.iter().map(|st| st.action.probe()).collect();
-    // A capture that changes the host is not a probe: it runs on its own, in order, and never in check mode.
-    let batchable: Vec<Option<String>> = steps
+    // A capture that changes the host is not a probe: it runs on its own, in order, and never
+    // in check mode. Everything else is answered by the snapshot while it is valid, or probed
+    // here, all in one command.
+    let batchable = |st: &Step| !matches!(st.action, Action::Capture { read_only: false, .. });
+    let mut batch: Vec<Option<ProbeOut>> = steps
         .iter()
-        .zip(&probes)
-        .map(
-            |(st, p)| {
-                if matches!(st.action, Action::Capture { read_only: false, .. }) { None } else { p.clone() }
-            },
-        )
+        .map(|st| if batchable(st) { snapshot.and_then(|snap| snap.answer(&st.action)) } else { None })
         .collect();
-    let batch = batch_probe(conn, &batchable).await?;
+    let missing: Vec<&Step> = steps
+        .iter()
+        .zip(&batch)
+        .filter(|(st, b)| b.is_none() && batchable(st) && st.action.probe().is_some())
+        .map(|(st, _)| *st)
+        .collect();
+    if !missing.is_empty() {
+        let probed = batch_probe(s, conn, host, &missing).await?;
+        for (i, st) in steps.iter().enumerate() {
+            if batch[i].is_none() && batchable(st) {
+                batch[i] = probes[i].as_deref().and_then(|p| probed.shell(p));
+            }
+        }
+    }
     let mut dirty = false;
     let mut notified = BTreeSet::new();
     for (i, step) in steps.iter().enumerate() {
@@ -409,6 +506,9 @@ async fn run_phase(
                 .await?;
         if changed {
             dirty |= !check;
+            if !check {
+                s.changed_any.store(true, Ordering::SeqCst);
+            }
             notified.extend(step.notify.iter().cloned());
         }
     }

@@ -95,6 +95,8 @@ pub enum Action {
     Absent { paths: Vec<String>, recursive: bool },
     /// A user with shell, supplementary groups and (added, never removed) authorized keys.
     User { name: String, shell: String, groups: Vec<String>, authorized_keys: Vec<String> },
+    /// `user` is a member of `group` (added with `usermod -aG`, never removed).
+    GroupMember { user: String, group: String },
     /// `/etc/sudoers.d/<name>`, checked with `visudo -c` before it is installed.
     Sudoers { name: String, content: String },
     /// A systemd unit enabled and/or started (`None` leaves that aspect alone).
@@ -115,7 +117,14 @@ pub enum Action {
     Assert { ok: bool, message: String },
     /// Without `read_only` the command itself changes something (e.g. `microk8s add-node`
     /// mints a token): it is then skipped in check mode.
-    Capture { var: String, run: String, secret: bool, read_only: bool },
+    ///
+    /// The value is the trimmed output, or with `pick`, the first occurrence of that prefix
+    /// together with the non-blank characters that follow it (what `grep -o 'PREFIX[^ ]*'`
+    /// would print). The output is matched here rather than by a pipeline on the host, so a
+    /// failing command is never hidden behind a pipe's last exit status. An empty value, a
+    /// missing match or a non-zero exit fails the step, naming what was expected and what
+    /// the command printed (with tokens redacted for secret captures).
+    Capture { var: String, run: String, secret: bool, read_only: bool, pick: Option<String> },
 }
 
 impl Action {
@@ -128,6 +137,7 @@ impl Action {
             Action::Directory { .. } => "directory",
             Action::Absent { .. } => "absent",
             Action::User { .. } => "user",
+            Action::GroupMember { .. } => "group_member",
             Action::Sudoers { .. } => "sudoers",
             Action::Service { .. } => "service",
             Action::Sysctl { .. } => "sysctl",

@@ -19,6 +19,39 @@ async fn reboot_handler_reconnects_and_the_run_goes_on() {
     let h = &lab[0];
     h.write_file("/usr/local/sbin/reboot", REBOOT).unwrap();
     h.sh("chmod 755 /usr/local/sbin/reboot; ln -sf /bin/false /usr/local/sbin/systemctl").unwrap();
+    let r = run_two_phases(h, Duration::from_secs(60)).await;
+    let rc = &r.recap[0];
+    assert!(r.success(), "{rc:?}");
+    assert_eq!(rc.changed, 3, "install, reboot, after: {rc:?}");
+    assert_eq!(h.sh("cat /var/log/standin.calls").unwrap(), "reboot\n");
+    assert_eq!(h.sh("test -e /root/after && echo yes").unwrap().trim(), "yes");
+}
+
+/// `reboot` does nothing here, and one read of the boot id fails after it was called (a
+/// slow or failing command on a live connection). That is no reboot: the step must fail
+/// when the time is up, and nothing after it may run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_failed_boot_id_read_is_not_a_reboot() {
+    let lab = Lab::start(1).unwrap();
+    let h = &lab[0];
+    h.write_file("/usr/local/sbin/reboot", "#!/bin/sh\ntouch /run/fail-boot-id-once\n").unwrap();
+    h.write_file(
+        "/usr/local/sbin/cat",
+        "#!/bin/sh\ncase \"$*\" in *boot_id*) if [ -e /run/fail-boot-id-once ]; then rm -f /run/fail-boot-id-once; exit 1; fi ;; esac\nexec /bin/cat \"$@\"\n",
+    )
+    .unwrap();
+    h.sh("chmod 755 /usr/local/sbin/reboot /usr/local/sbin/cat; ln -sf /bin/false /usr/local/sbin/systemctl")
+        .unwrap();
+    let r = run_two_phases(h, Duration::from_secs(6)).await;
+    let rc = &r.recap[0];
+    assert!(!r.success(), "a failed read was taken for a reboot: {rc:?}");
+    let err = rc.error.as_deref().unwrap_or_default();
+    assert!(err.contains("no reboot seen within 6 s"), "{err}");
+    assert_eq!(h.sh("test -e /root/after && echo yes || echo no").unwrap().trim(), "no");
+}
+
+/// Phase "driver" (a command that notifies the reboot handler) then phase "after".
+async fn run_two_phases(h: &test_harness::lab::LabHost, reboot_timeout: Duration) -> RunResult {
     let dir = tempfile::tempdir().unwrap();
     let kh = dir.path().join("known_hosts");
     std::fs::write(&kh, h.known_hosts_line() + "\n").unwrap();
@@ -33,7 +66,7 @@ async fn reboot_handler_reconnects_and_the_run_goes_on() {
         Phase {
             name: "driver".into(),
             tag: "t".into(),
-            plan: Arc::new(|_: &PlanCtx| PhasePlan {
+            plan: Arc::new(move |_: &PlanCtx| PhasePlan {
                 steps: vec![
                     Step::new(
                         "install",
@@ -45,7 +78,7 @@ async fn reboot_handler_reconnects_and_the_run_goes_on() {
                     )
                     .notify("reboot"),
                 ],
-                handlers: vec![Step::new("reboot", Action::Reboot { timeout: Duration::from_secs(60) })],
+                handlers: vec![Step::new("reboot", Action::Reboot { timeout: reboot_timeout })],
             }),
         },
         Phase {
@@ -75,13 +108,9 @@ async fn reboot_handler_reconnects_and_the_run_goes_on() {
         ssh,
         local: false,
         connect_attempts: 1,
+        profile: false,
     };
     let red = Redactor::default();
     let reporter = Reporter::new(OutputFormat::Human, red.clone(), true, Box::new(std::io::sink()));
-    let r = run(inv, phases, opts, reporter, Log::none(red)).await;
-    let rc = &r.recap[0];
-    assert!(r.success(), "{rc:?}");
-    assert_eq!(rc.changed, 3, "install, reboot, after: {rc:?}");
-    assert_eq!(h.sh("cat /var/log/standin.calls").unwrap(), "reboot\n");
-    assert_eq!(h.sh("test -e /root/after && echo yes").unwrap().trim(), "yes");
+    run(inv, phases, opts, reporter, Log::none(red)).await
 }

@@ -48,6 +48,7 @@ fn opts(check: bool) -> RunOptions {
         ssh: provision_ssh::Options::new(),
         local: true,
         connect_attempts: 1,
+        profile: false,
     }
 }
 
@@ -266,6 +267,7 @@ async fn captured_values_reach_later_phases_on_other_hosts_and_secrets_are_redac
                             run: format!("echo id-of-{}", c.host.name),
                             secret: false,
                             read_only: true,
+                            pick: None,
                         },
                     ),
                     Step::new(
@@ -275,6 +277,7 @@ async fn captured_values_reach_later_phases_on_other_hosts_and_secrets_are_redac
                             run: "echo supersecret$(echo token-0123456789)".into(),
                             secret: true,
                             read_only: false,
+                            pick: None,
                         },
                     ),
                 ],
@@ -340,6 +343,7 @@ async fn check_mode_skips_host_changing_captures_and_waits() {
                         run: format!("touch {m}; echo token"),
                         secret: true,
                         read_only: false,
+                        pick: None,
                     },
                 ),
                 Step::new(

@@ -279,13 +279,16 @@ fn ssh_settings(ctx: &mut Ctx, node: &Node, what: &str, base_dir: &Path) -> SshS
     if let Some(n) = f.remove("host_key")
         && let Some(k) = ctx.string(&n, "ssh.host_key")
     {
-        if looks_like_public_key(&k) {
-            s.host_key = Some(k);
-        } else {
+        if !looks_like_public_key(&k) {
             ctx.err(
                 n.pos(),
                 "ssh.host_key must be `<algorithm> <base64 key>`, as in known_hosts or a .pub file",
             );
+        } else if let Err(e) = ssh_key::PublicKey::from_openssh(k.trim()) {
+            // The same parser the SSH transport uses: a key that passes here connects.
+            ctx.err(n.pos(), format!("ssh.host_key is not a valid public key ({e})"));
+        } else {
+            s.host_key = Some(k);
         }
     }
     s

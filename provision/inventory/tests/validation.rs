@@ -194,6 +194,25 @@ fn bad_ssh_settings_are_rejected() {
 }
 
 #[test]
+fn pinned_host_key_that_is_not_a_public_key_is_reported_with_its_place() {
+    // Shaped like a key (algorithm, base64), but the blob is not an ed25519 key: before, only
+    // connecting found out, and no line or column was named.
+    let text = GOOD.replace(
+        "      port: 2222\n",
+        "      port: 2222\n      host_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBexampleexample\n",
+    );
+    let msg = errors(&text);
+    assert!(msg.contains("inv.yml:22:17: host `gpu-0`: ssh.host_key is not a valid public key"), "{msg}");
+    // A real key passes.
+    let good = GOOD.replace(
+        "      port: 2222\n",
+        "      port: 2222\n      host_key: ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAILM+rvN+ot98qgEN796jTiQfZfG1KaT0PtFDJ/XFSqti\n",
+    );
+    let inv = parse_str(&good, Path::new("inv.yml")).unwrap();
+    assert!(inv.host("gpu-0").unwrap().ssh.host_key.is_some());
+}
+
+#[test]
 fn bad_host_name_and_bad_ssh_key_and_hourly_cost_zero() {
     let text = GOOD
         .replace("  gpu-0:\n", "  GPU_0:\n")

@@ -15,6 +15,34 @@ fn file(h: &LabHost, path: &str) -> String {
     h.read_to_string(path).unwrap_or_else(|e| panic!("{}: {path}: {e}", h.name()))
 }
 
+/// Everything a host wrote: its overlay's upper layer (every file, directory, whiteout and
+/// metadata change to its root) plus /run and /tmp (tmpfs of their own, outside the overlay),
+/// with contents hashed. Left out: the lab sshd's own log and the stand-ins' call log (test
+/// instruments; the calls are checked on their own).
+fn trace(h: &LabHost) -> String {
+    let upper = LabHost::UPPER_DIR;
+    let skip = "! -path ./var/log/lab-sshd.log ! -path ./var/log/standin.calls";
+    h.sh(&format!(
+        "set -e; cd {upper}; find . {skip} -printf '%p %y %m %u:%g %s %T@ %l\\n' | sort; \
+         find . -type f {skip} -exec sha256sum {{}} + | sort; \
+         find /run /tmp -printf '%p %y %m %u:%g %s %T@ %l\\n' | sort; find /run /tmp -type f -exec sha256sum {{}} + | sort"
+    ))
+    .unwrap()
+}
+
+fn assert_same_trace(hosts: &[LabHost], before: &[String]) {
+    for (h, b) in hosts.iter().zip(before) {
+        let after = trace(h);
+        if &after != b {
+            let diff = similar::TextDiff::from_lines(b.as_str(), after.as_str())
+                .unified_diff()
+                .header("before", "after")
+                .to_string();
+            panic!("{}: --check left a trace on the host:\n{diff}", h.name());
+        }
+    }
+}
+
 const MIRROR: &str = "/var/snap/microk8s/current/args/certs.d/5dt7hz7zpw4dpppxfm7ke3cm7sdawhszxmm5zame7dsvjbcq.localregistry.chutes.ai:30500/hosts.toml";
 
 #[test]
@@ -74,8 +102,10 @@ fn converges_then_noop_then_check_shows_drift_then_repairs() {
     // Someone edits a managed file on one host.
     let edited = "server = \"http://example.invalid\"\n";
     hosts[2].write_file(MIRROR, edited).unwrap();
+    let before: Vec<String> = hosts.iter().map(trace).collect();
     let check = s.run(&["--check"]);
     check.assert_ok();
+    assert_same_trace(hosts, &before);
     assert_eq!(check.changed_steps(), vec![("gpu-2".to_string(), "registry mirror hosts.toml".to_string())]);
     let ev = check.events.iter().find(|e| e["status"] == "changed").unwrap();
     let diff = ev["diff"].as_str().unwrap();
@@ -236,8 +266,7 @@ fn sudo_that_wants_a_password_fails_fast_with_a_clear_message() {
 #[test]
 fn check_on_fresh_hosts_reports_the_plan_and_changes_nothing() {
     let s = Setup::start(1);
-    let before: Vec<String> =
-        s.lab.hosts().iter().map(|h| h.sh("ls -la /etc /root /home | md5sum").unwrap()).collect();
+    let before: Vec<String> = s.lab.hosts().iter().map(trace).collect();
     let run = s.run(&["--check"]);
     run.assert_ok();
     let changed = run.changed_steps();
@@ -246,13 +275,8 @@ fn check_on_fresh_hosts_reports_the_plan_and_changes_nothing() {
     }
     // The public key a fresh host does not have yet is reported, not a failure.
     assert!(run.events.iter().any(|e| e["step"] == "read public key" && e["status"] == "skipped"));
-    for (h, b) in s.lab.hosts().iter().zip(before) {
-        assert_eq!(
-            h.sh("ls -la /etc /root /home | md5sum").unwrap(),
-            b,
-            "{}: --check changed files",
-            h.name()
-        );
+    assert_same_trace(s.lab.hosts(), &before);
+    for h in s.lab.hosts() {
         assert!(
             h.exec("dpkg-query -W -f='${Status}' hello 2>/dev/null | grep -q installed")
                 .unwrap()
@@ -265,6 +289,7 @@ fn check_on_fresh_hosts_reports_the_plan_and_changes_nothing() {
         for l in calls.lines() {
             assert!(
                 l.starts_with("systemctl is-")
+                    || l.starts_with("systemctl show")
                     || l.starts_with("snap list")
                     || l.starts_with("snap get")
                     || l.starts_with("microk8s status")

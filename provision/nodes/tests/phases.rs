@@ -39,7 +39,14 @@ fn planned(phases: &[provision_engine::Phase], inv: &Inventory, host: &str) -> V
     phases
         .iter()
         .map(|p| {
-            let plan = (p.plan)(&PlanCtx { inventory: inv, host, facts: &facts, vars: &vars, check: false });
+            let plan = (p.plan)(&PlanCtx {
+                inventory: inv,
+                host,
+                facts: &facts,
+                vars: &vars,
+                check: false,
+                before_run: false,
+            });
             (p.name.clone(), plan.steps.iter().map(|s| s.name.clone()).collect())
         })
         .filter(|(_, s): &(String, Vec<String>)| !s.is_empty())
@@ -54,7 +61,14 @@ fn planned_tags(phases: &[provision_engine::Phase], inv: &Inventory, host: &str)
     phases
         .iter()
         .flat_map(|p| {
-            let plan = (p.plan)(&PlanCtx { inventory: inv, host, facts: &facts, vars: &vars, check: false });
+            let plan = (p.plan)(&PlanCtx {
+                inventory: inv,
+                host,
+                facts: &facts,
+                vars: &vars,
+                check: false,
+                before_run: false,
+            });
             plan.steps
                 .into_iter()
                 .map(|s| (s.tag.clone().unwrap_or_else(|| p.tag.clone()), s.name))
@@ -112,6 +126,7 @@ fn after_removal_the_primary_lists_only_the_remaining_peers() {
         facts: &facts,
         vars: &vars,
         check: false,
+        before_run: false,
     });
     let wg0 = plan
         .steps

@@ -156,6 +156,7 @@ fn wireguard_keys(c: &PlanCtx) -> PhasePlan {
                 run: "cat /etc/wireguard/public.key".into(),
                 secret: false,
                 read_only: true,
+                pick: None,
             },
         ),
     ];
@@ -168,6 +169,7 @@ fn wireguard_keys(c: &PlanCtx) -> PhasePlan {
                 run: format!("if {JOINED}; then echo yes; else echo no; fi"),
                 secret: false,
                 read_only: true,
+                pick: None,
             },
         ));
     }
@@ -230,7 +232,16 @@ fn wireguard_check(c: &PlanCtx) -> PhasePlan {
 
 /// Apt source files kept by the clean-up (the original list, plus the distribution's own
 /// deb822 sources and the current NVIDIA container toolkit list, which it would have deleted).
-const KEEP_SOURCES: &str = "^(ubuntu\\.sources|debian\\.sources|cuda-.*\\.list|deadsnakes.*\\.list|docker\\.list|nvidia-docker-container\\.list|nvidia-container-toolkit\\.list)$";
+/// As shell `case` patterns: the guard and the clean-up use only shell built-ins, so a
+/// converged host starts no process for them.
+const KEEP_SOURCES: &str = "ubuntu.sources|debian.sources|cuda-*.list|deadsnakes*.list|docker.list|nvidia-docker-container.list|nvidia-container-toolkit.list";
+
+/// A loop over the files in /etc/apt/sources.list.d that are not kept, running `then` on each (`$f`).
+fn stray_sources(then: &str) -> String {
+    format!(
+        "for f in /etc/apt/sources.list.d/*; do [ -f \"$f\" ] || continue; case \"${{f##*/}}\" in {KEEP_SOURCES}) ;; *) {then} ;; esac; done"
+    )
+}
 
 fn base(c: &PlanCtx) -> PhasePlan {
     let v = &c.inventory.vars;
@@ -254,18 +265,14 @@ fn base(c: &PlanCtx) -> PhasePlan {
         ),
         Step::new(
             "stray apt sources",
-            cmd(
-                format!(
-                    "find /etc/apt/sources.list.d -maxdepth 1 -type f -printf '%f\\n' | grep -vE '{KEEP_SOURCES}' | sed 's|^|/etc/apt/sources.list.d/|' | xargs -r rm -f --"
-                ),
-                format!(
-                    "! find /etc/apt/sources.list.d -maxdepth 1 -type f -printf '%f\\n' 2>/dev/null | grep -vqE '{KEEP_SOURCES}'"
-                ),
-            ),
+            cmd(format!("set -e; {}", stray_sources("rm -f -- \"$f\"")), stray_sources("exit 1")),
         ),
         Step::new(
             "apt proxy files",
-            cmd("rm -f /etc/apt/apt.conf.d/*proxy*", "! ls /etc/apt/apt.conf.d/ 2>/dev/null | grep -q proxy"),
+            cmd(
+                "rm -f /etc/apt/apt.conf.d/*proxy*",
+                "for f in /etc/apt/apt.conf.d/*proxy*; do [ ! -e \"$f\" ] || exit 1; done",
+            ),
         ),
         Step::new(
             "apt.conf http proxy",
@@ -344,7 +351,13 @@ fn base(c: &PlanCtx) -> PhasePlan {
             line("/etc/pam.d/common-session-noninteractive", "session required pam_limits.so", None),
         ),
         Step::new("/etc/hostname", file("/etc/hostname", format!("{name}\n"), Meta::root(0o644))),
-        Step::new("hostname", cmd(format!("hostname {name}"), format!("[ \"$(hostname)\" = {name} ]"))),
+        Step::new(
+            "hostname",
+            cmd(
+                format!("hostname {name}"),
+                format!("read -r h </proc/sys/kernel/hostname && [ \"$h\" = {name} ]"),
+            ),
+        ),
         Step::new(
             "cloud-init keeps hostname",
             Action::Line {
@@ -534,11 +547,12 @@ fn microk8s(c: &PlanCtx) -> PhasePlan {
         v.registry_port
     );
     let mut steps = vec![
+        // snapd mounts an installed snap at /snap/NAME/current: a path test, no snapd call.
         Step::new(
             "microk8s snap",
-            cmd(
+            creates(
                 format!("snap install microk8s --classic --channel={}", v.microk8s_channel),
-                "snap list microk8s >/dev/null 2>&1",
+                "/snap/microk8s/current",
             ),
         ),
         Step::new(
@@ -563,10 +577,7 @@ fn microk8s(c: &PlanCtx) -> PhasePlan {
     for m in &members {
         steps.push(Step::new(
             format!("{m} in group microk8s"),
-            cmd(
-                format!("usermod -aG microk8s {m}"),
-                format!("id -nG {m} | tr ' ' '\\n' | grep -qx microk8s"),
-            ),
+            Action::GroupMember { user: m.clone(), group: "microk8s".into() },
         ));
     }
     steps.extend([
@@ -637,17 +648,31 @@ fn join_token(c: &PlanCtx) -> PhasePlan {
                 ),
             ),
         )];
+        // Every node's Ready status and external-ip label in one read, so that the label phase
+        // asks the API once per run instead of twice per node. The first line makes the output
+        // never empty (a fresh primary has no API yet: the label phase then asks per node).
+        steps.push(Step::new(
+            "node states",
+            Action::Capture {
+                var: NODE_STATES.into(),
+                run: "echo nodes:; microk8s kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name}{\" \"}{.status.conditions[?(@.type==\"Ready\")].status}{\" \"}{.metadata.labels.chutes/external-ip}{\"\\n\"}{end}' 2>/dev/null; true".into(),
+                secret: false,
+                read_only: true,
+                pick: None,
+            },
+        ));
         if !unjoined(c).is_empty() {
-            // Matched on the primary's own wireguard IP, not a hard-coded 192.168 prefix.
+            // Matched on the primary's own wireguard IP, not a hard-coded 192.168 prefix, and
+            // by the engine rather than `| grep | head`: when wg0 is not up, add-node offers no
+            // such line, and the step must fail saying so instead of capturing "".
             steps.push(Step::new(
                 "join token",
                 Action::Capture {
                     var: "join_command".into(),
-                    run: format!(
-                        "microk8s add-node --token-ttl 600 | grep -o 'microk8s join {wg}:[^ ]*' | head -n 1"
-                    ),
+                    run: "microk8s add-node --token-ttl 600".into(),
                     secret: true,
                     read_only: false,
+                    pick: Some(format!("microk8s join {wg}:")),
                 },
             ));
         }
@@ -682,11 +707,42 @@ fn join(c: &PlanCtx) -> PhasePlan {
     })
 }
 
+/// Host variable on the primary: `NAME READY EXTERNAL_IP` per node, as read in "host setup".
+const NODE_STATES: &str = "node_states";
+
+/// Nodes that were Ready and carried their external-ip label when the primary was read.
+fn labelled_nodes<'a>(c: &'a PlanCtx) -> Vec<&'a Host> {
+    let states = var(c, &c.inventory.primary().name, NODE_STATES).map(String::as_str).unwrap_or("");
+    c.inventory
+        .hosts
+        .iter()
+        .filter(|h| {
+            states.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.len() == 3 && f[0] == h.name && f[1] == "True" && f[2] == h.external_ip.to_string()
+            })
+        })
+        .collect()
+}
+
 fn label_nodes(c: &PlanCtx) -> PhasePlan {
-    only(c.host.is_primary, || {
+    // Before the run, node states are not read yet: asking per node now would cost the
+    // 2N reads that the "node states" capture exists to save.
+    only(c.host.is_primary && !c.before_run, || {
         let mut steps = vec![];
+        let done = labelled_nodes(c);
         for h in &c.inventory.hosts {
             let n = &h.name;
+            if done.iter().any(|d| d.name == h.name) {
+                // Already Ready and labelled, as read once for all nodes: nothing to ask again.
+                for what in ["Ready", "external-ip label"] {
+                    steps.push(Step::new(
+                        format!("{n} {what}"),
+                        Action::Assert { ok: true, message: String::new() },
+                    ));
+                }
+                continue;
+            }
             steps.push(Step::new(
                 format!("{n} Ready"),
                 Action::WaitFor {

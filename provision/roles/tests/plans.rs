@@ -50,7 +50,14 @@ fn plan(host: &str, phase: &str) -> PhasePlan {
         other => (other, None),
     };
     let p = provision_roles::phases().into_iter().find(|p| p.name == name).unwrap();
-    let mut plan = (p.plan)(&PlanCtx { inventory: &inv, host: h, facts: &facts, vars: &vars, check: false });
+    let mut plan = (p.plan)(&PlanCtx {
+        inventory: &inv,
+        host: h,
+        facts: &facts,
+        vars: &vars,
+        check: false,
+        before_run: false,
+    });
     if let Some(t) = tag {
         plan.steps.retain(|s| s.tag.as_deref() == Some(t));
     }
@@ -158,9 +165,9 @@ fn nvidia_phase_only_on_gpu_hosts_and_includes_the_real_containerd_fix() {
 fn join_token_only_when_a_worker_has_not_joined_and_matches_the_primary_ip() {
     let p = plan("cpu-0", "join token");
     let tok = p.steps.iter().find(|s| s.name == "join token").unwrap();
-    let Action::Capture { run, secret, read_only, .. } = &tok.action else { panic!() };
+    let Action::Capture { secret, read_only, pick, .. } = &tok.action else { panic!() };
     assert!(*secret && !*read_only);
-    assert!(run.contains("microk8s join 10.77.0.1:"), "{run}");
+    assert_eq!(pick.as_deref(), Some("microk8s join 10.77.0.1:"));
     let j = plan("gpu-1", "join");
     let step = j.steps.iter().find(|s| s.name == "join cluster").unwrap();
     let Action::Command { run, unless, .. } = &step.action else { panic!() };
@@ -177,7 +184,14 @@ fn an_unjoined_worker_without_a_token_fails_clearly_instead_of_running_a_placeho
     let join = provision_roles::phases().into_iter().find(|p| p.name == "join").unwrap();
     let assert_of = |host: &str, check: bool| {
         let h = inv.host(host).unwrap();
-        let p = (join.plan)(&PlanCtx { inventory: &inv, host: h, facts: &facts, vars: &vars, check });
+        let p = (join.plan)(&PlanCtx {
+            inventory: &inv,
+            host: h,
+            facts: &facts,
+            vars: &vars,
+            check,
+            before_run: false,
+        });
         match &p.steps.iter().find(|s| s.name == "join token known").unwrap().action {
             Action::Assert { ok, message } => (*ok, message.clone()),
             other => panic!("{other:?}"),
@@ -209,4 +223,104 @@ fn labels_every_node_with_its_external_ip_and_ipv6_off_is_a_sysctl() {
             .iter()
             .any(|s| matches!(&s.action, Action::Sysctl { file, .. } if file == "99-disable-ipv6.conf"))
     );
+}
+
+/// Runs the primary's "join token" capture as the engine's local transport does (`sh -c`),
+/// with a `microk8s` that prints `add_node_output`, and decides on its output.
+fn join_token_capture(add_node_output: &str) -> Result<provision_engine::plan::Decision, String> {
+    let p = plan("cpu-0", "join token");
+    let tok = p.steps.iter().find(|s| s.name == "join token").unwrap();
+    let Action::Capture { run, .. } = &tok.action else { panic!() };
+    let bin = tempfile::tempdir().unwrap();
+    let fake = bin.path().join("microk8s");
+    std::fs::write(&fake, format!("#!/bin/sh\ncat <<'EOF'\n{add_node_output}EOF\n")).unwrap();
+    std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
+    let out = std::process::Command::new("sh").arg("-c").arg(run).env("PATH", path).output().unwrap();
+    let probe = provision_engine::plan::ProbeOut {
+        rc: out.status.code().unwrap_or(-1),
+        text: String::from_utf8_lossy(&out.stdout).into_owned(),
+    };
+    tok.action.evaluate(&probe)
+}
+
+#[test]
+fn join_token_without_a_line_for_the_primary_wireguard_ip_fails_naming_what_add_node_printed() {
+    // wg0 not up yet: add-node offers only the other addresses.
+    let err = join_token_capture(
+        "From the node you wish to join to this cluster, run the following:\n\
+         microk8s join 10.0.0.1:25000/0123456789abcdef0123456789abcdef/a1b2c3d4e5f6\n",
+    )
+    .unwrap_err();
+    assert!(err.contains("expected a line with `microk8s join 10.77.0.1:...`"), "{err}");
+    assert!(err.contains("microk8s join 10.0.0.1:25000/<redacted>"), "{err}");
+    assert!(!err.contains("0123456789abcdef"), "the token leaked into the error: {err}");
+    // add-node printing nothing at all is said as such.
+    let err = join_token_capture("").unwrap_err();
+    assert!(err.contains("it printed nothing"), "{err}");
+    // With wg0 up the line is there and its join string is the value.
+    let ok = join_token_capture(
+        "microk8s join 10.0.0.1:25000/aaaa/bbbb\nmicrok8s join 10.77.0.1:25000/cccc/dddd\n",
+    )
+    .unwrap();
+    assert!(
+        matches!(&ok, provision_engine::plan::Decision::Captured(v) if v == "microk8s join 10.77.0.1:25000/cccc/dddd"),
+        "{ok:?}"
+    );
+}
+
+#[test]
+fn nodes_read_ready_and_labelled_are_not_asked_again() {
+    let inv = inv();
+    let facts = Facts::default();
+    let mut vars = vars();
+    // As the primary's "node states" capture read them: gpu-0 done, gpu-1 labelled with an old IP.
+    vars.get_mut("cpu-0").unwrap().insert(
+        "node_states".into(),
+        "nodes:\ncpu-0 True 1.2.3.4\ngpu-0 True 1.2.3.5\ngpu-1 True 9.9.9.9\n".into(),
+    );
+    let p = provision_roles::phases().into_iter().find(|p| p.name == "label nodes").unwrap();
+    let plan = (p.plan)(&PlanCtx {
+        inventory: &inv,
+        host: inv.host("cpu-0").unwrap(),
+        facts: &facts,
+        vars: &vars,
+        check: false,
+        before_run: false,
+    });
+    let kind = |name: &str| plan.steps.iter().find(|s| s.name == name).unwrap().action.kind();
+    assert_eq!(kind("gpu-0 Ready"), "assert");
+    assert_eq!(kind("gpu-0 external-ip label"), "assert");
+    assert_eq!(kind("gpu-1 Ready"), "wait_for");
+    assert_eq!(kind("gpu-1 external-ip label"), "command");
+    // Before the run (the engine planning what to read), nothing is asked per node.
+    let before = (p.plan)(&PlanCtx {
+        inventory: &inv,
+        host: inv.host("cpu-0").unwrap(),
+        facts: &facts,
+        vars: &vars,
+        check: false,
+        before_run: true,
+    });
+    assert!(before.steps.is_empty(), "{:?}", names(&before));
+    // The read itself: one capture on the primary, never failing on a fresh one.
+    let setup = plan_host_setup_primary(&inv, &facts, &vars);
+    let Action::Capture { run, read_only, .. } =
+        &setup.steps.iter().find(|s| s.name == "node states").unwrap().action
+    else {
+        panic!()
+    };
+    assert!(*read_only && run.starts_with("echo nodes:;") && run.ends_with("; true"), "{run}");
+}
+
+fn plan_host_setup_primary(inv: &Inventory, facts: &Facts, vars: &HostVars) -> PhasePlan {
+    let p = provision_roles::phases().into_iter().find(|p| p.name == "host setup").unwrap();
+    (p.plan)(&PlanCtx {
+        inventory: inv,
+        host: inv.host("cpu-0").unwrap(),
+        facts,
+        vars,
+        check: false,
+        before_run: false,
+    })
 }

@@ -82,6 +82,7 @@ impl NodeArgs {
             ssh: self.ssh_options(),
             local: false,
             connect_attempts: 2,
+            profile: false,
         };
         let redactor = Redactor::default();
         let reporter =

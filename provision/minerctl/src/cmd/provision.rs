@@ -43,6 +43,10 @@ pub struct ProvisionArgs {
     /// Also print steps that were already in the desired state.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Measure the CPU that each read costs on the hosts (facts, state reads, every probe)
+    /// and print it per step kind and per probe at the end (on stderr).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,6 +88,7 @@ pub fn run(args: ProvisionArgs) -> anyhow::Result<ExitCode> {
         ssh,
         local: false,
         connect_attempts: 2,
+        profile: args.profile,
     };
     let redactor = Redactor::default();
     let log_path = args.log_file.clone().unwrap_or_else(default_log_path);
@@ -95,6 +100,7 @@ pub fn run(args: ProvisionArgs) -> anyhow::Result<ExitCode> {
         let names: Vec<String> = inv.hosts.iter().map(|h| h.name.clone()).collect();
         reporter = reporter.with_live_board(&names);
     }
+    let inv_hosts = inv.hosts.len();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -107,5 +113,8 @@ pub fn run(args: ProvisionArgs) -> anyhow::Result<ExitCode> {
         log.clone(),
     ));
     reporter.recap(&result.recap, result.elapsed, log.path.as_deref(), args.check);
+    if args.profile {
+        eprint!("{}", provision_engine::report::render_profile(&result.profile, inv_hosts));
+    }
     Ok(if result.success() { ExitCode::SUCCESS } else { ExitCode::from(2) })
 }

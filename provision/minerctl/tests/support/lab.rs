@@ -29,8 +29,20 @@ pub struct Setup {
 }
 
 impl Setup {
-    /// One primary CPU host and `gpus` GPU hosts, with stand-ins installed.
+    /// One primary CPU host and `gpus` GPU hosts, with stand-ins installed, and the tests'
+    /// trimmed inventory (one package).
     pub fn start(gpus: usize) -> Setup {
+        Setup::start_with(gpus, TRIMMED)
+    }
+
+    /// As [`Setup::start`], with an inventory as a miner would write it: every role and the
+    /// default step set (ipv6 off, ntp, ...), only the package lists shortened (six packages,
+    /// five of which the lab hosts already have; CUDA skipped: no GPU driver in a lab).
+    pub fn start_realistic(gpus: usize) -> Setup {
+        Setup::start_with(gpus, REALISTIC)
+    }
+
+    fn start_with(gpus: usize, vars: &str) -> Setup {
         let mut names = vec!["cpu-0".to_string()];
         names.extend((1..=gpus).map(|i| format!("gpu-{i}")));
         let lab = Lab::start_named(&names).unwrap();
@@ -38,7 +50,7 @@ impl Setup {
             install_standins(h);
         }
         let s = Setup { lab, dir: tempfile::tempdir().unwrap() };
-        s.write_inventory();
+        s.write_inventory(vars);
         s.write_known_hosts(|h| h.known_hosts_line());
         s
     }
@@ -51,11 +63,10 @@ impl Setup {
         self.dir.path().join("known_hosts")
     }
 
-    fn write_inventory(&self) {
+    fn write_inventory(&self, vars: &str) {
         let h0 = &self.lab.hosts()[0];
         let mut y = format!(
-            "vars:\n  user: chutes\n  login_user: root\n  ssh_keys: ['{key}']\n  packages: [hello]\n  primary_packages: []\n  \
-             container_toolkit_packages: []\n  skip_cuda: true\n  ssh:\n    key: {path}\nhosts:\n",
+            "vars:\n  user: chutes\n  login_user: root\n  ssh_keys: ['{key}']\n{vars}  skip_cuda: true\n  ssh:\n    key: {path}\nhosts:\n",
             key = h0.client_public_key(),
             path = h0.client_key_path().display()
         );
@@ -106,6 +117,10 @@ impl Setup {
     }
 }
 
+const TRIMMED: &str = "  packages: [hello]\n  primary_packages: []\n  container_toolkit_packages: []\n";
+const REALISTIC: &str = "  packages: [hello, curl, ca-certificates, git, jq, wget]\n  primary_packages: [jq]\n  \
+                         container_toolkit_packages: [gnupg]\n";
+
 fn install_standins(h: &LabHost) {
     // A lab host inherits this machine's /root/.bashrc, which here runs `pyenv init` (about
     // 250 ms for every SSH command, since bash reads .bashrc when started by sshd). A stock
@@ -114,6 +129,9 @@ fn install_standins(h: &LabHost) {
     // man-db's dpkg trigger rebuilds the manual index after every install (seconds per host on
     // this 2-core machine); servers being provisioned do not need it for the tests' packages.
     h.sh("echo 'man-db man-db/auto-update boolean false' | debconf-set-selections; rm -f /var/lib/man-db/auto-update").unwrap();
+    // The stand-ins' state folders and call log exist from the start, so that a read-only
+    // call (a probe) leaves the host exactly as it was (the --check tests compare everything).
+    h.sh("mkdir -p /var/lib/standin/enabled /var/lib/standin/active /var/lib/standin/labels && touch /var/log/standin.calls").unwrap();
     h.write_file("/usr/local/sbin/minerctl-standin", STANDINS).unwrap();
     let links: Vec<String> =
         STANDIN_NAMES.iter().map(|n| format!("ln -sf minerctl-standin /usr/local/sbin/{n}")).collect();

@@ -6,7 +6,7 @@
 me=$(basename "$0")
 st=/var/lib/standin
 mkdir -p "$st/enabled" "$st/active" "$st/labels"
-echo "$me $*" >> /var/log/standin.calls
+printf '%s\n' "$me $*" >> /var/log/standin.calls
 case "$me" in
 systemctl)
   case "$1" in
@@ -17,6 +17,15 @@ systemctl)
     start|restart) touch "$st/active/$2" ;;
     stop) rm -f "$st/active/$2" ;;
     list-units) ls "$st/active" | grep "^snap\.microk8s\." ;;
+    show)
+      # `show -p UnitFileState -p ActiveState -- UNIT...`: one block per unit, blank line between.
+      while [ $# -gt 0 ] && [ "$1" != -- ]; do shift; done; shift
+      sep=
+      for u in "$@"; do
+        [ -z "$sep" ] || echo; sep=1
+        if [ -e "$st/enabled/$u" ]; then echo UnitFileState=enabled; else echo UnitFileState=disabled; fi
+        if [ -e "$st/active/$u" ]; then echo ActiveState=active; else echo ActiveState=inactive; fi
+      done ;;
     *) : ;;
   esac ;;
 snap)
@@ -24,7 +33,7 @@ snap)
     install)
       if [ -e "$st/block-snap" ]; then while [ -e "$st/block-snap" ]; do sleep 0.1; done; fi
       touch "$st/snap-$2"
-      mkdir -p /var/snap/microk8s/current/args
+      mkdir -p "/snap/$2/current" /var/snap/microk8s/current/args
       printf -- '--kubeconfig=${SNAP_DATA}/credentials/kubelet.config\n--cert-dir=${SNAP_DATA}/certs\n' > /var/snap/microk8s/current/args/kubelet
       printf -- '--cert-dir=${SNAP_DATA}/certs\n--service-cluster-ip-range=10.152.183.0/24\n' > /var/snap/microk8s/current/args/kube-apiserver
       getent group microk8s >/dev/null || groupadd --system microk8s ;;
@@ -44,6 +53,11 @@ microk8s)
     kubectl)
       shift
       case "$*" in
+        "get nodes -o jsonpath="*)
+          # Every labelled node, Ready, with its external-ip label.
+          for f in "$st"/labels/*.chutes_external-ip; do
+            [ -e "$f" ] || continue; n=${f##*/}; printf '%s True %s\n' "${n%.chutes_external-ip}" "$(cat "$f")"
+          done ;;
         *Ready*) echo True ;;
         label*) n=$3; kv=$4; k=$(echo "${kv%%=*}" | tr / _); echo "${kv#*=}" > "$st/labels/$n.$k" ;;
         annotate*) n=$3; kv=$4; echo "${kv#*=}" > "$st/labels/$n.annotation" ;;

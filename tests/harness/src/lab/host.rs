@@ -162,6 +162,12 @@ impl LabHost {
         self.init_pid
     }
 
+    /// Inside the host: a read-only view of its overlay's upper layer, i.e. every file,
+    /// directory and metadata change the host made to its root file system (/run, /tmp and
+    /// /dev are tmpfs of their own and not in it). Compare it before and after to prove that
+    /// something changed nothing.
+    pub const UPPER_DIR: &'static str = "/dev/.lab-upper";
+
     /// The host's root directory as seen from this machine (`/proc/PID/root`).
     /// Beware: absolute symlinks inside resolve against the machine's root when
     /// followed from here; [`LabHost::read_file`] and [`LabHost::write_file`] do not

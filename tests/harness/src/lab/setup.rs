@@ -125,6 +125,15 @@ impl Setup {
             for (target, link) in LINKS {
                 check(libc::symlink(target.as_ptr(), link.as_ptr()), b"symlink in /dev")?;
             }
+            // The overlay's upper layer (every byte the host wrote to its root), read-only
+            // under /dev, outside the overlay: tests compare it to prove a run changed nothing
+            // (`LabHost::UPPER_DIR`).
+            mkdir(c"dev/.lab-upper")?;
+            let upper = c"/tmp/upper";
+            let at = c"dev/.lab-upper";
+            check(libc::mount(upper.as_ptr(), at.as_ptr(), null(), libc::MS_BIND, null()), at.to_bytes())?;
+            let ro = libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | hidden;
+            check(libc::mount(null(), at.as_ptr(), null(), ro, null()), at.to_bytes())?;
 
             // Make the overlay the root and let go of the machine's mount tree
             // (pivot_root(2): new and old root may be the same directory).
