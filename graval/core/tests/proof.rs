@@ -4,6 +4,8 @@
 // Helpers outside #[test] functions are test code too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 
 use expect_test::expect;
@@ -24,18 +26,7 @@ fn params() -> ProofParams {
 
 /// An H100-shaped device whose memory budget holds 16 slots + the step scratch (5 slots).
 fn device() -> DeviceInfo {
-    DeviceInfo {
-        name: "NVIDIA H100 80GB HBM3".into(),
-        uuid: "0123456789abcdef0123456789abcdef".into(),
-        memory: 21 * MATRIX_BYTES,
-        processors: 132,
-        clock_rate: 1_980_000.0,
-        max_threads_per_processor: 2048,
-        major: 9,
-        minor: 0,
-        ecc: true,
-        concurrent_kernels: true,
-    }
+    common::h100_with_memory(21 * MATRIX_BYTES)
 }
 
 fn run(dev: DeviceInfo, seed: u64, iterations: u64, threads: usize) -> ProofRun {
