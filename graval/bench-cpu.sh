@@ -27,7 +27,10 @@ for line in open(sys.argv[1]):
     if m:
         vals.setdefault(m.group(1) + (":" + m.group(2) if m.group(2) else ""), []).append(float(m.group(3)))
 med = {k: statistics.median(v) for k, v in vals.items()}
-g = med.get("cpu_igemm:avx2") or med.get("cpu_igemm:portable")
+# The kernel the proof and the verifier use: the fastest this CPU runs.
+best = max((k for k in med if k.startswith("cpu_igemm:")), key=med.get)
+g = med[best]
+print(f"SUMMARY graval uses {best.split(':')[1]}")
 for k, v in sorted(med.items()):
     print(f"SUMMARY {k:22} median {v:7.1f} G(FL)OP/s   graval/this = {g / v:5.2f}")
 PY

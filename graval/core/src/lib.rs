@@ -7,8 +7,8 @@
 //!   salts, fresh-operand keys, hashed rows, the consume rule's slot draws, step hashes.
 //! - [`prng`]: Philox4x32-10 i8 fills, the exact integer mix and the step digest
 //!   (shared with the CUDA kernels).
-//! - [`gemm`]: the CPU INT8 GEMM (i8 x i8 -> i32; blocked, packed, AVX2 microkernel
-//!   with a portable fallback).
+//! - [`gemm`]: the CPU INT8 GEMM (i8 x i8 -> i32; blocked, packed, AVX-512 VNNI and
+//!   AVX2 microkernels with a portable fallback).
 //! - [`engine`]: the backend interface; [`cpu`] and `cuda` (feature `cuda`) implement it.
 //! - [`proof`]: sizing to free memory, the chain, the work product.
 //! - [`node`]: all devices of a host, proving in parallel and decrypting challenges.
