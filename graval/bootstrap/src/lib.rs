@@ -142,9 +142,8 @@ async fn prove(
     let signer = authorize(&s.validators, &headers, Payload::Body(&body))?;
     let challenge: Challenge =
         serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid challenge body: {e}")))?;
-    if !(1..=10).contains(&challenge.iterations) {
-        return Err(bad_request(format!("iterations must be in 1..=10, got {}", challenge.iterations)));
-    }
+    // The prover's own bound (v2 plans ask 16..=64 per model), checked before any work.
+    graval::proof::check_iterations(challenge.iterations).map_err(|e| bad_request(e.to_string()))?;
     let by_uuid: HashMap<&str, usize> =
         s.devices.iter().enumerate().map(|(i, d)| (d.uuid.as_str(), i)).collect();
     if let Some(unknown) = challenge.ciphertext.keys().find(|u| !by_uuid.contains_key(u.as_str())) {

@@ -7,8 +7,8 @@ use sha2::{Digest, Sha256};
 use crate::device::{DeviceInfo, uuid_hex};
 use crate::engine::Engine;
 use crate::error::BackendError;
-use crate::gemm::{MatRef, sgemm};
-use crate::prng::{FRESH_MATRIX, fill_matrix, fill_matrix_threaded, mix_matrix};
+use crate::gemm::{MatRef, igemm_nt};
+use crate::prng::{FRESH_MATRIX, fill_matrix, mix_matrix};
 
 pub struct CpuEngine {
     info: DeviceInfo,
@@ -16,14 +16,25 @@ pub struct CpuEngine {
     limit: Option<u64>,
     threads: usize,
     n: usize,
-    matrices: Vec<Vec<f32>>,
-    scratch: Vec<f32>,
+    slots: Vec<Vec<i8>>,
+    /// The fresh operand `R_t`.
+    fresh: Vec<i8>,
+    /// The exact product `S_c . R_t^T`.
+    product: Vec<i32>,
 }
 
 impl CpuEngine {
     /// An engine reporting `info`; `info.memory` is the memory budget.
     pub fn with_device(info: DeviceInfo, threads: usize) -> Self {
-        Self { info, limit: None, threads: threads.max(1), n: 0, matrices: Vec::new(), scratch: Vec::new() }
+        Self {
+            info,
+            limit: None,
+            threads: threads.max(1),
+            n: 0,
+            slots: Vec::new(),
+            fresh: Vec::new(),
+            product: Vec::new(),
+        }
     }
 
     /// Sizes proofs to `bytes` instead of `info.memory`, keeping the reported identity
@@ -83,37 +94,52 @@ impl Engine for CpuEngine {
     fn allocate(&mut self, n: usize, count: usize) -> Result<(), BackendError> {
         self.release();
         let elems = n * n;
-        let matrix_bytes = (elems * 4) as u64;
-        let alloc = |index: usize| -> Result<Vec<f32>, BackendError> {
-            let mut v = Vec::new();
-            v.try_reserve_exact(elems).map_err(|e| BackendError::Alloc {
+        let matrix_bytes = elems as u64;
+        let free = self.limit.unwrap_or(self.info.memory);
+        let err = |index: usize| {
+            move |e: std::collections::TryReserveError| BackendError::Alloc {
                 index,
                 count,
                 matrix_bytes,
-                free: self.info.memory,
+                free,
                 source: Box::new(e),
-            })?;
-            v.resize(elems, 0.0);
-            Ok(v)
+            }
         };
-        let mut matrices = Vec::with_capacity(count);
+        let mut slots = Vec::with_capacity(count);
         for index in 0..count {
-            matrices.push(alloc(index)?);
+            let mut v = Vec::new();
+            v.try_reserve_exact(elems).map_err(err(index))?;
+            v.resize(elems, 0i8);
+            slots.push(v);
         }
-        self.scratch = alloc(count)?;
-        self.matrices = matrices;
+        self.fresh.try_reserve_exact(elems).map_err(err(count))?;
+        self.fresh.resize(elems, 0);
+        self.product.try_reserve_exact(elems).map_err(err(count))?;
+        self.product.resize(elems, 0);
+        self.slots = slots;
         self.n = n;
+        Ok(())
+    }
+
+    fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn fill(&mut self, slot: usize, key: [u32; 2], id: u32) -> Result<(), BackendError> {
+        let count = self.slots.len();
+        let s = self.slots.get_mut(slot).ok_or(BackendError::Slot { slot, count })?;
+        fill_matrix(key, id, s, self.threads);
         Ok(())
     }
 
     fn fill_all(&mut self, key: [u32; 2]) -> Result<(), BackendError> {
         let threads = self.threads;
-        let per = self.matrices.len().div_ceil(threads).max(1);
+        let per = self.slots.len().div_ceil(threads).max(1);
         std::thread::scope(|s| {
-            for (c, chunk) in self.matrices.chunks_mut(per).enumerate() {
+            for (c, chunk) in self.slots.chunks_mut(per).enumerate() {
                 s.spawn(move || {
                     for (i, m) in chunk.iter_mut().enumerate() {
-                        fill_matrix(key, (c * per + i) as u32, m);
+                        fill_matrix(key, (c * per + i) as u32, m, 1);
                     }
                 });
             }
@@ -123,42 +149,36 @@ impl Engine for CpuEngine {
 
     fn step(
         &mut self,
-        k: usize,
-        j: usize,
+        slot: usize,
         fresh: [u32; 2],
         salt: u32,
         rows: &[u32],
-        out: &mut [f32],
+        out: &mut [i8],
     ) -> Result<u64, BackendError> {
         let n = self.n;
-        if k == j || k >= self.matrices.len() || j >= self.matrices.len() {
-            return Err(BackendError::Step { k, j, count: self.matrices.len() });
-        }
-        // The scratch holds the fresh operand; the product goes straight into M_k,
-        // whose old state the step does not read.
-        fill_matrix_threaded(fresh, FRESH_MATRIX, &mut self.scratch, self.threads);
-        let (dst, src) = if k < j {
-            let (lo, hi) = self.matrices.split_at_mut(j);
-            (&mut lo[k], &hi[0])
-        } else {
-            let (lo, hi) = self.matrices.split_at_mut(k);
-            (&mut hi[0], &lo[j])
-        };
-        sgemm(MatRef::new(&self.scratch, n, n), MatRef::new(src, n, n), dst, self.threads);
-        let digest = mix_matrix(dst, salt, self.threads);
+        let count = self.slots.len();
+        let state = self.slots.get_mut(slot).ok_or(BackendError::Slot { slot, count })?;
+        fill_matrix(fresh, FRESH_MATRIX, &mut self.fresh, self.threads);
+        // P = S . R^T: each element a dot product of a row of S and a row of R (the
+        // "TN" layout cuBLAS runs INT8 in).
+        igemm_nt(MatRef::new(state, n, n), MatRef::new(&self.fresh, n, n), &mut self.product, self.threads);
+        // The state is consumed: its only child replaces it.
+        let digest = mix_matrix(&self.product, state, salt, self.threads);
         for (o, &r) in out.chunks_exact_mut(n).zip(rows) {
             let r = r as usize;
-            o.copy_from_slice(&dst[r * n..(r + 1) * n]);
+            o.copy_from_slice(&state[r * n..(r + 1) * n]);
         }
         Ok(digest)
     }
 
-    fn read_matrix(&mut self, k: usize) -> Result<Vec<f32>, BackendError> {
-        Ok(self.matrices[k].clone())
+    fn read_slot(&mut self, slot: usize) -> Result<Vec<i8>, BackendError> {
+        let count = self.slots.len();
+        self.slots.get(slot).cloned().ok_or(BackendError::Slot { slot, count })
     }
 
     fn release(&mut self) {
-        self.matrices = Vec::new();
-        self.scratch = Vec::new();
+        self.slots = Vec::new();
+        self.fresh = Vec::new();
+        self.product = Vec::new();
     }
 }

@@ -4,7 +4,7 @@
 //! Key: `HKDF-SHA256(salt = "graval-rs/v1/challenge", ikm = seed_key || r(0,0),
 //! info = "aes-256-gcm" || iterations_le)`, where `seed_key` binds seed and device
 //! identity and `r(0,0)` is `SeedKey::first_rows_hash` of the chain's first product's
-//! hashed rows (`mix(R_0 . fill_1)`, both PRNG matrices). The validator computes it from
+//! hashed rows (`mix(fill_0 . R_0^T)`, both PRNG matrices). The validator computes it from
 //! a few row products (cheap); the miner gets it from its own run, so a device that
 //! computes any bit of those rows wrongly cannot decrypt. See README.md (design
 //! difference 4) for why the key cannot depend on the *last* step without the validator

@@ -1,21 +1,26 @@
-//! CUDA backend (feature `cuda`): device info from the driver API, SGEMM through
-//! cuBLAS in `CUBLAS_DEFAULT_MATH` (no TF32), and the PRNG fill, mix and row-gather
-//! kernels compiled at run time with NVRTC. One engine per GPU on its own host thread
-//! and its own stream. libcuda, libcublas and libnvrtc are loaded at run time
-//! (cudarc `dynamic-loading`), so building needs no CUDA toolkit.
+//! CUDA backend (feature `cuda`): device info from the driver API, the chain's INT8
+//! product through cuBLAS `cublasGemmEx` (i8 operands, i32 output, `CUBLAS_COMPUTE_32I`:
+//! exact, on the INT8 tensor cores), and the PRNG fill, mix and row-gather kernels
+//! compiled at run time with NVRTC. One engine per GPU on its own host thread and its
+//! own stream. libcuda, libcublas and libnvrtc are loaded at run time (cudarc
+//! `dynamic-loading`), so building needs no CUDA toolkit.
 //!
 //! The kernels transcribe `prng.rs` exactly; the GPU check compares hashes with the
 //! CPU backend bit for bit.
 
+use std::ffi::c_void;
 use std::sync::Arc;
 
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys as blas_sys};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg, sys};
+use cudarc::cublas::{CudaBlas, result as blas_result, sys as blas_sys};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+    sys,
+};
 
 use crate::device::{DeviceInfo, uuid_hex};
 use crate::engine::Engine;
 use crate::error::BackendError;
-use crate::prng::{FILL_TAG, FRESH_MATRIX};
+use crate::prng::{FILL_TAG, FRESH_MATRIX, GROUP};
 
 /// Threads per block of every kernel (`graval_mix` reduces in a 256-slot shared array).
 const THREADS: u32 = 256;
@@ -31,10 +36,6 @@ pub const KERNELS: &str = r#"
 #define PHILOX_W0 0x9E3779B9u
 #define PHILOX_W1 0xBB67AE85u
 
-__device__ __forceinline__ float draw_to_value(unsigned u) {
-    return (float)((int)(u % 17u) - 8);
-}
-
 __device__ __forceinline__ void philox4x32_10(unsigned c[4], unsigned k0, unsigned k1) {
     #pragma unroll
     for (int round = 0; round < 10; ++round) {
@@ -49,49 +50,58 @@ __device__ __forceinline__ void philox4x32_10(unsigned c[4], unsigned k0, unsign
     }
 }
 
-extern "C" __global__ void graval_fill(float* m, unsigned long long groups, unsigned k,
+// 16 i8 per group: the little-endian bytes of the four Philox words.
+extern "C" __global__ void graval_fill(signed char* m, unsigned long long groups, unsigned id,
                                        unsigned key0, unsigned key1, unsigned tag) {
     unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
     for (unsigned long long g = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
          g < groups; g += stride) {
-        unsigned c[4] = {(unsigned)g, (unsigned)(g >> 32), k, tag};
+        unsigned c[4] = {(unsigned)g, (unsigned)(g >> 32), id, tag};
         philox4x32_10(c, key0, key1);
-        float4 v = make_float4(draw_to_value(c[0]), draw_to_value(c[1]),
-                               draw_to_value(c[2]), draw_to_value(c[3]));
-        reinterpret_cast<float4*>(m)[g] = v;
+        reinterpret_cast<uint4*>(m)[g] = make_uint4(c[0], c[1], c[2], c[3]);
     }
 }
 
-// In place: m[i] <- mix(m[i], i, salt); *digest += sum of the mix hashes (mod 2^64).
-// blockDim.x must be MIX_THREADS; one atomic per block.
-extern "C" __global__ void graval_mix(float* m, unsigned long long total, unsigned salt,
-                                      unsigned long long* digest) {
+__device__ __forceinline__ unsigned mix_hash(int x, unsigned idx, unsigned salt) {
+    unsigned h = ((unsigned)x * 0x9E3779B1u) ^ (idx * 0x85EBCA77u) ^ salt;
+    h ^= h >> 16;
+    h *= 0x7FEB352Du;
+    h ^= h >> 15;
+    h *= 0x846CA68Bu;
+    h ^= h >> 16;
+    return h;
+}
+
+// s[i] <- top byte of mix_hash(p[i], i, salt); *digest += sum of the hashes (mod 2^64).
+// Four elements per thread (total is a multiple of 16). blockDim.x must be 256; one
+// atomic per block.
+extern "C" __global__ void graval_mix(const int* p, signed char* s, unsigned long long quads,
+                                      unsigned salt, unsigned long long* digest) {
     __shared__ unsigned long long part[256];
     unsigned long long acc = 0;
     unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
-    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-         i < total; i += stride) {
-        unsigned v = (unsigned)__float2int_rz(m[i]);
-        unsigned h = (v * 0x9E3779B1u) ^ ((unsigned)i * 0x85EBCA77u) ^ salt;
-        h ^= h >> 16;
-        h *= 0x7FEB352Du;
-        h ^= h >> 15;
-        h *= 0x846CA68Bu;
-        h ^= h >> 16;
-        acc += (unsigned long long)h;
-        m[i] = draw_to_value(h);
+    for (unsigned long long q = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+         q < quads; q += stride) {
+        int4 v = reinterpret_cast<const int4*>(p)[q];
+        unsigned i = (unsigned)(q * 4);
+        unsigned h0 = mix_hash(v.x, i, salt), h1 = mix_hash(v.y, i + 1, salt);
+        unsigned h2 = mix_hash(v.z, i + 2, salt), h3 = mix_hash(v.w, i + 3, salt);
+        acc += (unsigned long long)h0 + h1 + h2 + h3;
+        reinterpret_cast<char4*>(s)[q] =
+            make_char4((signed char)(h0 >> 24), (signed char)(h1 >> 24),
+                       (signed char)(h2 >> 24), (signed char)(h3 >> 24));
     }
     part[threadIdx.x] = acc;
     __syncthreads();
-    for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+    for (unsigned w = blockDim.x / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
         __syncthreads();
     }
     if (threadIdx.x == 0) atomicAdd(digest, part[0]);
 }
 
-extern "C" __global__ void graval_gather_rows(const float* m, float* out, const unsigned* rows,
-                                              unsigned nrows, unsigned n) {
+extern "C" __global__ void graval_gather_rows(const signed char* m, signed char* out,
+                                              const unsigned* rows, unsigned nrows, unsigned n) {
     unsigned long long total = (unsigned long long)nrows * n;
     unsigned long long stride = (unsigned long long)gridDim.x * blockDim.x;
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -103,7 +113,7 @@ extern "C" __global__ void graval_gather_rows(const float* m, float* out, const 
 }
 "#;
 
-/// Bytes left free beside the matrices: cuBLAS workspace, module, small buffers, slack.
+/// Bytes left free beside the slots and scratch: cuBLAS workspace, module, small buffers, slack.
 const RESERVE: u64 = 512 << 20;
 
 fn cuda_err(op: &'static str) -> impl Fn(cudarc::driver::DriverError) -> BackendError {
@@ -179,14 +189,19 @@ pub struct CudaEngine {
     /// Test mode: pretend exactly this many bytes are free, with no reserve.
     limit: Option<u64>,
     n: usize,
-    matrices: Vec<CudaSlice<f32>>,
-    scratch: Option<CudaSlice<f32>>,
-    digest: Option<CudaSlice<u64>>,
+    slots: Vec<CudaSlice<i8>>,
+    scratch: Option<Scratch>,
+}
+
+/// The step scratch: fresh operand, exact product, digest.
+struct Scratch {
+    fresh: CudaSlice<i8>,
+    product: CudaSlice<i32>,
+    digest: CudaSlice<u64>,
 }
 
 impl CudaEngine {
-    /// Opens GPU `ordinal`: context, stream, cuBLAS handle (default math: no TF32)
-    /// and the NVRTC-compiled kernels.
+    /// Opens GPU `ordinal`: context, stream, cuBLAS handle and the NVRTC-compiled kernels.
     pub fn new(ordinal: usize) -> Result<Self, BackendError> {
         device_count()?;
         let ctx = CudaContext::new(ordinal).map_err(cuda_err("cuCtxCreate"))?;
@@ -196,13 +211,6 @@ impl CudaEngine {
         let info = gather_device_info(&ctx)?;
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(blas_err("cublasCreate"))?;
-        // SAFETY: the handle is valid for the lifetime of `blas`.
-        let status = unsafe {
-            blas_sys::cublasSetMathMode(*blas.handle(), blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH)
-        };
-        if status != blas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
-            return Err(BackendError::Cuda { op: "cublasSetMathMode", message: format!("{status:?}") });
-        }
         let ptx = std::panic::catch_unwind(|| cudarc::nvrtc::compile_ptx(KERNELS))
             .map_err(|_| BackendError::Cuda {
                 op: "load libnvrtc",
@@ -221,9 +229,8 @@ impl CudaEngine {
             blas,
             limit: None,
             n: 0,
-            matrices: Vec::new(),
+            slots: Vec::new(),
             scratch: None,
-            digest: None,
         })
     }
 
@@ -233,7 +240,7 @@ impl CudaEngine {
     }
 
     /// Test mode: size the proof as if exactly `bytes` were free (no reserve), so a
-    /// CPU engine with `memory = bytes` builds the same number of matrices.
+    /// CPU engine with `memory = bytes` builds the same number of slots.
     pub fn with_memory_limit(mut self, bytes: u64) -> Self {
         self.limit = Some(bytes);
         self
@@ -252,63 +259,85 @@ impl CudaEngine {
         LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
     }
 
-    /// `c = a . b` (row-major n x n) through cuBLAS: computes `c^T = b^T . a^T` in
-    /// column-major terms.
-    fn gemm(
+    /// `p = s . r^T` (row-major n x n; i8 operands, exact i32 sums) through
+    /// `cublasGemmEx`. In cuBLAS's column-major terms this is `p^T = r . s^T` with
+    /// `r` transposed and `s` not ("TN", the layout INT8 tensor-core kernels run in).
+    fn igemm(
         &self,
-        a: &CudaSlice<f32>,
-        b: &CudaSlice<f32>,
-        c: &mut CudaSlice<f32>,
+        s: &CudaSlice<i8>,
+        r: &CudaSlice<i8>,
+        p: &mut CudaSlice<i32>,
         n: usize,
     ) -> Result<(), BackendError> {
         let n = n as i32;
-        let cfg = GemmConfig {
-            transa: blas_sys::cublasOperation_t::CUBLAS_OP_N,
-            transb: blas_sys::cublasOperation_t::CUBLAS_OP_N,
-            m: n,
-            n,
-            k: n,
-            alpha: 1.0f32,
-            lda: n,
-            ldb: n,
-            beta: 0.0f32,
-            ldc: n,
-        };
-        // SAFETY: all three buffers hold n*n floats on this engine's stream.
-        unsafe { self.blas.gemm(cfg, b, a, c) }.map_err(blas_err("cublasSgemm"))
+        let (alpha, beta) = (1i32, 0i32);
+        let (rp, _r_sync) = r.device_ptr(&self.stream);
+        let (sp, _s_sync) = s.device_ptr(&self.stream);
+        let (pp, _p_sync) = p.device_ptr_mut(&self.stream);
+        // SAFETY: the three buffers hold n*n elements of the declared types on this
+        // engine's stream; alpha and beta are host i32 (the handle's default pointer
+        // mode) and outlive the call.
+        unsafe {
+            blas_result::gemm_ex(
+                *self.blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                n,
+                n,
+                n,
+                (&alpha as *const i32).cast::<c_void>(),
+                rp as *const c_void,
+                blas_sys::cudaDataType::CUDA_R_8I,
+                n,
+                sp as *const c_void,
+                blas_sys::cudaDataType::CUDA_R_8I,
+                n,
+                (&beta as *const i32).cast::<c_void>(),
+                pp as *mut c_void,
+                blas_sys::cudaDataType::CUDA_R_32I,
+                n,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32I,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(blas_err("cublasGemmEx INT8"))
     }
 
-    /// cuBLAS SGEMM throughput (TFLOP/s) on two filled `n x n` matrices, with the
-    /// same handle and math mode as the proof: the baseline the proof is compared to.
-    pub fn sgemm_tflops(&mut self, n: usize, reps: usize) -> Result<f64, BackendError> {
+    /// cuBLAS's own INT8 GEMM throughput (TOPS) on two filled `n x n` matrices, the
+    /// same call as the proof's: the baseline the proof is compared to.
+    pub fn int8_gemm_tops(&mut self, n: usize, reps: usize) -> Result<f64, BackendError> {
         let elems = n * n;
-        let alloc = |s: &Arc<CudaStream>| unsafe { s.alloc::<f32>(elems) }.map_err(cuda_err("cuMemAlloc"));
-        let mut a = alloc(&self.stream)?;
-        let mut b = alloc(&self.stream)?;
-        let mut c = alloc(&self.stream)?;
+        // SAFETY: both operands are filled before use; the product is only written.
+        let mut a = unsafe { self.stream.alloc::<i8>(elems) }.map_err(cuda_err("cuMemAlloc"))?;
+        let mut b = unsafe { self.stream.alloc::<i8>(elems) }.map_err(cuda_err("cuMemAlloc"))?;
+        let mut c = unsafe { self.stream.alloc::<i32>(elems) }.map_err(cuda_err("cuMemAlloc"))?;
         self.launch_fill(&mut a, 0, [1, 2])?;
         self.launch_fill(&mut b, 1, [1, 2])?;
         for _ in 0..3 {
-            self.gemm(&a, &b, &mut c, n)?;
+            self.igemm(&a, &b, &mut c, n)?;
         }
         self.stream.synchronize().map_err(cuda_err("cuStreamSynchronize"))?;
         let t = std::time::Instant::now();
         for _ in 0..reps {
-            self.gemm(&a, &b, &mut c, n)?;
+            self.igemm(&a, &b, &mut c, n)?;
         }
         self.stream.synchronize().map_err(cuda_err("cuStreamSynchronize"))?;
         let secs = t.elapsed().as_secs_f64();
         Ok(2.0 * (n as f64).powi(3) * reps as f64 / secs / 1e12)
     }
 
-    fn launch_fill(&self, m: &mut CudaSlice<f32>, k: u32, key: [u32; 2]) -> Result<(), BackendError> {
-        let groups = (m.len() / 4) as u64;
+    fn launch_fill(&self, m: &mut CudaSlice<i8>, id: u32, key: [u32; 2]) -> Result<(), BackendError> {
+        let groups = (m.len() / GROUP) as u64;
         let tag = FILL_TAG;
         let mut b = self.stream.launch_builder(&self.fill);
-        b.arg(m).arg(&groups).arg(&k).arg(&key[0]).arg(&key[1]).arg(&tag);
-        // SAFETY: the kernel writes groups*4 = len floats of `m`; argument types match
-        // the signature (float*, u64, u32, u32, u32, u32).
+        b.arg(m).arg(&groups).arg(&id).arg(&key[0]).arg(&key[1]).arg(&tag);
+        // SAFETY: the kernel writes groups*16 = len bytes of `m`; argument types match
+        // the signature (signed char*, u64, u32, u32, u32, u32).
         unsafe { b.launch(Self::grid(groups)) }.map(|_| ()).map_err(cuda_err("launch graval_fill"))
+    }
+
+    fn not_allocated() -> BackendError {
+        BackendError::Cuda { op: "step", message: "slots not allocated".into() }
     }
 }
 
@@ -331,115 +360,120 @@ impl Engine for CudaEngine {
     fn allocate(&mut self, n: usize, count: usize) -> Result<(), BackendError> {
         self.release();
         let elems = n * n;
-        let matrix_bytes = (elems * 4) as u64;
+        let matrix_bytes = elems as u64;
         let free = self.ctx.mem_get_info().map(|(f, _)| f as u64).unwrap_or(0);
-        let mut matrices = Vec::with_capacity(count);
-        for index in 0..=count {
-            // SAFETY: every matrix is written by the fill kernel (or the mix, for the
-            // scratch after a product) before it is read.
-            let m = unsafe { self.stream.alloc::<f32>(elems) }.map_err(|e| BackendError::Alloc {
+        let alloc_err = |index: usize| {
+            move |e: cudarc::driver::DriverError| BackendError::Alloc {
                 index,
                 count,
                 matrix_bytes,
                 free,
                 source: Box::new(e),
-            })?;
-            matrices.push(m);
+            }
+        };
+        // Scratch first: a verifier engine (count = 1) needs it as much as a prover.
+        // SAFETY: fresh and product are written (fill, GEMM) before they are read.
+        let fresh = unsafe { self.stream.alloc::<i8>(elems) }.map_err(alloc_err(count))?;
+        let product = unsafe { self.stream.alloc::<i32>(elems) }.map_err(alloc_err(count))?;
+        let digest = self.stream.alloc_zeros::<u64>(1).map_err(cuda_err("cuMemAlloc digest"))?;
+        self.scratch = Some(Scratch { fresh, product, digest });
+        let mut slots = Vec::with_capacity(count);
+        for index in 0..count {
+            // SAFETY: every slot is filled before it is read.
+            slots.push(unsafe { self.stream.alloc::<i8>(elems) }.map_err(alloc_err(index))?);
         }
-        self.scratch = matrices.pop();
-        self.matrices = matrices;
-        self.digest = Some(self.stream.alloc_zeros::<u64>(1).map_err(cuda_err("cuMemAlloc digest"))?);
+        self.slots = slots;
         self.n = n;
         // Surface asynchronous allocation failures now, not at the first product.
         self.stream.synchronize().map_err(cuda_err("cuStreamSynchronize after allocation"))
     }
 
+    fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn fill(&mut self, slot: usize, key: [u32; 2], id: u32) -> Result<(), BackendError> {
+        let count = self.slots.len();
+        let mut slots = std::mem::take(&mut self.slots);
+        let r = match slots.get_mut(slot) {
+            Some(s) => self.launch_fill(s, id, key),
+            None => Err(BackendError::Slot { slot, count }),
+        };
+        self.slots = slots;
+        r
+    }
+
     fn fill_all(&mut self, key: [u32; 2]) -> Result<(), BackendError> {
-        let mut matrices = std::mem::take(&mut self.matrices);
-        let r = matrices.iter_mut().enumerate().try_for_each(|(k, m)| self.launch_fill(m, k as u32, key));
-        self.matrices = matrices;
-        r?;
+        for k in 0..self.slots.len() {
+            self.fill(k, key, k as u32)?;
+        }
         self.stream.synchronize().map_err(cuda_err("cuStreamSynchronize after fill"))
     }
 
     fn step(
         &mut self,
-        k: usize,
-        j: usize,
+        slot: usize,
         fresh: [u32; 2],
         salt: u32,
         rows: &[u32],
-        out: &mut [f32],
+        out: &mut [i8],
     ) -> Result<u64, BackendError> {
         let n = self.n;
-        let count = self.matrices.len();
-        if k == j || k >= count || j >= count {
-            return Err(BackendError::Step { k, j, count });
+        let count = self.slots.len();
+        if slot >= count {
+            return Err(BackendError::Slot { slot, count });
         }
-        let not_allocated = || BackendError::Cuda { op: "step", message: "matrices not allocated".into() };
-        let mut scratch = self.scratch.take().ok_or_else(not_allocated)?;
-        let mut digest_dev = match self.digest.take() {
-            Some(d) => d,
-            None => {
-                self.scratch = Some(scratch);
-                return Err(not_allocated());
-            }
-        };
-        let mut matrices = std::mem::take(&mut self.matrices);
+        let mut scratch = self.scratch.take().ok_or_else(Self::not_allocated)?;
+        let mut slots = std::mem::take(&mut self.slots);
         let result = (|| {
-            // Fresh operand into the scratch, product straight into M_k (its old state
-            // is not read), then mix and digest in place.
-            self.launch_fill(&mut scratch, FRESH_MATRIX, fresh)?;
-            let (dst, src) = if k < j {
-                let (lo, hi) = matrices.split_at_mut(j);
-                (&mut lo[k], &hi[0])
-            } else {
-                let (lo, hi) = matrices.split_at_mut(k);
-                (&mut hi[0], &lo[j])
-            };
-            self.gemm(&scratch, src, dst, n)?;
-            self.stream.memset_zeros(&mut digest_dev).map_err(cuda_err("cuMemsetD8 digest"))?;
-            let total = (n * n) as u64;
+            // Fresh operand, product into the scratch, then the mix writes the state's
+            // only child over it (the old state is consumed).
+            self.launch_fill(&mut scratch.fresh, FRESH_MATRIX, fresh)?;
+            let state = &mut slots[slot];
+            self.igemm(state, &scratch.fresh, &mut scratch.product, n)?;
+            self.stream.memset_zeros(&mut scratch.digest).map_err(cuda_err("cuMemsetD8 digest"))?;
+            let quads = (n * n / 4) as u64;
             {
-                let cfg = Self::grid_max(total, MIX_BLOCKS);
+                let cfg = Self::grid_max(quads, MIX_BLOCKS);
                 let mut b = self.stream.launch_builder(&self.mix);
-                b.arg(&mut *dst).arg(&total).arg(&salt).arg(&mut digest_dev);
-                // SAFETY: `dst` holds n*n floats, `digest_dev` one u64; signature
-                // (float*, u64, u32, u64*); block size THREADS as the kernel requires.
+                b.arg(&scratch.product).arg(&mut *state).arg(&quads).arg(&salt).arg(&mut scratch.digest);
+                // SAFETY: product holds n*n i32 and state n*n i8 (4 * quads each);
+                // digest one u64; signature (const int*, signed char*, u64, u32, u64*);
+                // block size THREADS as the kernel requires.
                 unsafe { b.launch(cfg) }.map_err(cuda_err("launch graval_mix"))?;
             }
             let rows_dev = self.stream.clone_htod(rows).map_err(cuda_err("cuMemcpyHtoD rows"))?;
-            // SAFETY: the gather kernel writes all rows.len() * n floats before the copy.
+            // SAFETY: the gather kernel writes all rows.len() * n bytes before the copy.
             let mut gathered =
-                unsafe { self.stream.alloc::<f32>(rows.len() * n) }.map_err(cuda_err("cuMemAlloc rows"))?;
+                unsafe { self.stream.alloc::<i8>(rows.len() * n) }.map_err(cuda_err("cuMemAlloc rows"))?;
             let (nrows, nn) = (rows.len() as u32, n as u32);
             {
                 let cfg = Self::grid(u64::from(nrows) * u64::from(nn));
                 let mut b = self.stream.launch_builder(&self.gather);
-                b.arg(&*dst).arg(&mut gathered).arg(&rows_dev).arg(&nrows).arg(&nn);
-                // SAFETY: rows are < n; `gathered` holds nrows*n floats.
+                b.arg(&*state).arg(&mut gathered).arg(&rows_dev).arg(&nrows).arg(&nn);
+                // SAFETY: rows are < n; `gathered` holds nrows*n bytes.
                 unsafe { b.launch(cfg) }.map_err(cuda_err("launch graval_gather_rows"))?;
             }
             self.stream.memcpy_dtoh(&gathered, out).map_err(cuda_err("cuMemcpyDtoH rows"))?;
             let mut digest = [0u64; 1];
-            self.stream.memcpy_dtoh(&digest_dev, &mut digest).map_err(cuda_err("cuMemcpyDtoH digest"))?;
+            self.stream.memcpy_dtoh(&scratch.digest, &mut digest).map_err(cuda_err("cuMemcpyDtoH digest"))?;
             self.stream.synchronize().map_err(cuda_err("cuStreamSynchronize after step"))?;
             Ok(digest[0])
         })();
-        self.matrices = matrices;
+        self.slots = slots;
         self.scratch = Some(scratch);
-        self.digest = Some(digest_dev);
         result
     }
 
-    fn read_matrix(&mut self, k: usize) -> Result<Vec<f32>, BackendError> {
-        self.stream.clone_dtoh(&self.matrices[k]).map_err(cuda_err("cuMemcpyDtoH matrix"))
+    fn read_slot(&mut self, slot: usize) -> Result<Vec<i8>, BackendError> {
+        let count = self.slots.len();
+        let s = self.slots.get(slot).ok_or(BackendError::Slot { slot, count })?;
+        self.stream.clone_dtoh(s).map_err(cuda_err("cuMemcpyDtoH slot"))
     }
 
     fn release(&mut self) {
-        self.matrices.clear();
+        self.slots.clear();
         self.scratch = None;
-        self.digest = None;
         let _ = self.stream.synchronize();
     }
 }

@@ -19,11 +19,11 @@ pub enum DeviceError {
 pub enum BackendError {
     #[error(
         "cannot fill {wanted_fraction:.0}% of free memory: {free} bytes free, {reserve} reserved, \
-         matrices of {matrix_bytes} bytes fit {fit} (need at least 3: two operands and the scratch)"
+         {fit} slots of {matrix_bytes} bytes fit beside the step scratch (need at least 2)"
     )]
     TooLittleMemory { free: u64, reserve: u64, matrix_bytes: u64, fit: u64, wanted_fraction: f64 },
     #[error(
-        "allocation of matrix {index} of {count} ({matrix_bytes} bytes each) failed with {free} bytes \
+        "allocation of slot {index} of {count} ({matrix_bytes} bytes each; index {count} is the scratch) failed with {free} bytes \
          reported free: {source}"
     )]
     Alloc {
@@ -34,10 +34,10 @@ pub enum BackendError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("matrix size {0} is not supported (must be a multiple of 4 in 8..=65536)")]
+    #[error("matrix size {0} is not supported (must be a multiple of 16 in 16..=65536)")]
     MatrixSize(usize),
-    #[error("step would write matrix {k} from matrix {j}: both must differ and be below {count}")]
-    Step { k: usize, j: usize, count: usize },
+    #[error("slot {slot} does not exist: {count} slots are allocated")]
+    Slot { slot: usize, count: usize },
     #[error("CUDA {op}: {message}")]
     Cuda { op: &'static str, message: String },
     #[error("CUDA backend not compiled in (build with --features cuda)")]
@@ -46,7 +46,7 @@ pub enum BackendError {
 
 #[derive(Debug, Error)]
 pub enum ProofError {
-    #[error("iterations must be in 1..=10, got {0}")]
+    #[error("iterations must be in 1..=64, got {0}")]
     Iterations(u64),
     #[error(transparent)]
     Device(#[from] DeviceError),
@@ -76,6 +76,13 @@ pub enum CryptoError {
 pub enum VerifyError {
     #[error(transparent)]
     Device(#[from] DeviceError),
+    #[error(
+        "work_product.version is {got}{hint}; this verifier checks version {want} only",
+        hint = if *got == 1 { " (GraVal v1: f32 values in [-8, 8], refused since INT8 reproduces it cheaply)" } else { "" }
+    )]
+    Version { got: u32, want: u32 },
+    #[error("replay engine failed: {0}")]
+    Engine(String),
     #[error("work_product.total_iterations is {got}, the challenge asked for {want}")]
     Iterations { got: u64, want: u64 },
     #[error("work_product.matrix_size is {got}, expected {want}")]

@@ -73,6 +73,90 @@ pub fn identify(name: &str) -> Option<&'static GpuModel> {
     }
 }
 
+/// Dense INT8 tensor-core rate per model key, TOPS (datasheet figures without
+/// sparsity; none measured here except where `graval/README.md` says so).
+pub const INT8_DENSE_TOPS: &[(&str, f64)] = &[
+    ("3090", 284.0),
+    ("4090", 661.0),
+    ("5090", 838.0),
+    ("a4000", 153.0),
+    ("a4000_ada", 164.0),
+    ("a5000", 222.0),
+    ("a6000", 310.0),
+    ("a6000_ada", 728.0),
+    ("pro_6000", 1008.0),
+    ("l4", 242.0),
+    ("a10", 250.0),
+    ("a40", 299.0),
+    ("l40", 362.0),
+    ("l40s", 733.0),
+    ("a100_40gb", 624.0),
+    ("a100_40gb_sxm", 624.0),
+    ("a100", 624.0),
+    ("a100_sxm", 624.0),
+    ("h100", 1513.0),
+    ("h100_nvl", 1671.0),
+    ("h100_sxm", 1979.0),
+    ("h800", 1513.0),
+    ("h20", 296.0),
+    ("h200", 1979.0),
+    ("b200", 4500.0),
+];
+
+/// Fraction of the datasheet INT8 rate a whole step reaches (GEMM efficiency, the
+/// fresh-operand fill, the mix pass and the hash round trip). Projected from the
+/// reference study (1.4-1.64 of 1.979 POPS for the GEMM, ~0.1 ms of the rest at
+/// n = 8192); replace with `graval-bench gpu` measurements per model.
+pub const STEP_EFFICIENCY: f64 = 0.70;
+
+/// Seconds of honest work a v2 proof aims at, and the iteration bounds: at least 16
+/// (dropping states costs d (I - 1) / 2, so I = 16 caps d at 4% under a 1.3 window),
+/// at most 64 (verifier replay grows with I).
+pub const TARGET_PROOF_S: f64 = 60.0;
+pub const MIN_ITERATIONS: u64 = 16;
+pub const MAX_ITERATIONS: u64 = crate::proof::MAX_ITERATIONS;
+
+/// A model's GraVal v2 parameters: what the validator asks (`iterations`) and the
+/// time it expects (`estimate_s`, for `TimingWindow`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct V2Plan {
+    pub matrix_size: usize,
+    /// Slots a miner fits (free memory taken as 98% of the nominal GiB).
+    pub slots: u64,
+    pub step_s: f64,
+    pub iterations: u64,
+    pub estimate_s: f64,
+}
+
+impl V2Plan {
+    /// The plan for a table model, from its memory and INT8 rate.
+    pub fn for_model(model: &GpuModel) -> Option<Self> {
+        let tops = INT8_DENSE_TOPS.iter().find(|(k, _)| *k == model.key)?.1;
+        let memory = model.memory_gb << 30;
+        let params =
+            crate::schedule::ProofParams::with_matrix_size(crate::schedule::auto_matrix_size(memory));
+        let free = (memory as f64 * 0.98) as u64;
+        let slots = crate::proof::plan_matrices(free, 512 << 20, &params).ok()? as u64;
+        let n = params.matrix_size as f64;
+        let step_s = 2.0 * n * n * n / (STEP_EFFICIENCY * tops * 1e12);
+        let per_iteration = slots as f64 * step_s;
+        let iterations =
+            ((TARGET_PROOF_S / per_iteration).round() as u64).clamp(MIN_ITERATIONS, MAX_ITERATIONS);
+        Some(Self {
+            matrix_size: params.matrix_size,
+            slots,
+            step_s,
+            iterations,
+            estimate_s: iterations as f64 * per_iteration,
+        })
+    }
+
+    /// The plan for a device by its name, if the table knows it.
+    pub fn for_device_name(name: &str) -> Option<Self> {
+        identify(name).and_then(Self::for_model)
+    }
+}
+
 /// Registration sanity checks of chutes-api (`api/node/schemas.py`).
 pub fn spec_matches(model: &GpuModel, memory: u64, processors: u64, clock_rate_khz: f64) -> bool {
     let gb = (memory as f64 / 1e9) as u64;
@@ -169,6 +253,23 @@ mod tests {
         }
         assert_eq!(identify("NVIDIA A10G"), None);
         assert_eq!(identify("CPU AMD EPYC"), None);
+    }
+
+    /// Every table model gets a v2 plan whose proof lasts about a minute of honest
+    /// work (longer only where 16 iterations take longer), e.g. an H100 SXM: 8192,
+    /// ~1,250 slots, ~0.8 ms per step.
+    #[test]
+    fn every_model_has_a_v2_plan() {
+        for m in MODELS {
+            let p = V2Plan::for_model(m).unwrap_or_else(|| panic!("no plan for {}", m.key));
+            assert!((MIN_ITERATIONS..=MAX_ITERATIONS).contains(&p.iterations), "{}: {p:?}", m.key);
+            assert!(p.estimate_s >= 30.0 && p.estimate_s <= 200.0, "{}: {p:?}", m.key);
+            assert!(p.slots >= 200, "{}: {p:?}", m.key);
+        }
+        let h100 = V2Plan::for_device_name("NVIDIA H100 80GB HBM3").unwrap();
+        assert_eq!(h100.matrix_size, 8192);
+        assert!((1200..1300).contains(&h100.slots), "{h100:?}");
+        assert!(h100.step_s > 0.0007 && h100.step_s < 0.0009, "{h100:?}");
     }
 
     #[test]

@@ -1,14 +1,12 @@
-//! The miner's side: size the matrices to the device, run the chain, produce the
-//! work product (GraVal v0.2 JSON) and the first step's hash that keys the challenge.
+//! The miner's side: size the slots to the device, run the chain, produce the
+//! work product and the first step's hash that keys the challenge.
 //!
-//! Chain: pass 0 fills every matrix `M_k` from the PRNG. Then for iteration
-//! `i = 0..iterations`, in the order `order(i, h_prev)` (index order in iteration 0,
-//! a hash-drawn permutation after), step `p` rewrites `m = order[p]`:
-//! `j = partner(i, p, order, h_prev)` (in iteration 0 any other matrix, after that
-//! one not yet rewritten in this iteration),
-//! `R = fill(fresh_key(i, p, h_prev))`, `M_m <- mix(R . M_j)`,
-//! `h[i * num_matrices + p] = step_hash(i, p, m, j, digest(M_m), rows(i, p) of M_m)`.
-//! Why this shape (and not `mix(M_j . R)`): `verify` and `README.md`.
+//! Chain (GraVal v2): every slot `S_c` starts as PRNG matrix `c`. Iteration `i` has
+//! one step per slot; step `p` advances the slot `c` that the consume rule draws from
+//! the previous hash among those not yet advanced in this iteration:
+//! `R = fill(fresh_key(i, p, h_prev))`, `S_c <- mix(S_c . R^T)` (exact i8 x i8 -> i32),
+//! `h[i * num_matrices + p] = step_hash(i, p, c, digest(S_c), rows(i, p) of S_c)`.
+//! Why this shape: `README.md` ("GraVal v2: design").
 
 use std::time::Instant;
 
@@ -17,22 +15,32 @@ use serde::{Deserialize, Serialize};
 use crate::device::DeviceInfo;
 use crate::engine::Engine;
 use crate::error::{BackendError, ProofError};
-use crate::schedule::{DEFAULT_MATRIX_SIZE, ProofParams, SeedKey};
+use crate::schedule::{Consume, ProofParams, SeedKey};
 
-/// The original's work product, plus the matrix size so a verifier can check sizing.
+/// The version this crate proves and verifies.
+pub const WORK_PRODUCT_VERSION: u32 = 2;
+
+/// Highest iteration count a miner accepts (a v2 proof runs 16..=64, per model).
+pub const MAX_ITERATIONS: u64 = 64;
+
+/// The work product: the original's fields plus `version` and the matrix size.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WorkProduct {
+    /// 2 for this chain. A product without the field is GraVal v1's (the original and
+    /// this crate's first chain) and is refused by the verifier, not misread.
+    #[serde(default = "v1")]
+    pub version: u32,
     /// Hex SHA-256 per step, `intermediate_hashes[i * num_matrices + p]` for step `p`
     /// of iteration `i`.
     pub intermediate_hashes: Vec<String>,
+    /// Slots (i8 states of `matrix_size^2` bytes).
     pub num_matrices: u64,
     pub total_iterations: u64,
-    #[serde(default = "default_matrix_size")]
     pub matrix_size: usize,
 }
 
-fn default_matrix_size() -> usize {
-    DEFAULT_MATRIX_SIZE
+fn v1() -> u32 {
+    1
 }
 
 /// One device's finished run.
@@ -43,7 +51,7 @@ pub struct ProofRun {
     pub work_product: WorkProduct,
     /// Hash of step (0, 0)'s hashed rows; input to the challenge key (see `crypto`).
     pub first_hash: [u8; 32],
-    /// Bytes held by matrices (resident + scratch) and free bytes at sizing time.
+    /// Bytes held by slots and step scratch, and free bytes at sizing time.
     pub filled_bytes: u64,
     pub free_bytes: u64,
     pub fill_seconds: f64,
@@ -51,23 +59,23 @@ pub struct ProofRun {
 }
 
 impl ProofRun {
-    /// Floating-point operations of the chain's products (2 n^3 per step).
-    pub fn chain_flops(&self) -> f64 {
+    /// Integer operations of the chain's products (2 n^3 multiply-adds per step).
+    pub fn chain_ops(&self) -> f64 {
         let n = self.work_product.matrix_size as f64;
         2.0 * n * n * n * (self.work_product.num_matrices * self.work_product.total_iterations) as f64
     }
 }
 
-/// How many resident matrices fit: fill `free - reserve` with `count + 1` matrices
-/// (the +1 is the product scratch) and require that to be at least
+/// How many slots fit: `free - reserve` holds the step scratch (5 n^2 bytes) and
+/// `count` slots of n^2 bytes, and slots plus scratch must reach
 /// `params.fill_fraction` of `free`.
 pub fn plan_matrices(free: u64, reserve: u64, params: &ProofParams) -> Result<usize, BackendError> {
     let n = params.matrix_size;
-    if !(8..=65536).contains(&n) || !n.is_multiple_of(4) {
+    if !(16..=65536).contains(&n) || !n.is_multiple_of(16) {
         return Err(BackendError::MatrixSize(n));
     }
     let matrix_bytes = params.matrix_bytes();
-    let fit = free.saturating_sub(reserve) / matrix_bytes;
+    let fit = free.saturating_sub(reserve).saturating_sub(params.scratch_bytes()) / matrix_bytes;
     let too_little = || BackendError::TooLittleMemory {
         free,
         reserve,
@@ -75,20 +83,17 @@ pub fn plan_matrices(free: u64, reserve: u64, params: &ProofParams) -> Result<us
         fit,
         wanted_fraction: params.fill_fraction * 100.0,
     };
-    if fit < 3 {
+    if fit < 2 || (params.filled_bytes(fit) as f64) + 0.5 < params.fill_fraction * free as f64 {
         return Err(too_little());
     }
-    if (fit * matrix_bytes) as f64 + 0.5 < params.fill_fraction * free as f64 {
-        return Err(too_little());
-    }
-    Ok((fit - 1) as usize)
+    Ok(fit as usize)
 }
 
 pub fn check_iterations(iterations: u64) -> Result<(), ProofError> {
-    if (1..=10).contains(&iterations) { Ok(()) } else { Err(ProofError::Iterations(iterations)) }
+    if (1..=MAX_ITERATIONS).contains(&iterations) { Ok(()) } else { Err(ProofError::Iterations(iterations)) }
 }
 
-/// Runs the whole proof on one engine. Matrices are released before returning.
+/// Runs the whole proof on one engine. Slots are released before returning.
 pub fn prove<E: Engine + ?Sized>(
     engine: &mut E,
     seed: u64,
@@ -108,13 +113,14 @@ pub fn prove<E: Engine + ?Sized>(
         device,
         seed,
         work_product: WorkProduct {
+            version: WORK_PRODUCT_VERSION,
             intermediate_hashes: hashes.iter().map(hex::encode).collect(),
             num_matrices: count as u64,
             total_iterations: iterations,
             matrix_size: params.matrix_size,
         },
         first_hash,
-        filled_bytes: (count as u64 + 1) * params.matrix_bytes(),
+        filled_bytes: params.filled_bytes(count as u64),
         free_bytes: free,
         fill_seconds,
         chain_seconds,
@@ -138,23 +144,21 @@ fn run_chain<E: Engine + ?Sized>(
     let fill_seconds = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let n = params.matrix_size;
-    let mut rows_out = vec![0f32; params.rows_per_hash * n];
+    let mut rows_out = vec![0i8; params.rows_per_hash * n];
     let mut hashes = Vec::with_capacity(count * iterations as usize);
     let mut prev = key.start_hash();
     let mut first = [0u8; 32];
     for i in 0..iterations {
-        let order = key.order(i, count as u64, &prev);
+        let mut consume = Consume::new(count as u64);
         for p in 0..count as u64 {
-            let m = order[p as usize];
-            let j = key.partner(i, p, &order, &prev);
+            let Some(slot) = consume.next(&key, i, p, &prev) else { break };
             let rows = key.hash_rows(i, p, params);
             let fresh = key.fresh_key(i, p, &prev);
-            let digest =
-                engine.step(m as usize, j as usize, fresh, key.mix_salt(i, p), &rows, &mut rows_out)?;
+            let digest = engine.step(slot as usize, fresh, key.mix_salt(i, p), &rows, &mut rows_out)?;
             if i == 0 && p == 0 {
                 first = key.first_rows_hash(&rows_out);
             }
-            prev = key.step_hash(i, p, m, j, digest, &rows_out);
+            prev = key.step_hash(i, p, slot, digest, &rows_out);
             hashes.push(prev);
         }
     }

@@ -1,21 +1,22 @@
 //! Everything derived from (seed, device identity): the seed key, the PRNG key, the
-//! per-step mix salt and fresh-operand key, the rows each step hashes, the seed- and
-//! hash-dependent partner order, and the step hash itself. Miner and verifier call the same functions.
+//! per-step mix salt and fresh-operand key, the rows each step hashes, the consume
+//! rule's slot draws, and the step hash itself. Miner and verifier call the same functions.
 
 use sha2::{Digest, Sha256};
 
 use crate::device::DeviceInfo;
 
-const DOMAIN: &[u8] = b"graval-rs/v1";
+/// Domain of every hash; v1 used `graval-rs/v1`, so no v1 value can pass for a v2 one.
+const DOMAIN: &[u8] = b"graval-rs/v2";
 
 /// Protocol parameters both sides must agree on.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ProofParams {
-    /// Matrices are `matrix_size x matrix_size` f32 (16384: 1 GiB each).
+    /// States are `matrix_size x matrix_size` i8 (8192: 64 MiB each).
     pub matrix_size: usize,
-    /// Rows of each new matrix that are hashed into its intermediate hash.
+    /// Rows of each new state that are hashed into its intermediate hash.
     pub rows_per_hash: usize,
-    /// Fraction of free device memory the resident matrices must fill.
+    /// Fraction of free device memory the slots and the step scratch must fill.
     pub fill_fraction: f64,
 }
 
@@ -25,24 +26,18 @@ impl Default for ProofParams {
     }
 }
 
-/// At a fixed VRAM fill, one iteration costs `0.95 * VRAM / (4 n^2)` products of
-/// `2 n^3` flops: time per iteration grows linearly with n. 16384 puts an H100 SXM at
-/// about 12 s per iteration (measured: 74 matrices, 12.1 s, 53.6 TFLOP/s), so the
-/// table's 5 iterations take about 61 s, inside the original's (0.55, 1.7) x 70 s.
-/// Sums stay exact: 16384 * 64 < 2^24.
-pub const DEFAULT_MATRIX_SIZE: usize = 16384;
+/// 8192: a 1.1 TOP INT8 product per step (~0.7-0.8 ms on an H100, large enough for
+/// cuBLAS to run near peak) and 64 MiB states, so ~1,246 slots fill an 80 GB card.
+pub const DEFAULT_MATRIX_SIZE: usize = 8192;
 
-/// Matrix size for a device with `memory` bytes in total. Whole matrices must fill 95%
-/// of free memory after a 512 MiB reserve, so a matrix must stay small beside the
-/// card: 1 GiB matrices from 40 GB up (the H100 class the default is calibrated on),
-/// 256 MiB from 8 GB, 64 MiB below.
+/// Matrix size for a device with `memory` bytes in total: 8192 from 16 GB, else 4096
+/// (16 MiB states, so small cards still hold hundreds of slots).
 pub fn auto_matrix_size(memory: u64) -> usize {
-    match memory {
-        m if m >= 40_000_000_000 => DEFAULT_MATRIX_SIZE,
-        m if m >= 8_000_000_000 => 8192,
-        _ => 4096,
-    }
+    if memory >= 16_000_000_000 { DEFAULT_MATRIX_SIZE } else { 4096 }
 }
+
+/// States per step beside the slots: the fresh operand (n^2 i8) and the product (n^2 i32).
+pub const SCRATCH_STATES: u64 = 5;
 
 impl ProofParams {
     pub fn with_matrix_size(matrix_size: usize) -> Self {
@@ -55,8 +50,19 @@ impl ProofParams {
         Self::with_matrix_size(auto_matrix_size(device.memory))
     }
 
+    /// Bytes of one state (slot): n^2, one byte per element.
     pub fn matrix_bytes(&self) -> u64 {
-        (self.matrix_size * self.matrix_size * 4) as u64
+        (self.matrix_size * self.matrix_size) as u64
+    }
+
+    /// Bytes of the step scratch: fresh operand (n^2) and int32 product (4 n^2).
+    pub fn scratch_bytes(&self) -> u64 {
+        SCRATCH_STATES * self.matrix_bytes()
+    }
+
+    /// Bytes a proof with `slots` slots holds on the device.
+    pub fn filled_bytes(&self, slots: u64) -> u64 {
+        slots.saturating_mul(self.matrix_bytes()).saturating_add(self.scratch_bytes())
     }
 }
 
@@ -129,63 +135,14 @@ impl SeedKey {
         h(&[b"start", &self.0])
     }
 
-    /// The order in which iteration `iteration` rewrites the matrices: index order in
-    /// iteration 0 (so step (0, 0) writes matrix 0, whatever `num_matrices` is), then a
-    /// permutation drawn from `prev`, the hash of the previous iteration's last step.
-    /// A matrix's position in the next iteration, and so how likely its state is to be
-    /// read, is unknown while that state is being written and must be kept.
-    pub fn order(&self, iteration: u64, num_matrices: u64, prev: &[u8; 32]) -> Vec<u64> {
-        let mut order: Vec<u64> = (0..num_matrices).collect();
-        if iteration == 0 {
-            return order;
-        }
-        let mut words = Vec::new();
-        let mut block = 0u64;
-        for i in (1..order.len()).rev() {
-            if words.is_empty() {
-                let b = h(&[b"order", &self.0, &iteration.to_le_bytes(), prev, &block.to_le_bytes()]);
-                words.extend(b.chunks_exact(8).map(|c| {
-                    let mut w = [0u8; 8];
-                    w.copy_from_slice(c);
-                    u64::from_le_bytes(w)
-                }));
-                block += 1;
-            }
-            let r = words.pop().unwrap_or_default();
-            order.swap(i, (r % (i as u64 + 1)) as usize);
-        }
-        order
-    }
-
-    /// The resident operand of step `position` of `iteration` (which rewrites matrix
-    /// `order[position]`), chosen by the previous step's hash, so it is unknown until
-    /// that step has finished.
-    /// - Iteration 0: any other matrix as it is now (rewritten earlier in the
-    ///   iteration, or still its fill), so products written in iteration 0 must be
-    ///   kept for the rest of it; this is all the residency a 1-iteration proof has.
-    /// - Later iterations: a matrix not yet rewritten in this iteration (a later
-    ///   position), i.e. as the previous iteration left it; the last position, which
-    ///   has none, takes any other matrix. Every state written in one iteration may be
-    ///   read in the next, and a lineage spends at most two steps per later iteration.
-    ///
-    /// The very first step always reads matrix 1, so the challenge key (which depends
-    /// on it) can be derived by a validator that does not yet know `num_matrices`.
-    pub fn partner(&self, iteration: u64, position: u64, order: &[u64], prev: &[u8; 32]) -> u64 {
-        if iteration == 0 && position == 0 {
-            return 1;
-        }
-        let num = order.len() as u64;
-        let b = h(&[b"partner", &self.0, &iteration.to_le_bytes(), &position.to_le_bytes(), prev]);
+    /// The random word that picks step (iteration, position)'s slot among those not
+    /// yet advanced in this iteration (see [`Consume`]); drawn from the previous step's
+    /// hash, so the next slot is unknown until the previous step is done.
+    pub fn draw(&self, iteration: u64, position: u64, prev: &[u8; 32]) -> u64 {
+        let b = h(&[b"draw", &self.0, &iteration.to_le_bytes(), &position.to_le_bytes(), prev]);
         let mut w = [0u8; 8];
         w.copy_from_slice(&b[..8]);
-        let r = u64::from_le_bytes(w);
-        if iteration > 0 && position + 1 < num {
-            order[(position + 1 + r % (num - 1 - position)) as usize]
-        } else {
-            let m = order[position as usize];
-            let j = r % (num - 1);
-            if j >= m { j + 1 } else { j }
-        }
+        u64::from_le_bytes(w)
     }
 
     /// Philox key of the fresh left operand `R_t` of step (iteration, index): keyed by
@@ -198,43 +155,63 @@ impl SeedKey {
 
     /// Hash of step (0, 0)'s hashed rows: the input to the challenge key. Rows only, so
     /// a validator derives it in a few row products before it sends the challenge.
-    pub fn first_rows_hash(&self, rows: &[f32]) -> [u8; 32] {
+    pub fn first_rows_hash(&self, rows: &[i8]) -> [u8; 32] {
         let mut d = Sha256::new();
         d.update(DOMAIN);
         d.update(b"first-rows");
         d.update(self.0);
-        for v in rows {
-            d.update(v.to_le_bytes());
-        }
+        d.update(i8_bytes(rows));
         d.finalize().into()
     }
 
     /// `intermediate_hashes[iteration * num_matrices + position]`: SHA-256 over the
-    /// step's coordinates, the matrix it wrote, its partner, the digest of the whole new matrix (`prng::mix_matrix`)
-    /// and its hashed rows (f32 LE bytes). The digest covers every element, so no
-    /// hash can be had from a few rows of the product.
-    pub fn step_hash(
-        &self,
-        iteration: u64,
-        position: u64,
-        matrix: u64,
-        partner: u64,
-        digest: u64,
-        rows: &[f32],
-    ) -> [u8; 32] {
+    /// step's coordinates, the slot it advanced, the digest of the whole new state
+    /// (`prng::mix_matrix`) and its hashed rows. The digest covers every element, so
+    /// no hash can be had from a few rows of the product.
+    pub fn step_hash(&self, iteration: u64, position: u64, slot: u64, digest: u64, rows: &[i8]) -> [u8; 32] {
         let mut d = Sha256::new();
         d.update(DOMAIN);
-        d.update(b"step2");
+        d.update(b"step");
         d.update(self.0);
         d.update(iteration.to_le_bytes());
         d.update(position.to_le_bytes());
-        d.update(matrix.to_le_bytes());
-        d.update(partner.to_le_bytes());
+        d.update(slot.to_le_bytes());
         d.update(digest.to_le_bytes());
-        for v in rows {
-            d.update(v.to_le_bytes());
-        }
+        d.update(i8_bytes(rows));
         d.finalize().into()
+    }
+}
+
+fn i8_bytes(v: &[i8]) -> Vec<u8> {
+    v.iter().map(|&x| x as u8).collect()
+}
+
+/// The consume rule: within one iteration every slot is advanced exactly once, in an
+/// order drawn step by step from the previous hash. Step (0, 0) always takes slot 0, so
+/// the challenge key (its rows) does not depend on the number of slots.
+#[derive(Clone, Debug)]
+pub struct Consume {
+    remaining: Vec<u64>,
+}
+
+impl Consume {
+    /// A new iteration over `num` slots.
+    pub fn new(num: u64) -> Self {
+        Self { remaining: (0..num).collect() }
+    }
+
+    /// The slot step (iteration, position) advances; removes it from this iteration.
+    /// Returns `None` once every slot has been advanced.
+    pub fn next(&mut self, key: &SeedKey, iteration: u64, position: u64, prev: &[u8; 32]) -> Option<u64> {
+        if self.remaining.is_empty() {
+            return None;
+        }
+        let idx = if iteration == 0 && position == 0 {
+            0
+        } else {
+            (key.draw(iteration, position, prev) % self.remaining.len() as u64) as usize
+        };
+        Some(self.remaining.swap_remove(idx))
     }
 }
 
@@ -247,79 +224,49 @@ mod tests {
     }
 
     #[test]
-    fn order_is_index_order_then_a_hash_drawn_permutation() {
+    fn every_slot_is_advanced_exactly_once_per_iteration_starting_with_slot_0() {
         let k = key();
-        assert_eq!(k.order(0, 5, &[1u8; 32]), vec![0, 1, 2, 3, 4]);
-        let a = k.order(1, 40, &[1u8; 32]);
-        let b = k.order(1, 40, &[2u8; 32]);
-        let mut sorted = a.clone();
-        sorted.sort_unstable();
-        assert_eq!(sorted, (0..40).collect::<Vec<_>>());
-        assert_ne!(a, b, "the previous hash draws the order");
-        assert_ne!(a, (0..40).collect::<Vec<_>>());
-    }
-
-    #[test]
-    fn partner_after_iteration_0_is_not_yet_rewritten_except_at_the_last_position() {
-        let k = key();
-        let num = 16u64;
-        assert_eq!(k.partner(0, 0, &k.order(0, num, &[0u8; 32]), &[9u8; 32]), 1);
-        for seed in 0..50u8 {
-            let prev = [seed; 32];
-            let order = k.order(1, num, &prev);
-            for p in 0..num {
-                let j = k.partner(1, p, &order, &prev);
-                let q = order.iter().position(|&m| m == j).unwrap_or(usize::MAX) as u64;
-                assert_ne!(j, order[p as usize]);
-                if p + 1 < num {
-                    assert!(q > p, "position {p} read position {q}");
-                }
+        for (i, prev) in [(0u64, [1u8; 32]), (3, [2u8; 32])] {
+            let mut c = Consume::new(40);
+            let mut seen = Vec::new();
+            for p in 0..40 {
+                seen.push(c.next(&k, i, p, &[prev[0].wrapping_add(p as u8); 32]).unwrap());
             }
+            assert!(c.next(&k, i, 40, &prev).is_none());
+            if i == 0 {
+                assert_eq!(seen[0], 0);
+            }
+            let mut sorted = seen.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..40).collect::<Vec<_>>());
+            assert_ne!(seen, (0..40).collect::<Vec<_>>(), "the order is drawn, not index order");
         }
     }
 
-    /// Iteration 0 reads products of earlier positions too (not only fills), so a
-    /// 1-iteration proof still needs its products resident.
+    /// The slot a step reads is drawn from the previous hash: another previous hash
+    /// gives another slot (so it cannot be known before that step is done), and over
+    /// many hashes every remaining slot is about equally likely.
     #[test]
-    fn partner_in_iteration_0_is_any_other_matrix() {
+    fn the_next_slot_depends_on_the_previous_hash_and_is_uniform() {
         let k = key();
         let num = 16u64;
-        let order = k.order(0, num, &[0u8; 32]);
-        let mut earlier = 0;
-        for seed in 0..50u8 {
-            for p in 1..num {
-                let j = k.partner(0, p, &order, &[seed; 32]);
-                assert_ne!(j, p);
-                earlier += u32::from(j < p);
-            }
-        }
-        // Expected 50 * sum(p / 15 for p in 1..16) = 400.
-        assert!((300..500).contains(&earlier), "{earlier}");
-    }
-
-    /// Residency: a state written in iteration 0 is read in iteration 1 about as often
-    /// whatever its matrix, so no matrix is cheap to drop and recompute. (Without the
-    /// permutation, matrix 1's state would be read in 1 of 15 runs, matrix 15's in 3.3.)
-    #[test]
-    fn every_matrix_is_read_about_equally_often_in_the_next_iteration() {
-        let k = key();
-        let num = 16u64;
-        let runs = 400u32;
-        let mut reads = vec![0u32; num as usize];
-        for seed in 0..runs {
+        let mut counts = vec![0u32; num as usize];
+        for s in 0..3200u32 {
             let mut prev = [0u8; 32];
-            prev[..4].copy_from_slice(&seed.to_le_bytes());
-            let order = k.order(1, num, &prev);
-            for p in 0..num - 1 {
-                reads[k.partner(1, p, &order, &prev) as usize] += 1;
-            }
+            prev[..4].copy_from_slice(&s.to_le_bytes());
+            counts[Consume::new(num).next(&k, 1, 0, &prev).unwrap() as usize] += 1;
         }
-        let mean = f64::from(reads.iter().sum::<u32>()) / num as f64;
-        for (m, &r) in reads.iter().enumerate() {
-            assert!(
-                f64::from(r) > 0.7 * mean && f64::from(r) < 1.3 * mean,
-                "matrix {m}: {r} reads, mean {mean}"
-            );
-        }
+        // 200 expected per slot.
+        assert!(counts.iter().all(|&c| (130..270).contains(&c)), "{counts:?}");
+    }
+
+    #[test]
+    fn memory_is_counted_in_bytes() {
+        let p = ProofParams::with_matrix_size(8192);
+        assert_eq!(p.matrix_bytes(), 64 << 20);
+        assert_eq!(p.scratch_bytes(), 5 * (64 << 20));
+        assert_eq!(p.filled_bytes(10), 15 * (64 << 20));
+        assert_eq!(auto_matrix_size(80_000_000_000), 8192);
+        assert_eq!(auto_matrix_size(12_000_000_000), 4096);
     }
 }
