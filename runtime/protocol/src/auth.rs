@@ -69,6 +69,16 @@ pub fn management_message(miner: &str, validator: &str, nonce: u64, payload: Pay
     format!("{miner}:{validator}:{nonce}:{}", payload.message_part())
 }
 
+/// The purpose a management client signs for a request without a body to bind
+/// the signature to the request: `management:<METHOD> <path>` (path without the
+/// query). The original's plain `management` binds neither, so a signed
+/// `GET /servers/` seen on the wire could be sent as `DELETE /deployments/purge`
+/// within the nonce window. `minerctl` signs this form; the miner API accepts both
+/// unless it runs bound-only.
+pub fn bound_management_purpose(method: &str, path: &str) -> String {
+    format!("management:{} {path}", method.to_ascii_uppercase())
+}
+
 /// The headers of one signed request, in the order they were built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedHeaders(Vec<(&'static str, String)>);
