@@ -246,16 +246,55 @@ fn remote_token_fetches_the_url_from_the_node() {
     let body =
         serde_json::to_vec(&serde_json::json!({"token_url": format!("http://127.0.0.1:{port}/token?x=1")}))
             .unwrap();
+    // The original's purpose signature does not cover token_url: a loopback (or any
+    // private) target is refused, so a redirected fetch cannot reach inside the cluster.
     let h = signed(&validator, miner.ss58(), Payload::Purpose("graval"));
+    let (status, text) = http(&server.addr, "POST", "/remote_token", &h, &body);
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("private address") && text.contains("127.0.0.1"), "{text}");
+    // Signed over the body, the URL is the validator's choice: fetched.
+    let h = signed(&validator, miner.ss58(), Payload::Body(&body));
     let (status, text) = http(&server.addr, "POST", "/remote_token", &h, &body);
     assert_eq!((status, text.as_str()), (200, "abc-123"));
     assert!(token_server.join().unwrap().starts_with("GET /token?x=1 HTTP/1.0"));
+    // A body-signed request whose token_url was changed on the way is refused.
+    let forged = serde_json::to_vec(&serde_json::json!({"token_url": "http://203.0.113.7/steal"})).unwrap();
+    let h = signed(&validator, miner.ss58(), Payload::Body(&body));
+    assert_eq!(http(&server.addr, "POST", "/remote_token", &h, &forged).0, 401);
 
     let body = br#"{"token_url": "https://example.invalid/"}"#;
     let h = signed(&validator, miner.ss58(), Payload::Purpose("graval"));
     let (status, text) = http(&server.addr, "POST", "/remote_token", &h, body);
     assert_eq!(status, 502, "{text}");
     assert!(text.contains("https is not supported"), "{text}");
+}
+
+/// A stale nonce is refused from the headers: the announced body never arrives, so
+/// only an answer proves it was not waited for. A body over the limit is 413.
+#[test]
+fn requests_are_refused_before_their_body_is_read_and_bodies_are_bounded() {
+    let (miner, validator) = (key(14), key(15));
+    let server = start(miner.ss58(), validator.ss58());
+    let body = br#"{"seed": 1}"#;
+    let stale = validator.sign_management_at(miner.ss58(), Payload::Body(body), now_unix() - 120);
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    let mut req = String::from("POST /prove HTTP/1.1\r\nHost: g\r\nContent-Length: 60000\r\n");
+    for (k, v) in stale.iter() {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(&body[..4]).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let mut answer = [0u8; 2048];
+    let n = s.read(&mut answer).expect("no answer: the server waited for the body of a stale request");
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 401") && text.contains("old"), "{text}");
+
+    // Validly signed, but larger than MAX_BODY.
+    let big = vec![b' '; graval_bootstrap::MAX_BODY + 1];
+    let h = signed(&validator, miner.ss58(), Payload::Body(&big));
+    assert_eq!(http(&server.addr, "POST", "/prove", &h, &big).0, 413);
 }
 
 #[test]
