@@ -12,6 +12,8 @@
 mod forge;
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use forge::{Forgery, apply, genuine, key};
@@ -58,7 +60,7 @@ async fn run() {
         std::env::var("PORTER_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(4),
     );
     println!(
-        "porter flood: {flooders} forgers on 127.0.0.1, one validator on 127.0.0.2, {} s per kind; \
+        "porter flood: {flooders} forgers on 127.0.0.1, one validator on 127.0.0.2, at least {} s and 200 genuine samples per kind; \
          limits: {} verifications ({} per peer), {} connections per peer",
         phase.as_secs(),
         limits.max_in_flight,
@@ -91,13 +93,17 @@ async fn run() {
             let first = apply(validator_http.get(&url), &headers).send().await.unwrap().status();
             assert_eq!(first, 200, "the request to replay must be accepted once");
         }
-        let stop = Instant::now() + phase;
+        // Each kind floods for `phase` and until the validator has 200 samples, so
+        // the whole run has at least 1,000.
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
         let tasks: Vec<_> = (0..flooders)
             .map(|_| {
-                let (http, url, headers) = (flood_http.clone(), url.clone(), headers.clone());
+                let (http, url, headers, stop) =
+                    (flood_http.clone(), url.clone(), headers.clone(), stop.clone());
                 tokio::spawn(async move {
                     let (mut refused, mut shed, mut other) = (0u64, 0u64, 0u64);
-                    while Instant::now() < stop {
+                    while !stop.load(Ordering::Relaxed) {
                         match apply(http.get(&url), &headers).send().await.map(|r| r.status().as_u16()) {
                             Ok(401) => refused += 1,
                             Ok(503) => shed += 1,
@@ -109,7 +115,7 @@ async fn run() {
             })
             .collect();
         let mut latencies = Vec::new();
-        while Instant::now() < stop {
+        while started.elapsed() < phase || latencies.len() < 200 {
             let h = genuine(miner.ss58(), &validator, "porter");
             let start = Instant::now();
             let status = apply(validator_http.get(&url), &h).send().await.map(|r| r.status().as_u16());
@@ -118,6 +124,8 @@ async fn run() {
                 genuine_failed += 1;
             }
         }
+        stop.store(true, Ordering::Relaxed);
+        let secs = started.elapsed().as_secs_f64();
         let (mut refused, mut shed, mut other) = (0, 0, 0);
         for t in tasks {
             let (r, s, o) = t.await.unwrap();
@@ -126,7 +134,6 @@ async fn run() {
             other += o;
         }
         latencies.sort();
-        let secs = phase.as_secs_f64();
         println!(
             "  {:<13} refused {:>7.0}/s (401 {:>7.0}/s, 503 {:>6.0}/s, other {other}); \
              genuine p50 {:>9.2?}  p99 {:>9.2?}  ({} samples)",
