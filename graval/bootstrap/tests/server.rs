@@ -368,3 +368,62 @@ fn sigterm_stops_the_server_cleanly() {
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+/// Bad input at scale for the validator's bodies and queries (signed correctly, so
+/// they reach the parsers): every answer is 200, 400 or 413 with a reason, never a
+/// 500, a panic or a hang. Cases: 300 `/prove` bodies and 300 `/info` challenges
+/// (`PROPTEST_CASES` overrides).
+#[test]
+fn arbitrary_challenge_bodies_and_queries_get_clear_answers() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let (miner, validator) = (key(16), key(17));
+    let server = start(miner.ss58(), validator.ss58());
+    let uuid = devices(&server, &miner)[0].uuid.clone();
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let config = Config { cases, failure_persistence: None, ..Config::default() };
+
+    let number = prop_oneof![
+        Just("0".to_owned()),
+        Just("-1".to_owned()),
+        Just("1e400".to_owned()),
+        Just("18446744073709551616".to_owned()),
+        Just("\"1\"".to_owned()),
+        Just("null".to_owned()),
+        (0u64..12).prop_map(|n| n.to_string()),
+    ];
+    let text = prop_oneof![Just(uuid.clone()), "[ -~]{0,40}", any::<String>()];
+    let body = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..200),
+        (number.clone(), number, text.clone(), text).prop_map(|(seed, iterations, id, ct)| {
+            format!(
+                r#"{{"seed": {seed}, "iterations": {iterations}, "ciphertext": {{{}: {}}}}}"#,
+                serde_json::Value::from(id),
+                serde_json::Value::from(ct)
+            )
+            .into_bytes()
+        }),
+    ];
+    TestRunner::new(config.clone())
+        .run(&body, |body| {
+            let h = signed(&validator, miner.ss58(), Payload::Body(&body));
+            let (status, text) = http(&server.addr, "POST", "/prove", &h, &body);
+            prop_assert!(matches!(status, 200 | 400 | 413), "{status}: {text}");
+            if status != 200 {
+                prop_assert!(!text.is_empty());
+            }
+            Ok(())
+        })
+        .unwrap();
+
+    TestRunner::new(config)
+        .run(&"[ -~]{0,100}", |challenge| {
+            let h = signed(&validator, miner.ss58(), Payload::Purpose("graval"));
+            let query: String = challenge.bytes().map(|b| format!("%{b:02X}")).collect();
+            let (status, text) = http(&server.addr, "GET", &format!("/info?challenge={query}"), &h, b"");
+            prop_assert!(matches!(status, 200 | 400), "{status}: {text}");
+            Ok(())
+        })
+        .unwrap();
+}

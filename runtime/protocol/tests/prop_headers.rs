@@ -1,6 +1,6 @@
 //! Bad input at scale for signed headers and addresses: the inbound verifier, the
 //! validator-side check and the SS58 decoder refuse with an error, never panic.
-//! Cases: 3,000 header sets per verifier, 3,000 addresses (`PROPTEST_CASES` overrides).
+//! Cases: 1,000 header sets per verifier, 1,000 addresses (`PROPTEST_CASES` overrides).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -45,7 +45,7 @@ fn header_map(values: [(&'static str, Option<Vec<u8>>); 5]) -> HeaderMap {
 }
 
 proptest! {
-    #![proptest_config(cases(3000))]
+    #![proptest_config(cases(1000))]
 
     #[test]
     fn forged_management_headers_are_refused_with_an_error(
