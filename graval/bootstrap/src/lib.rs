@@ -13,6 +13,24 @@
 //! instead of switching verification off; nonces are bounded in the future too and a
 //! nonce+signature pair is accepted once (both from `chutes_protocol::InboundVerifier`);
 //! an unknown device uuid or an undecryptable ciphertext is a 400 naming it, not a 500.
+//!
+//! Every signed route checks what needs no body first (headers, miner, whitelist,
+//! nonce window, replay: `InboundVerifier::precheck`, in a route layer), and only
+//! then reads a body of at most [`MAX_BODY`] bytes (413 beyond); the original read
+//! up to axum's 2 MB default before it authorized anything.
+//!
+//! `/remote_token` and its `token_url`: the original signs the purpose `graval`, so
+//! the URL the node fetches is not covered and anyone on the path could redirect
+//! the fetch (for instance to a service inside the cluster, whose JSON `token` the
+//! server would hand back). The deployed validator still signs that way, so both
+//! forms are accepted:
+//! * a signature over sha256 of the body (as `/prove` does) covers `token_url`: the
+//!   URL is fetched wherever it points;
+//! * the original's purpose signature does not: the URL is fetched only if every
+//!   address its host resolves to is public (never loopback, private, link-local...),
+//!   and the connection goes to the address that was checked. What an attacker on
+//!   the path can still do is point the fetch at a public server of theirs, which
+//!   makes the validator's egress check fail: no more than dropping the request.
 
 pub mod token;
 
@@ -20,12 +38,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use chutes_protocol::auth::{InboundVerifier, Payload, now_unix};
+use axum::routing::{MethodRouter, get, post};
+use axum::{Extension, Json, Router};
+use chutes_protocol::auth::{AuthError, InboundVerifier, Payload, Prechecked, now_unix};
 use graval::node::decrypt_challenge;
 use graval::{DeviceInfo, Node, WorkProduct};
 use serde::{Deserialize, Serialize};
@@ -62,14 +81,70 @@ impl AppState {
     }
 }
 
+/// Largest request body read. A challenge holds one short base64 ciphertext per
+/// GPU (well under 1 KiB each) and `/remote_token` one URL; the original accepted
+/// axum's 2 MB default.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Which verifier a signed route answers to.
+#[derive(Clone, Copy)]
+enum Signers {
+    /// The miner itself (`/devices`).
+    Miner,
+    /// Whitelisted validators.
+    Validators,
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
+    let signed = |signers: Signers, route: MethodRouter<Arc<AppState>>| {
+        route.route_layer(axum::middleware::from_fn_with_state(
+            (state.clone(), signers),
+            move |State((s, signers)): State<(Arc<AppState>, Signers)>, req: Request, next: Next| async move {
+                precheck(&s, signers, req, next).await
+            },
+        ))
+    };
     Router::new()
         .route("/ping", get(|| async { "pong" }))
-        .route("/devices", get(devices))
-        .route("/prove", post(prove))
-        .route("/info", get(info))
-        .route("/remote_token", post(remote_token))
+        .route("/devices", signed(Signers::Miner, get(devices)))
+        .route("/prove", signed(Signers::Validators, post(prove)))
+        .route("/info", signed(Signers::Validators, get(info)))
+        .route("/remote_token", signed(Signers::Validators, post(remote_token)))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
+}
+
+impl AppState {
+    fn verifier(&self, signers: Signers) -> &InboundVerifier {
+        match signers {
+            Signers::Miner => &self.miner_self,
+            Signers::Validators => &self.validators,
+        }
+    }
+}
+
+/// The request's checks that need no body, before any body is read; the handler
+/// finishes with the signature over what the route signs.
+async fn precheck(s: &AppState, signers: Signers, mut req: Request, next: Next) -> Response {
+    match s.verifier(signers).precheck(req.headers(), now_unix()) {
+        Ok(pre) => {
+            req.extensions_mut().insert(Checked { pre, signers });
+            next.run(req).await
+        }
+        Err(e) => refused(&e).into_response(),
+    }
+}
+
+/// A request that passed the precheck, for the handler to finish.
+#[derive(Clone)]
+struct Checked {
+    pre: Prechecked,
+    signers: Signers,
+}
+
+fn refused(e: &AuthError) -> ApiError {
+    tracing::warn!(error = %e, "refused request");
+    ApiError(StatusCode::UNAUTHORIZED, format!("go away: {e}"))
 }
 
 /// An error answer: status plus a plain-text reason.
@@ -86,11 +161,8 @@ fn bad_request(msg: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, msg.into())
 }
 
-fn authorize(v: &InboundVerifier, headers: &HeaderMap, payload: Payload<'_>) -> Result<String, ApiError> {
-    v.verify(headers, payload, now_unix()).map_err(|e| {
-        tracing::warn!(error = %e, "refused request");
-        ApiError(StatusCode::UNAUTHORIZED, format!("go away: {e}"))
-    })
+fn authorize(s: &AppState, c: &Checked, payload: Payload<'_>) -> Result<String, ApiError> {
+    s.verifier(c.signers).finish(&c.pre, payload, now_unix()).map_err(|e| refused(&e))
 }
 
 #[derive(Serialize)]
@@ -98,8 +170,11 @@ struct DevicesResponse<'a> {
     devices: &'a [DeviceInfo],
 }
 
-async fn devices(State(s): State<Arc<AppState>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&s.miner_self, &headers, Payload::Purpose(PURPOSE))?;
+async fn devices(
+    State(s): State<Arc<AppState>>,
+    Extension(c): Extension<Checked>,
+) -> Result<Response, ApiError> {
+    authorize(&s, &c, Payload::Purpose(PURPOSE))?;
     Ok(Json(DevicesResponse { devices: &s.devices }).into_response())
 }
 
@@ -136,10 +211,10 @@ pub struct ProveResponse {
 
 async fn prove(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Extension(c): Extension<Checked>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let signer = authorize(&s.validators, &headers, Payload::Body(&body))?;
+    let signer = authorize(&s, &c, Payload::Body(&body))?;
     let challenge: Challenge =
         serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid challenge body: {e}")))?;
     // The prover's own bound (v2 plans ask 16..=64 per model), checked before any work.
@@ -192,10 +267,10 @@ struct InfoQuery {
 
 async fn info(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Extension(c): Extension<Checked>,
     Query(q): Query<InfoQuery>,
 ) -> Result<String, ApiError> {
-    authorize(&s.validators, &headers, Payload::Purpose(PURPOSE))?;
+    authorize(&s, &c, Payload::Purpose(PURPOSE))?;
     graval::challenge::respond(&q.challenge, &s.devices).map_err(|e| bad_request(e.to_string()))
 }
 
@@ -206,11 +281,23 @@ struct TokenRequest {
 
 async fn remote_token(
     State(s): State<Arc<AppState>>,
-    headers: HeaderMap,
+    Extension(c): Extension<Checked>,
     body: Bytes,
 ) -> Result<String, ApiError> {
-    authorize(&s.validators, &headers, Payload::Purpose(PURPOSE))?;
+    // Body-signed covers token_url; the original's purpose form does not (see the
+    // module docs), so its URL may only lead to public addresses.
+    let reach = match s.verifier(c.signers).finish(&c.pre, Payload::Body(&body), now_unix()) {
+        Ok(_) => token::Reach::Anywhere,
+        Err(AuthError::Signature(_)) => {
+            authorize(&s, &c, Payload::Purpose(PURPOSE))?;
+            token::Reach::PublicOnly
+        }
+        Err(e) => return Err(refused(&e)),
+    };
     let req: TokenRequest = serde_json::from_slice(&body)
         .map_err(|e| bad_request(format!("invalid body, expected {{\"token_url\": ...}}: {e}")))?;
-    token::fetch_token(&req.token_url).await.map_err(|e| ApiError(StatusCode::BAD_GATEWAY, e.to_string()))
+    token::fetch_token(&req.token_url, reach).await.map_err(|e| match e {
+        token::TokenError::NotPublic { .. } => bad_request(e.to_string()),
+        other => ApiError(StatusCode::BAD_GATEWAY, other.to_string()),
+    })
 }

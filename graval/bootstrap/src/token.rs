@@ -17,6 +17,19 @@ pub enum TokenError {
     Status { url: String, status: u16 },
     #[error("{url} did not answer JSON with a \"token\" field")]
     NoToken { url: String },
+    #[error(
+        "token_url {url} leads to {addr}, a private address; sign the body (sha256) to fetch from there, a purpose signature does not cover the URL"
+    )]
+    NotPublic { url: String, addr: std::net::IpAddr },
+}
+
+/// Where a `token_url` may lead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// The signature covers the URL: fetch it wherever it points.
+    Anywhere,
+    /// The URL is not signed: public addresses only.
+    PublicOnly,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,11 +54,22 @@ fn parse_url(url: &str) -> Result<(String, u16, String), TokenError> {
 }
 
 /// GETs `url` and returns its JSON `token` field (a string as is, anything else as JSON).
-pub async fn fetch_token(url: &str) -> Result<String, TokenError> {
+/// With [`Reach::PublicOnly`] every address the host resolves to must be public, and
+/// the connection goes to the address that was checked (no second lookup to rebind).
+pub async fn fetch_token(url: &str, reach: Reach) -> Result<String, TokenError> {
     let (host, port, path) = parse_url(url)?;
     let fetch = |reason: String| TokenError::Fetch { url: url.to_string(), reason };
+    let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
+        .await
+        .map_err(|e| fetch(format!("resolving {host}: {e}")))?
+        .collect();
+    if reach == Reach::PublicOnly
+        && let Some(private) = addrs.iter().find(|a| chutes_protocol::netaddr::is_internal(a.ip()))
+    {
+        return Err(TokenError::NotPublic { url: url.to_string(), addr: private.ip() });
+    }
     let io = async {
-        let mut stream = TcpStream::connect((host.trim_matches(['[', ']']), port)).await?;
+        let mut stream = TcpStream::connect(&addrs[..]).await?;
         let req = format!(
             "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
         );

@@ -247,16 +247,55 @@ fn remote_token_fetches_the_url_from_the_node() {
     let body =
         serde_json::to_vec(&serde_json::json!({"token_url": format!("http://127.0.0.1:{port}/token?x=1")}))
             .unwrap();
+    // The original's purpose signature does not cover token_url: a loopback (or any
+    // private) target is refused, so a redirected fetch cannot reach inside the cluster.
     let h = signed(&validator, miner.ss58(), Payload::Purpose("graval"));
+    let (status, text) = http(&server.addr, "POST", "/remote_token", &h, &body);
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("private address") && text.contains("127.0.0.1"), "{text}");
+    // Signed over the body, the URL is the validator's choice: fetched.
+    let h = signed(&validator, miner.ss58(), Payload::Body(&body));
     let (status, text) = http(&server.addr, "POST", "/remote_token", &h, &body);
     assert_eq!((status, text.as_str()), (200, "abc-123"));
     assert!(token_server.join().unwrap().starts_with("GET /token?x=1 HTTP/1.0"));
+    // A body-signed request whose token_url was changed on the way is refused.
+    let forged = serde_json::to_vec(&serde_json::json!({"token_url": "http://203.0.113.7/steal"})).unwrap();
+    let h = signed(&validator, miner.ss58(), Payload::Body(&body));
+    assert_eq!(http(&server.addr, "POST", "/remote_token", &h, &forged).0, 401);
 
     let body = br#"{"token_url": "https://example.invalid/"}"#;
     let h = signed(&validator, miner.ss58(), Payload::Purpose("graval"));
     let (status, text) = http(&server.addr, "POST", "/remote_token", &h, body);
     assert_eq!(status, 502, "{text}");
     assert!(text.contains("https is not supported"), "{text}");
+}
+
+/// A stale nonce is refused from the headers: the announced body never arrives, so
+/// only an answer proves it was not waited for. A body over the limit is 413.
+#[test]
+fn requests_are_refused_before_their_body_is_read_and_bodies_are_bounded() {
+    let (miner, validator) = (key(14), key(15));
+    let server = start(miner.ss58(), validator.ss58());
+    let body = br#"{"seed": 1}"#;
+    let stale = validator.sign_management_at(miner.ss58(), Payload::Body(body), now_unix() - 120);
+    let mut s = TcpStream::connect(&server.addr).unwrap();
+    let mut req = String::from("POST /prove HTTP/1.1\r\nHost: g\r\nContent-Length: 60000\r\n");
+    for (k, v) in stale.iter() {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(&body[..4]).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let mut answer = [0u8; 2048];
+    let n = s.read(&mut answer).expect("no answer: the server waited for the body of a stale request");
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 401") && text.contains("old"), "{text}");
+
+    // Validly signed, but larger than MAX_BODY.
+    let big = vec![b' '; graval_bootstrap::MAX_BODY + 1];
+    let h = signed(&validator, miner.ss58(), Payload::Body(&big));
+    assert_eq!(http(&server.addr, "POST", "/prove", &h, &big).0, 413);
 }
 
 #[test]
@@ -330,4 +369,63 @@ fn sigterm_stops_the_server_cleanly() {
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+}
+
+/// Bad input at scale for the validator's bodies and queries (signed correctly, so
+/// they reach the parsers): every answer is 200, 400 or 413 with a reason, never a
+/// 500, a panic or a hang. Cases: 300 `/prove` bodies and 300 `/info` challenges
+/// (`PROPTEST_CASES` overrides).
+#[test]
+fn arbitrary_challenge_bodies_and_queries_get_clear_answers() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let (miner, validator) = (key(16), key(17));
+    let server = start(miner.ss58(), validator.ss58());
+    let uuid = devices(&server, &miner)[0].uuid.clone();
+    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+    let config = Config { cases, failure_persistence: None, ..Config::default() };
+
+    let number = prop_oneof![
+        Just("0".to_owned()),
+        Just("-1".to_owned()),
+        Just("1e400".to_owned()),
+        Just("18446744073709551616".to_owned()),
+        Just("\"1\"".to_owned()),
+        Just("null".to_owned()),
+        (0u64..12).prop_map(|n| n.to_string()),
+    ];
+    let text = prop_oneof![Just(uuid.clone()), "[ -~]{0,40}", any::<String>()];
+    let body = prop_oneof![
+        prop::collection::vec(any::<u8>(), 0..200),
+        (number.clone(), number, text.clone(), text).prop_map(|(seed, iterations, id, ct)| {
+            format!(
+                r#"{{"seed": {seed}, "iterations": {iterations}, "ciphertext": {{{}: {}}}}}"#,
+                serde_json::Value::from(id),
+                serde_json::Value::from(ct)
+            )
+            .into_bytes()
+        }),
+    ];
+    TestRunner::new(config.clone())
+        .run(&body, |body| {
+            let h = signed(&validator, miner.ss58(), Payload::Body(&body));
+            let (status, text) = http(&server.addr, "POST", "/prove", &h, &body);
+            prop_assert!(matches!(status, 200 | 400 | 413), "{status}: {text}");
+            if status != 200 {
+                prop_assert!(!text.is_empty());
+            }
+            Ok(())
+        })
+        .unwrap();
+
+    TestRunner::new(config)
+        .run(&"[ -~]{0,100}", |challenge| {
+            let h = signed(&validator, miner.ss58(), Payload::Purpose("graval"));
+            let query: String = challenge.bytes().map(|b| format!("%{b:02X}")).collect();
+            let (status, text) = http(&server.addr, "GET", &format!("/info?challenge={query}"), &h, b"");
+            prop_assert!(matches!(status, 200 | 400), "{status}: {text}");
+            Ok(())
+        })
+        .unwrap();
 }

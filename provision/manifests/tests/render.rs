@@ -106,6 +106,19 @@ fn two_validators_get_their_own_registry_service_and_nginx_route() {
     assert!(conf.contains("listen 5000;"));
 }
 
+/// `/registry/auth` trusts private source addresses. Behind a NodePort with the
+/// default policy kube-proxy rewrites outside callers to a node address, so the API
+/// Service must keep client addresses.
+#[test]
+fn the_api_service_keeps_client_addresses_for_registry_auth() {
+    for values in [Values::defaults().unwrap(), full_values()] {
+        let m = render(&values).unwrap();
+        let api = m.objects.iter().find(|o| o.kind() == "Service" && o.name() == "api").unwrap();
+        assert_eq!(api.value["spec"]["type"], "NodePort");
+        assert_eq!(api.value["spec"]["externalTrafficPolicy"], "Local", "{}", api.value);
+    }
+}
+
 #[test]
 fn optional_components_follow_their_switches() {
     let names = |v: &Values| -> BTreeSet<String> {

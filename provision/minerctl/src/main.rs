@@ -42,8 +42,8 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => code,
         Err(err) => {
-            // `{:#}` prints the whole anyhow context chain on one line.
-            eprintln!("error: {err:#}");
+            // The whole context chain on one line, each cause once.
+            eprintln!("error: {}", cmd::error_line(&err));
             std::process::ExitCode::FAILURE
         }
     }

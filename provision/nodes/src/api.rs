@@ -75,11 +75,19 @@ impl MinerApi {
     }
 
     fn request(&self, method: reqwest::Method, path: &str, body: Option<Vec<u8>>) -> reqwest::RequestBuilder {
+        // Requests without a body sign a purpose bound to method and path, so a
+        // captured signature cannot be sent to another endpoint (the miner API
+        // accepts this form and, unless bound-only, the original CLI's plain one).
+        // The path as it goes on the wire (percent-encoded), which is what the API sees.
+        let url = format!("{}{path}", self.base);
+        let wire_path =
+            reqwest::Url::parse(&url).map(|u| u.path().to_owned()).unwrap_or_else(|_| path.to_owned());
+        let bound = chutes_protocol::auth::bound_management_purpose(method.as_str(), &wire_path);
         let payload = match &body {
             Some(b) => Payload::Body(b),
-            None => Payload::Purpose("management"),
+            None => Payload::Purpose(&bound),
         };
-        let mut rb = self.http.request(method, format!("{}{path}", self.base));
+        let mut rb = self.http.request(method, url);
         for (name, value) in self.hotkey.sign_management(self.hotkey.ss58(), payload).iter() {
             rb = rb.header(name, value);
         }

@@ -4,10 +4,14 @@
 //! The nonce must be within 30 s either way and a nonce+signature pair is accepted
 //! only once (both fixes over the original, in `chutes_protocol::InboundVerifier`).
 //! Nothing runs before the signature is checked; the body (at most 64 KiB) is read
-//! only once the headers name this miner and an allowed signer.
+//! only once the headers name this miner and an allowed signer and the nonce is
+//! inside the window and unused. Requests without a body may sign the bound purpose
+//! [`bound_purpose`] instead of `management`.
+
+use std::net::SocketAddr;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -15,6 +19,7 @@ use chutes_protocol::auth::{AuthError, Payload, now_unix};
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::netaddr::is_internal;
 
 /// Management bodies are small JSON documents.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -30,30 +35,9 @@ pub fn refusal_label(e: &AuthError) -> &'static str {
     }
 }
 
-/// The checks that need no body, so a stranger cannot make us read one: headers
-/// present, this miner, a known signer. The full verification follows.
-fn precheck(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), AuthError> {
-    use chutes_protocol::auth::headers::{MINER, NONCE, SIGNATURE, VALIDATOR};
-    let get = |name: &'static str| -> Result<&str, AuthError> {
-        headers
-            .get(name)
-            .ok_or(AuthError::MissingHeader(name))?
-            .to_str()
-            .map_err(|_| AuthError::BadHeader(name))
-    };
-    let (miner, validator) = (get(MINER)?, get(VALIDATOR)?);
-    get(NONCE)?;
-    get(SIGNATURE)?;
-    if miner != state.verifier.miner() {
-        return Err(AuthError::WrongMiner {
-            got: miner.to_owned(),
-            expected: state.verifier.miner().to_owned(),
-        });
-    }
-    if !state.verifier.is_signer(validator) {
-        return Err(AuthError::UnknownSigner { got: validator.to_owned() });
-    }
-    Ok(())
+/// [`chutes_protocol::auth::bound_management_purpose`] for this request.
+pub fn bound_purpose(method: &Method, path: &str) -> String {
+    chutes_protocol::auth::bound_management_purpose(method.as_str(), path)
 }
 
 fn refuse(state: &AppState, path: &str, e: &AuthError) -> Response {
@@ -62,10 +46,16 @@ fn refuse(state: &AppState, path: &str, e: &AuthError) -> Response {
     ApiError::unauthorized(format!("go away: {e}")).into_response()
 }
 
+/// Management auth. Everything that needs no body runs first (headers, this miner,
+/// an allowed signer, the nonce window, replays), so a stranger who knows the
+/// miner's public address cannot make the API read a body; then the body (at most
+/// [`MAX_BODY`]) is read and the signature checked.
 pub async fn management(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    if let Err(e) = precheck(&state, req.headers()) {
-        return refuse(&state, req.uri().path(), &e);
-    }
+    let now = now_unix();
+    let pre = match state.verifier.precheck(req.headers(), now) {
+        Ok(pre) => pre,
+        Err(e) => return refuse(&state, req.uri().path(), &e),
+    };
     let (parts, body) = req.into_parts();
     let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,
@@ -78,13 +68,46 @@ pub async fn management(State(state): State<AppState>, req: Request, next: Next)
             .into_response();
         }
     };
-    let payload = if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
-        Payload::Body(&bytes)
+    let verified = if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
+        // The body hash binds a POST to its content; `POST /servers/` is the only
+        // route with a body, so it cannot be redirected to another.
+        state.verifier.finish(&pre, Payload::Body(&bytes), now)
     } else {
-        Payload::Purpose("management")
+        let bound = bound_purpose(&parts.method, parts.uri.path());
+        match state.verifier.finish(&pre, Payload::Purpose(&bound), now) {
+            Err(AuthError::Signature(_)) if !state.bound_management_only => {
+                state.verifier.finish(&pre, Payload::Purpose("management"), now)
+            }
+            other => other,
+        }
     };
-    if let Err(e) = state.verifier.verify(&parts.headers, payload, now_unix()) {
+    if let Err(e) = verified {
         return refuse(&state, parts.uri.path(), &e);
     }
     next.run(Request::from_parts(parts, Body::from(bytes))).await
+}
+
+/// `Access::PrivateNetwork`: only callers whose address is private, loopback or
+/// link-local (see [`crate::netaddr`]). Applied by the router to every route that
+/// declares the access level, so a handler cannot forget it.
+pub async fn private_network(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let (mut parts, body) = req.into_parts();
+    let peer = ConnectInfo::<SocketAddr>::from_request_parts(&mut parts, &state).await.ok().map(|c| c.0.ip());
+    let req = Request::from_parts(parts, body);
+    match peer {
+        Some(ip) if is_internal(ip) => next.run(req).await,
+        Some(ip) => {
+            state.metrics.refused("private_network");
+            tracing::warn!(path = req.uri().path(), %ip, "private-network route refused a public caller");
+            ApiError::unauthorized(format!(
+                "go away: this endpoint is only served to private addresses, not {ip}"
+            ))
+            .into_response()
+        }
+        // Served without connection info (not through `serve`): nobody can be trusted.
+        None => {
+            state.metrics.refused("private_network");
+            ApiError::unauthorized("go away: the caller's address is unknown").into_response()
+        }
+    }
 }

@@ -14,7 +14,8 @@ pub mod auth;
 pub mod bootstrap;
 pub mod error;
 pub mod metrics;
-pub mod netaddr;
+/// Private-address classification, shared with GraVal's bootstrap server.
+pub use chutes_protocol::netaddr;
 pub mod openapi;
 pub mod routes;
 
@@ -43,6 +44,9 @@ pub struct AppState {
     pub bootstrap: Option<Arc<dyn NodeBootstrap>>,
     /// How long a request waits for Redis to confirm an event.
     pub event_timeout: Duration,
+    /// Refuse management signatures over the plain purpose `management` (the
+    /// original CLI's); accept only ones bound to method and path (`minerctl`'s).
+    pub bound_management_only: bool,
 }
 
 impl AppState {
@@ -64,7 +68,14 @@ impl AppState {
             validators: Arc::new(validators),
             bootstrap: None,
             event_timeout: Duration::from_secs(5),
+            bound_management_only: false,
         })
+    }
+
+    /// See [`AppState::bound_management_only`].
+    pub fn with_bound_management_only(mut self, on: bool) -> Self {
+        self.bound_management_only = on;
+        self
     }
 
     pub fn with_bootstrap(mut self, bootstrap: Arc<dyn NodeBootstrap>) -> Self {
@@ -94,18 +105,28 @@ impl AppState {
 
 /// The whole API.
 pub fn router(state: AppState) -> Router {
+    router_from(routes::table(), state)
+}
+
+/// A router over `routes`, each behind the gate its access level names: a route
+/// cannot be registered without the check its documentation promises.
+pub fn router_from(routes: Vec<routes::Route>, state: AppState) -> Router {
     let mut managed = Router::new();
+    let mut private = Router::new();
     let mut open = Router::new();
-    for route in routes::table() {
-        if route.doc.access == routes::Access::Management {
-            managed = managed.route(route.doc.path, route.handler);
-        } else {
-            open = open.route(route.doc.path, route.handler);
+    for route in routes {
+        match route.doc.access {
+            routes::Access::Management => managed = managed.route(route.doc.path, route.handler),
+            routes::Access::PrivateNetwork => private = private.route(route.doc.path, route.handler),
+            routes::Access::Public => open = open.route(route.doc.path, route.handler),
         }
     }
     let managed = managed.route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::management));
+    let private =
+        private.route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::private_network));
     let metrics = state.metrics.clone();
     open.merge(managed)
+        .merge(private)
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .layer(axum::middleware::from_fn_with_state(metrics, metrics::track))
         .with_state(state)

@@ -271,27 +271,139 @@ async fn registry_auth_signs_for_loopback_callers() {
     assert_eq!(signer, api.miner.ss58());
 }
 
-#[tokio::test]
-async fn registry_auth_refuses_public_callers() {
+/// A router over `routes`, as if every request came from `ip`.
+async fn call_from(app: axum::Router, ip: &str, path: &str) -> (u16, Value) {
     use axum::extract::connect_info::MockConnectInfo;
     use tower::ServiceExt;
-    let api = Api::start().await;
+    let app = app.layer(MockConnectInfo(std::net::SocketAddr::new(ip.parse().unwrap(), 4000)));
+    let req = axum::http::Request::get(path).body(axum::body::Body::empty()).unwrap();
+    let resp = app.oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+async fn plain_state(api: &Api) -> miner_api::AppState {
     let producer =
         miner_events::Producer::connect(&redis().url(), miner_events::StreamConfig::default()).unwrap();
-    let state = miner_api::AppState::new(api.db.clone(), api.miner.clone(), producer, validators()).unwrap();
+    miner_api::AppState::new(api.db.clone(), api.miner.clone(), producer, validators()).unwrap()
+}
+
+#[tokio::test]
+async fn registry_auth_refuses_public_callers() {
+    let api = Api::start().await;
+    let state = plain_state(&api).await;
     for (ip, want) in [("8.8.8.8", 401), ("10.1.2.3", 200)] {
-        let app = miner_api::router(state.clone())
-            .layer(MockConnectInfo(std::net::SocketAddr::new(ip.parse().unwrap(), 4000)));
-        let req = axum::http::Request::get("/registry/auth").body(axum::body::Body::empty()).unwrap();
-        let resp = app.oneshot(req).await.unwrap();
-        assert_eq!(resp.status().as_u16(), want, "{ip}");
-        let bytes = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
-        let body: Value = serde_json::from_slice(&bytes).unwrap();
+        let (status, body) = call_from(miner_api::router(state.clone()), ip, "/registry/auth").await;
+        assert_eq!(status, want, "{ip}");
         if want == 401 {
             assert!(body["detail"].as_str().unwrap().contains("only served to private addresses"), "{body}");
             assert!(body["detail"].as_str().unwrap().contains(ip));
         }
     }
+}
+
+/// The router, not each handler, enforces `Access::PrivateNetwork`: a route that
+/// declares it is refused to public callers even when its handler checks nothing.
+#[tokio::test]
+async fn the_router_enforces_private_network_access_for_every_route_that_declares_it() {
+    use miner_api::routes::{Access, Route, RouteDoc};
+    let api = Api::start().await;
+    let state = plain_state(&api).await;
+    let unguarded = Route {
+        doc: RouteDoc {
+            method: "get",
+            path: "/internal-only",
+            summary: "a handler that checks nothing itself",
+            access: Access::PrivateNetwork,
+            body: None,
+            produces: "application/json",
+            statuses: &[(200, "OK")],
+        },
+        handler: axum::routing::get(|| async { axum::Json(json!({"secret": true})) }),
+    };
+    let mut routes = miner_api::routes::table();
+    routes.push(unguarded);
+    let private: Vec<&str> =
+        routes.iter().filter(|r| r.doc.access == Access::PrivateNetwork).map(|r| r.doc.path).collect();
+    assert!(private.len() >= 2, "{private:?}");
+    let app = miner_api::router_from(routes.iter().map(clone_route).collect(), state.clone());
+    for path in &private {
+        let (status, body) = call_from(app.clone(), "8.8.8.8", path).await;
+        assert_eq!(status, 401, "{path} answered a public caller: {body}");
+        assert!(body.get("secret").is_none());
+        let (status, _) = call_from(app.clone(), "192.168.1.9", path).await;
+        assert_eq!(status, 200, "{path}");
+    }
+}
+
+fn clone_route(r: &miner_api::routes::Route) -> miner_api::routes::Route {
+    miner_api::routes::Route { doc: r.doc.clone(), handler: r.handler.clone() }
+}
+
+/// Anyone knows the miner's SS58 address; a request that names it with a nonce
+/// outside the window must be refused from its headers alone. The body announced
+/// here never arrives: reading it would hang, so only an answer proves it was not read.
+#[tokio::test]
+async fn a_stale_or_replayed_nonce_is_refused_before_the_body_is_read() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = Api::start().await;
+    let stale = now_unix() - 120;
+    let body = br#"{"name":"x"}"#;
+    let signed = api.miner.sign_management_at(api.miner.ss58(), Payload::Body(body), stale);
+    let mut head = String::from(
+        "POST /servers/ HTTP/1.1\r\nHost: api\r\nContent-Type: application/json\r\nContent-Length: 65536\r\n",
+    );
+    for (k, v) in signed.iter() {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    let mut conn = tokio::net::TcpStream::connect(api.addr).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body[..5]).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(60), conn.read(&mut answer))
+        .await
+        .expect("no answer: the API waited for the body of a request it could refuse from its headers")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(text.contains("old"), "{text}");
+}
+
+/// Management signatures over the plain purpose `management` bind neither method
+/// nor path. Signatures bound to them (`management:<METHOD> <path>`, what minerctl
+/// sends) cannot be redirected; bound-only mode refuses the plain form.
+#[tokio::test]
+async fn bound_management_signatures_cannot_be_redirected_and_bound_only_refuses_the_plain_form() {
+    let bound = |api: &Api, method: Method, sign_path: &str, send_path: &str| {
+        let purpose = miner_api::auth::bound_purpose(&method, sign_path);
+        let headers = api.miner.sign_management(api.miner.ss58(), Payload::Purpose(&purpose));
+        let mut req = api.http.request(method, api.url(send_path));
+        for (k, v) in headers.iter() {
+            req = req.header(k, v);
+        }
+        req
+    };
+    let api = Api::start().await;
+    // Bound to its own route: accepted.
+    assert_eq!(bound(&api, Method::GET, "/servers/", "/servers/").send().await.unwrap().status(), 200);
+    // Signed for GET /servers/, sent as DELETE /deployments/purge: refused, nothing published.
+    let redirected = bound(&api, Method::GET, "/servers/", "/deployments/purge");
+    let redirected = redirected.build().unwrap();
+    let mut as_delete = reqwest::Request::new(Method::DELETE, redirected.url().clone());
+    *as_delete.headers_mut() = redirected.headers().clone();
+    assert_eq!(api.http.execute(as_delete).await.unwrap().status(), 401);
+    let other_path = bound(&api, Method::DELETE, "/deployments/abc", "/deployments/purge");
+    assert_eq!(other_path.send().await.unwrap().status(), 401);
+    assert!(api.events().await.is_empty(), "a redirected signature published an event");
+    // The original CLI's plain purpose keeps working by default.
+    assert_eq!(api.get("/servers/").send().await.unwrap().status(), 200);
+
+    let strict = Api::start_with(Options { bound_only: true, ..Options::default() }).await;
+    let (status, body) = json_of(strict.get("/servers/").send().await.unwrap()).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(bound(&strict, Method::GET, "/servers/", "/servers/").send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]

@@ -118,20 +118,8 @@ impl fmt::Debug for SecretUrl {
     }
 }
 
-/// `scheme://user:pass@host/..` → `scheme://user:***@host/..`; other URLs unchanged.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_owned() };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else { return url.to_owned() };
-    let userinfo = &authority[..at];
-    let user = match userinfo.find(':') {
-        Some(colon) => format!("{}:***", &userinfo[..colon]),
-        None => userinfo.to_owned(),
-    };
-    format!("{}://{}@{}", &url[..scheme_end], user, &rest[at + 1..])
-}
+/// Masks every password in a URL (userinfo, no-scheme forms, query parameters).
+pub use chutes_protocol::redact::redact_url;
 
 fn check_url(var: &'static str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
     let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");

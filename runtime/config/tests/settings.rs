@@ -166,3 +166,29 @@ fn audit_settings_derive_the_rpc_endpoint_from_the_subtensor_address() {
     let err = AuditSettings::from_env(&env(&[("AUDIT_URL", "ftp://x")])).unwrap_err();
     assert!(err.to_string().contains("AUDIT_URL"), "{err}");
 }
+
+#[test]
+fn malformed_urls_and_query_passwords_never_reach_an_error_or_debug_output() {
+    // A forgotten scheme: the error must still hide the password.
+    for (var, raw) in [
+        ("POSTGRESQL", "chutes:s3cr3t@pg:5432/chutes"),
+        ("POSTGRESQL", "mysql://pg/db?user=u&password=s3cr3t"),
+        ("REDIS_URL", ":s3cr3t@r:6379/0"),
+        ("REDIS_URL", "rediss//:s3cr3t@r:6379/0"),
+    ] {
+        let text = if var == "POSTGRESQL" {
+            DatabaseSettings::from_env(&env(&[(var, raw)])).unwrap_err().to_string()
+        } else {
+            RedisSettings::from_env(&env(&[(var, raw)])).unwrap_err().to_string()
+        };
+        assert!(text.contains(var), "{text}");
+        assert!(!text.contains("s3cr3t"), "{raw}: {text}");
+    }
+    // Accepted URLs with the password in the query string.
+    let db = DatabaseSettings::from_env(&env(&[("POSTGRESQL", "postgresql://pg/db?user=u&password=s3cr3t")]))
+        .unwrap();
+    assert_eq!(db.url.to_string(), "postgresql://pg/db?user=u&password=***");
+    assert!(!format!("{db:?}").contains("s3cr3t"));
+    let r = RedisSettings::from_env(&env(&[("REDIS_URL", "redis://r:6379/0?password=s3cr3t")])).unwrap();
+    assert!(!format!("{r:?} {}", r.url).contains("s3cr3t"));
+}

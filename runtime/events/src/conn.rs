@@ -94,14 +94,9 @@ impl Endpoint {
     }
 }
 
-/// `redis://user:secret@host/` -> `redis://user:***@host/`, so URLs can be logged.
+/// The URL with its password masked, so it can be logged (one home: `chutes-protocol`).
 pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let Some((auth, host)) = rest.rsplit_once('@') else { return url.to_owned() };
-    match auth.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => format!("{scheme}://***@{host}"),
-    }
+    chutes_protocol::redact::redact_url(url)
 }
 
 #[cfg(test)]
@@ -112,6 +107,7 @@ mod tests {
     fn passwords_never_reach_messages() {
         assert_eq!(redact("redis://:hunter2@10.0.0.1:6379/0"), "redis://:***@10.0.0.1:6379/0");
         assert_eq!(redact("redis://u:hunter2@h/"), "redis://u:***@h/");
+        assert_eq!(redact("redis://h:6379/0?password=hunter2"), "redis://h:6379/0?password=***");
         assert_eq!(redact("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
         let err = Endpoint::parse("redis://:hunter2@[bad").err().map(|e| e.to_string()).unwrap_or_default();
         assert!(!err.contains("hunter2"), "{err}");

@@ -1,10 +1,9 @@
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rand::RngCore;
 use redis::aio::MultiplexedConnection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::conn::{Endpoint, StreamConfig};
 use crate::{Backoff, EventsError, MinerEvent};
@@ -22,7 +21,7 @@ return id
 ";
 
 enum Job {
-    Append { event_id: String, payload: String, done: Option<oneshot::Sender<String>> },
+    Append(Append),
     Flush(oneshot::Sender<()>),
 }
 
@@ -33,13 +32,20 @@ enum Job {
 /// the entry, however long Redis is away. Only a crash of this process while
 /// Redis is away loses queued events; callers that must know an event is durable
 /// (an HTTP reply that promises Gepetto will act) use [`Producer::publish_confirmed`].
+///
+/// The bound (`StreamConfig::buffer`) counts every accepted event that is not yet
+/// in Redis, including the batch the appender holds while it retries. Each event
+/// carries a semaphore permit from `publish` until Redis confirmed it, so with
+/// Redis away a buffer of N accepts exactly N events, whatever the appender is
+/// doing at that moment. (A bounded channel alone would let the appender's
+/// in-hand batch escape the count.)
 #[derive(Clone)]
 pub struct Producer {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::UnboundedSender<Job>,
     capacity: usize,
     stream: String,
-    /// Accepted, not yet in Redis (queued plus the one being retried).
-    unsent: Arc<AtomicUsize>,
+    /// One permit per event accepted and not yet in Redis.
+    room: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Producer {
@@ -54,69 +60,67 @@ impl Producer {
     pub fn connect(redis_url: &str, cfg: StreamConfig) -> Result<Producer, EventsError> {
         let endpoint = Endpoint::parse(redis_url)?;
         let capacity = cfg.buffer.max(1);
-        let (tx, rx) = mpsc::channel(capacity);
+        let (tx, rx) = mpsc::unbounded_channel();
         let stream = cfg.stream.clone();
-        let unsent = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(append_loop(endpoint, cfg, rx, unsent.clone()));
-        Ok(Producer { tx, capacity, stream, unsent })
+        let room = Arc::new(Semaphore::new(capacity));
+        tokio::spawn(append_loop(endpoint, cfg, rx, room.clone(), capacity));
+        Ok(Producer { tx, capacity, stream, room })
     }
 
-    /// Queues `event`, waiting for room if the queue is full. Returns the event's
-    /// dedupe id.
+    /// Queues `event`, waiting for room if `buffer` events are already unsent.
+    /// Returns the event's dedupe id.
     pub async fn publish(&self, event: &MinerEvent) -> Result<String, EventsError> {
-        let (job, event_id) = job(event, None)?;
-        self.unsent.fetch_add(1, Ordering::SeqCst);
-        self.tx.send(job).await.map_err(|_| self.refused(EventsError::Closed))?;
+        let permit = self.room.clone().acquire_owned().await.map_err(|_| EventsError::Closed)?;
+        let (job, event_id) = job(event, None, permit)?;
+        self.tx.send(job).map_err(|_| EventsError::Closed)?;
         Ok(event_id)
     }
 
-    /// Queues `event` or fails at once with [`EventsError::BufferFull`].
+    /// Queues `event` or fails at once with [`EventsError::BufferFull`] when
+    /// `buffer` events are already accepted and not yet in Redis.
     pub fn try_publish(&self, event: &MinerEvent) -> Result<String, EventsError> {
-        let (job, event_id) = job(event, None)?;
-        self.unsent.fetch_add(1, Ordering::SeqCst);
-        self.tx.try_send(job).map_err(|e| {
-            self.refused(match e {
-                mpsc::error::TrySendError::Full(_) => EventsError::BufferFull { capacity: self.capacity },
-                mpsc::error::TrySendError::Closed(_) => EventsError::Closed,
-            })
+        let permit = self.room.clone().try_acquire_owned().map_err(|e| match e {
+            tokio::sync::TryAcquireError::NoPermits => EventsError::BufferFull { capacity: self.capacity },
+            tokio::sync::TryAcquireError::Closed => EventsError::Closed,
         })?;
+        let (job, event_id) = job(event, None, permit)?;
+        self.tx.send(job).map_err(|_| EventsError::Closed)?;
         Ok(event_id)
     }
 
     /// Queues `event` and waits until Redis has appended it; returns its stream id.
     /// If the caller stops waiting (timeout), the event still gets appended.
     pub async fn publish_confirmed(&self, event: &MinerEvent) -> Result<String, EventsError> {
+        let permit = self.room.clone().acquire_owned().await.map_err(|_| EventsError::Closed)?;
         let (done_tx, done_rx) = oneshot::channel();
-        let (job, _) = job(event, Some(done_tx))?;
-        self.unsent.fetch_add(1, Ordering::SeqCst);
-        self.tx.send(job).await.map_err(|_| self.refused(EventsError::Closed))?;
+        let (job, _) = job(event, Some(done_tx), permit)?;
+        self.tx.send(job).map_err(|_| EventsError::Closed)?;
         done_rx.await.map_err(|_| EventsError::Closed)
     }
 
     /// Waits until every event queued before this call is in Redis.
     pub async fn flush(&self) -> Result<(), EventsError> {
         let (done_tx, done_rx) = oneshot::channel();
-        self.tx.send(Job::Flush(done_tx)).await.map_err(|_| EventsError::Closed)?;
+        self.tx.send(Job::Flush(done_tx)).map_err(|_| EventsError::Closed)?;
         done_rx.await.map_err(|_| EventsError::Closed)
     }
 
-    /// Events accepted but not yet in Redis.
+    /// Events accepted but not yet in Redis (queued plus the batch being retried).
     pub fn queued(&self) -> usize {
-        self.unsent.load(Ordering::SeqCst)
-    }
-
-    fn refused(&self, e: EventsError) -> EventsError {
-        self.unsent.fetch_sub(1, Ordering::SeqCst);
-        e
+        self.capacity.saturating_sub(self.room.available_permits())
     }
 }
 
-fn job(event: &MinerEvent, done: Option<oneshot::Sender<String>>) -> Result<(Job, String), EventsError> {
+fn job(
+    event: &MinerEvent,
+    done: Option<oneshot::Sender<String>>,
+    permit: OwnedSemaphorePermit,
+) -> Result<(Job, String), EventsError> {
     let payload = serde_json::to_string(event)?;
     let mut id = [0u8; 16];
     rand::thread_rng().fill_bytes(&mut id);
     let event_id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-    Ok((Job::Append { event_id: event_id.clone(), payload, done }, event_id))
+    Ok((Job::Append(Append { event_id: event_id.clone(), payload, done, _permit: permit }), event_id))
 }
 
 /// Appends sent in one pipeline: Redis fsyncs its AOF once per event-loop pass, so
@@ -127,13 +131,16 @@ struct Append {
     event_id: String,
     payload: String,
     done: Option<oneshot::Sender<String>>,
+    /// Held until Redis confirmed the append; dropping it makes room for one more.
+    _permit: OwnedSemaphorePermit,
 }
 
 async fn append_loop(
     endpoint: Endpoint,
     cfg: StreamConfig,
-    mut rx: mpsc::Receiver<Job>,
-    unsent: Arc<AtomicUsize>,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+    room: Arc<Semaphore>,
+    capacity: usize,
 ) {
     let mut conn: Option<MultiplexedConnection> = None;
     let mut backoff = Backoff::new(cfg.retry_initial, cfg.retry_cap);
@@ -144,7 +151,7 @@ async fn append_loop(
         // Take what is already queued, up to a flush marker (it answers after the batch).
         while let Some(job) = next.take() {
             match job {
-                Job::Append { event_id, payload, done } => batch.push(Append { event_id, payload, done }),
+                Job::Append(append) => batch.push(append),
                 Job::Flush(done) => {
                     flushes.push(done);
                     break;
@@ -155,9 +162,10 @@ async fn append_loop(
             }
         }
         if !batch.is_empty() {
+            let unsent = || capacity.saturating_sub(room.available_permits());
             let ids = append_batch(&endpoint, &cfg, &mut conn, &mut backoff, &batch, &unsent).await;
+            // Each append's permit is released here, after Redis confirmed it.
             for (append, id) in batch.into_iter().zip(ids) {
-                unsent.fetch_sub(1, Ordering::SeqCst);
                 if let Some(done) = append.done {
                     let _ = done.send(id);
                 }
@@ -178,7 +186,7 @@ async fn append_batch(
     conn: &mut Option<MultiplexedConnection>,
     backoff: &mut Backoff,
     batch: &[Append],
-    unsent: &AtomicUsize,
+    unsent: &(dyn Fn() -> usize + Sync),
 ) -> Vec<String> {
     let dedupe_prefix = cfg.dedupe_key_prefix();
     let ttl = cfg.dedupe_ttl.as_secs().max(1);
@@ -222,7 +230,7 @@ async fn append_batch(
                         Ok(ids) => format!("{} replies for {} appends", ids.len(), batch.len()),
                     };
                     tracing::warn!(
-                        %error, queued = unsent.load(Ordering::SeqCst), retry_in = ?delay,
+                        %error, queued = unsent(), retry_in = ?delay,
                         "events not yet appended to the stream; retrying"
                     );
                 }

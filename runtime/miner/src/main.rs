@@ -64,7 +64,7 @@ enum Command {
     Porter {
         #[arg(long, env = "LISTEN", default_value = "0.0.0.0:8000")]
         listen: SocketAddr,
-        /// Requests checked at once; more are refused with 503.
+        /// Signature checks at once (8 per source address); more are refused with 503.
         #[arg(long, default_value_t = 256)]
         max_in_flight: usize,
     },
@@ -311,7 +311,7 @@ async fn run_porter(listen: SocketAddr, max_in_flight: usize) -> Result<()> {
         real_port: s.real_port,
         miner_ss58: s.miner_ss58,
         whitelist: s.whitelist,
-        max_in_flight,
+        limits: miner_porter::Limits { max_in_flight, ..Default::default() },
     };
     let shutdown = shutdown_signal()?;
     let listener =

@@ -69,6 +69,16 @@ pub fn management_message(miner: &str, validator: &str, nonce: u64, payload: Pay
     format!("{miner}:{validator}:{nonce}:{}", payload.message_part())
 }
 
+/// The purpose a management client signs for a request without a body to bind
+/// the signature to the request: `management:<METHOD> <path>` (path without the
+/// query). The original's plain `management` binds neither, so a signed
+/// `GET /servers/` seen on the wire could be sent as `DELETE /deployments/purge`
+/// within the nonce window. `minerctl` signs this form; the miner API accepts both
+/// unless it runs bound-only.
+pub fn bound_management_purpose(method: &str, path: &str) -> String {
+    format!("management:{} {path}", method.to_ascii_uppercase())
+}
+
 /// The headers of one signed request, in the order they were built.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedHeaders(Vec<(&'static str, String)>);
@@ -211,6 +221,8 @@ pub struct InboundVerifier {
     signers: HashMap<String, PublicKey>,
     max_age: u64,
     max_ahead: u64,
+    /// Also accept signatures over `<Bytes>message</Bytes>` (polkadot-js wrapping).
+    accept_wrapped: bool,
     /// Signatures accepted while their nonce is still inside the window, by nonce.
     /// Only verified signatures enter, so a flood of forged requests cannot grow it.
     seen: Mutex<HashMap<String, u64>>,
@@ -225,12 +237,30 @@ impl std::fmt::Debug for InboundVerifier {
             .field("signers", &signers)
             .field("max_age", &self.max_age)
             .field("max_ahead", &self.max_ahead)
+            .field("accept_wrapped", &self.accept_wrapped)
             .finish()
     }
 }
 
 /// The original miner API's window: a nonce older than 30 s is refused.
 pub const DEFAULT_WINDOW_SECS: u64 = 30;
+
+/// A request that passed [`InboundVerifier::precheck`]: the headers are present,
+/// name this miner and an allowed signer, the nonce is inside the window and the
+/// signature was not accepted before. Only the signature itself is left to check.
+#[derive(Debug, Clone)]
+pub struct Prechecked {
+    validator: String,
+    nonce: u64,
+    signature: String,
+}
+
+impl Prechecked {
+    /// The claimed signer (not yet proven).
+    pub fn signer(&self) -> &str {
+        &self.validator
+    }
+}
 
 impl InboundVerifier {
     /// `signers` are the SS58 addresses allowed to sign (the miner itself for
@@ -246,6 +276,7 @@ impl InboundVerifier {
             signers,
             max_age: DEFAULT_WINDOW_SECS,
             max_ahead: DEFAULT_WINDOW_SECS,
+            accept_wrapped: true,
             seen: Mutex::new(HashMap::new()),
         })
     }
@@ -254,6 +285,14 @@ impl InboundVerifier {
     pub fn with_window(mut self, max_age: u64, max_ahead: u64) -> Self {
         self.max_age = max_age;
         self.max_ahead = max_ahead;
+        self
+    }
+
+    /// Accept only signatures over the exact message, not the polkadot-js
+    /// `<Bytes>` wrapping. Halves the cost of a forgery for servers whose callers
+    /// sign raw messages (substrate-interface's `Keypair.sign`, this crate).
+    pub fn exact_messages_only(mut self) -> Self {
+        self.accept_wrapped = false;
         self
     }
 
@@ -267,6 +306,15 @@ impl InboundVerifier {
 
     /// Verifies one request; returns the signer's address.
     pub fn verify(&self, headers: &HeaderMap, payload: Payload<'_>, now: u64) -> Result<String, AuthError> {
+        let pre = self.precheck(headers, now)?;
+        self.finish(&pre, payload, now)
+    }
+
+    /// Every check that needs neither the body nor curve arithmetic: headers
+    /// present, this miner, an allowed signer, the nonce inside the window, a
+    /// signature not accepted before. Servers run it before they read a body or
+    /// spend CPU on the signature.
+    pub fn precheck(&self, headers: &HeaderMap, now: u64) -> Result<Prechecked, AuthError> {
         let miner = header(headers, headers::MINER)?;
         let validator = header(headers, headers::VALIDATOR)?;
         let nonce_text = header(headers, headers::NONCE)?;
@@ -274,21 +322,41 @@ impl InboundVerifier {
         if miner != self.miner {
             return Err(AuthError::WrongMiner { got: miner.to_owned(), expected: self.miner.clone() });
         }
+        if !self.signers.contains_key(validator) {
+            return Err(AuthError::UnknownSigner { got: validator.to_owned() });
+        }
+        let nonce = check_nonce(nonce_text, now, self.max_age, self.max_ahead)?;
+        let signature = signature.trim_start_matches("0x").to_ascii_lowercase();
+        if self.lock_seen().contains_key(&signature) {
+            return Err(AuthError::Replayed);
+        }
+        Ok(Prechecked { validator: validator.to_owned(), nonce, signature })
+    }
+
+    /// The signature check of a prechecked request; on success the signature is
+    /// remembered so it is accepted once. Returns the signer's address.
+    pub fn finish(&self, pre: &Prechecked, payload: Payload<'_>, now: u64) -> Result<String, AuthError> {
         let key = self
             .signers
-            .get(validator)
-            .ok_or_else(|| AuthError::UnknownSigner { got: validator.to_owned() })?;
-        let nonce = check_nonce(nonce_text, now, self.max_age, self.max_ahead)?;
-        key.verify(management_message(miner, validator, nonce, payload).as_bytes(), signature)?;
-
-        let mut seen = self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            .get(&pre.validator)
+            .ok_or_else(|| AuthError::UnknownSigner { got: pre.validator.clone() })?;
+        let message = management_message(&self.miner, &pre.validator, pre.nonce, payload);
+        if self.accept_wrapped {
+            key.verify(message.as_bytes(), &pre.signature)?;
+        } else {
+            key.verify_exact(message.as_bytes(), &pre.signature)?;
+        }
+        let mut seen = self.lock_seen();
         // Forget what the window refuses anyway; this bounds the map by the request rate.
         let oldest = now.saturating_sub(self.max_age);
         seen.retain(|_, n| *n >= oldest);
-        let id = signature.trim_start_matches("0x").to_ascii_lowercase();
-        if seen.insert(id, nonce).is_some() {
+        if seen.insert(pre.signature.clone(), pre.nonce).is_some() {
             return Err(AuthError::Replayed);
         }
-        Ok(validator.to_owned())
+        Ok(pre.validator.clone())
+    }
+
+    fn lock_seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

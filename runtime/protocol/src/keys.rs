@@ -203,11 +203,9 @@ impl PublicKey {
 
     /// Verifies a hex signature over `message`, also accepting a signature over the
     /// polkadot-js wrapped form `<Bytes>message</Bytes>` as substrate-interface does.
+    /// A forgery costs two curve verifications here; see [`PublicKey::verify_exact`].
     pub fn verify(&self, message: &[u8], signature_hex: &str) -> Result<(), SignatureError> {
-        let digits = signature_hex.strip_prefix("0x").unwrap_or(signature_hex);
-        let mut raw = [0u8; 64];
-        hex::decode_to_slice(digits, &mut raw).map_err(|_| SignatureError::Encoding)?;
-        let sig = schnorrkel::Signature::from_bytes(&raw).map_err(|_| SignatureError::Malformed)?;
+        let sig = parse_signature(signature_hex)?;
         let ctx = signing_context(SIGNING_CONTEXT);
         if self.0.verify(ctx.bytes(message), &sig).is_ok() {
             return Ok(());
@@ -218,4 +216,21 @@ impl PublicKey {
         wrapped.extend_from_slice(b"</Bytes>");
         self.0.verify(ctx.bytes(&wrapped), &sig).map_err(|_| SignatureError::Mismatch)
     }
+
+    /// Verifies a hex signature over exactly `message` (no `<Bytes>` retry): one
+    /// curve verification per forgery. For servers whose callers sign with
+    /// substrate-interface or this crate, which sign the raw message.
+    pub fn verify_exact(&self, message: &[u8], signature_hex: &str) -> Result<(), SignatureError> {
+        let sig = parse_signature(signature_hex)?;
+        self.0
+            .verify(signing_context(SIGNING_CONTEXT).bytes(message), &sig)
+            .map_err(|_| SignatureError::Mismatch)
+    }
+}
+
+fn parse_signature(signature_hex: &str) -> Result<schnorrkel::Signature, SignatureError> {
+    let digits = signature_hex.strip_prefix("0x").unwrap_or(signature_hex);
+    let mut raw = [0u8; 64];
+    hex::decode_to_slice(digits, &mut raw).map_err(|_| SignatureError::Encoding)?;
+    schnorrkel::Signature::from_bytes(&raw).map_err(|_| SignatureError::Malformed)
 }

@@ -227,3 +227,45 @@ fn verifier_refuses_a_malformed_configuration() {
     assert!(InboundVerifier::new("not-an-address", [ADDRESS]).is_err());
     assert!(InboundVerifier::new(ADDRESS, ["5Grw"]).is_err());
 }
+
+#[test]
+fn exact_only_verifiers_refuse_the_wrapped_form_and_accept_the_raw_one() {
+    let key = hotkey();
+    let wrapped = key.sign(b"<Bytes>hello</Bytes>");
+    assert_eq!(key.public().verify_exact(b"hello", &wrapped), Err(SignatureError::Mismatch));
+    key.public().verify_exact(b"hello", &key.sign(b"hello")).unwrap();
+
+    let now = 1_800_000_000;
+    let v = verifier().exact_messages_only();
+    let message = chutes_protocol::auth::management_message(
+        ADDRESS,
+        validator().ss58(),
+        now,
+        Payload::Purpose("porter"),
+    );
+    let wrapped_msg = format!("<Bytes>{message}</Bytes>");
+    let mut map = validator().sign_management_at(ADDRESS, Payload::Purpose("porter"), now).to_header_map();
+    map.insert(
+        http::HeaderName::from_bytes(headers::SIGNATURE.as_bytes()).unwrap(),
+        validator().sign(wrapped_msg.as_bytes()).parse().unwrap(),
+    );
+    assert!(matches!(v.verify(&map, Payload::Purpose("porter"), now), Err(AuthError::Signature(_))));
+    // The default verifier keeps accepting it (substrate-interface compatibility).
+    assert!(verifier().verify(&map, Payload::Purpose("porter"), now).is_ok());
+}
+
+#[test]
+fn precheck_refuses_without_the_body_and_catches_replays_before_the_signature() {
+    let v = verifier();
+    let now = 1_800_000_000;
+    let signed = validator().sign_management_at(ADDRESS, Payload::Body(BODY.as_bytes()), now);
+    let map = signed.to_header_map();
+    // Stale nonce: refused before any body is needed.
+    assert!(matches!(v.precheck(&map, now + 31), Err(AuthError::StaleNonce { .. })));
+    let pre = v.precheck(&map, now).unwrap();
+    assert_eq!(pre.signer(), validator().ss58());
+    assert!(matches!(v.finish(&pre, Payload::Body(b"other"), now), Err(AuthError::Signature(_))));
+    assert_eq!(v.finish(&pre, Payload::Body(BODY.as_bytes()), now), Ok(validator().ss58().to_owned()));
+    // Once accepted, the same signature is refused by the cheap check.
+    assert_eq!(v.precheck(&map, now).unwrap_err(), AuthError::Replayed);
+}

@@ -1,5 +1,5 @@
 //! Lab hosts behave like separate machines reachable over SSH, and leave nothing
-//! behind. These tests need root (namespaces, mounts, port 22).
+//! behind. These tests need root (namespaces, mounts, the SSH port).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -36,6 +36,8 @@ fn ssh_command(
     .arg(format!("UserKnownHostsFile={}", known_hosts.display()))
     .arg("-i")
     .arg(host.client_key_path())
+    // The host's port unless the caller names one (ssh keeps the first -p).
+    .args(if extra.contains(&"-p") { vec![] } else { vec!["-p".to_owned(), host.port().to_string()] })
     .args(extra)
     .arg(format!("{}@{}", host.ssh_user(), host.addr()))
     .arg(command);
@@ -121,7 +123,7 @@ fn root_logs_in_over_ssh_with_the_client_key_only() {
 
     // Each host has a fresh host key: b's key does not verify a.
     assert_ne!(a.host_public_key(), b.host_public_key());
-    let wrong_pin = format!("{} {}", a.addr(), b.host_public_key());
+    let wrong_pin = a.known_hosts_line().replace(a.host_public_key(), b.host_public_key());
     let out = ssh(a, &wrong_pin, &[], "true");
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("Host key verification failed"), "{}", text(&out.stderr));

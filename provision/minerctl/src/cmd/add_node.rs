@@ -29,7 +29,7 @@ pub struct AddNodeArgs {
 }
 
 pub fn run(args: AddNodeArgs) -> anyhow::Result<ExitCode> {
-    let inv = provision_inventory::load(&args.common.inventory)?;
+    let inv = crate::cmd::load_inventory(&args.common.inventory)?;
     let host = phases::check_worker(&inv, &args.host).map_err(anyhow::Error::msg)?;
     let missing: Vec<&str> = [
         (!host.gpu_enabled).then_some("gpu_enabled: true"),

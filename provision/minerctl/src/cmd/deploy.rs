@@ -100,7 +100,7 @@ fn credentials(args: &DeployArgs) -> anyhow::Result<Credentials> {
 
 /// `microk8s config` on the inventory's primary host.
 async fn kubeconfig_over_ssh(args: &DeployArgs) -> anyhow::Result<String> {
-    let inv = provision_inventory::load(&args.inventory)?;
+    let inv = crate::cmd::load_inventory(&args.inventory)?;
     kubeconfig_from_primary(&inv, &args.ssh.options()).await
 }
 

@@ -8,3 +8,42 @@ pub mod provision;
 pub mod remove_node;
 pub mod render;
 pub mod ssh;
+
+use std::path::Path;
+
+/// Loads the inventory, every command's first step. A missing file is the first
+/// thing a new user meets, so it says what to do instead of only what failed.
+pub fn load_inventory(path: &Path) -> anyhow::Result<provision_inventory::Inventory> {
+    match provision_inventory::load(path) {
+        Err(provision_inventory::InventoryError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            anyhow::bail!(
+                "no inventory at {}: copy inventory.example.yml (in the repository root) to {} and describe \
+                 your hosts in it, or name another file (minerctl provision FILE)",
+                path.display(),
+                path.display()
+            )
+        }
+        other => Ok(other?),
+    }
+}
+
+/// The error and its causes on one line, each cause once. Library errors often
+/// print their source in their own message too (`cannot read X: <io error>`), and
+/// anyhow's `{:#}` would then repeat it (`...: No such file (os error 2): No such file
+/// (os error 2)`); a cause whose text the line already holds is left out.
+pub fn error_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}

@@ -68,7 +68,7 @@ fn default_log_path() -> PathBuf {
 pub fn run(args: ProvisionArgs) -> anyhow::Result<ExitCode> {
     // Everything about the inventory is checked before any connection.
     let inventory = args.inventory_file.as_ref().unwrap_or(&args.inventory);
-    let inv = provision_inventory::load(inventory)?;
+    let inv = crate::cmd::load_inventory(inventory)?;
     for t in &args.tags {
         if !provision_roles::TAGS.contains(&t.as_str()) {
             bail!("--tags: unknown role `{t}`; roles are {}", provision_roles::TAGS.join(", "));

@@ -46,7 +46,7 @@ fn describe(job: &Value) -> String {
 }
 
 pub fn run(args: RemoveNodeArgs) -> anyhow::Result<ExitCode> {
-    let inv = provision_inventory::load(&args.common.inventory)?;
+    let inv = crate::cmd::load_inventory(&args.common.inventory)?;
     let host = phases::check_worker(&inv, &args.host).map_err(anyhow::Error::msg)?.clone();
     let api = args.common.api(&inv)?;
     let log = args.common.log("remove-node")?;

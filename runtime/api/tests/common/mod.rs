@@ -67,6 +67,8 @@ pub struct Options {
     /// Builds the bootstrap once the API's database exists.
     pub make_bootstrap: Option<MakeBootstrap>,
     pub event_timeout: Duration,
+    /// `AppState::bound_management_only`.
+    pub bound_only: bool,
 }
 
 impl Default for Options {
@@ -76,6 +78,7 @@ impl Default for Options {
             bootstrap: None,
             make_bootstrap: None,
             event_timeout: Duration::from_secs(5),
+            bound_only: false,
         }
     }
 }
@@ -98,6 +101,7 @@ impl Api {
         let miner = Arc::new(hotkey(MINER_SEED));
         let mut state = AppState::new(db.clone(), miner.clone(), producer, validators()).unwrap();
         state.event_timeout = opts.event_timeout;
+        state = state.with_bound_management_only(opts.bound_only);
         if let Some(b) = opts.bootstrap {
             state = state.with_bootstrap(b);
         }

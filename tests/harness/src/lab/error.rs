@@ -21,10 +21,10 @@ pub enum LabError {
     #[error("lab: lab host {host} ({addr}) failed to start: {detail}")]
     Start { host: String, addr: String, detail: String },
     #[error(
-        "lab: sshd of lab host {host} is not listening on {addr}:22 after {secs} s; its log ends with:\n{log_tail}"
+        "lab: sshd of lab host {host} is not listening on {addr} after {secs} s; its log ends with:\n{log_tail}"
     )]
     SshdNotReady { host: String, addr: String, secs: u64, log_tail: String },
-    #[error("lab: sshd of lab host {host} still accepts connections on {addr}:22 after {secs} s")]
+    #[error("lab: sshd of lab host {host} still accepts connections on {addr} after {secs} s")]
     SshdStillUp { host: String, addr: String, secs: u64 },
     #[error("lab: on lab host {host}, `{command}` exited with {status}; stderr:\n{stderr}")]
     Command { host: String, command: String, status: String, stderr: String },

@@ -15,7 +15,6 @@ use super::slot::Slot;
 
 /// The script that runs as PID 1 of every lab host (see its header for the protocol).
 const INIT: &str = include_str!("init.sh");
-const SSH_PORT: u16 = 22;
 /// Generous: 32 hosts starting at once on a 2-core machine share the CPU.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const SSHD_TIMEOUT: Duration = Duration::from_secs(15);
@@ -27,7 +26,7 @@ const SSHD_LOG: &str = "/var/log/lab-sshd.log";
 
 /// An isolated host on this machine: private mount, UTS and PID namespaces, a
 /// copy-on-write overlay of `/` as its root, its own host name and its own sshd on
-/// 127.0.1.N:22 that lets root in with [`LabHost::client_key_path`] only.
+/// 127.0.1.N:[`LabHost::port`] (22 unless the machine listens on *:22) that lets root in with [`LabHost::client_key_path`] only.
 ///
 /// Dropping it (also during a panic) kills every process of the host and discards its
 /// file system; so does the death of the test process that owns it.
@@ -35,6 +34,7 @@ const SSHD_LOG: &str = "/var/log/lab-sshd.log";
 pub struct LabHost {
     name: String,
     addr: Ipv4Addr,
+    port: u16,
     init_pid: u32,
     host_key: String,
     client_key: &'static ClientKey,
@@ -56,6 +56,7 @@ impl LabHost {
         validate_name(name)?;
         let client_key = client_key()?;
         let addr = slot.addr();
+        let port = slot.port();
         let (lifeline_r, lifeline_w) = std::io::pipe().map_err(io("create a lifeline pipe"))?;
         let (out_r, out_w) = std::io::pipe().map_err(io("create an output pipe"))?;
         let err_w = out_w.try_clone().map_err(io("duplicate an output pipe"))?;
@@ -64,6 +65,7 @@ impl LabHost {
         cmd.args(["-c", INIT, "lab-init", name])
             .arg(addr.to_string())
             .arg(&client_key.public_key)
+            .arg(port.to_string())
             .env_clear()
             .env("PATH", ROOT_PATH)
             .stdin(lifeline_r)
@@ -91,6 +93,7 @@ impl LabHost {
         let mut host = LabHost {
             name: name.to_string(),
             addr,
+            port,
             init_pid: 0,
             host_key: String::new(),
             client_key,
@@ -120,14 +123,16 @@ impl LabHost {
         IpAddr::V4(self.addr)
     }
 
-    /// The SSH port: always 22, as on a real host.
+    /// The SSH port: 22, as on a real host, unless something on this machine listens
+    /// on the wildcard address of 22 (then 2222 or the next free of a few; or
+    /// `LAB_SSH_PORT`). Inventories and clients must use it.
     pub fn port(&self) -> u16 {
-        SSH_PORT
+        self.port
     }
 
     /// `addr():port()`.
     pub fn ssh_addr(&self) -> SocketAddr {
-        SocketAddr::from((self.addr, SSH_PORT))
+        SocketAddr::from((self.addr, self.port))
     }
 
     /// The user whose login the client key opens.
@@ -151,9 +156,14 @@ impl LabHost {
         &self.host_key
     }
 
-    /// A `known_hosts` line pinning this host's key: `127.0.1.N ssh-ed25519 AAAA...`.
+    /// A `known_hosts` line pinning this host's key: `127.0.1.N ssh-ed25519 AAAA...`
+    /// (`[127.0.1.N]:PORT ...` when the port is not 22, as OpenSSH writes it).
     pub fn known_hosts_line(&self) -> String {
-        format!("{} {}", self.addr, self.host_key)
+        if self.port == 22 {
+            format!("{} {}", self.addr, self.host_key)
+        } else {
+            format!("[{}]:{} {}", self.addr, self.port, self.host_key)
+        }
     }
 
     /// PID (as this machine sees it) of the host's PID 1; its `/proc/PID/ns/*` are the
@@ -253,7 +263,7 @@ impl LabHost {
             if Instant::now() >= deadline {
                 return Err(LabError::SshdStillUp {
                     host: self.name.clone(),
-                    addr: self.addr.to_string(),
+                    addr: self.ssh_addr().to_string(),
                     secs: SSHD_TIMEOUT.as_secs(),
                 });
             }
@@ -281,7 +291,7 @@ impl LabHost {
                 let log_tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
                 return Err(LabError::SshdNotReady {
                     host: self.name.clone(),
-                    addr: self.addr.to_string(),
+                    addr: self.ssh_addr().to_string(),
                     secs: timeout.as_secs(),
                     log_tail,
                 });

@@ -2,7 +2,7 @@
 # created the host's mount, UTS and PID namespaces and made the overlay its root with
 # fresh /proc, /sys, /dev, /run and /tmp; this script sets up and starts sshd, then waits.
 #
-# Arguments: NAME ADDR CLIENT_PUBLIC_KEY
+# Arguments: NAME ADDR CLIENT_PUBLIC_KEY [PORT, default 22]
 # stdin:     the lifeline pipe. The harness holds its only write end, so EOF means the
 #            owning test process dropped the host or died; PID 1 then exits and the
 #            kernel kills everything else in the namespace and drops its mounts.
@@ -11,7 +11,7 @@
 # this script uses shell builtins where it can.
 set -eu
 exec 2>&1
-name=$1 addr=$2 client_key=$3
+name=$1 addr=$2 client_key=$3 port=${4:-22}
 
 umask 022
 echo "$name" >/etc/hostname
@@ -26,7 +26,7 @@ rm -f /etc/ssh/ssh_host_* /etc/ssh/sshd_config.d/* /root/.ssh/authorized_keys /v
 ssh-keygen -q -t ed25519 -N '' -C "root@$name" -f /etc/ssh/ssh_host_ed25519_key
 printf '%s\n' "# Lab host $name. Drop-ins come first so that a provisioning tool's settings win." \
     'Include /etc/ssh/sshd_config.d/*.conf' \
-    "ListenAddress $addr:22" \
+    "ListenAddress $addr:$port" \
     'HostKey /etc/ssh/ssh_host_ed25519_key' \
     'PidFile /run/sshd.pid' \
     'PermitRootLogin prohibit-password' \

@@ -2,7 +2,7 @@
 //!
 //! A [`LabHost`] is an isolated, copy-on-write view of this machine: private mount,
 //! UTS and PID namespaces, an overlay of `/` as its root (writes land in memory and
-//! vanish with the host), its own host name, and its own `sshd` on 127.0.1.N:22 with a
+//! vanish with the host), its own host name, and its own `sshd` on 127.0.1.N:22 (another port when the machine listens on *:22) with a
 //! fresh host key that lets root in with one shared client key only. apt-get, files,
 //! users and sudoers inside are real; what cannot run here (systemd, snap, microk8s,
 //! nvidia-smi, reboot, sysctl -w, ...) gets [`Standin`] executables on request.

@@ -44,10 +44,49 @@ pub(crate) fn state_dir() -> Result<PathBuf, LabError> {
     Err(io(format!("create the lab state dir {}", dir.display()))(e))
 }
 
+/// SSH ports a lab host may use, in order of preference. 22 is a real host's port;
+/// the others serve when something (the machine's own sshd, normally) listens on the
+/// wildcard address of 22, which covers every 127.0.1.N. The machine's sshd is never
+/// stopped or reconfigured: it may carry the session of whoever runs the tests.
+const PORTS: [u16; 4] = [22, 2222, 22222, 2022];
+
+/// `LAB_SSH_PORT` forces a port (for testing the fallback, or a site's own choice).
+const PORT_VAR: &str = "LAB_SSH_PORT";
+
+/// The SSH port of every lab host this process starts, chosen once.
+pub(crate) fn lab_ssh_port() -> Result<u16, LabError> {
+    static PORT: std::sync::OnceLock<Result<u16, String>> = std::sync::OnceLock::new();
+    let chosen = PORT.get_or_init(|| {
+        if let Ok(text) = std::env::var(PORT_VAR) {
+            return text.trim().parse().map_err(|_| format!("{PORT_VAR}={text:?} is not a port number"));
+        }
+        let tables =
+            ["/proc/net/tcp", "/proc/net/tcp6"].map(|t| std::fs::read_to_string(t).unwrap_or_default());
+        choose_port(&tables).ok_or_else(|| {
+            format!(
+                "something listens on the wildcard address of every port lab hosts can use ({PORTS:?}); \
+                 set {PORT_VAR} to a free port"
+            )
+        })
+    });
+    chosen.clone().map_err(|detail| LabError::Start {
+        host: "(any)".into(),
+        addr: "127.0.1.0/24".into(),
+        detail,
+    })
+}
+
+/// The first of [`PORTS`] that no wildcard listener in `tables` (the text of
+/// /proc/net/tcp and tcp6) takes.
+pub(crate) fn choose_port(tables: &[String]) -> Option<u16> {
+    PORTS.into_iter().find(|port| tables.iter().all(|t| wildcard_listener(t, *port).is_none()))
+}
+
 /// An owned lab address. Dropping it frees the address.
 #[derive(Debug)]
 pub(crate) struct Slot {
     n: u8,
+    port: u16,
     path: PathBuf,
     _lock: File,
 }
@@ -57,6 +96,11 @@ impl Slot {
         Ipv4Addr::new(127, 0, 1, self.n)
     }
 
+    /// The port the host's sshd listens on (see [`lab_ssh_port`]).
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
     /// Takes a free slot. The search starts where this process's last one ended (and at
     /// a PID-dependent place in a new process), so a slot just freed is not handed out
     /// again at once: whatever still refers to its address (a test checking that the old
@@ -64,16 +108,7 @@ impl Slot {
     pub(crate) fn acquire() -> Result<Slot, LabError> {
         static NEXT: AtomicUsize = AtomicUsize::new(usize::MAX);
         let dir = state_dir()?;
-        if let Some(listener) = wildcard_ssh_listener() {
-            return Err(LabError::Start {
-                host: "(any)".into(),
-                addr: "127.0.1.0/24".into(),
-                detail: format!(
-                    "something on this machine listens on {listener}, which covers every lab address; \
-                     stop the machine's own sshd (lab hosts bind 127.0.1.N:22 each)"
-                ),
-            });
-        }
+        let port = lab_ssh_port()?;
         static SWEEP: std::sync::Once = std::sync::Once::new();
         SWEEP.call_once(|| sweep_stale(&dir));
         let count = usize::from(LAST - FIRST) + 1;
@@ -86,7 +121,7 @@ impl Slot {
         let start = NEXT.fetch_add(1, Ordering::Relaxed);
         for i in 0..count {
             let n = FIRST + ((start + i) % count) as u8;
-            if let Some(slot) = try_take(&dir, n)? {
+            if let Some(slot) = try_take(&dir, n, port)? {
                 NEXT.store(start + i + 1, Ordering::Relaxed);
                 return Ok(slot);
             }
@@ -102,7 +137,7 @@ impl Drop for Slot {
     }
 }
 
-fn try_take(dir: &Path, n: u8) -> Result<Option<Slot>, LabError> {
+fn try_take(dir: &Path, n: u8, port: u16) -> Result<Option<Slot>, LabError> {
     let path = dir.join(format!("slot-{n}.lock"));
     let mut file = OpenOptions::new()
         .create(true)
@@ -119,14 +154,14 @@ fn try_take(dir: &Path, n: u8) -> Result<Option<Slot>, LabError> {
         return Ok(None);
     }
     // The lab host of an owner that died a moment ago may still be going down.
-    if !wait_port_free(Ipv4Addr::new(127, 0, 1, n), STALE_GRACE) {
+    if !wait_port_free(SocketAddr::from((Ipv4Addr::new(127, 0, 1, n), port)), STALE_GRACE) {
         let _ = std::fs::remove_file(&path); // still under our lock, see the module docs
         return Ok(None);
     }
     // For people reading the state dir: who owns the slot.
     let _ = file.set_len(0);
     let _ = writeln!(file, "{}", std::process::id());
-    Ok(Some(Slot { n, path, _lock: file }))
+    Ok(Some(Slot { n, port, path, _lock: file }))
 }
 
 /// Removes lock files left by processes that died without dropping their slots (the
@@ -154,11 +189,11 @@ fn names_same_file(path: &Path, file: &File) -> bool {
     }
 }
 
-/// True once nothing listens on `addr`:22 (checked by binding it ourselves).
-fn wait_port_free(addr: Ipv4Addr, grace: Duration) -> bool {
+/// True once nothing listens on `addr` (checked by binding it ourselves).
+fn wait_port_free(addr: SocketAddr, grace: Duration) -> bool {
     let deadline = Instant::now() + grace;
     loop {
-        if TcpListener::bind(SocketAddr::from((addr, 22))).is_ok() {
+        if TcpListener::bind(addr).is_ok() {
             return true;
         }
         if Instant::now() >= deadline {
@@ -168,22 +203,51 @@ fn wait_port_free(addr: Ipv4Addr, grace: Duration) -> bool {
     }
 }
 
-/// A socket listening on port 22 of every address (`0.0.0.0:22` or `[::]:22`), such as
-/// the machine's own sshd: no lab host can bind its address while one exists.
-fn wildcard_ssh_listener() -> Option<&'static str> {
+/// A socket in `table` (the text of /proc/net/tcp or tcp6) listening on `port` of
+/// every address (`0.0.0.0` or `[::]`): no lab host can bind that port then.
+fn wildcard_listener(table: &str, port: u16) -> Option<String> {
     const LISTEN: &str = "0A";
-    let tables = [
-        ("/proc/net/tcp", "00000000:0016", "0.0.0.0:22"),
-        ("/proc/net/tcp6", "00000000000000000000000000000000:0016", "[::]:22"),
-    ];
-    for (table, local, shown) in tables {
-        let Ok(text) = std::fs::read_to_string(table) else { continue };
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.get(1) == Some(&local) && fields.get(3) == Some(&LISTEN) {
-                return Some(shown);
-            }
+    let v4 = format!("00000000:{port:04X}");
+    let v6 = format!("{}:{port:04X}", "0".repeat(32));
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local = *fields.get(1)?;
+        (fields.get(3) == Some(&LISTEN) && (local == v4 || local == v6)).then(|| format!("*:{port}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEAD: &str =
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n";
+
+    fn table(rows: &[&str]) -> String {
+        let mut t = HEAD.to_owned();
+        for r in rows {
+            t.push_str(&format!(
+                "   0: {r} 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1\n"
+            ));
         }
+        t
     }
-    None
+
+    #[test]
+    fn a_wildcard_listener_on_22_moves_lab_hosts_to_another_port() {
+        // Nothing on 22, or only on specific addresses (another lab host, 127.0.0.1):
+        // lab hosts use 22.
+        assert_eq!(choose_port(&[table(&[]), table(&[])]), Some(22));
+        assert_eq!(choose_port(&[table(&["0100007F:0016", "0201007F:0016"]), table(&[])]), Some(22));
+        // The machine's sshd on 0.0.0.0:22 or [::]:22: the next port.
+        assert_eq!(choose_port(&[table(&["00000000:0016"]), table(&[])]), Some(2222));
+        let v6 = format!("{}:0016", "0".repeat(32));
+        assert_eq!(choose_port(&[table(&[]), table(&[&v6])]), Some(2222));
+        // ... and past any other taken one.
+        assert_eq!(choose_port(&[table(&["00000000:0016", "00000000:08AE"]), table(&[])]), Some(22222));
+        // A connection (not LISTEN) from port 22 does not count.
+        let established = HEAD.to_owned()
+            + "   0: 00000000:0016 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 1\n";
+        assert_eq!(choose_port(&[established]), Some(22));
+    }
 }

@@ -1,6 +1,7 @@
-//! "Private" source addresses for `/registry/auth`, as Python's `ipaddress` module
-//! classifies them (the original allowed private, loopback, link-local, multicast,
-//! reserved and unspecified addresses).
+//! "Private" addresses, as Python's `ipaddress` module classifies them (the
+//! original allowed private, loopback, link-local, multicast, reserved and
+//! unspecified addresses). Used for the miner API's `/registry/auth` callers and
+//! for where GraVal's bootstrap server may fetch an unsigned `token_url`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
