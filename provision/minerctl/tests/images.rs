@@ -9,6 +9,9 @@
 //! machines), on the host network (loopback only).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/lab.rs"]
+mod lab;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -419,28 +422,13 @@ fn the_graval_cpu_image_serves_pings_refuses_unsigned_calls_and_proves() {
 
 /// Lab hosts with the microk8s stand-in "installed", and an inventory for them.
 fn lab_inventory(lab: &Lab, dir: &Path) -> (PathBuf, PathBuf) {
-    let h0 = &lab.hosts()[0];
-    let mut y = format!(
-        "vars:\n  user: chutes\n  login_user: root\n  ssh_keys: ['{key}']\n  ssh:\n    key: {path}\nhosts:\n",
-        key = h0.client_public_key(),
-        path = h0.client_key_path().display()
-    );
-    for (i, h) in lab.hosts().iter().enumerate() {
+    for h in lab.hosts() {
         h.install_standins(&[Standin::Microk8s]).unwrap();
         h.sh("mkdir -p /var/lib/lab-standins/snaps && echo version=1.32 > /var/lib/lab-standins/snaps/microk8s")
             .unwrap();
-        y.push_str(&format!(
-            "  {name}:\n    address: {addr}\n    external_ip: 203.0.113.{n}\n    wireguard_ip: 192.168.0.{n}\n    \
-             is_primary: {p}\n    gpu_enabled: {g}\n",
-            name = h.name(),
-            addr = h.addr(),
-            n = i + 1,
-            p = i == 0,
-            g = i != 0,
-        ));
     }
     let inventory = dir.join("inventory.yml");
-    std::fs::write(&inventory, y).unwrap();
+    std::fs::write(&inventory, lab::inventory_yaml(lab.hosts())).unwrap();
     let known = dir.join("known_hosts");
     let lines: Vec<String> = lab.hosts().iter().map(|h| h.known_hosts_line()).collect();
     std::fs::write(&known, lines.join("\n") + "\n").unwrap();

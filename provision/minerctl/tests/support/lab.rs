@@ -52,25 +52,7 @@ impl Setup {
     }
 
     fn write_inventory(&self) {
-        let h0 = &self.lab.hosts()[0];
-        let mut y = format!(
-            "vars:\n  user: chutes\n  login_user: root\n  ssh_keys: ['{key}']\n  packages: [hello]\n  primary_packages: []\n  \
-             container_toolkit_packages: []\n  skip_cuda: true\n  ssh:\n    key: {path}\nhosts:\n",
-            key = h0.client_public_key(),
-            path = h0.client_key_path().display()
-        );
-        for (i, h) in self.lab.hosts().iter().enumerate() {
-            y.push_str(&format!(
-                "  {name}:\n    address: {addr}\n    external_ip: 203.0.113.{n}\n    wireguard_ip: 192.168.0.{n}\n    \
-                 is_primary: {p}\n    gpu_enabled: {g}\n",
-                name = h.name(),
-                addr = h.addr(),
-                n = i + 1,
-                p = i == 0,
-                g = i != 0,
-            ));
-        }
-        std::fs::write(self.inventory(), y).unwrap();
+        std::fs::write(self.inventory(), inventory_yaml(self.lab.hosts())).unwrap();
     }
 
     pub fn write_known_hosts(&self, line: impl Fn(&LabHost) -> String) {
@@ -104,6 +86,29 @@ impl Setup {
     pub fn run(&self, extra: &[&str]) -> Run {
         Run::from(self.command(extra).output().unwrap())
     }
+}
+
+/// The inventory of `hosts`: the first is the primary (CPU), the others GPU workers.
+pub fn inventory_yaml(hosts: &[LabHost]) -> String {
+    let h0 = &hosts[0];
+    let mut y = format!(
+        "vars:\n  user: chutes\n  login_user: root\n  ssh_keys: ['{key}']\n  packages: [hello]\n  primary_packages: []\n  \
+         container_toolkit_packages: []\n  skip_cuda: true\n  ssh:\n    key: {path}\nhosts:\n",
+        key = h0.client_public_key(),
+        path = h0.client_key_path().display()
+    );
+    for (i, h) in hosts.iter().enumerate() {
+        y.push_str(&format!(
+            "  {name}:\n    address: {addr}\n    external_ip: 203.0.113.{n}\n    wireguard_ip: 192.168.0.{n}\n    \
+             is_primary: {p}\n    gpu_enabled: {g}\n",
+            name = h.name(),
+            addr = h.addr(),
+            n = i + 1,
+            p = i == 0,
+            g = i != 0,
+        ));
+    }
+    y
 }
 
 fn install_standins(h: &LabHost) {
