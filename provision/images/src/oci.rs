@@ -99,6 +99,8 @@ pub fn build(name: &str, tree: &Tree, run: &RunConfig) -> Result<Built, ImageErr
             "mediaType": MANIFEST_MEDIA_TYPE,
             "digest": digest,
             "size": manifest.len(),
+            // Lets an importer filter by platform without opening the config.
+            "platform": {"architecture": "amd64", "os": "linux"},
             // containerd (`ctr image import`) names the image from the first, podman and
             // skopeo from the second.
             "annotations": {"io.containerd.image.name": tag, "org.opencontainers.image.ref.name": tag},
