@@ -39,6 +39,8 @@ pub enum PushError {
     Command { host: String, command: String, status: String, stderr: String },
     #[error("{host}: imported {image} but containerd does not list digest {digest}")]
     NotListed { host: String, image: String, digest: String },
+    #[error("{host}: the copy of {archive} arrived with another sha256; removed it")]
+    Corrupt { host: String, archive: std::path::PathBuf },
     #[error(transparent)]
     Image(#[from] crate::ImageError),
 }
@@ -69,6 +71,49 @@ async fn run(session: &Session, command: &str, stdin: Option<&[u8]>) -> Result<S
     Ok(out.stdout_str())
 }
 
+/// Bytes sent per command: each piece gets its own timeout, so a slow link moves a CUDA
+/// image (hundreds of MB) without one command running for many minutes, and the archive
+/// is never held in memory whole.
+const CHUNK: usize = 16 << 20;
+
+/// Copies `archive` to the quoted remote path in pieces and checks its sha256 there.
+async fn upload(session: &Session, archive: &Path, remote: &str) -> Result<(), PushError> {
+    use sha2::Digest;
+    use std::io::Read;
+    let io = |e| crate::ImageError::io(archive, e);
+    let mut file = std::fs::File::open(archive).map_err(io)?;
+    let mut hash = sha2::Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut first = true;
+    loop {
+        let mut filled = 0;
+        while filled < CHUNK {
+            let n = file.read(&mut buf[filled..]).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 && !first {
+            break;
+        }
+        hash.update(&buf[..filled]);
+        let op = if first { ">" } else { ">>" };
+        run(session, &format!("umask 077; cat {op} {remote}"), Some(&buf[..filled])).await?;
+        first = false;
+        if filled < CHUNK {
+            break;
+        }
+    }
+    let expected = hex::encode(hash.finalize());
+    let got = run(session, &format!("sha256sum {remote}"), None).await?;
+    if got.split_whitespace().next() != Some(expected.as_str()) {
+        run(session, &format!("rm -f {remote}"), None).await?;
+        return Err(PushError::Corrupt { host: session.name().to_string(), archive: archive.to_path_buf() });
+    }
+    Ok(())
+}
+
 /// Pushes `images` (from the lock at `lock_path`) to the node behind `session`.
 pub async fn push_host(
     session: &Session,
@@ -88,18 +133,9 @@ pub async fn push_host(
             continue;
         }
         let archive = Lock::archive_path(lock_path, image);
-        let data = std::fs::read(&archive).map_err(|e| crate::ImageError::io(&archive, e))?;
         let remote = format!("/var/tmp/minerctl-{name}.oci.tar");
-        let up = session.upload(&remote, &data, 0o600, "root:root").await?;
-        if !up.success() {
-            return Err(PushError::Command {
-                host: session.name().to_string(),
-                command: format!("upload {remote}"),
-                status: format!("{:?}", up.status),
-                stderr: up.stderr_str().trim().to_string(),
-            });
-        }
         let q = shell_quote(&remote);
+        upload(session, &archive, &q).await?;
         // Removed whatever the import's outcome: a failed one must not leave 100s of MB behind.
         run(session, &format!("microk8s ctr image import --digests {q}; s=$?; rm -f {q}; exit $s"), None)
             .await?;
