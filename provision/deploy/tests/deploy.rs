@@ -141,7 +141,7 @@ async fn dry_run_shows_a_per_object_diff_and_changes_nothing() {
         "{out}"
     );
     assert!(out.contains("~ configure Deployment chutes/api"), "{out}");
-    assert!(out.contains("-        image: parachutes/miner:latest"), "{out}");
+    assert!(out.contains("-        image: chutes.local/chutes-miner:unbuilt"), "{out}");
     assert!(out.contains("+        image: parachutes/miner:v2"), "{out}");
 
     // A changed hotkey shows as a changed secret, without its value.

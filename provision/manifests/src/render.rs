@@ -327,19 +327,25 @@ fn context(values: &Values) -> Result<tera::Context, RenderError> {
     .map_err(context_error)?;
     let pg = &values.postgres;
     // Shared by the api, gepetto and the audit exporter (chutes-miner.md §3.2).
-    let common = vec![
-        secret_env("MINER_SS58", "miner-credentials", "ss58"),
-        secret_env("MINER_SEED", "miner-credentials", "seed"),
-        secret_env("REDIS_PASSWORD", "redis-secret", "redis-password"),
+    // `migrate` needs the database only: no hotkey seed in the init container.
+    let migrate = vec![
         secret_env("POSTGRES_PASSWORD", "postgres-secret", "postgres-password"),
         plain_env(
             "POSTGRESQL",
             format!("postgresql+asyncpg://{}:$(POSTGRES_PASSWORD)@postgres:5432/{}", pg.user, pg.database),
         ),
+    ];
+    let mut common = vec![
+        secret_env("MINER_SS58", "miner-credentials", "ss58"),
+        secret_env("MINER_SEED", "miner-credentials", "seed"),
+        secret_env("REDIS_PASSWORD", "redis-secret", "redis-password"),
+    ];
+    common.extend(migrate.iter().cloned());
+    common.extend([
         plain_env("REDIS_URL", "redis://:$(REDIS_PASSWORD)@redis:6379"),
         plain_env("VALIDATORS", validators_json),
         plain_env("CHUTES_NAMESPACE", ns),
-    ];
+    ]);
     let first_registry_port =
         values.validators.supported.first().map(|v| v.registry_node_port).unwrap_or(30500);
     let mut api = common.clone();
@@ -382,7 +388,7 @@ fn context(values: &Values) -> Result<tera::Context, RenderError> {
             "porter": requirements(&values.porter.resources),
         }),
     );
-    ctx.insert("env", &json!({"api": api, "gepetto": gepetto, "audit": common}));
+    ctx.insert("env", &json!({"api": api, "gepetto": gepetto, "audit": common, "migrate": migrate}));
     ctx.insert(
         "validator_whitelist",
         &values.validators.supported.iter().map(|v| v.hotkey.as_str()).collect::<Vec<_>>().join(","),

@@ -128,7 +128,29 @@ pub struct Redis {
     pub image: String,
     pub image_pull_policy: PullPolicy,
     pub resources: Resources,
+    /// How often the append-only file is fsync'd: the event stream and its consumer group
+    /// survive a restart only if the AOF does.
+    pub appendfsync: AppendFsync,
+    pub persistence: ClaimPersistence,
     pub custom_args: Vec<String>,
+}
+
+/// Redis' `appendfsync`; `no` (leave it to the kernel) is not offered: it can lose
+/// acknowledged events on a node crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppendFsync {
+    Always,
+    Everysec,
+}
+
+/// A PersistentVolumeClaim's size and storage class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClaimPersistence {
+    pub size: String,
+    /// Empty means the cluster default.
+    pub storage_class: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,6 +173,7 @@ pub struct Porter {
     pub enabled: bool,
     pub image: String,
     pub image_pull_policy: PullPolicy,
+    pub command: Vec<String>,
     pub resources: Resources,
     pub node_port: u16,
     pub real_host: String,
@@ -185,6 +208,9 @@ pub enum Layer {
     Set(String),
     /// `--set-string a.b=c`: the value is always a string.
     SetString(String),
+    /// A values document that is not a file (e.g. the image digests from `images build`);
+    /// `source` names it in errors.
+    Yaml { source: String, text: String },
 }
 
 impl Values {
@@ -198,10 +224,14 @@ impl Values {
         let mut tree = parse_yaml(DEFAULT_VALUES, DEFAULT_VALUES_NAME)?;
         let mut values: Values = check(&tree, DEFAULT_VALUES_NAME)?;
         for layer in layers {
+            let document = match layer {
+                Layer::File(path) => Some((format!("values file {}", path.display()), read(path)?)),
+                Layer::Yaml { source, text } => Some((source.clone(), text.clone())),
+                Layer::Set(_) | Layer::SetString(_) => None,
+            };
             match layer {
-                Layer::File(path) => {
-                    let source = format!("values file {}", path.display());
-                    let text = read(path)?;
+                Layer::File(_) | Layer::Yaml { .. } => {
+                    let Some((source, text)) = document else { continue };
                     let overlay = parse_yaml(&text, &source)?;
                     if !overlay.is_null() && !overlay.is_object() {
                         return Err(ValuesError::Schema {

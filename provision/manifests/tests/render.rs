@@ -138,15 +138,18 @@ fn optional_components_follow_their_switches() {
 
 #[test]
 fn host_path_persistence_replaces_the_claim() {
+    let postgres = |m: &minerctl_manifests::Manifest| {
+        m.objects.iter().find(|o| o.kind() == "StatefulSet" && o.name() == "postgres").unwrap().clone()
+    };
     let m = render(&full_values()).unwrap();
-    let pg = m.objects.iter().find(|o| o.kind() == "StatefulSet").unwrap();
+    let pg = postgres(&m);
     assert!(pg.value["spec"].get("volumeClaimTemplates").is_none());
     assert_eq!(
         pg.value["spec"]["template"]["spec"]["volumes"][0]["hostPath"]["path"],
         "/var/snap/postgres-data"
     );
     let m = render(&Values::defaults().unwrap()).unwrap();
-    let pg = m.objects.iter().find(|o| o.kind() == "StatefulSet").unwrap();
+    let pg = postgres(&m);
     assert_eq!(
         pg.value["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
         "100Gi"
@@ -163,4 +166,138 @@ fn objects_come_in_dependency_order() {
     assert!(pos("Secret") < pos("StatefulSet"));
     assert!(pos("ConfigMap") < pos("DaemonSet"));
     assert!(pos("Service") < pos("DaemonSet"));
+}
+
+fn object<'m>(m: &'m minerctl_manifests::Manifest, kind: &str, name: &str) -> &'m Value {
+    &m.objects
+        .iter()
+        .find(|o| o.kind() == kind && o.name() == name)
+        .unwrap_or_else(|| panic!("no {kind}/{name}"))
+        .value
+}
+
+/// Every container (init containers too) of every workload, with the object it is in.
+fn containers(m: &minerctl_manifests::Manifest) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for o in &m.objects {
+        let spec = match o.kind() {
+            "CronJob" => &o.value["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+            _ => &o.value["spec"]["template"]["spec"],
+        };
+        for list in ["initContainers", "containers"] {
+            for c in spec[list].as_array().into_iter().flatten() {
+                out.push((format!("{}/{}", o.kind(), o.name()), c.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn redis_keeps_an_fsynced_append_only_file_on_a_claim() {
+    let m = render(&full_values()).unwrap();
+    let redis = object(&m, "StatefulSet", "redis");
+    assert_eq!(redis["spec"]["volumeClaimTemplates"][0]["metadata"]["name"], "data");
+    assert_eq!(redis["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"], "10Gi");
+    let server = &redis["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        server["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "data" && v["mountPath"] == "/data"),
+        "{server}"
+    );
+    let conf = object(&m, "ConfigMap", "redis-config")["data"]["redis.conf"].as_str().unwrap().to_string();
+    for line in ["dir /data", "appendonly yes", "appendfsync always"] {
+        assert!(conf.lines().any(|l| l == line), "{line} missing from:\n{conf}");
+    }
+    // The config file the server is started with includes that one, then the password.
+    assert_eq!(server["args"], serde_json::json!(["/run/redis/redis.conf", "--maxmemory", "512mb"]));
+
+    let everysec = render(
+        &Values::load(&[Layer::Set("redis.appendfsync=everysec,redis.persistence.storageClass=fast".into())])
+            .unwrap(),
+    )
+    .unwrap();
+    let conf =
+        object(&everysec, "ConfigMap", "redis-config")["data"]["redis.conf"].as_str().unwrap().to_string();
+    assert!(conf.lines().any(|l| l == "appendfsync everysec"), "{conf}");
+    assert_eq!(
+        object(&everysec, "StatefulSet", "redis")["spec"]["volumeClaimTemplates"][0]["spec"]["storageClassName"],
+        "fast"
+    );
+    let err = Values::load(&[Layer::Set("redis.appendfsync=no".into())]).unwrap_err().to_string();
+    assert!(err.contains("redis.appendfsync"), "{err}");
+}
+
+#[test]
+fn the_redis_password_reaches_the_server_only_through_a_file_from_the_secret() {
+    let m = render(&full_values()).unwrap();
+    let redis = object(&m, "StatefulSet", "redis");
+    let pod = &redis["spec"]["template"]["spec"];
+    for (_, c) in containers(&m).iter().filter(|(o, _)| o == "StatefulSet/redis") {
+        let text = format!("{} {}", c["command"], c["args"]);
+        assert!(!text.contains("requirepass\", \"$("), "password in arguments: {text}");
+        assert!(!text.contains("--requirepass"), "password in arguments: {text}");
+        assert!(c.get("env").is_none(), "no environment carries the password: {c}");
+    }
+    let secret = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "secret").unwrap();
+    assert_eq!(secret["secret"]["secretName"], "redis-secret");
+    let init = &pod["initContainers"][0];
+    let script = init["command"][2].as_str().unwrap();
+    assert!(
+        script.contains("/secret/redis-password") && script.contains("> /run/redis/redis.conf"),
+        "{script}"
+    );
+    let memory = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "runtime-config").unwrap();
+    assert_eq!(memory["emptyDir"]["medium"], "Memory", "the password file never reaches a disk");
+}
+
+#[test]
+fn every_runtime_component_runs_this_projects_binary() {
+    let m = render(&full_values()).unwrap();
+    let yaml = m.to_yaml();
+    for python in [
+        "poetry",
+        "uvicorn",
+        "gepetto.py",
+        "audit_exporter.py",
+        "parachutes/miner",
+        "parachutes/porter",
+        "opencl:0.2.6-cuda",
+    ] {
+        assert!(!yaml.contains(python), "{python} still in the render");
+    }
+    let miner = "chutes.local/chutes-miner:unbuilt";
+    let mut seen = BTreeSet::new();
+    for (owner, c) in containers(&m) {
+        if c["image"] != miner {
+            continue;
+        }
+        assert_eq!(c["command"][0], "/usr/local/bin/chutes-miner", "{owner}");
+        assert_eq!(c["imagePullPolicy"], "IfNotPresent", "{owner}: imported images are never pulled");
+        seen.insert(format!("{owner} {}", c["command"][1].as_str().unwrap()));
+    }
+    let expected = [
+        "CronJob/audit-exporter audit-export",
+        "Deployment/api api",
+        "Deployment/api migrate",
+        "Deployment/gepetto gepetto",
+        "Deployment/gepetto migrate",
+        "Deployment/porter porter",
+    ];
+    assert_eq!(seen, expected.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>());
+    // Migrations run before the API and Gepetto start, with the database settings only.
+    for name in ["api", "gepetto"] {
+        let init = &object(&m, "Deployment", name)["spec"]["template"]["spec"]["initContainers"][0];
+        assert_eq!(init["command"][1], "migrate");
+        let env: Vec<&str> =
+            init["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+        assert_eq!(env, ["POSTGRES_PASSWORD", "POSTGRESQL"]);
+    }
+    let api = &object(&m, "Deployment", "api")["spec"]["template"]["spec"]["containers"][0];
+    let graval =
+        api["env"].as_array().unwrap().iter().find(|e| e["name"] == "GRAVAL_BOOTSTRAP_IMAGE").unwrap();
+    assert_eq!(graval["value"], "chutes.local/graval-bootstrap-cuda:unbuilt");
 }

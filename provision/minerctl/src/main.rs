@@ -27,6 +27,9 @@ enum Command {
     AddNode(cmd::add_node::AddNodeArgs),
     /// Remove a GPU node: API, drain and delete, the primary's WireGuard peers.
     RemoveNode(cmd::remove_node::RemoveNodeArgs),
+    /// Build the miner's container images and import them into every node.
+    #[command(subcommand)]
+    Images(cmd::images::ImagesCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -38,6 +41,7 @@ fn main() -> std::process::ExitCode {
         Command::Deploy(a) => cmd::deploy::run(a),
         Command::AddNode(a) => cmd::add_node::run(a),
         Command::RemoveNode(a) => cmd::remove_node::run(a),
+        Command::Images(c) => cmd::images::run(c),
     };
     match result {
         Ok(code) => code,

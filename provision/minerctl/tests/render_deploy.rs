@@ -109,7 +109,7 @@ fn deploy_with_a_kubeconfig_twice_then_dry_run() {
     let o = minerctl(&["deploy", "--kubeconfig", path(&kc), "--dry-run", "--set", "redis.image=redis:8"]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("~ configure Deployment chutes/redis"), "{out}");
+    assert!(out.contains("~ configure StatefulSet chutes/redis"), "{out}");
     assert!(out.contains("+          image: redis:8") || out.contains("+        image: redis:8"), "{out}");
     assert_eq!(emu.resource_version(), clock, "the dry run changed something");
 }

@@ -26,6 +26,10 @@ pub struct AddNodeArgs {
     /// Validator hotkey the GPUs are advertised to [default: the inventory's `validator`].
     #[arg(long)]
     pub validator: Option<String>,
+    /// The lock file of `minerctl images build`: its images are imported into the new node
+    /// before it is registered (the API's GraVal Job runs there). Missing: nothing is pushed.
+    #[arg(long, value_name = "FILE", default_value = "images/images.lock.json")]
+    pub images_lock: std::path::PathBuf,
 }
 
 pub fn run(args: AddNodeArgs) -> anyhow::Result<ExitCode> {
@@ -75,6 +79,23 @@ pub fn run(args: AddNodeArgs) -> anyhow::Result<ExitCode> {
         let result = args.common.provision(&log, inv, phases::add_node(&server.name), limit, &[]).await;
         if !result.success() {
             bail!("provisioning failed (see above); {} was not registered with the miner API", server.name);
+        }
+
+        match minerctl_images::Lock::read_if_present(&args.images_lock)? {
+            Some(lock) => {
+                println!("== importing images into {}", server.name);
+                let inv = provision_inventory::load(&args.common.inventory)?;
+                let hosts = [server.name.clone()];
+                if super::images::push_hosts(&inv, &lock, &args.images_lock, &hosts, &args.common.ssh, false).await
+                    > 0
+                {
+                    bail!("importing images failed (see above); {} was not registered with the miner API", server.name);
+                }
+            }
+            None => println!(
+                "== no {}: images not pushed (run `minerctl images build`, or push them yourself)",
+                args.images_lock.display()
+            ),
         }
 
         println!("== registering {} with the miner API at {}", server.name, api.base());

@@ -2,6 +2,7 @@
 
 pub mod add_node;
 pub mod deploy;
+pub mod images;
 pub mod keys;
 pub mod node_common;
 pub mod provision;

@@ -21,19 +21,48 @@ pub struct ValuesArgs {
     /// Like --set, but the value is always a string.
     #[arg(long = "set-string", value_name = "KEY=VALUE")]
     pub set_string: Vec<String>,
+    /// The lock file `minerctl images build` wrote: the images default to those builds,
+    /// by digest (values files and --set still win). Without it, the images stay
+    /// `chutes.local/...:unbuilt` placeholders and a warning says so.
+    #[arg(long, value_name = "FILE", default_value = "images/images.lock.json")]
+    pub images_lock: PathBuf,
 }
 
 impl ValuesArgs {
     pub fn load(&self) -> anyhow::Result<Values> {
-        let layers: Vec<Layer> = self
-            .values
-            .iter()
-            .cloned()
-            .map(Layer::File)
+        let lock = minerctl_images::Lock::read_if_present(&self.images_lock)?;
+        let lock_layer = lock.map(|l| Layer::Yaml {
+            source: format!("images lock {}", self.images_lock.display()),
+            text: l.values_overlay(),
+        });
+        let layers: Vec<Layer> = lock_layer
+            .into_iter()
+            .chain(self.values.iter().cloned().map(Layer::File))
             .chain(self.set.iter().cloned().map(Layer::Set))
             .chain(self.set_string.iter().cloned().map(Layer::SetString))
             .collect();
-        Ok(Values::load(&layers)?)
+        let values = Values::load(&layers)?;
+        let unbuilt: Vec<&str> = [
+            ("minerApi.image", &values.miner_api.image),
+            ("gepetto.image", &values.gepetto.image),
+            ("porter.image", &values.porter.image),
+            ("auditExporter.image", &values.audit_exporter.image),
+            ("graval.image", &values.graval.image),
+        ]
+        .into_iter()
+        .filter(|(_, image)| image.ends_with(":unbuilt"))
+        .map(|(key, _)| key)
+        .collect();
+        if !unbuilt.is_empty() {
+            // A warning, not an error: rendering to read the manifests needs no build.
+            eprintln!(
+                "warning: {} still name the `:unbuilt` placeholder ({} has no such image): run \
+                 `minerctl images build` (with --cuda-binary/--cuda-wheels for graval.image) or set them",
+                unbuilt.join(", "),
+                self.images_lock.display()
+            );
+        }
+        Ok(values)
     }
 }
 

@@ -64,24 +64,7 @@ impl Setup {
     }
 
     fn write_inventory(&self, vars: &str) {
-        let h0 = &self.lab.hosts()[0];
-        let mut y = format!(
-            "vars:\n  user: chutes\n  login_user: root\n  ssh_keys: ['{key}']\n{vars}  skip_cuda: true\n  ssh:\n    key: {path}\nhosts:\n",
-            key = h0.client_public_key(),
-            path = h0.client_key_path().display()
-        );
-        for (i, h) in self.lab.hosts().iter().enumerate() {
-            y.push_str(&format!(
-                "  {name}:\n    address: {addr}\n    external_ip: 203.0.113.{n}\n    wireguard_ip: 192.168.0.{n}\n    \
-                 is_primary: {p}\n    gpu_enabled: {g}\n",
-                name = h.name(),
-                addr = h.addr(),
-                n = i + 1,
-                p = i == 0,
-                g = i != 0,
-            ));
-        }
-        std::fs::write(self.inventory(), y).unwrap();
+        std::fs::write(self.inventory(), inventory_yaml_with(self.lab.hosts(), vars)).unwrap();
     }
 
     pub fn write_known_hosts(&self, line: impl Fn(&LabHost) -> String) {
@@ -120,6 +103,33 @@ impl Setup {
 const TRIMMED: &str = "  packages: [hello]\n  primary_packages: []\n  container_toolkit_packages: []\n";
 const REALISTIC: &str = "  packages: [hello, curl, ca-certificates, git, jq, wget]\n  primary_packages: [jq]\n  \
                          container_toolkit_packages: [gnupg]\n";
+
+/// The inventory of `hosts`: the first is the primary (CPU), the others GPU workers.
+pub fn inventory_yaml(hosts: &[LabHost]) -> String {
+    inventory_yaml_with(hosts, TRIMMED)
+}
+
+/// [`inventory_yaml`] with `vars` (indented YAML lines) in place of the trimmed package lists.
+pub fn inventory_yaml_with(hosts: &[LabHost], vars: &str) -> String {
+    let h0 = &hosts[0];
+    let mut y = format!(
+        "vars:\n  user: chutes\n  login_user: root\n  ssh_keys: ['{key}']\n{vars}  skip_cuda: true\n  ssh:\n    key: {path}\nhosts:\n",
+        key = h0.client_public_key(),
+        path = h0.client_key_path().display()
+    );
+    for (i, h) in hosts.iter().enumerate() {
+        y.push_str(&format!(
+            "  {name}:\n    address: {addr}\n    external_ip: 203.0.113.{n}\n    wireguard_ip: 192.168.0.{n}\n    \
+             is_primary: {p}\n    gpu_enabled: {g}\n",
+            name = h.name(),
+            addr = h.addr(),
+            n = i + 1,
+            p = i == 0,
+            g = i != 0,
+        ));
+    }
+    y
+}
 
 fn install_standins(h: &LabHost) {
     // A lab host inherits this machine's /root/.bashrc, which here runs `pyenv init` (about

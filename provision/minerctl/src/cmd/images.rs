@@ -1,0 +1,163 @@
+//! `minerctl images build` / `push`: OCI archives of this workspace's binaries, and
+//! getting them into every node's containerd without a registry.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use minerctl_images::push::{Outcome, images_for, push_host};
+use minerctl_images::{BuildInput, LOCK_FILE, Lock};
+use provision_inventory::Inventory;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ImagesCommand {
+    /// Build the chutes-miner and graval-bootstrap images (and the CUDA variant) from built binaries.
+    Build(BuildArgs),
+    /// Import the built images into every node's containerd over SSH (skipping digests a node holds).
+    Push(PushArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PushArgs {
+    /// Inventory file (see inventory.example.yml).
+    #[arg(short, long, default_value = "inventory.yml")]
+    pub inventory: PathBuf,
+    /// The lock file `images build` wrote (the archives are next to it).
+    #[arg(long, value_name = "FILE", default_value = "images/images.lock.json")]
+    pub images_lock: PathBuf,
+    /// Only these hosts (comma-separated inventory names).
+    #[arg(long, value_delimiter = ',')]
+    pub limit: Vec<String>,
+    /// Only list what each node holds and say what would be imported; change nothing.
+    #[arg(long)]
+    pub check: bool,
+    #[command(flatten)]
+    pub ssh: super::ssh::SshArgs,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BuildArgs {
+    /// Directory holding the `chutes-miner` and `graval-bootstrap` binaries
+    /// (`cargo build --release -p chutes-miner -p graval-bootstrap`).
+    #[arg(long, value_name = "DIR", default_value = "target/release")]
+    pub binary_dir: PathBuf,
+    /// `graval-bootstrap` built with `--features cuda` (build it with `--target-dir target/cuda`,
+    /// so it does not replace the CPU one); with --cuda-wheels, builds graval-bootstrap-cuda.
+    #[arg(long, value_name = "FILE", requires = "cuda_wheels")]
+    pub cuda_binary: Option<PathBuf>,
+    /// Directory of the cuBLAS and NVRTC wheels, downloaded once with
+    /// `pip download --no-deps --only-binary=:all: --dest DIR nvidia-cublas nvidia-cuda-nvrtc`
+    /// (CUDA 13, as graval's cudarc `cuda-13000` feature); the build itself needs no network.
+    #[arg(long, value_name = "DIR", requires = "cuda_binary")]
+    pub cuda_wheels: Option<PathBuf>,
+    /// CA certificates copied into every image.
+    #[arg(long, value_name = "FILE", default_value = "/etc/ssl/certs/ca-certificates.crt")]
+    pub ca_bundle: PathBuf,
+    /// Where the archives and images.lock.json are written.
+    #[arg(long, value_name = "DIR", default_value = "images")]
+    pub out: PathBuf,
+}
+
+pub fn run(command: ImagesCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ImagesCommand::Build(args) => build(args),
+        ImagesCommand::Push(args) => push(args),
+    }
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
+    let input = BuildInput {
+        binary_dir: args.binary_dir,
+        cuda_binary: args.cuda_binary,
+        cuda_wheels: args.cuda_wheels,
+        ca_bundle: args.ca_bundle,
+        out_dir: args.out.clone(),
+    };
+    let reports = minerctl_images::build_all(&input)?;
+    for r in &reports {
+        println!(
+            "{:<22} {}  {} (unpacked {})  {}",
+            r.name,
+            r.locked.reference,
+            megabytes(r.locked.size),
+            megabytes(r.unpacked_size),
+            args.out.join(&r.locked.archive).display()
+        );
+    }
+    if input.cuda_binary.is_none() {
+        println!(
+            "graval-bootstrap-cuda not built (give --cuda-binary and --cuda-wheels); render keeps its placeholder"
+        );
+    }
+    println!("wrote {}", args.out.join(LOCK_FILE).display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
+    let inv = provision_inventory::load(&args.inventory)?;
+    let lock = Lock::read(&args.images_lock).context("run `minerctl images build` first")?;
+    for name in &args.limit {
+        if !inv.hosts.iter().any(|h| &h.name == name) {
+            bail!("--limit {name}: no such host in {}", inv.file.display());
+        }
+    }
+    let hosts: Vec<String> = inv
+        .hosts
+        .iter()
+        .filter(|h| args.limit.is_empty() || args.limit.contains(&h.name))
+        .map(|h| h.name.clone())
+        .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let failed = rt.block_on(push_hosts(&inv, &lock, &args.images_lock, &hosts, &args.ssh, args.check));
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Pushes to each host in turn, printing one line per image; returns how many hosts failed.
+/// `add-node` calls this for the node it adds.
+pub async fn push_hosts(
+    inv: &Inventory,
+    lock: &Lock,
+    lock_path: &std::path::Path,
+    hosts: &[String],
+    ssh: &super::ssh::SshArgs,
+    check: bool,
+) -> usize {
+    let options = ssh.options();
+    let mut failed = 0;
+    for host in inv.hosts.iter().filter(|h| hosts.contains(&h.name)) {
+        let target = provision_engine::target_for(inv, host);
+        let result = async {
+            let mut session = provision_ssh::Session::connect(&target, &options).await?;
+            session.lock("minerctl images push").await?;
+            let images = images_for(lock, host.gpu_enabled);
+            let outcomes = push_host(&session, lock_path, &images, check).await;
+            session.close().await;
+            outcomes
+        }
+        .await;
+        match result {
+            Ok(outcomes) => {
+                for (image, outcome) in outcomes {
+                    let what = match outcome {
+                        Outcome::Present => "unchanged (digest present)",
+                        Outcome::Imported => "imported",
+                        Outcome::WouldImport => "would import (--check)",
+                    };
+                    println!("{}: {image}: {what}", host.name);
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("{}: push failed: {e}", host.name);
+            }
+        }
+    }
+    failed
+}

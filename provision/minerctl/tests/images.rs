@@ -1,0 +1,507 @@
+//! `minerctl images`: images of this workspace's binaries, run for real with Debian's
+//! podman and runc, inspected with skopeo, pushed to lab hosts, and read by `render`.
+//!
+//! The images are built once per test run from the *debug* builds of `chutes-miner` and
+//! `graval-bootstrap` (`cargo build -p ...`, a no-op when they are current): a release
+//! build would cost minutes on a 2-core machine and the image code does not care which
+//! profile made the binary. Containers run as root with vfs storage in a temporary root,
+//! `--runtime runc` and explicit rlimits (crun and the default rlimits fail on these
+//! machines), on the host network (loopback only).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/lab.rs"]
+mod lab;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use chutes_protocol::Hotkey;
+use chutes_protocol::auth::Payload;
+use minerctl_images::{LOCK_FILE, Lock};
+use test_harness::lab::{Lab, Standin};
+use test_harness::{Postgres, Redis};
+
+fn minerctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_minerctl")).args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// The images of the debug binaries, built once for every test of this file.
+fn images() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let bin_dir = Path::new(env!("CARGO_BIN_EXE_minerctl")).parent().unwrap().to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        // The variables cargo sets for this test (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...) would
+        // make build scripts that watch them (ring's) rerun, and rebuild half the tree.
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy().to_string();
+            if (name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR")
+                || name == "OUT_DIR"
+            {
+                build.env_remove(name);
+            }
+        }
+        let status = build
+            .args(["build", "-p", "chutes-miner", "-p", "graval-bootstrap"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "building chutes-miner and graval-bootstrap");
+        let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("minerctl-images");
+        let o = minerctl(&[
+            "images",
+            "build",
+            "--binary-dir",
+            bin_dir.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", text(&o));
+        // What an operator reads: one line per image with its size.
+        let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+        eprintln!("{stdout}");
+        for name in ["chutes-miner ", "graval-bootstrap "] {
+            let line = stdout.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{stdout}"));
+            assert!(line.contains(" MB (unpacked "), "{line}");
+        }
+        out
+    })
+}
+
+fn lock() -> Lock {
+    Lock::read(&images().join(LOCK_FILE)).unwrap()
+}
+
+// ---------------------------------------------------------------------------- render
+
+fn stand_in_lock(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for name in ["chutes-miner", "graval-bootstrap"] {
+        std::fs::copy("/usr/bin/true", bin.join(name)).unwrap();
+    }
+    let out = dir.join("images");
+    let o =
+        minerctl(&["images", "build", "--binary-dir", bin.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    out.join(LOCK_FILE)
+}
+
+#[test]
+fn render_references_the_built_images_by_digest() {
+    let dir = tempfile::tempdir().unwrap();
+    let lock_path = stand_in_lock(dir.path());
+    let lock = Lock::read(&lock_path).unwrap();
+    let miner = &lock.images["chutes-miner"].reference;
+
+    let o = minerctl(&["render", "--images-lock", lock_path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let yaml = String::from_utf8_lossy(&o.stdout).to_string();
+    // api + its migrate, gepetto + its migrate, the audit exporter.
+    // (long values are folded onto their own line: count the reference itself)
+    assert_eq!(yaml.matches(miner.as_str()).count(), 5, "{yaml}");
+    assert!(!yaml.contains("chutes-miner:unbuilt"), "{yaml}");
+    // No CUDA build in this lock: the GraVal image is still the placeholder, and it says so.
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("graval.image") && !stderr.contains("minerApi.image"), "{stderr}");
+
+    // Values still win over the lock.
+    let o =
+        minerctl(&["render", "--images-lock", lock_path.to_str().unwrap(), "--set", "gepetto.image=mine:1"]);
+    let yaml = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(yaml.contains("image: mine:1"), "{yaml}");
+    // (gepetto and its migrate init container use gepetto.image)
+    assert_eq!(yaml.matches(miner.as_str()).count(), 3);
+
+    // Before any build: placeholders, and a warning naming the keys and the missing lock.
+    let missing = dir.path().join("nowhere.json");
+    let o = minerctl(&["render", "--images-lock", missing.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("image: chutes.local/chutes-miner:unbuilt"));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("minerApi.image") && stderr.contains("nowhere.json"), "{stderr}");
+
+    // A corrupt lock is an error naming the file, not a silent fallback.
+    std::fs::write(&missing, "{").unwrap();
+    let o = minerctl(&["render", "--images-lock", missing.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("nowhere.json"), "{}", text(&o));
+}
+
+// ---------------------------------------------------------------------------- skopeo
+
+#[test]
+fn skopeo_reads_each_archive_with_the_locked_digest() {
+    for (name, image) in &lock().images {
+        let archive = Lock::archive_path(&images().join(LOCK_FILE), image);
+        let o = Command::new("skopeo")
+            .arg("inspect")
+            .arg(format!("oci-archive:{}", archive.display()))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["Digest"], image.digest.as_str(), "{name}");
+        assert_eq!(v["Architecture"], "amd64");
+        let o = Command::new("skopeo")
+            .arg("inspect")
+            .arg("--config")
+            .arg(format!("oci-archive:{}", archive.display()))
+            .output()
+            .unwrap();
+        let config: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(config["config"]["User"], "65532:65532", "{name}");
+        assert_eq!(config["config"]["Entrypoint"][0].as_str().unwrap(), format!("/usr/local/bin/{name}"));
+    }
+}
+
+// ---------------------------------------------------------------------------- podman
+
+/// podman with its own storage root, removed with every container on drop.
+struct Podman {
+    root: tempfile::TempDir,
+}
+
+impl Podman {
+    fn new() -> Podman {
+        Podman { root: tempfile::tempdir().unwrap() }
+    }
+
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.arg("--root")
+            .arg(self.root.path().join("storage"))
+            .arg("--runroot")
+            .arg(self.root.path().join("run"))
+            .args(["--storage-driver", "vfs", "--runtime", "runc", "--cgroup-manager", "cgroupfs"])
+            .args(["--events-backend", "file"]);
+        c
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.cmd().args(args).output().unwrap();
+        assert!(o.status.success(), "podman {args:?}: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    }
+
+    /// Loads an archive of the lock; returns the image id.
+    fn load(&self, name: &str) -> String {
+        let archive = Lock::archive_path(&images().join(LOCK_FILE), &lock().images[name]);
+        self.ok(&["pull", "-q", &format!("oci-archive:{}", archive.display())])
+            .lines()
+            .last()
+            .unwrap()
+            .to_string()
+    }
+
+    /// `podman run` with the flags these machines need, an env file (secrets never on a
+    /// command line) and `args` after the image.
+    fn run(&self, detach: bool, image: &str, env: &[(&str, String)], args: &[&str]) -> Output {
+        let env_file = self.root.path().join(format!("env-{}", rand_suffix()));
+        let lines: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+        std::fs::write(&env_file, lines).unwrap();
+        let mut c = self.cmd();
+        c.arg("run").args([
+            "--network",
+            "host",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+        ]);
+        c.arg("--env-file").arg(&env_file);
+        c.arg(if detach { "-d" } else { "--rm" });
+        c.arg(image).args(args);
+        c.output().unwrap()
+    }
+
+    fn logs(&self, id: &str) -> String {
+        let o = self.cmd().args(["logs", id]).output().unwrap();
+        text(&o)
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.cmd().args(["rm", "-f", "-a", "-t", "0"]).output();
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// One HTTP/1.1 request (`Connection: close`); `None` while nothing listens.
+fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).ok()?;
+    s.write_all(body).ok()?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).ok()?;
+    let t = String::from_utf8_lossy(&out).to_string();
+    let (head, rest) = t.split_once("\r\n\r\n")?;
+    Some((head.split_whitespace().nth(1)?.parse().ok()?, rest.to_string()))
+}
+
+/// Waits (generously: a loaded CI machine) until `f` gives a value; panics with `what`.
+fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn key(byte: u8) -> Hotkey {
+    Hotkey::from_seed(&[byte; 32], "test").unwrap()
+}
+
+#[test]
+fn the_runtime_image_migrates_serves_the_api_and_consumes_events() {
+    let podman = Podman::new();
+    let image = podman.load("chutes-miner");
+    let pg = Postgres::start().unwrap();
+    let redis = Redis::start().unwrap();
+    let miner = key(7);
+    let validator = key(8);
+    let validators = serde_json::json!({"supported": [{
+        "hotkey": validator.ss58(), "registry": "registry.invalid", "api": "http://127.0.0.1:9", "socket": "ws://127.0.0.1:9"
+    }]})
+    .to_string();
+    let env = vec![
+        ("POSTGRESQL", pg.url()),
+        ("REDIS_URL", redis.url()),
+        ("MINER_SS58", miner.ss58().to_string()),
+        ("MINER_SEED", miner.expose_seed_hex().to_string()),
+        ("VALIDATORS", validators),
+    ];
+
+    // migrate: applies the schema and exits 0; a second run finds it current.
+    let o = podman.run(false, &image, &env[..1], &["migrate"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("database migrated"), "{}", text(&o));
+    let o = podman.run(false, &image, &env[..1], &["migrate"]);
+    assert!(text(&o).contains("up to date"), "{}", text(&o));
+
+    // api: /ping, and a management request signed with the miner's hotkey.
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let o = podman.run(true, &image, &env, &["api", "--no-sockets", "--listen", &listen]);
+    assert!(o.status.success(), "{}", text(&o));
+    let api = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let pong = wait_for("the API's /ping", || http(port, "GET", "/ping", &[], b""));
+    assert_eq!(pong.0, 200, "{}", podman.logs(&api));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let client = minerctl_nodes::MinerApi::new(&format!("http://{listen}"), Arc::new(key(7))).unwrap();
+    let servers = rt.block_on(client.list_servers()).unwrap();
+    assert!(servers.is_empty(), "{servers:?}");
+    let unsigned = http(port, "GET", "/servers/", &[], b"").unwrap();
+    assert!(unsigned.0 == 401 || unsigned.0 == 403, "{unsigned:?}");
+
+    // gepetto: reads the stream through its consumer group.
+    let o = podman.run(true, &image, &env[1..2], &["gepetto", "--consumer", "test-gepetto"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let gepetto = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let event = miner_events::MinerEvent::new("gpu_verified", serde_json::json!({"from": "the images test"}));
+    let stream_id = rt.block_on(async {
+        let producer =
+            miner_events::Producer::connect(&redis.url(), miner_events::StreamConfig::default()).unwrap();
+        producer.publish_confirmed(&event).await.unwrap()
+    });
+    wait_for("gepetto to log the event", || {
+        let logs = podman.logs(&gepetto);
+        (logs.contains(&stream_id) && logs.contains("gpu_verified")).then_some(())
+    });
+    // The seed never reached the container's command line.
+    let inspect = podman.ok(&["inspect", &api, "--format", "{{json .Config.Cmd}} {{json .Args}}"]);
+    assert!(!inspect.contains(miner.expose_seed_hex().as_str()), "{inspect}");
+}
+
+#[test]
+fn the_graval_cpu_image_serves_pings_refuses_unsigned_calls_and_proves() {
+    use graval::{DeviceInfo, ProofParams, SpotCheck, Verifier, WorkProduct};
+    const N: usize = 32;
+    let podman = Podman::new();
+    let image = podman.load("graval-bootstrap");
+    let (miner, validator) = (key(1), key(2));
+    let port = free_port();
+    // As the API's Job starts it: the two identities in the environment.
+    let env = vec![
+        ("MINER_HOTKEY_SS58", miner.ss58().to_string()),
+        ("VALIDATOR_WHITELIST", validator.ss58().to_string()),
+    ];
+    let p = port.to_string();
+    let n = N.to_string();
+    let o = podman.run(
+        true,
+        &image,
+        &env,
+        &[
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &p,
+            "--backend",
+            "cpu",
+            "--cpu-memory-mib",
+            "1",
+            "--matrix-size",
+            &n,
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    let pong = wait_for("graval's /ping", || http(port, "GET", "/ping", &[], b""));
+    assert_eq!(pong, (200, "pong".to_string()), "{}", podman.logs(&id));
+
+    let unsigned = http(port, "GET", "/devices", &[], b"").unwrap();
+    assert_eq!(unsigned.0, 401, "{unsigned:?}");
+    let signed = |k: &Hotkey, payload: Payload<'_>| -> Vec<(&'static str, String)> {
+        k.sign_management(miner.ss58(), payload).iter().map(|(k, v)| (k, v.to_string())).collect()
+    };
+    let (status, body) =
+        http(port, "GET", "/devices", &signed(&miner, Payload::Purpose("graval")), b"").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let devs: Vec<DeviceInfo> = serde_json::from_value(v["devices"].clone()).unwrap();
+    let dev = &devs[0];
+
+    let (seed, iterations) = (42_424_242u64, 2u64);
+    let verifier = Verifier::new(ProofParams::with_matrix_size(N));
+    let transport = verifier.encrypt_challenge(dev, seed, iterations, "from the container").unwrap();
+    let b64 = transport.split_once('|').unwrap().1;
+    let body = serde_json::to_vec(&serde_json::json!({
+        "seed": seed, "iterations": iterations, "ciphertext": {&dev.uuid: b64}
+    }))
+    .unwrap();
+    let (status, text) =
+        http(port, "POST", "/prove", &signed(&validator, Payload::Body(&body)), &body).unwrap();
+    assert_eq!(status, 200, "{text}");
+    let resp: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(resp["plaintext"][&dev.uuid], "from the container");
+    let wp: WorkProduct = serde_json::from_value(resp["proof"][&dev.uuid]["work_product"].clone()).unwrap();
+    verifier.check_proof(dev, seed, iterations, &wp, &SpotCheck::Random(3)).unwrap();
+}
+
+// ---------------------------------------------------------------------------- push
+
+/// Lab hosts with the microk8s stand-in "installed", and an inventory for them.
+fn lab_inventory(lab: &Lab, dir: &Path) -> (PathBuf, PathBuf) {
+    for h in lab.hosts() {
+        h.install_standins(&[Standin::Microk8s]).unwrap();
+        h.sh("mkdir -p /var/lib/lab-standins/snaps && echo version=1.32 > /var/lib/lab-standins/snaps/microk8s")
+            .unwrap();
+    }
+    let inventory = dir.join("inventory.yml");
+    std::fs::write(&inventory, lab::inventory_yaml(lab.hosts())).unwrap();
+    let known = dir.join("known_hosts");
+    let lines: Vec<String> = lab.hosts().iter().map(|h| h.known_hosts_line()).collect();
+    std::fs::write(&known, lines.join("\n") + "\n").unwrap();
+    (inventory, known)
+}
+
+#[test]
+fn push_imports_each_image_once_into_every_node() {
+    let lock_path = images().join(LOCK_FILE);
+    let lock = lock();
+    let lab = Lab::start_named(&["cpu-0", "gpu-1"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (inventory, known) = lab_inventory(&lab, dir.path());
+    let push = |extra: &[&str]| {
+        let mut args = vec![
+            "images",
+            "push",
+            "-i",
+            inventory.to_str().unwrap(),
+            "--known-hosts",
+            known.to_str().unwrap(),
+            "--images-lock",
+            lock_path.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let o = minerctl(&args);
+        assert!(o.status.success(), "{}", text(&o));
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let imports = |host: &str| -> Vec<String> {
+        let h = lab.host(host).unwrap();
+        h.sh("cat /var/lib/lab-standins/microk8s/imports 2>/dev/null || true")
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+
+    // --check lists and changes nothing.
+    let out = push(&["--check"]);
+    assert!(out.contains("cpu-0: chutes-miner: would import (--check)"), "{out}");
+    assert!(imports("cpu-0").is_empty() && imports("gpu-1").is_empty());
+
+    let out = push(&[]);
+    assert!(out.contains("cpu-0: chutes-miner: imported"), "{out}");
+    assert!(out.contains("gpu-1: graval-bootstrap: imported"), "{out}");
+    assert!(!out.contains("cpu-0: graval"), "GraVal goes to GPU nodes only: {out}");
+    let miner = &lock.images["chutes-miner"];
+    assert_eq!(imports("cpu-0"), [format!("{}\t{}", miner.tag, miner.digest)]);
+    assert_eq!(imports("gpu-1").len(), 2);
+    for h in lab.hosts() {
+        let listing = h.sh("microk8s ctr images ls").unwrap();
+        assert!(listing.contains(&miner.digest), "{listing}");
+        assert_eq!(h.sh("ls /var/tmp | grep -c minerctl || true").unwrap().trim(), "0", "archives removed");
+    }
+
+    // A second push finds every digest and imports nothing.
+    let out = push(&[]);
+    assert!(out.contains("cpu-0: chutes-miner: unchanged (digest present)"), "{out}");
+    assert!(!out.contains("imported"), "{out}");
+    assert_eq!(imports("cpu-0").len(), 1);
+    assert_eq!(imports("gpu-1").len(), 2);
+
+    // A host not in the inventory is refused before anything is reached.
+    let o = minerctl(&[
+        "images",
+        "push",
+        "-i",
+        inventory.to_str().unwrap(),
+        "--images-lock",
+        lock_path.to_str().unwrap(),
+        "--limit",
+        "gpu-9",
+    ]);
+    assert!(!o.status.success() && text(&o).contains("gpu-9"), "{}", text(&o));
+}
