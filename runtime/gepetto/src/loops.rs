@@ -331,10 +331,6 @@ impl Gepetto {
         if !self.inner.cluster.ready().await {
             tracing::warn!("cluster watches stopped before their first listing");
         }
-        match self.reconcile_once().await {
-            Ok(r) => tracing::info!(?r, "startup reconcile done"),
-            Err(e) => tracing::warn!(error = %e, "startup reconcile failed"),
-        }
         let cfg = &self.inner.cfg;
         let mut loops = Vec::new();
         for (name, every) in [
@@ -345,11 +341,17 @@ impl Gepetto {
             let me = self.clone();
             let stop = shutdown.clone();
             loops.push(tokio::spawn(async move {
+                // The reconciler runs once at start-up (beside the consumer, so a slow
+                // validator does not delay events), then every interval.
+                let mut first = name == "reconciler";
                 loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(every) => {}
+                    if !first {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(every) => {}
+                        }
                     }
+                    first = false;
                     let outcome = match name {
                         "activator" => me.activate_once().await.map(|n| format!("{n} activated")),
                         "autoscaler" => me.autoscale_once().await.map(|n| format!("{n} placed")),
@@ -367,6 +369,14 @@ impl Gepetto {
             .run(
                 move |d: miner_events::Delivery| {
                     let me = me.clone();
+                    tracing::info!(
+                        stream_id = %d.id,
+                        event_id = %d.event_id,
+                        attempt = d.attempt,
+                        event_type = %d.event.event_type,
+                        event_data = %d.event.event_data,
+                        "event received"
+                    );
                     async move { me.handle_entry(&d.event).await }
                 },
                 shutdown.clone(),
