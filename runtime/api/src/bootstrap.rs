@@ -29,6 +29,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use miner_db::{Db, NewGpu, NewServer};
+use miner_k8s::{parse_cpu, parse_gib, per_gpu_resources};
 use miner_validator::rest::{ValidatorClient, Verification};
 use serde_json::{Value, json};
 
@@ -75,64 +76,6 @@ pub struct KubeBootstrap {
     pub graval_address: GravalAddress,
     pub timings: BootstrapTimings,
     pub http: reqwest::Client,
-}
-
-/// `graval-<node name with . replaced by ->`.
-pub fn nice_name(node: &str) -> String {
-    node.replace('.', "-")
-}
-
-/// CPU cores from a quantity (`16`, `15500m`).
-pub fn parse_cpu(q: &str) -> Option<f64> {
-    match q.strip_suffix('m') {
-        Some(milli) => milli.parse::<f64>().ok().map(|m| m / 1000.0),
-        None => q.parse().ok(),
-    }
-}
-
-/// GiB from a memory quantity (`64Gi`, `65536Mi`, `67108864Ki`, bytes, or decimal `G`/`M`/`K`).
-pub fn parse_gib(q: &str) -> Option<f64> {
-    const GI: f64 = 1024.0 * 1024.0 * 1024.0;
-    let units: [(&str, f64); 8] = [
-        ("Ki", 1024.0),
-        ("Mi", 1024.0 * 1024.0),
-        ("Gi", GI),
-        ("Ti", GI * 1024.0),
-        ("K", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-    ];
-    for (suffix, factor) in units {
-        if let Some(n) = q.strip_suffix(suffix) {
-            return n.parse::<f64>().ok().map(|n| n * factor / GI);
-        }
-    }
-    q.parse::<f64>().ok().map(|b| b / GI)
-}
-
-/// Per-GPU CPU and memory (GiB) for a node, as section 13 with the missing-label fix.
-pub fn per_gpu_resources(
-    gpu_count: i64,
-    cpu: f64,
-    memory_gib: f64,
-    gpu_memory_mib: Option<i64>,
-) -> (i32, i32) {
-    let gpus = gpu_count.max(1) as f64;
-    let cpu = cpu.floor() - 2.0;
-    let cpu_per_gpu = if cpu <= gpus { 1.0 } else { (cpu / gpus).floor().min(4.0) };
-    let total = memory_gib.floor() - 6.0;
-    let memory_per_gpu = if total <= gpus {
-        1.0
-    } else {
-        let share = (total * 0.8 / gpus).floor();
-        match gpu_memory_mib {
-            // The original capped by the GPU's own memory; without the label it capped at 0.
-            Some(mib) if mib >= 1024 => share.min((mib / 1024) as f64),
-            _ => share,
-        }
-    };
-    (cpu_per_gpu as i32, memory_per_gpu.max(1.0) as i32)
 }
 
 fn fail(what: impl std::fmt::Display) -> String {
@@ -211,10 +154,9 @@ impl KubeBootstrap {
     }
 
     async fn deploy_graval(&self, server: &NewServer, gpu_count: i64) -> Result<u16, String> {
-        let nice = nice_name(&server.name);
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), &self.namespace);
         let services: Api<Service> = Api::namespaced(self.client.clone(), &self.namespace);
-        let selector = format!("app=graval,graval-node={}", server.name);
+        let selector = miner_k8s::graval::job_selector(&server.name);
         let existing = jobs
             .list(&ListParams::default().labels(&selector))
             .await
@@ -222,13 +164,7 @@ impl KubeBootstrap {
         if !existing.items.is_empty() {
             return Err(format!("a GraVal job is already running for node {}", server.name));
         }
-        let service: Service = serde_json::from_value(json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": format!("graval-service-{nice}"), "labels": {"app": "graval", "graval-node": server.name}},
-            "spec": {"type": "NodePort", "selector": {"app": "graval", "graval-node": server.name},
-                     "ports": [{"port": 8000, "targetPort": 8000, "protocol": "TCP"}]}
-        }))
-        .map_err(fail)?;
+        let service = miner_k8s::graval::service(&server.name).map_err(fail)?;
         let service = services
             .create(&PostParams::default(), &service)
             .await
@@ -238,41 +174,16 @@ impl KubeBootstrap {
             .and_then(|s| s.ports)
             .and_then(|p| p.first().and_then(|p| p.node_port))
             .ok_or("the GraVal service got no node port")?;
-        let cpu = gpu_count * server.cpu_per_gpu as i64;
-        let memory = format!("{}Gi", gpu_count * server.memory_per_gpu as i64);
-        let resources =
-            json!({"cpu": cpu.to_string(), "memory": memory, "nvidia.com/gpu": gpu_count.to_string()});
-        let job: Job = serde_json::from_value(json!({
-            "apiVersion": "batch/v1", "kind": "Job",
-            "metadata": {"name": format!("graval-{nice}"),
-                         "labels": {"app": "graval", "chute/chute": "false", "graval-node": server.name}},
-            "spec": {
-                "parallelism": 1, "completions": 1, "backoffLimit": 3, "ttlSecondsAfterFinished": 300,
-                "template": {
-                    "metadata": {"labels": {"app": "graval", "graval-node": server.name}},
-                    "spec": {
-                        "restartPolicy": "OnFailure",
-                        "nodeName": server.name,
-                        "runtimeClassName": "nvidia-container-runtime",
-                        "containers": [{
-                            "name": "graval",
-                            "image": self.graval_image,
-                            "imagePullPolicy": "Always",
-                            "env": [
-                                {"name": "VALIDATOR_WHITELIST", "value": server.validator},
-                                {"name": "MINER_HOTKEY_SS58", "value": self.hotkey.ss58()},
-                            ],
-                            "resources": {"requests": resources, "limits": resources},
-                            "ports": [{"containerPort": 8000, "protocol": "TCP"}],
-                            "readinessProbe": {
-                                "exec": {"command": ["curl", "-f", "http://127.0.0.1:8000/ping"]},
-                                "initialDelaySeconds": 15, "periodSeconds": 10, "timeoutSeconds": 1, "failureThreshold": 3
-                            }
-                        }]
-                    }
-                }
-            }
-        }))
+        let job = miner_k8s::graval::GravalJob {
+            node: &server.name,
+            image: &self.graval_image,
+            validator: &server.validator,
+            miner_ss58: self.hotkey.ss58(),
+            gpu_count,
+            cpu_per_gpu: server.cpu_per_gpu.into(),
+            memory_per_gpu: server.memory_per_gpu.into(),
+        }
+        .build()
         .map_err(fail)?;
         jobs.create(&PostParams::default(), &job).await.map_err(|e| format!("creating GraVal job: {e}"))?;
         self.db.set_verification_port(&server.server_id, port).await.map_err(fail)?;
@@ -281,7 +192,7 @@ impl KubeBootstrap {
 
     async fn wait_for_graval(&self, node: &str, progress: &Progress) -> Result<(), String> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        let selector = format!("job-name=graval-{}", nice_name(node));
+        let selector = miner_k8s::graval::pod_selector(node);
         let deadline = Instant::now() + self.timings.timeout;
         progress.say("waiting for the GraVal pod to be ready").await;
         loop {
@@ -344,7 +255,6 @@ impl KubeBootstrap {
     }
 
     async fn remove_graval(&self, node: &str, progress: &Progress) {
-        let nice = nice_name(node);
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), &self.namespace);
         let services: Api<Service> = Api::namespaced(self.client.clone(), &self.namespace);
         let foreground = DeleteParams {
@@ -352,8 +262,11 @@ impl KubeBootstrap {
             ..DeleteParams::default()
         };
         for (what, result) in [
-            ("service", services.delete(&format!("graval-service-{nice}"), &foreground).await.map(|_| ())),
-            ("job", jobs.delete(&format!("graval-{nice}"), &foreground).await.map(|_| ())),
+            (
+                "service",
+                services.delete(&miner_k8s::graval::service_name(node), &foreground).await.map(|_| ()),
+            ),
+            ("job", jobs.delete(&miner_k8s::graval::job_name(node), &foreground).await.map(|_| ())),
         ] {
             match result {
                 Ok(()) => {}
@@ -363,7 +276,7 @@ impl KubeBootstrap {
         }
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         let deadline = Instant::now() + self.timings.cleanup_wait;
-        let selector = format!("job-name=graval-{nice}");
+        let selector = miner_k8s::graval::pod_selector(node);
         while Instant::now() < deadline {
             match pods.list(&ListParams::default().labels(&selector)).await {
                 Ok(list) if list.items.is_empty() => return,
@@ -533,39 +446,5 @@ impl NodeBootstrap for KubeBootstrap {
                 Err(why)
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn quantities_parse_as_kubernetes_writes_them() {
-        assert_eq!(parse_cpu("16"), Some(16.0));
-        assert_eq!(parse_cpu("15500m"), Some(15.5));
-        assert_eq!(parse_gib("64Gi"), Some(64.0));
-        assert_eq!(parse_gib("65536Mi"), Some(64.0));
-        assert_eq!(parse_gib("67108864Ki"), Some(64.0));
-        assert_eq!(parse_gib("68719476736"), Some(64.0));
-        assert!(parse_gib("lots").is_none());
-    }
-
-    #[test]
-    fn per_gpu_resources_follow_section_13() {
-        // 8 GPUs, 128 CPUs, 2 TiB, 80 GiB GPUs: cpu (126/8=15) capped at 4; memory min(80, 2042*0.8/8=204).
-        assert_eq!(per_gpu_resources(8, 128.0, 2048.0, Some(81920)), (4, 80));
-        // Few CPUs: 1 per GPU.
-        assert_eq!(per_gpu_resources(8, 8.0, 2048.0, Some(81920)), (1, 80));
-        // Without the GPU memory label the original gave 0; now the RAM share applies.
-        assert_eq!(per_gpu_resources(1, 32.0, 128.0, None), (4, 97));
-        // Tiny memory: 1 GiB per GPU.
-        assert_eq!(per_gpu_resources(4, 32.0, 8.0, Some(81920)), (4, 1));
-    }
-
-    #[test]
-    fn graval_names_replace_dots() {
-        assert_eq!(nice_name("gpu-1.example.com"), "gpu-1-example-com");
     }
 }

@@ -84,8 +84,11 @@ impl AppState {
     }
 
     /// Appends an internal event and waits for Redis to confirm it.
-    pub async fn publish(&self, event_type: &str, event_data: serde_json::Value) -> Result<String, ApiError> {
-        let event = MinerEvent::new(event_type, event_data);
+    pub async fn publish(&self, event: &miner_events::Event) -> Result<String, ApiError> {
+        let event_type = event.event_type();
+        let event: MinerEvent = event
+            .to_miner_event()
+            .map_err(|e| ApiError::internal(format!("{event_type} could not be encoded: {e}")))?;
         match tokio::time::timeout(self.event_timeout, self.events.publish_confirmed(&event)).await {
             Ok(Ok(id)) => {
                 self.metrics.event_published(event_type);

@@ -210,6 +210,11 @@ pub struct Validator {
     pub registry: String,
     pub api: String,
     pub socket: String,
+    /// NodePort of this validator's registry proxy (`registryNodePort`, written by
+    /// `minerctl render`); chute images are pulled through
+    /// `<hotkey>.localregistry.chutes.ai:<port>`. Absent: `REGISTRY_PROXY_PORT`.
+    #[serde(default, rename = "registryNodePort", skip_serializing_if = "Option::is_none")]
+    pub registry_node_port: Option<u16>,
 }
 
 /// `VALIDATORS`: `{"supported": [{hotkey, registry, api, socket}], ...}`.
@@ -252,6 +257,9 @@ impl Validators {
                 .map_err(|e| at(format!("socket: {e}")))?;
             if v.registry.trim().is_empty() {
                 return Err(at("registry is empty".to_owned()));
+            }
+            if v.registry_node_port == Some(0) {
+                return Err(at("registryNodePort 0 is not a port".to_owned()));
             }
         }
         Ok(Validators { supported: raw.supported })
@@ -411,5 +419,77 @@ impl AuditSettings {
         };
         check_url("SUBTENSOR_HTTP", &subtensor_rpc, &["http", "https"])?;
         Ok(AuditSettings { upload_url, prometheus_url, subtensor_rpc })
+    }
+}
+
+/// Which scheduling strategy Gepetto runs (`GEPETTO_STRATEGY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StrategyKind {
+    /// The original miner's heuristic (metrics-based autoscaler), bugs fixed.
+    Heuristic,
+    /// The successor's: rank by the validator's `effective_compute_multiplier`.
+    Multiplier,
+}
+
+/// Gepetto's settings, read from the environment like the rest of the runtime.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GepettoSettings {
+    /// `GEPETTO_STRATEGY`: `heuristic` (default) or `multiplier`.
+    pub strategy: StrategyKind,
+    /// `GEPETTO_ACTIVATOR_INTERVAL` seconds (5).
+    pub activator_interval_secs: u64,
+    /// `GEPETTO_AUTOSCALER_INTERVAL` seconds (15).
+    pub autoscaler_interval_secs: u64,
+    /// `GEPETTO_RECONCILE_INTERVAL` seconds (60).
+    pub reconcile_interval_secs: u64,
+    /// `GEPETTO_DISK_RESERVE_GB`: disk kept free on every node (20).
+    pub disk_reserve_gb: u32,
+    /// `GEPETTO_DEFAULT_DISK_GB`: ephemeral disk of a chute that names none (10).
+    pub default_disk_gb: u32,
+    /// `GEPETTO_MAX_CONCURRENT_DEPLOYS`: deploys run at once in the background (16).
+    pub max_concurrent_deploys: usize,
+    /// `PROMETHEUS_URL`, or `http://prometheus-server.<ns>.svc.cluster.local:<PROMETHEUS_PORT>`.
+    pub prometheus_url: String,
+}
+
+impl GepettoSettings {
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let strategy = match get(env, "GEPETTO_STRATEGY").map(|s| s.to_ascii_lowercase()).as_deref() {
+            None | Some("heuristic") => StrategyKind::Heuristic,
+            Some("multiplier") | Some("effective_compute_multiplier") => StrategyKind::Multiplier,
+            Some(other) => {
+                return Err(invalid(
+                    "GEPETTO_STRATEGY",
+                    format!("{other:?} is not a strategy (heuristic or multiplier)"),
+                ));
+            }
+        };
+        let positive = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
+            let v: u64 = parsed(env, var, default, "a whole number of seconds")?;
+            if v == 0 {
+                return Err(invalid(var, "must be at least 1 second"));
+            }
+            Ok(v)
+        };
+        let prometheus_url = match get(env, "PROMETHEUS_URL") {
+            Some(url) => url,
+            None => ApiSettings::from_env(env)?.prometheus_url,
+        };
+        check_url("PROMETHEUS_URL", &prometheus_url, &["http", "https"])?;
+        let max_concurrent_deploys: usize =
+            parsed(env, "GEPETTO_MAX_CONCURRENT_DEPLOYS", 16, "a whole number")?;
+        if max_concurrent_deploys == 0 {
+            return Err(invalid("GEPETTO_MAX_CONCURRENT_DEPLOYS", "must be at least 1"));
+        }
+        Ok(GepettoSettings {
+            strategy,
+            activator_interval_secs: positive("GEPETTO_ACTIVATOR_INTERVAL", 5)?,
+            autoscaler_interval_secs: positive("GEPETTO_AUTOSCALER_INTERVAL", 15)?,
+            reconcile_interval_secs: positive("GEPETTO_RECONCILE_INTERVAL", 60)?,
+            disk_reserve_gb: parsed(env, "GEPETTO_DISK_RESERVE_GB", 20, "a whole number of GB")?,
+            default_disk_gb: parsed(env, "GEPETTO_DEFAULT_DISK_GB", 10, "a whole number of GB")?,
+            max_concurrent_deploys,
+            prometheus_url,
+        })
     }
 }

@@ -296,8 +296,9 @@ impl Db {
         }
         sqlx::query(
             "INSERT INTO deployments (deployment_id, validator, chute_id, server_id, version, job_id, config_id, \
-             host, active, stub) VALUES ($1,$2,$3,$4,$5,$6,$7,(SELECT ip_address FROM servers WHERE server_id = $4), \
-             FALSE, TRUE)",
+             host, active, stub, preemptible) VALUES ($1,$2,$3,$4,$5,$6,$7,\
+             (SELECT ip_address FROM servers WHERE server_id = $4), FALSE, TRUE, \
+             COALESCE((SELECT preemptible FROM chutes WHERE chute_id = $3), TRUE))",
         )
         .bind(&d.deployment_id)
         .bind(&d.validator)
@@ -450,6 +451,217 @@ impl Db {
             .collect())
     }
 
+    // ---- scheduler (Gepetto) ----
+
+    /// Every row Gepetto's fleet snapshot is built from, in four queries.
+    pub async fn fleet_rows(&self) -> Result<FleetRows, DbError> {
+        let servers = sqlx::query("SELECT * FROM servers ORDER BY name").fetch_all(&self.pool).await?;
+        let gpus = sqlx::query("SELECT * FROM gpus ORDER BY gpu_id").fetch_all(&self.pool).await?;
+        let deployments = sqlx::query("SELECT * FROM deployments ORDER BY created_at, deployment_id")
+            .fetch_all(&self.pool)
+            .await?;
+        let chutes = sqlx::query("SELECT * FROM chutes ORDER BY chute_id").fetch_all(&self.pool).await?;
+        let private =
+            sqlx::query("SELECT chute_id FROM chutes WHERE NOT preemptible").fetch_all(&self.pool).await?;
+        Ok(FleetRows {
+            private_chutes: private.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?,
+            servers: servers.iter().map(Server::from_row).collect::<Result<_, _>>()?,
+            gpus: gpus.iter().map(Gpu::from_row).collect::<Result<_, _>>()?,
+            deployments: deployments.iter().map(Deployment::from_row).collect::<Result<_, _>>()?,
+            chutes: chutes.iter().map(Chute::from_row).collect::<Result<_, _>>()?,
+        })
+    }
+
+    pub async fn chute(&self, chute_id: &str) -> Result<Option<Chute>, DbError> {
+        let row = sqlx::query("SELECT * FROM chutes WHERE chute_id = $1")
+            .bind(chute_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Chute::from_row).transpose().map_err(Into::into)
+    }
+
+    pub async fn set_chute_preemptible(&self, chute_id: &str, preemptible: bool) -> Result<(), DbError> {
+        sqlx::query("UPDATE chutes SET preemptible = $2 WHERE chute_id = $1")
+            .bind(chute_id)
+            .bind(preemptible)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a chute (its deployments cascade); false when it was not there.
+    pub async fn delete_chute(&self, chute_id: &str) -> Result<bool, DbError> {
+        let done =
+            sqlx::query("DELETE FROM chutes WHERE chute_id = $1").bind(chute_id).execute(&self.pool).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// `image_updated`: new image and chutes version for the listed chutes.
+    pub async fn update_chute_images(
+        &self,
+        chute_ids: &[String],
+        image: &str,
+        chutes_version: Option<&str>,
+    ) -> Result<u64, DbError> {
+        let done = sqlx::query(
+            "UPDATE chutes SET image = $2, chutes_version = COALESCE($3, chutes_version), updated_at = NOW() \
+             WHERE chute_id = ANY($1)",
+        )
+        .bind(chute_ids)
+        .bind(image)
+        .bind(chutes_version)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub async fn gpu(&self, gpu_id: &str) -> Result<Option<Gpu>, DbError> {
+        let row = sqlx::query("SELECT * FROM gpus WHERE gpu_id = $1")
+            .bind(gpu_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Gpu::from_row).transpose().map_err(Into::into)
+    }
+
+    /// `gpu_verified` (the original filtered on `server_id` and changed nothing).
+    pub async fn set_gpu_verified(&self, gpu_id: &str) -> Result<bool, DbError> {
+        let done = sqlx::query("UPDATE gpus SET verified = TRUE WHERE gpu_id = $1")
+            .bind(gpu_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn delete_gpu(&self, gpu_id: &str) -> Result<bool, DbError> {
+        let done = sqlx::query("DELETE FROM gpus WHERE gpu_id = $1").bind(gpu_id).execute(&self.pool).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes a deployment row and returns it (GPUs are freed by the FK, the audit
+    /// trigger stamps `deleted_at`); `None` when it was already gone.
+    pub async fn take_deployment(&self, deployment_id: &str) -> Result<Option<Deployment>, DbError> {
+        let row = sqlx::query("DELETE FROM deployments WHERE deployment_id = $1 RETURNING *")
+            .bind(deployment_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Deployment::from_row).transpose().map_err(Into::into)
+    }
+
+    /// Deployments matching one column (`instance_id`, `job_id`, `config_id` or `chute_id`).
+    pub async fn deployments_where(
+        &self,
+        column: DeploymentKey,
+        value: &str,
+    ) -> Result<Vec<Deployment>, DbError> {
+        let sql = match column {
+            DeploymentKey::Instance => "SELECT * FROM deployments WHERE instance_id = $1",
+            DeploymentKey::Job => "SELECT * FROM deployments WHERE job_id = $1",
+            DeploymentKey::Config => "SELECT * FROM deployments WHERE config_id = $1",
+            DeploymentKey::Chute => "SELECT * FROM deployments WHERE chute_id = $1",
+            DeploymentKey::Deployment => "SELECT * FROM deployments WHERE deployment_id = $1",
+        };
+        let rows = sqlx::query(sql).bind(value).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(Deployment::from_row).collect::<Result<_, _>>()?)
+    }
+
+    /// Records the launch config of a deployment (before its Job exists, so an
+    /// `instance_created` naming it finds the row).
+    pub async fn set_deployment_config(&self, deployment_id: &str, config_id: &str) -> Result<bool, DbError> {
+        let done = sqlx::query("UPDATE deployments SET config_id = $2 WHERE deployment_id = $1")
+            .bind(deployment_id)
+            .bind(config_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// The Job exists: host and primary NodePort known, no longer a stub.
+    pub async fn mark_deployed(&self, deployment_id: &str, host: &str, port: i32) -> Result<bool, DbError> {
+        let done =
+            sqlx::query("UPDATE deployments SET host = $2, port = $3, stub = FALSE WHERE deployment_id = $1")
+                .bind(deployment_id)
+                .bind(host)
+                .bind(port)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// `instance_created`: the instance id of the deployment with this launch config
+    /// (or this deployment id); returns the deployment id it was stored on.
+    pub async fn set_instance(
+        &self,
+        key: DeploymentKey,
+        value: &str,
+        instance_id: &str,
+    ) -> Result<Option<String>, DbError> {
+        let sql = match key {
+            DeploymentKey::Config => {
+                "UPDATE deployments SET instance_id = $2 WHERE config_id = $1 RETURNING deployment_id"
+            }
+            _ => "UPDATE deployments SET instance_id = $2 WHERE deployment_id = $1 RETURNING deployment_id",
+        };
+        let row = sqlx::query(sql).bind(value).bind(instance_id).fetch_optional(&self.pool).await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    /// `instance_verified`: stamps `verified_at` once (the audit trigger copies it).
+    pub async fn verify_instance(&self, instance_id: &str) -> Result<u64, DbError> {
+        let done = sqlx::query(
+            "UPDATE deployments SET verified_at = COALESCE(verified_at, NOW()) WHERE instance_id = $1",
+        )
+        .bind(instance_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// `instance_activated` (by launch config, else by instance id): active, not a
+    /// stub, `activated_at` stamped once.
+    pub async fn activate_instance(
+        &self,
+        config_id: Option<&str>,
+        instance_id: &str,
+    ) -> Result<u64, DbError> {
+        let done = sqlx::query(
+            "UPDATE deployments SET active = TRUE, stub = FALSE, activated_at = COALESCE(activated_at, NOW()), \
+             instance_id = COALESCE(instance_id, $2) WHERE ($1::TEXT IS NOT NULL AND config_id = $1) OR instance_id = $2",
+        )
+        .bind(config_id)
+        .bind(instance_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// The original's `optimal_scale_up_server` query, one per chute: servers with
+    /// enough free verified GPUs of a supported model, unlocked, cheapest then
+    /// tightest. Kept for the benchmark that compares it with the in-memory snapshot.
+    pub async fn scale_up_candidates(
+        &self,
+        supported_gpus: &[String],
+        gpu_count: i32,
+    ) -> Result<Vec<(String, i64)>, DbError> {
+        let rows = sqlx::query(
+            "WITH totals AS (SELECT server_id, COUNT(*) AS total FROM gpus \
+               WHERE verified AND model_short_ref = ANY($1) GROUP BY server_id), \
+             used AS (SELECT server_id, COUNT(*) AS used FROM gpus \
+               WHERE verified AND deployment_id IS NOT NULL GROUP BY server_id) \
+             SELECT s.server_id, t.total - COALESCE(u.used, 0) AS free FROM servers s \
+               JOIN totals t ON t.server_id = s.server_id LEFT JOIN used u ON u.server_id = s.server_id \
+             WHERE t.total - COALESCE(u.used, 0) >= $2 AND NOT COALESCE(s.locked, FALSE) \
+             ORDER BY s.hourly_cost ASC, free ASC",
+        )
+        .bind(supported_gpus)
+        .bind(i64::from(gpu_count))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<_, _>>()?)
+    }
+
     // ---- audit ----
 
     /// Audit rows still alive, or deleted within `[start, end]` (UTC), as the exporter uploads.
@@ -468,6 +680,27 @@ impl Db {
         .await?;
         Ok(rows.iter().map(AuditRow::from_row).collect::<Result<_, _>>()?)
     }
+}
+
+/// Every row of the inventory, for Gepetto's in-memory fleet snapshot.
+#[derive(Debug, Clone, Default)]
+pub struct FleetRows {
+    pub servers: Vec<Server>,
+    pub gpus: Vec<Gpu>,
+    pub deployments: Vec<Deployment>,
+    pub chutes: Vec<Chute>,
+    /// Chutes whose deployments are never preempted or scaled down (private).
+    pub private_chutes: Vec<String>,
+}
+
+/// The column [`Db::deployments_where`] and [`Db::set_instance`] match on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeploymentKey {
+    Instance,
+    Job,
+    Config,
+    Chute,
+    Deployment,
 }
 
 /// Formats a naive UTC timestamp as Python's `datetime.isoformat()` does.

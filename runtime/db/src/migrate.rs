@@ -37,6 +37,7 @@ pub static MIGRATIONS: &[Migration] = &[
     migration!("20241101000000", "base_schema"),
     migration!("20241228093101", "instance_trail"),
     migration!("20261126000000", "gpu_allocation_guard"),
+    migration!("20261205000000", "gepetto_scheduler"),
 ];
 
 /// The text between `-- migrate:up` and `-- migrate:down`.

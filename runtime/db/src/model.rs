@@ -175,6 +175,12 @@ pub struct Deployment {
     pub config_id: Option<String>,
     #[serde(with = "py_datetime")]
     pub created_at: Option<DateTime<Utc>>,
+    /// When the validator activated the instance (not in the original's API output).
+    #[serde(skip)]
+    pub activated_at: Option<DateTime<Utc>>,
+    /// Copied from the chute at insert; the successor never preempts private chutes.
+    #[serde(skip)]
+    pub preemptible: bool,
 }
 
 impl Deployment {
@@ -194,6 +200,8 @@ impl Deployment {
             job_id: r.try_get("job_id")?,
             config_id: r.try_get("config_id")?,
             created_at: r.try_get("created_at")?,
+            activated_at: r.try_get("activated_at")?,
+            preemptible: r.try_get::<Option<bool>, _>("preemptible")?.unwrap_or(true),
         })
     }
 }

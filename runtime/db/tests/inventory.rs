@@ -99,7 +99,7 @@ async fn migrations_apply_once_and_record_dbmate_versions() {
         .fetch_all(db.pool())
         .await
         .unwrap();
-    assert_eq!(versions, vec!["20241101000000", "20241228093101", "20261126000000"]);
+    assert_eq!(versions, vec!["20241101000000", "20241228093101", "20261126000000", "20261205000000"]);
 }
 
 #[tokio::test]
@@ -131,7 +131,7 @@ async fn a_database_created_by_the_python_miner_is_adopted() {
     .await
     .unwrap();
     let applied = db.migrate().await.unwrap();
-    assert_eq!(applied, vec!["20241101000000", "20261126000000"]);
+    assert_eq!(applied, vec!["20241101000000", "20261126000000", "20261205000000"]);
 }
 
 #[tokio::test]

@@ -28,12 +28,14 @@ mod backoff;
 mod conn;
 mod consumer;
 mod event;
+pub mod payloads;
 mod producer;
 
 pub use backoff::Backoff;
 pub use conn::StreamConfig;
 pub use consumer::{Consumer, Delivery};
 pub use event::MinerEvent;
+pub use payloads::Event;
 pub use producer::Producer;
 
 /// Errors of the event bus. Messages name the Redis URL without its password.

@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use miner_config::{
-    ApiSettings, AuditSettings, DatabaseSettings, Identity, PorterSettings, ProcessEnv, RedisSettings,
-    Validators,
+    ApiSettings, AuditSettings, DatabaseSettings, GepettoSettings, Identity, PorterSettings, ProcessEnv,
+    RedisSettings, StrategyKind, Validators,
 };
 use miner_db::Db;
 use miner_events::{Producer, StreamConfig};
@@ -48,9 +48,11 @@ enum Command {
         #[arg(long)]
         no_sockets: bool,
     },
-    /// Gepetto's event consumer ONLY: reads the durable event stream through the consumer group,
-    /// logs each event and acknowledges it. The scheduler itself (deploying chutes, autoscaling,
-    /// reconciling) is not implemented yet; it is a later issue. Needs REDIS_URL.
+    /// Gepetto, the scheduler: consumes the durable event stream (consumer group) and turns
+    /// validator events into chute Jobs, with the activator, autoscaler and reconciler loops.
+    /// Needs POSTGRESQL, REDIS_URL, MINER_SS58, MINER_SEED, VALIDATORS and a Kubernetes client
+    /// (in-cluster or KUBECONFIG); optional GEPETTO_STRATEGY (heuristic|multiplier),
+    /// GEPETTO_*_INTERVAL, GEPETTO_DISK_RESERVE_GB, PROMETHEUS_URL.
     Gepetto {
         /// Consumer group shared by all Gepetto replicas.
         #[arg(long, env = "GEPETTO_GROUP", default_value = "gepetto")]
@@ -273,34 +275,60 @@ async fn node_bootstrap(
 }
 
 async fn run_gepetto(group: String, consumer: Option<String>) -> Result<()> {
+    let identity = Identity::from_env(&ProcessEnv)?;
+    let validators = Validators::from_env(&ProcessEnv)?;
     let redis = RedisSettings::from_env(&ProcessEnv)?;
+    let api = ApiSettings::from_env(&ProcessEnv)?;
+    let settings = GepettoSettings::from_env(&ProcessEnv)?;
     let name = match consumer {
         Some(n) => n,
         None => {
             std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "gepetto-0".to_owned())
         }
     };
+    let db = connect_db().await?;
+    migrate(&db).await?;
+    let client = kube::Client::try_default()
+        .await
+        .context("Gepetto needs a Kubernetes client (in-cluster service account or KUBECONFIG)")?;
     let shutdown = shutdown_signal()?;
     let consumer = miner_events::Consumer::new(redis.url.expose(), &group, &name, StreamConfig::default())
         .with_context(|| format!("event stream at {}", redis.url))?;
-    tracing::warn!("gepetto runs the event consumer loop only; scheduling is not implemented yet");
-    tracing::info!(%group, consumer = %name, "consuming miner events");
-    consumer
-        .run(
-            |d: miner_events::Delivery| async move {
-                tracing::info!(
-                    stream_id = %d.id,
-                    event_id = %d.event_id,
-                    attempt = d.attempt,
-                    event_type = %d.event.event_type,
-                    event_data = %d.event.event_data,
-                    "event received (no handler yet)"
-                );
-                Ok::<(), std::convert::Infallible>(())
-            },
-            shutdown,
-        )
-        .await;
+    let mut links = Vec::new();
+    for v in &validators.supported {
+        let target = miner_validator::ValidatorTarget {
+            hotkey: v.hotkey.clone(),
+            api: v.api.clone(),
+            socket: v.socket.clone(),
+        };
+        let rest = miner_validator::rest::ValidatorClient::new(&target, identity.hotkey.clone())
+            .with_context(|| format!("validator {}", v.hotkey))?;
+        links.push(miner_gepetto::ValidatorLink {
+            hotkey: v.hotkey.clone(),
+            client: rest,
+            // Each validator's registry proxy has its own NodePort (VALIDATORS' registryNodePort).
+            registry_port: v.registry_node_port.unwrap_or(api.registry_proxy_port),
+        });
+    }
+    let strategy: Arc<dyn miner_gepetto::Strategy> = match settings.strategy {
+        StrategyKind::Heuristic => Arc::new(miner_gepetto::Heuristic),
+        StrategyKind::Multiplier => Arc::new(miner_gepetto::Multiplier::default()),
+    };
+    let mut cfg = miner_gepetto::Config::new(&api.namespace, identity.ss58());
+    cfg.default_disk_gb = settings.default_disk_gb;
+    cfg.disk_reserve_gb = settings.disk_reserve_gb;
+    cfg.cache_max_age_days = api.cache.max_age_days;
+    cfg.cache_max_size_gb = api.cache.max_size_gb;
+    cfg.cache_overrides = api.cache.overrides.clone();
+    cfg.activator_interval = Duration::from_secs(settings.activator_interval_secs);
+    cfg.autoscaler_interval = Duration::from_secs(settings.autoscaler_interval_secs);
+    cfg.reconcile_interval = Duration::from_secs(settings.reconcile_interval_secs);
+    cfg.max_concurrent_deploys = settings.max_concurrent_deploys;
+    cfg.prometheus_url = Some(settings.prometheus_url.clone());
+    let cluster = miner_gepetto::cluster::Cluster::start(client.clone(), &api.namespace, shutdown.clone());
+    let gepetto = miner_gepetto::Gepetto::new(db, client, cluster, cfg, strategy.clone(), links);
+    tracing::info!(%group, consumer = %name, strategy = strategy.name(), "gepetto scheduling");
+    gepetto.run(consumer, shutdown).await;
     Ok(())
 }
 

@@ -35,10 +35,10 @@ fn validators() -> String {
 }
 
 #[test]
-fn help_says_gepetto_only_consumes_events_for_now() {
+fn help_says_what_gepetto_needs() {
     let out = miner().args(["gepetto", "--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("event consumer ONLY") && text.contains("not implemented yet"), "{text}");
+    assert!(text.contains("scheduler") && text.contains("GEPETTO_STRATEGY"), "{text}");
     let out = miner().arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     for sub in ["api", "gepetto", "porter", "audit-export", "migrate"] {

@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! `chutes-miner gepetto` consumes the durable stream: killing it (SIGKILL) and
 //! Redis mid-stream loses no event. Every published event id must show up in the
-//! consumer's logs, and nothing may stay pending.
+//! consumer's logs, and nothing may stay pending. The scheduler runs for real, on
+//! Postgres and the Kubernetes emulator; these events concern no deployment.
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
@@ -12,11 +13,46 @@ use test_harness::Redis;
 
 const BIN: &str = env!("CARGO_BIN_EXE_chutes-miner");
 
+/// What the scheduler needs besides Redis: Postgres, a cluster (the Kubernetes
+/// emulator, through a kubeconfig file) and a validator list. Shared by the tests.
+struct Stack {
+    pg: test_harness::Postgres,
+    _kube: kube_emulator::Emulator,
+    kubeconfig: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn stack() -> &'static Stack {
+    static S: std::sync::OnceLock<Stack> = std::sync::OnceLock::new();
+    S.get_or_init(|| {
+        let kube = kube_emulator::Emulator::start().unwrap();
+        kube.create(
+            serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "chutes"}}),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        kube.write_kubeconfig(&kubeconfig).unwrap();
+        Stack { pg: test_harness::Postgres::start().unwrap(), _kube: kube, kubeconfig, _dir: dir }
+    })
+}
+
 fn gepetto(redis_url: &str, log: &std::path::Path) -> Child {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let s = stack();
+    let miner = chutes_protocol::Hotkey::from_seed_hex(SEED, "t").unwrap().ss58().to_owned();
+    let validator = chutes_protocol::Hotkey::from_seed(&[9; 32], "t").unwrap().ss58().to_owned();
     Command::new(BIN)
         .args(["gepetto", "--consumer", "gepetto-0"])
         .env_clear()
+        .env("POSTGRESQL", s.pg.url())
+        .env("KUBECONFIG", &s.kubeconfig)
+        .env("MINER_SS58", &miner)
+        .env("MINER_SEED", SEED)
+        .env(
+            "VALIDATORS",
+            format!(r#"{{"supported":[{{"hotkey":"{validator}","registry":"r","api":"http://127.0.0.1:9","socket":"ws://127.0.0.1:9"}}]}}"#),
+        )
         .env("REDIS_URL", redis_url)
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "info")

@@ -6,20 +6,21 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use miner_db::DeploymentView;
+use miner_events::payloads::{Event, Undeploy};
 use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::ApiError;
 
 /// The event Gepetto acts on; `deployment_id` is its idempotency key.
-pub fn undeploy_event(d: &DeploymentView) -> Value {
-    json!({
-        "deployment_id": d.deployment.deployment_id,
-        "instance_id": d.deployment.instance_id,
-        "chute_id": d.deployment.chute_id,
-        "server_id": d.deployment.server_id,
-        "validator": d.deployment.validator,
-        "job_id": d.deployment.job_id,
+pub fn undeploy_event(d: &DeploymentView) -> Event {
+    Event::Undeploy(Undeploy {
+        deployment_id: d.deployment.deployment_id.clone(),
+        instance_id: d.deployment.instance_id.clone(),
+        chute_id: d.deployment.chute_id.clone(),
+        server_id: d.deployment.server_id.clone(),
+        validator: d.deployment.validator.clone(),
+        job_id: d.deployment.job_id.clone(),
     })
 }
 
@@ -27,7 +28,7 @@ pub fn undeploy_event(d: &DeploymentView) -> Value {
 pub async fn undeploy_all(state: &AppState, deployments: &[DeploymentView]) -> Result<Vec<Value>, ApiError> {
     let mut purged = Vec::with_capacity(deployments.len());
     for (i, d) in deployments.iter().enumerate() {
-        state.publish("undeploy", undeploy_event(d)).await.map_err(|e| {
+        state.publish(&undeploy_event(d)).await.map_err(|e| {
             ApiError::new(
                 e.status,
                 format!("{} ({i} of {} undeploy requests were sent)", e.detail, deployments.len()),
@@ -59,6 +60,6 @@ pub async fn purge_one(
         .deployment(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("No deployment with id {id} found!")))?;
-    state.publish("undeploy", undeploy_event(&d)).await?;
+    state.publish(&undeploy_event(&d)).await?;
     Ok(Json(json!({ "status": "initiated", "deployment_purged": d })))
 }

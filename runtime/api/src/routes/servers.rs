@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::Response;
 use miner_db::Server;
+use miner_events::payloads::{Event, ServerDeleted};
 use serde_json::{Value, json};
 
 use crate::AppState;
@@ -59,7 +60,7 @@ pub async fn delete_preflight(
 
 pub async fn remove(State(state): State<AppState>, Path(key): Path<String>) -> Result<Json<Value>, ApiError> {
     let server = find(&state, &key).await?;
-    state.publish("server_deleted", json!({ "server_id": server.server_id })).await?;
+    state.publish(&Event::ServerDeleted(ServerDeleted { server_id: server.server_id.clone() })).await?;
     Ok(Json(json!({
         "status": "started",
         "detail": format!(

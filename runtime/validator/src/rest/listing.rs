@@ -12,6 +12,8 @@ pub enum Listing {
     Nodes,
     Instances,
     Metrics,
+    /// [successor] all miners' active instances.
+    ActiveInstances,
 }
 
 impl Listing {
@@ -23,6 +25,7 @@ impl Listing {
             Listing::Nodes => "/miner/nodes/",
             Listing::Instances => "/miner/instances/?explicit_null=True",
             Listing::Metrics => "/miner/metrics/",
+            Listing::ActiveInstances => "/miner/active_instances/",
         }
     }
 
@@ -32,7 +35,7 @@ impl Listing {
             Listing::Chutes | Listing::Metrics => "chute_id",
             Listing::Images => "image_id",
             Listing::Nodes => "uuid",
-            Listing::Instances => "instance_id",
+            Listing::Instances | Listing::ActiveInstances => "instance_id",
         }
     }
 }

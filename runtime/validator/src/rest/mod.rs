@@ -11,6 +11,7 @@
 //! POST that timed out may have been applied.
 
 mod listing;
+pub mod remote;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 pub use listing::{Listing, ListingParser, ListingReply};
+pub use remote::{ActiveInstance, RemoteChute, RemoteInstance, RemoteMetrics, Utilization};
 
 use crate::ValidatorTarget;
 
@@ -244,6 +246,41 @@ impl ValidatorClient {
     pub async fn chute(&self, chute_id: &str, version: &str) -> Result<Value, RestError> {
         let path = format!("/miner/chutes/{}/{}", encode(chute_id), encode(version));
         self.json(Method::GET, &path, Sign::Purpose("miner"), None).await
+    }
+
+    /// `GET /miner/chutes/{chute_id}/{version}`, typed; a reply without the fields a
+    /// deployment needs is a [`RestError::Decode`] naming the field.
+    pub async fn remote_chute(&self, chute_id: &str, version: &str) -> Result<RemoteChute, RestError> {
+        let path = format!("/miner/chutes/{}/{}", encode(chute_id), encode(version));
+        self.json(Method::GET, &path, Sign::Purpose("miner"), None).await
+    }
+
+    /// A listing with its items typed. `None` when the reply was not authoritative
+    /// (neither items nor `NO_ITEMS`); a malformed item fails the whole listing.
+    pub async fn typed_listing<T: serde::de::DeserializeOwned>(
+        &self,
+        listing: Listing,
+    ) -> Result<Option<Vec<T>>, RestError> {
+        let Some(items) = self.listing(listing).await?.authoritative() else { return Ok(None) };
+        items
+            .into_iter()
+            .map(|item| {
+                serde_json::from_value(item)
+                    .map_err(|e| self.decode(Method::GET, listing.path(), format!("malformed item: {e}")))
+            })
+            .collect::<Result<Vec<T>, _>>()
+            .map(Some)
+    }
+
+    /// `GET /miner/active_instances/` (purpose `miner`): every miner's active instances
+    /// with their compute multipliers (the successor's preemption input).
+    pub async fn active_instances(&self) -> Result<Option<Vec<ActiveInstance>>, RestError> {
+        self.typed_listing(Listing::ActiveInstances).await
+    }
+
+    /// `GET /chutes/utilization`, typed.
+    pub async fn utilization_typed(&self) -> Result<Vec<Utilization>, RestError> {
+        self.json(Method::GET, "/chutes/utilization", Sign::None, None).await
     }
 
     /// `GET /miner/inventory` (purpose `miner`).

@@ -30,23 +30,7 @@ use protocol::Inbound;
 
 /// `miner_broadcast` reasons the miner acts on; anything else is logged and dropped,
 /// as the original did.
-pub const ACCEPTED_REASONS: &[&str] = &[
-    "gpu_verified",
-    "chute_deleted",
-    "chute_created",
-    "bounty_change",
-    "image_created",
-    "image_deleted",
-    "image_updated",
-    "instance_created",
-    "instance_deleted",
-    "instance_verified",
-    "instance_activated",
-    "rolling_update",
-    "job_created",
-    "job_deleted",
-    "chute_updated",
-];
+pub const ACCEPTED_REASONS: &[&str] = &miner_events::payloads::VALIDATOR_REASONS;
 
 /// Where one validator connection stands; watch it through [`SocketHandle::state`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,1008 @@
+//! Event handlers (reference 11.3), the deployment primitive (11.2, 12) and undeploy.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use k8s_openapi::api::apps::v1::Deployment as KubeDeployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::Api;
+use kube::api::{DeleteParams, PostParams, PropagationPolicy};
+use miner_db::{Chute, Db, DbError, DeploymentKey, FleetRows, NewDeployment};
+use miner_events::payloads::{self as ev, Event};
+use miner_k8s::chute::{self as objects, ChuteJob, ExtraPort, LaunchToken, ServicePorts, version_at_least};
+use miner_validator::rest::{LaunchError, RemoteChute, RemoteInstance, RemoteMetrics, ValidatorClient};
+use tokio::sync::{RwLock, Semaphore};
+use tokio_util::task::TaskTracker;
+
+use crate::cluster::Cluster;
+use crate::prometheus::Prometheus;
+use crate::snapshot::{
+    ChuteSnap, DeploymentSnap, FleetSnapshot, GpuSnap, RemoteChuteInfo, ServerSnap, ValidatorView,
+};
+use crate::strategy::{JobDecision, JobOffer, Strategy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GepettoError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("Kubernetes: {what}: {source}")]
+    Kube {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("validator {validator}: {reason}")]
+    Validator { validator: String, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> GepettoError {
+    let what = what.into();
+    move |source| GepettoError::Kube { what, source }
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+/// Settings of the controller (from `GepettoSettings` and `ApiSettings` in the binary).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub namespace: String,
+    pub miner_ss58: String,
+    pub default_disk_gb: u32,
+    pub disk_reserve_gb: u32,
+    pub cache_max_age_days: u32,
+    pub cache_max_size_gb: u32,
+    pub cache_overrides: BTreeMap<String, u32>,
+    pub activator_interval: Duration,
+    pub autoscaler_interval: Duration,
+    pub reconcile_interval: Duration,
+    pub max_concurrent_deploys: usize,
+    /// A stub deployment with no Job older than this is removed by reconcile (its
+    /// deploy task died with a previous process).
+    pub stub_grace: Duration,
+    pub prometheus_url: Option<String>,
+}
+
+impl Config {
+    pub fn new(namespace: &str, miner_ss58: &str) -> Config {
+        Config {
+            namespace: namespace.to_owned(),
+            miner_ss58: miner_ss58.to_owned(),
+            default_disk_gb: 10,
+            disk_reserve_gb: 20,
+            cache_max_age_days: 7,
+            cache_max_size_gb: 500,
+            cache_overrides: BTreeMap::new(),
+            activator_interval: Duration::from_secs(5),
+            autoscaler_interval: Duration::from_secs(15),
+            reconcile_interval: Duration::from_secs(60),
+            max_concurrent_deploys: 16,
+            stub_grace: Duration::from_secs(600),
+            prometheus_url: None,
+        }
+    }
+}
+
+/// One validator this miner serves: its REST client and registry proxy NodePort.
+#[derive(Clone, Debug)]
+pub struct ValidatorLink {
+    pub hotkey: String,
+    pub client: ValidatorClient,
+    pub registry_port: u16,
+}
+
+/// What Gepetto remembers of one validator between listings.
+#[derive(Debug, Default, Clone)]
+pub struct RemoteState {
+    pub chutes: Option<HashMap<String, RemoteChute>>,
+    pub instances: Option<HashMap<String, RemoteInstance>>,
+    pub metrics: HashMap<String, RemoteMetrics>,
+    pub capped: HashSet<String>,
+    pub active_instances: HashMap<String, Vec<miner_validator::rest::ActiveInstance>>,
+    pub rolling: HashSet<String>,
+}
+
+/// A job claim carried through a deploy.
+#[derive(Debug, Clone)]
+struct JobCtx {
+    job_id: String,
+}
+
+pub(crate) struct Inner {
+    pub(crate) db: Db,
+    pub(crate) kube: kube::Client,
+    pub(crate) cfg: Config,
+    pub(crate) strategy: Arc<dyn Strategy>,
+    pub(crate) validators: HashMap<String, ValidatorLink>,
+    pub(crate) cluster: Cluster,
+    /// Serializes decide + allocate, so every decision sees the previous allocation.
+    placement: tokio::sync::Mutex<()>,
+    deploys: Arc<Semaphore>,
+    pub(crate) tasks: TaskTracker,
+    /// `instance_created` that named a launch config no row had yet.
+    early: Mutex<HashMap<String, String>>,
+    pub(crate) remote: RwLock<HashMap<String, RemoteState>>,
+    pub(crate) prometheus: Prometheus,
+}
+
+/// The controller. Cheap to clone.
+#[derive(Clone)]
+pub struct Gepetto {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl Gepetto {
+    pub fn new(
+        db: Db,
+        kube: kube::Client,
+        cluster: Cluster,
+        cfg: Config,
+        strategy: Arc<dyn Strategy>,
+        validators: Vec<ValidatorLink>,
+    ) -> Gepetto {
+        let prometheus = Prometheus::new(cfg.prometheus_url.clone());
+        Gepetto {
+            inner: Arc::new(Inner {
+                db,
+                kube,
+                deploys: Arc::new(Semaphore::new(cfg.max_concurrent_deploys.max(1))),
+                cfg,
+                strategy,
+                validators: validators.into_iter().map(|v| (v.hotkey.clone(), v)).collect(),
+                cluster,
+                placement: tokio::sync::Mutex::new(()),
+                tasks: TaskTracker::new(),
+                early: Mutex::new(HashMap::new()),
+                remote: RwLock::new(HashMap::new()),
+                prometheus,
+            }),
+        }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.inner.db
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.inner.cluster
+    }
+
+    /// Waits for the background deploys still running (at shutdown, and in tests).
+    pub async fn wait_idle(&self) {
+        loop {
+            if self.inner.tasks.is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn validator(&self, hotkey: &str) -> Result<&ValidatorLink, GepettoError> {
+        self.inner
+            .validators
+            .get(hotkey)
+            .ok_or_else(|| GepettoError::Invalid(format!("validator {hotkey} is not in VALIDATORS")))
+    }
+
+    fn ours(&self, miner_hotkey: &Option<String>) -> bool {
+        miner_hotkey.as_deref().is_none_or(|h| h == self.inner.cfg.miner_ss58)
+    }
+
+    /// Handles one bus entry. `Ok` means its effect is durable and it may be acked;
+    /// an `Err` has it redelivered. A payload that can never be handled is logged
+    /// and acknowledged.
+    pub async fn handle_entry(&self, event: &miner_events::MinerEvent) -> Result<(), GepettoError> {
+        match Event::parse(event) {
+            Ok(e) => self.handle(&e).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "dropping an event Gepetto cannot read");
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn handle(&self, event: &Event) -> Result<(), GepettoError> {
+        tracing::debug!(event = event.event_type(), "handling");
+        match event {
+            Event::ChuteCreated(e) => self.chute_created(e).await,
+            Event::ChuteUpdated(e) => {
+                self.ensure_chute(&e.validator, &e.chute_id, &e.version, true).await.map(drop)
+            }
+            Event::ChuteDeleted(e) => {
+                self.chute_deleted(&e.validator, &e.chute_id, e.version.as_deref()).await
+            }
+            Event::BountyChange(e) => self.bounty_change(e).await,
+            Event::ImageCreated(e) | Event::ImageDeleted(e) => {
+                // No pre-pull yet (the original only logged too).
+                tracing::info!(image = %e.image_id, event = event.event_type(), "image event");
+                Ok(())
+            }
+            Event::ImageUpdated(e) => {
+                let n = self
+                    .inner
+                    .db
+                    .update_chute_images(&e.chute_ids, &e.image, e.chutes_version.as_deref())
+                    .await?;
+                tracing::info!(image = %e.image, chutes = n, "chute images updated");
+                Ok(())
+            }
+            Event::GpuVerified(e) => {
+                if self.ours(&e.miner_hotkey) && !self.inner.db.set_gpu_verified(&e.gpu_id).await? {
+                    tracing::warn!(gpu = %e.gpu_id, "gpu_verified for a GPU this miner does not track");
+                }
+                Ok(())
+            }
+            Event::GpuDeleted(e) => self.gpu_deleted(&e.gpu_id, e.validator.as_deref()).await,
+            Event::ServerDeleted(e) => self.server_deleted(&e.server_id).await,
+            Event::InstanceCreated(e) => self.instance_created(e).await,
+            Event::InstanceVerified(e) => {
+                if self.ours(&e.miner_hotkey) {
+                    self.inner.db.verify_instance(&e.instance_id).await?;
+                }
+                Ok(())
+            }
+            Event::InstanceActivated(e) => {
+                if self.ours(&e.miner_hotkey) {
+                    self.inner.db.activate_instance(e.config_id.as_deref(), &e.instance_id).await?;
+                }
+                Ok(())
+            }
+            Event::InstanceDeleted(e) => {
+                if self.ours(&e.miner_hotkey) {
+                    for d in self.inner.db.deployments_where(DeploymentKey::Instance, &e.instance_id).await? {
+                        self.undeploy(&d.deployment_id).await?;
+                    }
+                }
+                Ok(())
+            }
+            Event::RollingUpdate(e) => self.rolling_update(e).await,
+            Event::JobCreated(e) => self.job_created(e).await,
+            Event::JobDeleted(e) => {
+                for d in self.inner.db.deployments_where(DeploymentKey::Job, &e.job_id).await? {
+                    self.undeploy(&d.deployment_id).await?;
+                }
+                Ok(())
+            }
+            Event::Undeploy(e) => self.undeploy(&e.deployment_id).await,
+        }
+    }
+
+    // ---- chutes ----
+
+    /// The local chute row at `version`, fetched and stored (with its code
+    /// ConfigMap) when missing or on another version. `force`: refetch anyway
+    /// (`chute_updated`).
+    pub(crate) async fn ensure_chute(
+        &self,
+        validator: &str,
+        chute_id: &str,
+        version: &str,
+        force: bool,
+    ) -> Result<(Chute, Option<RemoteChute>), GepettoError> {
+        if !force
+            && let Some(c) = self.inner.db.chute(chute_id).await?
+            && c.version == version
+            && c.validator == validator
+        {
+            self.ensure_code(&c).await?;
+            return Ok((c, None));
+        }
+        let link = self.validator(validator)?;
+        let remote = link.client.remote_chute(chute_id, version).await.map_err(|e| {
+            GepettoError::Validator { validator: validator.to_owned(), reason: e.to_string() }
+        })?;
+        let chute = Chute {
+            chute_id: remote.chute_id.clone(),
+            validator: validator.to_owned(),
+            name: remote.name.clone(),
+            image: remote.image.clone(),
+            code: remote.code.clone(),
+            filename: remote.filename.clone(),
+            ref_str: remote.ref_str.clone(),
+            version: remote.version.clone(),
+            supported_gpus: remote.supported_gpus.clone(),
+            gpu_count: i32::try_from(remote.gpu_count()).map_err(|_| {
+                GepettoError::Invalid(format!(
+                    "chute {chute_id}: node_selector.gpu_count {} out of range",
+                    remote.gpu_count()
+                ))
+            })?,
+            created_at: None,
+            updated_at: None,
+            ban_reason: remote.ban_reason.clone(),
+            chutes_version: remote.chutes_version.clone(),
+        };
+        if chute.gpu_count < 1 || chute.image.is_empty() || chute.filename.is_empty() {
+            return Err(GepettoError::Invalid(format!(
+                "chute {chute_id} version {version}: gpu_count, image and filename are required"
+            )));
+        }
+        self.inner.db.upsert_chute(&chute).await?;
+        self.inner.db.set_chute_preemptible(chute_id, remote.preemptible.unwrap_or(true)).await?;
+        self.ensure_code(&chute).await?;
+        {
+            let mut remote_state = self.inner.remote.write().await;
+            let st = remote_state.entry(validator.to_owned()).or_default();
+            st.chutes.get_or_insert_with(HashMap::new).insert(chute_id.to_owned(), remote.clone());
+        }
+        Ok((chute, Some(remote)))
+    }
+
+    /// Creates the code ConfigMap of a chute version (409: already there).
+    async fn ensure_code(&self, c: &Chute) -> Result<(), GepettoError> {
+        let cm = objects::code_configmap(&c.chute_id, &c.version, &c.filename, &c.code)
+            .map_err(|e| GepettoError::Invalid(e.to_string()))?;
+        let api: Api<ConfigMap> = Api::namespaced(self.inner.kube.clone(), &self.inner.cfg.namespace);
+        match api.create(&PostParams::default(), &cm).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 409) => Ok(()),
+            Err(e) => Err(kube_err(format!("creating ConfigMap for chute {}", c.chute_id))(e)),
+        }
+    }
+
+    async fn chute_created(&self, e: &ev::ChuteChanged) -> Result<(), GepettoError> {
+        let (chute, _) = self.ensure_chute(&e.validator, &e.chute_id, &e.version, false).await?;
+        if e.job_only {
+            return Ok(());
+        }
+        self.place(&chute, None, None, |strategy, fleet, snap, disk| {
+            if strategy.deploy_on_create(snap, fleet) {
+                strategy.scale_up_server(snap, fleet, disk)
+            } else {
+                None
+            }
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn chute_deleted(
+        &self,
+        validator: &str,
+        chute_id: &str,
+        version: Option<&str>,
+    ) -> Result<(), GepettoError> {
+        let deployments = self.inner.db.deployments_where(DeploymentKey::Chute, chute_id).await?;
+        for d in
+            deployments.iter().filter(|d| d.validator == validator && version.is_none_or(|v| v == d.version))
+        {
+            self.undeploy(&d.deployment_id).await?;
+        }
+        if let Some(c) = self.inner.db.chute(chute_id).await?
+            && c.validator == validator
+            && version.is_none_or(|v| v == c.version)
+        {
+            self.inner.db.delete_chute(chute_id).await?;
+            let api: Api<ConfigMap> = Api::namespaced(self.inner.kube.clone(), &self.inner.cfg.namespace);
+            let name = miner_k8s::code_configmap_name(&c.chute_id, &c.version);
+            match api.delete(&name, &background()).await {
+                Ok(_) => {}
+                Err(e) if is_status(&e, 404) => {}
+                Err(e) => return Err(kube_err(format!("deleting ConfigMap {name}"))(e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn bounty_change(&self, e: &ev::BountyChange) -> Result<(), GepettoError> {
+        let Some(chute) = self.inner.db.chute(&e.chute_id).await? else {
+            tracing::info!(chute = %e.chute_id, "bounty for a chute not stored here; the reconciler adds it");
+            return Ok(());
+        };
+        let placed = self
+            .place(&chute, None, None, |strategy, fleet, snap, disk| {
+                if strategy.claim_bounty(snap, fleet) {
+                    strategy.scale_up_server(snap, fleet, disk)
+                } else {
+                    None
+                }
+            })
+            .await?;
+        if placed.is_none() {
+            let fleet = self.snapshot().await?;
+            if let Some(snap) = fleet.chutes.get(&chute.chute_id)
+                && self.inner.strategy.claim_bounty(snap, &fleet)
+            {
+                self.preempting_deploy(&chute, None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn rolling_update(&self, e: &ev::RollingUpdate) -> Result<(), GepettoError> {
+        let old: Vec<_> = self
+            .inner
+            .db
+            .deployments_where(DeploymentKey::Instance, &e.instance_id)
+            .await?
+            .into_iter()
+            .filter(|d| d.job_id.is_none())
+            .collect();
+        let mut previous_server = None;
+        if let Some(d) = old.first() {
+            let gpus = self.inner.db.server_gpus(&d.server_id).await?;
+            let model = gpus
+                .iter()
+                .find(|g| g.deployment_id.as_deref() == Some(&d.deployment_id))
+                .map(|g| g.model_short_ref.clone());
+            previous_server = Some((d.server_id.clone(), model));
+            self.undeploy(&d.deployment_id).await?;
+        }
+        let (chute, _) = self.ensure_chute(&e.validator, &e.chute_id, &e.new_version, false).await?;
+        if let Some((server_id, Some(model))) = previous_server
+            && chute.supported_gpus.contains(&model)
+        {
+            // Same server when its GPU type still fits; otherwise the autoscaler places it.
+            self.place(&chute, None, None, move |_, fleet, snap, _| {
+                let s = fleet.server(&server_id)?;
+                (!s.locked && s.free_gpus(&snap.supported_gpus) >= snap.gpu_count).then(|| server_id.clone())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn job_created(&self, e: &ev::JobCreated) -> Result<(), GepettoError> {
+        if e.exclude.iter().any(|h| *h == self.inner.cfg.miner_ss58) {
+            return Ok(());
+        }
+        if !self.inner.db.deployments_where(DeploymentKey::Job, &e.job_id).await?.is_empty() {
+            return Ok(()); // delivered again: already placed
+        }
+        let Some(chute) = self.inner.db.chute(&e.chute_id).await? else {
+            tracing::info!(chute = %e.chute_id, job = %e.job_id, "job for a chute not stored here; ignored");
+            return Ok(());
+        };
+        let offer = JobOffer {
+            job_id: e.job_id.clone(),
+            chute_id: e.chute_id.clone(),
+            exclude: e.exclude.clone(),
+            disk_gb: f64::from(e.disk_gb.unwrap_or(self.inner.cfg.default_disk_gb)),
+        };
+        let miner = self.inner.cfg.miner_ss58.clone();
+        let decision = Arc::new(Mutex::new(None));
+        let seen = decision.clone();
+        let job = JobCtx { job_id: e.job_id.clone() };
+        let placed = self
+            .place_with_disk(
+                &chute,
+                Some(job.clone()),
+                None,
+                offer.disk_gb,
+                move |strategy, fleet, snap, _| {
+                    let d = strategy.accept_job(&offer, &miner, snap, fleet);
+                    let server = match &d {
+                        JobDecision::Deploy { server_id } => Some(server_id.clone()),
+                        _ => None,
+                    };
+                    if let Ok(mut slot) = seen.lock() {
+                        *slot = Some(d);
+                    }
+                    server
+                },
+            )
+            .await?;
+        if placed.is_some() {
+            return Ok(());
+        }
+        let decision = decision.lock().ok().and_then(|mut d| d.take());
+        match decision {
+            Some(JobDecision::Preempt) => {
+                self.preempting_deploy(&chute, Some(job)).await?;
+            }
+            Some(JobDecision::Refuse { why }) => tracing::info!(job = %e.job_id, %why, "job refused"),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn instance_created(&self, e: &ev::InstanceEvent) -> Result<(), GepettoError> {
+        if !self.ours(&e.miner_hotkey) {
+            return Ok(());
+        }
+        let Some(config_id) = &e.config_id else { return Ok(()) };
+        if self.inner.db.set_instance(DeploymentKey::Config, config_id, &e.instance_id).await?.is_none() {
+            // The deploy task stores the config id before it creates the Job, so this is
+            // rare (a redelivery racing a restart); remember it for when the row gets it,
+            // and the reconciler matches it from the validator's listing otherwise.
+            if let Ok(mut early) = self.inner.early.lock() {
+                early.insert(config_id.clone(), e.instance_id.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn gpu_deleted(&self, gpu_id: &str, validator: Option<&str>) -> Result<(), GepettoError> {
+        let Some(gpu) = self.inner.db.gpu(gpu_id).await? else { return Ok(()) };
+        if let Some(d) = &gpu.deployment_id {
+            self.undeploy(d).await?;
+        }
+        let validator = validator.map(str::to_owned).or(gpu.validator.clone());
+        if let Some(v) = validator.as_deref().and_then(|v| self.inner.validators.get(v)) {
+            v.client.delete_node(gpu_id).await.map_err(|e| GepettoError::Validator {
+                validator: v.hotkey.clone(),
+                reason: format!("removing GPU {gpu_id}: {e}"),
+            })?;
+        }
+        self.inner.db.delete_gpu(gpu_id).await?;
+        Ok(())
+    }
+
+    async fn server_deleted(&self, server_id: &str) -> Result<(), GepettoError> {
+        let Some(server) = self.inner.db.find_server(server_id).await? else { return Ok(()) };
+        if server.server_id != server_id {
+            return Ok(()); // matched by name: not this event's server
+        }
+        for gpu in self.inner.db.server_gpus(server_id).await? {
+            self.gpu_deleted(&gpu.gpu_id, Some(&server.validator)).await?;
+        }
+        for d in self.inner.db.server_deployments(server_id, None).await? {
+            self.undeploy(&d.deployment.deployment_id).await?;
+        }
+        self.inner.db.delete_server(server_id).await?;
+        Ok(())
+    }
+
+    // ---- snapshot ----
+
+    /// The fleet as strategies see it: rows plus disk from the cluster watches.
+    pub async fn snapshot(&self) -> Result<FleetSnapshot, GepettoError> {
+        let rows = self.inner.db.fleet_rows().await?;
+        let disk = self.inner.cluster.disk(f64::from(self.inner.cfg.disk_reserve_gb));
+        let jobs = self.inner.cluster.chute_jobs();
+        Ok(fleet_from_rows(rows, &disk, &jobs, f64::from(self.inner.cfg.default_disk_gb)))
+    }
+
+    /// The validators' view merged for strategies.
+    pub async fn view(&self) -> ValidatorView {
+        let remote = self.inner.remote.read().await;
+        let mut view = ValidatorView::default();
+        for st in remote.values() {
+            for (id, c) in st.chutes.iter().flatten() {
+                view.chutes.insert(
+                    id.clone(),
+                    RemoteChuteInfo {
+                        version: c.version.clone(),
+                        has_cords: c.has_cords(),
+                        effective_compute_multiplier: c.effective_compute_multiplier,
+                    },
+                );
+            }
+            view.metrics.extend(st.metrics.iter().map(|(k, v)| (k.clone(), v.clone())));
+            view.capped.extend(st.capped.iter().cloned());
+            for (k, v) in &st.active_instances {
+                view.active_instances.entry(k.clone()).or_default().extend(v.iter().cloned());
+            }
+        }
+        view
+    }
+
+    // ---- placement ----
+
+    async fn place<F>(
+        &self,
+        chute: &Chute,
+        job: Option<JobCtx>,
+        token: Option<LaunchToken>,
+        choose: F,
+    ) -> Result<Option<String>, GepettoError>
+    where
+        F: FnOnce(&dyn Strategy, &FleetSnapshot, &ChuteSnap, f64) -> Option<String>,
+    {
+        let disk = f64::from(self.inner.cfg.default_disk_gb);
+        self.place_with_disk(chute, job, token, disk, choose).await
+    }
+
+    /// Decides and allocates under the placement lock, then runs the deploy in the
+    /// background. Returns the new deployment id, `None` when nothing was placed.
+    async fn place_with_disk<F>(
+        &self,
+        chute: &Chute,
+        job: Option<JobCtx>,
+        token: Option<LaunchToken>,
+        disk_gb: f64,
+        choose: F,
+    ) -> Result<Option<String>, GepettoError>
+    where
+        F: FnOnce(&dyn Strategy, &FleetSnapshot, &ChuteSnap, f64) -> Option<String>,
+    {
+        // Waiting for a deploy slot here (before acking) is the back-pressure that
+        // bounds concurrent deploys.
+        let permit = self
+            .inner
+            .deploys
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| GepettoError::Invalid("deploys are shutting down".into()))?;
+        let guard = self.inner.placement.lock().await;
+        let fleet = self.snapshot().await?;
+        let Some(snap) = fleet.chutes.get(&chute.chute_id) else { return Ok(None) };
+        let Some(server_id) = choose(self.inner.strategy.as_ref(), &fleet, snap, disk_gb) else {
+            return Ok(None);
+        };
+        let deployment_id = miner_k8s::uuid4(rand::random());
+        let new = NewDeployment {
+            deployment_id: deployment_id.clone(),
+            validator: chute.validator.clone(),
+            chute_id: chute.chute_id.clone(),
+            server_id: server_id.clone(),
+            version: chute.version.clone(),
+            job_id: job.as_ref().map(|j| j.job_id.clone()),
+            config_id: token.as_ref().map(|t| t.config_id.clone()),
+        };
+        let gpus = match self.inner.db.create_deployment(&new, chute.gpu_count.max(0) as usize).await {
+            Ok(gpus) => gpus,
+            Err(DbError::NotEnoughGpus { .. }) => {
+                tracing::warn!(chute = %chute.chute_id, server = %server_id, "the chosen server had no free GPUs left");
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        drop(guard);
+        tracing::info!(chute = %chute.chute_id, server = %server_id, deployment = %deployment_id,
+            job = ?new.job_id, "deploying");
+        let me = self.clone();
+        let chute = chute.clone();
+        let dep = deployment_id.clone();
+        self.inner.tasks.spawn(async move {
+            let _permit = permit;
+            if let Err(e) = me.run_deploy(&chute, &dep, &server_id, &gpus, job.clone(), token, disk_gb).await {
+                tracing::warn!(deployment = %dep, chute = %chute.chute_id, error = %e, "deploy failed; undoing");
+                if let Err(e) = me.undeploy(&dep).await {
+                    tracing::warn!(deployment = %dep, error = %e, "undo failed; the reconciler retries");
+                }
+                if let Some(j) = job {
+                    me.release_job(&chute.validator, &j.job_id).await;
+                }
+            }
+        });
+        Ok(Some(deployment_id))
+    }
+
+    async fn release_job(&self, validator: &str, job_id: &str) {
+        if let Some(v) = self.inner.validators.get(validator)
+            && let Err(e) = v.client.release_job(job_id).await
+        {
+            tracing::warn!(job = %job_id, error = %e, "could not release the job");
+        }
+    }
+
+    /// Section 11.7: make room by removing lower-value deployments. The launch token
+    /// comes first (only one miner holds a job), then the victims go, then the deploy.
+    async fn preempting_deploy(&self, chute: &Chute, job: Option<JobCtx>) -> Result<bool, GepettoError> {
+        let view = self.view().await;
+        let last = self.inner.prometheus.last_invocations().await;
+        let fleet = self.snapshot().await?;
+        let Some(snap) = fleet.chutes.get(&chute.chute_id) else { return Ok(false) };
+        let disk = f64::from(self.inner.cfg.default_disk_gb);
+        let Some(plan) = self.inner.strategy.preempt(snap, &fleet, &view, &last, Utc::now(), disk) else {
+            return Ok(false);
+        };
+        let token = match self.launch_token(chute, job.as_ref()).await {
+            Ok(t) => t,
+            Err(why) => {
+                tracing::info!(chute = %chute.chute_id, %why, "no launch token; not preempting");
+                return Ok(false);
+            }
+        };
+        for victim in &plan.victims {
+            tracing::info!(victim = %victim, chute = %chute.chute_id, server = %plan.server_id, "preempting");
+            self.undeploy(victim).await?;
+        }
+        let server = plan.server_id.clone();
+        let placed = self
+            .place(chute, job.clone(), token, move |_, fleet, snap, _| {
+                let s = fleet.server(&server)?;
+                (s.free_gpus(&snap.supported_gpus) >= snap.gpu_count).then(|| server.clone())
+            })
+            .await?;
+        if placed.is_none()
+            && let Some(j) = job
+        {
+            self.release_job(&chute.validator, &j.job_id).await;
+        }
+        Ok(placed.is_some())
+    }
+
+    /// A launch token for chutes >= 0.3.0; `Ok(None)` for legacy chutes.
+    async fn launch_token(&self, chute: &Chute, job: Option<&JobCtx>) -> Result<Option<LaunchToken>, String> {
+        if !version_at_least(chute.chutes_version.as_deref(), (0, 3, 0)) {
+            return Ok(None);
+        }
+        let link = self.validator(&chute.validator).map_err(|e| e.to_string())?;
+        match link.client.launch_config(&chute.chute_id, job.map(|j| j.job_id.as_str())).await {
+            Ok(c) => Ok(Some(LaunchToken { token: c.token, config_id: c.config_id })),
+            Err(e @ (LaunchError::AtCapacity | LaunchError::AlreadyTried | LaunchError::JobNotFound)) => {
+                Err(e.to_string())
+            }
+            Err(LaunchError::Other(e)) => Err(e.to_string()),
+        }
+    }
+
+    /// The deploy of section 11.2 after allocation: token, code, Service, Job, row.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_deploy(
+        &self,
+        chute: &Chute,
+        deployment_id: &str,
+        server_id: &str,
+        gpus: &[String],
+        job: Option<JobCtx>,
+        token: Option<LaunchToken>,
+        disk_gb: f64,
+    ) -> Result<(), GepettoError> {
+        let link = self.validator(&chute.validator)?.clone();
+        let token = match token {
+            Some(t) => Some(t),
+            None => match self.launch_token(chute, job.as_ref()).await {
+                Ok(t) => t,
+                Err(why) => {
+                    // 423 (at capacity), 403 (tried already), 404 (no such job): not ours to run.
+                    tracing::info!(chute = %chute.chute_id, deployment = %deployment_id, %why, "validator declined the launch");
+                    self.undeploy(deployment_id).await?;
+                    return Ok(());
+                }
+            },
+        };
+        if let Some(t) = &token {
+            self.inner.db.set_deployment_config(deployment_id, &t.config_id).await?;
+            let early = self.inner.early.lock().ok().and_then(|mut m| m.remove(&t.config_id));
+            if let Some(instance) = early {
+                self.inner.db.set_instance(DeploymentKey::Config, &t.config_id, &instance).await?;
+            }
+        }
+        self.ensure_code(chute).await?;
+        let server = self
+            .inner
+            .db
+            .find_server(server_id)
+            .await?
+            .ok_or_else(|| GepettoError::Invalid(format!("server {server_id} is gone")))?;
+        let extra = {
+            let remote = self.inner.remote.read().await;
+            let ports = remote
+                .get(&chute.validator)
+                .and_then(|st| st.chutes.as_ref()?.get(&chute.chute_id).map(|c| c.job_ports()))
+                .unwrap_or_default();
+            ExtraPort::dedup(ports.into_iter().map(|(p, proto)| ExtraPort::new(p, &proto)))
+        };
+        let extra = if job.is_some() { extra } else { Vec::new() };
+        let services: Api<Service> = Api::namespaced(self.inner.kube.clone(), &self.inner.cfg.namespace);
+        let svc = objects::service(deployment_id, &chute.chute_id, &chute.version, &extra)
+            .map_err(|e| GepettoError::Invalid(e.to_string()))?;
+        let svc = match services.create(&PostParams::default(), &svc).await {
+            Ok(s) => s,
+            Err(e) if is_status(&e, 409) => services
+                .get(&objects::service_name(deployment_id))
+                .await
+                .map_err(kube_err(format!("reading Service of {deployment_id}")))?,
+            Err(e) => return Err(kube_err(format!("creating Service of {deployment_id}"))(e)),
+        };
+        let ports = ServicePorts::from_service(&svc, &extra)
+            .ok_or_else(|| GepettoError::Invalid(format!("Service of {deployment_id} got no node ports")))?;
+        let ip = server.ip_address.clone().unwrap_or_default();
+        let spec = ChuteJob {
+            deployment_id: deployment_id.to_owned(),
+            chute_id: chute.chute_id.clone(),
+            version: chute.version.clone(),
+            image: chute.image.clone(),
+            ref_str: chute.ref_str.clone(),
+            filename: chute.filename.clone(),
+            chutes_version: chute.chutes_version.clone(),
+            gpu_count: i64::from(chute.gpu_count),
+            node_name: server.name.clone(),
+            server_ip: ip.clone(),
+            server_seed: server.seed,
+            cpu_per_gpu: i64::from(server.cpu_per_gpu),
+            memory_per_gpu: i64::from(server.memory_per_gpu),
+            gpu_ids: gpus.to_vec(),
+            miner_ss58: self.inner.cfg.miner_ss58.clone(),
+            validator_ss58: chute.validator.clone(),
+            registry_port: link.registry_port,
+            ports: ports.clone(),
+            launch: token.clone(),
+            job_id: job.as_ref().map(|j| j.job_id.clone()),
+            disk_gb: disk_gb.ceil() as u32,
+            cache_max_age_days: self.inner.cfg.cache_max_age_days,
+            cache_max_size_gb: self
+                .inner
+                .cfg
+                .cache_overrides
+                .get(&server.name)
+                .copied()
+                .unwrap_or(self.inner.cfg.cache_max_size_gb),
+        };
+        let job_object = spec.build().map_err(|e| GepettoError::Invalid(e.to_string()))?;
+        let jobs: Api<Job> = Api::namespaced(self.inner.kube.clone(), &self.inner.cfg.namespace);
+        match jobs.create(&PostParams::default(), &job_object).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 409) => {}
+            Err(e) => return Err(kube_err(format!("creating Job of {deployment_id}"))(e)),
+        }
+        if !self.inner.db.mark_deployed(deployment_id, &ip, ports.primary).await? {
+            // Undeployed while we were creating objects: remove what we made.
+            self.delete_objects(deployment_id).await?;
+            return Ok(());
+        }
+        if token.is_none() {
+            // Legacy (chutes < 0.3.0): announce; the activator activates once the pod is ready.
+            let port = u16::try_from(ports.primary).unwrap_or_default();
+            let reply =
+                link.client.announce_instance(&chute.chute_id, gpus, &ip, port).await.map_err(|e| {
+                    GepettoError::Validator { validator: link.hotkey.clone(), reason: e.to_string() }
+                })?;
+            if let Some(instance) = reply.get("instance_id").and_then(|v| v.as_str()) {
+                self.inner.db.set_instance(DeploymentKey::Deployment, deployment_id, instance).await?;
+            }
+        }
+        tracing::info!(deployment = %deployment_id, chute = %chute.chute_id, node = %server.name, "chute Job applied");
+        Ok(())
+    }
+
+    /// Section 11.2 undeploy, in the documented order: row (frees the GPUs, stamps
+    /// the audit), validator instance, Job (else a legacy Deployment), Service.
+    /// Idempotent: every step tolerates "already gone".
+    pub async fn undeploy(&self, deployment_id: &str) -> Result<(), GepettoError> {
+        if let Some(row) = self.inner.db.take_deployment(deployment_id).await?
+            && let Some(instance) = &row.instance_id
+            && let Some(v) = self.inner.validators.get(&row.validator)
+            && let Err(e) = v.client.delete_instance(&row.chute_id, instance).await
+        {
+            // The reconciler purges instances the validator still lists.
+            tracing::warn!(deployment = %deployment_id, instance = %instance, error = %e, "validator instance not deleted");
+        }
+        self.delete_objects(deployment_id).await
+    }
+
+    async fn delete_objects(&self, deployment_id: &str) -> Result<(), GepettoError> {
+        let ns = &self.inner.cfg.namespace;
+        let jobs: Api<Job> = Api::namespaced(self.inner.kube.clone(), ns);
+        let name = objects::job_name(deployment_id);
+        match jobs.delete(&name, &foreground()).await {
+            Ok(_) => {}
+            Err(e) if is_status(&e, 404) => {
+                // Instances from before 2025-07-17 ran as apps/v1 Deployments.
+                let legacy: Api<KubeDeployment> = Api::namespaced(self.inner.kube.clone(), ns);
+                match legacy.delete(&name, &foreground()).await {
+                    Ok(_) => {}
+                    Err(e) if is_status(&e, 404) => {}
+                    Err(e) => return Err(kube_err(format!("deleting Deployment {name}"))(e)),
+                }
+            }
+            Err(e) => return Err(kube_err(format!("deleting Job {name}"))(e)),
+        }
+        let services: Api<Service> = Api::namespaced(self.inner.kube.clone(), ns);
+        let svc = objects::service_name(deployment_id);
+        match services.delete(&svc, &foreground()).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            Err(e) => Err(kube_err(format!("deleting Service {svc}"))(e)),
+        }
+    }
+
+    /// Scale a chute up by one through the strategy (autoscaler); true when placed.
+    pub(crate) async fn scale_up(
+        &self,
+        chute_id: &str,
+        server_hint: Option<String>,
+    ) -> Result<bool, GepettoError> {
+        let Some(chute) = self.inner.db.chute(chute_id).await? else { return Ok(false) };
+        let placed = self
+            .place(&chute, None, None, move |strategy, fleet, snap, disk| match &server_hint {
+                Some(id) => fleet
+                    .server(id)
+                    .filter(|s| {
+                        !s.locked && s.free_gpus(&snap.supported_gpus) >= snap.gpu_count && s.has_disk(disk)
+                    })
+                    .map(|s| s.server_id.clone())
+                    .or_else(|| strategy.scale_up_server(snap, fleet, disk)),
+                None => strategy.scale_up_server(snap, fleet, disk),
+            })
+            .await?;
+        Ok(placed.is_some())
+    }
+}
+
+fn foreground() -> DeleteParams {
+    DeleteParams { propagation_policy: Some(PropagationPolicy::Foreground), ..DeleteParams::default() }
+}
+
+fn background() -> DeleteParams {
+    DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..DeleteParams::default() }
+}
+
+/// Builds the strategies' snapshot from database rows and the cluster's disk
+/// accounting. Deployments whose Job has no pod yet still hold their disk
+/// (`pending_disk_gb` each), so a burst of deploys cannot overfill a node.
+pub fn fleet_from_rows(
+    rows: FleetRows,
+    disk: &HashMap<String, miner_k8s::DiskUsage>,
+    jobs: &HashMap<String, Arc<Job>>,
+    pending_disk_gb: f64,
+) -> FleetSnapshot {
+    let FleetRows { servers, gpus, deployments, chutes, private_chutes } = rows;
+    let mut gpu_counts: HashMap<&str, usize> = HashMap::new();
+    for g in &gpus {
+        if let Some(d) = &g.deployment_id {
+            *gpu_counts.entry(d.as_str()).or_default() += 1;
+        }
+    }
+    let deployment_snaps: Vec<DeploymentSnap> = deployments
+        .iter()
+        .map(|d| DeploymentSnap {
+            deployment_id: d.deployment_id.clone(),
+            chute_id: d.chute_id.clone(),
+            version: d.version.clone(),
+            validator: d.validator.clone(),
+            server_id: d.server_id.clone(),
+            gpu_count: gpu_counts.get(d.deployment_id.as_str()).copied().unwrap_or(0),
+            job_id: d.job_id.clone(),
+            instance_id: d.instance_id.clone(),
+            active: d.active,
+            stub: d.stub,
+            verified_at: d.verified_at,
+            activated_at: d.activated_at,
+            created_at: d.created_at,
+            preemptible: d.preemptible,
+        })
+        .collect();
+    let mut by_server: HashMap<String, Vec<GpuSnap>> = HashMap::new();
+    for g in gpus {
+        by_server.entry(g.server_id.clone()).or_default().push(GpuSnap {
+            gpu_id: g.gpu_id,
+            model: g.model_short_ref,
+            verified: g.verified,
+            deployment_id: g.deployment_id,
+        });
+    }
+    let mut pending: HashMap<&str, f64> = HashMap::new();
+    for d in &deployments {
+        if !jobs.contains_key(&d.deployment_id) {
+            *pending.entry(d.server_id.as_str()).or_default() += pending_disk_gb;
+        }
+    }
+    let server_snaps = servers
+        .into_iter()
+        .map(|s| ServerSnap {
+            disk_available_gb: disk.get(&s.name).map(|u| {
+                (u.available_gib - pending.get(s.server_id.as_str()).copied().unwrap_or(0.0)).max(0.0)
+            }),
+            gpus: by_server.remove(&s.server_id).unwrap_or_default(),
+            server_id: s.server_id,
+            name: s.name,
+            validator: s.validator,
+            hourly_cost: s.hourly_cost,
+            locked: s.locked,
+        })
+        .collect();
+    let private: HashSet<String> = private_chutes.into_iter().collect();
+    FleetSnapshot {
+        servers: server_snaps,
+        deployments: deployment_snaps,
+        chutes: chutes
+            .into_iter()
+            .map(|c| {
+                (
+                    c.chute_id.clone(),
+                    ChuteSnap {
+                        preemptible: !private.contains(&c.chute_id),
+                        chute_id: c.chute_id,
+                        validator: c.validator,
+                        version: c.version,
+                        supported_gpus: c.supported_gpus,
+                        gpu_count: c.gpu_count.max(0) as usize,
+                        banned: c.ban_reason.is_some(),
+                        chutes_version: c.chutes_version,
+                    },
+                )
+            })
+            .collect(),
+    }
+}

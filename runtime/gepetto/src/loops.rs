@@ -1,0 +1,393 @@
+//! The three loops of reference 11.1 — activator, autoscaler, reconciler — and
+//! [`Gepetto::run`], which starts them beside the event consumer.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use chrono::Utc;
+use k8s_openapi::api::batch::v1::Job;
+use kube::Api;
+use miner_k8s::chute::{self as objects, version_at_least};
+use miner_validator::rest::{Listing, RemoteChute, RemoteInstance, RemoteMetrics};
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::{job_finished, pods_ready};
+use crate::controller::{Gepetto, GepettoError, RemoteState};
+use crate::strategy::AutoscaleMode;
+
+/// What one reconcile pass repaired, for logs and tests.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ReconcileReport {
+    /// `(deployment_id, why)` for every deployment removed.
+    pub undeployed: Vec<(String, String)>,
+    /// Deployment ids whose Job/Service had no row and were deleted.
+    pub orphans_deleted: Vec<String>,
+    pub instances_filled: usize,
+    pub instances_purged: usize,
+    pub chutes_updated: usize,
+    pub chutes_deleted: usize,
+    pub servers_deleted: usize,
+    /// Chutes placed again because their deploy died with a previous process.
+    pub redeployed: Vec<String>,
+}
+
+impl Gepetto {
+    /// Refreshes the validator listings. `full` adds chutes, instances and rolling
+    /// updates (the reconciler's); the autoscaler only needs metrics, utilization and
+    /// active instances. A listing that fails keeps the previous one.
+    pub async fn refresh(&self, full: bool) {
+        for (hotkey, link) in &self.inner.validators {
+            let c = &link.client;
+            let (metrics, utilization, active) = tokio::join!(
+                c.typed_listing::<RemoteMetrics>(Listing::Metrics),
+                c.utilization_typed(),
+                c.active_instances()
+            );
+            let (chutes, instances, rolling) = if full {
+                let (a, b, r) = tokio::join!(
+                    c.typed_listing::<RemoteChute>(Listing::Chutes),
+                    c.typed_listing::<RemoteInstance>(Listing::Instances),
+                    c.rolling_updates()
+                );
+                (Some(a), Some(b), Some(r))
+            } else {
+                (None, None, None)
+            };
+            let mut remote = self.inner.remote.write().await;
+            let st = remote.entry(hotkey.clone()).or_default();
+            match metrics {
+                Ok(Some(m)) => st.metrics = m.into_iter().map(|m| (m.chute_id.clone(), m)).collect(),
+                Ok(None) => {}
+                Err(e) => tracing::warn!(validator = %hotkey, error = %e, "metrics listing failed"),
+            }
+            match utilization {
+                Ok(u) => st.capped = u.into_iter().filter(|u| u.capped()).map(|u| u.chute_id).collect(),
+                Err(e) => tracing::debug!(validator = %hotkey, error = %e, "utilization unavailable"),
+            }
+            match active {
+                Ok(Some(a)) => {
+                    st.active_instances = HashMap::new();
+                    for i in a {
+                        st.active_instances.entry(i.chute_id.clone()).or_default().push(i);
+                    }
+                }
+                Ok(None) => {}
+                // Older validators lack it; the heuristic falls back to metrics counts.
+                Err(e) => tracing::debug!(validator = %hotkey, error = %e, "active instances unavailable"),
+            }
+            match chutes {
+                Some(Ok(Some(list))) => {
+                    st.chutes = Some(list.into_iter().map(|c| (c.chute_id.clone(), c)).collect())
+                }
+                Some(Err(e)) => tracing::warn!(validator = %hotkey, error = %e, "chutes listing failed"),
+                _ => {}
+            }
+            match instances {
+                Some(Ok(Some(list))) => {
+                    st.instances = Some(list.into_iter().map(|i| (i.instance_id.clone(), i)).collect())
+                }
+                Some(Err(e)) => {
+                    // Without an authoritative list no instance is judged missing this pass.
+                    st.instances = None;
+                    tracing::warn!(validator = %hotkey, error = %e, "instances listing failed");
+                }
+                _ => {}
+            }
+            if let Some(Ok(r)) = rolling {
+                st.rolling = r.iter().filter_map(|v| v["chute_id"].as_str().map(str::to_owned)).collect();
+            }
+        }
+    }
+
+    /// One autoscaler tick (11.5 / 20.7); returns how many instances it placed.
+    pub async fn autoscale_once(&self) -> Result<usize, GepettoError> {
+        self.refresh(false).await;
+        let view = self.view().await;
+        let fleet = self.snapshot().await?;
+        let disk = f64::from(self.inner.cfg.default_disk_gb);
+        let candidates = self.inner.strategy.autoscale(&fleet, &view, disk);
+        let mode = self.inner.strategy.autoscale_mode();
+        for c in candidates {
+            if self.scale_up(&c.chute_id, Some(c.server_id.clone())).await? {
+                tracing::info!(chute = %c.chute_id, server = %c.server_id, value = c.value, "autoscaler scaled up");
+                return Ok(1);
+            }
+            if mode == AutoscaleMode::BestOnly {
+                break;
+            }
+        }
+        Ok(0)
+    }
+
+    /// One activator tick: legacy (chutes < 0.3.0) instances whose pod is ready are
+    /// activated at the validator (newer ones activate themselves via the JWT flow).
+    pub async fn activate_once(&self) -> Result<usize, GepettoError> {
+        let rows = self.inner.db.fleet_rows().await?;
+        let chutes: HashMap<&str, &miner_db::Chute> =
+            rows.chutes.iter().map(|c| (c.chute_id.as_str(), c)).collect();
+        let mut n = 0;
+        for d in rows.deployments.iter().filter(|d| !d.active && !d.stub) {
+            let (Some(instance), Some(chute)) = (&d.instance_id, chutes.get(d.chute_id.as_str())) else {
+                continue;
+            };
+            if version_at_least(chute.chutes_version.as_deref(), (0, 3, 0)) {
+                continue;
+            }
+            if !pods_ready(&self.inner.cluster.deployment_pods(&d.deployment_id)) {
+                continue;
+            }
+            let Some(link) = self.inner.validators.get(&d.validator) else { continue };
+            match link.client.activate_instance(&d.chute_id, instance).await {
+                Ok(_) => {
+                    self.inner.db.activate_instance(None, instance).await?;
+                    n += 1;
+                }
+                Err(e) => tracing::warn!(deployment = %d.deployment_id, error = %e, "activation failed"),
+            }
+        }
+        Ok(n)
+    }
+
+    /// One reconcile pass (11.8): repairs drift between the database, the cluster
+    /// and the validator in both directions.
+    pub async fn reconcile_once(&self) -> Result<ReconcileReport, GepettoError> {
+        let mut report = ReconcileReport::default();
+        self.refresh(true).await;
+        // Cluster first, rows second: a Job seen here had its row created before it,
+        // so it is an orphan only if that row is gone by the time rows are read.
+        let jobs = self.inner.cluster.chute_jobs();
+        let services = self.inner.cluster.chute_services();
+        let rows = self.inner.db.fleet_rows().await?;
+        let remote: HashMap<String, RemoteState> = self.inner.remote.read().await.clone();
+        let now = Utc::now();
+        let grace =
+            chrono::Duration::from_std(self.inner.cfg.stub_grace).unwrap_or(chrono::Duration::minutes(10));
+        let job_api: Api<Job> = Api::namespaced(self.inner.kube.clone(), &self.inner.cfg.namespace);
+        let mut known: HashSet<String> = HashSet::new();
+        let mut ours_instances: HashSet<String> = HashSet::new();
+        let mut ours_configs: HashSet<String> = HashSet::new();
+        let mut dead_stubs: Vec<String> = Vec::new();
+        for d in &rows.deployments {
+            known.insert(d.deployment_id.clone());
+            let st = remote.get(&d.validator);
+            let mut instance = d.instance_id.clone();
+            if instance.is_none()
+                && let (Some(cfg), Some(instances)) = (&d.config_id, st.and_then(|s| s.instances.as_ref()))
+                && let Some(found) = instances.values().find(|i| i.config_id.as_deref() == Some(cfg))
+            {
+                self.inner.db.set_instance(miner_db::DeploymentKey::Config, cfg, &found.instance_id).await?;
+                instance = Some(found.instance_id.clone());
+                report.instances_filled += 1;
+            }
+            if let Some(i) = &instance {
+                ours_instances.insert(i.clone());
+            }
+            if let Some(c) = &d.config_id {
+                ours_configs.insert(c.clone());
+            }
+            let mut why: Option<String> = None;
+            if let (Some(i), Some(instances)) = (&instance, st.and_then(|s| s.instances.as_ref()))
+                && !instances.contains_key(i)
+            {
+                why = Some("the validator no longer knows its instance".into());
+            }
+            if why.is_none()
+                && d.job_id.is_none()
+                && let Some(st) = st
+                && let Some(chutes) = &st.chutes
+                && !st.rolling.contains(&d.chute_id)
+            {
+                match chutes.get(&d.chute_id) {
+                    None => why = Some("its chute is gone at the validator".into()),
+                    Some(c) if c.version != d.version => {
+                        why = Some(format!("its chute moved from version {} to {}", d.version, c.version))
+                    }
+                    _ => {}
+                }
+            }
+            if why.is_none() {
+                match jobs.get(&d.deployment_id) {
+                    Some(job) => {
+                        why = job_finished(job, &self.inner.cluster.deployment_pods(&d.deployment_id));
+                    }
+                    None => {
+                        let age = d.created_at.map(|c| now - c).unwrap_or_default();
+                        if d.stub && age >= grace {
+                            why = Some("its deploy never created a Job".into());
+                            if d.job_id.is_none() {
+                                dead_stubs.push(d.chute_id.clone());
+                            }
+                        } else if !d.stub {
+                            // The watch may lag a Job created a moment ago: ask before acting.
+                            let name = objects::job_name(&d.deployment_id);
+                            if job_api
+                                .get_opt(&name)
+                                .await
+                                .map_err(|e| GepettoError::Kube {
+                                    what: format!("reading Job {name}"),
+                                    source: e,
+                                })?
+                                .is_none()
+                            {
+                                why = Some("its Job is gone".into());
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(why) = why {
+                tracing::info!(deployment = %d.deployment_id, chute = %d.chute_id, %why, "reconcile: undeploying");
+                self.undeploy(&d.deployment_id).await?;
+                if d.stub
+                    && let Some(job) = &d.job_id
+                    && let Some(link) = self.inner.validators.get(&d.validator)
+                    && let Err(e) = link.client.release_job(job).await
+                {
+                    tracing::warn!(job = %job, error = %e, "could not release the job of a dead deploy");
+                }
+                report.undeployed.push((d.deployment_id.clone(), why));
+            }
+        }
+        // A deploy that died with a previous process was acknowledged: place it again,
+        // so the event that asked for it is not lost (jobs were released above and
+        // come back from the validator).
+        for chute_id in dead_stubs {
+            let fleet = self.snapshot().await?;
+            let Some(chute) = fleet.chutes.get(&chute_id) else { continue };
+            if fleet.non_job_count(chute) == 0 && self.scale_up(&chute_id, None).await? {
+                report.redeployed.push(chute_id);
+            }
+        }
+        let orphans: HashSet<&String> =
+            jobs.keys().chain(services.keys()).filter(|id| !known.contains(*id)).collect();
+        for id in orphans {
+            tracing::info!(deployment = %id, "reconcile: deleting a Job/Service with no deployment row");
+            self.undeploy(id).await?;
+            report.orphans_deleted.push(id.clone());
+        }
+        // Validator instances that are ours by neither instance nor config id.
+        for (hotkey, st) in &remote {
+            let (Some(instances), Some(link)) = (&st.instances, self.inner.validators.get(hotkey)) else {
+                continue;
+            };
+            for i in instances.values() {
+                let ours = ours_instances.contains(&i.instance_id)
+                    || i.config_id.as_ref().is_some_and(|c| ours_configs.contains(c));
+                if !ours && let Some(chute) = &i.chute_id {
+                    match link.client.delete_instance(chute, &i.instance_id).await {
+                        Ok(_) => report.instances_purged += 1,
+                        Err(e) => {
+                            tracing::warn!(instance = %i.instance_id, error = %e, "purging instance failed")
+                        }
+                    }
+                }
+            }
+        }
+        // Chutes: gone remotely → chute_deleted; version moved → refetch.
+        for c in &rows.chutes {
+            let Some(st) = remote.get(&c.validator) else { continue };
+            let Some(chutes) = &st.chutes else { continue };
+            if st.rolling.contains(&c.chute_id) {
+                continue;
+            }
+            match chutes.get(&c.chute_id) {
+                None => {
+                    self.handle(&miner_events::Event::ChuteDeleted(miner_events::payloads::ChuteDeleted {
+                        chute_id: c.chute_id.clone(),
+                        version: Some(c.version.clone()),
+                        validator: c.validator.clone(),
+                    }))
+                    .await?;
+                    report.chutes_deleted += 1;
+                }
+                Some(r) if r.version != c.version => {
+                    self.ensure_chute(&c.validator, &c.chute_id, &r.version, true).await?;
+                    report.chutes_updated += 1;
+                }
+                _ => {}
+            }
+        }
+        // Servers whose node left the cluster.
+        let nodes = self.inner.cluster.nodes();
+        if !nodes.is_empty() {
+            for s in &rows.servers {
+                let present = nodes.values().any(|n| n.metadata.uid.as_deref() == Some(s.server_id.as_str()));
+                if !present {
+                    tracing::info!(server = %s.name, "reconcile: the node is gone; removing the server");
+                    self.handle(&miner_events::Event::ServerDeleted(miner_events::payloads::ServerDeleted {
+                        server_id: s.server_id.clone(),
+                    }))
+                    .await?;
+                    report.servers_deleted += 1;
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Runs everything until `shutdown`: one reconcile first, the three loops, and
+    /// the event consumer; then waits (bounded) for deploys in flight.
+    pub async fn run(self, consumer: miner_events::Consumer, shutdown: CancellationToken) {
+        if !self.inner.cluster.ready().await {
+            tracing::warn!("cluster watches stopped before their first listing");
+        }
+        let cfg = &self.inner.cfg;
+        let mut loops = Vec::new();
+        for (name, every) in [
+            ("activator", cfg.activator_interval),
+            ("autoscaler", cfg.autoscaler_interval),
+            ("reconciler", cfg.reconcile_interval),
+        ] {
+            let me = self.clone();
+            let stop = shutdown.clone();
+            loops.push(tokio::spawn(async move {
+                // The reconciler runs once at start-up (beside the consumer, so a slow
+                // validator does not delay events), then every interval.
+                let mut first = name == "reconciler";
+                loop {
+                    if !first {
+                        tokio::select! {
+                            _ = stop.cancelled() => return,
+                            _ = tokio::time::sleep(every) => {}
+                        }
+                    }
+                    first = false;
+                    let outcome = match name {
+                        "activator" => me.activate_once().await.map(|n| format!("{n} activated")),
+                        "autoscaler" => me.autoscale_once().await.map(|n| format!("{n} placed")),
+                        _ => me.reconcile_once().await.map(|r| format!("{r:?}")),
+                    };
+                    match outcome {
+                        Ok(what) => tracing::debug!(loop_name = name, %what, "tick"),
+                        Err(e) => tracing::warn!(loop_name = name, error = %e, "tick failed"),
+                    }
+                }
+            }));
+        }
+        let me = self.clone();
+        consumer
+            .run(
+                move |d: miner_events::Delivery| {
+                    let me = me.clone();
+                    tracing::info!(
+                        stream_id = %d.id,
+                        event_id = %d.event_id,
+                        attempt = d.attempt,
+                        event_type = %d.event.event_type,
+                        event_data = %d.event.event_data,
+                        "event received"
+                    );
+                    async move { me.handle_entry(&d.event).await }
+                },
+                shutdown.clone(),
+            )
+            .await;
+        for l in loops {
+            let _ = l.await;
+        }
+        self.inner.tasks.close();
+        if tokio::time::timeout(Duration::from_secs(30), self.inner.tasks.wait()).await.is_err() {
+            tracing::warn!("deploys still running at exit; the next reconcile cleans up after them");
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! Every decision the original marks "MINERS:" (reference 11.9), behind one trait.
+//!
+//! A strategy is pure: it reads a [`FleetSnapshot`] and a [`ValidatorView`] and
+//! answers; the controller carries the answer out (allocation through
+//! `Db::create_deployment`, Kubernetes objects, validator calls). So a simulator can
+//! drive a strategy with hand-made snapshots, and two strategies can be compared on
+//! the same data.
+
+mod heuristic;
+mod multiplier;
+
+use chrono::{DateTime, Utc};
+
+pub use heuristic::Heuristic;
+pub use multiplier::Multiplier;
+
+use crate::snapshot::{ChuteSnap, FleetSnapshot, LastInvocations, ServerSnap, ValidatorView};
+
+/// A job the validator offers (`job_created`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobOffer {
+    pub job_id: String,
+    pub chute_id: String,
+    /// Miner hotkeys that must not take it.
+    pub exclude: Vec<String>,
+    pub disk_gb: f64,
+}
+
+/// What to do with a job offer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobDecision {
+    /// Deploy on this server (free GPUs are there now).
+    Deploy { server_id: String },
+    /// No free server: try preempting.
+    Preempt,
+    /// Leave it to other miners.
+    Refuse { why: String },
+}
+
+/// One autoscaler candidate, best first in the list a strategy returns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScaleUp {
+    pub chute_id: String,
+    pub server_id: String,
+    pub value: f64,
+}
+
+/// Where to put a chute by removing which deployments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Preemption {
+    pub server_id: String,
+    /// Deployment ids to undeploy first (empty: the server already has room).
+    pub victims: Vec<String>,
+}
+
+/// How the autoscaler's list is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoscaleMode {
+    /// Only the best candidate, one scale-up per tick (original).
+    BestOnly,
+    /// Walk the list, stop at the first deploy that succeeds (successor).
+    FirstThatDeploys,
+}
+
+pub trait Strategy: Send + Sync {
+    fn name(&self) -> &'static str;
+
+    /// `chute_created` (not job-only): deploy one instance right away?
+    fn deploy_on_create(&self, chute: &ChuteSnap, fleet: &FleetSnapshot) -> bool {
+        !chute.banned && fleet.non_job_count(chute) == 0
+    }
+
+    /// `bounty_change`: try to claim the bounty (deploying, preempting if needed)?
+    fn claim_bounty(&self, chute: &ChuteSnap, fleet: &FleetSnapshot) -> bool {
+        // Fix of 19.4: any number of deployments means "already serving".
+        !chute.banned && fleet.deployments_of(&chute.chute_id).next().is_none()
+    }
+
+    /// The server to add an instance of `chute` on, if any has room.
+    fn scale_up_server(&self, chute: &ChuteSnap, fleet: &FleetSnapshot, disk_gb: f64) -> Option<String>;
+
+    /// Autoscaler candidates, best first.
+    fn autoscale(&self, fleet: &FleetSnapshot, view: &ValidatorView, disk_gb: f64) -> Vec<ScaleUp>;
+
+    fn autoscale_mode(&self) -> AutoscaleMode;
+
+    /// The deployment to remove when a chute has more instances than wanted.
+    fn scale_down(&self, chute: &ChuteSnap, fleet: &FleetSnapshot, now: DateTime<Utc>) -> Option<String>;
+
+    /// `job_created`: accept, preempt for it, or refuse.
+    fn accept_job(
+        &self,
+        job: &JobOffer,
+        miner: &str,
+        chute: &ChuteSnap,
+        fleet: &FleetSnapshot,
+    ) -> JobDecision;
+
+    /// Where to place `chute` by preempting (`None`: do not preempt).
+    fn preempt(
+        &self,
+        chute: &ChuteSnap,
+        fleet: &FleetSnapshot,
+        view: &ValidatorView,
+        last_invocations: &LastInvocations,
+        now: DateTime<Utc>,
+        disk_gb: f64,
+    ) -> Option<Preemption>;
+}
+
+/// Unlocked servers with `gpu_count` free GPUs of a supported model and the disk,
+/// cheapest first, then tightest fit (bin packing), then by name for determinism.
+pub(crate) fn fitting_servers<'a>(
+    chute: &ChuteSnap,
+    fleet: &'a FleetSnapshot,
+    disk_gb: f64,
+) -> Vec<(&'a ServerSnap, usize)> {
+    if chute.banned || chute.gpu_count == 0 {
+        return Vec::new();
+    }
+    let mut fits: Vec<(&ServerSnap, usize)> = fleet
+        .servers
+        .iter()
+        .filter(|s| !s.locked && s.has_disk(disk_gb))
+        .map(|s| (s, s.free_gpus(&chute.supported_gpus)))
+        .filter(|(_, free)| *free >= chute.gpu_count)
+        .collect();
+    fits.sort_by(|(a, fa), (b, fb)| {
+        a.hourly_cost.total_cmp(&b.hourly_cost).then(fa.cmp(fb)).then_with(|| a.name.cmp(&b.name))
+    });
+    fits
+}
+
+/// Value per GPU-hour of cost; a zero or negative cost (19.8: ZeroDivision in the
+/// original) counts as a tiny positive cost instead of failing.
+pub(crate) fn per_cost(gain: f64, server: &ServerSnap, gpu_count: usize) -> f64 {
+    gain / (server.hourly_cost * gpu_count.max(1) as f64).max(1e-6)
+}
+
+/// Caches `scale_up_server` per (supported models, gpu count) within one decision:
+/// thousands of chutes share a handful of GPU requirements, so one autoscaler pass
+/// scans the fleet once per distinct requirement, not once per chute.
+pub(crate) struct PlacementCache<'a> {
+    fleet: &'a FleetSnapshot,
+    disk_gb: f64,
+    cache: std::collections::HashMap<(Vec<String>, usize), Option<usize>>,
+}
+
+impl<'a> PlacementCache<'a> {
+    pub(crate) fn new(fleet: &'a FleetSnapshot, disk_gb: f64) -> Self {
+        PlacementCache { fleet, disk_gb, cache: Default::default() }
+    }
+
+    /// The best server for a chute (same answer as [`fitting_servers`]'s first).
+    pub(crate) fn best(&mut self, chute: &ChuteSnap) -> Option<&'a ServerSnap> {
+        if chute.banned {
+            return None;
+        }
+        let mut models = chute.supported_gpus.clone();
+        models.sort();
+        let key = (models, chute.gpu_count);
+        let fleet = self.fleet;
+        let disk = self.disk_gb;
+        let index = *self.cache.entry(key).or_insert_with(|| {
+            let best = fitting_servers(chute, fleet, disk).first().map(|(s, _)| s.server_id.clone());
+            best.and_then(|id| fleet.servers.iter().position(|s| s.server_id == id))
+        });
+        index.map(|i| &fleet.servers[i])
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,318 @@
+#![allow(clippy::unwrap_used)]
+//! Decisions on hand-made snapshots: the rules of reference 11.3-11.7 and 20.7.
+
+use chrono::{Duration, Utc};
+use miner_validator::rest::{ActiveInstance, RemoteMetrics};
+
+use super::*;
+use crate::snapshot::{DeploymentSnap, GpuSnap, RemoteChuteInfo, ServerSnap};
+
+fn server(id: &str, model: &str, gpus: usize, cost: f64) -> ServerSnap {
+    ServerSnap {
+        server_id: id.into(),
+        name: id.into(),
+        validator: "5V".into(),
+        hourly_cost: cost,
+        locked: false,
+        gpus: (0..gpus)
+            .map(|i| GpuSnap {
+                gpu_id: format!("{id}-{i}"),
+                model: model.into(),
+                verified: true,
+                deployment_id: None,
+            })
+            .collect(),
+        disk_available_gb: Some(500.0),
+    }
+}
+
+fn chute(id: &str, models: &[&str], gpus: usize) -> ChuteSnap {
+    ChuteSnap {
+        chute_id: id.into(),
+        validator: "5V".into(),
+        version: "v1".into(),
+        supported_gpus: models.iter().map(|m| (*m).to_owned()).collect(),
+        gpu_count: gpus,
+        banned: false,
+        preemptible: true,
+        chutes_version: Some("0.3.40".into()),
+    }
+}
+
+/// Puts a deployment of `chute_id` on the first free GPUs of `server`.
+fn place(fleet: &mut FleetSnapshot, dep: &str, chute_id: &str, server_id: &str, gpus: usize, age_min: i64) {
+    let s = fleet.servers.iter_mut().find(|s| s.server_id == server_id).unwrap();
+    for g in s.gpus.iter_mut().filter(|g| g.deployment_id.is_none()).take(gpus) {
+        g.deployment_id = Some(dep.into());
+    }
+    let at = Utc::now() - Duration::minutes(age_min);
+    fleet.deployments.push(DeploymentSnap {
+        deployment_id: dep.into(),
+        chute_id: chute_id.into(),
+        version: "v1".into(),
+        validator: "5V".into(),
+        server_id: server_id.into(),
+        gpu_count: gpus,
+        job_id: None,
+        instance_id: Some(format!("i-{dep}")),
+        active: true,
+        stub: false,
+        verified_at: Some(at),
+        activated_at: Some(at),
+        created_at: Some(at),
+        preemptible: true,
+    });
+}
+
+fn fleet_of<const N: usize>(servers: Vec<ServerSnap>, chutes: [ChuteSnap; N]) -> FleetSnapshot {
+    FleetSnapshot {
+        servers,
+        deployments: Vec::new(),
+        chutes: chutes.into_iter().map(|c| (c.chute_id.clone(), c)).collect(),
+    }
+}
+
+#[test]
+fn scale_up_picks_the_cheapest_then_the_tightest_fit() {
+    let c = chute("c", &["h100"], 2);
+    let mut f = fleet_of(
+        vec![
+            server("pricey", "h100", 8, 3.0),
+            server("roomy", "h100", 8, 1.0),
+            server("tight", "h100", 8, 1.0),
+        ],
+        [c.clone()],
+    );
+    place(&mut f, "x", "other", "tight", 5, 100);
+    assert_eq!(Heuristic.scale_up_server(&c, &f, 10.0).as_deref(), Some("tight"));
+    // not enough room (only 3 free, needs 4) → next by cost
+    let c4 = chute("c4", &["h100"], 4);
+    assert_eq!(Heuristic.scale_up_server(&c4, &f, 10.0).as_deref(), Some("roomy"));
+}
+
+#[test]
+fn scale_up_respects_model_lock_disk_and_ban() {
+    let c = chute("c", &["a100"], 1);
+    let mut f = fleet_of(vec![server("h", "h100", 8, 1.0), server("a", "a100", 8, 2.0)], [c.clone()]);
+    assert_eq!(Heuristic.scale_up_server(&c, &f, 10.0).as_deref(), Some("a"));
+    f.servers[1].locked = true;
+    assert_eq!(Heuristic.scale_up_server(&c, &f, 10.0), None);
+    f.servers[1].locked = false;
+    f.servers[1].disk_available_gb = Some(5.0);
+    assert_eq!(Heuristic.scale_up_server(&c, &f, 10.0), None);
+    f.servers[1].disk_available_gb = None; // unknown disk is not held against it
+    assert_eq!(Heuristic.scale_up_server(&c, &f, 10.0).as_deref(), Some("a"));
+    let mut banned = c.clone();
+    banned.banned = true;
+    assert_eq!(Heuristic.scale_up_server(&banned, &f, 10.0), None);
+}
+
+#[test]
+fn unverified_gpus_are_never_offered() {
+    let c = chute("c", &["h100"], 1);
+    let mut f = fleet_of(vec![server("s", "h100", 1, 1.0)], [c.clone()]);
+    f.servers[0].gpus[0].verified = false;
+    assert_eq!(Multiplier::default().scale_up_server(&c, &f, 10.0), None);
+}
+
+#[test]
+fn jobs_honour_exclude_and_fall_back_to_preemption() {
+    let c = chute("c", &["h100"], 1);
+    let f = fleet_of(vec![server("s", "h100", 1, 1.0)], [c.clone()]);
+    let job =
+        JobOffer { job_id: "j".into(), chute_id: "c".into(), exclude: vec!["5Me".into()], disk_gb: 10.0 };
+    assert!(matches!(Heuristic.accept_job(&job, "5Me", &c, &f), JobDecision::Refuse { .. }));
+    assert_eq!(Heuristic.accept_job(&job, "5Other", &c, &f), JobDecision::Deploy { server_id: "s".into() });
+    let mut full = f.clone();
+    place(&mut full, "d", "x", "s", 1, 100);
+    assert_eq!(Heuristic.accept_job(&job, "5Other", &c, &full), JobDecision::Preempt);
+    let h200 = chute("h", &["h200", "b200"], 1);
+    assert!(matches!(Heuristic.accept_job(&job, "5Other", &h200, &full), JobDecision::Refuse { .. }));
+    // the successor preempts for any GPU type
+    assert_eq!(Multiplier::default().accept_job(&job, "5Other", &h200, &full), JobDecision::Preempt);
+}
+
+#[test]
+fn heuristic_autoscaler_values_demand_per_cost() {
+    let busy = chute("busy", &["h100"], 1);
+    let idle = chute("idle", &["h100"], 1);
+    let f = fleet_of(vec![server("s", "h100", 8, 2.0)], [busy.clone(), idle.clone()]);
+    let mut view = ValidatorView::default();
+    for (id, compute, limited) in [("busy", 1000.0, 50.0), ("idle", 10.0, 0.0)] {
+        view.chutes.insert(
+            id.into(),
+            RemoteChuteInfo { version: "v1".into(), has_cords: true, ..Default::default() },
+        );
+        view.metrics.insert(
+            id.into(),
+            RemoteMetrics {
+                chute_id: id.into(),
+                total_compute_time: compute,
+                total_invocations: 100.0,
+                rate_limit_count: limited,
+                instance_count: 2,
+                ..Default::default()
+            },
+        );
+    }
+    let ranked = Heuristic.autoscale(&f, &view, 10.0);
+    assert_eq!(ranked.iter().map(|s| s.chute_id.as_str()).collect::<Vec<_>>(), ["busy", "idle"]);
+    // (1000 + 50 * 10) / 3 / (2.0 * 1)
+    assert!((ranked[0].value - 250.0).abs() < 1e-9, "{}", ranked[0].value);
+    // capped chutes and chutes without cords are left alone
+    view.capped.insert("busy".into());
+    view.chutes.get_mut("idle").unwrap().has_cords = false;
+    assert!(Heuristic.autoscale(&f, &view, 10.0).is_empty());
+}
+
+#[test]
+fn a_zero_hourly_cost_does_not_break_the_autoscaler() {
+    let c = chute("c", &["h100"], 1);
+    let f = fleet_of(vec![server("free", "h100", 1, 0.0)], [c]);
+    let mut view = ValidatorView::default();
+    view.chutes
+        .insert("c".into(), RemoteChuteInfo { version: "v1".into(), has_cords: true, ..Default::default() });
+    view.metrics.insert(
+        "c".into(),
+        RemoteMetrics { chute_id: "c".into(), total_compute_time: 1.0, ..Default::default() },
+    );
+    let ranked = Heuristic.autoscale(&f, &view, 10.0);
+    assert!(ranked[0].value.is_finite() && ranked[0].value > 0.0);
+}
+
+#[test]
+fn multiplier_autoscaler_ranks_by_effective_multiplier_and_skips_pending() {
+    let a = chute("a", &["h100"], 1);
+    let b = chute("b", &["h100"], 1);
+    let mut f = fleet_of(vec![server("s", "h100", 8, 1.0)], [a, b]);
+    let mut view = ValidatorView::default();
+    for (id, m) in [("a", 1.0), ("b", 3.0)] {
+        view.chutes.insert(
+            id.into(),
+            RemoteChuteInfo { version: "v1".into(), has_cords: true, effective_compute_multiplier: Some(m) },
+        );
+    }
+    let s = Multiplier::default();
+    let ranked = s.autoscale(&f, &view, 10.0);
+    assert_eq!(ranked.iter().map(|s| s.chute_id.as_str()).collect::<Vec<_>>(), ["b", "a"]);
+    assert_eq!(s.autoscale_mode(), AutoscaleMode::FirstThatDeploys);
+    place(&mut f, "pending", "b", "s", 1, 1);
+    f.deployments[0].activated_at = None;
+    f.deployments[0].active = false;
+    let ranked = s.autoscale(&f, &view, 10.0);
+    assert_eq!(ranked.iter().map(|s| s.chute_id.as_str()).collect::<Vec<_>>(), ["a"]);
+}
+
+#[test]
+fn multiplier_spreads_over_the_two_best_servers() {
+    let c = chute("c", &["h100"], 1);
+    let f = fleet_of(
+        vec![server("a", "h100", 8, 1.0), server("b", "h100", 8, 1.0), server("z", "h100", 8, 9.0)],
+        [c.clone()],
+    );
+    let s = Multiplier::default();
+    let picks: std::collections::BTreeSet<_> =
+        (0..4).filter_map(|_| s.scale_up_server(&c, &f, 10.0)).collect();
+    assert_eq!(picks.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+}
+
+#[test]
+fn heuristic_preemption_follows_the_original_rules() {
+    let new = chute("new", &["h100"], 2);
+    let mut f = fleet_of(vec![server("s", "h100", 2, 1.0)], [new.clone()]);
+    place(&mut f, "young", "popular", "s", 1, 30); // verified 30 min ago: protected
+    place(&mut f, "old", "popular", "s", 1, 120);
+    let mut view = ValidatorView::default();
+    view.metrics.insert(
+        "popular".into(),
+        RemoteMetrics { chute_id: "popular".into(), instance_count: 5, ..Default::default() },
+    );
+    let now = Utc::now();
+    let none = LastInvocations::new();
+    assert_eq!(Heuristic.preempt(&new, &f, &view, &none, now, 10.0), None, "the young one is protected");
+    f.deployments[0].verified_at = Some(now - Duration::minutes(90));
+    let plan = Heuristic.preempt(&new, &f, &view, &none, now, 10.0).unwrap();
+    assert_eq!(plan.server_id, "s");
+    assert_eq!(plan.victims.len(), 2);
+    // the last instance of a chute goes only when Prometheus says it is idle
+    view.metrics.get_mut("popular").unwrap().instance_count = 1;
+    assert_eq!(Heuristic.preempt(&new, &f, &view, &none, now, 10.0), None, "unknown last use: keep");
+    // an instance of the same chute on the server aborts preemption
+    let mut same = f.clone();
+    same.deployments[1].chute_id = "new".into();
+    view.metrics.get_mut("popular").unwrap().instance_count = 5;
+    assert_eq!(Heuristic.preempt(&new, &same, &view, &none, now, 10.0), None);
+}
+
+#[test]
+fn multiplier_preemption_keeps_better_paid_private_young_and_last_instances() {
+    let new = chute("new", &["h100"], 1);
+    let mut f = fleet_of(vec![server("s", "h100", 1, 1.0)], [new.clone()]);
+    place(&mut f, "d", "cheap", "s", 1, 120);
+    let mut view = ValidatorView::default();
+    view.chutes.insert(
+        "new".into(),
+        RemoteChuteInfo { version: "v1".into(), has_cords: true, effective_compute_multiplier: Some(2.0) },
+    );
+    let inst = |id: &str, m: f64| ActiveInstance {
+        chute_id: "cheap".into(),
+        instance_id: id.into(),
+        compute_multiplier: Some(m),
+    };
+    view.active_instances.insert("cheap".into(), vec![inst("i-d", 1.0), inst("elsewhere", 1.0)]);
+    let s = Multiplier::default();
+    let now = Utc::now();
+    let plan = s.preempt(&new, &f, &view, &LastInvocations::new(), now, 10.0).unwrap();
+    assert_eq!(plan.victims, ["d"]);
+    // paid as much as the newcomer: kept
+    view.active_instances.insert("cheap".into(), vec![inst("i-d", 2.0), inst("elsewhere", 1.0)]);
+    assert_eq!(s.preempt(&new, &f, &view, &LastInvocations::new(), now, 10.0), None);
+    // the last instance anywhere: kept
+    view.active_instances.insert("cheap".into(), vec![inst("i-d", 1.0)]);
+    assert_eq!(s.preempt(&new, &f, &view, &LastInvocations::new(), now, 10.0), None);
+    view.active_instances.insert("cheap".into(), vec![inst("i-d", 1.0), inst("elsewhere", 1.0)]);
+    // private: kept
+    f.deployments[0].preemptible = false;
+    assert_eq!(s.preempt(&new, &f, &view, &LastInvocations::new(), now, 10.0), None);
+    f.deployments[0].preemptible = true;
+    // activated under 62 minutes ago: kept
+    f.deployments[0].activated_at = Some(now - Duration::minutes(61));
+    assert_eq!(s.preempt(&new, &f, &view, &LastInvocations::new(), now, 10.0), None);
+}
+
+#[test]
+fn scale_down_removes_from_the_most_expensive_busiest_server_and_spares_private_chutes() {
+    let c = chute("c", &["h100"], 1);
+    let mut f = fleet_of(vec![server("cheap", "h100", 4, 1.0), server("dear", "h100", 4, 3.0)], [c.clone()]);
+    place(&mut f, "on-cheap", "c", "cheap", 1, 60);
+    place(&mut f, "on-dear", "c", "dear", 1, 60);
+    place(&mut f, "new", "c", "dear", 1, 1); // too young
+    let now = Utc::now();
+    assert_eq!(Heuristic.scale_down(&c, &f, now).as_deref(), Some("on-dear"));
+    let mut private = c.clone();
+    private.preemptible = false;
+    assert_eq!(Multiplier::default().scale_down(&private, &f, now), None);
+}
+
+#[test]
+fn bounty_and_create_decisions() {
+    let c = chute("c", &["h100"], 1);
+    let mut f = fleet_of(vec![server("s", "h100", 4, 1.0)], [c.clone()]);
+    assert!(Heuristic.deploy_on_create(&c, &f));
+    assert!(Heuristic.claim_bounty(&c, &f));
+    place(&mut f, "a", "c", "s", 1, 1);
+    place(&mut f, "b", "c", "s", 1, 1);
+    // two deployments: the original raised here (19.4); now it just declines
+    assert!(!Heuristic.claim_bounty(&c, &f));
+    assert!(!Heuristic.deploy_on_create(&c, &f));
+}
+
+#[test]
+fn placement_cache_agrees_with_a_fresh_scan() {
+    let (fleet, _) = crate::synth::fleet(40, 8, 200, 7);
+    let mut cache = PlacementCache::new(&fleet, 10.0);
+    for chute in fleet.chutes.values() {
+        let fresh = Heuristic.scale_up_server(chute, &fleet, 10.0);
+        assert_eq!(cache.best(chute).map(|s| s.server_id.clone()), fresh, "{}", chute.chute_id);
+    }
+}

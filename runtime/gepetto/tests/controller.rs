@@ -1,0 +1,414 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Gepetto against real Postgres and both emulators: what each event leaves behind
+//! (delivered twice), GPUs under contention, reconcile drift both ways, a restart
+//! mid-deploy, and a rolling update.
+
+mod common;
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use miner_events::Event;
+use miner_events::payloads::*;
+use miner_gepetto::{CancellationToken, Multiplier};
+use serde_json::json;
+
+fn held(rows: &miner_db::FleetRows, deployment_id: &str) -> Vec<String> {
+    rows.gpus
+        .iter()
+        .filter(|g| g.deployment_id.as_deref() == Some(deployment_id))
+        .map(|g| g.gpu_id.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_leaves_exactly_its_objects_and_rows_even_when_delivered_twice() {
+    let w = world(Shape::default()).await;
+    w.chute("c1", "v1", 2);
+    w.twice(&w.created("c1", "v1", false)).await;
+
+    let rows = w.db.fleet_rows().await.unwrap();
+    assert_eq!(rows.chutes.len(), 1);
+    assert_eq!(rows.deployments.len(), 1, "the second delivery deploys nothing more");
+    let d = rows.deployments[0].clone();
+    assert!(!d.stub && !d.active);
+    assert_eq!(d.host.as_deref(), Some("192.0.2.1"));
+    let config = d.config_id.clone().expect("launch config stored");
+    let gpus = held(&rows, &d.deployment_id);
+    assert_eq!(gpus.len(), 2);
+    let job = w.job(&d.deployment_id).expect("the chute Job");
+    assert_eq!(pinned(&job), gpus, "NVIDIA_VISIBLE_DEVICES pins exactly the allocated GPUs");
+    let labels = &job["metadata"]["labels"];
+    assert_eq!(labels["chutes/config-id"], json!(config));
+    assert_eq!(labels["chutes/chute-id"], "c1");
+    assert!(labels.get("chutes/job").is_none());
+    assert_eq!(job["spec"]["template"]["spec"]["nodeName"], "gpu-0");
+    let svc = w
+        .kube
+        .get("v1", "Service", Some(NS), &format!("chute-service-{}", d.deployment_id))
+        .unwrap()
+        .unwrap();
+    let ports = svc["spec"]["ports"].as_array().unwrap();
+    assert_eq!(ports.len(), 2, "no job ports for a non-job deployment");
+    assert_eq!(ports[0]["nodePort"].as_i64(), d.port.map(i64::from));
+    let cm_name = miner_k8s::code_configmap_name("c1", "v1");
+    let cm = w.kube.get("v1", "ConfigMap", Some(NS), &cm_name).unwrap().expect("code ConfigMap");
+    assert_eq!(cm["data"]["llm.py"], "print('hi')\n");
+    assert_eq!((w.jobs().len(), w.services().len()), (1, 1));
+
+    w.twice(&w.instance("created", "inst-1", Some(&config))).await;
+    w.twice(&w.instance("verified", "inst-1", None)).await;
+    w.twice(&w.instance("activated", "inst-1", Some(&config))).await;
+    let now = w.db.deployment(&d.deployment_id).await.unwrap().unwrap().deployment;
+    assert_eq!(now.instance_id.as_deref(), Some("inst-1"));
+    assert!(now.verified_at.is_some() && now.active && now.activated_at.is_some());
+
+    // A bounty for a chute already served changes nothing (19.4 no longer raises).
+    let bounty = Event::BountyChange(BountyChange {
+        chute_id: "c1".into(),
+        bounty: Some(5.0),
+        validator: w.vhot.clone(),
+    });
+    w.twice(&bounty).await;
+    assert_eq!(w.db.fleet_rows().await.unwrap().deployments.len(), 1);
+
+    let undeploy = Event::Undeploy(Undeploy {
+        deployment_id: d.deployment_id.clone(),
+        instance_id: Some("inst-1".into()),
+        chute_id: "c1".into(),
+        server_id: d.server_id.clone(),
+        validator: w.vhot.clone(),
+        job_id: None,
+    });
+    w.twice(&undeploy).await;
+    let rows = w.db.fleet_rows().await.unwrap();
+    assert!(rows.deployments.is_empty());
+    assert!(rows.gpus.iter().all(|g| g.deployment_id.is_none()), "GPUs freed");
+    assert!(w.job(&d.deployment_id).is_none() && w.services().is_empty());
+    let deletes = w
+        .validator
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "DELETE" && r.path == "/instances/c1/inst-1")
+        .count();
+    assert_eq!(deletes, 1, "the validator instance is deleted once");
+
+    let deleted = Event::ChuteDeleted(ChuteDeleted {
+        chute_id: "c1".into(),
+        version: Some("v1".into()),
+        validator: w.vhot.clone(),
+    });
+    w.twice(&deleted).await;
+    assert!(w.db.chute("c1").await.unwrap().is_none());
+    assert!(w.kube.get("v1", "ConfigMap", Some(NS), &cm_name).unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_carry_their_labels_and_ports_honour_exclude_and_leave_on_job_deleted() {
+    let w = world(Shape::default()).await;
+    w.chute("j1", "v1", 1);
+    w.twice(&w.created("j1", "v1", true)).await;
+    assert!(
+        w.db.fleet_rows().await.unwrap().deployments.is_empty(),
+        "job-only chutes are not deployed on create"
+    );
+    w.validator.add_job("job-1");
+    w.validator.add_job("job-2");
+    let job = |id: &str, exclude: Vec<String>| {
+        Event::JobCreated(JobCreated {
+            job_id: id.into(),
+            method: Some("run".into()),
+            chute_id: "j1".into(),
+            image_id: None,
+            gpu_count: Some(1),
+            compute_multiplier: Some(1.0),
+            exclude,
+            disk_gb: Some(30),
+            validator: w.vhot.clone(),
+        })
+    };
+    w.twice(&job("job-2", vec![w.miner.clone()])).await;
+    w.twice(&job("job-1", vec!["5SomeoneElse".into()])).await;
+    let rows = w.db.fleet_rows().await.unwrap();
+    assert_eq!(rows.deployments.len(), 1);
+    let d = &rows.deployments[0];
+    assert_eq!(d.job_id.as_deref(), Some("job-1"));
+    let launches: Vec<_> = w
+        .validator
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/instances/launch_config")
+        .map(|r| r.query)
+        .collect();
+    assert!(launches.iter().all(|q| !q.contains("job-2")), "an excluded job is never claimed: {launches:?}");
+    let k8s_job = w.job(&d.deployment_id).unwrap();
+    assert_eq!(k8s_job["metadata"]["labels"]["chutes/job-id"], "job-1");
+    assert_eq!(k8s_job["metadata"]["labels"]["chutes/job"], "true");
+    let c = &k8s_job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["resources"]["limits"]["ephemeral-storage"], "30Gi");
+    assert!(c["env"].as_array().unwrap().iter().any(|e| e["name"] == "CHUTES_PORT_TCP_9000"));
+    let svc = w
+        .kube
+        .get("v1", "Service", Some(NS), &format!("chute-service-{}", d.deployment_id))
+        .unwrap()
+        .unwrap();
+    assert!(svc["spec"]["ports"].as_array().unwrap().iter().any(|p| p["name"] == "chute-9000"));
+
+    let gone = Event::JobDeleted(JobDeleted {
+        job_id: "job-1".into(),
+        instance_id: None,
+        validator: w.vhot.clone(),
+    });
+    w.twice(&gone).await;
+    assert!(w.db.fleet_rows().await.unwrap().deployments.is_empty());
+    assert!(w.jobs().is_empty() && w.services().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_events_racing_for_eight_gpus_never_double_book_and_release_what_failed() {
+    let w = world(Shape { servers: 2, gpus: 4, ..Shape::default() }).await;
+    // A second replica on the same database: its placement lock is not shared, so
+    // only the database's allocation constraint stands between them.
+    let other = gepetto_on(&w.db, &w.client, &w.validator, &w.vhot, &Shape::default(), &w.shutdown).await;
+    for i in 0..20 {
+        w.chute(&format!("k{i}"), "v1", 1);
+        w.gepetto.handle(&w.created(&format!("k{i}"), "v1", true)).await.unwrap();
+        w.validator.add_job(&format!("job-{i}"));
+    }
+    for i in 0..15 {
+        w.chute(&format!("n{i}"), "v1", 1);
+    }
+    // Six launch tokens for eight GPUs: two allocations meet a 423 and are undone.
+    w.validator.set_launch_capacity(Some(6));
+    let mut events = Vec::new();
+    for i in 0..20 {
+        events.push(Event::JobCreated(JobCreated {
+            job_id: format!("job-{i}"),
+            method: None,
+            chute_id: format!("k{i}"),
+            image_id: None,
+            gpu_count: Some(1),
+            compute_multiplier: None,
+            exclude: vec![],
+            disk_gb: None,
+            validator: w.vhot.clone(),
+        }));
+    }
+    for i in 0..15 {
+        events.push(Event::BountyChange(BountyChange {
+            chute_id: format!("k{i}"),
+            bounty: None,
+            validator: w.vhot.clone(),
+        }));
+        events.push(w.created(&format!("n{i}"), "v1", false));
+    }
+    assert_eq!(events.len(), 50);
+    let handled = futures_util::future::join_all(
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| if i % 2 == 0 { w.gepetto.handle(e) } else { other.handle(e) }),
+    )
+    .await;
+    assert!(handled.iter().all(Result::is_ok), "{handled:?}");
+    w.gepetto.wait_idle().await;
+    other.wait_idle().await;
+
+    let rows = w.db.fleet_rows().await.unwrap();
+    assert_eq!(rows.deployments.len(), 6, "one deployment per launch token");
+    let mut seen = HashSet::new();
+    for d in &rows.deployments {
+        let gpus = held(&rows, &d.deployment_id);
+        assert_eq!(gpus.len(), 1);
+        let job = w.job(&d.deployment_id).expect("every deployment has its Job");
+        assert_eq!(pinned(&job), gpus);
+        for g in gpus {
+            assert!(seen.insert(g.clone()), "GPU {g} pinned twice");
+        }
+    }
+    assert_eq!(w.jobs().len(), 6, "no Job without a deployment");
+    assert_eq!(rows.gpus.iter().filter(|g| g.deployment_id.is_none()).count(), 2);
+    // Every job this miner claimed (a 200 launch config) runs or was given back.
+    let claimed: BTreeSet<String> = w
+        .validator
+        .requests()
+        .into_iter()
+        .filter(|r| r.path == "/instances/launch_config" && r.status == 200)
+        .filter_map(|r| r.query.split('&').find_map(|kv| kv.strip_prefix("job_id=").map(str::to_owned)))
+        .collect();
+    let running: BTreeSet<String> = rows.deployments.iter().filter_map(|d| d.job_id.clone()).collect();
+    let released: BTreeSet<String> = w.validator.released_jobs().into_iter().collect();
+    for job in &claimed {
+        assert!(
+            running.contains(job) || released.contains(job),
+            "claimed job {job} neither runs nor was released"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_repairs_drift_in_both_directions() {
+    let w = world(Shape::default()).await;
+    for c in ["gone-job", "lost-instance", "new-version", "failed-pod", "healthy"] {
+        w.chute(c, "v1", 1);
+        w.twice(&w.created(c, "v1", false)).await;
+    }
+    let rows = w.db.fleet_rows().await.unwrap();
+    let dep = |chute: &str| rows.deployments.iter().find(|d| d.chute_id == chute).unwrap().clone();
+    let (gone_job, lost, moved, failed, healthy) =
+        (dep("gone-job"), dep("lost-instance"), dep("new-version"), dep("failed-pod"), dep("healthy"));
+
+    // A row with no Job.
+    let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::namespaced(w.client.clone(), NS);
+    jobs.delete(&format!("chute-{}", gone_job.deployment_id), &Default::default()).await.unwrap();
+    // An instance the validator no longer lists.
+    let cfg = lost.config_id.clone().unwrap();
+    w.gepetto.handle(&w.instance("created", "vanished", Some(&cfg))).await.unwrap();
+    // A chute whose version moved on.
+    w.chute("new-version", "v2", 1);
+    // A Job whose pod failed.
+    let pods = w.kube.list("v1", "Pod", Some(NS)).unwrap();
+    let pod = pods
+        .iter()
+        .find(|p| p["metadata"]["labels"]["chutes/deployment-id"] == json!(failed.deployment_id))
+        .expect("the pod of the failing deployment");
+    assert!(w.kube.fail_pod(NS, pod["metadata"]["name"].as_str().unwrap(), "Error", "CUDA error"));
+    // A Job and Service with no row.
+    let orphan = "0rphan00-0000-4000-8000-000000000000";
+    let svc = miner_k8s::chute::service(orphan, "ghost", "v1", &[]).unwrap();
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(w.client.clone(), NS);
+    services.create(&Default::default(), &svc).await.unwrap();
+    w.kube
+        .create(json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": format!("chute-{orphan}"),
+            "namespace": NS, "labels": {"chutes/chute": "true", "chutes/deployment-id": orphan}},
+            "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "x", "image": "x"}]}}}}))
+        .unwrap();
+    // The validator's view: every chute (new-version at v2), no instances.
+    let listed: Vec<_> = ["gone-job", "lost-instance", "failed-pod", "healthy"]
+        .iter()
+        .map(|c| remote_chute(c, "v1", 1))
+        .chain([remote_chute("new-version", "v2", 1)])
+        .collect();
+    w.validator.set_listing(validator_emulator::Listing::Chutes, listed);
+    w.validator.set_listing(validator_emulator::Listing::Instances, vec![]);
+    // Let the watches see the drift before reconciling.
+    let cluster = w.gepetto.cluster().clone();
+    let (gj, fd) = (gone_job.deployment_id.clone(), failed.deployment_id.clone());
+    eventually("the watches to see the drift", || {
+        let cluster = cluster.clone();
+        let (gj, fd) = (gj.clone(), fd.clone());
+        async move {
+            let jobs = cluster.chute_jobs();
+            !jobs.contains_key(&gj)
+                && jobs.contains_key(orphan)
+                && miner_gepetto::cluster::job_finished(&jobs[&fd], &cluster.deployment_pods(&fd)).is_some()
+        }
+    })
+    .await;
+
+    let report = w.gepetto.reconcile_once().await.unwrap();
+    w.gepetto.wait_idle().await;
+    let undone: BTreeSet<String> = report.undeployed.iter().map(|(d, _)| d.clone()).collect();
+    let expected: BTreeSet<String> =
+        [&gone_job, &lost, &moved, &failed].iter().map(|d| d.deployment_id.clone()).collect();
+    assert_eq!(undone, expected, "{report:?}");
+    assert_eq!(report.orphans_deleted, vec![orphan.to_owned()]);
+    assert_eq!(report.chutes_updated, 1);
+    assert_eq!(w.db.chute("new-version").await.unwrap().unwrap().version, "v2");
+    let rows = w.db.fleet_rows().await.unwrap();
+    assert_eq!(
+        rows.deployments.iter().map(|d| d.deployment_id.as_str()).collect::<Vec<_>>(),
+        [healthy.deployment_id.as_str()]
+    );
+    assert_eq!(
+        rows.gpus.iter().filter(|g| g.deployment_id.is_some()).count(),
+        1,
+        "the repaired ones' GPUs are free"
+    );
+    let remaining: BTreeSet<String> =
+        w.jobs().iter().map(|j| j["metadata"]["name"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(remaining, BTreeSet::from([format!("chute-{}", healthy.deployment_id)]));
+    assert_eq!(w.services().len(), 1);
+}
+
+/// Gepetto's process dies right after acknowledging a deploy (its runtime is torn
+/// down mid-task); a new process reconciles: the half-made deployment is removed,
+/// the chute is placed again, nothing is left behind.
+#[test]
+fn killed_mid_deploy_and_restarted_loses_nothing_and_leaks_nothing() {
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let (w, dead) = first.block_on(async {
+        let w = world(Shape { stub_grace: Duration::ZERO, ..Shape::default() }).await;
+        w.chute("c1", "v1", 2);
+        w.validator.set_listing(validator_emulator::Listing::Chutes, vec![remote_chute("c1", "v1", 2)]);
+        // The launch config answers 500 a few times: the deploy task is still retrying
+        // when the process dies.
+        w.validator.fail_next("/instances/launch_config", 500, 3);
+        w.gepetto.handle(&w.created("c1", "v1", false)).await.unwrap();
+        let rows = w.db.fleet_rows().await.unwrap();
+        assert_eq!(rows.deployments.len(), 1, "the decision is durable before the ack");
+        (w, rows.deployments[0].deployment_id.clone())
+    });
+    first.shutdown_background();
+
+    let second = tokio::runtime::Runtime::new().unwrap();
+    second.block_on(async {
+        let shutdown = CancellationToken::new();
+        let shape = Shape { stub_grace: Duration::ZERO, ..Shape::default() };
+        // A new process: new connections (the old ones died with their runtime).
+        let db = miner_db::Db::connect(&w.db_url).await.unwrap();
+        let client = kube_client(&w.kube).await;
+        let g = gepetto_on(&db, &client, &w.validator, &w.vhot, &shape, &shutdown).await;
+        let report = g.reconcile_once().await.unwrap();
+        g.wait_idle().await;
+        assert!(report.undeployed.iter().any(|(d, _)| *d == dead), "{report:?}");
+        assert_eq!(report.redeployed, vec!["c1".to_owned()]);
+        let rows = db.fleet_rows().await.unwrap();
+        assert_eq!(rows.deployments.len(), 1);
+        let d = &rows.deployments[0];
+        assert_ne!(d.deployment_id, dead);
+        assert!(!d.stub);
+        assert_eq!(rows.gpus.iter().filter(|g| g.deployment_id.is_some()).count(), 2, "no GPU leaked");
+        assert!(w.job(&dead).is_none());
+        assert!(w.job(&d.deployment_id).is_some());
+        assert_eq!((w.jobs().len(), w.services().len()), (1, 1));
+        shutdown.cancel();
+    });
+    drop(w);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_moves_the_chute_to_its_new_version_on_the_same_server() {
+    let w =
+        world(Shape { servers: 3, gpus: 2, strategy: Arc::new(Multiplier::default()), ..Shape::default() })
+            .await;
+    w.chute("c1", "v1", 2);
+    w.twice(&w.created("c1", "v1", false)).await;
+    let before = w.db.fleet_rows().await.unwrap().deployments[0].clone();
+    let cfg = before.config_id.clone().unwrap();
+    w.gepetto.handle(&w.instance("created", "inst-old", Some(&cfg))).await.unwrap();
+    w.chute("c1", "v2", 2);
+    let update = Event::RollingUpdate(RollingUpdate {
+        chute_id: "c1".into(),
+        instance_id: "inst-old".into(),
+        miner_hotkey: Some(w.miner.clone()),
+        old_version: Some("v1".into()),
+        new_version: "v2".into(),
+        reason: None,
+        image: None,
+        validator: w.vhot.clone(),
+    });
+    w.twice(&update).await;
+    let rows = w.db.fleet_rows().await.unwrap();
+    assert_eq!(rows.deployments.len(), 1);
+    let after = &rows.deployments[0];
+    assert_eq!(after.version, "v2");
+    assert_eq!(after.server_id, before.server_id, "same server: its GPU type still fits");
+    assert!(w.job(&before.deployment_id).is_none());
+    let job = w.job(&after.deployment_id).unwrap();
+    assert_eq!(job["metadata"]["labels"]["chutes/version"], "v2");
+    assert_eq!(w.db.chute("c1").await.unwrap().unwrap().version, "v2");
+}
