@@ -182,7 +182,7 @@ pub fn remote_chute(id: &str, version: &str, gpus: u32) -> Value {
         "chute_id": id, "name": format!("chute {id}"), "image": "user/llm:1", "code": "print('hi')\n",
         "filename": "llm.py", "ref_str": "llm:chute", "version": version, "supported_gpus": ["h100"],
         "node_selector": {"gpu_count": gpus}, "chutes_version": "0.3.40", "cords": [{"path": "/chat"}],
-        "jobs": [{"ports": [{"port": 9000, "proto": "tcp"}]}],
+        "jobs": [{"name": "run", "ports": [{"port": 9000, "proto": "tcp"}]}],
     })
 }
 
