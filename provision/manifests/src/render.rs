@@ -355,6 +355,9 @@ fn context(values: &Values) -> Result<tera::Context, RenderError> {
         plain_env("GRAVAL_BOOTSTRAP_IMAGE_ROCM", values.graval.image_rocm.clone()),
         plain_env("GRAVAL_BOOTSTRAP_TIMEOUT", values.graval.timeout_seconds.to_string()),
     ]);
+    if values.miner_api.bound_management_only {
+        api.push(plain_env("MANAGEMENT_BOUND_ONLY", "true"));
+    }
     let mut gepetto = api.clone();
     gepetto.extend([
         plain_env("CACHE_MAX_AGE_DAYS", values.cache.max_age_days.to_string()),

@@ -97,6 +97,11 @@ pub struct MinerApi {
     pub command: Vec<String>,
     pub resources: Resources,
     pub node_port: u16,
+    /// Refuse management signatures over the plain purpose `management` (the original
+    /// CLI's), accepting only ones bound to method and path (`minerctl`'s). Off by
+    /// default so the original CLI keeps working; rendered as `MANAGEMENT_BOUND_ONLY`.
+    #[serde(default)]
+    pub bound_management_only: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

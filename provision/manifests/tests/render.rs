@@ -301,3 +301,22 @@ fn every_runtime_component_runs_this_projects_binary() {
         api["env"].as_array().unwrap().iter().find(|e| e["name"] == "GRAVAL_BOOTSTRAP_IMAGE").unwrap();
     assert_eq!(graval["value"], "chutes.local/graval-bootstrap-cuda:unbuilt");
 }
+
+#[test]
+fn bound_only_management_reaches_the_api_only_when_asked() {
+    let api_env = |values: &Values| {
+        let m = render(values).unwrap();
+        containers(&m)
+            .into_iter()
+            .find(|(owner, c)| owner == "Deployment/api" && c["name"] == "api")
+            .map(|(_, c)| c["env"].clone())
+            .unwrap()
+    };
+    let has_flag = |env: &Value| {
+        env.as_array().unwrap().iter().any(|e| e["name"] == "MANAGEMENT_BOUND_ONLY" && e["value"] == "true")
+    };
+    let mut values = Values::defaults().unwrap();
+    assert!(!has_flag(&api_env(&values)), "off by default: the original CLI must keep working");
+    values.miner_api.bound_management_only = true;
+    assert!(has_flag(&api_env(&values)));
+}

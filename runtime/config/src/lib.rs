@@ -296,6 +296,10 @@ pub struct ApiSettings {
     pub cache: CacheSettings,
     /// `DEBUG`.
     pub debug: bool,
+    /// `MANAGEMENT_BOUND_ONLY` (false): refuse management signatures over the plain
+    /// purpose `management` (the original CLI's); accept only ones bound to method
+    /// and path (`minerctl`'s).
+    pub bound_management_only: bool,
 }
 
 /// `CACHE_MAX_AGE_DAYS`, `CACHE_MAX_SIZE_GB`, `CACHE_OVERRIDES` (JSON `{node: GB}`).
@@ -345,6 +349,7 @@ impl ApiSettings {
                 overrides,
             },
             debug: flag(env, "DEBUG")?,
+            bound_management_only: flag(env, "MANAGEMENT_BOUND_ONLY")?,
         })
     }
 }

@@ -116,6 +116,10 @@ fn api_settings_have_the_original_defaults_and_reject_garbage() {
     assert_eq!(s.cache.max_age_days, 7);
     assert_eq!(s.cache.max_size_gb, 500);
     assert!(s.cache.overrides.is_empty());
+    assert!(!s.bound_management_only, "the original CLI's plain signatures are accepted by default");
+
+    let s = ApiSettings::from_env(&env(&[("MANAGEMENT_BOUND_ONLY", "true")])).unwrap();
+    assert!(s.bound_management_only);
 
     let s =
         ApiSettings::from_env(&env(&[("CACHE_OVERRIDES", r#"{"gpu-1": 900}"#), ("DEBUG", "true")])).unwrap();
@@ -128,6 +132,7 @@ fn api_settings_have_the_original_defaults_and_reject_garbage() {
         ("CACHE_OVERRIDES", "[1]"),
         ("CACHE_MAX_SIZE_GB", "-1"),
         ("DEBUG", "maybe"),
+        ("MANAGEMENT_BOUND_ONLY", "only"),
         ("GRAVAL_BOOTSTRAP_TIMEOUT", "15m"),
     ] {
         let err = ApiSettings::from_env(&env(&[(var, value)])).unwrap_err();

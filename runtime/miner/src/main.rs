@@ -160,7 +160,11 @@ async fn run_api(listen: SocketAddr, no_sockets: bool) -> Result<()> {
         if no_sockets { Vec::new() } else { validators.hotkeys().map(str::to_owned).collect() };
     let bootstrap = node_bootstrap(&db, &identity, &validators, &api_settings).await;
     let mut state = miner_api::AppState::new(db, identity.hotkey.clone(), producer.clone(), validators)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .with_bound_management_only(api_settings.bound_management_only);
+    if api_settings.bound_management_only {
+        tracing::info!("management signatures must be bound to method and path (MANAGEMENT_BOUND_ONLY)");
+    }
     if let Some(b) = bootstrap {
         state = state.with_bootstrap(b);
     }
