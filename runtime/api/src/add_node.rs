@@ -66,6 +66,12 @@ fn check(state: &AppState, args: &ServerArgs) -> Result<(), ApiError> {
     if args.name.trim().is_empty() {
         return Err(ApiError::bad_request("name: must be the Kubernetes node name"));
     }
+    // Postgres text cannot hold NUL; no Kubernetes name or GPU type contains one.
+    for (field, value) in [("name", &args.name), ("gpu_short_ref", &args.gpu_short_ref)] {
+        if value.contains('\0') {
+            return Err(ApiError::bad_request(format!("{field}: must not contain a NUL character")));
+        }
+    }
     if !args.hourly_cost.is_finite() || args.hourly_cost <= 0.0 {
         return Err(ApiError::bad_request(format!(
             "hourly_cost: must be a positive number (per GPU per hour), got {}",

@@ -83,6 +83,9 @@ impl Db {
 
     /// The server whose id or name is `key` (the original's `_get_server`).
     pub async fn find_server(&self, key: &str) -> Result<Option<Server>, DbError> {
+        if !matchable(key) {
+            return Ok(None);
+        }
         let row = sqlx::query("SELECT * FROM servers WHERE server_id = $1 OR name = $1 LIMIT 1")
             .bind(key)
             .fetch_optional(&self.pool)
@@ -168,6 +171,9 @@ impl Db {
 
     /// Sets `locked`; returns the updated server, or `None` when `key` matches none.
     pub async fn set_locked(&self, key: &str, locked: bool) -> Result<Option<Server>, DbError> {
+        if !matchable(key) {
+            return Ok(None);
+        }
         let row = sqlx::query("UPDATE servers SET locked = $2 WHERE server_id = $1 OR name = $1 RETURNING *")
             .bind(key)
             .bind(locked)
@@ -360,6 +366,9 @@ impl Db {
     }
 
     pub async fn deployment(&self, deployment_id: &str) -> Result<Option<DeploymentView>, DbError> {
+        if !matchable(deployment_id) {
+            return Ok(None);
+        }
         let rows = sqlx::query("SELECT * FROM deployments WHERE deployment_id = $1")
             .bind(deployment_id)
             .fetch_all(&self.pool)
@@ -711,4 +720,11 @@ pub fn iso(ts: &NaiveDateTime) -> String {
     } else {
         ts.format("%Y-%m-%dT%H:%M:%S%.6f").to_string()
     }
+}
+
+/// Whether a key from outside can match a row at all. Postgres text cannot hold a NUL
+/// character and refuses a parameter containing one with an error; such a key names no
+/// row, so lookups answer "not found" instead of failing.
+fn matchable(key: &str) -> bool {
+    !key.contains('\0')
 }

@@ -26,11 +26,19 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError
 }
 
 pub async fn add(State(state): State<AppState>, body: axum::body::Bytes) -> Result<Response, ApiError> {
-    let args: ServerArgs = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "body must be ServerArgs {{name, validator, hourly_cost, gpu_short_ref}}: {e}"
-        ))
-    })?;
+    // serde_path_to_error: a wrong type is reported with the field it is in
+    // (`hourly_cost: invalid type: string "x", expected f64`), not only a column.
+    let args: ServerArgs = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
+        .map_err(|e| {
+            let at = match e.path().to_string() {
+                root if root == "." => String::new(),
+                field => format!("{field}: "),
+            };
+            ApiError::bad_request(format!(
+                "body must be ServerArgs {{name, validator, hourly_cost, gpu_short_ref}}: {at}{}",
+                e.into_inner()
+            ))
+        })?;
     add_node::start(state, args).await
 }
 

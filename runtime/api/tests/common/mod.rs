@@ -129,7 +129,17 @@ impl Api {
         body: Option<&Value>,
         signer: &Hotkey,
     ) -> reqwest::RequestBuilder {
-        let bytes = body.map(|b| serde_json::to_vec(b).unwrap());
+        self.signed_bytes(method, path, body.map(|b| serde_json::to_vec(b).unwrap()), signer)
+    }
+
+    /// As [`Api::signed`], with the body's exact bytes (which need not be JSON).
+    pub fn signed_bytes(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bytes: Option<Vec<u8>>,
+        signer: &Hotkey,
+    ) -> reqwest::RequestBuilder {
         let payload = match &bytes {
             Some(b) => Payload::Body(b),
             None => Payload::Purpose("management"),
