@@ -102,6 +102,8 @@ impl Gepetto {
     /// One autoscaler tick (11.5 / 20.7); returns how many instances it placed.
     pub async fn autoscale_once(&self) -> Result<usize, GepettoError> {
         self.refresh(false).await;
+        // Servers the API added or locked since the last tick come in here.
+        self.inner.inv.reload().await?;
         let view = self.view().await;
         let fleet = self.snapshot().await?;
         let disk = f64::from(self.inner.cfg.default_disk_gb);
@@ -122,7 +124,7 @@ impl Gepetto {
     /// One activator tick: legacy (chutes < 0.3.0) instances whose pod is ready are
     /// activated at the validator (newer ones activate themselves via the JWT flow).
     pub async fn activate_once(&self) -> Result<usize, GepettoError> {
-        let rows = self.inner.db.fleet_rows().await?;
+        let rows = self.inner.inv.rows().await?;
         let chutes: HashMap<&str, &miner_db::Chute> =
             rows.chutes.iter().map(|c| (c.chute_id.as_str(), c)).collect();
         let mut n = 0;
@@ -139,7 +141,7 @@ impl Gepetto {
             let Some(link) = self.inner.validators.get(&d.validator) else { continue };
             match link.client.activate_instance(&d.chute_id, instance).await {
                 Ok(_) => {
-                    self.inner.db.activate_instance(None, instance).await?;
+                    self.inner.inv.activate_instance(None, instance).await?;
                     n += 1;
                 }
                 Err(e) => tracing::warn!(deployment = %d.deployment_id, error = %e, "activation failed"),
@@ -175,7 +177,7 @@ impl Gepetto {
                 && let (Some(cfg), Some(instances)) = (&d.config_id, st.and_then(|s| s.instances.as_ref()))
                 && let Some(found) = instances.values().find(|i| i.config_id.as_deref() == Some(cfg))
             {
-                self.inner.db.set_instance(miner_db::DeploymentKey::Config, cfg, &found.instance_id).await?;
+                self.inner.inv.set_instance(miner_db::DeploymentKey::Config, cfg, &found.instance_id).await?;
                 instance = Some(found.instance_id.clone());
                 report.instances_filled += 1;
             }
@@ -322,6 +324,9 @@ impl Gepetto {
                 }
             }
         }
+        // The database is the authority: the in-memory copy starts again from it.
+        self.forget_code_maps();
+        self.inner.inv.reload().await?;
         Ok(report)
     }
 
