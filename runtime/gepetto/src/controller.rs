@@ -68,6 +68,9 @@ pub struct Config {
     /// deploy task died with a previous process).
     pub stub_grace: Duration,
     pub prometheus_url: Option<String>,
+    /// How long a deploy onto GPUs just freed (preemption, rolling update) waits for
+    /// the old pods to go (reference 11.2 waits 45 s); zero: no wait.
+    pub pod_exit_wait: Duration,
 }
 
 impl Config {
@@ -86,6 +89,7 @@ impl Config {
             max_concurrent_deploys: 16,
             stub_grace: Duration::from_secs(600),
             prometheus_url: None,
+            pod_exit_wait: Duration::from_secs(45),
         }
     }
 }
@@ -107,6 +111,7 @@ pub struct RemoteState {
     pub capped: HashSet<String>,
     pub active_instances: HashMap<String, Vec<miner_validator::rest::ActiveInstance>>,
     pub rolling: HashSet<String>,
+    pub images: Option<HashMap<String, crate::loops::RemoteImage>>,
 }
 
 /// A job claim carried through a deploy.
@@ -246,7 +251,6 @@ impl Gepetto {
                 }
                 Ok(())
             }
-            Event::GpuDeleted(e) => self.gpu_deleted(&e.gpu_id, e.validator.as_deref()).await,
             Event::ServerDeleted(e) => self.server_deleted(&e.server_id).await,
             Event::InstanceCreated(e) => self.instance_created(e).await,
             Event::InstanceVerified(e) => {
@@ -318,6 +322,18 @@ impl Gepetto {
         let remote = link.client.remote_chute(chute_id, version).await.map_err(|e| {
             GepettoError::Validator { validator: validator.to_owned(), reason: e.to_string() }
         })?;
+        let chute = self.store_remote_chute(validator, &remote).await?;
+        Ok((chute, Some(remote)))
+    }
+
+    /// Stores the validator's chute record as the local chute row (without its
+    /// ConfigMap) and remembers it in the validator's view.
+    pub(crate) async fn store_remote_chute(
+        &self,
+        validator: &str,
+        remote: &RemoteChute,
+    ) -> Result<Chute, GepettoError> {
+        let (chute_id, version) = (remote.chute_id.as_str(), remote.version.as_str());
         let chute = Chute {
             chute_id: remote.chute_id.clone(),
             validator: validator.to_owned(),
@@ -350,7 +366,7 @@ impl Gepetto {
             let st = remote_state.entry(validator.to_owned()).or_default();
             st.chutes.get_or_insert_with(HashMap::new).insert(chute_id.to_owned(), remote.clone());
         }
-        Ok((chute, Some(remote)))
+        Ok(chute)
     }
 
     /// Creates the code ConfigMap of a chute version (409: already there) unless this
@@ -395,12 +411,23 @@ impl Gepetto {
 
     async fn chute_created(&self, e: &ev::ChuteChanged) -> Result<(), GepettoError> {
         let (chute, remote) = self.ensure_chute_row(&e.validator, &e.chute_id, &e.version, false).await?;
-        let code = self.ensure_code(&chute, remote.as_ref().map(|r| r.code.as_str()));
-        if e.job_only {
+        self.deploy_new_chute(&chute, remote.as_ref().map(|r| r.code.as_str()), e.job_only).await
+    }
+
+    /// The rest of `chute_created` once the row is stored: its code ConfigMap and, for
+    /// a chute with cords, the first instance when the strategy deploys on create.
+    pub(crate) async fn deploy_new_chute(
+        &self,
+        chute: &Chute,
+        code: Option<&str>,
+        job_only: bool,
+    ) -> Result<(), GepettoError> {
+        let code = self.ensure_code(chute, code);
+        if job_only {
             return code.await;
         }
         // The ConfigMap and the placement are independent: both are done before the ack.
-        let placed = self.place(&chute, None, None, |strategy, fleet, snap, disk| {
+        let placed = self.place(chute, None, None, |strategy, fleet, snap, disk| {
             if strategy.deploy_on_create(snap, fleet) {
                 strategy.scale_up_server(snap, fleet, disk)
             } else {
@@ -487,6 +514,7 @@ impl Gepetto {
                 .map(|g| g.model_short_ref.clone());
             previous_server = Some((d.server_id.clone(), model));
             self.undeploy(&d.deployment_id).await?;
+            self.wait_pods_gone(std::slice::from_ref(&d.deployment_id)).await;
         }
         let (chute, _) = self.ensure_chute(&e.validator, &e.chute_id, &e.new_version, false).await?;
         if let Some((server_id, Some(model))) = previous_server
@@ -572,7 +600,10 @@ impl Gepetto {
         Ok(())
     }
 
-    async fn gpu_deleted(&self, gpu_id: &str, validator: Option<&str>) -> Result<(), GepettoError> {
+    /// One GPU leaving the inventory (the original's `gpu_deleted` handler, which
+    /// nothing published: here it is a step of `server_deleted`, the only way a GPU
+    /// leaves): undeploy its deployment, remove it at the validator, delete the row.
+    async fn remove_gpu(&self, gpu_id: &str, validator: Option<&str>) -> Result<(), GepettoError> {
         let Some(gpu) = self.inner.db.gpu(gpu_id).await? else { return Ok(()) };
         if let Some(d) = &gpu.deployment_id {
             self.undeploy(d).await?;
@@ -594,7 +625,7 @@ impl Gepetto {
             return Ok(()); // matched by name: not this event's server
         }
         for gpu in self.inner.db.server_gpus(server_id).await? {
-            self.gpu_deleted(&gpu.gpu_id, Some(&server.validator)).await?;
+            self.remove_gpu(&gpu.gpu_id, Some(&server.validator)).await?;
         }
         for d in self.inner.db.server_deployments(server_id, None).await? {
             self.undeploy(&d.deployment.deployment_id).await?;
@@ -761,6 +792,7 @@ impl Gepetto {
             tracing::info!(victim = %victim, chute = %chute.chute_id, server = %plan.server_id, "preempting");
             self.undeploy(victim).await?;
         }
+        self.wait_pods_gone(&plan.victims).await;
         let server = plan.server_id.clone();
         let placed = self
             .place(chute, job.clone(), token, move |_, fleet, snap, _| {
@@ -957,6 +989,31 @@ impl Gepetto {
             tracing::warn!(deployment = %deployment_id, instance = %instance, error = %e, "validator instance not deleted");
         }
         self.delete_objects(deployment_id).await
+    }
+
+    /// Undeploy's last step (reference 11.2): until no pod of these deployments is
+    /// left, at most `pod_exit_wait`, so a deploy onto their GPUs does not meet a pod
+    /// still holding them. Reads the pod watch (a condition, not a fixed sleep); at the
+    /// bound it logs and goes on (Kubernetes then holds the new pod back until the
+    /// GPUs are free).
+    pub(crate) async fn wait_pods_gone(&self, deployment_ids: &[String]) {
+        let wait = self.inner.cfg.pod_exit_wait;
+        if deployment_ids.is_empty() || wait.is_zero() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left: Vec<&String> =
+                deployment_ids.iter().filter(|d| !self.inner.cluster.deployment_pods(d).is_empty()).collect();
+            if left.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(deployments = ?left, waited = ?wait, "pods of undeployed deployments are still there; going on");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn delete_objects(&self, deployment_id: &str) -> Result<(), GepettoError> {
