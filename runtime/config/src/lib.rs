@@ -455,6 +455,9 @@ pub struct GepettoSettings {
     pub max_concurrent_deploys: usize,
     /// `PROMETHEUS_URL`, or `http://prometheus-server.<ns>.svc.cluster.local:<PROMETHEUS_PORT>`.
     pub prometheus_url: String,
+    /// `GEPETTO_POD_EXIT_WAIT` seconds (45): how long a deploy onto GPUs just freed
+    /// (preemption, rolling update) waits for the old pods to go; 0 = no wait.
+    pub pod_exit_wait_secs: u64,
 }
 
 impl GepettoSettings {
@@ -495,6 +498,7 @@ impl GepettoSettings {
             default_disk_gb: parsed(env, "GEPETTO_DEFAULT_DISK_GB", 10, "a whole number of GB")?,
             max_concurrent_deploys,
             prometheus_url,
+            pod_exit_wait_secs: parsed(env, "GEPETTO_POD_EXIT_WAIT", 45, "a whole number of seconds")?,
         })
     }
 }

@@ -281,6 +281,17 @@ impl Db {
         d: &NewDeployment,
         gpu_count: usize,
     ) -> Result<Vec<String>, DbError> {
+        Ok(self.create_deployment_row(d, gpu_count).await?.1)
+    }
+
+    /// [`Db::create_deployment`], also returning the inserted row (Gepetto keeps its
+    /// in-memory inventory current from it). The same transaction and constraint:
+    /// there is no second allocation path.
+    pub async fn create_deployment_row(
+        &self,
+        d: &NewDeployment,
+        gpu_count: usize,
+    ) -> Result<(Deployment, Vec<String>), DbError> {
         let mut tx = self.pool.begin().await?;
         let free: Vec<String> = sqlx::query(
             "SELECT gpu_id FROM gpus WHERE server_id = $1 AND deployment_id IS NULL AND verified \
@@ -300,11 +311,11 @@ impl Db {
                 wanted: gpu_count,
             });
         }
-        sqlx::query(
+        let row = sqlx::query(
             "INSERT INTO deployments (deployment_id, validator, chute_id, server_id, version, job_id, config_id, \
              host, active, stub, preemptible) VALUES ($1,$2,$3,$4,$5,$6,$7,\
              (SELECT ip_address FROM servers WHERE server_id = $4), FALSE, TRUE, \
-             COALESCE((SELECT preemptible FROM chutes WHERE chute_id = $3), TRUE))",
+             COALESCE((SELECT preemptible FROM chutes WHERE chute_id = $3), TRUE)) RETURNING *",
         )
         .bind(&d.deployment_id)
         .bind(&d.validator)
@@ -313,11 +324,12 @@ impl Db {
         .bind(&d.version)
         .bind(&d.job_id)
         .bind(&d.config_id)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
+        let row = Deployment::from_row(&row)?;
         self.allocate(&mut tx, &d.deployment_id, &free).await?;
         tx.commit().await?;
-        Ok(free)
+        Ok((row, free))
     }
 
     /// Points the given GPUs at a deployment; refuses GPUs already allocated.
@@ -462,14 +474,22 @@ impl Db {
 
     // ---- scheduler (Gepetto) ----
 
-    /// Every row Gepetto's fleet snapshot is built from, in four queries.
+    /// Every row Gepetto's fleet snapshot is built from, in five queries. Chutes come
+    /// without their code (`code` is empty): it can be large and only a ConfigMap needs
+    /// it ([`Db::chute_code`]).
     pub async fn fleet_rows(&self) -> Result<FleetRows, DbError> {
         let servers = sqlx::query("SELECT * FROM servers ORDER BY name").fetch_all(&self.pool).await?;
         let gpus = sqlx::query("SELECT * FROM gpus ORDER BY gpu_id").fetch_all(&self.pool).await?;
         let deployments = sqlx::query("SELECT * FROM deployments ORDER BY created_at, deployment_id")
             .fetch_all(&self.pool)
             .await?;
-        let chutes = sqlx::query("SELECT * FROM chutes ORDER BY chute_id").fetch_all(&self.pool).await?;
+        let chutes = sqlx::query(
+            "SELECT chute_id, validator, name, image, ''::TEXT AS code, filename, ref_str, version, \
+             supported_gpus, gpu_count, created_at, updated_at, ban_reason, chutes_version \
+             FROM chutes ORDER BY chute_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         let private =
             sqlx::query("SELECT chute_id FROM chutes WHERE NOT preemptible").fetch_all(&self.pool).await?;
         Ok(FleetRows {
@@ -487,6 +507,16 @@ impl Db {
             .fetch_optional(&self.pool)
             .await?;
         row.as_ref().map(Chute::from_row).transpose().map_err(Into::into)
+    }
+
+    /// The code of a chute at `version` (`None` when the chute is not stored at it).
+    pub async fn chute_code(&self, chute_id: &str, version: &str) -> Result<Option<String>, DbError> {
+        let row = sqlx::query("SELECT code FROM chutes WHERE chute_id = $1 AND version = $2")
+            .bind(chute_id)
+            .bind(version)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
     }
 
     pub async fn set_chute_preemptible(&self, chute_id: &str, preemptible: bool) -> Result<(), DbError> {

@@ -33,8 +33,6 @@ pub enum Event {
     JobDeleted(JobDeleted),
     /// Internal (miner API `DELETE /servers/{id}`): carries no validator.
     ServerDeleted(ServerDeleted),
-    /// Internal (Gepetto, when a GPU leaves the inventory).
-    GpuDeleted(GpuDeleted),
     /// Internal (miner API purge endpoints), keyed by `deployment_id`.
     Undeploy(Undeploy),
 }
@@ -99,7 +97,6 @@ impl Event {
             Event::JobCreated(_) => "job_created",
             Event::JobDeleted(_) => "job_deleted",
             Event::ServerDeleted(_) => "server_deleted",
-            Event::GpuDeleted(_) => "gpu_deleted",
             Event::Undeploy(_) => "undeploy",
         }
     }
@@ -236,15 +233,6 @@ pub struct JobDeleted {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServerDeleted {
     pub server_id: String,
-}
-
-/// `gpu_deleted` (internal): undeploy the GPU's deployment, tell the validator,
-/// delete the row.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GpuDeleted {
-    pub gpu_id: String,
-    #[serde(default)]
-    pub validator: Option<String>,
 }
 
 /// `undeploy` (miner API purge endpoints), keyed by `deployment_id`.

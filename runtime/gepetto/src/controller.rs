@@ -14,10 +14,11 @@ use miner_db::{Chute, Db, DbError, DeploymentKey, FleetRows, NewDeployment};
 use miner_events::payloads::{self as ev, Event};
 use miner_k8s::chute::{self as objects, ChuteJob, ExtraPort, LaunchToken, ServicePorts, version_at_least};
 use miner_validator::rest::{LaunchError, RemoteChute, RemoteInstance, RemoteMetrics, ValidatorClient};
-use tokio::sync::{RwLock, Semaphore};
+use tokio::sync::{OnceCell, RwLock, Semaphore};
 use tokio_util::task::TaskTracker;
 
 use crate::cluster::Cluster;
+use crate::inventory::Inventory;
 use crate::prometheus::Prometheus;
 use crate::snapshot::{
     ChuteSnap, DeploymentSnap, FleetSnapshot, GpuSnap, RemoteChuteInfo, ServerSnap, ValidatorView,
@@ -67,6 +68,9 @@ pub struct Config {
     /// deploy task died with a previous process).
     pub stub_grace: Duration,
     pub prometheus_url: Option<String>,
+    /// How long a deploy onto GPUs just freed (preemption, rolling update) waits for
+    /// the old pods to go (reference 11.2 waits 45 s); zero: no wait.
+    pub pod_exit_wait: Duration,
 }
 
 impl Config {
@@ -85,6 +89,7 @@ impl Config {
             max_concurrent_deploys: 16,
             stub_grace: Duration::from_secs(600),
             prometheus_url: None,
+            pod_exit_wait: Duration::from_secs(45),
         }
     }
 }
@@ -106,6 +111,7 @@ pub struct RemoteState {
     pub capped: HashSet<String>,
     pub active_instances: HashMap<String, Vec<miner_validator::rest::ActiveInstance>>,
     pub rolling: HashSet<String>,
+    pub images: Option<HashMap<String, crate::loops::RemoteImage>>,
 }
 
 /// A job claim carried through a deploy.
@@ -129,6 +135,11 @@ pub(crate) struct Inner {
     early: Mutex<HashMap<String, String>>,
     pub(crate) remote: RwLock<HashMap<String, RemoteState>>,
     pub(crate) prometheus: Prometheus,
+    /// The inventory decisions read (kept current from Gepetto's own writes).
+    pub(crate) inv: Inventory,
+    /// Code ConfigMaps known to exist, by name; a cell shared by concurrent deploys of
+    /// one chute, so it is created once. Cleared by reconcile.
+    pub(crate) code_maps: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
 }
 
 /// The controller. Cheap to clone.
@@ -149,6 +160,8 @@ impl Gepetto {
         let prometheus = Prometheus::new(cfg.prometheus_url.clone());
         Gepetto {
             inner: Arc::new(Inner {
+                inv: Inventory::new(db.clone()),
+                code_maps: Mutex::new(HashMap::new()),
                 db,
                 kube,
                 deploys: Arc::new(Semaphore::new(cfg.max_concurrent_deploys.max(1))),
@@ -226,30 +239,29 @@ impl Gepetto {
             Event::ImageUpdated(e) => {
                 let n = self
                     .inner
-                    .db
+                    .inv
                     .update_chute_images(&e.chute_ids, &e.image, e.chutes_version.as_deref())
                     .await?;
                 tracing::info!(image = %e.image, chutes = n, "chute images updated");
                 Ok(())
             }
             Event::GpuVerified(e) => {
-                if self.ours(&e.miner_hotkey) && !self.inner.db.set_gpu_verified(&e.gpu_id).await? {
+                if self.ours(&e.miner_hotkey) && !self.inner.inv.set_gpu_verified(&e.gpu_id).await? {
                     tracing::warn!(gpu = %e.gpu_id, "gpu_verified for a GPU this miner does not track");
                 }
                 Ok(())
             }
-            Event::GpuDeleted(e) => self.gpu_deleted(&e.gpu_id, e.validator.as_deref()).await,
             Event::ServerDeleted(e) => self.server_deleted(&e.server_id).await,
             Event::InstanceCreated(e) => self.instance_created(e).await,
             Event::InstanceVerified(e) => {
                 if self.ours(&e.miner_hotkey) {
-                    self.inner.db.verify_instance(&e.instance_id).await?;
+                    self.inner.inv.verify_instance(&e.instance_id).await?;
                 }
                 Ok(())
             }
             Event::InstanceActivated(e) => {
                 if self.ours(&e.miner_hotkey) {
-                    self.inner.db.activate_instance(e.config_id.as_deref(), &e.instance_id).await?;
+                    self.inner.inv.activate_instance(e.config_id.as_deref(), &e.instance_id).await?;
                 }
                 Ok(())
             }
@@ -285,18 +297,43 @@ impl Gepetto {
         version: &str,
         force: bool,
     ) -> Result<(Chute, Option<RemoteChute>), GepettoError> {
+        let (chute, remote) = self.ensure_chute_row(validator, chute_id, version, force).await?;
+        self.ensure_code(&chute, remote.as_ref().map(|r| r.code.as_str())).await?;
+        Ok((chute, remote))
+    }
+
+    /// [`Gepetto::ensure_chute`] without the ConfigMap (the caller creates it, maybe
+    /// beside other work). The remote chute is returned when it was fetched.
+    async fn ensure_chute_row(
+        &self,
+        validator: &str,
+        chute_id: &str,
+        version: &str,
+        force: bool,
+    ) -> Result<(Chute, Option<RemoteChute>), GepettoError> {
         if !force
-            && let Some(c) = self.inner.db.chute(chute_id).await?
+            && let Some(c) = self.inner.inv.chute(chute_id).await?
             && c.version == version
             && c.validator == validator
         {
-            self.ensure_code(&c).await?;
             return Ok((c, None));
         }
         let link = self.validator(validator)?;
         let remote = link.client.remote_chute(chute_id, version).await.map_err(|e| {
             GepettoError::Validator { validator: validator.to_owned(), reason: e.to_string() }
         })?;
+        let chute = self.store_remote_chute(validator, &remote).await?;
+        Ok((chute, Some(remote)))
+    }
+
+    /// Stores the validator's chute record as the local chute row (without its
+    /// ConfigMap) and remembers it in the validator's view.
+    pub(crate) async fn store_remote_chute(
+        &self,
+        validator: &str,
+        remote: &RemoteChute,
+    ) -> Result<Chute, GepettoError> {
+        let (chute_id, version) = (remote.chute_id.as_str(), remote.version.as_str());
         let chute = Chute {
             chute_id: remote.chute_id.clone(),
             validator: validator.to_owned(),
@@ -323,42 +360,83 @@ impl Gepetto {
                 "chute {chute_id} version {version}: gpu_count, image and filename are required"
             )));
         }
-        self.inner.db.upsert_chute(&chute).await?;
-        self.inner.db.set_chute_preemptible(chute_id, remote.preemptible.unwrap_or(true)).await?;
-        self.ensure_code(&chute).await?;
+        self.inner.inv.upsert_chute(&chute, remote.preemptible.unwrap_or(true)).await?;
         {
             let mut remote_state = self.inner.remote.write().await;
             let st = remote_state.entry(validator.to_owned()).or_default();
             st.chutes.get_or_insert_with(HashMap::new).insert(chute_id.to_owned(), remote.clone());
         }
-        Ok((chute, Some(remote)))
+        Ok(chute)
     }
 
-    /// Creates the code ConfigMap of a chute version (409: already there).
-    async fn ensure_code(&self, c: &Chute) -> Result<(), GepettoError> {
-        let cm = objects::code_configmap(&c.chute_id, &c.version, &c.filename, &c.code)
-            .map_err(|e| GepettoError::Invalid(e.to_string()))?;
-        let api: Api<ConfigMap> = Api::namespaced(self.inner.kube.clone(), &self.inner.cfg.namespace);
-        match api.create(&PostParams::default(), &cm).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_status(&e, 409) => Ok(()),
-            Err(e) => Err(kube_err(format!("creating ConfigMap for chute {}", c.chute_id))(e)),
+    /// Creates the code ConfigMap of a chute version (409: already there) unless this
+    /// process knows it exists. `code`: the chute's code when the caller has it; else
+    /// it is read from the database, only when the ConfigMap must be created.
+    async fn ensure_code(&self, c: &Chute, code: Option<&str>) -> Result<(), GepettoError> {
+        let name = miner_k8s::code_configmap_name(&c.chute_id, &c.version);
+        let cell = match self.inner.code_maps.lock() {
+            Ok(mut maps) => maps.entry(name).or_default().clone(),
+            Err(_) => Arc::new(OnceCell::new()),
+        };
+        cell.get_or_try_init(|| async {
+            let code = match code {
+                Some(code) => code.to_owned(),
+                None => self.inner.db.chute_code(&c.chute_id, &c.version).await?.ok_or_else(|| {
+                    GepettoError::Invalid(format!(
+                        "chute {} is not stored at version {}",
+                        c.chute_id, c.version
+                    ))
+                })?,
+            };
+            let cm = objects::code_configmap(&c.chute_id, &c.version, &c.filename, &code)
+                .map_err(|e| GepettoError::Invalid(e.to_string()))?;
+            let api: Api<ConfigMap> = Api::namespaced(self.inner.kube.clone(), &self.inner.cfg.namespace);
+            match api.create(&PostParams::default(), &cm).await {
+                Ok(_) => Ok(()),
+                Err(e) if is_status(&e, 409) => Ok(()),
+                Err(e) => Err(kube_err(format!("creating ConfigMap for chute {}", c.chute_id))(e)),
+            }
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Forgets which code ConfigMaps exist (reconcile), so one deleted by hand is
+    /// created again by the next deploy that needs it.
+    pub(crate) fn forget_code_maps(&self) {
+        if let Ok(mut maps) = self.inner.code_maps.lock() {
+            maps.clear();
         }
     }
 
     async fn chute_created(&self, e: &ev::ChuteChanged) -> Result<(), GepettoError> {
-        let (chute, _) = self.ensure_chute(&e.validator, &e.chute_id, &e.version, false).await?;
-        if e.job_only {
-            return Ok(());
+        let (chute, remote) = self.ensure_chute_row(&e.validator, &e.chute_id, &e.version, false).await?;
+        self.deploy_new_chute(&chute, remote.as_ref().map(|r| r.code.as_str()), e.job_only).await
+    }
+
+    /// The rest of `chute_created` once the row is stored: its code ConfigMap and, for
+    /// a chute with cords, the first instance when the strategy deploys on create.
+    pub(crate) async fn deploy_new_chute(
+        &self,
+        chute: &Chute,
+        code: Option<&str>,
+        job_only: bool,
+    ) -> Result<(), GepettoError> {
+        let code = self.ensure_code(chute, code);
+        if job_only {
+            return code.await;
         }
-        self.place(&chute, None, None, |strategy, fleet, snap, disk| {
+        // The ConfigMap and the placement are independent: both are done before the ack.
+        let placed = self.place(chute, None, None, |strategy, fleet, snap, disk| {
             if strategy.deploy_on_create(snap, fleet) {
                 strategy.scale_up_server(snap, fleet, disk)
             } else {
                 None
             }
-        })
-        .await?;
+        });
+        let (code, placed) = tokio::join!(code, placed);
+        code?;
+        placed?;
         Ok(())
     }
 
@@ -374,13 +452,16 @@ impl Gepetto {
         {
             self.undeploy(&d.deployment_id).await?;
         }
-        if let Some(c) = self.inner.db.chute(chute_id).await?
+        if let Some(c) = self.inner.inv.chute(chute_id).await?
             && c.validator == validator
             && version.is_none_or(|v| v == c.version)
         {
-            self.inner.db.delete_chute(chute_id).await?;
+            self.inner.inv.delete_chute(chute_id).await?;
             let api: Api<ConfigMap> = Api::namespaced(self.inner.kube.clone(), &self.inner.cfg.namespace);
             let name = miner_k8s::code_configmap_name(&c.chute_id, &c.version);
+            if let Ok(mut maps) = self.inner.code_maps.lock() {
+                maps.remove(&name);
+            }
             match api.delete(&name, &background()).await {
                 Ok(_) => {}
                 Err(e) if is_status(&e, 404) => {}
@@ -391,7 +472,7 @@ impl Gepetto {
     }
 
     async fn bounty_change(&self, e: &ev::BountyChange) -> Result<(), GepettoError> {
-        let Some(chute) = self.inner.db.chute(&e.chute_id).await? else {
+        let Some(chute) = self.inner.inv.chute(&e.chute_id).await? else {
             tracing::info!(chute = %e.chute_id, "bounty for a chute not stored here; the reconciler adds it");
             return Ok(());
         };
@@ -433,6 +514,7 @@ impl Gepetto {
                 .map(|g| g.model_short_ref.clone());
             previous_server = Some((d.server_id.clone(), model));
             self.undeploy(&d.deployment_id).await?;
+            self.wait_pods_gone(std::slice::from_ref(&d.deployment_id)).await;
         }
         let (chute, _) = self.ensure_chute(&e.validator, &e.chute_id, &e.new_version, false).await?;
         if let Some((server_id, Some(model))) = previous_server
@@ -455,7 +537,7 @@ impl Gepetto {
         if !self.inner.db.deployments_where(DeploymentKey::Job, &e.job_id).await?.is_empty() {
             return Ok(()); // delivered again: already placed
         }
-        let Some(chute) = self.inner.db.chute(&e.chute_id).await? else {
+        let Some(chute) = self.inner.inv.chute(&e.chute_id).await? else {
             tracing::info!(chute = %e.chute_id, job = %e.job_id, "job for a chute not stored here; ignored");
             return Ok(());
         };
@@ -507,7 +589,7 @@ impl Gepetto {
             return Ok(());
         }
         let Some(config_id) = &e.config_id else { return Ok(()) };
-        if self.inner.db.set_instance(DeploymentKey::Config, config_id, &e.instance_id).await?.is_none() {
+        if self.inner.inv.set_instance(DeploymentKey::Config, config_id, &e.instance_id).await?.is_none() {
             // The deploy task stores the config id before it creates the Job, so this is
             // rare (a redelivery racing a restart); remember it for when the row gets it,
             // and the reconciler matches it from the validator's listing otherwise.
@@ -518,7 +600,10 @@ impl Gepetto {
         Ok(())
     }
 
-    async fn gpu_deleted(&self, gpu_id: &str, validator: Option<&str>) -> Result<(), GepettoError> {
+    /// One GPU leaving the inventory (the original's `gpu_deleted` handler, which
+    /// nothing published: here it is a step of `server_deleted`, the only way a GPU
+    /// leaves): undeploy its deployment, remove it at the validator, delete the row.
+    async fn remove_gpu(&self, gpu_id: &str, validator: Option<&str>) -> Result<(), GepettoError> {
         let Some(gpu) = self.inner.db.gpu(gpu_id).await? else { return Ok(()) };
         if let Some(d) = &gpu.deployment_id {
             self.undeploy(d).await?;
@@ -530,7 +615,7 @@ impl Gepetto {
                 reason: format!("removing GPU {gpu_id}: {e}"),
             })?;
         }
-        self.inner.db.delete_gpu(gpu_id).await?;
+        self.inner.inv.delete_gpu(gpu_id).await?;
         Ok(())
     }
 
@@ -540,12 +625,12 @@ impl Gepetto {
             return Ok(()); // matched by name: not this event's server
         }
         for gpu in self.inner.db.server_gpus(server_id).await? {
-            self.gpu_deleted(&gpu.gpu_id, Some(&server.validator)).await?;
+            self.remove_gpu(&gpu.gpu_id, Some(&server.validator)).await?;
         }
         for d in self.inner.db.server_deployments(server_id, None).await? {
             self.undeploy(&d.deployment.deployment_id).await?;
         }
-        self.inner.db.delete_server(server_id).await?;
+        self.inner.inv.delete_server(server_id).await?;
         Ok(())
     }
 
@@ -553,7 +638,7 @@ impl Gepetto {
 
     /// The fleet as strategies see it: rows plus disk from the cluster watches.
     pub async fn snapshot(&self) -> Result<FleetSnapshot, GepettoError> {
-        let rows = self.inner.db.fleet_rows().await?;
+        let rows = self.inner.inv.rows().await?;
         let disk = self.inner.cluster.disk(f64::from(self.inner.cfg.disk_reserve_gb));
         let jobs = self.inner.cluster.chute_jobs();
         Ok(fleet_from_rows(rows, &disk, &jobs, f64::from(self.inner.cfg.default_disk_gb)))
@@ -593,7 +678,7 @@ impl Gepetto {
         choose: F,
     ) -> Result<Option<String>, GepettoError>
     where
-        F: FnOnce(&dyn Strategy, &FleetSnapshot, &ChuteSnap, f64) -> Option<String>,
+        F: Fn(&dyn Strategy, &FleetSnapshot, &ChuteSnap, f64) -> Option<String>,
     {
         let disk = f64::from(self.inner.cfg.default_disk_gb);
         self.place_with_disk(chute, job, token, disk, choose).await
@@ -610,7 +695,7 @@ impl Gepetto {
         choose: F,
     ) -> Result<Option<String>, GepettoError>
     where
-        F: FnOnce(&dyn Strategy, &FleetSnapshot, &ChuteSnap, f64) -> Option<String>,
+        F: Fn(&dyn Strategy, &FleetSnapshot, &ChuteSnap, f64) -> Option<String>,
     {
         // Waiting for a deploy slot here (before acking) is the back-pressure that
         // bounds concurrent deploys.
@@ -622,29 +707,40 @@ impl Gepetto {
             .await
             .map_err(|_| GepettoError::Invalid("deploys are shutting down".into()))?;
         let guard = self.inner.placement.lock().await;
-        let fleet = self.snapshot().await?;
-        let Some(snap) = fleet.chutes.get(&chute.chute_id) else { return Ok(None) };
-        let Some(server_id) = choose(self.inner.strategy.as_ref(), &fleet, snap, disk_gb) else {
-            return Ok(None);
-        };
         let deployment_id = miner_k8s::uuid4(rand::random());
-        let new = NewDeployment {
-            deployment_id: deployment_id.clone(),
-            validator: chute.validator.clone(),
-            chute_id: chute.chute_id.clone(),
-            server_id: server_id.clone(),
-            version: chute.version.clone(),
-            job_id: job.as_ref().map(|j| j.job_id.clone()),
-            config_id: token.as_ref().map(|t| t.config_id.clone()),
-        };
-        let gpus = match self.inner.db.create_deployment(&new, chute.gpu_count.max(0) as usize).await {
-            Ok(gpus) => gpus,
-            Err(DbError::NotEnoughGpus { .. }) => {
-                tracing::warn!(chute = %chute.chute_id, server = %server_id, "the chosen server had no free GPUs left");
+        let mut attempt = 0;
+        let (new, gpus) = loop {
+            attempt += 1;
+            let fleet = self.snapshot().await?;
+            let Some(snap) = fleet.chutes.get(&chute.chute_id) else { return Ok(None) };
+            let Some(server_id) = choose(self.inner.strategy.as_ref(), &fleet, snap, disk_gb) else {
                 return Ok(None);
+            };
+            let new = NewDeployment {
+                deployment_id: deployment_id.clone(),
+                validator: chute.validator.clone(),
+                chute_id: chute.chute_id.clone(),
+                server_id,
+                version: chute.version.clone(),
+                job_id: job.as_ref().map(|j| j.job_id.clone()),
+                config_id: token.as_ref().map(|t| t.config_id.clone()),
+            };
+            match self.inner.inv.create_deployment(&new, chute.gpu_count.max(0) as usize).await {
+                Ok(gpus) => break (new, gpus),
+                Err(DbError::NotEnoughGpus { .. }) => {
+                    // Someone else (another replica, a server changed by the API) holds
+                    // what the in-memory copy showed free: reload it and decide again, once.
+                    tracing::warn!(chute = %chute.chute_id, server = %new.server_id,
+                        "the chosen server had no free GPUs left; reloading the inventory");
+                    self.inner.inv.reload().await?;
+                    if attempt >= 2 {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
         };
+        let server_id = new.server_id.clone();
         drop(guard);
         tracing::info!(chute = %chute.chute_id, server = %server_id, deployment = %deployment_id,
             job = ?new.job_id, "deploying");
@@ -696,6 +792,7 @@ impl Gepetto {
             tracing::info!(victim = %victim, chute = %chute.chute_id, server = %plan.server_id, "preempting");
             self.undeploy(victim).await?;
         }
+        self.wait_pods_gone(&plan.victims).await;
         let server = plan.server_id.clone();
         let placed = self
             .place(chute, job.clone(), token, move |_, fleet, snap, _| {
@@ -726,6 +823,52 @@ impl Gepetto {
         }
     }
 
+    /// The deploy's launch token (fetched unless preemption got it first), stored on
+    /// the row before the Job exists. The inner `Err` is the validator's refusal.
+    async fn deploy_token(
+        &self,
+        chute: &Chute,
+        deployment_id: &str,
+        job: Option<&JobCtx>,
+        token: Option<LaunchToken>,
+    ) -> Result<Result<Option<LaunchToken>, String>, GepettoError> {
+        let token = match token {
+            Some(t) => Some(t),
+            None => match self.launch_token(chute, job).await {
+                Ok(t) => t,
+                Err(why) => return Ok(Err(why)),
+            },
+        };
+        if let Some(t) = &token {
+            self.inner.inv.set_deployment_config(deployment_id, &t.config_id).await?;
+            let early = self.inner.early.lock().ok().and_then(|mut m| m.remove(&t.config_id));
+            if let Some(instance) = early {
+                self.inner.inv.set_instance(DeploymentKey::Config, &t.config_id, &instance).await?;
+            }
+        }
+        Ok(Ok(token))
+    }
+
+    /// The deployment's Service (an existing one is read back: a retried deploy).
+    async fn ensure_service(
+        &self,
+        chute: &Chute,
+        deployment_id: &str,
+        extra: &[ExtraPort],
+    ) -> Result<Service, GepettoError> {
+        let services: Api<Service> = Api::namespaced(self.inner.kube.clone(), &self.inner.cfg.namespace);
+        let svc = objects::service(deployment_id, &chute.chute_id, &chute.version, extra)
+            .map_err(|e| GepettoError::Invalid(e.to_string()))?;
+        match services.create(&PostParams::default(), &svc).await {
+            Ok(s) => Ok(s),
+            Err(e) if is_status(&e, 409) => services
+                .get(&objects::service_name(deployment_id))
+                .await
+                .map_err(kube_err(format!("reading Service of {deployment_id}"))),
+            Err(e) => Err(kube_err(format!("creating Service of {deployment_id}"))(e)),
+        }
+    }
+
     /// The deploy of section 11.2 after allocation: token, code, Service, Job, row.
     #[allow(clippy::too_many_arguments)]
     async fn run_deploy(
@@ -739,30 +882,10 @@ impl Gepetto {
         disk_gb: f64,
     ) -> Result<(), GepettoError> {
         let link = self.validator(&chute.validator)?.clone();
-        let token = match token {
-            Some(t) => Some(t),
-            None => match self.launch_token(chute, job.as_ref()).await {
-                Ok(t) => t,
-                Err(why) => {
-                    // 423 (at capacity), 403 (tried already), 404 (no such job): not ours to run.
-                    tracing::info!(chute = %chute.chute_id, deployment = %deployment_id, %why, "validator declined the launch");
-                    self.undeploy(deployment_id).await?;
-                    return Ok(());
-                }
-            },
-        };
-        if let Some(t) = &token {
-            self.inner.db.set_deployment_config(deployment_id, &t.config_id).await?;
-            let early = self.inner.early.lock().ok().and_then(|mut m| m.remove(&t.config_id));
-            if let Some(instance) = early {
-                self.inner.db.set_instance(DeploymentKey::Config, &t.config_id, &instance).await?;
-            }
-        }
-        self.ensure_code(chute).await?;
         let server = self
             .inner
-            .db
-            .find_server(server_id)
+            .inv
+            .server(server_id)
             .await?
             .ok_or_else(|| GepettoError::Invalid(format!("server {server_id} is gone")))?;
         let extra = {
@@ -774,17 +897,24 @@ impl Gepetto {
             ExtraPort::dedup(ports.into_iter().map(|(p, proto)| ExtraPort::new(p, &proto)))
         };
         let extra = if job.is_some() { extra } else { Vec::new() };
-        let services: Api<Service> = Api::namespaced(self.inner.kube.clone(), &self.inner.cfg.namespace);
-        let svc = objects::service(deployment_id, &chute.chute_id, &chute.version, &extra)
-            .map_err(|e| GepettoError::Invalid(e.to_string()))?;
-        let svc = match services.create(&PostParams::default(), &svc).await {
-            Ok(s) => s,
-            Err(e) if is_status(&e, 409) => services
-                .get(&objects::service_name(deployment_id))
-                .await
-                .map_err(kube_err(format!("reading Service of {deployment_id}")))?,
-            Err(e) => return Err(kube_err(format!("creating Service of {deployment_id}"))(e)),
+        // The launch token, the Service and the code ConfigMap do not depend on one
+        // another: they are made side by side; the Job needs all three.
+        let (token, svc, code) = tokio::join!(
+            self.deploy_token(chute, deployment_id, job.as_ref(), token),
+            self.ensure_service(chute, deployment_id, &extra),
+            self.ensure_code(chute, None),
+        );
+        let token = match token? {
+            Ok(t) => t,
+            Err(why) => {
+                // 423 (at capacity), 403 (tried already), 404 (no such job): not ours to run.
+                tracing::info!(chute = %chute.chute_id, deployment = %deployment_id, %why, "validator declined the launch");
+                self.undeploy(deployment_id).await?;
+                return Ok(());
+            }
         };
+        let svc = svc?;
+        code?;
         let ports = ServicePorts::from_service(&svc, &extra)
             .ok_or_else(|| GepettoError::Invalid(format!("Service of {deployment_id} got no node ports")))?;
         let ip = server.ip_address.clone().unwrap_or_default();
@@ -826,7 +956,7 @@ impl Gepetto {
             Err(e) if is_status(&e, 409) => {}
             Err(e) => return Err(kube_err(format!("creating Job of {deployment_id}"))(e)),
         }
-        if !self.inner.db.mark_deployed(deployment_id, &ip, ports.primary).await? {
+        if !self.inner.inv.mark_deployed(deployment_id, &ip, ports.primary).await? {
             // Undeployed while we were creating objects: remove what we made.
             self.delete_objects(deployment_id).await?;
             return Ok(());
@@ -839,7 +969,7 @@ impl Gepetto {
                     GepettoError::Validator { validator: link.hotkey.clone(), reason: e.to_string() }
                 })?;
             if let Some(instance) = reply.get("instance_id").and_then(|v| v.as_str()) {
-                self.inner.db.set_instance(DeploymentKey::Deployment, deployment_id, instance).await?;
+                self.inner.inv.set_instance(DeploymentKey::Deployment, deployment_id, instance).await?;
             }
         }
         tracing::info!(deployment = %deployment_id, chute = %chute.chute_id, node = %server.name, "chute Job applied");
@@ -850,7 +980,7 @@ impl Gepetto {
     /// the audit), validator instance, Job (else a legacy Deployment), Service.
     /// Idempotent: every step tolerates "already gone".
     pub async fn undeploy(&self, deployment_id: &str) -> Result<(), GepettoError> {
-        if let Some(row) = self.inner.db.take_deployment(deployment_id).await?
+        if let Some(row) = self.inner.inv.take_deployment(deployment_id).await?
             && let Some(instance) = &row.instance_id
             && let Some(v) = self.inner.validators.get(&row.validator)
             && let Err(e) = v.client.delete_instance(&row.chute_id, instance).await
@@ -859,6 +989,31 @@ impl Gepetto {
             tracing::warn!(deployment = %deployment_id, instance = %instance, error = %e, "validator instance not deleted");
         }
         self.delete_objects(deployment_id).await
+    }
+
+    /// Undeploy's last step (reference 11.2): until no pod of these deployments is
+    /// left, at most `pod_exit_wait`, so a deploy onto their GPUs does not meet a pod
+    /// still holding them. Reads the pod watch (a condition, not a fixed sleep); at the
+    /// bound it logs and goes on (Kubernetes then holds the new pod back until the
+    /// GPUs are free).
+    pub(crate) async fn wait_pods_gone(&self, deployment_ids: &[String]) {
+        let wait = self.inner.cfg.pod_exit_wait;
+        if deployment_ids.is_empty() || wait.is_zero() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left: Vec<&String> =
+                deployment_ids.iter().filter(|d| !self.inner.cluster.deployment_pods(d).is_empty()).collect();
+            if left.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(deployments = ?left, waited = ?wait, "pods of undeployed deployments are still there; going on");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn delete_objects(&self, deployment_id: &str) -> Result<(), GepettoError> {
@@ -893,7 +1048,7 @@ impl Gepetto {
         chute_id: &str,
         server_hint: Option<String>,
     ) -> Result<bool, GepettoError> {
-        let Some(chute) = self.inner.db.chute(chute_id).await? else { return Ok(false) };
+        let Some(chute) = self.inner.inv.chute(chute_id).await? else { return Ok(false) };
         let placed = self
             .place(&chute, None, None, move |strategy, fleet, snap, disk| match &server_hint {
                 Some(id) => fleet

@@ -19,6 +19,7 @@
 
 pub mod cluster;
 pub mod controller;
+pub mod inventory;
 pub mod loops;
 pub mod prometheus;
 pub mod snapshot;

@@ -15,6 +15,33 @@ use crate::cluster::{job_finished, pods_ready};
 use crate::controller::{Gepetto, GepettoError, RemoteState};
 use crate::strategy::AutoscaleMode;
 
+/// An item of `/miner/images/`: what reconcile's image sync (reference 11.8 step 6)
+/// needs of it.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+pub struct RemoteImage {
+    pub image_id: String,
+    #[serde(alias = "user")]
+    pub username: String,
+    pub name: String,
+    pub tag: String,
+    #[serde(default)]
+    pub patch_version: Option<String>,
+    #[serde(default)]
+    pub chutes_version: Option<String>,
+}
+
+impl RemoteImage {
+    /// `user/name:tag`, with `-<patch_version>` unless the patch is `initial`.
+    pub fn reference(&self) -> String {
+        match self.patch_version.as_deref() {
+            Some(p) if !p.is_empty() && p != "initial" => {
+                format!("{}/{}:{}-{}", self.username, self.name, self.tag, p)
+            }
+            _ => format!("{}/{}:{}", self.username, self.name, self.tag),
+        }
+    }
+}
+
 /// What one reconcile pass repaired, for logs and tests.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct ReconcileReport {
@@ -27,6 +54,10 @@ pub struct ReconcileReport {
     pub chutes_updated: usize,
     pub chutes_deleted: usize,
     pub servers_deleted: usize,
+    /// Chutes whose image or chutes version followed the validator's image (11.8 step 6).
+    pub images_synced: usize,
+    /// Remote chutes that had no local row and were created (11.8 step 11).
+    pub chutes_created: Vec<String>,
     /// Chutes placed again because their deploy died with a previous process.
     pub redeployed: Vec<String>,
 }
@@ -43,15 +74,16 @@ impl Gepetto {
                 c.utilization_typed(),
                 c.active_instances()
             );
-            let (chutes, instances, rolling) = if full {
-                let (a, b, r) = tokio::join!(
+            let (chutes, instances, rolling, images) = if full {
+                let (a, b, r, i) = tokio::join!(
                     c.typed_listing::<RemoteChute>(Listing::Chutes),
                     c.typed_listing::<RemoteInstance>(Listing::Instances),
-                    c.rolling_updates()
+                    c.rolling_updates(),
+                    c.typed_listing::<RemoteImage>(Listing::Images)
                 );
-                (Some(a), Some(b), Some(r))
+                (Some(a), Some(b), Some(r), Some(i))
             } else {
-                (None, None, None)
+                (None, None, None, None)
             };
             let mut remote = self.inner.remote.write().await;
             let st = remote.entry(hotkey.clone()).or_default();
@@ -93,6 +125,13 @@ impl Gepetto {
                 }
                 _ => {}
             }
+            match images {
+                Some(Ok(Some(list))) => {
+                    st.images = Some(list.into_iter().map(|i| (i.image_id.clone(), i)).collect())
+                }
+                Some(Err(e)) => tracing::warn!(validator = %hotkey, error = %e, "images listing failed"),
+                _ => {}
+            }
             if let Some(Ok(r)) = rolling {
                 st.rolling = r.iter().filter_map(|v| v["chute_id"].as_str().map(str::to_owned)).collect();
             }
@@ -102,6 +141,8 @@ impl Gepetto {
     /// One autoscaler tick (11.5 / 20.7); returns how many instances it placed.
     pub async fn autoscale_once(&self) -> Result<usize, GepettoError> {
         self.refresh(false).await;
+        // Servers the API added or locked since the last tick come in here.
+        self.inner.inv.reload().await?;
         let view = self.view().await;
         let fleet = self.snapshot().await?;
         let disk = f64::from(self.inner.cfg.default_disk_gb);
@@ -122,7 +163,7 @@ impl Gepetto {
     /// One activator tick: legacy (chutes < 0.3.0) instances whose pod is ready are
     /// activated at the validator (newer ones activate themselves via the JWT flow).
     pub async fn activate_once(&self) -> Result<usize, GepettoError> {
-        let rows = self.inner.db.fleet_rows().await?;
+        let rows = self.inner.inv.rows().await?;
         let chutes: HashMap<&str, &miner_db::Chute> =
             rows.chutes.iter().map(|c| (c.chute_id.as_str(), c)).collect();
         let mut n = 0;
@@ -139,7 +180,7 @@ impl Gepetto {
             let Some(link) = self.inner.validators.get(&d.validator) else { continue };
             match link.client.activate_instance(&d.chute_id, instance).await {
                 Ok(_) => {
-                    self.inner.db.activate_instance(None, instance).await?;
+                    self.inner.inv.activate_instance(None, instance).await?;
                     n += 1;
                 }
                 Err(e) => tracing::warn!(deployment = %d.deployment_id, error = %e, "activation failed"),
@@ -175,7 +216,7 @@ impl Gepetto {
                 && let (Some(cfg), Some(instances)) = (&d.config_id, st.and_then(|s| s.instances.as_ref()))
                 && let Some(found) = instances.values().find(|i| i.config_id.as_deref() == Some(cfg))
             {
-                self.inner.db.set_instance(miner_db::DeploymentKey::Config, cfg, &found.instance_id).await?;
+                self.inner.inv.set_instance(miner_db::DeploymentKey::Config, cfg, &found.instance_id).await?;
                 instance = Some(found.instance_id.clone());
                 report.instances_filled += 1;
             }
@@ -307,6 +348,59 @@ impl Gepetto {
                 _ => {}
             }
         }
+        // Remote chutes with no local row (and not mid-update): created as
+        // `chute_created` would (11.8 step 11), from the listing's record.
+        let local: HashSet<&str> = rows.chutes.iter().map(|c| c.chute_id.as_str()).collect();
+        for (hotkey, st) in &remote {
+            let Some(chutes) = &st.chutes else { continue };
+            let mut missing: Vec<&RemoteChute> = chutes
+                .values()
+                .filter(|r| !local.contains(r.chute_id.as_str()) && !st.rolling.contains(&r.chute_id))
+                .collect();
+            missing.sort_by(|a, b| a.chute_id.cmp(&b.chute_id));
+            for r in missing {
+                let chute = match self.store_remote_chute(hotkey, r).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(chute = %r.chute_id, error = %e, "reconcile: remote chute not stored");
+                        continue;
+                    }
+                };
+                tracing::info!(chute = %r.chute_id, version = %r.version, "reconcile: creating a chute missing here");
+                self.deploy_new_chute(&chute, Some(&r.code), !r.has_cords()).await?;
+                report.chutes_created.push(r.chute_id.clone());
+            }
+        }
+        // Image sync (11.8 step 6): a chute follows its remote image's reference and
+        // chutes version (the validator rebuilds images in place, with a new patch).
+        // After the creations above, so a chute just created follows its image too.
+        for c in &self.inner.inv.rows().await?.chutes {
+            let Some(st) = remote.get(&c.validator) else { continue };
+            let Some(image) = st
+                .chutes
+                .as_ref()
+                .and_then(|chutes| chutes.get(&c.chute_id))
+                .filter(|r| r.version == c.version)
+                .and_then(|r| r.image_id.as_ref())
+                .and_then(|id| st.images.as_ref()?.get(id))
+            else {
+                continue;
+            };
+            let reference = image.reference();
+            let version_moved = image.chutes_version.is_some() && image.chutes_version != c.chutes_version;
+            if reference != c.image || version_moved {
+                tracing::info!(chute = %c.chute_id, from = %c.image, to = %reference, "reconcile: image sync");
+                self.inner
+                    .inv
+                    .update_chute_images(
+                        std::slice::from_ref(&c.chute_id),
+                        &reference,
+                        image.chutes_version.as_deref(),
+                    )
+                    .await?;
+                report.images_synced += 1;
+            }
+        }
         // Servers whose node left the cluster.
         let nodes = self.inner.cluster.nodes();
         if !nodes.is_empty() {
@@ -322,6 +416,9 @@ impl Gepetto {
                 }
             }
         }
+        // The database is the authority: the in-memory copy starts again from it.
+        self.forget_code_maps();
+        self.inner.inv.reload().await?;
         Ok(report)
     }
 

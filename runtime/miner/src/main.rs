@@ -329,6 +329,7 @@ async fn run_gepetto(group: String, consumer: Option<String>) -> Result<()> {
     cfg.reconcile_interval = Duration::from_secs(settings.reconcile_interval_secs);
     cfg.max_concurrent_deploys = settings.max_concurrent_deploys;
     cfg.prometheus_url = Some(settings.prometheus_url.clone());
+    cfg.pod_exit_wait = Duration::from_secs(settings.pod_exit_wait_secs);
     let cluster = miner_gepetto::cluster::Cluster::start(client.clone(), &api.namespace, shutdown.clone());
     let gepetto = miner_gepetto::Gepetto::new(db, client, cluster, cfg, strategy.clone(), links);
     tracing::info!(%group, consumer = %name, strategy = strategy.name(), "gepetto scheduling");

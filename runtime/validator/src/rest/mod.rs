@@ -273,9 +273,34 @@ impl ValidatorClient {
     }
 
     /// `GET /miner/active_instances/` (purpose `miner`): every miner's active instances
-    /// with their compute multipliers (the successor's preemption input).
+    /// with their compute multipliers (the successor's preemption input). Read as a
+    /// JSON array, or as a `data:` stream like the other `/miner/*` listings (the
+    /// reference names the endpoint, not its framing; the validator emulator answers
+    /// JSON).
     pub async fn active_instances(&self) -> Result<Option<Vec<ActiveInstance>>, RestError> {
-        self.typed_listing(Listing::ActiveInstances).await
+        let path = Listing::ActiveInstances.path();
+        let timeout = self.options.listing_timeout;
+        let response = self.send(Method::GET, path, Sign::Purpose("miner"), None, timeout).await?;
+        let fail = |reason: String| self.decode(Method::GET, path, reason);
+        let body = response.bytes().await.map_err(|e| fail(format!("reading the reply: {e}")))?;
+        if body.len() > self.options.max_listing_bytes {
+            return Err(fail(format!("reply over {} bytes", self.options.max_listing_bytes)));
+        }
+        let items: Vec<Value> = if body.trim_ascii_start().first() == Some(&b'[') {
+            serde_json::from_slice(&body).map_err(|e| fail(format!("malformed JSON: {e}")))?
+        } else {
+            let mut parser = ListingParser::new(self.options.max_listing_bytes);
+            parser.feed(&body).map_err(fail)?;
+            match parser.finish().map_err(fail)?.authoritative() {
+                Some(items) => items,
+                None => return Ok(None),
+            }
+        };
+        items
+            .into_iter()
+            .map(|item| serde_json::from_value(item).map_err(|e| fail(format!("malformed item: {e}"))))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
     /// `GET /chutes/utilization`, typed.

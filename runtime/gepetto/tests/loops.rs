@@ -1,0 +1,149 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! The reconciler's image sync and creation of chutes missing here, and the
+//! successor's strategy end to end: its preemption reads every miner's instances from
+//! the validator emulator's `GET /miner/active_instances/`.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use miner_events::Event;
+use miner_events::payloads::*;
+use miner_gepetto::Multiplier;
+use miner_validator::ValidatorTarget;
+use miner_validator::rest::{RestOptions, ValidatorClient};
+use validator_emulator::{ChuteSpec, ImageSpec};
+
+fn image(patch: Option<&str>, chutes_version: &str) -> ImageSpec {
+    ImageSpec {
+        image_id: "img-1".into(),
+        username: "chutes".into(),
+        name: "vllm".into(),
+        tag: "0.9".into(),
+        patch_version: patch.map(str::to_owned),
+        chutes_version: chutes_version.into(),
+    }
+}
+
+fn chute_spec(id: &str, multiplier: f64) -> ChuteSpec {
+    ChuteSpec { compute_multiplier: multiplier, ..ChuteSpec::simple(id, "img-1", &["h100"]) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_follows_rebuilt_images_and_creates_chutes_it_missed() {
+    let w = world(Shape { servers: 1, gpus: 4, ..Shape::default() }).await;
+    w.validator.add_image(image(None, "0.3.40"));
+    w.validator.add_chute(chute_spec("synced", 1.0));
+    w.twice(&w.created("synced", "v1", false)).await;
+    let before = w.db.chute("synced").await.unwrap().unwrap();
+    assert_eq!(before.image, "chutes/vllm:0.9");
+
+    // The validator rebuilds the image (a patch, a newer chutes library), and two chutes
+    // appear while no event reaches this miner: one with cords, one job-only.
+    w.validator.add_image(image(Some("p2"), "0.3.41"));
+    w.validator.add_chute(chute_spec("missed", 1.0));
+    w.validator.add_chute(ChuteSpec { cords: vec![], ..chute_spec("missed-jobs", 1.0) });
+
+    let report = w.gepetto.reconcile_once().await.unwrap();
+    w.gepetto.wait_idle().await;
+    assert!(report.undeployed.is_empty(), "{report:?}");
+    assert_eq!(report.images_synced, 3, "the created ones follow the rebuilt image too: {report:?}");
+    let synced = w.db.chute("synced").await.unwrap().unwrap();
+    assert_eq!(synced.image, "chutes/vllm:0.9-p2");
+    assert_eq!(synced.chutes_version.as_deref(), Some("0.3.41"));
+    assert_eq!(report.chutes_created, ["missed", "missed-jobs"]);
+    assert_eq!(w.db.chute("missed").await.unwrap().unwrap().image, "chutes/vllm:0.9-p2");
+
+    let rows = w.db.fleet_rows().await.unwrap();
+    let of = |chute: &str| rows.deployments.iter().filter(|d| d.chute_id == chute).count();
+    assert_eq!((of("synced"), of("missed"), of("missed-jobs")), (1, 1, 0), "deploy on create, not for jobs");
+    let missed = rows.deployments.iter().find(|d| d.chute_id == "missed").unwrap();
+    let job = w.job(&missed.deployment_id).expect("the missed chute's Job");
+    assert_eq!(job["metadata"]["labels"]["chutes/chute-id"], "missed");
+    for chute in ["missed", "missed-jobs"] {
+        let cm = miner_k8s::code_configmap_name(chute, "v1");
+        let cm = w.kube.get("v1", "ConfigMap", Some(NS), &cm).unwrap().expect("code ConfigMap");
+        assert_eq!(cm["data"]["app.py"], format!("# chute {chute}\n"));
+    }
+
+    // Nothing left to repair: a second pass changes nothing.
+    let again = w.gepetto.reconcile_once().await.unwrap();
+    w.gepetto.wait_idle().await;
+    assert_eq!((again.images_synced, again.chutes_created.len(), again.undeployed.len()), (0, 0, 0));
+    assert_eq!(w.db.fleet_rows().await.unwrap().deployments.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_multiplier_strategy_preempts_by_the_validators_active_instances() {
+    let w =
+        world(Shape { servers: 1, gpus: 1, strategy: Arc::new(Multiplier::default()), ..Shape::default() })
+            .await;
+    w.validator.add_image(image(None, "0.3.40"));
+    w.validator.add_chute(chute_spec("cheap", 1.0));
+    w.validator.add_chute(chute_spec("rich", 3.0));
+
+    // Our one GPU runs "cheap"; its chute starts and the validator activates it.
+    w.twice(&w.created("cheap", "v1", false)).await;
+    let ours = w.db.fleet_rows().await.unwrap().deployments[0].clone();
+    let config = ours.config_id.clone().unwrap();
+    let instance = w.validator.start_chute(&config, "192.0.2.1", 32000, &[&gpu_uuid(0, 0)]).await.unwrap();
+    w.twice(&w.instance("created", &instance, Some(&config))).await;
+    w.twice(&w.instance("activated", &instance, Some(&config))).await;
+    // Activated long enough ago to be a victim (the successor spares the first 62 min).
+    let pool = sqlx::PgPool::connect(&w.db_url).await.unwrap();
+    sqlx::query("UPDATE deployments SET activated_at = NOW() - INTERVAL '2 hours'")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let bounty = Event::BountyChange(BountyChange {
+        chute_id: "rich".into(),
+        bounty: Some(10.0),
+        validator: w.vhot.clone(),
+    });
+    w.twice(&w.created("rich", "v1", false)).await;
+    // The autoscaler tick reads active_instances (and the inventory) into Gepetto.
+    w.gepetto.autoscale_once().await.unwrap();
+    w.twice(&bounty).await;
+    let rows = w.db.fleet_rows().await.unwrap();
+    assert_eq!(
+        rows.deployments.iter().map(|d| d.chute_id.as_str()).collect::<Vec<_>>(),
+        ["cheap"],
+        "ours is the only instance of cheap anywhere: never preempted"
+    );
+
+    // Another miner runs cheap too: ours is no longer its last instance, and the
+    // validator pays it less than the newcomer.
+    let other = hotkey("0x5555555555555555555555555555555555555555555555555555555555555555");
+    w.validator.register_hotkeys([w.miner.as_str(), other.ss58()]);
+    let target = ValidatorTarget {
+        hotkey: w.vhot.clone(),
+        api: w.validator.api_url(),
+        socket: w.validator.socket_url(),
+    };
+    let rest = ValidatorClient::with_options(&target, Arc::new(other), RestOptions::default()).unwrap();
+    let theirs = rest.launch_config("cheap", None).await.unwrap();
+    w.validator
+        .start_chute(&theirs.config_id, "198.51.100.9", 32000, &["ffffffff-0000-4000-8000-000000000001"])
+        .await
+        .unwrap();
+    let active = rest.active_instances().await.unwrap().unwrap();
+    assert_eq!(active.iter().filter(|i| i.chute_id == "cheap").count(), 2);
+
+    w.gepetto.autoscale_once().await.unwrap();
+    w.twice(&bounty).await;
+    let rows = w.db.fleet_rows().await.unwrap();
+    assert_eq!(rows.deployments.len(), 1);
+    let now = &rows.deployments[0];
+    assert_eq!(now.chute_id, "rich", "cheap (multiplier 1) made room for rich (3)");
+    assert!(w.job(&ours.deployment_id).is_none());
+    assert!(w.job(&now.deployment_id).is_some());
+    let deleted = w
+        .validator
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "DELETE" && r.path == format!("/instances/cheap/{instance}"))
+        .count();
+    assert_eq!(deleted, 1, "the preempted instance is removed at the validator");
+}
