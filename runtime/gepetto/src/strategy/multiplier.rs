@@ -17,6 +17,30 @@ const CANDIDATE_POOL: usize = 2;
 /// A victim must have been active this long (62 minutes in the successor).
 const MIN_ACTIVE: i64 = 62;
 
+/// A new instance expected to be busier than this share of the time is worth its
+/// GPUs; below it, the GPUs are left for a chute with demand (the validator scores
+/// utilisation and scales idle chutes down, reference 21 on chutes-api #22).
+const MIN_EXPECTED_UTILISATION: f64 = 0.3;
+
+/// The share of time one more instance of the chute would be busy, from the last
+/// hour's metrics: its demand (compute served plus rate-limited invocations at the
+/// mean compute time, in instances' worth) over the instances there would be. A
+/// chute no miner serves (a bounty) counts as fully busy; one with instances but no
+/// metrics has had no traffic and counts as idle.
+pub(crate) fn expected_utilisation(chute_id: &str, view: &ValidatorView) -> f64 {
+    let instances = view.instance_count(chute_id).unwrap_or(0);
+    let Some(m) = view.metrics.get(chute_id) else {
+        return if instances == 0 { 1.0 } else { 0.0 };
+    };
+    let per_invocation =
+        if m.total_invocations > 0.0 { m.total_compute_time / m.total_invocations } else { 0.0 };
+    let demand = (m.total_compute_time + m.rate_limit_count * per_invocation) / 3600.0;
+    if instances == 0 && demand <= 0.0 {
+        return 1.0;
+    }
+    (demand / (instances + 1) as f64).min(1.0)
+}
+
 #[derive(Debug, Default)]
 pub struct Multiplier {
     /// Rotates through the candidate pool (the successor picked at random; a
@@ -64,11 +88,15 @@ impl Strategy for Multiplier {
                 continue;
             }
             let Some(multiplier) = remote.effective_compute_multiplier else { continue };
+            let utilisation = expected_utilisation(chute_id, view);
+            if utilisation < MIN_EXPECTED_UTILISATION {
+                continue; // it would sit idle on GPUs a busier chute can use
+            }
             let Some(server) = placements.best(chute) else { continue };
             out.push(ScaleUp {
                 chute_id: chute_id.clone(),
                 server_id: server.server_id.clone(),
-                value: per_cost(multiplier, server, chute.gpu_count),
+                value: per_cost(multiplier * utilisation, server, chute.gpu_count),
             });
         }
         out.sort_by(|a, b| b.value.total_cmp(&a.value).then_with(|| a.chute_id.cmp(&b.chute_id)));
