@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::{AutoscaleMode, JobDecision, JobOffer, Preemption, ScaleUp, Strategy, fitting_servers, per_cost};
+use super::{
+    AutoscaleMode, JobDecision, JobOffer, Preemption, ScaleUp, Strategy, fitting_servers, preemption_servers,
+    push_candidate, ranked, screen_job,
+};
 use crate::snapshot::{ChuteSnap, FleetSnapshot, LastInvocations, ValidatorView};
 
 /// Best-fit servers considered per placement; one is picked in turn so a single
@@ -92,15 +95,9 @@ impl Strategy for Multiplier {
             if utilisation < MIN_EXPECTED_UTILISATION {
                 continue; // it would sit idle on GPUs a busier chute can use
             }
-            let Some(server) = placements.best(chute) else { continue };
-            out.push(ScaleUp {
-                chute_id: chute_id.clone(),
-                server_id: server.server_id.clone(),
-                value: per_cost(multiplier * utilisation, server, chute.gpu_count),
-            });
+            push_candidate(&mut out, &mut placements, chute, multiplier * utilisation);
         }
-        out.sort_by(|a, b| b.value.total_cmp(&a.value).then_with(|| a.chute_id.cmp(&b.chute_id)));
-        out
+        ranked(out)
     }
 
     fn autoscale_mode(&self) -> AutoscaleMode {
@@ -121,11 +118,8 @@ impl Strategy for Multiplier {
         chute: &ChuteSnap,
         fleet: &FleetSnapshot,
     ) -> JobDecision {
-        if job.exclude.iter().any(|h| h == miner) {
-            return JobDecision::Refuse { why: "this miner is excluded from the job".into() };
-        }
-        if chute.banned {
-            return JobDecision::Refuse { why: "the chute is banned".into() };
+        if let Some(refusal) = screen_job(job, miner, chute) {
+            return refusal;
         }
         match self.scale_up_server(chute, fleet, job.disk_gb) {
             Some(server_id) => JobDecision::Deploy { server_id },
@@ -147,19 +141,7 @@ impl Strategy for Multiplier {
         }
         let newcomer = view.chutes.get(&chute.chute_id).and_then(|c| c.effective_compute_multiplier)?;
         let mut counts: std::collections::HashMap<String, usize> = Default::default();
-        let mut servers: Vec<_> = fleet
-            .servers
-            .iter()
-            .filter(|s| {
-                !s.locked && s.has_disk(disk_gb) && s.total_gpus(&chute.supported_gpus) >= chute.gpu_count
-            })
-            .collect();
-        servers.sort_by(|a, b| {
-            a.hourly_cost
-                .total_cmp(&b.hourly_cost)
-                .then(a.free_gpus(&chute.supported_gpus).cmp(&b.free_gpus(&chute.supported_gpus)))
-                .then_with(|| a.name.cmp(&b.name))
-        });
+        let servers = preemption_servers(fleet, &chute.supported_gpus, chute.gpu_count, disk_gb);
         for server in servers {
             let free = server.free_gpus(&chute.supported_gpus);
             if free >= chute.gpu_count {
