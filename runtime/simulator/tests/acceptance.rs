@@ -76,16 +76,16 @@ fn a_recording_is_a_trace_the_simulator_replays() {
     assert!(Trace::read(&b"{\"kind\":\"demand\",\"t\":0,\"chute_id\":\"c\",\"load\":1.0}\n"[..]).is_err());
 }
 
-/// Never used while building the model or the strategy.
+/// Never used while building the model or the strategy (seeds 1-5 and 11-21 were).
 const ACCEPTANCE_SEEDS: [u64; 5] = [7001, 7002, 7003, 7004, 7005];
 
 #[test]
-#[ignore = "not met: on the simulator's model the default strategy earns about 0.95-1.07x the heuristic per \
-            dollar (both fill the fleet; Gepetto's controller has no path that replaces idle instances); \
-            run with --ignored to see the table"]
+#[ignore = "not met: the default strategy (multiplier) earns 1.11-1.20x the heuristic per dollar on these \
+            seeds, not 1.3x (README: Results); about 100 s unoptimised; run with --ignored for the tables"]
 fn the_default_strategy_earns_1_3x_the_heuristic_per_dollar_on_untuned_seeds() {
     for seed in ACCEPTANCE_SEEDS {
-        let cmp = compare(&generate(&GenParams { seed, ..small(seed) }), &both()).unwrap();
+        // the issue's setting: a week of 100 servers
+        let cmp = compare(&generate(&GenParams { seed, ..GenParams::default() }), &both()).unwrap();
         print!("{}", cmp.table());
         let (h, d) = (&cmp.results[0], &cmp.results[1]);
         assert!(h.value_per_dollar > 0.0, "seed {seed}: the heuristic earned nothing");
