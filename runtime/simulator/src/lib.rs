@@ -36,7 +36,9 @@ pub enum SimError {
 /// Strategies the simulator knows, the original first (tables compare to it).
 pub const STRATEGIES: [&str; 2] = ["heuristic", "multiplier"];
 
-/// The strategy this project ships as its recommended default.
+/// The strategy scored as "the default" (the acceptance). Gepetto's
+/// `GEPETTO_STRATEGY` still defaults to `heuristic` (runtime/config); these runs are
+/// the case for switching it to this one.
 pub const DEFAULT_STRATEGY: &str = "multiplier";
 
 /// A fresh instance of a strategy by name (`default` names [`DEFAULT_STRATEGY`]).
