@@ -2,8 +2,9 @@
 //! how long generation and each simulation take (medians of 3). The target (under a
 //! minute per strategy on a 2-core machine) is read from the output, never asserted.
 //!
-//! `cargo bench -p miner-simulator --bench week` (release), or
-//! `cargo run -p miner-simulator --example ... ` is not needed: this is the whole bench.
+//! `cargo bench -p miner-simulator --bench week` (release; builds Gepetto's whole
+//! dependency tree optimised), or `cargo test -p miner-simulator --bench week` to time
+//! the unoptimised build, as the README's figures do.
 
 use std::time::{Duration, Instant};
 
