@@ -30,6 +30,8 @@ enum Command {
     /// Build the miner's container images and import them into every node.
     #[command(subcommand)]
     Images(cmd::images::ImagesCommand),
+    /// Score Gepetto's strategies on a seeded or recorded trace (value, utilisation, preemptions).
+    Simulate(cmd::simulate::SimulateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -42,6 +44,7 @@ fn main() -> std::process::ExitCode {
         Command::AddNode(a) => cmd::add_node::run(a),
         Command::RemoveNode(a) => cmd::remove_node::run(a),
         Command::Images(c) => cmd::images::run(c),
+        Command::Simulate(a) => cmd::simulate::run(a),
     };
     match result {
         Ok(code) => code,

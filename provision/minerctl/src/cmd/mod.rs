@@ -8,6 +8,7 @@ pub mod node_common;
 pub mod provision;
 pub mod remove_node;
 pub mod render;
+pub mod simulate;
 pub mod ssh;
 
 use std::path::Path;

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::{
     AutoscaleMode, JobDecision, JobOffer, PlacementCache, Preemption, ScaleUp, Strategy, fitting_servers,
-    per_cost,
+    preemption_servers, push_candidate, ranked, screen_job,
 };
 use crate::snapshot::{ChuteSnap, FleetSnapshot, LastInvocations, ValidatorView};
 
@@ -64,15 +64,9 @@ impl Strategy for Heuristic {
                 compute_units
             };
             let gain = if total > 0.0 { theoretical / (total + 1.0) } else { theoretical };
-            let Some(server) = placements.best(chute) else { continue };
-            out.push(ScaleUp {
-                chute_id: chute_id.clone(),
-                server_id: server.server_id.clone(),
-                value: per_cost(gain, server, chute.gpu_count),
-            });
+            push_candidate(&mut out, &mut placements, chute, gain);
         }
-        out.sort_by(|a, b| b.value.total_cmp(&a.value).then_with(|| a.chute_id.cmp(&b.chute_id)));
-        out
+        ranked(out)
     }
 
     fn autoscale_mode(&self) -> AutoscaleMode {
@@ -90,11 +84,8 @@ impl Strategy for Heuristic {
         chute: &ChuteSnap,
         fleet: &FleetSnapshot,
     ) -> JobDecision {
-        if job.exclude.iter().any(|h| h == miner) {
-            return JobDecision::Refuse { why: "this miner is excluded from the job".into() };
-        }
-        if chute.banned {
-            return JobDecision::Refuse { why: "the chute is banned".into() };
+        if let Some(refusal) = screen_job(job, miner, chute) {
+            return refusal;
         }
         if let Some(server_id) = self.scale_up_server(chute, fleet, job.disk_gb) {
             return JobDecision::Deploy { server_id };
@@ -136,17 +127,7 @@ impl Strategy for Heuristic {
             (usage + rate_limited * per_invocation) / m.instance_count.max(1) as f64
         };
         let mut counts: std::collections::HashMap<String, usize> = Default::default();
-        let mut servers: Vec<_> = fleet
-            .servers
-            .iter()
-            .filter(|s| !s.locked && s.has_disk(disk_gb) && s.total_gpus(&supported) >= chute.gpu_count)
-            .collect();
-        servers.sort_by(|a, b| {
-            a.hourly_cost
-                .total_cmp(&b.hourly_cost)
-                .then(a.free_gpus(&supported).cmp(&b.free_gpus(&supported)))
-                .then_with(|| a.name.cmp(&b.name))
-        });
+        let servers = preemption_servers(fleet, &supported, chute.gpu_count, disk_gb);
         for server in servers {
             let free = server.free_gpus(&supported);
             if free >= chute.gpu_count {

@@ -131,6 +131,62 @@ pub(crate) fn fitting_servers<'a>(
     fits
 }
 
+/// Adds a scale-up candidate worth `gain` on the chute's best server, if one fits.
+pub(crate) fn push_candidate(
+    out: &mut Vec<ScaleUp>,
+    placements: &mut PlacementCache<'_>,
+    chute: &ChuteSnap,
+    gain: f64,
+) {
+    if let Some(server) = placements.best(chute) {
+        out.push(ScaleUp {
+            chute_id: chute.chute_id.clone(),
+            server_id: server.server_id.clone(),
+            value: per_cost(gain, server, chute.gpu_count),
+        });
+    }
+}
+
+/// Best candidate first; equal values by chute id, so the order is reproducible.
+pub(crate) fn ranked(mut out: Vec<ScaleUp>) -> Vec<ScaleUp> {
+    out.sort_by(|a, b| b.value.total_cmp(&a.value).then_with(|| a.chute_id.cmp(&b.chute_id)));
+    out
+}
+
+/// The refusals every strategy shares: an excluded miner, a banned chute.
+pub(crate) fn screen_job(job: &JobOffer, miner: &str, chute: &ChuteSnap) -> Option<JobDecision> {
+    if job.exclude.iter().any(|h| h == miner) {
+        return Some(JobDecision::Refuse { why: "this miner is excluded from the job".into() });
+    }
+    if chute.banned {
+        return Some(JobDecision::Refuse { why: "the chute is banned".into() });
+    }
+    None
+}
+
+/// Servers preemption may target for `gpu_count` GPUs of `models`: unlocked, with
+/// the disk and enough such GPUs held or not; cheapest first, then fewest free
+/// (bin packing), then by name.
+pub(crate) fn preemption_servers<'a>(
+    fleet: &'a FleetSnapshot,
+    models: &[String],
+    gpu_count: usize,
+    disk_gb: f64,
+) -> Vec<&'a ServerSnap> {
+    let mut servers: Vec<_> = fleet
+        .servers
+        .iter()
+        .filter(|s| !s.locked && s.has_disk(disk_gb) && s.total_gpus(models) >= gpu_count)
+        .collect();
+    servers.sort_by(|a, b| {
+        a.hourly_cost
+            .total_cmp(&b.hourly_cost)
+            .then(a.free_gpus(models).cmp(&b.free_gpus(models)))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    servers
+}
+
 /// Value per GPU-hour of cost; a zero or negative cost (19.8: ZeroDivision in the
 /// original) counts as a tiny positive cost instead of failing.
 pub(crate) fn per_cost(gain: f64, server: &ServerSnap, gpu_count: usize) -> f64 {

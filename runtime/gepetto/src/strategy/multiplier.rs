@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::{AutoscaleMode, JobDecision, JobOffer, Preemption, ScaleUp, Strategy, fitting_servers, per_cost};
+use super::{
+    AutoscaleMode, JobDecision, JobOffer, Preemption, ScaleUp, Strategy, fitting_servers, preemption_servers,
+    push_candidate, ranked, screen_job,
+};
 use crate::snapshot::{ChuteSnap, FleetSnapshot, LastInvocations, ValidatorView};
 
 /// Best-fit servers considered per placement; one is picked in turn so a single
@@ -16,6 +19,30 @@ use crate::snapshot::{ChuteSnap, FleetSnapshot, LastInvocations, ValidatorView};
 const CANDIDATE_POOL: usize = 2;
 /// A victim must have been active this long (62 minutes in the successor).
 const MIN_ACTIVE: i64 = 62;
+
+/// A new instance expected to be busier than this share of the time is worth its
+/// GPUs; below it, the GPUs are left for a chute with demand (the validator scores
+/// utilisation and scales idle chutes down, reference 21 on chutes-api #22).
+const MIN_EXPECTED_UTILISATION: f64 = 0.3;
+
+/// The share of time one more instance of the chute would be busy, from the last
+/// hour's metrics: its demand (compute served plus rate-limited invocations at the
+/// mean compute time, in instances' worth) over the instances there would be. A
+/// chute no miner serves (a bounty) counts as fully busy; one with instances but no
+/// metrics has had no traffic and counts as idle.
+pub(crate) fn expected_utilisation(chute_id: &str, view: &ValidatorView) -> f64 {
+    let instances = view.instance_count(chute_id).unwrap_or(0);
+    let Some(m) = view.metrics.get(chute_id) else {
+        return if instances == 0 { 1.0 } else { 0.0 };
+    };
+    let per_invocation =
+        if m.total_invocations > 0.0 { m.total_compute_time / m.total_invocations } else { 0.0 };
+    let demand = (m.total_compute_time + m.rate_limit_count * per_invocation) / 3600.0;
+    if instances == 0 && demand <= 0.0 {
+        return 1.0;
+    }
+    (demand / (instances + 1) as f64).min(1.0)
+}
 
 #[derive(Debug, Default)]
 pub struct Multiplier {
@@ -64,15 +91,13 @@ impl Strategy for Multiplier {
                 continue;
             }
             let Some(multiplier) = remote.effective_compute_multiplier else { continue };
-            let Some(server) = placements.best(chute) else { continue };
-            out.push(ScaleUp {
-                chute_id: chute_id.clone(),
-                server_id: server.server_id.clone(),
-                value: per_cost(multiplier, server, chute.gpu_count),
-            });
+            let utilisation = expected_utilisation(chute_id, view);
+            if utilisation < MIN_EXPECTED_UTILISATION {
+                continue; // it would sit idle on GPUs a busier chute can use
+            }
+            push_candidate(&mut out, &mut placements, chute, multiplier * utilisation);
         }
-        out.sort_by(|a, b| b.value.total_cmp(&a.value).then_with(|| a.chute_id.cmp(&b.chute_id)));
-        out
+        ranked(out)
     }
 
     fn autoscale_mode(&self) -> AutoscaleMode {
@@ -93,11 +118,8 @@ impl Strategy for Multiplier {
         chute: &ChuteSnap,
         fleet: &FleetSnapshot,
     ) -> JobDecision {
-        if job.exclude.iter().any(|h| h == miner) {
-            return JobDecision::Refuse { why: "this miner is excluded from the job".into() };
-        }
-        if chute.banned {
-            return JobDecision::Refuse { why: "the chute is banned".into() };
+        if let Some(refusal) = screen_job(job, miner, chute) {
+            return refusal;
         }
         match self.scale_up_server(chute, fleet, job.disk_gb) {
             Some(server_id) => JobDecision::Deploy { server_id },
@@ -119,19 +141,7 @@ impl Strategy for Multiplier {
         }
         let newcomer = view.chutes.get(&chute.chute_id).and_then(|c| c.effective_compute_multiplier)?;
         let mut counts: std::collections::HashMap<String, usize> = Default::default();
-        let mut servers: Vec<_> = fleet
-            .servers
-            .iter()
-            .filter(|s| {
-                !s.locked && s.has_disk(disk_gb) && s.total_gpus(&chute.supported_gpus) >= chute.gpu_count
-            })
-            .collect();
-        servers.sort_by(|a, b| {
-            a.hourly_cost
-                .total_cmp(&b.hourly_cost)
-                .then(a.free_gpus(&chute.supported_gpus).cmp(&b.free_gpus(&chute.supported_gpus)))
-                .then_with(|| a.name.cmp(&b.name))
-        });
+        let servers = preemption_servers(fleet, &chute.supported_gpus, chute.gpu_count, disk_gb);
         for server in servers {
             let free = server.free_gpus(&chute.supported_gpus);
             if free >= chute.gpu_count {

@@ -316,3 +316,46 @@ fn placement_cache_agrees_with_a_fresh_scan() {
         assert_eq!(cache.best(chute).map(|s| s.server_id.clone()), fresh, "{}", chute.chute_id);
     }
 }
+
+#[test]
+fn multiplier_autoscaler_weighs_expected_utilisation_and_skips_idle_chutes() {
+    let busy = chute("busy", &["h100"], 1);
+    let half = chute("half", &["h100"], 1);
+    let idle = chute("idle", &["h100"], 1);
+    let unserved = chute("unserved", &["h100"], 1);
+    let f = fleet_of(vec![server("s", "h100", 8, 1.0)], [busy, half, idle, unserved]);
+    let mut view = ValidatorView::default();
+    for id in ["busy", "half", "idle", "unserved"] {
+        view.chutes.insert(
+            id.into(),
+            RemoteChuteInfo {
+                version: "v1".into(),
+                has_cords: true,
+                effective_compute_multiplier: Some(2.0),
+            },
+        );
+    }
+    // (compute seconds in the hour, rate-limited invocations, instances)
+    for (id, compute, limited, instances) in
+        [("busy", 3600.0, 360.0, 1), ("half", 3600.0, 0.0, 1), ("idle", 720.0, 0.0, 2)]
+    {
+        view.metrics.insert(
+            id.into(),
+            RemoteMetrics {
+                chute_id: id.into(),
+                total_compute_time: compute,
+                total_invocations: 360.0,
+                rate_limit_count: limited,
+                instance_count: instances,
+                ..Default::default()
+            },
+        );
+    }
+    let ranked = Multiplier::default().autoscale(&f, &view, 10.0);
+    let order: Vec<_> = ranked.iter().map(|s| s.chute_id.as_str()).collect();
+    // busy: (3600 + 360 × 10) / 3600 = 2 instances' worth over 2 instances → 1.0;
+    // half: 1 over 2 → 0.5; idle: 0.2 over 3 → under 0.3, skipped; unserved: no
+    // miner serves it (a bounty) → counted as busy
+    assert_eq!(order, ["busy", "unserved", "half"]);
+    assert!((ranked[0].value - 2.0).abs() < 1e-9 && (ranked[2].value - 1.0).abs() < 1e-9, "{ranked:?}");
+}

@@ -1,0 +1,42 @@
+//! `minerctl simulate` end to end: the binary generates a small trace, compares the
+//! strategies, and writes JSON, the SVG plot and the trace; a replay of that trace
+//! prints the same JSON.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+fn minerctl(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_minerctl")).args(args).output().unwrap()
+}
+
+#[test]
+fn simulate_prints_json_writes_the_plot_and_replays_its_trace() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("value.svg");
+    let trace = dir.path().join("trace.jsonl");
+    let small = ["simulate", "--seed", "3", "--days", "0.5", "--servers", "4", "--output", "json"];
+    let out = minerctl(
+        &[&small[..], &["--svg", svg.to_str().unwrap(), "--write-trace", trace.to_str().unwrap()]].concat(),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> =
+        json["results"].as_array().unwrap().iter().map(|r| r["strategy"].as_str().unwrap()).collect();
+    assert_eq!(names, ["heuristic", "multiplier"]);
+    assert!(json["results"][0]["value_per_dollar"].as_f64().unwrap() >= 0.0);
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.starts_with("<svg") && plot.matches("<polyline").count() == 2, "{plot}");
+
+    let replay = minerctl(&["simulate", "--trace", trace.to_str().unwrap(), "--output", "json"]);
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    assert_eq!(replay.stdout, out.stdout, "a replay of the written trace gives the same figures");
+
+    let table = minerctl(&["simulate", "--days", "0.25", "--servers", "2"]);
+    let text = String::from_utf8(table.stdout).unwrap();
+    assert!(text.contains("value/$") && text.contains("multiplier"), "{text}");
+
+    let bad = minerctl(&["simulate", "--days", "0.25", "--servers", "2", "--strategy", "greedy"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no strategy named \"greedy\""));
+}

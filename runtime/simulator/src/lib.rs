@@ -1,0 +1,69 @@
+//! `miner-simulator`: scores Gepetto's strategies before they touch paid GPUs.
+//!
+//! A deterministic discrete-event simulator ([`Simulator`]) drives the real
+//! [`miner_gepetto::Strategy`] implementations through the same
+//! [`miner_gepetto::FleetSnapshot`] / [`miner_gepetto::ValidatorView`] interface
+//! Gepetto uses, over a trace ([`trace`]) that either a seeded generator
+//! ([`generate`]) or a recording of a real miner ([`record`]) produced. The value
+//! model and every assumption are in this crate's README.
+
+pub mod generate;
+pub mod record;
+pub mod report;
+pub mod rng;
+pub mod sim;
+pub mod trace;
+
+use miner_gepetto::strategy::{Heuristic, Multiplier, Strategy};
+
+pub use generate::{GenParams, generate};
+pub use report::{Comparison, StrategyResult};
+pub use sim::Simulator;
+pub use trace::{Record, Trace};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("reading or writing a trace: {0}")]
+    Io(#[source] std::io::Error),
+    #[error("encoding a trace record: {0}")]
+    Json(#[source] serde_json::Error),
+    #[error("invalid trace: {0}")]
+    Trace(String),
+    #[error("no strategy named {0:?} (known: {known})", known = STRATEGIES.join(", "))]
+    UnknownStrategy(String),
+}
+
+/// Strategies the simulator knows, the original first (tables compare to it).
+pub const STRATEGIES: [&str; 2] = ["heuristic", "multiplier"];
+
+/// The strategy scored as "the default" (the acceptance). Gepetto's
+/// `GEPETTO_STRATEGY` still defaults to `heuristic` (runtime/config); these runs are
+/// the case for switching it to this one.
+pub const DEFAULT_STRATEGY: &str = "multiplier";
+
+/// A fresh instance of a strategy by name (`default` names [`DEFAULT_STRATEGY`]).
+pub fn strategy(name: &str) -> Result<Box<dyn Strategy>, SimError> {
+    match name {
+        "heuristic" => Ok(Box::new(Heuristic)),
+        "multiplier" | "default" => Ok(Box::new(Multiplier::default())),
+        other => Err(SimError::UnknownStrategy(other.to_owned())),
+    }
+}
+
+/// Runs every named strategy over the trace, each from a fresh instance.
+pub fn compare(trace: &Trace, names: &[String]) -> Result<Comparison, SimError> {
+    let mut results = Vec::new();
+    for name in names {
+        let s = strategy(name)?;
+        results.push(Simulator::new(trace, s.as_ref())?.run()?);
+    }
+    Ok(Comparison {
+        seed: trace.header.seed,
+        source: trace.header.source.clone(),
+        days: trace.header.duration_s as f64 / 86_400.0,
+        servers: trace.servers.len(),
+        gpus: trace.servers.iter().map(|s| s.gpus).sum(),
+        chutes: trace.chutes.len(),
+        results,
+    })
+}

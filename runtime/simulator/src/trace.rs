@@ -1,0 +1,265 @@
+//! The trace: what the validator and the fleet do over a simulated period, as one
+//! JSON object per line (the recording format). The first line is the [`Header`];
+//! then every [`Server`](Record::Server) and [`Chute`](Record::Chute); then the
+//! timed events in time order. A generator writes it ([`crate::generate`]); a real
+//! Gepetto can write it too ([`crate::record::Recorder`]); [`crate::Simulator`]
+//! replays it against any strategy.
+
+use std::io::{BufRead, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::SimError;
+
+/// Format version written in every header; a reader refuses other versions.
+pub const FORMAT: u32 = 1;
+
+/// How the simulated validator answers, besides what the events say. Everything a
+/// replay needs that is not an event; a recorder that does not know a knob leaves
+/// its default.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ValidatorModel {
+    /// Chance that a launch-config request is refused with 423 for no visible reason
+    /// (a race with other miners, a validator hiccup).
+    pub refusal_probability: f64,
+    /// The validator lets a chute scale while its instances would run above this
+    /// utilisation: `needed = ceil(load / target_utilisation)` instances.
+    pub target_utilisation: f64,
+    /// Below this utilisation the validator removes one instance of the chute per
+    /// `scale_down_interval_s` (its own autoscaler; instance_deleted to the miner).
+    pub min_utilisation: f64,
+    pub scale_down_interval_s: u64,
+    /// Instance verification after the pod starts (the validator's checks), seconds,
+    /// drawn uniformly per launch.
+    pub verification_s: [u64; 2],
+    /// Chance this miner wins a job's launch-config race (first miner to ask wins).
+    pub job_win_probability: f64,
+    /// A bounty nobody claims within this many seconds is claimed by another miner.
+    pub bounty_window_s: u64,
+    /// `effective_compute_multiplier` bonus per hour of bounty age, and its cap.
+    pub bounty_bonus_per_hour: f64,
+    pub bounty_bonus_cap: f64,
+    /// Unmet demand raises the multiplier by up to this factor (urgency).
+    pub urgency_bonus: f64,
+    /// Private (non-preemptible) chutes pay this factor more.
+    pub private_bonus: f64,
+    /// Gepetto's autoscaler period (15 s in the original and successor).
+    pub autoscale_s: u64,
+    /// Gepetto's `default_disk_gb`, what strategies are asked to fit.
+    pub default_disk_gb: f64,
+}
+
+impl Default for ValidatorModel {
+    fn default() -> Self {
+        ValidatorModel {
+            refusal_probability: 0.05,
+            target_utilisation: 0.8,
+            min_utilisation: 0.3,
+            scale_down_interval_s: 600,
+            verification_s: [60, 300],
+            job_win_probability: 0.5,
+            bounty_window_s: 1800,
+            bounty_bonus_per_hour: 0.5,
+            bounty_bonus_cap: 2.0,
+            urgency_bonus: 1.0,
+            private_bonus: 1.5,
+            autoscale_s: 15,
+            default_disk_gb: 10.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    pub format: u32,
+    /// The generator's seed, or 0 for a recording.
+    pub seed: u64,
+    /// Where the trace came from: `generated` or `recorded`.
+    pub source: String,
+    /// Simulated start, Unix seconds (times in events are seconds after it).
+    pub start_unix: i64,
+    pub duration_s: u64,
+    /// This miner's hotkey (jobs may exclude it).
+    pub miner: String,
+    #[serde(default)]
+    pub validator: ValidatorModel,
+}
+
+/// A GPU server of the miner's fleet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Server {
+    pub server_id: String,
+    pub gpu_model: String,
+    pub gpus: usize,
+    /// Per GPU per hour, as the miner's `servers.hourly_cost`.
+    pub hourly_cost: f64,
+    pub disk_gb: f64,
+    /// Image pull and model download speed of this node, Gbit/s.
+    pub bandwidth_gbps: f64,
+}
+
+/// A chute as the validator lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Chute {
+    pub chute_id: String,
+    pub supported_gpus: Vec<String>,
+    pub gpu_count: usize,
+    pub image_gb: f64,
+    pub model_gb: f64,
+    /// The validator's `compute_multiplier` of an instance (GPU class × count).
+    pub compute_multiplier: f64,
+    /// Mean compute seconds per invocation.
+    pub invocation_s: f64,
+    /// Private chutes are not preemptible.
+    pub preemptible: bool,
+    /// Jobs only (no cords): never autoscaled.
+    pub job_only: bool,
+    /// When it appears (`chute_created`), seconds after the start.
+    pub created_s: u64,
+}
+
+impl Chute {
+    /// Ephemeral disk a deployment holds: image, model and 10 GB of scratch.
+    pub fn disk_gb(&self) -> f64 {
+        self.image_gb + self.model_gb + 10.0
+    }
+}
+
+/// One line of a trace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    Header(Header),
+    Server(Server),
+    Chute(Chute),
+    /// The chute's demand from now on, in instances' worth of compute (1.0 keeps one
+    /// instance busy all the time).
+    Demand {
+        t: u64,
+        chute_id: String,
+        load: f64,
+    },
+    /// Other miners' active instances of the chute from now on.
+    Others {
+        t: u64,
+        chute_id: String,
+        instances: u32,
+        compute_multiplier: f64,
+    },
+    /// A bounty on a chute that has no instances (`bounty_change`), compute units.
+    Bounty {
+        t: u64,
+        chute_id: String,
+        bounty: f64,
+    },
+    /// A job offer (`job_created`).
+    Job {
+        t: u64,
+        job_id: String,
+        chute_id: String,
+        duration_s: u64,
+        compute_multiplier: f64,
+        disk_gb: f64,
+        /// This miner is in the job's `exclude` list.
+        excluded: bool,
+    },
+    /// The validator marks the chute mid-update (`update_in_progress`) until `until`.
+    Updating {
+        t: u64,
+        chute_id: String,
+        until: u64,
+    },
+    /// The server goes down (its instances die) for `down_s` seconds.
+    NodeFailure {
+        t: u64,
+        server_id: String,
+        down_s: u64,
+    },
+}
+
+impl Record {
+    /// The event time; setup records (header, servers, chutes) are at 0.
+    pub fn t(&self) -> u64 {
+        match self {
+            Record::Header(_) | Record::Server(_) | Record::Chute(_) => 0,
+            Record::Demand { t, .. }
+            | Record::Others { t, .. }
+            | Record::Bounty { t, .. }
+            | Record::Job { t, .. }
+            | Record::Updating { t, .. }
+            | Record::NodeFailure { t, .. } => *t,
+        }
+    }
+}
+
+/// A whole trace in memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Trace {
+    pub header: Header,
+    pub servers: Vec<Server>,
+    pub chutes: Vec<Chute>,
+    /// Timed events, in time order (stable for equal times).
+    pub events: Vec<Record>,
+}
+
+impl Trace {
+    /// Writes the trace as JSON lines.
+    pub fn write(&self, out: &mut impl Write) -> Result<(), SimError> {
+        let mut line = |r: &Record| -> Result<(), SimError> {
+            serde_json::to_writer(&mut *out, r).map_err(SimError::Json)?;
+            out.write_all(b"\n").map_err(SimError::Io)
+        };
+        line(&Record::Header(self.header.clone()))?;
+        for s in &self.servers {
+            line(&Record::Server(s.clone()))?;
+        }
+        for c in &self.chutes {
+            line(&Record::Chute(c.clone()))?;
+        }
+        for e in &self.events {
+            line(e)?;
+        }
+        Ok(())
+    }
+
+    /// Reads JSON lines: a header first, then records in any order (events are
+    /// sorted by time, stably, so a recorder may append as things happen).
+    pub fn read(input: impl BufRead) -> Result<Trace, SimError> {
+        let mut header = None;
+        let mut servers = Vec::new();
+        let mut chutes = Vec::new();
+        let mut events = Vec::new();
+        for (n, line) in input.lines().enumerate() {
+            let line = line.map_err(SimError::Io)?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let record: Record =
+                serde_json::from_str(&line).map_err(|e| SimError::Trace(format!("line {}: {e}", n + 1)))?;
+            match record {
+                Record::Header(h) => {
+                    if header.is_some() {
+                        return Err(SimError::Trace(format!("line {}: a second header", n + 1)));
+                    }
+                    if h.format != FORMAT {
+                        return Err(SimError::Trace(format!(
+                            "format {} (this simulator reads format {FORMAT})",
+                            h.format
+                        )));
+                    }
+                    header = Some(h);
+                }
+                _ if header.is_none() => {
+                    return Err(SimError::Trace(format!("line {}: records before the header", n + 1)));
+                }
+                Record::Server(s) => servers.push(s),
+                Record::Chute(c) => chutes.push(c),
+                other => events.push(other),
+            }
+        }
+        let header = header.ok_or_else(|| SimError::Trace("no header line".into()))?;
+        events.sort_by_key(Record::t);
+        Ok(Trace { header, servers, chutes, events })
+    }
+}

@@ -1,0 +1,95 @@
+//! The issue's acceptance: determinism, replay, and (ignored, see below) the
+//! default strategy's 1.3x over the original heuristic on untuned seeds.
+
+use miner_simulator::record::Recorder;
+use miner_simulator::{DEFAULT_STRATEGY, GenParams, Trace, compare, generate};
+
+fn small(seed: u64) -> GenParams {
+    // Two days of 30 servers keeps a debug-build test short; the model is the same.
+    GenParams { seed, days: 2.0, servers: 30, ..GenParams::default() }
+}
+
+fn both() -> Vec<String> {
+    vec!["heuristic".to_owned(), DEFAULT_STRATEGY.to_owned()]
+}
+
+#[test]
+fn the_same_seed_and_strategy_give_byte_identical_output() {
+    let run = || {
+        let trace = generate(&small(11));
+        let mut bytes = Vec::new();
+        trace.write(&mut bytes).unwrap();
+        let cmp = compare(&trace, &both()).unwrap();
+        (bytes, cmp.json().unwrap(), cmp.table(), cmp.svg())
+    };
+    let (a, b) = (run(), run());
+    assert_eq!(a.0, b.0, "trace bytes differ");
+    assert_eq!(a.1, b.1, "JSON results differ");
+    assert_eq!(a.2, b.2);
+    assert_eq!(a.3, b.3);
+    // and the seed matters: another seed is another week
+    let other = compare(&generate(&small(12)), &both()).unwrap();
+    assert_ne!(other.json().unwrap(), a.1);
+    // the strategies really ran: value was earned and the fleet was used
+    let cmp = compare(&generate(&small(11)), &both()).unwrap();
+    for r in &cmp.results {
+        assert!(r.value > 0.0 && r.launches > 0 && r.utilisation > 0.05, "{r:?}");
+        assert!(r.idle_gpu_hours < r.gpu_hours);
+        assert_eq!(r.series.len(), 48, "one point an hour");
+        assert!(r.series.windows(2).all(|w| w[1].1 >= w[0].1), "cumulative value never falls");
+    }
+}
+
+#[test]
+fn a_trace_written_and_read_back_replays_to_the_same_result() {
+    let trace = generate(&small(21));
+    let mut bytes = Vec::new();
+    trace.write(&mut bytes).unwrap();
+    let back = Trace::read(bytes.as_slice()).unwrap();
+    assert_eq!(back, trace);
+    assert_eq!(compare(&back, &both()).unwrap(), compare(&trace, &both()).unwrap());
+}
+
+#[test]
+fn a_recording_is_a_trace_the_simulator_replays() {
+    let generated =
+        generate(&GenParams { seed: 5, days: 0.5, servers: 4, chutes: 6, ..GenParams::default() });
+    // what a Gepetto would append as things happen: setup, then events in order
+    let mut rec =
+        Recorder::start(Vec::new(), generated.header.start_unix, generated.header.duration_s, "5Me").unwrap();
+    for s in &generated.servers {
+        rec.record(&miner_simulator::Record::Server(s.clone())).unwrap();
+    }
+    for c in &generated.chutes {
+        rec.record(&miner_simulator::Record::Chute(c.clone())).unwrap();
+    }
+    for e in &generated.events {
+        rec.record(e).unwrap();
+    }
+    let trace = Trace::read(rec.into_inner().as_slice()).unwrap();
+    assert_eq!(trace.header.source, "recorded");
+    assert_eq!(trace.events, generated.events);
+    let cmp = compare(&trace, &both()).unwrap();
+    let gpus: usize = generated.servers.iter().map(|s| s.gpus).sum();
+    assert!(cmp.results.iter().all(|r| (r.gpu_hours - gpus as f64 * 12.0).abs() < 1e-9));
+    // a trace without a header, or of another format, is refused with a reason
+    assert!(Trace::read(&b"{\"kind\":\"demand\",\"t\":0,\"chute_id\":\"c\",\"load\":1.0}\n"[..]).is_err());
+}
+
+/// Never used while building the model or the strategy (seeds 1-5 and 11-21 were).
+const ACCEPTANCE_SEEDS: [u64; 5] = [7001, 7002, 7003, 7004, 7005];
+
+#[test]
+#[ignore = "not met: the default strategy (multiplier) earns 1.11-1.20x the heuristic per dollar on these \
+            seeds, not 1.3x (README: Results); about 100 s unoptimised; run with --ignored for the tables"]
+fn the_default_strategy_earns_1_3x_the_heuristic_per_dollar_on_untuned_seeds() {
+    for seed in ACCEPTANCE_SEEDS {
+        // the issue's setting: a week of 100 servers
+        let cmp = compare(&generate(&GenParams { seed, ..GenParams::default() }), &both()).unwrap();
+        print!("{}", cmp.table());
+        let (h, d) = (&cmp.results[0], &cmp.results[1]);
+        assert!(h.value_per_dollar > 0.0, "seed {seed}: the heuristic earned nothing");
+        let ratio = d.value_per_dollar / h.value_per_dollar;
+        assert!(ratio >= 1.3, "seed {seed}: {DEFAULT_STRATEGY} earns {ratio:.3}x the heuristic per dollar");
+    }
+}
