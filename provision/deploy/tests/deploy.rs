@@ -89,7 +89,7 @@ async fn first_deploy_creates_everything_and_waits_for_the_rollouts() {
         let registry = p["metadata"]["labels"]["app.kubernetes.io/name"] == "chutes-registry";
         assert_eq!(node, if registry { "gpu-0" } else { "cpu-0" }, "{}", p["metadata"]["name"]);
     }
-    assert!(out.contains("all 5 workloads ready"), "{out}");
+    assert!(out.contains("all 6 workloads ready"), "{out}");
     assert!(out.contains("created Secret chutes/postgres-secret (generated postgres-password)"), "{out}");
     // NodePorts as rendered.
     let svc = env.emu.get("v1", "Service", Some("chutes"), "api").unwrap().unwrap();

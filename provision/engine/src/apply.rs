@@ -98,7 +98,24 @@ async fn reboot(conn: &mut Conn, timeout: Duration, log: &Log, host: &str) -> Re
         if !conn.is_closed() {
             match boot_id(conn).await {
                 Some(id) if id != before => {}
-                _ => continue,
+                Some(_) => continue,
+                // The read failed: either a slow or failing command on a live connection (no
+                // reboot), or a connection that died with the host before the transport noticed
+                // (keepalives take tens of seconds). Only a new connection reading a new boot id
+                // tells them apart.
+                None => {
+                    if let Ok(new) = conn.reconnect().await
+                        && boot_id(&new).await.is_some_and(|id| id != before)
+                    {
+                        log.line(
+                            host,
+                            &format!("back after reboot in {:.0} s", start.elapsed().as_secs_f64()),
+                        );
+                        *conn = new;
+                        return Ok(());
+                    }
+                    continue;
+                }
             }
         }
         // The old connection is gone (or the host already reports a new boot): a reboot

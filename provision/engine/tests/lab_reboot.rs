@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: panics are the failure report
-//! Reboot-and-wait over real SSH: a lab host whose `reboot` (a stand-in: a lab host has no
-//! kernel of its own) drops every SSH connection and brings sshd back a moment later. The
+//! Reboot-and-wait over real SSH: a lab host whose `reboot` (the harness's stand-in: a lab host
+//! has no kernel of its own) drops every SSH connection and brings sshd back a moment later. The
 //! engine must notice, reconnect, and carry on with the next phase on the new connection.
 
 use std::path::Path;
@@ -8,22 +8,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use provision_engine::*;
-use test_harness::lab::Lab;
-
-const REBOOT: &str = "#!/bin/sh\necho reboot >> /var/log/standin.calls\n\
-( sleep 0.5; pkill -KILL -x sshd; sleep 1; /usr/sbin/sshd -E /var/log/lab-sshd.log ) >/dev/null 2>&1 &\n";
+use test_harness::lab::{Lab, Standin};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reboot_handler_reconnects_and_the_run_goes_on() {
     let lab = Lab::start(1).unwrap();
     let h = &lab[0];
-    h.write_file("/usr/local/sbin/reboot", REBOOT).unwrap();
-    h.sh("chmod 755 /usr/local/sbin/reboot; ln -sf /bin/false /usr/local/sbin/systemctl").unwrap();
+    // The harness's modelled reboot: every process killed, sshd back, a new boot id.
+    h.install_standins(&[Standin::Systemctl, Standin::Reboot]).unwrap();
     let r = run_two_phases(h, Duration::from_secs(60)).await;
     let rc = &r.recap[0];
     assert!(r.success(), "{rc:?}");
     assert_eq!(rc.changed, 3, "install, reboot, after: {rc:?}");
-    assert_eq!(h.sh("cat /var/log/standin.calls").unwrap(), "reboot\n");
+    assert_eq!(h.boot_count().unwrap(), 1);
     assert_eq!(h.sh("test -e /root/after && echo yes").unwrap().trim(), "yes");
 }
 

@@ -30,6 +30,7 @@ pub struct Values {
     pub gepetto: Workload,
     pub postgres: Postgres,
     pub redis: Redis,
+    pub prometheus: Prometheus,
     pub registry: Registry,
     pub porter: Porter,
     pub graval: Graval,
@@ -138,6 +139,31 @@ pub struct Redis {
     pub appendfsync: AppendFsync,
     pub persistence: ClaimPersistence,
     pub custom_args: Vec<String>,
+}
+
+/// `prometheus-server`: the metrics Gepetto's preemption and the audit exporter query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Prometheus {
+    pub image: String,
+    pub image_pull_policy: PullPolicy,
+    pub resources: Resources,
+    /// How often chute pods' `/_metrics` are scraped (Prometheus duration, e.g. `30s`).
+    pub scrape_interval: String,
+    /// How long samples are kept (`--storage.tsdb.retention.time`).
+    pub retention: String,
+    /// Off (an emptyDir, as the original's `persistence` was off) unless enabled.
+    pub persistence: OptionalClaim,
+}
+
+/// A claim that is used only when `enabled`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OptionalClaim {
+    pub enabled: bool,
+    pub size: String,
+    /// Empty means the cluster default.
+    pub storage_class: String,
 }
 
 /// Redis' `appendfsync`; `no` (leave it to the kernel) is not offered: it can lose
@@ -340,6 +366,7 @@ impl Values {
             ("gepetto.image", &self.gepetto.image),
             ("postgres.image", &self.postgres.image),
             ("redis.image", &self.redis.image),
+            ("prometheus.image", &self.prometheus.image),
             ("registry.image", &self.registry.image),
             ("porter.image", &self.porter.image),
             ("graval.image", &self.graval.image),

@@ -319,4 +319,61 @@ fn bound_only_management_reaches_the_api_only_when_asked() {
     assert!(!has_flag(&api_env(&values)), "off by default: the original CLI must keep working");
     values.miner_api.bound_management_only = true;
     assert!(has_flag(&api_env(&values)));
+
+fn prometheus_server_scrapes_chute_pods_metrics_on_the_control_node_without_persistence() {
+    let m = render(&full_values()).unwrap();
+    // The names the runtime uses: Gepetto's and the audit exporter's URL, the audit
+    // exporter's pod labels and container name.
+    let svc = object(&m, "Service", "prometheus-server");
+    assert_eq!(svc["spec"]["ports"][0]["port"], 80);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 9090);
+    let dep = object(&m, "Deployment", "prometheus-server");
+    let pod = &dep["spec"]["template"];
+    assert_eq!(pod["metadata"]["labels"]["app.kubernetes.io/name"], "prometheus");
+    assert_eq!(pod["metadata"]["labels"]["app.kubernetes.io/component"], "server");
+    assert_eq!(pod["spec"]["containers"][0]["name"], "prometheus-server");
+    // Placed as the other control components: the control node selector, never a GPU node.
+    let api = &object(&m, "Deployment", "api")["spec"]["template"]["spec"];
+    assert_eq!(pod["spec"]["nodeSelector"], api["nodeSelector"]);
+    assert!(!pod["spec"]["nodeSelector"].is_null(), "the full values pin control components");
+    assert_eq!(pod["spec"]["affinity"], api["affinity"]);
+    // Persistence off by default, as in the original: an emptyDir, no claim.
+    let data = pod["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "data").unwrap();
+    assert!(data.get("emptyDir").is_some(), "{data}");
+    assert!(
+        !m.objects.iter().any(|o| o.kind() == "PersistentVolumeClaim" && o.name() == "prometheus-server")
+    );
+    // The scrape job: pods of this namespace, by their prometheus.io annotations (the chute
+    // Job's /_metrics on 8000); it may read pods of its namespace only.
+    let cfg = object(&m, "ConfigMap", "prometheus-server")["data"]["prometheus.yml"].as_str().unwrap();
+    let cfg: Value = serde_saphyr::from_str(cfg).unwrap();
+    let job = &cfg["scrape_configs"][0];
+    assert_eq!(job["kubernetes_sd_configs"][0]["role"], "pod");
+    assert_eq!(job["kubernetes_sd_configs"][0]["namespaces"]["names"][0], full_values().namespace.as_str());
+    let relabel = job["relabel_configs"].as_array().unwrap();
+    assert!(
+        relabel
+            .iter()
+            .any(|r| r["source_labels"][0] == "__meta_kubernetes_pod_annotation_prometheus_io_scrape"
+                && r["action"] == "keep")
+    );
+    assert!(relabel.iter().any(|r| r["target_label"] == "__metrics_path__"));
+    assert!(relabel.iter().any(|r| r["target_label"] == "__address__" && r["replacement"] == "$1:$2"));
+    let role = object(&m, "Role", "prometheus-server");
+    assert_eq!(role["rules"][0]["resources"][0], "pods");
+    assert_eq!(role["rules"][0]["verbs"], serde_json::json!(["get", "list", "watch"]));
+
+    // Asked for: a claim of the given size holds the data.
+    let v = Values::load(&[Layer::Set(
+        "prometheus.persistence.enabled=true,prometheus.persistence.size=5Gi".into(),
+    )])
+    .unwrap();
+    let m = render(&v).unwrap();
+    assert_eq!(
+        object(&m, "PersistentVolumeClaim", "prometheus-server")["spec"]["resources"]["requests"]["storage"],
+        "5Gi"
+    );
+    let pod = &object(&m, "Deployment", "prometheus-server")["spec"]["template"]["spec"];
+    let data = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "data").unwrap();
+    assert_eq!(data["persistentVolumeClaim"]["claimName"], "prometheus-server");
 }

@@ -4,9 +4,10 @@
 //! emulator as the cluster, and the real miner API served in-process with real Postgres and
 //! Redis, GraVal's bootstrap server on the CPU backend and the validator emulator.
 //!
-//! The lab's `microk8s kubectl` and kubelet registration reach the emulator
-//! (tests/nodes/microk8s.sh), so the labels the provision phases set are the ones the API
-//! reads, and the node the join registers is the one the API bootstraps.
+//! The lab's `microk8s kubectl` and kubelet registration reach the emulator (the harness's
+//! microk8s stand-in, pointed at it with `LabHost::set_kube_api`), so the labels the
+//! provision phases set are the ones the API reads, and the node the join registers is the
+//! one the API bootstraps.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -29,7 +30,6 @@ mod lab;
 
 const MINER_SEED: &str = "0x9f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c";
 const VALIDATOR_SEED: &str = "0x2222222222222222222222222222222222222222222222222222222222222222";
-const MICROK8S: &str = include_str!("nodes/microk8s.sh");
 
 fn text(o: &Output) -> String {
     format!(
@@ -169,17 +169,12 @@ fn world() -> World {
     World { rt, kube, validator, db, api_url, validator_hotkey, _pg: pg, _redis: redis }
 }
 
-/// Lab host stand-ins: the provision ones, plus `microk8s` reaching the emulator.
+/// The lab's `microk8s` reaches the emulator; a worker's kubelet registers `node_json`.
 fn install_microk8s(h: &LabHost, kube_url: &str, node_json: Option<&Value>) {
-    h.write_file("/var/lib/nodes-test/api-server", kube_url).unwrap();
+    h.set_kube_api(kube_url).unwrap();
     if let Some(n) = node_json {
-        h.write_file("/var/lib/nodes-test/node.json", n.to_string()).unwrap();
+        h.set_kube_node_json(&n.to_string()).unwrap();
     }
-    h.write_file("/usr/local/lib/nodes-test/microk8s.sh", MICROK8S).unwrap();
-    h.sh("chmod 755 /usr/local/lib/nodes-test/microk8s.sh && \
-          ln -sf /usr/local/sbin/minerctl-standin /usr/local/lib/nodes-test/microk8s && \
-          ln -sf /usr/local/lib/nodes-test/microk8s.sh /usr/local/sbin/microk8s")
-        .unwrap();
 }
 
 /// The Node a GPU host's kubelet registers (one A6000, as the GPU operator labels it).
@@ -393,7 +388,7 @@ fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out(
     assert!(w.kube.get("v1", "Pod", Some("chutes"), "chute-job-7").unwrap().is_none());
     assert!(s.contains("Delete its entry from"), "{}", text(&out));
     assert!(node_labels(&w, "gpu-1").is_none(), "Node deleted");
-    assert!(gpu.read_to_string("/var/log/standin.calls").unwrap().contains("microk8s leave"));
+    assert!(gpu.calls("microk8s").unwrap().contains(&vec!["leave".to_string()]));
     let wg0 = primary.read_to_string("/etc/wireguard/wg0.conf").unwrap();
     assert!(!wg0.contains(gpu_key.trim()), "gpu-1 is no longer a peer:\n{wg0}");
     assert!(wg0.contains(gpu2_key.trim()), "gpu-2 stays a peer:\n{wg0}");

@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: panics are the failure report
 //! `minerctl provision` (the real binary) against lab hosts: real sshd, apt-get, files,
-//! users and sudoers; stand-ins (tests/support/standins.sh) only for what a lab host cannot
-//! run: systemd, snap/microk8s, nvidia tools, iptables, ping.
+//! users and sudoers; the harness's stand-ins (`test_harness::lab::Standin`) only for what a
+//! lab host cannot run: systemd, snap/microk8s, nvidia tools, iptables, ping.
 
 use std::process::Command;
 
@@ -21,7 +21,7 @@ fn file(h: &LabHost, path: &str) -> String {
 /// instruments; the calls are checked on their own).
 fn trace(h: &LabHost) -> String {
     let upper = LabHost::UPPER_DIR;
-    let skip = "! -path ./var/log/lab-sshd.log ! -path ./var/log/standin.calls";
+    let skip = "! -path ./var/log/lab-sshd.log ! -path ./var/lib/lab-standins/calls.log";
     h.sh(&format!(
         "set -e; cd {upper}; find . {skip} -printf '%p %y %m %u:%g %s %T@ %l\\n' | sort; \
          find . -type f {skip} -exec sha256sum {{}} + | sort; \
@@ -51,6 +51,7 @@ fn converges_then_noop_then_check_shows_drift_then_repairs() {
     let hosts = s.lab.hosts();
     // A containerd config as docker.io ships it: CRI disabled.
     for h in &hosts[1..] {
+        h.write_file("/lib/systemd/system/containerd.service", lab::UNIT).unwrap();
         h.write_file(
             "/etc/containerd/config.toml",
             "disabled_plugins = [\"cri\"]\nroot = \"/var/lib/containerd\"\n",
@@ -85,15 +86,26 @@ fn converges_then_noop_then_check_shows_drift_then_repairs() {
         "{containerd}"
     );
     // Workers joined with the primary's token; every node is labelled with its external IP.
-    assert!(file(&hosts[2], "/var/lib/standin/joined").starts_with("192.168.0.1:25000/"));
-    assert_eq!(file(&hosts[0], "/var/lib/standin/labels/gpu-3.chutes_external-ip").trim(), "203.0.113.4");
+    assert!(lab::joined(&hosts[2]).unwrap().starts_with("target=192.168.0.1:25000/"));
+    assert_eq!(lab::node_label(&hosts[0], "gpu-3", "chutes/external-ip"), "203.0.113.4");
     assert!(file(&hosts[1], "/var/snap/microk8s/current/args/kubelet").contains("--node-ip=192.168.0.2\n"));
     // The join token never reaches output or the log.
     let log = std::fs::read_to_string(s.dir.path().join("provision.log")).unwrap();
-    assert!(
-        !log.contains("0123456789abcdef0123456789abcdef")
-            && !first.stdout.contains("0123456789abcdef0123456789abcdef")
-    );
+    let tokens = file(&hosts[0], "/var/lib/lab-standins/microk8s/tokens");
+    let token = tokens.split_whitespace().next().unwrap();
+    assert!(token.len() >= 32 && !log.contains(token) && !first.stdout.contains(token), "{token}");
+    // The real iputils-ping that the wireguard role installed never runs: the stand-in comes
+    // first for root, for the user, and through sudo's secure_path.
+    for h in hosts {
+        h.sh("test -x /usr/bin/ping").unwrap();
+        assert_eq!(h.sh("command -v ping").unwrap(), "/usr/local/sbin/ping\n");
+        assert_eq!(
+            h.sh("su -l chutes -c 'sudo -n sh -c \"command -v ping\"'").unwrap(),
+            "/usr/local/sbin/ping\n"
+        );
+        assert_eq!(h.sh("su -l chutes -c 'command -v ping'").unwrap(), "/usr/local/bin/ping\n");
+    }
+    assert!(!hosts[1].calls("ping").unwrap().is_empty(), "workers ping the primary (through the stand-in)");
 
     let second = s.run(&[]);
     second.assert_ok();
@@ -126,7 +138,9 @@ fn host_lost_mid_run_is_unreachable_others_finish_and_rerun_completes() {
     let s = Setup::start(3);
     let victim = &s.lab.hosts()[2];
     // The victim's `snap install` blocks until released, so sshd dies while a step runs.
-    victim.sh("mkdir -p /var/lib/standin && touch /var/lib/standin/block-snap").unwrap();
+    victim
+        .sh("mkdir -p /var/lib/lab-standins/hold && touch /var/lib/lab-standins/hold/snap-install")
+        .unwrap();
     let child = s
         .command(&[])
         .stdout(std::process::Stdio::piped())
@@ -134,12 +148,7 @@ fn host_lost_mid_run_is_unreachable_others_finish_and_rerun_completes() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
-    while !victim
-        .sh("grep -c '^snap install' /var/log/standin.calls || true")
-        .unwrap()
-        .trim()
-        .starts_with('1')
-    {
+    while !victim.calls("snap").unwrap().iter().any(|c| c.first().map(String::as_str) == Some("install")) {
         assert!(std::time::Instant::now() < deadline, "the victim never reached snap install");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -162,20 +171,11 @@ fn host_lost_mid_run_is_unreachable_others_finish_and_rerun_completes() {
         assert_eq!((r["failed"].as_u64(), r["unreachable"].as_bool()), (Some(0), Some(false)), "{h}: {r}");
     }
 
-    victim.sh("rm -f /var/lib/standin/block-snap").unwrap();
+    victim.sh("rm -f /var/lib/lab-standins/hold/snap-install").unwrap();
     victim.start_sshd().unwrap();
     let rerun = s.run(&[]);
     rerun.assert_ok();
-    assert!(victim.exists_joined());
-}
-
-trait Joined {
-    fn exists_joined(&self) -> bool;
-}
-impl Joined for LabHost {
-    fn exists_joined(&self) -> bool {
-        self.sh("test -e /var/lib/standin/joined && echo yes || echo no").unwrap().trim() == "yes"
-    }
+    assert!(lab::joined(victim).is_some());
 }
 
 #[test]
@@ -202,8 +202,7 @@ fn wrong_host_key_is_refused_before_any_command() {
         "{err}"
     );
     // Nothing ran there: no stand-in was called, no file was written.
-    let calls = s.lab.hosts()[0].sh("cat /var/log/standin.calls 2>/dev/null || true").unwrap();
-    assert_eq!(calls, "");
+    assert_eq!(s.lab.hosts()[0].all_calls().unwrap(), vec![]);
     assert!(s.lab.hosts()[0].sh("test -e /etc/wireguard && echo yes || echo no").unwrap().trim() == "no");
 }
 
@@ -285,8 +284,8 @@ fn check_on_fresh_hosts_reports_the_plan_and_changes_nothing() {
                 != Some(0)
         );
         // Only read-only stand-in calls (probes): nothing enabled, installed, joined or labelled.
-        let calls = h.sh("cat /var/log/standin.calls 2>/dev/null || true").unwrap();
-        for l in calls.lines() {
+        for c in h.all_calls().unwrap() {
+            let l = format!("{} {}", c.program, c.args.join(" "));
             assert!(
                 l.starts_with("systemctl is-")
                     || l.starts_with("systemctl show")
@@ -330,4 +329,64 @@ fn adding_a_node_is_one_more_run_without_limit() {
     assert!(wg.contains(file(&hosts[2], "/etc/wireguard/public.key").trim()), "{wg}");
     // A new join token was minted only because a worker had not joined yet.
     assert!(run.events.iter().any(|e| e["step"] == "join token" && e["status"] == "ok"));
+}
+
+/// The GPU layer (microk8s' nvidia addon with the host's driver, metrics-server) on the
+/// primary, and its verification: a GPU node that the operator found no GPU on fails the
+/// run naming it and what it lacks; once it has its GPU, the run passes, and a rerun enables
+/// nothing again.
+#[test]
+fn gpu_layer_is_installed_on_the_primary_and_a_node_without_gpus_fails_by_name() {
+    let s = Setup::start(1);
+    let (primary, gpu) = (&s.lab.hosts()[0], &s.lab.hosts()[1]);
+    // The operator will find no GPU on gpu-1 (its Node carries none).
+    primary.set_kube_node("gpu-1", &[], true).unwrap();
+
+    let check = s.run(&["--check"]);
+    check.assert_ok();
+    let planned = check.changed_steps();
+    for step in ["nvidia addon", "metrics-server addon"] {
+        assert!(planned.contains(&("cpu-0".to_string(), step.to_string())), "{planned:?}");
+    }
+    assert_eq!(primary.sh("microk8s status -a nvidia 2>/dev/null || echo absent").unwrap(), "absent\n");
+
+    let run = s.run(&[]);
+    assert_eq!(run.code, Some(2), "{}", run.stdout);
+    let err = run.recap("cpu-0")["error"].as_str().unwrap().to_string();
+    assert!(
+        err.contains(
+            "the GPU layer is incomplete: gpu-1 lacks nvidia.com/gpu capacity and labels nvidia.com/gpu.present, \
+             nvidia.com/gpu.count, nvidia.com/gpu.memory"
+        ) && !err.contains("RuntimeClass"),
+        "{err}"
+    );
+    assert_eq!(primary.sh("microk8s status -a nvidia").unwrap(), "enabled\n");
+    assert_eq!(primary.sh("microk8s status -a metrics-server").unwrap(), "enabled\n");
+    assert!(lab::joined(gpu).is_some(), "everything before the verify was done");
+
+    // The node's GPU is found: the verify passes, the addons are not enabled again.
+    primary.set_kube_node("gpu-1", &[test_harness::lab::Gpu::h100()], true).unwrap();
+    let run = s.run(&[]);
+    run.assert_ok();
+    // (Registering the node again dropped its external-ip label, which is set again.)
+    assert_eq!(run.changed_steps(), vec![("cpu-0".to_string(), "gpu-1 external-ip label".to_string())]);
+    assert_eq!(lab::node_label(primary, "gpu-1", "nvidia.com/gpu.memory"), "81559");
+    let enables: Vec<Vec<String>> =
+        primary.calls("microk8s").unwrap().into_iter().filter(|c| c[0] == "enable").collect();
+    assert_eq!(
+        enables,
+        vec![
+            [
+                "enable",
+                "nvidia",
+                "--gpu-operator-driver",
+                "host",
+                "--gpu-operator-set",
+                "operator.runtimeClass=nvidia-container-runtime"
+            ]
+            .map(String::from)
+            .to_vec(),
+            ["enable", "metrics-server"].map(String::from).to_vec(),
+        ]
+    );
 }

@@ -95,7 +95,11 @@ fn deploy_with_a_kubeconfig_twice_then_dry_run() {
     let o = minerctl(&args);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(out.contains("created Deployment chutes/api") && out.contains("all 5 workloads ready"), "{out}");
+    assert!(out.contains("created Deployment chutes/api") && out.contains("all 6 workloads ready"), "{out}");
+    assert!(
+        out.contains("Deployment chutes/prometheus-server: 1/1 ready"),
+        "prometheus-server is deployed: {out}"
+    );
     assert!(!out.contains(SEED_HEX));
     let secret = emu.get("v1", "Secret", Some("chutes"), "miner-credentials").unwrap().unwrap();
     assert!(secret["data"]["seed"].is_string() && secret["data"]["ss58"].is_string());

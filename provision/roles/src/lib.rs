@@ -18,7 +18,7 @@ use provision_engine::{Action, Meta, PackageState, Phase, PhasePlan, PlanCtx, St
 use provision_inventory::{Host, Inventory};
 
 /// Phase tags, in run order (`--tags` takes these).
-pub const TAGS: &[&str] = &["wireguard", "base", "nvidia", "microk8s", "primary", "join"];
+pub const TAGS: &[&str] = &["wireguard", "base", "nvidia", "microk8s", "primary", "join", "gpu"];
 
 fn phase(name: &str, tag: &str, f: impl Fn(&PlanCtx) -> PhasePlan + Send + Sync + 'static) -> Phase {
     Phase { name: name.into(), tag: tag.into(), plan: Arc::new(f) }
@@ -97,6 +97,8 @@ pub fn phases() -> Vec<Phase> {
         phase("host setup", "base", host_setup),
         phase("join", "join", join),
         phase("label nodes", "join", label_nodes),
+        phase("gpu layer", "gpu", gpu_layer),
+        phase("verify gpu layer", "gpu", verify_gpu_layer),
     ]
 }
 
@@ -763,5 +765,127 @@ fn label_nodes(c: &PlanCtx) -> PhasePlan {
             ));
         }
         PhasePlan { steps, handlers: vec![] }
+    })
+}
+
+/// The RuntimeClass chute pods name (`runtimeClassName`), as the original's GPU operator
+/// (`operator.runtimeClass`) created it.
+pub const RUNTIME_CLASS: &str = "nvidia-container-runtime";
+/// Where microk8s' nvidia addon runs the GPU operator.
+const OPERATOR_NAMESPACE: &str = "gpu-operator-resources";
+/// The node labels the miner API and Gepetto read (GPU feature discovery sets them).
+pub const GPU_LABELS: [&str; 3] = ["nvidia.com/gpu.present", "nvidia.com/gpu.count", "nvidia.com/gpu.memory"];
+/// Host variable on the primary: the GPU layer as read after it was installed.
+const GPU_STATE: &str = "gpu_layer";
+
+fn addon_enabled(name: &str) -> String {
+    format!("microk8s status -a {name} 2>/dev/null | grep -qx enabled")
+}
+
+/// The original's `extras.yml` without Helm: microk8s' own `nvidia` addon (the GPU operator
+/// with the host's driver, which the nvidia role installs) and `metrics-server`, on the
+/// primary. Then every GPU node's capacity and labels and the RuntimeClass are read once the
+/// operator's pods run; the next phase checks them.
+fn gpu_layer(c: &PlanCtx) -> PhasePlan {
+    let gpus = c.inventory.hosts.iter().any(|h| h.gpu_enabled);
+    only(c.host.is_primary && gpus, || PhasePlan {
+        steps: vec![
+            Step::new(
+                "nvidia addon",
+                cmd(
+                    format!(
+                        "microk8s enable nvidia --gpu-operator-driver host --gpu-operator-set operator.runtimeClass={RUNTIME_CLASS}"
+                    ),
+                    addon_enabled("nvidia"),
+                ),
+            ),
+            Step::new(
+                "metrics-server addon",
+                cmd("microk8s enable metrics-server", addon_enabled("metrics-server")),
+            ),
+            Step::new(
+                "gpu operator running",
+                Action::WaitFor {
+                    target: WaitTarget::Command(format!(
+                        "p=$(microk8s kubectl get pods -n {OPERATOR_NAMESPACE} -o jsonpath='{{range .items[*]}}{{.status.phase}}{{\"\\n\"}}{{end}}') \
+                         && [ -n \"$p\" ] && ! printf '%s\\n' \"$p\" | grep -vqxE 'Running|Succeeded'"
+                    )),
+                    timeout: Duration::from_secs(900),
+                    interval: Duration::from_secs(10),
+                },
+            ),
+            Step::new(
+                "gpu layer state",
+                Action::Capture {
+                    var: GPU_STATE.into(),
+                    run: format!(
+                        "echo \"addon=$(microk8s status -a nvidia 2>/dev/null)\"; \
+                         echo \"runtimeclass=$(microk8s kubectl get runtimeclass {RUNTIME_CLASS} -o name 2>/dev/null)\"; \
+                         microk8s kubectl get nodes -o jsonpath='{{range .items[*]}}node={{.metadata.name}}{{\"\\t\"}}{{.status.capacity.nvidia\\.com/gpu}}{{\"\\t\"}}{{.metadata.labels.nvidia\\.com/gpu\\.present}}{{\"\\t\"}}{{.metadata.labels.nvidia\\.com/gpu\\.count}}{{\"\\t\"}}{{.metadata.labels.nvidia\\.com/gpu\\.memory}}{{\"\\n\"}}{{end}}' 2>/dev/null; true"
+                    ),
+                    secret: false,
+                    read_only: true,
+                    pick: None,
+                },
+            ),
+        ],
+        handlers: vec![],
+    })
+}
+
+/// What the GPU layer lacks, per GPU host of the inventory, as read by "gpu layer state":
+/// one line per problem, naming the node. Empty: complete.
+pub fn gpu_layer_lacks(inv: &Inventory, state: &str) -> Vec<String> {
+    let mut lacks = vec![];
+    let field = |key: &str| state.lines().find_map(|l| l.strip_prefix(key)).unwrap_or("").trim();
+    if field("runtimeclass=").is_empty() {
+        lacks.push(format!("RuntimeClass {RUNTIME_CLASS} does not exist"));
+    }
+    for h in inv.hosts.iter().filter(|h| h.gpu_enabled) {
+        let row = state.lines().find_map(|l| {
+            let rest = l.strip_prefix("node=")?;
+            let f: Vec<&str> = rest.split('\t').collect();
+            (f.first() == Some(&h.name.as_str())).then_some(f)
+        });
+        let Some(f) = row else {
+            lacks.push(format!("{}: no such node in the cluster", h.name));
+            continue;
+        };
+        let get = |i: usize| f.get(i).map(|v| v.trim()).unwrap_or("");
+        let mut missing = vec![];
+        if get(1).parse::<u32>().map_or(true, |n| n == 0) {
+            missing.push("nvidia.com/gpu capacity".to_string());
+        }
+        let labels: Vec<&str> =
+            GPU_LABELS.iter().enumerate().filter(|(i, _)| get(i + 2).is_empty()).map(|(_, l)| *l).collect();
+        if !labels.is_empty() {
+            missing.push(format!("label{} {}", if labels.len() > 1 { "s" } else { "" }, labels.join(", ")));
+        }
+        if !missing.is_empty() {
+            lacks.push(format!("{} lacks {}", h.name, missing.join(" and ")));
+        }
+    }
+    lacks
+}
+
+/// Fails naming each node and what it lacks, instead of leaving it to the first chute. In
+/// check mode, a cluster whose nvidia addon is not enabled yet is not judged: the run would
+/// enable it first.
+fn verify_gpu_layer(c: &PlanCtx) -> PhasePlan {
+    let gpus = c.inventory.hosts.iter().any(|h| h.gpu_enabled);
+    only(c.host.is_primary && gpus && !c.before_run, || {
+        let state = var(c, &c.host.name, GPU_STATE).map(String::as_str);
+        let lacks = state.map(|s| gpu_layer_lacks(c.inventory, s)).unwrap_or_default();
+        let pending = c.check && !state.is_some_and(|s| s.lines().any(|l| l == "addon=enabled"));
+        PhasePlan {
+            steps: vec![Step::new(
+                "gpu nodes ready for chutes",
+                Action::Assert {
+                    ok: lacks.is_empty() || pending,
+                    message: format!("the GPU layer is incomplete: {}", lacks.join("; ")),
+                },
+            )],
+            handlers: vec![],
+        }
     })
 }

@@ -324,3 +324,60 @@ fn plan_host_setup_primary(inv: &Inventory, facts: &Facts, vars: &HostVars) -> P
         before_run: false,
     })
 }
+
+fn verify_gpu(state: Option<&str>, check: bool) -> Result<provision_engine::plan::Decision, String> {
+    let inv = inv();
+    let mut vars = vars();
+    if let Some(s) = state {
+        vars.entry("cpu-0".into()).or_default().insert("gpu_layer".into(), s.into());
+    }
+    let p = provision_roles::phases().into_iter().find(|p| p.name == "verify gpu layer").unwrap();
+    let plan = (p.plan)(&PlanCtx {
+        inventory: &inv,
+        host: inv.host("cpu-0").unwrap(),
+        facts: &Facts::default(),
+        vars: &vars,
+        check,
+        before_run: false,
+    });
+    assert_eq!(names(&plan), ["gpu nodes ready for chutes"]);
+    plan.steps[0].action.evaluate(&Default::default())
+}
+
+#[test]
+fn gpu_layer_uses_microk8s_addons_and_its_verify_names_each_node_and_what_it_lacks() {
+    let p = plan("cpu-0", "gpu layer");
+    assert_eq!(
+        names(&p),
+        ["nvidia addon", "metrics-server addon", "gpu operator running", "gpu layer state"]
+    );
+    let Action::Command { run, unless: Some(unless), .. } = &p.steps[0].action else { panic!() };
+    assert!(
+        run.contains("microk8s enable nvidia --gpu-operator-driver host")
+            && run.contains("operator.runtimeClass=nvidia-container-runtime"),
+        "{run}"
+    );
+    assert!(unless.contains("microk8s status -a nvidia"), "{unless}");
+    assert!(plan("gpu-0", "gpu layer").steps.is_empty(), "primary only");
+
+    let complete = "addon=enabled\nruntimeclass=runtimeclass.node.k8s.io/nvidia-container-runtime\n\
+                    node=cpu-0\t\t\t\t\nnode=gpu-0\t8\ttrue\t8\t81559\nnode=gpu-1\t1\ttrue\t1\t49152";
+    assert!(verify_gpu(Some(complete), false).is_ok());
+    let broken = "addon=enabled\nruntimeclass=\nnode=cpu-0\t\t\t\t\nnode=gpu-0\t8\ttrue\t\t";
+    let err = verify_gpu(Some(broken), false).unwrap_err();
+    assert_eq!(
+        err,
+        "the GPU layer is incomplete: RuntimeClass nvidia-container-runtime does not exist; \
+         gpu-0 lacks labels nvidia.com/gpu.count, nvidia.com/gpu.memory; gpu-1: no such node in the cluster"
+    );
+    let no_gpu = "addon=enabled\nruntimeclass=x\nnode=gpu-0\t0\t\t\t\nnode=gpu-1\t1\ttrue\t1\t49152";
+    assert_eq!(
+        verify_gpu(Some(no_gpu), false).unwrap_err(),
+        "the GPU layer is incomplete: gpu-0 lacks nvidia.com/gpu capacity and labels nvidia.com/gpu.present, \
+         nvidia.com/gpu.count, nvidia.com/gpu.memory"
+    );
+    // --check before the addon is enabled: the run would enable it first, nothing to judge yet;
+    // once it is enabled, --check judges as a run would.
+    assert!(verify_gpu(Some(&broken.replace("addon=enabled", "addon=disabled")), true).is_ok());
+    assert!(verify_gpu(Some(broken), true).is_err());
+}

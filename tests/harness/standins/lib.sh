@@ -21,6 +21,12 @@ lab_record() {
     }' "$@" >>"$LAB_STATE/calls.log"
 }
 
+# lab_hold NAME: while a test keeps $LAB_STATE/hold/NAME, the call waits there (to make a
+# host go down in the middle of a step). The test removes the file to let it go on.
+lab_hold() {
+    while [ -e "$LAB_STATE/hold/$1" ]; do sleep 0.1; done
+}
+
 lab_die() {
     code=$1
     shift

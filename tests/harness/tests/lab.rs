@@ -280,9 +280,9 @@ fn standins_live_in_one_host_record_calls_and_keep_unit_state() {
     a.write_file("/etc/systemd/system/demo.service", DEMO_UNIT).unwrap();
     a.write_file("/etc/systemd/system/other.service", DEMO_UNIT).unwrap();
 
-    assert_eq!(a.sh("command -v systemctl").unwrap(), "/usr/local/bin/systemctl\n");
-    assert_ne!(b.sh("command -v systemctl || true").unwrap(), "/usr/local/bin/systemctl\n");
-    assert!(!Path::new("/usr/local/bin/systemctl").exists(), "installed on the machine");
+    assert_eq!(a.sh("command -v systemctl").unwrap(), "/usr/local/sbin/systemctl\n");
+    assert_ne!(b.sh("command -v systemctl || true").unwrap(), "/usr/local/sbin/systemctl\n");
+    assert!(!Path::new("/usr/local/sbin/systemctl").exists(), "installed on the machine");
 
     a.sh("systemctl daemon-reload && systemctl enable --now demo").unwrap();
     assert_eq!(a.sh("systemctl is-active demo.service").unwrap(), "active\n");
@@ -378,8 +378,72 @@ fn microk8s_cluster_forms_across_lab_hosts() {
             .contains(&format!("{token} 600"))
     );
 
-    primary.sh("microk8s kubectl label node k8s-worker chutes/external-ip=1.2.3.4 --overwrite").unwrap();
+    // The primary's API: its own node, plus the worker's as a test registers it (no emulator
+    // here, so the worker's kubelet cannot reach the primary's store).
+    let (_, _, err) = fails(primary, "microk8s kubectl label node k8s-worker chutes/external-ip=1.2.3.4");
+    assert_eq!(err, "Error from server (NotFound): nodes \"k8s-worker\" not found\n");
+    primary.set_kube_node("k8s-worker", &[Gpu::h100(), Gpu::h100()], true).unwrap();
+    primary.sh("microk8s kubectl label node k8s-worker chutes/external-ip=1.2.3.4").unwrap();
     assert_eq!(primary.calls("microk8s").unwrap().last().unwrap()[..3], ["kubectl", "label", "node"]);
+    let (_, _, err) = fails(primary, "microk8s kubectl label node k8s-worker chutes/external-ip=5.6.7.8");
+    assert!(
+        err.contains("'chutes/external-ip' already has a value (1.2.3.4), and --overwrite is false"),
+        "{err}"
+    );
+    primary.sh("microk8s kubectl label node k8s-worker chutes/external-ip=5.6.7.8 --overwrite").unwrap();
+    let states = primary
+        .sh(r#"microk8s kubectl get nodes -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.status.conditions[?(@.type=="Ready")].status}{" "}{.metadata.labels.chutes/external-ip}{"\n"}{end}'"#)
+        .unwrap();
+    assert_eq!(states, "k8s-primary True \nk8s-worker True 5.6.7.8\n");
+
+    // The GPU operator: labels and capacity appear once the nvidia addon is enabled, and the
+    // RuntimeClass it was told to create exists.
+    let gpu_fields = r#"{.status.capacity.nvidia\.com/gpu} {.metadata.labels.nvidia\.com/gpu\.present} {.metadata.labels.nvidia\.com/gpu\.count} {.metadata.labels.nvidia\.com/gpu\.memory}"#;
+    assert_eq!(primary.kube_node_field("k8s-worker", gpu_fields).unwrap().unwrap(), "   ");
+    assert_eq!(primary.sh("microk8s status -a nvidia").unwrap(), "disabled\n");
+    assert_eq!(fails(primary, "microk8s kubectl get runtimeclass nvidia-container-runtime").0, 1);
+    primary
+        .sh("microk8s enable nvidia --gpu-operator-driver host --gpu-operator-set operator.runtimeClass=nvidia-container-runtime")
+        .unwrap();
+    assert_eq!(primary.sh("microk8s status -a nvidia").unwrap(), "enabled\n");
+    assert_eq!(primary.kube_node_field("k8s-worker", gpu_fields).unwrap().unwrap(), "2 true 2 81559");
+    assert_eq!(primary.kube_node_field("k8s-primary", gpu_fields).unwrap().unwrap(), "   ", "no GPU there");
+    assert_eq!(
+        primary.sh("microk8s kubectl get runtimeclass nvidia-container-runtime -o name").unwrap(),
+        "runtimeclass.node.k8s.io/nvidia-container-runtime\n"
+    );
+    assert_eq!(primary.kube_node_field("nobody", "{.metadata.name}").unwrap(), None);
+}
+
+/// The stand-ins come first in every PATH, so a real program that a provisioning run
+/// installs (iputils-ping's /usr/bin/ping) is never the one that runs: not for root's
+/// login, nor for a user's, nor through su.
+#[test]
+fn standins_come_before_real_programs_in_every_path() {
+    let host = LabHost::start("paths").unwrap();
+    host.install_standins(&[Standin::Ping]).unwrap();
+    // A "real" ping in every system directory, which would say so if it ran.
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
+        host.sh(&format!(
+            "[ -L {dir} ] || {{ printf '#!/bin/sh\\necho REAL PING\\n' > {dir}/ping; chmod 755 {dir}/ping; }}"
+        ))
+        .unwrap();
+    }
+    let out = ssh(
+        &host,
+        &host.known_hosts_line(),
+        &[],
+        "command -v ping; ping -c 1 192.168.0.9; su -l -s /bin/sh nobody -c 'echo PATH=$PATH; command -v ping; ping -c 1 192.168.0.9'",
+    );
+    let stdout = text(&out.stdout);
+    assert!(!stdout.contains("REAL PING"), "{stdout}");
+    assert!(stdout.starts_with("/usr/local/sbin/ping\n"), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("\nPATH=/usr/local/bin:") && stdout.contains("\n/usr/local/bin/ping\n"),
+        "{stdout}"
+    );
+    assert_eq!(host.calls("ping").unwrap().len(), 2, "both pings reached the stand-in");
+    assert!(stdout.contains("100% packet loss"), "{stdout}");
 }
 
 #[test]

@@ -26,7 +26,7 @@ pub struct ProvisionArgs {
     /// Only change these hosts or groups (comma-separated); other hosts are only read.
     #[arg(long)]
     pub limit: Option<String>,
-    /// Only run these roles (comma-separated): wireguard, base, nvidia, microk8s, primary, join.
+    /// Only run these roles (comma-separated): wireguard, base, nvidia, microk8s, primary, join, gpu.
     #[arg(long, value_delimiter = ',')]
     pub tags: Vec<String>,
     /// Stop every host as soon as one fails.

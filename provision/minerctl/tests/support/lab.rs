@@ -5,23 +5,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use test_harness::lab::{Lab, LabHost};
-
-const STANDINS: &str = include_str!("standins.sh");
-const STANDIN_NAMES: &[&str] = &[
-    "systemctl",
-    "snap",
-    "microk8s",
-    "nvidia-smi",
-    "nvidia-ctk",
-    "iptables",
-    "netfilter-persistent",
-    "ping",
-    "sysctl",
-    "modprobe",
-    "reboot",
-    "wg-quick",
-];
+use test_harness::lab::{Gpu, Lab, LabHost, Standin};
 
 pub struct Setup {
     pub lab: Lab,
@@ -47,7 +31,13 @@ impl Setup {
         names.extend((1..=gpus).map(|i| format!("gpu-{i}")));
         let lab = Lab::start_named(&names).unwrap();
         for h in lab.hosts() {
-            install_standins(h);
+            prepare(h);
+        }
+        // The cluster as the primary's API will see it: every worker's Node, registered by its
+        // kubelet once it joins (without an API emulator, the lab hosts' stores are separate).
+        let (primary, workers) = lab.hosts().split_first().unwrap();
+        for w in workers {
+            primary.set_kube_node(w.name(), &[Gpu::h100()], true).unwrap();
         }
         let s = Setup { lab, dir: tempfile::tempdir().unwrap() };
         s.write_inventory(vars);
@@ -131,7 +121,9 @@ pub fn inventory_yaml_with(hosts: &[LabHost], vars: &str) -> String {
     y
 }
 
-fn install_standins(h: &LabHost) {
+/// Every harness stand-in (`test_harness::lab::Standin`), one H100 on GPU hosts, and two
+/// speed-ups of this shared machine's image that a real server does not need.
+pub fn prepare(h: &LabHost) {
     // A lab host inherits this machine's /root/.bashrc, which here runs `pyenv init` (about
     // 250 ms for every SSH command, since bash reads .bashrc when started by sshd). A stock
     // server .bashrc returns at once for non-interactive shells; make the lab's do the same.
@@ -139,13 +131,27 @@ fn install_standins(h: &LabHost) {
     // man-db's dpkg trigger rebuilds the manual index after every install (seconds per host on
     // this 2-core machine); servers being provisioned do not need it for the tests' packages.
     h.sh("echo 'man-db man-db/auto-update boolean false' | debconf-set-selections; rm -f /var/lib/man-db/auto-update").unwrap();
-    // The stand-ins' state folders and call log exist from the start, so that a read-only
-    // call (a probe) leaves the host exactly as it was (the --check tests compare everything).
-    h.sh("mkdir -p /var/lib/standin/enabled /var/lib/standin/active /var/lib/standin/labels && touch /var/log/standin.calls").unwrap();
-    h.write_file("/usr/local/sbin/minerctl-standin", STANDINS).unwrap();
-    let links: Vec<String> =
-        STANDIN_NAMES.iter().map(|n| format!("ln -sf minerctl-standin /usr/local/sbin/{n}")).collect();
-    h.sh(&format!("chmod 755 /usr/local/sbin/minerctl-standin && {}", links.join(" && "))).unwrap();
+    h.install_standins(&Standin::ALL).unwrap();
+    // A stock Ubuntu server has systemd-resolved; this machine's image does not (the
+    // systemctl stand-in, like systemd, knows a unit by its unit file).
+    h.write_file("/lib/systemd/system/systemd-resolved.service", UNIT).unwrap();
+    if h.name().starts_with("gpu-") {
+        h.set_gpus(&[Gpu::h100()]).unwrap();
+    }
+}
+
+/// A unit file for a service that a real server has installed.
+pub const UNIT: &str = "[Unit]\nDescription=lab unit\n[Service]\nExecStart=/bin/true\n";
+
+/// Whether `h`'s microk8s stand-in joined a cluster.
+pub fn joined(h: &LabHost) -> Option<String> {
+    h.read_to_string("/var/lib/lab-standins/microk8s/joined").ok()
+}
+
+/// A label of node `node` as `h`'s cluster API reports it ("" when unset).
+pub fn node_label(h: &LabHost, node: &str, key: &str) -> String {
+    let path = key.replace('.', "\\.");
+    h.kube_node_field(node, &format!("{{.metadata.labels.{path}}}")).unwrap().unwrap_or_default()
 }
 
 /// A finished run: exit code and the JSON events it printed.

@@ -1,9 +1,11 @@
 //! Stand-in executables for what cannot run in a lab host (TEST SUPPORT ONLY).
 //!
 //! The scripts live in `tests/harness/standins/` and are embedded here. Installed into
-//! a lab host's own root, at `/usr/local/bin` (ahead of `/usr/sbin` and `/usr/bin` in
-//! every PATH, root's, users' and sudo's secure_path), they keep their state in files
-//! under `/var/lib/lab-standins` inside that root and record every call in
+//! a lab host's own root, at `/usr/local/sbin` (the first directory of root's PATH and of
+//! sudo's `secure_path`) and linked from `/usr/local/bin` (the first of a user's PATH), so
+//! they come before the real programs that a provisioning run may install (`iputils-ping`
+//! puts a real `ping` in /usr/bin), they keep their state in files under
+//! `/var/lib/lab-standins` inside that root and record every call in
 //! `/var/lib/lab-standins/calls.log`, which [`LabHost::calls`] reads back.
 
 use std::net::IpAddr;
@@ -11,12 +13,33 @@ use std::net::IpAddr;
 use super::error::LabError;
 use super::host::LabHost;
 
-/// Where the stand-ins go inside a lab host.
-pub const STANDIN_BIN_DIR: &str = "/usr/local/bin";
+/// Where the stand-ins go inside a lab host: first in root's PATH and sudo's secure_path.
+pub const STANDIN_BIN_DIR: &str = "/usr/local/sbin";
+/// Where they are linked from: first in a non-root user's PATH.
+pub const STANDIN_USER_BIN_DIR: &str = "/usr/local/bin";
 /// Where they keep their state inside a lab host.
 pub const STANDIN_STATE_DIR: &str = "/var/lib/lab-standins";
 const LIB_PATH: &str = "/usr/local/lib/lab-standins/lib.sh";
 const LIB: &str = include_str!("../../standins/lib.sh");
+/// The Kubernetes objects behind `microk8s kubectl` (see the script's header).
+const KUBE_PATH: &str = "/usr/local/lib/lab-standins/kube.py";
+const KUBE: &str = include_str!("../../standins/kube.py");
+/// State folders, made at install time so that read-only calls never create anything (a
+/// `--check` run must leave a host as it was).
+const STATE_DIRS: &[&str] = &[
+    "",
+    "systemd",
+    "snaps",
+    "microk8s",
+    "kube/nodes",
+    "kube/runtimeclasses",
+    "iptables/v4",
+    "iptables/v6",
+    "sysctl",
+    "wireguard",
+    "nvidia",
+    "ping",
+];
 /// One script behind every iptables name; it dispatches on the name it was called by.
 const IPTABLES: &str = include_str!("../../standins/iptables");
 
@@ -27,7 +50,10 @@ pub enum Standin {
     Systemctl,
     /// `snap install/remove/refresh/list`; installing microk8s lays out its files.
     Snap,
-    /// `microk8s status/start/stop/config/add-node/join/leave/enable`; `kubectl` recorded.
+    /// `microk8s status/start/stop/config/add-node/join/leave/enable`; `kubectl` on Nodes
+    /// (labels, annotations, GPU capacity) and RuntimeClasses, in an API emulator
+    /// ([`LabHost::set_kube_api`]) or in the host's own store ([`LabHost::set_kube_node`]);
+    /// `enable nvidia` models the GPU operator.
     Microk8s,
     /// `nvidia-smi` reporting the GPUs set by [`LabHost::set_gpus`].
     NvidiaSmi,
@@ -143,14 +169,69 @@ impl LabHost {
         let env = format!("LAB_NAME={}\nLAB_ADDR={}\n", self.name(), self.addr());
         let mut files = vec![
             (LIB_PATH.to_string(), 0o644, LIB),
+            (KUBE_PATH.to_string(), 0o644, KUBE),
             (format!("{STANDIN_STATE_DIR}/host.env"), 0o644, env.as_str()),
         ];
+        let mut links = vec![];
         for standin in standins {
             for (program, script) in standin.scripts() {
                 files.push((format!("{STANDIN_BIN_DIR}/{program}"), 0o755, script));
+                links.push(format!("ln -sf {STANDIN_BIN_DIR}/{program} {STANDIN_USER_BIN_DIR}/{program}"));
             }
         }
-        self.write_text_files(&files)
+        self.write_text_files(&files)?;
+        let dirs: Vec<String> = STATE_DIRS.iter().map(|d| format!("{STANDIN_STATE_DIR}/{d}")).collect();
+        self.sh(&format!(
+            "mkdir -p {} {STANDIN_USER_BIN_DIR} && touch {STANDIN_STATE_DIR}/calls.log && chmod 666 {STANDIN_STATE_DIR}/calls.log && {}",
+            dirs.join(" "),
+            if links.is_empty() { "true".to_string() } else { links.join(" && ") }
+        ))?;
+        Ok(())
+    }
+
+    /// Points this host's `microk8s` at a Kubernetes API emulator (`http://...`): `microk8s
+    /// config` names it as server, `microk8s kubectl` reads and writes Nodes there, and a
+    /// `microk8s join` registers this host's Node there (see [`LabHost::set_kube_node_json`]).
+    pub fn set_kube_api(&self, url: &str) -> Result<(), LabError> {
+        self.write_file(&format!("{STANDIN_STATE_DIR}/microk8s/api-server"), url)
+    }
+
+    /// The Node this host's kubelet registers in the API emulator when it joins (JSON);
+    /// without it, a Node named after the host with its [`LabHost::set_gpus`] GPUs.
+    pub fn set_kube_node_json(&self, node_json: &str) -> Result<(), LabError> {
+        self.write_file(&format!("{STANDIN_STATE_DIR}/microk8s/node.json"), node_json)
+    }
+
+    /// A Node in this host's own cluster store (no emulator): how a primary sees the node
+    /// `name`, e.g. a worker that will join. With `gpus`, the node carries what the GPU
+    /// operator reads (count and memory of `gpus`); the labels and `nvidia.com/gpu` capacity
+    /// appear once the `nvidia` addon is enabled. `ready`: its Ready condition.
+    pub fn set_kube_node(&self, name: &str, gpus: &[Gpu], ready: bool) -> Result<(), LabError> {
+        let annotation = match gpus.first() {
+            Some(g) => format!("\"lab-standins/gpus\": \"{} {}\"", gpus.len(), g.memory_mib),
+            None => String::new(),
+        };
+        let ready = if ready { "True" } else { "False" };
+        let json = format!(
+            "{{\"apiVersion\": \"v1\", \"kind\": \"Node\", \"metadata\": {{\"name\": \"{name}\", \"labels\": \
+             {{\"kubernetes.io/hostname\": \"{name}\"}}, \"annotations\": {{{annotation}}}}}, \"spec\": {{}}, \"status\": \
+             {{\"capacity\": {{\"cpu\": \"8\", \"memory\": \"32Gi\", \"pods\": \"110\"}}, \"allocatable\": {{\"cpu\": \"8\", \
+             \"memory\": \"32Gi\", \"pods\": \"110\"}}, \"conditions\": [{{\"type\": \"Ready\", \"status\": \"{ready}\"}}]}}}}\n"
+        );
+        self.write_file(&format!("{STANDIN_STATE_DIR}/kube/nodes/{name}.json"), json)
+    }
+
+    /// What `microk8s kubectl get node NAME -o jsonpath=TEMPLATE` prints on this host, read
+    /// without recording a call. `Ok(None)`: no such node.
+    pub fn kube_node_field(&self, name: &str, template: &str) -> Result<Option<String>, LabError> {
+        let out = self.exec(&format!(
+            "python3 -B {KUBE_PATH} kubectl get node '{name}' -o 'jsonpath={}'",
+            template.replace('\'', "'\\''")
+        ))?;
+        if !out.status.success() {
+            return Ok(None);
+        }
+        Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
     }
 
     /// Sets the GPUs that the `nvidia-smi` stand-in reports (an empty list: "No devices
