@@ -206,6 +206,18 @@ impl Podman {
     /// `podman run` with the flags these machines need, an env file (secrets never on a
     /// command line) and `args` after the image.
     fn run(&self, detach: bool, image: &str, env: &[(&str, String)], args: &[&str]) -> Output {
+        self.run_with(detach, image, env, &[], args)
+    }
+
+    /// [`Podman::run`] with `mounts` (host file, container path), bound read-only.
+    fn run_with(
+        &self,
+        detach: bool,
+        image: &str,
+        env: &[(&str, String)],
+        mounts: &[(&Path, &str)],
+        args: &[&str],
+    ) -> Output {
         let env_file = self.root.path().join(format!("env-{}", rand_suffix()));
         let lines: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
         std::fs::write(&env_file, lines).unwrap();
@@ -219,6 +231,9 @@ impl Podman {
             "nproc=1024:1024",
         ]);
         c.arg("--env-file").arg(&env_file);
+        for (host, inside) in mounts {
+            c.arg("--volume").arg(format!("{}:{inside}:ro", host.display()));
+        }
         c.arg(if detach { "-d" } else { "--rm" });
         c.arg(image).args(args);
         c.output().unwrap()
@@ -292,7 +307,6 @@ fn key(byte: u8) -> Hotkey {
 }
 
 #[test]
-#[ignore = "since the gepetto merge, chutes-miner gepetto needs a Kubernetes API (kube-emulator kubeconfig) the container is not given yet; re-enable once the test mounts one"]
 fn the_runtime_image_migrates_serves_the_api_and_consumes_events() {
     let podman = Podman::new();
     let image = podman.load("chutes-miner");
@@ -334,10 +348,30 @@ fn the_runtime_image_migrates_serves_the_api_and_consumes_events() {
     let unsigned = http(port, "GET", "/servers/", &[], b"").unwrap();
     assert!(unsigned.0 == 401 || unsigned.0 == 403, "{unsigned:?}");
 
-    // gepetto: reads the stream through its consumer group.
-    let o = podman.run(true, &image, &env[1..2], &["gepetto", "--consumer", "test-gepetto"]);
+    // gepetto: schedules against a cluster (the Kubernetes emulator on the host network,
+    // through a kubeconfig file mounted into the container, as a pod's service account
+    // would be) and reads the stream through its consumer group.
+    let kube = kube_emulator::Emulator::start().unwrap();
+    kube.create(serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "chutes"}}))
+        .unwrap();
+    let kube_dir = tempfile::tempdir().unwrap();
+    let kubeconfig = kube_dir.path().join("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig).unwrap();
+    let mut gepetto_env = env.clone();
+    gepetto_env.push(("KUBECONFIG", "/etc/chutes/kubeconfig".into()));
+    let o = podman.run_with(
+        true,
+        &image,
+        &gepetto_env,
+        &[(&kubeconfig, "/etc/chutes/kubeconfig")],
+        &["gepetto", "--consumer", "test-gepetto"],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let gepetto = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    // Its reconciler reads the cluster's chute Jobs at start-up.
+    wait_for("gepetto to read the cluster", || {
+        kube.requests().iter().any(|r| r.contains("/namespaces/chutes/")).then_some(())
+    });
     let event = miner_events::MinerEvent::new("gpu_verified", serde_json::json!({"from": "the images test"}));
     let stream_id = rt.block_on(async {
         let producer =
@@ -348,6 +382,17 @@ fn the_runtime_image_migrates_serves_the_api_and_consumes_events() {
         let logs = podman.logs(&gepetto);
         (logs.contains(&stream_id) && logs.contains("gpu_verified")).then_some(())
     });
+    // ... and acknowledged it: the group delivered it and holds nothing pending.
+    wait_for("gepetto to acknowledge the event", || {
+        let o = Command::new("redis-cli")
+            .args(["-p", &redis.port().to_string(), "--json", "XINFO", "GROUPS", "miner_events"])
+            .output()
+            .unwrap();
+        let groups: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+        let group = groups.as_array()?.iter().find(|g| g["name"] == "gepetto")?.clone();
+        (group["last-delivered-id"] == stream_id.as_str() && group["pending"] == 0).then_some(())
+    });
+    assert!(podman.logs(&gepetto).contains("gepetto scheduling"), "{}", podman.logs(&gepetto));
     // The seed never reached the container's command line.
     let inspect = podman.ok(&["inspect", &api, "--format", "{{json .Config.Cmd}} {{json .Args}}"]);
     assert!(!inspect.contains(miner.expose_seed_hex().as_str()), "{inspect}");

@@ -31,6 +31,9 @@ pub fn pod_selector(node: &str) -> String {
     format!("job-name={}", job_name(node))
 }
 
+/// The port graval-bootstrap serves on (its `--port`; `/ping` answers `pong` unsigned).
+pub const GRAVAL_PORT: u16 = 8000;
+
 /// The NodePort Service in front of GraVal's port 8000.
 pub fn service(node: &str) -> Result<Service, ObjectError> {
     typed(
@@ -39,7 +42,7 @@ pub fn service(node: &str) -> Result<Service, ObjectError> {
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": service_name(node), "labels": {"app": "graval", "graval-node": node}},
             "spec": {"type": "NodePort", "selector": {"app": "graval", "graval-node": node},
-                     "ports": [{"port": 8000, "targetPort": 8000, "protocol": "TCP"}]}
+                     "ports": [{"port": GRAVAL_PORT, "targetPort": GRAVAL_PORT, "protocol": "TCP"}]}
         }),
     )
 }
@@ -79,15 +82,20 @@ impl GravalJob<'_> {
                             "containers": [{
                                 "name": "graval",
                                 "image": self.image,
-                                "imagePullPolicy": "Always",
+                                // Images reach nodes by `minerctl images push` (a containerd
+                                // import); `chutes.local` is no registry, so a pull always fails.
+                                "imagePullPolicy": "IfNotPresent",
+                                // The image's entrypoint is graval-bootstrap; every GPU by CUDA.
+                                "args": ["--backend", "cuda", "--port", GRAVAL_PORT.to_string()],
                                 "env": [
                                     {"name": "VALIDATOR_WHITELIST", "value": self.validator},
                                     {"name": "MINER_HOTKEY_SS58", "value": self.miner_ss58},
                                 ],
                                 "resources": {"requests": resources, "limits": resources},
-                                "ports": [{"containerPort": 8000, "protocol": "TCP"}],
+                                "ports": [{"containerPort": GRAVAL_PORT, "protocol": "TCP"}],
+                                // The kubelet asks; the image has no curl (nor a shell).
                                 "readinessProbe": {
-                                    "exec": {"command": ["curl", "-f", "http://127.0.0.1:8000/ping"]},
+                                    "httpGet": {"path": "/ping", "port": GRAVAL_PORT, "scheme": "HTTP"},
                                     "initialDelaySeconds": 15, "periodSeconds": 10, "timeoutSeconds": 1,
                                     "failureThreshold": 3
                                 }
@@ -129,5 +137,57 @@ mod tests {
         assert_eq!(c["resources"]["limits"], json!({"cpu": "32", "memory": "640Gi", "nvidia.com/gpu": "8"}));
         assert_eq!(v["metadata"]["labels"]["chute/chute"], "false");
         assert_eq!(v["spec"]["template"]["spec"]["nodeName"], "gpu-1");
+    }
+
+    /// The whole Job as the API creates it: a change to the image policy, arguments,
+    /// probe or labels shows up here as a diff to review.
+    #[test]
+    fn graval_job_snapshot() {
+        let job = GravalJob {
+            node: "gpu-1.lab",
+            image: "chutes.local/graval-bootstrap-cuda@sha256:0123",
+            validator: "5Validator",
+            miner_ss58: "5Miner",
+            gpu_count: 2,
+            cpu_per_gpu: 4,
+            memory_per_gpu: 80,
+        }
+        .build()
+        .unwrap();
+        let resources = json!({"cpu": "8", "memory": "160Gi", "nvidia.com/gpu": "2"});
+        let expected = json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": "graval-gpu-1-lab",
+                         "labels": {"app": "graval", "chute/chute": "false", "graval-node": "gpu-1.lab"}},
+            "spec": {
+                "parallelism": 1, "completions": 1, "backoffLimit": 3, "ttlSecondsAfterFinished": 300,
+                "template": {
+                    "metadata": {"labels": {"app": "graval", "graval-node": "gpu-1.lab"}},
+                    "spec": {
+                        "restartPolicy": "OnFailure",
+                        "nodeName": "gpu-1.lab",
+                        "runtimeClassName": "nvidia-container-runtime",
+                        "containers": [{
+                            "name": "graval",
+                            "image": "chutes.local/graval-bootstrap-cuda@sha256:0123",
+                            "imagePullPolicy": "IfNotPresent",
+                            "args": ["--backend", "cuda", "--port", "8000"],
+                            "env": [
+                                {"name": "VALIDATOR_WHITELIST", "value": "5Validator"},
+                                {"name": "MINER_HOTKEY_SS58", "value": "5Miner"},
+                            ],
+                            "resources": {"requests": resources, "limits": resources},
+                            "ports": [{"containerPort": 8000, "protocol": "TCP"}],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/ping", "port": 8000, "scheme": "HTTP"},
+                                "initialDelaySeconds": 15, "periodSeconds": 10, "timeoutSeconds": 1,
+                                "failureThreshold": 3
+                            }
+                        }]
+                    }
+                }
+            }
+        });
+        assert_eq!(serde_json::to_value(&job).unwrap(), expected);
     }
 }
