@@ -6,7 +6,10 @@
 # - the bootstrap server on the GPU: signed /prove, v2 work product, CPU-verified;
 # - the benchmark: cuBLAS's own INT8 GEMM (cublasGemmEx, COMPUTE_32I) beside the
 #   proof chain's throughput (target >= 0.9 of it), VRAM filled, the model plan's
-#   iterations against its projected estimate, and each verifier's time.
+#   iterations against its projected estimate, and each verifier's time;
+# - the CPU verifier's cost for the full-size proof of this GPU's model (the fallback
+#   of a validator without a GPU): one replay step timed at the model's matrix size,
+#   times the products 90 spot checks replay.
 #
 #   graval/gpu-check.sh                 build with --features cuda (needs cargo), then run
 #   graval/gpu-check.sh --build-only    build here and copy the binaries to graval/.gpu-bin
@@ -90,6 +93,12 @@ run() {
     if [ "${1:-}" != "tests-only" ]; then
         echo "=== GPU benchmark ==="
         timeout 300 "$bin/graval-bench" gpu --sizes 4096,8192 --model || status=1
+        echo "=== CPU verifier cost for the full-size proof (this host's CPUs) ==="
+        local model
+        model="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
+        timeout 240 "$bin/graval-bench" verify-cost --sizes 2048,8192 --model "$model" ||
+            { echo "(no figure for $model: the H100 SXM plan's instead)";
+              timeout 240 "$bin/graval-bench" verify-cost --sizes 2048,8192 || status=1; }
     fi
     echo "=== summary ==="
     grep -E '^RESULT|test result|FAILED|panicked' "$log" | grep -v '^grep'
@@ -97,6 +106,8 @@ run() {
     grep -oE 'RESULT gpu_proof n=[0-9]+ iterations=[0-9]+ .*vs_cublas=[0-9.]+' "$log" |
         awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^vs_cublas=/) { split($i, r, "="); v = r[2] }
                print (v >= 0.9 ? "TARGET MET" : "BELOW TARGET") " (>= 0.9 of cuBLAS INT8): " $3 " " $4 " vs_cublas=" v }'
+    # Each verifier's time for the model's full proof (90 checks).
+    grep -E '^RESULT (gpu_verify_cuda|gpu_verify_cpu|cpu_verify_cost)' "$log" | sed 's/^RESULT /VERIFIER TIME: /'
     [ $status -eq 0 ] && echo "GPU CHECK PASSED" || echo "GPU CHECK FAILED"
     exit $status
 }

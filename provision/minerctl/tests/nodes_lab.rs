@@ -83,6 +83,8 @@ struct World {
     db: Db,
     api_url: String,
     validator_hotkey: String,
+    /// The validator's real GraVal check of these hosts' bootstrap servers.
+    graval_check: validator_emulator::GravalVerifier,
     _pg: Postgres,
     _redis: Redis,
 }
@@ -100,12 +102,11 @@ fn world() -> World {
     kube.add_node(kube_emulator::Node::new("cpu-0"));
     let validator = validator_emulator::Emulator::start();
     validator.set_supported_gpus(&["a6000"]);
-    validator.set_default_verification("success");
     let validator_hotkey = hotkey(VALIDATOR_SEED).ss58().to_string();
     let pg = Postgres::start().unwrap();
     let redis = Redis::start().unwrap();
 
-    let (db, api_url) = rt.block_on(async {
+    let (db, api_url, graval_check) = rt.block_on(async {
         let miner = Arc::new(hotkey(MINER_SEED));
         let db = Db::connect(&pg.create_database("nodes").unwrap()).await.unwrap();
         db.migrate().await.unwrap();
@@ -121,16 +122,23 @@ fn world() -> World {
         // the Job runs it behind a NodePort of the node's external IP.
         let mut gravals = HashMap::new();
         for (n, ip) in [(1u8, "203.0.113.2"), (2, "203.0.113.3")] {
-            let mut info = graval::cpu::host_device_info(64 << 20, 1);
+            // 1 MiB of 32 x 32 states: a proof and its check in well under a second.
+            let mut info = graval::cpu::host_device_info(1 << 20, 1);
             info.uuid = format!("{n:032x}");
             let engine: Box<dyn graval::Engine> = Box::new(graval::CpuEngine::with_device(info, 1));
-            let node = graval::Node::new(vec![engine], Some(64));
+            let node = graval::Node::new(vec![engine], Some(32));
             let gstate =
                 graval_bootstrap::AppState::new(node, miner.ss58(), std::slice::from_ref(&validator_hotkey)).unwrap();
             let glistener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             gravals.insert(ip.to_string(), format!("http://{}", glistener.local_addr().unwrap()));
             tokio::spawn(async move { axum::serve(glistener, graval_bootstrap::router(Arc::new(gstate))).await });
         }
+
+        let for_validator = gravals.clone();
+        let graval_check = validator_emulator::GravalVerifier::new(Arc::new(hotkey(VALIDATOR_SEED)))
+            .fixed(32, 2)
+            .address(move |ip, _port| for_validator.get(ip).cloned().unwrap_or_else(|| format!("http://{ip}:1")));
+        validator.verify_with_graval(graval_check.clone());
 
         let kc = kube::config::Kubeconfig::from_yaml(&kube.kubeconfig_yaml()).unwrap();
         let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
@@ -164,9 +172,9 @@ fn world() -> World {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(miner_api::serve(listener, state, std::future::pending()));
-        (db, url)
+        (db, url, graval_check)
     });
-    World { rt, kube, validator, db, api_url, validator_hotkey, _pg: pg, _redis: redis }
+    World { rt, kube, validator, db, api_url, validator_hotkey, graval_check, _pg: pg, _redis: redis }
 }
 
 /// The lab's `microk8s` reaches the emulator; a worker's kubelet registers `node_json`.
@@ -274,9 +282,9 @@ fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out(
     assert!(gpu.read_to_string("/etc/wireguard/wg0.conf").unwrap().contains(primary_key.trim()));
     assert_eq!(node_labels(&w, "gpu-1").unwrap()["chutes/external-ip"], "203.0.113.2");
 
-    // Rerun once the validator is happy: provisioning has nothing left to do, the API
-    // streams its progress and the GPUs are verified.
-    w.validator.set_default_verification("success");
+    // Rerun with the validator's real GraVal check: provisioning has nothing left to do,
+    // the API streams its progress and the GPUs are verified.
+    w.validator.verify_with_graval(w.graval_check.clone());
     let out = cli.node(&["add-node", gpu.name(), "--api", &w.api_url]);
     assert!(out.status.success(), "{}", text(&out));
     let s = stdout(&out);

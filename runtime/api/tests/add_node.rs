@@ -1,130 +1,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! `POST /servers/` end to end: the real kube client against the Kubernetes API
-//! emulator, GraVal's real bootstrap server (CPU backend), the validator emulator,
-//! real Postgres and Redis.
+//! emulator, GraVal's real bootstrap server (CPU backend) checked by the validator
+//! emulator's real GraVal verifier, real Postgres and Redis (`add_node_world`).
 
+mod add_node_world;
 mod common;
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
-
+use add_node_world::*;
 use common::*;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Node, Service};
-use kube::api::{Api, ListParams};
-use miner_api::bootstrap::{BootstrapTimings, KubeBootstrap};
-use miner_validator::ValidatorTarget;
-use miner_validator::rest::{RestOptions, ValidatorClient};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
 use serde_json::{Value, json};
-
-struct World {
-    api: Api_,
-    kube: kube_emulator::Emulator,
-    client: kube::Client,
-    validator: validator_emulator::Emulator,
-    validator_hotkey: String,
-}
-
-type Api_ = common::Api;
-
-async fn graval_server(miner: &str, validator: &str) -> String {
-    let engine: Box<dyn graval::Engine> = Box::new(graval::CpuEngine::host(64 << 20));
-    let node = graval::Node::new(vec![engine], Some(64));
-    let state = graval_bootstrap::AppState::new(node, miner, &[validator.to_owned()]).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, graval_bootstrap::router(Arc::new(state))).await });
-    base
-}
-
-async fn world(node: kube_emulator::Node) -> World {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let kube = kube_emulator::Emulator::start().unwrap();
-    kube.add_node(node);
-    // The chart creates the namespace in a real cluster.
-    kube.create(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "chutes"}})).unwrap();
-    let kc = kube::config::Kubeconfig::from_yaml(&kube.kubeconfig_yaml()).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
-    let client = kube::Client::try_from(cfg).unwrap();
-    let bootstrap_client = client.clone();
-
-    let validator = validator_emulator::Emulator::start();
-    validator.set_supported_gpus(&["a6000"]);
-    validator.set_default_verification("success");
-    let validator_hotkey = validators().supported[0].hotkey.clone();
-    let miner = Arc::new(hotkey(MINER_SEED));
-    let graval = graval_server(miner.ss58(), &validator_hotkey).await;
-
-    let target = ValidatorTarget {
-        hotkey: validator_hotkey.clone(),
-        api: validator.api_url(),
-        socket: validator.socket_url(),
-    };
-    let rest =
-        RestOptions { attempts: 2, backoff_initial: Duration::from_millis(50), ..RestOptions::default() };
-    let mut clients = HashMap::new();
-    clients.insert(
-        validator_hotkey.clone(),
-        ValidatorClient::with_options(&target, miner.clone(), rest).unwrap(),
-    );
-
-    let make = move |db: miner_db::Db| -> Arc<dyn miner_api::NodeBootstrap> {
-        Arc::new(KubeBootstrap {
-            client: bootstrap_client,
-            namespace: "chutes".into(),
-            db,
-            hotkey: miner,
-            validators: clients,
-            graval_image: "parachutes/graval-bootstrap:test".into(),
-            // No kube-proxy here: the node port leads to the GraVal server started above.
-            graval_address: Arc::new(move |_ip, _port| graval.clone()),
-            timings: BootstrapTimings {
-                timeout: Duration::from_secs(20),
-                poll: Duration::from_millis(100),
-                devices_attempts: 3,
-                devices_retry: Duration::from_millis(100),
-                cleanup_wait: Duration::from_secs(5),
-            },
-            http: reqwest::Client::new(),
-        })
-    };
-    let api =
-        common::Api::start_with(Options { make_bootstrap: Some(Box::new(make)), ..Options::default() }).await;
-    World { api, kube, client, validator, validator_hotkey }
-}
-
-fn gpu_node(name: &str) -> kube_emulator::Node {
-    kube_emulator::Node::new(name)
-        .gpus(1)
-        .label("chutes/external-ip", "127.0.0.1")
-        .label("nvidia.com/gpu.memory", "49152")
-        .capacity("cpu", "32")
-        .capacity("memory", "128Gi")
-}
-
-fn args(w: &World, name: &str, short_ref: &str) -> Value {
-    json!({"name": name, "validator": w.validator_hotkey, "hourly_cost": 0.8, "gpu_short_ref": short_ref})
-}
-
-async fn stream(resp: reqwest::Response) -> Vec<String> {
-    assert_eq!(resp.status(), 200, "not a stream");
-    let text = resp.text().await.unwrap();
-    text.split("\n\n")
-        .filter(|c| !c.is_empty())
-        .map(|c| {
-            let v: Value = serde_json::from_str(c.strip_prefix("data: ").unwrap()).unwrap();
-            v["message"].as_str().unwrap().to_owned()
-        })
-        .collect()
-}
-
-async fn graval_objects(client: &kube::Client) -> usize {
-    let jobs: Api<Job> = Api::namespaced(client.clone(), "chutes");
-    let services: Api<Service> = Api::namespaced(client.clone(), "chutes");
-    let lp = ListParams::default().labels("app=graval");
-    jobs.list(&lp).await.unwrap().items.len() + services.list(&lp).await.unwrap().items.len()
-}
 
 #[tokio::test]
 async fn a_node_is_tracked_verified_and_graval_is_removed() {

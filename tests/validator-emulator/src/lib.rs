@@ -44,6 +44,7 @@ pub use catalogue::{ChuteJob, ChuteSpec, ImageSpec, JobPort, JobSpec, Traffic};
 pub use scenario::{Scenario, ScenarioError, ScenarioParams, Step};
 use state::{Event, State};
 pub use state::{Instance, LaunchConfig, Node};
+pub use verification::{GravalAddress, GravalPlan, GravalVerifier};
 
 /// One HTTP request as the emulator received it.
 #[derive(Debug, Clone, PartialEq)]
@@ -333,9 +334,31 @@ impl Emulator {
         self.state().verification.insert(task_id.to_owned(), status.to_owned());
     }
 
-    /// Outcome for tasks without their own (initially `pending`).
+    /// Scripted outcome for tasks without their own (initially `pending`). Leaves
+    /// the real mode ([`Emulator::verify_with_graval`]) for tasks opened from now on.
     pub fn set_default_verification(&self, status: &str) {
-        self.state().default_verification = status.to_owned();
+        let mut state = self.state();
+        state.default_verification = status.to_owned();
+        state.graval = None;
+    }
+
+    /// Verifies add-node for real from now on: each `POST /nodes/` runs GraVal
+    /// against the node's bootstrap server (`/info`, `/prove`, graval's verifier) and
+    /// its status reads `pending`, then `verified` or `failed`
+    /// (`src/verification.rs`).
+    pub fn verify_with_graval(&self, verifier: GravalVerifier) {
+        self.state().graval = Some(verifier);
+    }
+
+    /// How a real verification ended: `None` while it runs (or for scripted tasks),
+    /// `Some(Err(why))` when it failed.
+    pub fn verification_result(&self, task_id: &str) -> Option<Result<(), String>> {
+        self.state().verification_results.get(task_id).cloned()
+    }
+
+    /// Task ids opened by `POST /nodes/`, in order.
+    pub fn verification_tasks(&self) -> Vec<String> {
+        (1..=self.state().tasks).map(verification::task_id).collect()
     }
 
     /// Launch tokens to hand out over all chutes before answering 423, on top of

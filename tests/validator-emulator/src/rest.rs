@@ -61,7 +61,7 @@ async fn handle(
         Some(Auth::Purpose(p)) => verify(&headers, Payload::Purpose(p)),
     };
     let mut events = Vec::new();
-    let (status, answer) = {
+    let (status, answer, jobs) = {
         let mut state = app.shared.lock().unwrap();
         let auth = auth.and_then(|hotkey| match &state.registered {
             Some(set) if !hotkey.is_empty() && !set.contains(&hotkey) => {
@@ -104,8 +104,10 @@ async fn handle(
             auth,
             status,
         });
-        (status, answer)
+        let jobs = std::mem::take(&mut state.verification_jobs);
+        (status, answer, jobs)
     };
+    crate::verification::spawn_jobs(jobs, &app.shared, &app.io);
     // Events go out before the answer, so a client holding the reply can wait for them.
     crate::sockets::emit(&app.io, &app.shared, events).await;
     match answer {

@@ -176,6 +176,14 @@ pub(crate) struct State {
     pub rolling: BTreeMap<String, RollingUpdate>,
     pub default_verification: String,
     pub verification: HashMap<String, String>,
+    /// Real GraVal verification (`None`: scripted outcomes).
+    pub graval: Option<crate::verification::GravalVerifier>,
+    /// Status of each task the real verifier runs (`pending` until it ends).
+    pub real_status: HashMap<String, String>,
+    /// And why it ended as it did.
+    pub verification_results: HashMap<String, Result<(), String>>,
+    /// Real verifications queued by `POST /nodes/`, started by the REST handler.
+    pub verification_jobs: Vec<crate::verification::Job>,
     /// Tasks whose `gpu_verified` events went out.
     pub announced_tasks: HashSet<String>,
     pub tasks: u64,
