@@ -319,7 +319,9 @@ fn bound_only_management_reaches_the_api_only_when_asked() {
     assert!(!has_flag(&api_env(&values)), "off by default: the original CLI must keep working");
     values.miner_api.bound_management_only = true;
     assert!(has_flag(&api_env(&values)));
+}
 
+#[test]
 fn prometheus_server_scrapes_chute_pods_metrics_on_the_control_node_without_persistence() {
     let m = render(&full_values()).unwrap();
     // The names the runtime uses: Gepetto's and the audit exporter's URL, the audit
