@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use provision_engine::*;
-use test_harness::lab::{Lab, Standin};
+use lab_hosts::lab::{Lab, Standin};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reboot_handler_reconnects_and_the_run_goes_on() {
@@ -48,7 +48,7 @@ async fn one_failed_boot_id_read_is_not_a_reboot() {
 }
 
 /// Phase "driver" (a command that notifies the reboot handler) then phase "after".
-async fn run_two_phases(h: &test_harness::lab::LabHost, reboot_timeout: Duration) -> RunResult {
+async fn run_two_phases(h: &lab_hosts::lab::LabHost, reboot_timeout: Duration) -> RunResult {
     let dir = tempfile::tempdir().unwrap();
     let kh = dir.path().join("known_hosts");
     std::fs::write(&kh, h.known_hosts_line() + "\n").unwrap();

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use chutes_protocol::Hotkey;
 use chutes_protocol::auth::Payload;
 use minerctl_images::{LOCK_FILE, Lock};
-use test_harness::lab::{Lab, Standin};
-use test_harness::{Postgres, Redis};
+use lab_hosts::lab::{Lab, Standin};
+use lab_hosts::{Postgres, Redis};
 
 fn minerctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_minerctl")).args(args).output().unwrap()

@@ -22,8 +22,8 @@ use miner_events::{Producer, StreamConfig};
 use miner_validator::ValidatorTarget;
 use miner_validator::rest::{RestOptions, ValidatorClient};
 use serde_json::{Value, json};
-use test_harness::lab::LabHost;
-use test_harness::{Postgres, Redis};
+use lab_hosts::lab::LabHost;
+use lab_hosts::{Postgres, Redis};
 
 #[path = "support/lab.rs"]
 mod lab;

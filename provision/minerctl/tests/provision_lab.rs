@@ -1,11 +1,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: panics are the failure report
 //! `minerctl provision` (the real binary) against lab hosts: real sshd, apt-get, files,
-//! users and sudoers; the harness's stand-ins (`test_harness::lab::Standin`) only for what a
+//! users and sudoers; the harness's stand-ins (`lab_hosts::lab::Standin`) only for what a
 //! lab host cannot run: systemd, snap/microk8s, nvidia tools, iptables, ping.
 
 use std::process::Command;
 
-use test_harness::lab::LabHost;
+use lab_hosts::lab::LabHost;
 
 #[path = "support/lab.rs"]
 mod lab;
@@ -365,7 +365,7 @@ fn gpu_layer_is_installed_on_the_primary_and_a_node_without_gpus_fails_by_name()
     assert!(lab::joined(gpu).is_some(), "everything before the verify was done");
 
     // The node's GPU is found: the verify passes, the addons are not enabled again.
-    primary.set_kube_node("gpu-1", &[test_harness::lab::Gpu::h100()], true).unwrap();
+    primary.set_kube_node("gpu-1", &[lab_hosts::lab::Gpu::h100()], true).unwrap();
     let run = s.run(&[]);
     run.assert_ok();
     // (Registering the node again dropped its external-ip label, which is set again.)

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use kube_emulator::{Emulator, Node};
-use test_harness::lab::{Lab, Standin};
+use lab_hosts::lab::{Lab, Standin};
 
 const SEED_HEX: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60";
 

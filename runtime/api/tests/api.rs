@@ -235,7 +235,7 @@ async fn purge_all_and_purge_one() {
 
 #[tokio::test]
 async fn with_redis_down_a_purge_says_so_instead_of_pretending() {
-    let mut redis = test_harness::Redis::start().unwrap();
+    let mut redis = lab_hosts::Redis::start().unwrap();
     let api = Api::start_with(Options {
         redis_url: Some(redis.url()),
         event_timeout: Duration::from_millis(700),

@@ -16,7 +16,7 @@ use chutes_protocol::auth::{Payload, headers, now_unix, sha256_hex, verify_miner
 use miner_audit::{AuditError, Exporter, ExporterConfig, Window};
 use miner_db::{Chute, Db, NewDeployment, NewGpu, NewServer};
 use serde_json::{Value, json};
-use test_harness::Postgres;
+use lab_hosts::Postgres;
 
 fn pg() -> &'static Postgres {
     static PG: OnceLock<Postgres> = OnceLock::new();

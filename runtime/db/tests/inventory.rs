@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use miner_db::*;
 use serde_json::json;
-use test_harness::Postgres;
+use lab_hosts::Postgres;
 
 fn server() -> &'static Postgres {
     static PG: OnceLock<Postgres> = OnceLock::new();

@@ -1,4 +1,4 @@
-//! Event bus throughput against a real Redis (test-harness: AOF with fsync on every
+//! Event bus throughput against a real Redis (lab-hosts: AOF with fsync on every
 //! write, the durability the miner wants). Prints figures; asserts nothing about speed.
 //!
 //! `cargo bench -p miner-events --bench throughput [-- N]`
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use miner_events::{Consumer, Delivery, MinerEvent, Producer, StreamConfig};
 use serde_json::json;
-use test_harness::Redis;
+use lab_hosts::Redis;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -1,4 +1,4 @@
-//! The bus against a real Redis (test-harness), including Redis and consumer
+//! The bus against a real Redis (lab-hosts), including Redis and consumer
 //! crashes mid-stream. Counts are printed so a run documents what it measured.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: panics are the failure report
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use miner_events::{Consumer, Delivery, MinerEvent, Producer, StreamConfig};
 use serde_json::json;
-use test_harness::Redis;
+use lab_hosts::Redis;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

@@ -2,7 +2,7 @@
 //!
 //! Ours: both strategies on an in-memory snapshot (what the autoscaler loop runs).
 //! The original's design: `optimal_scale_up_server` as one SQL query per chute, on
-//! the same fleet loaded into a real Postgres (tests/harness). Prints medians; the
+//! the same fleet loaded into a real Postgres (provision/lab/hosts). Prints medians; the
 //! target (< 100 ms for ours) is read from the output, never asserted.
 //!
 //! `cargo bench -p miner-gepetto --bench autoscale`
@@ -41,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let pg = test_harness::Postgres::start()?;
+    let pg = lab_hosts::Postgres::start()?;
     let url = pg.create_database("bench_autoscale")?;
     rt.block_on(async {
         let db = Db::connect(&url).await?;

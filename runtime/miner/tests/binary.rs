@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chutes_protocol::Hotkey;
-use test_harness::{Postgres, Redis};
+use lab_hosts::{Postgres, Redis};
 
 const BIN: &str = env!("CARGO_BIN_EXE_chutes-miner");
 const SEED: &str = "0x5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";

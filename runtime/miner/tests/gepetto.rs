@@ -9,14 +9,14 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use miner_events::{MinerEvent, Producer, StreamConfig};
-use test_harness::Redis;
+use lab_hosts::Redis;
 
 const BIN: &str = env!("CARGO_BIN_EXE_chutes-miner");
 
 /// What the scheduler needs besides Redis: Postgres, a cluster (the Kubernetes
 /// emulator, through a kubeconfig file) and a validator list. Shared by the tests.
 struct Stack {
-    pg: test_harness::Postgres,
+    pg: lab_hosts::Postgres,
     _kube: kube_emulator::Emulator,
     kubeconfig: std::path::PathBuf,
     _dir: tempfile::TempDir,
@@ -33,7 +33,7 @@ fn stack() -> &'static Stack {
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
         kube.write_kubeconfig(&kubeconfig).unwrap();
-        Stack { pg: test_harness::Postgres::start().unwrap(), _kube: kube, kubeconfig, _dir: dir }
+        Stack { pg: lab_hosts::Postgres::start().unwrap(), _kube: kube, kubeconfig, _dir: dir }
     })
 }
 
@@ -148,7 +148,7 @@ const SEED: &str = "0x5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a
 /// restarted, and gepetto is killed and restarted. Counts what arrived.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_broadcast_is_lost_across_emulator_redis_and_consumer_restarts() {
-    let pg = test_harness::Postgres::start().unwrap();
+    let pg = lab_hosts::Postgres::start().unwrap();
     let mut redis = Redis::start().unwrap();
     let mut emulator = validator_emulator::Emulator::start();
     let validator = chutes_protocol::Hotkey::from_seed(&[9; 32], "t").unwrap().ss58().to_owned();

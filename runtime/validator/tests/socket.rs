@@ -13,7 +13,7 @@ use common::*;
 use miner_events::Producer;
 use miner_validator::socket::{self, SocketState};
 use serde_json::{Value, json};
-use test_harness::Redis;
+use lab_hosts::Redis;
 use tokio_util::sync::CancellationToken;
 use validator_emulator::Emulator;
 

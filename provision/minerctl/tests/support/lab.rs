@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use test_harness::lab::{Gpu, Lab, LabHost, Standin};
+use lab_hosts::lab::{Gpu, Lab, LabHost, Standin};
 
 pub struct Setup {
     pub lab: Lab,
@@ -121,7 +121,7 @@ pub fn inventory_yaml_with(hosts: &[LabHost], vars: &str) -> String {
     y
 }
 
-/// Every harness stand-in (`test_harness::lab::Standin`), one H100 on GPU hosts, and two
+/// Every harness stand-in (`lab_hosts::lab::Standin`), one H100 on GPU hosts, and two
 /// speed-ups of this shared machine's image that a real server does not need.
 pub fn prepare(h: &LabHost) {
     // A lab host inherits this machine's /root/.bashrc, which here runs `pyenv init` (about

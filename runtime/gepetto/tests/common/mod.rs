@@ -15,7 +15,7 @@ use miner_gepetto::{CancellationToken, Config, Gepetto, Heuristic, Strategy, Val
 use miner_validator::ValidatorTarget;
 use miner_validator::rest::{RestOptions, ValidatorClient};
 use serde_json::{Value, json};
-use test_harness::Postgres;
+use lab_hosts::Postgres;
 
 pub const NS: &str = "chutes";
 pub const MINER_SEED: &str = "0x3333333333333333333333333333333333333333333333333333333333333333";

@@ -1,6 +1,6 @@
 //! Stand-in executables for what cannot run in a lab host (TEST SUPPORT ONLY).
 //!
-//! The scripts live in `tests/harness/standins/` and are embedded here. Installed into
+//! The scripts live in `provision/lab/hosts/standins/` and are embedded here. Installed into
 //! a lab host's own root, at `/usr/local/sbin` (the first directory of root's PATH and of
 //! sudo's `secure_path`) and linked from `/usr/local/bin` (the first of a user's PATH), so
 //! they come before the real programs that a provisioning run may install (`iputils-ping`

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
 
-use test_harness::{Postgres, Redis};
+use lab_hosts::{Postgres, Redis};
 
 fn psql(pg: &Postgres, sql: &str) -> String {
     let out = Command::new("psql")

@@ -1,11 +1,11 @@
 //! How long lab hosts take to start and to tear down (prints figures; no asserts).
-//! `cargo bench -p test-harness --bench lab_start` (needs root).
+//! `cargo bench -p lab-hosts --bench lab_start` (needs root).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
 
-use test_harness::lab::{Lab, LabHost};
+use lab_hosts::lab::{Lab, LabHost};
 
 fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)

@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
-use test_harness::lab::LabHost;
+use lab_hosts::lab::LabHost;
 
 #[test]
 fn lab_hosts_carry_a_port_other_than_22_in_their_connection_info() {

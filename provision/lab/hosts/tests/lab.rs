@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::Command;
 
-use test_harness::lab::{Gpu, Lab, LabError, LabHost, Standin};
+use lab_hosts::lab::{Gpu, Lab, LabError, LabHost, Standin};
 
 /// An `ssh` command from this machine to `host`, pinning `known_hosts_line` as its
 /// host key (kept in the returned temp dir).
@@ -178,7 +178,7 @@ impl Traces {
             pid_ns: ns("pid"),
             mnt_ns: ns("mnt"),
             ssh_addr: host.ssh_addr(),
-            slot_lock: test_harness::lab::state_dir().unwrap().join(format!("slot-{last_octet}.lock")),
+            slot_lock: lab_hosts::lab::state_dir().unwrap().join(format!("slot-{last_octet}.lock")),
         }
     }
 

@@ -8,13 +8,13 @@
 //! nvidia-smi, reboot, sysctl -w, ...) gets [`Standin`] executables on request.
 //!
 //! ```no_run
-//! let lab = test_harness::lab::Lab::start(3)?;
+//! let lab = lab_hosts::lab::Lab::start(3)?;
 //! let host = &lab.hosts()[0];
 //! assert_eq!(host.sh("hostname")?.trim(), host.name());
-//! # Ok::<(), test_harness::lab::LabError>(())
+//! # Ok::<(), lab_hosts::lab::LabError>(())
 //! ```
 //!
-//! See `tests/harness/ARCHITECTURE-lab.md` for how it works and what it does not model.
+//! See `provision/lab/hosts/ARCHITECTURE-lab.md` for how it works and what it does not model.
 
 mod client_key;
 mod error;
