@@ -29,7 +29,14 @@ pub struct BuildInput {
     pub ca_bundle: PathBuf,
     /// Where the archives and the lock file go.
     pub out_dir: PathBuf,
+    /// Also the lab-only images ([`LAB_IMAGES`]), from binaries in `binary_dir`. Off for a
+    /// real miner: nothing it deploys uses them.
+    pub lab: bool,
 }
+
+/// Images only `minerctl lab` uses: `chute-standin` runs in chute pods instead of a
+/// validator's chute image.
+pub const LAB_IMAGES: &[&str] = &["chute-standin"];
 
 /// One image to build.
 #[derive(Debug, Clone)]
@@ -42,6 +49,9 @@ pub struct ImageSpec {
     /// Extra libraries (the CUDA wheels'), installed into [`CUDA_LIB_DIR`].
     pub extra_libs: Vec<wheel::Library>,
     pub extra_env: Vec<String>,
+    /// More names for the program in `/usr/local/bin` (symlinks), e.g. `chutes` for the
+    /// stand-in chute, which chute Jobs start as `chutes run ...`.
+    pub aliases: Vec<String>,
 }
 
 /// One built image, as reported to the operator.
@@ -107,6 +117,9 @@ fn read(path: &Path) -> Result<Vec<u8>, ImageError> {
 pub fn tree(spec: &ImageSpec, ca_bundle: &Path) -> Result<Tree, ImageError> {
     let mut t = Tree::new();
     t.file(&format!("usr/local/bin/{}", spec.program), 0o755, read(&spec.binary)?);
+    for alias in &spec.aliases {
+        t.symlink(&format!("usr/local/bin/{alias}"), &spec.program);
+    }
     for lib in linked_libraries(&spec.binary)? {
         // The file ldd resolved, at the path the loader will look for it.
         t.file(&lib.to_string_lossy(), 0o755, read(&lib)?);
@@ -197,7 +210,7 @@ pub fn cuda_libraries(dir: &Path) -> Result<Vec<wheel::Library>, ImageError> {
 }
 
 /// The images `input` asks for: always the runtime and the CPU GraVal image; the CUDA
-/// GraVal image when both a CUDA binary and wheels are given.
+/// GraVal image when both a CUDA binary and wheels are given; the lab's with `lab`.
 pub fn specs(input: &BuildInput) -> Result<Vec<ImageSpec>, ImageError> {
     let bin = |name: &str| -> Result<PathBuf, ImageError> {
         let p = input.binary_dir.join(name);
@@ -210,6 +223,7 @@ pub fn specs(input: &BuildInput) -> Result<Vec<ImageSpec>, ImageError> {
             program: "chutes-miner".into(),
             extra_libs: vec![],
             extra_env: vec![],
+            aliases: vec![],
         },
         ImageSpec {
             name: "graval-bootstrap".into(),
@@ -217,6 +231,7 @@ pub fn specs(input: &BuildInput) -> Result<Vec<ImageSpec>, ImageError> {
             program: "graval-bootstrap".into(),
             extra_libs: vec![],
             extra_env: vec![],
+            aliases: vec![],
         },
     ];
     match (&input.cuda_binary, &input.cuda_wheels) {
@@ -236,10 +251,21 @@ pub fn specs(input: &BuildInput) -> Result<Vec<ImageSpec>, ImageError> {
                     "NVIDIA_DRIVER_CAPABILITIES=compute,utility".into(),
                     format!("LD_LIBRARY_PATH=/{CUDA_LIB_DIR}:/usr/local/nvidia/lib64"),
                 ],
+                aliases: vec![],
             });
         }
         (None, None) => {}
         _ => return Err(ImageError::CudaInputs),
+    }
+    if input.lab {
+        specs.push(ImageSpec {
+            name: "chute-standin".into(),
+            binary: bin("chute-standin")?,
+            program: "chute-standin".into(),
+            extra_libs: vec![],
+            extra_env: vec![],
+            aliases: vec!["chutes".into()],
+        });
     }
     Ok(specs)
 }

@@ -24,6 +24,7 @@ fn input(bin: &Path, out: PathBuf) -> BuildInput {
         cuda_wheels: None,
         ca_bundle: "/etc/ssl/certs/ca-certificates.crt".into(),
         out_dir: out,
+        lab: false,
     }
 }
 
@@ -148,6 +149,32 @@ fn missing_inputs_are_named() {
     cuda.cuda_wheels = Some(wheels.clone());
     let err = build_all(&cuda).unwrap_err().to_string();
     assert!(err.contains("libcublas.so") && err.contains("pip download"), "{err}");
+}
+
+#[test]
+fn the_lab_image_is_built_only_when_asked_and_answers_to_chutes() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = binaries(dir.path());
+    let out = dir.path().join("out");
+    build_all(&input(&bin, out.clone())).unwrap();
+    let names: Vec<String> = Lock::read(&out.join(LOCK_FILE)).unwrap().images.into_keys().collect();
+    assert_eq!(names, ["chutes-miner", "graval-bootstrap"], "a real miner's build is unchanged");
+
+    let mut lab = input(&bin, dir.path().join("lab"));
+    lab.lab = true;
+    let err = build_all(&lab).unwrap_err().to_string();
+    assert!(err.contains("chute-standin") && err.contains("no such binary"), "{err}");
+    std::fs::copy("/usr/bin/true", bin.join("chute-standin")).unwrap();
+    build_all(&lab).unwrap();
+    let lock = Lock::read(&dir.path().join("lab").join(LOCK_FILE)).unwrap();
+    let standin = &lock.images["chute-standin"];
+    assert!(standin.reference.starts_with("chutes.local/chute-standin@sha256:"), "{standin:?}");
+    let layer = layer_of(&std::fs::read(dir.path().join("lab").join(&standin.archive)).unwrap());
+    let entries = listing(&layer);
+    // Chute Jobs start their container as `chutes run ...`.
+    let chutes = entries.iter().find(|e| e.0 == "usr/local/bin/chutes").expect("usr/local/bin/chutes");
+    assert_eq!(chutes.3, b'2', "a symlink");
+    assert!(entries.iter().any(|e| e.0 == "usr/local/bin/chute-standin"));
 }
 
 /// A small wheel in NVIDIA's layout, zipped by Python's zipfile (deflated entries).

@@ -56,6 +56,10 @@ pub struct BuildArgs {
     /// Where the archives and images.lock.json are written.
     #[arg(long, value_name = "DIR", default_value = "images")]
     pub out: PathBuf,
+    /// Also build the lab-only images (`chute-standin`, from `chute-standin` in --binary-dir),
+    /// which `minerctl lab` runs in chute pods. A real miner never needs them.
+    #[arg(long)]
+    pub lab: bool,
 }
 
 pub fn run(command: ImagesCommand) -> anyhow::Result<ExitCode> {
@@ -76,6 +80,7 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         cuda_wheels: args.cuda_wheels,
         ca_bundle: args.ca_bundle,
         out_dir: args.out.clone(),
+        lab: args.lab,
     };
     let reports = minerctl_images::build_all(&input)?;
     for r in &reports {
