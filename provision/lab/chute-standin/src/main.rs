@@ -72,25 +72,8 @@ fn config_id_of(token: &str) -> Option<String> {
 }
 
 fn base64url(s: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in s.trim_end_matches('=').bytes() {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            _ => return None,
-        };
-        acc = (acc << 6) | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Some(out)
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok()
 }
 
 fn env(name: &str) -> Option<String> {
@@ -206,6 +189,7 @@ async fn invoke(State(s): State<Shared>, uri: Uri, body: Bytes) -> axum::respons
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let argv: Vec<String> = std::env::args().collect();
     let args = parse_args(&argv)?;
     let logging_port = args.logging_port.unwrap_or(args.port.saturating_add(1));

@@ -687,6 +687,11 @@ impl State {
                 if crash { "Running" } else { "Pending" },
             )
         } else {
+            // With the podman runner on, a pod whose image is in the store runs for real
+            // and the runner writes its status from here on.
+            if self.runner.is_some() && self.runner_takes(k, pod, &host_ip) {
+                return;
+            }
             if phase(pod) == "Running" && pod_ready(pod) {
                 return;
             }

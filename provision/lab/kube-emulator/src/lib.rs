@@ -16,8 +16,10 @@
 mod apply;
 mod controllers;
 mod defaults;
+mod forward;
 mod kinds;
 mod merge;
+mod runner;
 mod selectors;
 mod server;
 mod store;
@@ -32,6 +34,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 pub use kinds::{KINDS, Kind};
+pub use runner::{ImageAlias, LAB_LABEL, PodmanRunner, RunnerError};
 pub use store::{ApiError, Fault};
 
 use server::Shared;
@@ -162,9 +165,18 @@ impl Fault {
     }
 }
 
-/// A running emulator. Dropping it stops the server.
+/// How to start an emulator; `Default` is what [`Emulator::start`] does.
+#[derive(Debug, Clone, Default)]
+pub struct EmulatorOptions {
+    /// Run pods whose image is in the local podman store as containers (README,
+    /// "Workloads in podman"). Off: every pod is simulated.
+    pub podman: Option<PodmanRunner>,
+}
+
+/// A running emulator. Dropping it stops the server (and removes the runner's containers).
 pub struct Emulator {
     shared: Shared,
+    runner: Option<runner::RunnerThread>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -173,6 +185,11 @@ impl Emulator {
     /// Starts on a free port of 127.0.0.1, on its own thread and runtime, so it serves
     /// sync tests, async tests and child processes alike.
     pub fn start() -> Result<Emulator, EmulatorError> {
+        Emulator::start_with(EmulatorOptions::default())
+    }
+
+    /// [`Emulator::start`] with options, e.g. the podman runner.
+    pub fn start_with(options: EmulatorOptions) -> Result<Emulator, EmulatorError> {
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
@@ -217,7 +234,11 @@ impl Emulator {
             // Dropping the runtime here cancels open watch streams.
         })?;
         ready_rx.recv().map_err(|_| std::io::Error::other("emulator thread ended before serving"))??;
-        Ok(Emulator { shared, stop: Some(stop_tx), thread: Some(thread) })
+        let mut emulator = Emulator { shared, runner: None, stop: Some(stop_tx), thread: Some(thread) };
+        if let Some(podman) = options.podman {
+            emulator.runner = Some(runner::spawn(emulator.shared.clone(), podman)?);
+        }
+        Ok(emulator)
     }
 
     pub fn url(&self) -> String {
@@ -421,6 +442,8 @@ impl Emulator {
 
 impl Drop for Emulator {
     fn drop(&mut self) {
+        // First the containers, while the state they report to is still there.
+        drop(self.runner.take());
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -206,6 +206,8 @@ pub struct State {
     pub job_finished: HashMap<String, Instant>,
     /// How long each write request held the state (handling plus reconcile), newest last.
     pub write_costs: VecDeque<Duration>,
+    /// The podman runner's share of the kubelet; None: every pod is simulated.
+    pub runner: Option<crate::runner::Link>,
 }
 
 fn uid_of(v: &Value) -> &str {
@@ -274,6 +276,7 @@ impl State {
             job_started: HashMap::new(),
             job_finished: HashMap::new(),
             write_costs: VecDeque::new(),
+            runner: None,
         };
         // What every cluster has.
         for ns in ["default", "kube-system", "kube-public"] {
