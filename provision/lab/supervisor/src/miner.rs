@@ -207,15 +207,15 @@ pub async fn start(setup: Setup<'_>) -> Result<Runtime, LabError> {
 /// handshake does; a job's pod then completes, as a finished job's chute exits.
 pub struct ChuteStandIn {
     done: Mutex<BTreeSet<String>>,
-}
-
-impl Default for ChuteStandIn {
-    fn default() -> Self {
-        ChuteStandIn { done: Mutex::new(BTreeSet::new()) }
-    }
+    /// Job ids whose chute ran to its end.
+    ran_jobs: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl ChuteStandIn {
+    pub fn new(ran_jobs: Arc<Mutex<BTreeSet<String>>>) -> ChuteStandIn {
+        ChuteStandIn { done: Mutex::new(BTreeSet::new()), ran_jobs }
+    }
+
     /// One pass over the deployments; call it every second or so.
     pub async fn tick(&self, db: &Db, kube: &kube_emulator::Emulator, validator: &validator_emulator::Emulator) {
         let Ok(deployments) = db.all_deployments().await else { return };
@@ -235,10 +235,11 @@ impl ChuteStandIn {
             match validator.start_chute(config_id, host, port as u16, &gpus).await {
                 Ok(instance) => {
                     tracing::info!(deployment = %dep.deployment_id, %instance, "chute stand-in: instance active");
-                    if dep.job_id.is_some()
+                    if let Some(job) = &dep.job_id
                         && let Some(name) = pod["metadata"]["name"].as_str()
+                        && kube.succeed_pod(NAMESPACE, name)
                     {
-                        kube.succeed_pod(NAMESPACE, name);
+                        self.ran_jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(job.clone());
                     }
                 }
                 Err((status, detail)) => {

@@ -5,7 +5,7 @@
 //! and a deletion.
 
 use validator_emulator::scenario::Step;
-use validator_emulator::{ChuteJob, ChuteSpec, ImageSpec, JobSpec};
+use validator_emulator::{ChuteJob, ChuteSpec, ImageSpec, JobSpec, Traffic};
 
 /// The chutes and the job of a lab scenario, for checks and for `lab status`.
 #[derive(Debug, Clone)]
@@ -13,8 +13,8 @@ pub struct LabScenario {
     pub seed: u64,
     /// Created first; every one of them fits the lab's GPUs.
     pub chutes: Vec<ChuteSpec>,
-    /// Gets a bounty, then a job.
-    pub bounty_chute: String,
+    /// Created with a bounty, then gets a job.
+    pub bounty_chute: ChuteSpec,
     pub job_id: String,
     /// Updated to `v2` once deployed.
     pub updated_chute: String,
@@ -36,26 +36,28 @@ fn id(seed: u64, n: u64) -> String {
 impl LabScenario {
     pub fn new(seed: u64, gpu_short_ref: &str) -> LabScenario {
         let image = id(seed, 1);
-        let mut chutes = Vec::new();
-        for (n, name, gpus) in [(2u64, "lab-llm", 1u32), (3, "lab-diffusion", 1), (4, "lab-embed", 1)] {
-            let mut c = ChuteSpec::simple(&id(seed, n), &image, &[gpu_short_ref]);
+        let chute = |n: u64, name: &str, gpus: &[&str]| {
+            let mut c = ChuteSpec::simple(&id(seed, n), &image, gpus);
             c.name = name.into();
-            c.gpu_count = gpus;
             c.capacity = Some(1);
-            chutes.push(c);
-        }
-        // The bounty chute also runs jobs.
-        chutes[0].jobs = vec![ChuteJob { name: "run".into(), ports: Vec::new() }];
-        let mut unsupported = ChuteSpec::simple(&id(seed, 5), &image, &["b200"]);
-        unsupported.name = "lab-unsupported".into();
+            c
+        };
+        let chutes = vec![
+            chute(2, "lab-llm", &[gpu_short_ref]),
+            chute(3, "lab-diffusion", &[gpu_short_ref]),
+            chute(4, "lab-embed", &[gpu_short_ref]),
+        ];
+        // Announced with its bounty, and runs jobs.
+        let mut bounty = chute(8, "lab-bounty", &[gpu_short_ref]);
+        bounty.jobs = vec![ChuteJob { name: "run".into(), ports: Vec::new() }];
         LabScenario {
             seed,
-            bounty_chute: chutes[0].chute_id.clone(),
-            job_id: id(seed, 6),
             updated_chute: chutes[1].chute_id.clone(),
             deleted_chute: chutes[2].chute_id.clone(),
             chutes,
-            unsupported_chute: unsupported,
+            bounty_chute: bounty,
+            job_id: id(seed, 6),
+            unsupported_chute: chute(5, "lab-unsupported", &["b200"]),
         }
     }
 
@@ -79,14 +81,16 @@ impl LabScenario {
         steps
     }
 
-    /// A bounty on a chute, then a job of it; another miner's instance comes and goes.
+    /// A new chute with a bounty, then a job of it; another miner's instance comes and goes.
     pub fn bounty_and_job(&self) -> Vec<Step> {
+        let b = &self.bounty_chute;
         vec![
-            Step::BountyChange { chute_id: self.bounty_chute.clone(), bounty: 500 },
+            Step::ChuteCreated { chute: b.clone() },
+            Step::BountyChange { chute_id: b.chute_id.clone(), bounty: 500 },
             Step::JobCreated {
                 job: JobSpec {
                     job_id: self.job_id.clone(),
-                    chute_id: Some(self.bounty_chute.clone()),
+                    chute_id: Some(b.chute_id.clone()),
                     method: "run".into(),
                     disk_gb: 10,
                     exclude: Vec::new(),
@@ -106,6 +110,12 @@ impl LabScenario {
         let mut updated = self.chutes[1].clone();
         updated.version = "v2".into();
         updated.code.push_str("# v2\n");
-        vec![Step::ChuteUpdated { chute: updated }, Step::ChuteDeleted { chute_id: self.deleted_chute.clone() }]
+        // Last hour's traffic: what Gepetto's autoscaler weighs to bring the new version up.
+        let traffic = Traffic { total_invocations: 1200, total_compute_time: 600.0, ..Traffic::default() };
+        vec![
+            Step::Traffic { chute_id: self.updated_chute.clone(), traffic },
+            Step::ChuteUpdated { chute: updated },
+            Step::ChuteDeleted { chute_id: self.deleted_chute.clone() },
+        ]
     }
 }

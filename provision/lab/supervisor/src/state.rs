@@ -34,6 +34,7 @@ pub struct HostRecord {
 
 /// Everything the lab made, as `record.json` in the state directory.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Record {
     /// `starting`, `up`, `failed`, `stopping`.
     pub phase: String,
@@ -52,6 +53,8 @@ pub struct Record {
     pub steps: Vec<(String, f64)>,
     /// Steps skipped, with why.
     pub skipped: Vec<(String, String)>,
+    /// Verification tasks the validator passed after checking a real GraVal proof.
+    pub proofs_verified: Vec<String>,
     /// The validator's scenario after `up`: `playing`, `done`, `failed: why`.
     pub scenario: String,
     /// Passes of the GPU double-booking monitor, and what it found (empty: none).

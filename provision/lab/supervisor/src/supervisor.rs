@@ -109,6 +109,8 @@ struct Owned {
     validator: Option<Arc<validator_emulator::Emulator>>,
     runtime: Option<miner::Runtime>,
     tokio: Option<tokio::runtime::Runtime>,
+    /// Jobs the chute stand-in ran to their end.
+    ran_jobs: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Owned {
@@ -172,8 +174,11 @@ pub fn run(opts: Options) -> Result<(), LabError> {
             progress.line(&format!("{READY} in {secs:.1} s"));
             let down = match play_scenario(&shared, &mut progress, &owned, &scenario, &down_rx) {
                 Ok(()) => {
-                    progress.line("scenario: done");
-                    let _ = shared.update(|r| r.scenario = "done".into());
+                    let skipped = shared.record.lock().unwrap_or_else(|p| p.into_inner()).scenario.starts_with("skipped");
+                    if !skipped {
+                        progress.line("scenario: done");
+                        let _ = shared.update(|r| r.scenario = "done".into());
+                    }
                     down_rx.recv().ok()
                 }
                 Err(Stop::Down(s)) => Some(s),
@@ -438,11 +443,12 @@ fn start_steps(
     // Chute pods run no process yet: the stand-in plays their handshake; a monitor
     // records any GPU pinned by two live chute Jobs at once.
     let db = runtime.db.clone();
+    let db_check = runtime.db.clone();
     owned.runtime = Some(runtime);
     {
         let (kube, validator, shared) = (kube.clone(), validator.clone(), shared.clone());
+        let stand_in = ChuteStandIn::new(owned.ran_jobs.clone());
         tokio.spawn(async move {
-            let stand_in = ChuteStandIn::default();
             loop {
                 stand_in.tick(&db, &kube, &validator).await;
                 let clashes = double_booked(&kube);
@@ -496,7 +502,23 @@ fn start_steps(
                 .collect();
             return Err(step_err(&e.to_string(), format!("validator verdicts: {}", verdicts.join("; "))));
         }
-        p.detail(&format!("{}: {} GPU(s) verified", h.name(), opts.gpus_per_host));
+        let servers = tokio.block_on(db_check.list_servers()).map_err(|e| step_err("add-node", e))?;
+        let gpus = servers.iter().find(|s| s.server.name == h.name()).map(|s| s.gpus.clone()).unwrap_or_default();
+        let verified = gpus.iter().filter(|g| g.verified).count();
+        if verified != opts.gpus_per_host {
+            return Err(step_err(
+                "add-node",
+                format!("{}: {verified} of {} GPU(s) verified after add-node", h.name(), opts.gpus_per_host),
+            ));
+        }
+        p.detail(&format!("{}: {verified} GPU(s) verified", h.name()));
+        let proofs: Vec<String> = validator
+            .verification_tasks()
+            .iter()
+            .filter(|t| matches!(validator.verification_result(t), Some(Ok(()))))
+            .cloned()
+            .collect();
+        shared.update(|r| r.proofs_verified = proofs)?;
         interrupted(down, pending)?;
     }
     p.end(shared)?;
@@ -584,6 +606,18 @@ pub fn pinned(job: &Value) -> Vec<String> {
         .collect()
 }
 
+/// Whether the chute stand-in ran job `job_id` to its end (its pod succeeded).
+fn job_done(owned: &Owned, job_id: &str) -> bool {
+    owned.ran_jobs.lock().unwrap_or_else(|p| p.into_inner()).contains(job_id)
+}
+
+/// GPUs the scenario needs: one per chute (three, and the bounty's) and one for the job.
+pub const SCENARIO_GPUS: usize = 5;
+
+fn lab_gpus(shared: &Shared) -> usize {
+    shared.record.lock().unwrap_or_else(|p| p.into_inner()).hosts.iter().map(|h| h.gpus).sum()
+}
+
 /// Why the scenario stopped early.
 enum Stop {
     Down(DownRequest),
@@ -603,6 +637,13 @@ fn play_scenario(
         return Err(Stop::Failed("the lab is not complete".into()));
     };
     let db = runtime.db.clone();
+    let gpus = lab_gpus(shared);
+    if gpus < SCENARIO_GPUS {
+        let why = format!("skipped: it needs {SCENARIO_GPUS} GPUs (four chutes and a job), the lab has {gpus}");
+        p.line(&format!("scenario: {why}"));
+        let _ = shared.update(|r| r.scenario = why);
+        return Ok(());
+    }
     let _ = shared.update(|r| r.scenario = "playing".into());
     let play = |steps: Vec<validator_emulator::Step>| {
         tokio.block_on(async {
@@ -640,13 +681,29 @@ fn play_scenario(
         })?;
         p.line(&format!("scenario: chute {} deployed and active", c.name));
     }
-    p.line("scenario: a bounty and a job");
+    p.line("scenario: a chute with a bounty, and a job");
     play(scenario.bounty_and_job());
+    let bounty = scenario.bounty_chute.clone();
+    wait("claim the bounty (deploy the bounty chute)", &|| {
+        deployments(&bounty.chute_id).iter().any(|d| d.deployment.job_id.is_none() && d.deployment.active)
+    })?;
+    p.line(&format!("scenario: bounty claimed: chute {} deployed and active", bounty.name));
     let job = scenario.job_id.clone();
     wait("claim the job", &|| validator.launch_configs().iter().any(|l| l.job_id.as_deref() == Some(job.as_str())))?;
     p.line("scenario: the job was claimed");
-    wait("release the job", &|| validator.released_jobs().contains(&job))?;
-    p.line("scenario: the job ran and was released");
+    // The job's chute ran to its end (its pod completed): Gepetto removes the deployment
+    // and its Job, and the GPUs are free again.
+    let job_deployments = || {
+        tokio
+            .block_on(db.all_deployments())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|d| d.deployment.job_id.as_deref() == Some(job.as_str()))
+            .count()
+    };
+    wait("run the job", &|| job_deployments() > 0 || job_done(owned, &job))?;
+    wait("release the job's GPUs", &|| job_deployments() == 0 && job_done(owned, &job))?;
+    p.line("scenario: the job ran and its GPUs were released");
     p.line("scenario: a chute update and a deletion");
     play(scenario.update_and_delete());
     let deleted = scenario.deleted_chute.clone();

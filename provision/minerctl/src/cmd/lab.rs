@@ -48,10 +48,11 @@ pub struct StatusArgs {
 #[derive(Args, Clone)]
 pub struct Shape {
     /// GPU hosts besides the CPU primary.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=64))]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=64))]
     pub hosts: u8,
-    /// Simulated GPUs per GPU host.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=8))]
+    /// Simulated GPUs per GPU host. The validator's scenario needs 5 GPUs in all (four
+    /// chutes and a job); with fewer it is skipped.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=8))]
     pub gpus_per_host: u8,
     /// Seed of the validator's scenario.
     #[arg(long, default_value_t = 13)]
