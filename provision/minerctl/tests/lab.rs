@@ -89,7 +89,9 @@ fn assert_nothing_left(dir: &Path, r: &Record) {
         if let Ok(owner) = std::fs::read_to_string(&lock) {
             let owner = owner.trim().parse::<u32>().unwrap_or(0);
             assert!(
-                owner != 0 && Path::new(&format!("/proc/{owner}")).exists() && !r.processes.iter().any(|p| p.pid == owner),
+                owner != 0
+                    && Path::new(&format!("/proc/{owner}")).exists()
+                    && r.supervisor.as_ref().is_none_or(|s| s.pid != owner),
                 "{} is left over (owner {owner})",
                 lock.display()
             );
@@ -104,7 +106,9 @@ fn servers(api: &str) -> Vec<Value> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let mut req = reqwest::Client::new().get(format!("{api}/servers/"));
-        for (k, v) in miner.sign_management(miner.ss58(), chutes_protocol::Payload::Purpose("management")).iter() {
+        for (k, v) in
+            miner.sign_management(miner.ss58(), chutes_protocol::Payload::Purpose("management")).iter()
+        {
             req = req.header(k, v);
         }
         let resp = req.send().await.unwrap();
@@ -127,10 +131,16 @@ fn cluster_list(kube: &str, path: &str) -> Vec<Value> {
 fn lab_of_three_gpu_hosts_verifies_every_gpu_plays_the_scenario_and_down_leaves_nothing() {
     let (_tmp, dir) = state_dir();
     let d = dir.to_str().unwrap();
-    let up = minerctl(&["lab", "up", "--hosts", "3", "--gpus-per-host", "2", "--no-images", "--state-dir", d]);
+    let up =
+        minerctl(&["lab", "up", "--hosts", "3", "--gpus-per-host", "2", "--no-images", "--state-dir", d]);
     assert!(up.status.success(), "{}", text(&up));
     let out = String::from_utf8_lossy(&up.stdout).into_owned();
-    for step in ["[1/8] creating the lab hosts", "[3/8] provisioning", "[5/8] deploying", "[8/8] adding the GPU hosts"] {
+    for step in [
+        "[1/8] creating the lab hosts",
+        "[3/8] provisioning",
+        "[5/8] deploying",
+        "[8/8] adding the GPU hosts",
+    ] {
         assert!(out.contains(step), "progress names each step: {out}");
     }
     assert!(out.contains("ready in ") && out.contains("lab up took "), "{out}");
@@ -167,9 +177,15 @@ fn lab_of_three_gpu_hosts_verifies_every_gpu_plays_the_scenario_and_down_leaves_
             for g in d["gpus"].as_array().unwrap() {
                 let model = g["model_short_ref"].as_str().unwrap();
                 assert!(supported.contains(&model), "{} on a {model}: {d:#}", chute["name"]);
-                assert!(booked.insert(g["gpu_id"].as_str().unwrap().to_owned()), "GPU on two deployments: {s:#}");
+                assert!(
+                    booked.insert(g["gpu_id"].as_str().unwrap().to_owned()),
+                    "GPU on two deployments: {s:#}"
+                );
             }
-            deployed.push((chute["name"].as_str().unwrap().to_owned(), d["version"].as_str().unwrap().to_owned()));
+            deployed.push((
+                chute["name"].as_str().unwrap().to_owned(),
+                d["version"].as_str().unwrap().to_owned(),
+            ));
         }
     }
     deployed.sort();
@@ -186,8 +202,15 @@ fn lab_of_three_gpu_hosts_verifies_every_gpu_plays_the_scenario_and_down_leaves_
     let label = |o: &Value, k: &str| o["metadata"]["labels"][k].as_str().unwrap_or_default().to_owned();
     assert!(jobs.iter().all(|j| label(j, "chutes/chute-id") != scenario.deleted_chute), "{jobs:#?}");
     assert!(services.iter().all(|s| label(s, "chutes/chute-id") != scenario.deleted_chute), "{services:#?}");
-    assert!(jobs.iter().all(|j| label(j, "chutes/job-id") != scenario.job_id), "the job's Job is gone: {jobs:#?}");
-    let chute_jobs: Vec<String> = jobs.iter().filter(|j| label(j, "chutes/chute") == "true").map(|j| label(j, "chutes/chute-id")).collect();
+    assert!(
+        jobs.iter().all(|j| label(j, "chutes/job-id") != scenario.job_id),
+        "the job's Job is gone: {jobs:#?}"
+    );
+    let chute_jobs: Vec<String> = jobs
+        .iter()
+        .filter(|j| label(j, "chutes/chute") == "true")
+        .map(|j| label(j, "chutes/chute-id"))
+        .collect();
     assert_eq!(chute_jobs.len(), 3, "one Job per deployment: {chute_jobs:?}");
     assert!(progress.contains("scenario: the job ran and its GPUs were released"), "{progress}");
 
@@ -208,7 +231,8 @@ fn lab_of_three_gpu_hosts_verifies_every_gpu_plays_the_scenario_and_down_leaves_
 fn lab_down_cleans_up_after_the_supervisor_was_killed() {
     let (_tmp, dir) = state_dir();
     let d = dir.to_str().unwrap();
-    let up = minerctl(&["lab", "up", "--hosts", "1", "--gpus-per-host", "1", "--no-images", "--state-dir", d]);
+    let up =
+        minerctl(&["lab", "up", "--hosts", "1", "--gpus-per-host", "1", "--no-images", "--state-dir", d]);
     assert!(up.status.success(), "{}", text(&up));
     let r = record(&dir);
     let sup: &ProcessRecord = r.supervisor.as_ref().unwrap();
@@ -218,7 +242,11 @@ fn lab_down_cleans_up_after_the_supervisor_was_killed() {
 
     let status = minerctl(&["lab", "status", "--state-dir", d]);
     assert_eq!(status.status.code(), Some(1), "{}", text(&status));
-    assert!(String::from_utf8_lossy(&status.stderr).contains("supervisor is not running"), "{}", text(&status));
+    assert!(
+        String::from_utf8_lossy(&status.stderr).contains("supervisor is not running"),
+        "{}",
+        text(&status)
+    );
 
     let down = minerctl(&["lab", "down", "--state-dir", d]);
     assert!(down.status.success(), "{}", text(&down));

@@ -19,7 +19,11 @@ pub type DownRequest = UnixStream;
 
 /// Serves the socket from a thread: `status` answers the current record at once, `down`
 /// is handed to the supervisor's main thread through `down`.
-pub fn serve(socket: &Path, record: Arc<Mutex<Record>>, down: mpsc::Sender<DownRequest>) -> Result<(), LabError> {
+pub fn serve(
+    socket: &Path,
+    record: Arc<Mutex<Record>>,
+    down: mpsc::Sender<DownRequest>,
+) -> Result<(), LabError> {
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket).map_err(io(format!("bind {}", socket.display())))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
@@ -43,7 +47,9 @@ pub fn serve(socket: &Path, record: Arc<Mutex<Record>>, down: mpsc::Sender<DownR
                             answer(s, &json!({"ok": false, "error": "the supervisor is already stopping"}));
                         }
                     }
-                    other => answer(stream, &json!({"ok": false, "error": format!("unknown request `{other}`")})),
+                    other => {
+                        answer(stream, &json!({"ok": false, "error": format!("unknown request `{other}`")}))
+                    }
                 }
             }
         })

@@ -74,7 +74,8 @@ pub fn inventory_yaml(hosts: &[&LabHost], spec: &InventorySpec<'_>) -> String {
     y.push_str("hosts:\n");
     for (i, h) in hosts.iter().enumerate() {
         let n = i + 1;
-        let external = if spec.external_ip_is_address { h.addr().to_string() } else { format!("203.0.113.{n}") };
+        let external =
+            if spec.external_ip_is_address { h.addr().to_string() } else { format!("203.0.113.{n}") };
         y.push_str(&format!(
             "  {name}:\n    address: {addr}\n    external_ip: {external}\n    wireguard_ip: 192.168.0.{n}\n    \
              is_primary: {p}\n    gpu_enabled: {g}\n",

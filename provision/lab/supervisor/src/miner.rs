@@ -135,7 +135,8 @@ pub async fn start(setup: Setup<'_>) -> Result<Runtime, LabError> {
     let validator_hotkey = hotkey(VALIDATOR_SEED, "lab validator")?.ss58().to_owned();
     let db = Db::connect(&setup.postgres_url).await.map_err(|x| e(x.to_string()))?;
     db.migrate().await.map_err(|x| e(x.to_string()))?;
-    let producer = Producer::connect(&setup.redis_url, StreamConfig::default()).map_err(|x| e(x.to_string()))?;
+    let producer =
+        Producer::connect(&setup.redis_url, StreamConfig::default()).map_err(|x| e(x.to_string()))?;
     let validators = miner_config::Validators::parse(&format!(
         r#"{{"supported":[{{"hotkey":"{validator_hotkey}","registry":"registry.lab","api":"{}","socket":"{}"}}]}}"#,
         setup.validator.api_url(),
@@ -143,7 +144,8 @@ pub async fn start(setup: Setup<'_>) -> Result<Runtime, LabError> {
     ))
     .map_err(|x| e(x.to_string()))?;
     let kc = kube::config::Kubeconfig::from_yaml(&setup.kubeconfig_yaml).map_err(|x| e(x.to_string()))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(|x| e(x.to_string()))?;
+    let cfg =
+        kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.map_err(|x| e(x.to_string()))?;
     let client = kube::Client::try_from(cfg).map_err(|x| e(x.to_string()))?;
     let target = ValidatorTarget {
         hotkey: validator_hotkey.clone(),
@@ -154,7 +156,8 @@ pub async fn start(setup: Setup<'_>) -> Result<Runtime, LabError> {
     let shutdown = CancellationToken::new();
 
     // The API, as `chutes-miner api` wires it, with the lab's way to the bootstrap servers.
-    let _socket = miner_validator::socket::spawn(target.clone(), miner.clone(), producer.clone(), shutdown.clone());
+    let _socket =
+        miner_validator::socket::spawn(target.clone(), miner.clone(), producer.clone(), shutdown.clone());
     let graval = setup.graval.clone();
     let bootstrap = Arc::new(KubeBootstrap {
         client: client.clone(),
@@ -195,8 +198,9 @@ pub async fn start(setup: Setup<'_>) -> Result<Runtime, LabError> {
         Arc::new(miner_gepetto::Heuristic),
         vec![link],
     );
-    let consumer = miner_events::Consumer::new(&setup.redis_url, "gepetto", "gepetto-lab", StreamConfig::default())
-        .map_err(|x| e(x.to_string()))?;
+    let consumer =
+        miner_events::Consumer::new(&setup.redis_url, "gepetto", "gepetto-lab", StreamConfig::default())
+            .map_err(|x| e(x.to_string()))?;
     tokio::spawn(gepetto.run(consumer, shutdown.clone()));
 
     Ok(Runtime { api_url: format!("http://{addr}"), api_addr: addr.to_string(), db, client, shutdown })
@@ -217,11 +221,18 @@ impl ChuteStandIn {
     }
 
     /// One pass over the deployments; call it every second or so.
-    pub async fn tick(&self, db: &Db, kube: &kube_emulator::Emulator, validator: &validator_emulator::Emulator) {
+    pub async fn tick(
+        &self,
+        db: &Db,
+        kube: &kube_emulator::Emulator,
+        validator: &validator_emulator::Emulator,
+    ) {
         let Ok(deployments) = db.all_deployments().await else { return };
         for d in deployments {
             let dep = &d.deployment;
-            let (Some(config_id), Some(host), Some(port)) = (&dep.config_id, &dep.host, dep.port) else { continue };
+            let (Some(config_id), Some(host), Some(port)) = (&dep.config_id, &dep.host, dep.port) else {
+                continue;
+            };
             if self.done.lock().unwrap_or_else(|p| p.into_inner()).contains(&dep.deployment_id) {
                 continue;
             }

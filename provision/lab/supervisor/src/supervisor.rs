@@ -174,7 +174,12 @@ pub fn run(opts: Options) -> Result<(), LabError> {
             progress.line(&format!("{READY} in {secs:.1} s"));
             let down = match play_scenario(&shared, &mut progress, &owned, &scenario, &down_rx) {
                 Ok(()) => {
-                    let skipped = shared.record.lock().unwrap_or_else(|p| p.into_inner()).scenario.starts_with("skipped");
+                    let skipped = shared
+                        .record
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .scenario
+                        .starts_with("skipped");
                     if !skipped {
                         progress.line("scenario: done");
                         let _ = shared.update(|r| r.scenario = "done".into());
@@ -212,7 +217,10 @@ fn stop(shared: &Shared, owned: &mut Owned, down: Option<DownRequest>) {
 }
 
 /// `lab down` during start-up: stop after the current step.
-fn interrupted(down: &mpsc::Receiver<DownRequest>, pending: &mut Option<DownRequest>) -> Result<(), LabError> {
+fn interrupted(
+    down: &mpsc::Receiver<DownRequest>,
+    pending: &mut Option<DownRequest>,
+) -> Result<(), LabError> {
     if let Ok(s) = down.try_recv() {
         *pending = Some(s);
         return Err(LabError::Interrupted);
@@ -242,7 +250,9 @@ fn start_steps(
     // 1. Hosts and inventory.
     p.begin(&format!(
         "creating the lab hosts: cpu-0 (primary) and {} GPU hosts with {} simulated {} each",
-        opts.gpu_hosts, opts.gpus_per_host, hosts::LAB_GPU_SHORT_REF
+        opts.gpu_hosts,
+        opts.gpus_per_host,
+        hosts::LAB_GPU_SHORT_REF
     ));
     let lab = Lab::start_named(&hosts::names(opts.gpu_hosts))?;
     let lab = owned.lab.insert(lab);
@@ -307,7 +317,12 @@ fn start_steps(
     let inv = path_str(&inventory)?;
     let kh = path_str(&known_hosts)?;
     let provision_log = dir.file("provision.log");
-    run_minerctl(opts, dir, "provision", &["provision", "-i", inv, "--known-hosts", kh, "--log-file", path_str(&provision_log)?])?;
+    run_minerctl(
+        opts,
+        dir,
+        "provision",
+        &["provision", "-i", inv, "--known-hosts", kh, "--log-file", path_str(&provision_log)?],
+    )?;
     for h in &lab.hosts()[1..] {
         if kube.get("v1", "Node", None, h.name()).ok().flatten().is_none() {
             return Err(step_err("provision", format!("{} did not join the cluster (no Node)", h.name())));
@@ -359,7 +374,8 @@ fn start_steps(
     // Without built images the chart's default image references stay (the lock is absent).
     let lock_path = lock.clone().unwrap_or_else(|| dir.file("no-images.lock.json"));
     let lp = path_str(&lock_path)?;
-    let args = ["deploy", "--kubeconfig", kc, "--hotkey", hk, "--timeout", "300", "-i", inv, "--images-lock", lp];
+    let args =
+        ["deploy", "--kubeconfig", kc, "--hotkey", hk, "--timeout", "300", "-i", inv, "--images-lock", lp];
     run_minerctl(opts, dir, "deploy", &args)?;
     // Chute Jobs mount ConfigMap `chutes-cache-cleaner` (the original chart's
     // cache-cleanup-cm.yaml), which templates/ does not render yet: without it no chute pod
@@ -369,7 +385,9 @@ fn start_steps(
             "metadata": {"name": "chutes-cache-cleaner", "namespace": miner::NAMESPACE},
             "data": {"cache_cleanup.py": "# lab stand-in: the chart does not render this ConfigMap yet\n"}}))
             .map_err(|e| step_err("deploy", format!("{e:?}")))?;
-        p.detail("the chart renders no ConfigMap chutes-cache-cleaner (chute Jobs mount it): created a stand-in");
+        p.detail(
+            "the chart renders no ConfigMap chutes-cache-cleaner (chute Jobs mount it): created a stand-in",
+        );
     }
     p.end(shared)?;
     interrupted(down, pending)?;
@@ -503,7 +521,8 @@ fn start_steps(
             return Err(step_err(&e.to_string(), format!("validator verdicts: {}", verdicts.join("; "))));
         }
         let servers = tokio.block_on(db_check.list_servers()).map_err(|e| step_err("add-node", e))?;
-        let gpus = servers.iter().find(|s| s.server.name == h.name()).map(|s| s.gpus.clone()).unwrap_or_default();
+        let gpus =
+            servers.iter().find(|s| s.server.name == h.name()).map(|s| s.gpus.clone()).unwrap_or_default();
         let verified = gpus.iter().filter(|g| g.verified).count();
         if verified != opts.gpus_per_host {
             return Err(step_err(
@@ -577,9 +596,9 @@ pub fn double_booked(kube: &kube_emulator::Emulator) -> Vec<String> {
     let mut owner: std::collections::BTreeMap<String, String> = Default::default();
     let mut clashes = Vec::new();
     for job in &jobs {
-        let finished = job["status"]["conditions"]
-            .as_array()
-            .is_some_and(|cs| cs.iter().any(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True"));
+        let finished = job["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter().any(|c| (c["type"] == "Complete" || c["type"] == "Failed") && c["status"] == "True")
+        });
         if finished || !job["metadata"]["deletionTimestamp"].is_null() {
             continue;
         }
@@ -601,7 +620,9 @@ pub fn pinned(job: &Value) -> Vec<String> {
         .flat_map(|c| c["env"].as_array().cloned().unwrap_or_default())
         .filter(|e| e["name"] == "NVIDIA_VISIBLE_DEVICES")
         .filter_map(|e| e["value"].as_str().map(str::to_owned))
-        .flat_map(|v| v.split(',').map(|g| g.trim().trim_start_matches("GPU-").to_owned()).collect::<Vec<_>>())
+        .flat_map(|v| {
+            v.split(',').map(|g| g.trim().trim_start_matches("GPU-").to_owned()).collect::<Vec<_>>()
+        })
         .filter(|g| !g.is_empty())
         .collect()
 }
@@ -633,13 +654,15 @@ fn play_scenario(
     scenario: &LabScenario,
     down: &mpsc::Receiver<DownRequest>,
 ) -> Result<(), Stop> {
-    let (Some(tokio), Some(validator), Some(runtime)) = (&owned.tokio, &owned.validator, &owned.runtime) else {
+    let (Some(tokio), Some(validator), Some(runtime)) = (&owned.tokio, &owned.validator, &owned.runtime)
+    else {
         return Err(Stop::Failed("the lab is not complete".into()));
     };
     let db = runtime.db.clone();
     let gpus = lab_gpus(shared);
     if gpus < SCENARIO_GPUS {
-        let why = format!("skipped: it needs {SCENARIO_GPUS} GPUs (four chutes and a job), the lab has {gpus}");
+        let why =
+            format!("skipped: it needs {SCENARIO_GPUS} GPUs (four chutes and a job), the lab has {gpus}");
         p.line(&format!("scenario: {why}"));
         let _ = shared.update(|r| r.scenario = why);
         return Ok(());
@@ -689,7 +712,9 @@ fn play_scenario(
     })?;
     p.line(&format!("scenario: bounty claimed: chute {} deployed and active", bounty.name));
     let job = scenario.job_id.clone();
-    wait("claim the job", &|| validator.launch_configs().iter().any(|l| l.job_id.as_deref() == Some(job.as_str())))?;
+    wait("claim the job", &|| {
+        validator.launch_configs().iter().any(|l| l.job_id.as_deref() == Some(job.as_str()))
+    })?;
     p.line("scenario: the job was claimed");
     // The job's chute ran to its end (its pod completed): Gepetto removes the deployment
     // and its Job, and the GPUs are free again.

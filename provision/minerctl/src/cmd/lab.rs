@@ -103,7 +103,9 @@ pub fn run(c: LabCommand) -> anyhow::Result<ExitCode> {
 fn require_root() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("the lab needs root (its hosts are namespaces with their own mounts and sshd): run it with sudo");
+        bail!(
+            "the lab needs root (its hosts are namespaces with their own mounts and sshd): run it with sudo"
+        );
     }
     Ok(())
 }
@@ -152,7 +154,10 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             _ => {
-                println!("a lab at {} is not running (its supervisor is gone): cleaning it up first", dir.root().display());
+                println!(
+                    "a lab at {} is not running (its supervisor is gone): cleaning it up first",
+                    dir.root().display()
+                );
                 let report = minerctl_lab::down::down(&dir, &mut |l| println!("  {l}"))?;
                 if !report.leftovers.is_empty() {
                     bail!("could not clean up the old lab: {}", report.leftovers.join("; "));
@@ -299,7 +304,10 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         record
     };
     if a.output == "json" {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"running": alive, "record": record}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"running": alive, "record": record}))?
+        );
     } else {
         print_status(&record);
     }
