@@ -32,6 +32,10 @@ enum Command {
     Images(cmd::images::ImagesCommand),
     /// Score Gepetto's strategies on a seeded or recorded trace (value, utilisation, preemptions).
     Simulate(cmd::simulate::SimulateArgs),
+    /// The whole miner on one machine: lab hosts, cluster, validator, API and Gepetto.
+    #[cfg(feature = "lab")]
+    #[command(subcommand)]
+    Lab(cmd::lab::LabCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +49,8 @@ fn main() -> std::process::ExitCode {
         Command::RemoveNode(a) => cmd::remove_node::run(a),
         Command::Images(c) => cmd::images::run(c),
         Command::Simulate(a) => cmd::simulate::run(a),
+        #[cfg(feature = "lab")]
+        Command::Lab(c) => cmd::lab::run(c),
     };
     match result {
         Ok(code) => code,

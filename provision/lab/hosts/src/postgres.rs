@@ -201,6 +201,11 @@ impl Postgres {
         Ok(())
     }
 
+    /// The server process (the postmaster), for records of what a lab runs.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The server's data and log directory.
     pub fn dir(&self) -> &Path {
         self.dir.path()

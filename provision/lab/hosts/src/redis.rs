@@ -88,6 +88,11 @@ impl Redis {
         }))
     }
 
+    /// The server process while it runs, for records of what a lab runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

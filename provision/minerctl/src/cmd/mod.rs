@@ -4,6 +4,8 @@ pub mod add_node;
 pub mod deploy;
 pub mod images;
 pub mod keys;
+#[cfg(feature = "lab")]
+pub mod lab;
 pub mod node_common;
 pub mod provision;
 pub mod remove_node;

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use lab_hosts::lab::{Gpu, Lab, LabHost, Standin};
+use lab_hosts::lab::{Gpu, Lab, LabHost};
 
 pub struct Setup {
     pub lab: Lab,
@@ -101,47 +101,26 @@ pub fn inventory_yaml(hosts: &[LabHost]) -> String {
 
 /// [`inventory_yaml`] with `vars` (indented YAML lines) in place of the trimmed package lists.
 pub fn inventory_yaml_with(hosts: &[LabHost], vars: &str) -> String {
-    let h0 = &hosts[0];
-    let mut y = format!(
-        "vars:\n  user: chutes\n  login_user: root\n  ssh_keys: ['{key}']\n{vars}  skip_cuda: true\n  ssh:\n    key: {path}\nhosts:\n",
-        key = h0.client_public_key(),
-        path = h0.client_key_path().display()
-    );
-    for (i, h) in hosts.iter().enumerate() {
-        y.push_str(&format!(
-            "  {name}:\n    address: {addr}\n    external_ip: 203.0.113.{n}\n    wireguard_ip: 192.168.0.{n}\n    \
-             is_primary: {p}\n    gpu_enabled: {g}\n",
-            name = h.name(),
-            addr = h.addr(),
-            n = i + 1,
-            p = i == 0,
-            g = i != 0,
-        ));
-    }
-    y
+    let refs: Vec<&LabHost> = hosts.iter().collect();
+    let spec = minerctl_lab::hosts::InventorySpec {
+        vars,
+        validator: None,
+        external_ip_is_address: false,
+        gpu_short_ref: None,
+    };
+    minerctl_lab::hosts::inventory_yaml(&refs, &spec)
 }
 
 /// Every harness stand-in (`lab_hosts::lab::Standin`), one H100 on GPU hosts, and two
-/// speed-ups of this shared machine's image that a real server does not need.
+/// speed-ups of this shared machine's image that a real server does not need (the lab's own
+/// preparation, `minerctl_lab::hosts::prepare`).
 pub fn prepare(h: &LabHost) {
-    // A lab host inherits this machine's /root/.bashrc, which here runs `pyenv init` (about
-    // 250 ms for every SSH command, since bash reads .bashrc when started by sshd). A stock
-    // server .bashrc returns at once for non-interactive shells; make the lab's do the same.
-    h.sh("[ ! -f /root/.bashrc ] || sed -i '1i case $- in *i*) ;; *) return;; esac' /root/.bashrc").unwrap();
-    // man-db's dpkg trigger rebuilds the manual index after every install (seconds per host on
-    // this 2-core machine); servers being provisioned do not need it for the tests' packages.
-    h.sh("echo 'man-db man-db/auto-update boolean false' | debconf-set-selections; rm -f /var/lib/man-db/auto-update").unwrap();
-    h.install_standins(&Standin::ALL).unwrap();
-    // A stock Ubuntu server has systemd-resolved; this machine's image does not (the
-    // systemctl stand-in, like systemd, knows a unit by its unit file).
-    h.write_file("/lib/systemd/system/systemd-resolved.service", UNIT).unwrap();
-    if h.name().starts_with("gpu-") {
-        h.set_gpus(&[Gpu::h100()]).unwrap();
-    }
+    let gpus = if h.name().starts_with("gpu-") { vec![Gpu::h100()] } else { Vec::new() };
+    minerctl_lab::hosts::prepare(h, &gpus).unwrap();
 }
 
-/// A unit file for a service that a real server has installed.
-pub const UNIT: &str = "[Unit]\nDescription=lab unit\n[Service]\nExecStart=/bin/true\n";
+#[allow(unused_imports)] // some tests write unit files, others not
+pub use minerctl_lab::hosts::UNIT;
 
 /// Whether `h`'s microk8s stand-in joined a cluster.
 pub fn joined(h: &LabHost) -> Option<String> {

@@ -101,3 +101,10 @@ impl std::ops::Index<usize> for Lab {
 pub fn state_dir() -> Result<std::path::PathBuf, LabError> {
     slot::state_dir()
 }
+
+/// Removes the slot lock files of processes that died without dropping their lab hosts
+/// (`minerctl lab down` after a supervisor crash); live owners' files stay.
+pub fn sweep_stale_slots() -> Result<(), LabError> {
+    slot::sweep_stale(&slot::state_dir()?);
+    Ok(())
+}

@@ -166,7 +166,7 @@ fn try_take(dir: &Path, n: u8, port: u16) -> Result<Option<Slot>, LabError> {
 
 /// Removes lock files left by processes that died without dropping their slots (the
 /// lock itself died with them): those we can lock and that still name the file we hold.
-fn sweep_stale(dir: &Path) {
+pub(crate) fn sweep_stale(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();

@@ -1,0 +1,255 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test support: panics are the failure report
+//! `minerctl lab` end to end (feature `lab`, needs root): the real binary makes the lab
+//! (lab hosts, provision, the cluster, deploy, the validator, add-node with real GraVal
+//! proofs), the validator plays its scenario, and the checks read the miner API and the
+//! emulated cluster. `lab down` must leave no process, mount, file or address, also after
+//! the supervisor was killed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use chutes_protocol::Hotkey;
+use minerctl_lab::Record;
+use minerctl_lab::state::ProcessRecord;
+use serde_json::Value;
+
+fn minerctl(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_minerctl")).args(args).output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A state directory the lab's Postgres (run as user postgres) can traverse to.
+fn state_dir() -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dir = tmp.path().join("lab");
+    (tmp, dir)
+}
+
+fn record(dir: &Path) -> Record {
+    serde_json::from_slice(&std::fs::read(dir.join("record.json")).unwrap()).unwrap()
+}
+
+/// `lab status --output json` until the scenario is no longer playing. A deadline keeps a
+/// broken lab from hanging the run; nothing is asserted about how long it took.
+fn scenario_outcome(dir: &str) -> Record {
+    let deadline = Instant::now() + Duration::from_secs(900);
+    loop {
+        let out = minerctl(&["lab", "status", "--output", "json", "--state-dir", dir]);
+        assert!(out.status.success(), "{}", text(&out));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let r: Record = serde_json::from_value(v["record"].clone()).unwrap();
+        if !r.scenario.is_empty() && r.scenario != "playing" {
+            return r;
+        }
+        let progress = std::fs::read_to_string(Path::new(dir).join("progress.log")).unwrap_or_default();
+        assert!(Instant::now() < deadline, "the scenario never finished:\n{progress}");
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// What is left of a lab after `lab down`: nothing, by every measure a user has.
+fn assert_nothing_left(dir: &Path, r: &Record) {
+    assert!(!dir.exists(), "{} is still there", dir.display());
+    for p in r.processes.iter().chain(&r.supervisor) {
+        assert!(!p.alive(), "{} (pid {}) still runs", p.what, p.pid);
+    }
+    for l in &r.listeners {
+        assert!(!minerctl_lab::down::listening(l), "something still listens on {l}");
+    }
+    let needle = dir.to_str().unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(needle), "a mount under the state dir is left:\n{mounts}");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&cmdline).contains(needle) && !cwd.starts_with(dir),
+            "process {pid} still refers to the lab: {}",
+            String::from_utf8_lossy(&cmdline).replace('\0', " ")
+        );
+    }
+    // A lab host's slot lock stays only while a live process owns the slot (another lab
+    // or test may have taken the address since).
+    let slots = lab_hosts::lab::state_dir().unwrap();
+    for h in &r.hosts {
+        let n = h.addr.rsplit('.').next().unwrap();
+        let lock = slots.join(format!("slot-{n}.lock"));
+        if let Ok(owner) = std::fs::read_to_string(&lock) {
+            let owner = owner.trim().parse::<u32>().unwrap_or(0);
+            assert!(
+                owner != 0
+                    && Path::new(&format!("/proc/{owner}")).exists()
+                    && r.supervisor.as_ref().is_none_or(|s| s.pid != owner),
+                "{} is left over (owner {owner})",
+                lock.display()
+            );
+        }
+    }
+}
+
+/// `GET /servers/` of the miner API, signed with the lab's miner hotkey as minerctl signs it.
+fn servers(api: &str) -> Vec<Value> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let miner = Hotkey::from_seed_hex(minerctl_lab::miner::MINER_SEED, "lab miner").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut req = reqwest::Client::new().get(format!("{api}/servers/"));
+        for (k, v) in
+            miner.sign_management(miner.ss58(), chutes_protocol::Payload::Purpose("management")).iter()
+        {
+            req = req.header(k, v);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        serde_json::from_str::<Vec<Value>>(&resp.text().await.unwrap()).unwrap()
+    })
+}
+
+/// Objects of `kind` in namespace chutes, straight from the emulated cluster's API.
+fn cluster_list(kube: &str, path: &str) -> Vec<Value> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let resp = reqwest::Client::new().get(format!("{kube}{path}")).send().await.unwrap();
+        let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+        v["items"].as_array().cloned().unwrap_or_default()
+    })
+}
+
+#[test]
+fn lab_of_three_gpu_hosts_verifies_every_gpu_plays_the_scenario_and_down_leaves_nothing() {
+    let (_tmp, dir) = state_dir();
+    let d = dir.to_str().unwrap();
+    let up =
+        minerctl(&["lab", "up", "--hosts", "3", "--gpus-per-host", "2", "--no-images", "--state-dir", d]);
+    assert!(up.status.success(), "{}", text(&up));
+    let out = String::from_utf8_lossy(&up.stdout).into_owned();
+    for step in [
+        "[1/8] creating the lab hosts",
+        "[3/8] provisioning",
+        "[5/8] deploying",
+        "[8/8] adding the GPU hosts",
+    ] {
+        assert!(out.contains(step), "progress names each step: {out}");
+    }
+    assert!(out.contains("ready in ") && out.contains("lab up took "), "{out}");
+
+    // Twice is safe: the running lab is reported, nothing is made again.
+    let again = minerctl(&["lab", "up", "--hosts", "3", "--state-dir", d]);
+    assert!(again.status.success(), "{}", text(&again));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("is already up"), "{}", text(&again));
+
+    let r = scenario_outcome(d);
+    let progress = std::fs::read_to_string(dir.join("progress.log")).unwrap();
+    assert_eq!(r.scenario, "done", "{progress}");
+    // Every GPU verified by the validator's check of a real proof, one task per host.
+    assert_eq!(r.proofs_verified.len(), 3, "{r:#?}");
+    // The monitor looked at the cluster's chute Jobs throughout and never saw a GPU twice.
+    assert!(r.gpu_checks > 10, "{r:#?}");
+    assert_eq!(r.double_booked, Vec::<String>::new());
+
+    let scenario = minerctl_lab::scenario::LabScenario::new(13, minerctl_lab::hosts::LAB_GPU_SHORT_REF);
+    let api = &r.endpoints["api"];
+    let kube = &r.endpoints["kube"];
+    let servers = servers(api);
+    assert_eq!(servers.len(), 3, "{servers:#?}");
+    let mut deployed = Vec::new();
+    let mut booked = std::collections::BTreeSet::new();
+    for s in &servers {
+        let gpus = s["gpus"].as_array().unwrap();
+        assert_eq!(gpus.len(), 2, "{s:#?}");
+        assert!(gpus.iter().all(|g| g["verified"] == true), "every GPU verified: {s:#}");
+        for d in s["deployments"].as_array().unwrap() {
+            let chute = &d["chute"];
+            let supported: Vec<&str> =
+                chute["supported_gpus"].as_array().unwrap().iter().map(|g| g.as_str().unwrap()).collect();
+            for g in d["gpus"].as_array().unwrap() {
+                let model = g["model_short_ref"].as_str().unwrap();
+                assert!(supported.contains(&model), "{} on a {model}: {d:#}", chute["name"]);
+                assert!(
+                    booked.insert(g["gpu_id"].as_str().unwrap().to_owned()),
+                    "GPU on two deployments: {s:#}"
+                );
+            }
+            deployed.push((
+                chute["name"].as_str().unwrap().to_owned(),
+                d["version"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    deployed.sort();
+    let want: Vec<(String, String)> = [("lab-bounty", "v1"), ("lab-diffusion", "v2"), ("lab-llm", "v1")]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+    // The bounty chute is deployed (its bounty claimed), the updated one runs v2, the
+    // deleted, the unsupported and the finished job's are not there.
+    assert_eq!(deployed, want, "{servers:#?}");
+
+    let jobs = cluster_list(kube, "/apis/batch/v1/namespaces/chutes/jobs");
+    let services = cluster_list(kube, "/api/v1/namespaces/chutes/services");
+    let label = |o: &Value, k: &str| o["metadata"]["labels"][k].as_str().unwrap_or_default().to_owned();
+    assert!(jobs.iter().all(|j| label(j, "chutes/chute-id") != scenario.deleted_chute), "{jobs:#?}");
+    assert!(services.iter().all(|s| label(s, "chutes/chute-id") != scenario.deleted_chute), "{services:#?}");
+    assert!(
+        jobs.iter().all(|j| label(j, "chutes/job-id") != scenario.job_id),
+        "the job's Job is gone: {jobs:#?}"
+    );
+    let chute_jobs: Vec<String> = jobs
+        .iter()
+        .filter(|j| label(j, "chutes/chute") == "true")
+        .map(|j| label(j, "chutes/chute-id"))
+        .collect();
+    assert_eq!(chute_jobs.len(), 3, "one Job per deployment: {chute_jobs:?}");
+    assert!(progress.contains("scenario: the job ran and its GPUs were released"), "{progress}");
+
+    let status = minerctl(&["lab", "status", "--state-dir", d]);
+    assert!(status.status.success(), "{}", text(&status));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("never double-booked"), "{}", text(&status));
+
+    let before = record(&dir);
+    let down = minerctl(&["lab", "down", "--state-dir", d]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert!(String::from_utf8_lossy(&down.stdout).contains("asking the supervisor"), "{}", text(&down));
+    assert_nothing_left(&dir, &before);
+    let again = minerctl(&["lab", "down", "--state-dir", d]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"), "{}", text(&again));
+}
+
+#[test]
+fn lab_down_cleans_up_after_the_supervisor_was_killed() {
+    let (_tmp, dir) = state_dir();
+    let d = dir.to_str().unwrap();
+    let up =
+        minerctl(&["lab", "up", "--hosts", "1", "--gpus-per-host", "1", "--no-images", "--state-dir", d]);
+    assert!(up.status.success(), "{}", text(&up));
+    let r = record(&dir);
+    let sup: &ProcessRecord = r.supervisor.as_ref().unwrap();
+    assert!(r.processes.iter().all(ProcessRecord::alive), "{r:#?}");
+    // SAFETY: SIGKILL to the supervisor this test started.
+    unsafe { libc::kill(sup.pid as i32, libc::SIGKILL) };
+
+    let status = minerctl(&["lab", "status", "--state-dir", d]);
+    assert_eq!(status.status.code(), Some(1), "{}", text(&status));
+    assert!(
+        String::from_utf8_lossy(&status.stderr).contains("supervisor is not running"),
+        "{}",
+        text(&status)
+    );
+
+    let down = minerctl(&["lab", "down", "--state-dir", d]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert!(String::from_utf8_lossy(&down.stdout).contains("cleaning up from the record"), "{}", text(&down));
+    assert_nothing_left(&dir, &r);
+}
