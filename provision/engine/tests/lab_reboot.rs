@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use provision_engine::*;
 use lab_hosts::lab::{Lab, Standin};
+use provision_engine::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reboot_handler_reconnects_and_the_run_goes_on() {
@@ -61,6 +61,7 @@ async fn run_two_phases(h: &lab_hosts::lab::LabHost, reboot_timeout: Duration) -
     let inv = Arc::new(provision_inventory::parse_str(&inv, Path::new("lab.yml")).unwrap());
     let phases = vec![
         Phase {
+            serial: false,
             name: "driver".into(),
             tag: "t".into(),
             plan: Arc::new(move |_: &PlanCtx| PhasePlan {
@@ -79,6 +80,7 @@ async fn run_two_phases(h: &lab_hosts::lab::LabHost, reboot_timeout: Duration) -
             }),
         },
         Phase {
+            serial: false,
             name: "after".into(),
             tag: "t".into(),
             plan: Arc::new(|_: &PlanCtx| PhasePlan {
