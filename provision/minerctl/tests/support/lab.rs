@@ -191,3 +191,56 @@ impl Run {
         assert_eq!(self.code, Some(0), "run failed:\n{}\n{}", self.stdout, self.stderr);
     }
 }
+
+/// A local apt repository (`/opt/lab-cuda`, listed in `/etc/apt/sources.list.d/cuda-lab.list`,
+/// a name the base role keeps) of empty stand-in packages for the NVIDIA stack: the CUDA
+/// toolkits and fabric managers of `versions` (cuda, nvidia), `nvidia-open`, and a
+/// `cuda-keyring` whose .deb the inventory's `cuda_keyring_url` fetches from a file: URL. The
+/// fabric manager packages ship the unit file, as NVIDIA's do. Real apt and dpkg install,
+/// purge and upgrade them; nothing leaves the machine for them.
+pub fn cuda_repo(h: &LabHost, versions: &[(&str, &str)]) {
+    let mut pkgs = vec!["nvidia-open".to_string(), "cuda-keyring".to_string()];
+    for (cuda, nvidia) in versions {
+        pkgs.push(format!("cuda-toolkit-{cuda}"));
+        pkgs.push(format!("nvidia-fabricmanager-{nvidia}"));
+    }
+    let script = format!(
+        r#"set -e; r=/opt/lab-cuda; b=$(mktemp -d); mkdir -p $r
+for p in {pkgs}; do
+  d=$b/$p; mkdir -p $d/DEBIAN $d/usr/share/doc/$p
+  printf 'Package: %s\nVersion: 1.0\nArchitecture: all\nMaintainer: lab <lab@localhost>\nDescription: lab stand-in for %s\n' $p $p >$d/DEBIAN/control
+  echo "stand-in for $p" >$d/usr/share/doc/$p/README
+  case $p in
+  cuda-keyring) mkdir -p $d/usr/share/keyrings; echo lab-keyring >$d/usr/share/keyrings/cuda-archive-keyring.gpg ;;
+  nvidia-fabricmanager-*) mkdir -p $d/lib/systemd/system; printf '[Unit]\nDescription=fm\n[Service]\nExecStart=/bin/true\n' >$d/lib/systemd/system/nvidia-fabricmanager.service ;;
+  esac
+  dpkg-deb -Zgzip --build $d $r/$p.deb >/dev/null
+done
+cd $r; : >Packages
+for f in *.deb; do
+  dpkg-deb -f $f >>Packages; printf 'Filename: ./%s\nSize: %s\nSHA256: %s\n\n' $f $(stat -c %s $f) $(sha256sum $f | cut -d' ' -f1) >>Packages
+done
+rm -rf $b
+echo 'deb [trusted=yes] file:/opt/lab-cuda ./' >/etc/apt/sources.list.d/cuda-lab.list"#,
+        pkgs = pkgs.join(" ")
+    );
+    h.sh(&script).unwrap();
+}
+
+/// Whether dpkg has `package` installed on `h`.
+pub fn installed(h: &LabHost, package: &str) -> bool {
+    h.sh(&format!("dpkg-query -W -f='${{db:Status-Abbrev}}' {package} 2>/dev/null | grep -q '^ii' && echo yes || echo no"))
+        .unwrap()
+        .trim()
+        == "yes"
+}
+
+/// Sets (or adds) `key: value` among the inventory's `vars`.
+pub fn set_var(s: &Setup, key: &str, value: &str) {
+    let inv = std::fs::read_to_string(s.inventory()).unwrap();
+    let mut lines: Vec<String> =
+        inv.lines().filter(|l| !l.starts_with(&format!("  {key}:"))).map(str::to_string).collect();
+    let at = lines.iter().position(|l| l == "vars:").unwrap() + 1;
+    lines.insert(at, format!("  {key}: {value}"));
+    std::fs::write(s.inventory(), lines.join("\n") + "\n").unwrap();
+}
