@@ -15,33 +15,7 @@ fn file(h: &LabHost, path: &str) -> String {
     h.read_to_string(path).unwrap_or_else(|e| panic!("{}: {path}: {e}", h.name()))
 }
 
-/// Everything a host wrote: its overlay's upper layer (every file, directory, whiteout and
-/// metadata change to its root) plus /run and /tmp (tmpfs of their own, outside the overlay),
-/// with contents hashed. Left out: the lab sshd's own log and the stand-ins' call log (test
-/// instruments; the calls are checked on their own).
-fn trace(h: &LabHost) -> String {
-    let upper = LabHost::UPPER_DIR;
-    let skip = "! -path ./var/log/lab-sshd.log ! -path ./var/lib/lab-standins/calls.log";
-    h.sh(&format!(
-        "set -e; cd {upper}; find . {skip} -printf '%p %y %m %u:%g %s %T@ %l\\n' | sort; \
-         find . -type f {skip} -exec sha256sum {{}} + | sort; \
-         find /run /tmp -printf '%p %y %m %u:%g %s %T@ %l\\n' | sort; find /run /tmp -type f -exec sha256sum {{}} + | sort"
-    ))
-    .unwrap()
-}
-
-fn assert_same_trace(hosts: &[LabHost], before: &[String]) {
-    for (h, b) in hosts.iter().zip(before) {
-        let after = trace(h);
-        if &after != b {
-            let diff = similar::TextDiff::from_lines(b.as_str(), after.as_str())
-                .unified_diff()
-                .header("before", "after")
-                .to_string();
-            panic!("{}: --check left a trace on the host:\n{diff}", h.name());
-        }
-    }
-}
+use lab::{assert_same_trace, trace};
 
 const MIRROR: &str = "/var/snap/microk8s/current/args/certs.d/5dt7hz7zpw4dpppxfm7ke3cm7sdawhszxmm5zame7dsvjbcq.localregistry.chutes.ai:30500/hosts.toml";
 

@@ -244,3 +244,31 @@ pub fn set_var(s: &Setup, key: &str, value: &str) {
     lines.insert(at, format!("  {key}: {value}"));
     std::fs::write(s.inventory(), lines.join("\n") + "\n").unwrap();
 }
+
+/// Everything a host wrote: its overlay's upper layer (every file, directory, whiteout and
+/// metadata change to its root) plus /run and /tmp (tmpfs of their own, outside the overlay),
+/// with contents hashed. Left out: the lab sshd's own log and the stand-ins' call log (test
+/// instruments; the calls are checked on their own).
+pub fn trace(h: &LabHost) -> String {
+    let upper = LabHost::UPPER_DIR;
+    let skip = "! -path ./var/log/lab-sshd.log ! -path ./var/lib/lab-standins/calls.log";
+    h.sh(&format!(
+        "set -e; cd {upper}; find . {skip} -printf '%p %y %m %u:%g %s %T@ %l\\n' | sort; \
+         find . -type f {skip} -exec sha256sum {{}} + | sort; \
+         find /run /tmp -printf '%p %y %m %u:%g %s %T@ %l\\n' | sort; find /run /tmp -type f -exec sha256sum {{}} + | sort"
+    ))
+    .unwrap()
+}
+
+pub fn assert_same_trace(hosts: &[LabHost], before: &[String]) {
+    for (h, b) in hosts.iter().zip(before) {
+        let after = trace(h);
+        if &after != b {
+            let diff = similar::TextDiff::from_lines(b.as_str(), after.as_str())
+                .unified_diff()
+                .header("before", "after")
+                .to_string();
+            panic!("{}: --check left a trace on the host:\n{diff}", h.name());
+        }
+    }
+}
