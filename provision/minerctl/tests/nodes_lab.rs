@@ -210,6 +210,19 @@ struct Cli<'a> {
 }
 
 impl Cli<'_> {
+    /// The CLI on `setup`'s hosts, whose `microk8s` reaches `w`'s cluster (GPU hosts register
+    /// the Node of [`gpu_node`]), signing with the miner's hotkey.
+    fn for_lab<'a>(setup: &'a lab::Setup, w: &World) -> Cli<'a> {
+        for h in setup.lab.hosts() {
+            let node = h.name().starts_with("gpu-").then(|| gpu_node(h.name()));
+            install_microk8s(h, &w.kube.url(), node.as_ref());
+        }
+        let dir = setup.dir.path();
+        let hotkey = dir.join("hotkey");
+        std::fs::write(&hotkey, MINER_SEED).unwrap();
+        Cli { dir, inventory: setup.inventory(), known_hosts: setup.known_hosts(), hotkey }
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_minerctl"))
             .args(args)
@@ -237,17 +250,10 @@ fn node_labels(w: &World, name: &str) -> Option<Value> {
 fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out() {
     let w = world();
     let setup = lab::Setup::start(2);
-    let hosts = setup.lab.hosts();
-    let (primary, gpu) = (&hosts[0], &hosts[1]);
-    install_microk8s(primary, &w.kube.url(), None);
-    install_microk8s(gpu, &w.kube.url(), Some(&gpu_node(gpu.name())));
-    let gpu2 = &hosts[2];
-    install_microk8s(gpu2, &w.kube.url(), Some(&gpu_node(gpu2.name())));
+    let cli = Cli::for_lab(&setup, &w);
     let dir = setup.dir.path();
-    let hotkey_file = dir.join("hotkey");
-    std::fs::write(&hotkey_file, MINER_SEED).unwrap();
-    let cli =
-        Cli { dir, inventory: setup.inventory(), known_hosts: setup.known_hosts(), hotkey: hotkey_file };
+    let hosts = setup.lab.hosts();
+    let (primary, gpu, gpu2) = (&hosts[0], &hosts[1], &hosts[2]);
 
     // The cluster as it was: the primary alone, provisioned.
     write_inventory(&cli.inventory, &[primary], &w.validator_hotkey);
@@ -467,16 +473,9 @@ fn bad_requests_are_refused_before_any_connection() {
 fn add_node_check_changes_nothing_and_an_unreachable_worker_does_not_block_it() {
     let w = world();
     let setup = lab::Setup::start(2);
+    let cli = Cli::for_lab(&setup, &w);
     let hosts = setup.lab.hosts();
     let (primary, gpu1, gpu2) = (&hosts[0], &hosts[1], &hosts[2]);
-    install_microk8s(primary, &w.kube.url(), None);
-    install_microk8s(gpu1, &w.kube.url(), Some(&gpu_node(gpu1.name())));
-    install_microk8s(gpu2, &w.kube.url(), Some(&gpu_node(gpu2.name())));
-    let dir = setup.dir.path();
-    let hotkey_file = dir.join("hotkey");
-    std::fs::write(&hotkey_file, MINER_SEED).unwrap();
-    let cli =
-        Cli { dir, inventory: setup.inventory(), known_hosts: setup.known_hosts(), hotkey: hotkey_file };
 
     // The cluster as it was: the primary and gpu-1, provisioned.
     write_inventory(&cli.inventory, &[primary, gpu1], &w.validator_hotkey);

@@ -112,15 +112,8 @@ fn host_lost_mid_run_is_unreachable_others_finish_and_rerun_completes() {
     let s = Setup::start(3);
     let victim = &s.lab.hosts()[2];
     // The victim's `snap install` blocks until released, so sshd dies while a step runs.
-    victim
-        .sh("mkdir -p /var/lib/lab-standins/hold && touch /var/lib/lab-standins/hold/snap-install")
-        .unwrap();
-    let child = s
-        .command(&[])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    lab::hold(victim, "snap-install");
+    let child = s.spawn(&[]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
     while !victim.calls("snap").unwrap().iter().any(|c| c.first().map(String::as_str) == Some("install")) {
         assert!(std::time::Instant::now() < deadline, "the victim never reached snap install");
@@ -145,7 +138,7 @@ fn host_lost_mid_run_is_unreachable_others_finish_and_rerun_completes() {
         assert_eq!((r["failed"].as_u64(), r["unreachable"].as_bool()), (Some(0), Some(false)), "{h}: {r}");
     }
 
-    victim.sh("rm -f /var/lib/lab-standins/hold/snap-install").unwrap();
+    lab::release(victim, "snap-install");
     victim.start_sshd().unwrap();
     let rerun = s.run(&[]);
     rerun.assert_ok();
@@ -411,14 +404,9 @@ fn a_new_microk8s_channel_refreshes_one_host_at_a_time() {
     // in the middle of its refresh, the hosts after it have not started, the ones before it
     // are refreshed and were waited for.
     for h in hosts {
-        h.sh("mkdir -p /var/lib/lab-standins/hold && touch /var/lib/lab-standins/hold/snap-refresh").unwrap();
+        lab::hold(h, "snap-refresh");
     }
-    let child = s
-        .command(&[])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = s.spawn(&[]);
     for (i, h) in hosts.iter().enumerate() {
         wait_for_call(h, "snap", &["refresh", "microk8s", "--channel=1.32/stable"]);
         for later in &hosts[i + 1..] {
@@ -434,7 +422,7 @@ fn a_new_microk8s_channel_refreshes_one_host_at_a_time() {
                 done.name()
             );
         }
-        h.sh("rm -f /var/lib/lab-standins/hold/snap-refresh").unwrap();
+        lab::release(h, "snap-refresh");
     }
     let run = Run::from(child.wait_with_output().unwrap());
     run.assert_ok();

@@ -88,6 +88,15 @@ impl Setup {
     pub fn run(&self, extra: &[&str]) -> Run {
         Run::from(self.command(extra).output().unwrap())
     }
+
+    /// A run in the background (collect it with `Run::from(child.wait_with_output()?)`).
+    pub fn spawn(&self, extra: &[&str]) -> std::process::Child {
+        self.command(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
 }
 
 const TRIMMED: &str = "  packages: [hello]\n  primary_packages: []\n  container_toolkit_packages: []\n";
@@ -271,4 +280,13 @@ pub fn assert_same_trace(hosts: &[LabHost], before: &[String]) {
             panic!("{}: --check left a trace on the host:\n{diff}", h.name());
         }
     }
+}
+
+/// Makes `h`'s stand-in call `name` (e.g. `snap-refresh`) wait until [`release`].
+pub fn hold(h: &LabHost, name: &str) {
+    h.sh(&format!("mkdir -p /var/lib/lab-standins/hold && touch /var/lib/lab-standins/hold/{name}")).unwrap();
+}
+
+pub fn release(h: &LabHost, name: &str) {
+    h.sh(&format!("rm -f /var/lib/lab-standins/hold/{name}")).unwrap();
 }
