@@ -118,8 +118,9 @@ async fn reboot(conn: &mut Conn, timeout: Duration, log: &Log, host: &str) -> Re
                             return Ok(());
                         }
                         Ok(_) => {}
-                        // No new connection either: the host is down.
-                        Err(_) => down = true,
+                        // No new connection either: the host is down (a refusal such as the
+                        // host lock, which the old connection still holds, says it is up).
+                        Err(e) => down |= e.is_unreachable(),
                     }
                     continue;
                 }
@@ -127,14 +128,15 @@ async fn reboot(conn: &mut Conn, timeout: Duration, log: &Log, host: &str) -> Re
         }
         // The old connection is gone (or the host already reports a new boot): a reboot
         // happened once a new connection reads the boot id.
-        if let Ok(new) = conn.reconnect().await
-            && boot_id(&new).await.is_some()
-        {
-            log.line(host, &format!("back after reboot in {:.0} s", start.elapsed().as_secs_f64()));
-            *conn = new;
-            return Ok(());
+        match conn.reconnect().await {
+            Ok(new) if boot_id(&new).await.is_some() => {
+                log.line(host, &format!("back after reboot in {:.0} s", start.elapsed().as_secs_f64()));
+                *conn = new;
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) => down |= e.is_unreachable(),
         }
-        down = true;
     }
     if down {
         return Err(ApplyError::NotBack(timeout.as_secs()));
