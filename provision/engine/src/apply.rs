@@ -17,6 +17,8 @@ pub enum ApplyError {
         "no reboot seen within {0} s: the boot id did not change and the connection did not drop and come back"
     )]
     RebootTimeout(u64),
+    #[error("went down for the reboot and did not come back within {0} s (no SSH connection since)")]
+    NotBack(u64),
     #[error("cannot read the boot id before rebooting, so a reboot could not be confirmed; not rebooting")]
     BootIdUnreadable,
 }
@@ -93,6 +95,8 @@ async fn reboot(conn: &mut Conn, timeout: Duration, log: &Log, host: &str) -> Re
         )
         .await;
     let start = Instant::now();
+    // Whether the host was seen going down (the connection dropped, and no new one came up).
+    let mut down = false;
     while start.elapsed() < timeout {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if !conn.is_closed() {
@@ -104,15 +108,19 @@ async fn reboot(conn: &mut Conn, timeout: Duration, log: &Log, host: &str) -> Re
                 // (keepalives take tens of seconds). Only a new connection reading a new boot id
                 // tells them apart.
                 None => {
-                    if let Ok(new) = conn.reconnect().await
-                        && boot_id(&new).await.is_some_and(|id| id != before)
-                    {
-                        log.line(
-                            host,
-                            &format!("back after reboot in {:.0} s", start.elapsed().as_secs_f64()),
-                        );
-                        *conn = new;
-                        return Ok(());
+                    match conn.reconnect().await {
+                        Ok(new) if boot_id(&new).await.is_some_and(|id| id != before) => {
+                            log.line(
+                                host,
+                                &format!("back after reboot in {:.0} s", start.elapsed().as_secs_f64()),
+                            );
+                            *conn = new;
+                            return Ok(());
+                        }
+                        Ok(_) => {}
+                        // No new connection either: the host is down (a refusal such as the
+                        // host lock, which the old connection still holds, says it is up).
+                        Err(e) => down |= e.is_unreachable(),
                     }
                     continue;
                 }
@@ -120,13 +128,18 @@ async fn reboot(conn: &mut Conn, timeout: Duration, log: &Log, host: &str) -> Re
         }
         // The old connection is gone (or the host already reports a new boot): a reboot
         // happened once a new connection reads the boot id.
-        if let Ok(new) = conn.reconnect().await
-            && boot_id(&new).await.is_some()
-        {
-            log.line(host, &format!("back after reboot in {:.0} s", start.elapsed().as_secs_f64()));
-            *conn = new;
-            return Ok(());
+        match conn.reconnect().await {
+            Ok(new) if boot_id(&new).await.is_some() => {
+                log.line(host, &format!("back after reboot in {:.0} s", start.elapsed().as_secs_f64()));
+                *conn = new;
+                return Ok(());
+            }
+            Ok(_) => {}
+            Err(e) => down |= e.is_unreachable(),
         }
+    }
+    if down {
+        return Err(ApplyError::NotBack(timeout.as_secs()));
     }
     Err(ApplyError::RebootTimeout(timeout.as_secs()))
 }

@@ -37,6 +37,16 @@ pub struct PlanCtx<'a> {
     /// facts are defaults and nothing is captured yet. A planner whose steps depend on a value
     /// it captures in bulk during the run (instead of asking per item) leaves them out here.
     pub before_run: bool,
+    /// The hosts this run may change (`--limit`); `None`: every host. Hosts outside it are only
+    /// observed, so a step about another host (e.g. waiting for its node) can leave them out.
+    pub limit: Option<&'a [String]>,
+}
+
+impl PlanCtx<'_> {
+    /// Whether this run may change host `name` (it is inside `--limit`).
+    pub fn changes(&self, name: &str) -> bool {
+        self.limit.is_none_or(|l| l.iter().any(|n| n == name))
+    }
 }
 
 #[derive(Default)]
@@ -53,6 +63,22 @@ pub struct Phase {
     /// Selected by `--tags` (steps may carry their own tag instead).
     pub tag: String,
     pub plan: Planner,
+    /// One host at a time (Ansible's `serial: 1`): the primary first, then the inventory's
+    /// order. A host that fails (or does not come back from a reboot) stops the rollout: every
+    /// later host with something planned in this phase is stopped untouched, naming it.
+    pub serial: bool,
+}
+
+impl Phase {
+    pub fn new(name: impl Into<String>, tag: impl Into<String>, plan: Planner) -> Phase {
+        Phase { name: name.into(), tag: tag.into(), plan, serial: false }
+    }
+
+    /// This phase runs on one host at a time (see [`Phase::serial`]).
+    pub fn one_host_at_a_time(mut self) -> Phase {
+        self.serial = true;
+        self
+    }
 }
 
 #[derive(Clone)]
@@ -94,6 +120,9 @@ pub struct RunResult {
     pub facts: BTreeMap<String, Facts>,
     /// With [`RunOptions::profile`]: one row per read per host.
     pub profile: Vec<ProfileRow>,
+    /// Hosts outside `--limit` that could not be read (not in the recap, which lists the
+    /// hosts the run changes): name and why. Their captured variables are missing.
+    pub not_observed: Vec<(String, String)>,
 }
 
 impl RunResult {
@@ -142,6 +171,26 @@ struct Shared {
     /// the primary's node list, a restarted wg0 what a worker's ping sees).
     changed_any: AtomicBool,
     profile: std::sync::Mutex<Vec<ProfileRow>>,
+    not_observed: std::sync::Mutex<Vec<(String, String)>>,
+    /// Per phase (by index): the turn of its serial rollout, `None` for parallel phases.
+    rollouts: Vec<Option<Rollout>>,
+    /// Each host's place in a serial rollout: the primary first, then the inventory's order.
+    rollout_order: HashMap<String, usize>,
+}
+
+/// The state of one serial phase: whose turn it is, and the host that stopped it.
+struct Rollout {
+    turn: tokio::sync::watch::Sender<usize>,
+    stopped_by: std::sync::Mutex<Option<String>>,
+}
+
+/// Passes the turn of a serial phase to the next host when dropped (however the phase ended).
+struct Turn<'a>(&'a Rollout);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.0.turn.send_modify(|t| *t += 1);
+    }
 }
 
 /// Why a host stopped.
@@ -180,9 +229,22 @@ pub async fn run(
             (h.name.clone(), if full { Mode::Full } else { Mode::Observe })
         })
         .collect();
+    let rollouts = phases
+        .iter()
+        .map(|p| {
+            p.serial
+                .then(|| Rollout { turn: tokio::sync::watch::channel(0).0, stopped_by: Default::default() })
+        })
+        .collect();
+    let mut order: Vec<&Host> = inv.hosts.iter().collect();
+    order.sort_by_key(|h| !h.is_primary); // stable: the inventory's order otherwise
+    let rollout_order = order.iter().enumerate().map(|(i, h)| (h.name.clone(), i)).collect();
     let shared = Arc::new(Shared {
         inv: inv.clone(),
         phases,
+        rollouts,
+        rollout_order,
+        not_observed: Default::default(),
         forks: Semaphore::new(opts.forks.max(1)),
         barrier: Barrier::new(names.len()),
         opts,
@@ -216,7 +278,8 @@ pub async fn run(
     let vars = shared.vars.read().await.clone();
     let facts = shared.facts.read().await.clone();
     let profile = shared.profile.lock().map(|p| p.clone()).unwrap_or_default();
-    RunResult { recap, elapsed, vars, facts, profile }
+    let not_observed = shared.not_observed.lock().map(|p| p.clone()).unwrap_or_default();
+    RunResult { recap, elapsed, vars, facts, profile, not_observed }
 }
 
 /// Who holds a host lock: shown to a second operator who finds the host busy.
@@ -277,8 +340,20 @@ async fn lane(s: Arc<Shared>, name: String, mode: Mode) -> HostRecap {
             }
         }
     }
-    for phase in &s.phases {
+    for (index, phase) in s.phases.iter().enumerate() {
         s.barrier.wait().await;
+        // A serial phase waits for this host's turn; the turn passes on when `_turn` is
+        // dropped, at the end of this iteration however it ends.
+        let rollout = s.rollouts.get(index).and_then(Option::as_ref);
+        let _turn = match rollout {
+            Some(r) => {
+                let mine = s.rollout_order.get(&name).copied().unwrap_or(0);
+                let mut rx = r.turn.subscribe();
+                let _ = rx.wait_for(|t| *t >= mine).await;
+                Some(Turn(r))
+            }
+            None => None,
+        };
         let Some(c) = conn.as_mut() else { continue };
         if s.abort.load(Ordering::SeqCst) {
             continue;
@@ -295,10 +370,25 @@ async fn lane(s: Arc<Shared>, name: String, mode: Mode) -> HostRecap {
             vars: &vars,
             check: s.opts.check,
             before_run: false,
+            limit: s.opts.limit.as_deref(),
         });
         // --tags: steps carry their own tag or inherit the phase's.
         plan.steps.retain(|st| selected(st.tag.as_deref().unwrap_or(&phase.tag)));
         if plan.steps.is_empty() {
+            continue;
+        }
+        // A rollout that stopped at an earlier host leaves this one untouched.
+        if let Some(by) = rollout.and_then(|r| r.stopped_by.lock().ok().and_then(|g| g.clone())) {
+            if mode == Mode::Full {
+                let message = format!(
+                    "{}: not started here: this phase runs one host at a time and stopped at {by}",
+                    phase.name
+                );
+                stop(&s, &mut recap, mode, Stop { unreachable: false, message });
+            }
+            if let Some(c) = conn.take() {
+                c.close().await;
+            }
             continue;
         }
         if mode == Mode::Full {
@@ -308,6 +398,11 @@ async fn lane(s: Arc<Shared>, name: String, mode: Mode) -> HostRecap {
             run_phase(&s, c, &host.name, &phase.name, &plan, mode, snapshot.as_ref(), &mut recap).await
         {
             if mode == Mode::Full {
+                if let Some(r) = rollout
+                    && let Ok(mut by) = r.stopped_by.lock()
+                {
+                    *by = Some(name.clone());
+                }
                 stop(&s, &mut recap, mode, stop_reason);
             }
             if let Some(c) = conn.take() {
@@ -340,6 +435,14 @@ async fn lane(s: Arc<Shared>, name: String, mode: Mode) -> HostRecap {
 
 fn stop(s: &Shared, recap: &mut HostRecap, mode: Mode, why: Stop) {
     if mode == Mode::Observe {
+        // Outside --limit: not in the recap, but the operator learns that its variables
+        // (e.g. its WireGuard key) could not be read.
+        s.log.line(&recap.host, &format!("not observed: {}", why.message));
+        s.reporter
+            .host_note(&recap.host, &format!("not reached (outside --limit, only read): {}", why.message));
+        if let Ok(mut v) = s.not_observed.lock() {
+            v.push((recap.host.clone(), why.message));
+        }
         return;
     }
     if why.unreachable {
@@ -405,6 +508,7 @@ async fn read_state(
             vars: &vars,
             check: s.opts.check,
             before_run: true,
+            limit: s.opts.limit.as_deref(),
         });
         for st in plan.steps.iter().filter(|st| selected(st.tag.as_deref().unwrap_or(&phase.tag))) {
             if mode == Mode::Observe && !matches!(st.action, Action::Capture { read_only: true, .. }) {

@@ -61,6 +61,7 @@ async fn run_two_phases(h: &lab_hosts::lab::LabHost, reboot_timeout: Duration) -
     let inv = Arc::new(provision_inventory::parse_str(&inv, Path::new("lab.yml")).unwrap());
     let phases = vec![
         Phase {
+            serial: false,
             name: "driver".into(),
             tag: "t".into(),
             plan: Arc::new(move |_: &PlanCtx| PhasePlan {
@@ -79,6 +80,7 @@ async fn run_two_phases(h: &lab_hosts::lab::LabHost, reboot_timeout: Duration) -
             }),
         },
         Phase {
+            serial: false,
             name: "after".into(),
             tag: "t".into(),
             plan: Arc::new(|_: &PlanCtx| PhasePlan {

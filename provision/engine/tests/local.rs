@@ -75,6 +75,7 @@ async fn run_with(
 fn files_phase(dir: &Path) -> Phase {
     let dir = dir.to_path_buf();
     Phase {
+        serial: false,
         name: "files".into(),
         tag: "files".into(),
         plan: Arc::new(move |c: &PlanCtx| {
@@ -185,6 +186,7 @@ fn failing_phase(bad_host: &'static str, marker_dir: &Path) -> Vec<Phase> {
     let d2 = marker_dir.to_path_buf();
     vec![
         Phase {
+            serial: false,
             name: "one".into(),
             tag: "one".into(),
             plan: Arc::new(move |c: &PlanCtx| PhasePlan {
@@ -204,6 +206,7 @@ fn failing_phase(bad_host: &'static str, marker_dir: &Path) -> Vec<Phase> {
             }),
         },
         Phase {
+            serial: false,
             name: "two".into(),
             tag: "two".into(),
             plan: Arc::new(move |c: &PlanCtx| PhasePlan {
@@ -249,6 +252,83 @@ async fn fail_fast_stops_the_others_before_the_next_phase() {
     assert!(!tmp.path().join("h1-two").exists() && !tmp.path().join("h3-two").exists());
 }
 
+/// A serial phase (`serial: 1`): one host at a time, the primary first, then the inventory's
+/// order; the host that fails stops the rollout, and the hosts after it are left untouched
+/// and told why, while a parallel phase after it still runs on the hosts that are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_phase_runs_one_host_at_a_time_and_a_failure_stops_the_rollout() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The primary is listed second; h0 has nothing to do in the rollout.
+    let y = ["h0", "p", "h1", "h2", "h3"]
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            format!(
+                "  {h}:\n    address: 127.0.0.1\n    external_ip: 10.0.0.{n}\n    wireguard_ip: 192.168.0.{n}\n    is_primary: {p}\n",
+                n = i + 1,
+                p = *h == "p"
+            )
+        })
+        .collect::<String>();
+    let inv = Arc::new(provision_inventory::parse_str(&format!("hosts:\n{y}"), Path::new("t.yml")).unwrap());
+    let journal = tmp.path().join("journal");
+    let (j, d) = (journal.clone(), tmp.path().to_path_buf());
+    let rollout = Phase::new(
+        "rollout",
+        "t",
+        Arc::new(move |c: &PlanCtx| {
+            let h = &c.host.name;
+            if h == "h0" {
+                return PhasePlan::default();
+            }
+            // Each host writes its start, works a while, and writes its end: interleaved lines
+            // would mean two hosts at once.
+            let work = if h == "h2" { "exit 3".to_string() } else { "sleep 0.2".to_string() };
+            let run = format!("echo start {h} >> {j}; {work}; echo end {h} >> {j}", j = j.display());
+            PhasePlan {
+                steps: vec![Step::new("upgrade", Action::Command { run, creates: None, unless: None })],
+                handlers: vec![],
+            }
+        }),
+    )
+    .one_host_at_a_time();
+    let after = Phase::new(
+        "after",
+        "t",
+        Arc::new(move |c: &PlanCtx| PhasePlan {
+            steps: vec![Step::new(
+                "after",
+                Action::Command {
+                    run: format!("touch {}/{}-after", d.display(), c.host.name),
+                    creates: None,
+                    unless: None,
+                },
+            )],
+            handlers: vec![],
+        }),
+    );
+    let (r, out) = run_with(&inv, vec![rollout, after], opts(false), OutputFormat::Human, None).await;
+    assert!(!r.success());
+    let lines = std::fs::read_to_string(&journal).unwrap();
+    assert_eq!(lines, "start p\nend p\nstart h1\nend h1\nstart h2\n", "{out}");
+    let recap = |h: &str| r.recap.iter().find(|x| x.host == h).unwrap().clone();
+    assert_eq!((recap("p").changed, recap("h1").changed), (2, 2), "rollout and after: {out}");
+    assert!(recap("h2").error.as_deref().unwrap().contains("rollout / upgrade"), "{:?}", recap("h2"));
+    let h3 = recap("h3");
+    assert_eq!(h3.changed, 0, "{h3:?}");
+    assert!(
+        h3.error
+            .as_deref()
+            .unwrap()
+            .contains("not started here: this phase runs one host at a time and stopped at h2"),
+        "{h3:?}"
+    );
+    assert!(out.contains("h3: rollout: not started here"), "{out}");
+    for (h, ran) in [("h0", true), ("p", true), ("h1", true), ("h2", false), ("h3", false)] {
+        assert_eq!(tmp.path().join(format!("{h}-after")).exists(), ran, "{h}: {out}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captured_values_reach_later_phases_on_other_hosts_and_secrets_are_redacted() {
     let tmp = tempfile::tempdir().unwrap();
@@ -256,6 +336,7 @@ async fn captured_values_reach_later_phases_on_other_hosts_and_secrets_are_redac
     let d = tmp.path().to_path_buf();
     let phases = vec![
         Phase {
+            serial: false,
             name: "capture".into(),
             tag: "c".into(),
             plan: Arc::new(|c: &PlanCtx| PhasePlan {
@@ -285,6 +366,7 @@ async fn captured_values_reach_later_phases_on_other_hosts_and_secrets_are_redac
             }),
         },
         Phase {
+            serial: false,
             name: "use".into(),
             tag: "u".into(),
             plan: Arc::new(move |c: &PlanCtx| {
@@ -332,6 +414,7 @@ async fn check_mode_skips_host_changing_captures_and_waits() {
     let inv = inventory(&["h1"]);
     let m = marker.display().to_string();
     let phases = vec![Phase {
+        serial: false,
         name: "p".into(),
         tag: "p".into(),
         plan: Arc::new(move |_c: &PlanCtx| PhasePlan {

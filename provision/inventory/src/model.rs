@@ -37,7 +37,10 @@ pub struct Vars {
     /// The mesh subnet; every `wireguard_ip` must be inside it.
     pub wireguard_subnet: Ipv4Net,
     pub infiniband: bool,
+    /// The snap channel microk8s tracks; changing it refreshes every host, one at a time.
     pub microk8s_channel: String,
+    /// Seconds a host may take to come back from a reboot (driver install or upgrade).
+    pub reboot_timeout: u64,
     /// Packages installed on every host (the base role).
     pub packages: Vec<String>,
     /// Driver and CUDA packages on GPU hosts (unless `skip_cuda`).

@@ -24,6 +24,7 @@ const VAR_KEYS: &[&str] = &[
     "wireguard_subnet",
     "infiniband",
     "microk8s_channel",
+    "reboot_timeout",
     "packages",
     "cuda_packages",
     "container_toolkit_packages",
@@ -321,6 +322,7 @@ fn vars(ctx: &mut Ctx, node: Option<&Node>, base_dir: &Path) -> Vars {
         wireguard_subnet: Ipv4Net { addr: Ipv4Addr::new(192, 168, 0, 0), prefix: 20 },
         infiniband: false,
         microk8s_channel: "1.31/stable".into(),
+        reboot_timeout: 900,
         packages: DEFAULT_PACKAGES.iter().map(|s| s.to_string()).collect(),
         cuda_packages: vec![
             "cuda-toolkit-{cuda_version}".into(),
@@ -370,6 +372,11 @@ fn vars(ctx: &mut Ctx, node: Option<&Node>, base_dir: &Path) -> Vars {
     ));
     take!("infiniband", v.infiniband, |c: &mut Ctx, n: &Node| c.bool(n, "infiniband"));
     take!("microk8s_channel", v.microk8s_channel, |c: &mut Ctx, n: &Node| c.string(n, "microk8s_channel"));
+    take!("reboot_timeout", v.reboot_timeout, |c: &mut Ctx, n: &Node| c.number(
+        n,
+        "reboot_timeout",
+        "a number of seconds"
+    ));
     take!("packages", v.packages, |c: &mut Ctx, n: &Node| c.strings(n, "packages"));
     take!("cuda_packages", v.cuda_packages, |c: &mut Ctx, n: &Node| c.strings(n, "cuda_packages"));
     take!("container_toolkit_packages", v.container_toolkit_packages, |c: &mut Ctx, n: &Node| c
@@ -431,7 +438,13 @@ fn vars(ctx: &mut Ctx, node: Option<&Node>, base_dir: &Path) -> Vars {
     if !(1280..=9000).contains(&v.wireguard_mtu) {
         ctx.err(at("wireguard_mtu"), format!("wireguard_mtu {} is outside 1280-9000", v.wireguard_mtu));
     }
-    if !v.microk8s_channel.contains('/') {
+    if v.reboot_timeout == 0 {
+        ctx.err(at("reboot_timeout"), "reboot_timeout must be at least 1 second".to_string());
+    }
+    // It becomes part of a command line: a snap channel is track/risk[/branch], nothing else.
+    if !v.microk8s_channel.contains('/')
+        || !v.microk8s_channel.bytes().all(|b| b.is_ascii_alphanumeric() || b"./_-".contains(&b))
+    {
         ctx.err(
             at("microk8s_channel"),
             format!("microk8s_channel `{}` should look like 1.31/stable", v.microk8s_channel),

@@ -210,6 +210,19 @@ struct Cli<'a> {
 }
 
 impl Cli<'_> {
+    /// The CLI on `setup`'s hosts, whose `microk8s` reaches `w`'s cluster (GPU hosts register
+    /// the Node of [`gpu_node`]), signing with the miner's hotkey.
+    fn for_lab<'a>(setup: &'a lab::Setup, w: &World) -> Cli<'a> {
+        for h in setup.lab.hosts() {
+            let node = h.name().starts_with("gpu-").then(|| gpu_node(h.name()));
+            install_microk8s(h, &w.kube.url(), node.as_ref());
+        }
+        let dir = setup.dir.path();
+        let hotkey = dir.join("hotkey");
+        std::fs::write(&hotkey, MINER_SEED).unwrap();
+        Cli { dir, inventory: setup.inventory(), known_hosts: setup.known_hosts(), hotkey }
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_minerctl"))
             .args(args)
@@ -237,17 +250,10 @@ fn node_labels(w: &World, name: &str) -> Option<Value> {
 fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out() {
     let w = world();
     let setup = lab::Setup::start(2);
-    let hosts = setup.lab.hosts();
-    let (primary, gpu) = (&hosts[0], &hosts[1]);
-    install_microk8s(primary, &w.kube.url(), None);
-    install_microk8s(gpu, &w.kube.url(), Some(&gpu_node(gpu.name())));
-    let gpu2 = &hosts[2];
-    install_microk8s(gpu2, &w.kube.url(), Some(&gpu_node(gpu2.name())));
+    let cli = Cli::for_lab(&setup, &w);
     let dir = setup.dir.path();
-    let hotkey_file = dir.join("hotkey");
-    std::fs::write(&hotkey_file, MINER_SEED).unwrap();
-    let cli =
-        Cli { dir, inventory: setup.inventory(), known_hosts: setup.known_hosts(), hotkey: hotkey_file };
+    let hosts = setup.lab.hosts();
+    let (primary, gpu, gpu2) = (&hosts[0], &hosts[1], &hosts[2]);
 
     // The cluster as it was: the primary alone, provisioned.
     write_inventory(&cli.inventory, &[primary], &w.validator_hotkey);
@@ -456,4 +462,70 @@ fn bad_requests_are_refused_before_any_connection() {
     assert!(stderr(&out).contains("host `gpu-1` needs gpu_short_ref"), "{}", text(&out));
     let out = run(&["add-node", "gpu-1", "--api", "ftp://x"]);
     assert!(stderr(&out).contains("host `gpu-1` needs gpu_short_ref"), "inventory first: {}", text(&out));
+}
+
+/// `add-node --check` shows what would change on the new node and on the primary and changes
+/// nothing; then, with another worker of the inventory down (sshd gone, its Node NotReady),
+/// `add-node` still adds the new node: the primary keeps the unreachable worker's WireGuard
+/// peer from its current wg0.conf, the command names that worker, and the label phase waits
+/// for the new node only.
+#[test]
+fn add_node_check_changes_nothing_and_an_unreachable_worker_does_not_block_it() {
+    let w = world();
+    let setup = lab::Setup::start(2);
+    let cli = Cli::for_lab(&setup, &w);
+    let hosts = setup.lab.hosts();
+    let (primary, gpu1, gpu2) = (&hosts[0], &hosts[1], &hosts[2]);
+
+    // The cluster as it was: the primary and gpu-1, provisioned.
+    write_inventory(&cli.inventory, &[primary, gpu1], &w.validator_hotkey);
+    let out = cli.run(&["provision"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let gpu1_key = gpu1.read_to_string("/etc/wireguard/public.key").unwrap();
+    write_inventory(&cli.inventory, &[primary, gpu1, gpu2], &w.validator_hotkey);
+
+    // --check: the new node's whole plan and the primary's new peer, with its diff; nothing
+    // changes on any host, in the cluster or in the API.
+    let before: Vec<String> = hosts.iter().map(lab::trace).collect();
+    let cluster = w.kube.resource_version();
+    let out = cli.node(&["add-node", gpu2.name(), "--api", &w.api_url, "--check"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = stdout(&out);
+    for line in [
+        "[gpu-2] wireguard keys / key pair: would change",
+        "[gpu-2] host setup / microk8s snap: would change",
+        "[gpu-2] join / join cluster: would change",
+        "[cpu-0] wireguard config / wg0.conf: would change",
+        "[cpu-0] label nodes / gpu-2 external-ip label: would change",
+    ] {
+        assert!(s.contains(line), "{line}: {}", text(&out));
+    }
+    assert!(
+        s.contains("+# gpu-2\n") || s.contains("    +# gpu-2"),
+        "the primary's diff shows the peer: {}",
+        text(&out)
+    );
+    assert!(!s.contains("[gpu-1]"), "gpu-1 is only read: {}", text(&out));
+    assert!(s.contains("--check: nothing was changed"), "{}", text(&out));
+    lab::assert_same_trace(hosts, &before);
+    assert_eq!(w.kube.resource_version(), cluster, "the cluster was not touched");
+    assert!(w.rt.block_on(w.db.list_servers()).unwrap().is_empty());
+
+    // gpu-1 goes down: no SSH, its Node NotReady.
+    gpu1.kill_sshd().unwrap();
+    assert!(w.kube.set_node_ready("gpu-1", false));
+    let out = cli.node(&["add-node", gpu2.name(), "--api", &w.api_url]);
+    assert!(out.status.success(), "{}", text(&out));
+    let s = stdout(&out);
+    assert!(s.contains("could not reach gpu-1"), "{}", text(&out));
+    assert!(s.contains("gpu-2 added: completed server bootstrapping"), "{}", text(&out));
+    let wg0 = primary.read_to_string("/etc/wireguard/wg0.conf").unwrap();
+    let gpu2_key = gpu2.read_to_string("/etc/wireguard/public.key").unwrap();
+    assert!(
+        wg0.contains(&format!("PublicKey = {}", gpu1_key.trim()))
+            && wg0.contains(&format!("PublicKey = {}", gpu2_key.trim())),
+        "gpu-1 kept, gpu-2 added:\n{wg0}"
+    );
+    assert_eq!(node_labels(&w, "gpu-2").unwrap()["chutes/external-ip"], "203.0.113.3");
+    assert!(!s.contains("gpu-1 Ready"), "the label phase did not wait for gpu-1: {}", text(&out));
 }

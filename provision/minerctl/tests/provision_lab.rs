@@ -15,33 +15,7 @@ fn file(h: &LabHost, path: &str) -> String {
     h.read_to_string(path).unwrap_or_else(|e| panic!("{}: {path}: {e}", h.name()))
 }
 
-/// Everything a host wrote: its overlay's upper layer (every file, directory, whiteout and
-/// metadata change to its root) plus /run and /tmp (tmpfs of their own, outside the overlay),
-/// with contents hashed. Left out: the lab sshd's own log and the stand-ins' call log (test
-/// instruments; the calls are checked on their own).
-fn trace(h: &LabHost) -> String {
-    let upper = LabHost::UPPER_DIR;
-    let skip = "! -path ./var/log/lab-sshd.log ! -path ./var/lib/lab-standins/calls.log";
-    h.sh(&format!(
-        "set -e; cd {upper}; find . {skip} -printf '%p %y %m %u:%g %s %T@ %l\\n' | sort; \
-         find . -type f {skip} -exec sha256sum {{}} + | sort; \
-         find /run /tmp -printf '%p %y %m %u:%g %s %T@ %l\\n' | sort; find /run /tmp -type f -exec sha256sum {{}} + | sort"
-    ))
-    .unwrap()
-}
-
-fn assert_same_trace(hosts: &[LabHost], before: &[String]) {
-    for (h, b) in hosts.iter().zip(before) {
-        let after = trace(h);
-        if &after != b {
-            let diff = similar::TextDiff::from_lines(b.as_str(), after.as_str())
-                .unified_diff()
-                .header("before", "after")
-                .to_string();
-            panic!("{}: --check left a trace on the host:\n{diff}", h.name());
-        }
-    }
-}
+use lab::{assert_same_trace, trace};
 
 const MIRROR: &str = "/var/snap/microk8s/current/args/certs.d/5dt7hz7zpw4dpppxfm7ke3cm7sdawhszxmm5zame7dsvjbcq.localregistry.chutes.ai:30500/hosts.toml";
 
@@ -138,15 +112,8 @@ fn host_lost_mid_run_is_unreachable_others_finish_and_rerun_completes() {
     let s = Setup::start(3);
     let victim = &s.lab.hosts()[2];
     // The victim's `snap install` blocks until released, so sshd dies while a step runs.
-    victim
-        .sh("mkdir -p /var/lib/lab-standins/hold && touch /var/lib/lab-standins/hold/snap-install")
-        .unwrap();
-    let child = s
-        .command(&[])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    lab::hold(victim, "snap-install");
+    let child = s.spawn(&[]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(240);
     while !victim.calls("snap").unwrap().iter().any(|c| c.first().map(String::as_str) == Some("install")) {
         assert!(std::time::Instant::now() < deadline, "the victim never reached snap install");
@@ -171,7 +138,7 @@ fn host_lost_mid_run_is_unreachable_others_finish_and_rerun_completes() {
         assert_eq!((r["failed"].as_u64(), r["unreachable"].as_bool()), (Some(0), Some(false)), "{h}: {r}");
     }
 
-    victim.sh("rm -f /var/lib/lab-standins/hold/snap-install").unwrap();
+    lab::release(victim, "snap-install");
     victim.start_sshd().unwrap();
     let rerun = s.run(&[]);
     rerun.assert_ok();
@@ -294,6 +261,7 @@ fn check_on_fresh_hosts_reports_the_plan_and_changes_nothing() {
                     || l.starts_with("microk8s status")
                     || l.starts_with("ping")
                     || l.starts_with("nvidia-smi")
+                    || l.starts_with("systemd-detect-virt")
                     || l.starts_with("iptables -C")
                     || l.starts_with("microk8s kubectl get"),
                 "{}: --check ran a changing command: {l}",
@@ -389,4 +357,159 @@ fn gpu_layer_is_installed_on_the_primary_and_a_node_without_gpus_fails_by_name()
             ["enable", "metrics-server"].map(String::from).to_vec(),
         ]
     );
+}
+
+/// Waits (a hang guard, not a timed assertion) until `h`'s stand-ins recorded a call of
+/// `program` whose arguments start with `args`.
+fn wait_for_call(h: &LabHost, program: &str, args: &[&str]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !h
+        .calls(program)
+        .unwrap()
+        .iter()
+        .any(|c| c.starts_with(&args.iter().map(|a| a.to_string()).collect::<Vec<_>>()))
+    {
+        assert!(std::time::Instant::now() < deadline, "{}: no `{program} {}` call", h.name(), args.join(" "));
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn refreshed(h: &LabHost) -> bool {
+    h.calls("snap").unwrap().iter().any(|c| c.first().map(String::as_str) == Some("refresh"))
+}
+
+/// A new `microk8s_channel`: `--check` shows the refresh of every host and changes nothing;
+/// the next run refreshes microk8s one host at a time, the primary first, each ready again
+/// before the next starts; a third run changes nothing.
+#[test]
+fn a_new_microk8s_channel_refreshes_one_host_at_a_time() {
+    let s = Setup::start(2);
+    s.run(&[]).assert_ok();
+    let hosts = s.lab.hosts();
+    lab::set_var(&s, "microk8s_channel", "1.32/stable");
+
+    let before: Vec<String> = hosts.iter().map(trace).collect();
+    let check = s.run(&["--check"]);
+    check.assert_ok();
+    assert_same_trace(hosts, &before);
+    assert_eq!(
+        check.changed_steps(),
+        ["cpu-0", "gpu-1", "gpu-2"]
+            .map(|h| (h.to_string(), "snap refresh microk8s 1.31/stable -> 1.32/stable".to_string()))
+            .to_vec()
+    );
+    assert!(hosts.iter().all(|h| !refreshed(h)));
+
+    // Every host's refresh waits on its stand-in until the test lets it go: while one host is
+    // in the middle of its refresh, the hosts after it have not started, the ones before it
+    // are refreshed and were waited for.
+    for h in hosts {
+        lab::hold(h, "snap-refresh");
+    }
+    let child = s.spawn(&[]);
+    for (i, h) in hosts.iter().enumerate() {
+        wait_for_call(h, "snap", &["refresh", "microk8s", "--channel=1.32/stable"]);
+        for later in &hosts[i + 1..] {
+            assert!(!refreshed(later), "{} started while {} was refreshing", later.name(), h.name());
+        }
+        for done in &hosts[..i] {
+            let calls = done.calls("microk8s").unwrap();
+            assert!(
+                calls
+                    .last()
+                    .is_some_and(|c| c.starts_with(&["status".to_string(), "--wait-ready".to_string()])),
+                "{} was not waited for: {calls:?}",
+                done.name()
+            );
+        }
+        lab::release(h, "snap-refresh");
+    }
+    let run = Run::from(child.wait_with_output().unwrap());
+    run.assert_ok();
+    for h in hosts {
+        assert!(file(h, "/var/lib/lab-standins/snaps/microk8s").contains("channel=1.32/stable\n"));
+        assert_eq!(h.calls("snap").unwrap().iter().filter(|c| c[0] == "refresh").count(), 1);
+    }
+    let third = s.run(&[]);
+    third.assert_ok();
+    assert_eq!(third.changed_steps(), vec![], "a refreshed cluster must report nothing changed");
+}
+
+/// New driver and CUDA versions on 3 GPU hosts whose second host does not come back from its
+/// reboot: `--check` (with a new microk8s channel too) shows both changes and changes nothing;
+/// the run upgrades gpu-1 (purge, reinstall, runtimes, reboot), fails gpu-2 naming it, and
+/// leaves gpu-3 as it was, saying why.
+#[test]
+fn a_rolling_driver_upgrade_stops_at_a_host_that_does_not_come_back() {
+    let s = Setup::start(3);
+    let hosts = s.lab.hosts();
+    let gpus = &hosts[1..];
+    for h in gpus {
+        lab::cuda_repo(h, &[("12-6", "570"), ("13-0", "580")]);
+    }
+    lab::set_var(&s, "skip_cuda", "false");
+    lab::set_var(&s, "cuda_version", "'12-6'");
+    lab::set_var(&s, "nvidia_version", "'570'");
+    lab::set_var(&s, "cuda_keyring_url", "file:///opt/lab-cuda/cuda-keyring.deb");
+    lab::set_var(&s, "reboot_timeout", "20");
+    let first = s.run(&[]);
+    first.assert_ok();
+    for h in gpus {
+        assert!(lab::installed(h, "cuda-toolkit-12-6") && lab::installed(h, "nvidia-fabricmanager-570"));
+        assert_eq!(h.boot_count().unwrap(), 1, "{}: a first install reboots once", h.name());
+    }
+
+    lab::set_var(&s, "cuda_version", "'13-0'");
+    lab::set_var(&s, "nvidia_version", "'580'");
+    lab::set_var(&s, "microk8s_channel", "1.32/stable");
+    let before: Vec<String> = hosts.iter().map(trace).collect();
+    let check = s.run(&["--check"]);
+    check.assert_ok();
+    assert_same_trace(hosts, &before);
+    let planned = check.changed_steps();
+    for h in hosts {
+        let refresh = (h.name().to_string(), "snap refresh microk8s 1.31/stable -> 1.32/stable".to_string());
+        assert!(planned.contains(&refresh), "{planned:?}");
+    }
+    for h in gpus {
+        for step in [
+            "purge cuda/nvidia packages (cuda-toolkit-12-6, nvidia-fabricmanager-570 installed)",
+            "driver and cuda",
+            "nvidia runtime for containerd",
+            "reboot",
+        ] {
+            assert!(planned.contains(&(h.name().to_string(), step.to_string())), "{step}: {planned:?}");
+        }
+    }
+    assert!(gpus.iter().all(|h| lab::installed(h, "cuda-toolkit-12-6") && h.boot_count().unwrap() == 1));
+
+    // The upgrade alone (the channel back as it was); gpu-2 will not come back.
+    lab::set_var(&s, "microk8s_channel", "1.31/stable");
+    gpus[1].set_reboot_returns(false).unwrap();
+    let ctk_calls = gpus[2].calls("nvidia-ctk").unwrap().len();
+    let run = s.run(&[]);
+    assert_eq!(run.code, Some(2), "{}", run.stdout);
+    let g1 = &gpus[0];
+    assert!(lab::installed(g1, "cuda-toolkit-13-0") && lab::installed(g1, "nvidia-fabricmanager-580"));
+    assert!(!lab::installed(g1, "cuda-toolkit-12-6") && !lab::installed(g1, "nvidia-fabricmanager-570"));
+    assert_eq!(g1.boot_count().unwrap(), 2);
+    assert!(
+        g1.calls("nvidia-ctk").unwrap().iter().filter(|c| c[..2] == ["runtime", "configure"]).count() >= 6
+    );
+    let r1 = run.recap("gpu-1");
+    assert_eq!((r1["failed"].as_u64(), r1["unreachable"].as_bool()), (Some(0), Some(false)), "{r1}");
+
+    let e2 = run.recap("gpu-2")["error"].as_str().unwrap().to_string();
+    assert!(e2.contains("nvidia upgrade / reboot") && e2.contains("did not come back within 20 s"), "{e2}");
+    assert_eq!(gpus[1].boot_count().unwrap(), 2, "it went down for the reboot");
+
+    let g3 = &gpus[2];
+    let e3 = run.recap("gpu-3")["error"].as_str().unwrap().to_string();
+    assert!(e3.contains("nvidia upgrade: not started here") && e3.contains("stopped at gpu-2"), "{e3}");
+    assert!(lab::installed(g3, "cuda-toolkit-12-6") && lab::installed(g3, "nvidia-fabricmanager-570"));
+    assert!(!lab::installed(g3, "cuda-toolkit-13-0"));
+    assert_eq!(g3.boot_count().unwrap(), 1);
+    assert_eq!(g3.calls("nvidia-ctk").unwrap().len(), ctk_calls, "gpu-3's runtimes were not touched");
+    let r0 = run.recap("cpu-0");
+    assert_eq!(r0["failed"].as_u64(), Some(0), "the primary went on: {r0}");
 }

@@ -45,6 +45,7 @@ pub fn add_node(node: &str) -> Vec<Phase> {
             Phase {
                 name: p.name,
                 tag: p.tag,
+                serial: p.serial,
                 plan: Arc::new(move |c| {
                     let mut full = plan(c);
                     if c.host.is_primary && c.host.name != node {
@@ -73,6 +74,7 @@ pub fn leave(node: &str) -> Vec<Phase> {
     vec![Phase {
         name: "leave cluster".into(),
         tag: "join".into(),
+        serial: false,
         plan: Arc::new(move |c| {
             if c.host.name != node {
                 return PhasePlan::default();

@@ -46,6 +46,7 @@ fn planned(phases: &[provision_engine::Phase], inv: &Inventory, host: &str) -> V
                 vars: &vars,
                 check: false,
                 before_run: false,
+                limit: None,
             });
             (p.name.clone(), plan.steps.iter().map(|s| s.name.clone()).collect())
         })
@@ -68,6 +69,7 @@ fn planned_tags(phases: &[provision_engine::Phase], inv: &Inventory, host: &str)
                 vars: &vars,
                 check: false,
                 before_run: false,
+                limit: None,
             });
             plan.steps
                 .into_iter()
@@ -127,6 +129,7 @@ fn after_removal_the_primary_lists_only_the_remaining_peers() {
         vars: &vars,
         check: false,
         before_run: false,
+        limit: None,
     });
     let wg0 = plan
         .steps

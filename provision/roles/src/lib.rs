@@ -21,7 +21,7 @@ use provision_inventory::{Host, Inventory};
 pub const TAGS: &[&str] = &["wireguard", "base", "nvidia", "microk8s", "primary", "join", "gpu"];
 
 fn phase(name: &str, tag: &str, f: impl Fn(&PlanCtx) -> PhasePlan + Send + Sync + 'static) -> Phase {
-    Phase { name: name.into(), tag: tag.into(), plan: Arc::new(f) }
+    Phase::new(name, tag, Arc::new(f))
 }
 
 fn only(cond: bool, f: impl FnOnce() -> PhasePlan) -> PhasePlan {
@@ -91,6 +91,10 @@ pub fn phases() -> Vec<Phase> {
     vec![
         phase("wireguard keys", "wireguard", wireguard_keys),
         phase("wireguard config", "wireguard", wireguard_config),
+        // Changes to what already runs, one host at a time (the original's `serial: 1`): a
+        // new microk8s channel, then new driver/CUDA versions. Empty on converged and new hosts.
+        phase("microk8s channel", "microk8s", microk8s_channel).one_host_at_a_time(),
+        phase("nvidia upgrade", "nvidia", nvidia_upgrade).one_host_at_a_time(),
         // One phase, several roles: nothing here needs results that other hosts produce in
         // this phase, so their probes share one round trip per host. Steps keep their role as
         // `--tags` name.
@@ -162,6 +166,56 @@ fn wireguard_keys(c: &PlanCtx) -> PhasePlan {
             },
         ),
     ];
+    // What the later phases compare with the inventory, read with everything else: the
+    // microk8s channel, the versioned driver/CUDA packages, the primary's current peers.
+    steps.push(
+        Step::new(
+            "microk8s channel installed",
+            Action::Capture {
+                var: MICROK8S_TRACKING.into(),
+                run: "echo snap:; [ ! -e /snap/microk8s/current ] || snap list microk8s 2>/dev/null; true"
+                    .into(),
+                secret: false,
+                read_only: true,
+                pick: None,
+            },
+        )
+        .tag("microk8s"),
+    );
+    if c.host.gpu_enabled && !c.inventory.vars.skip_cuda {
+        let globs: Vec<String> = versioned_packages(c.inventory).iter().map(Versioned::glob).collect();
+        steps.push(
+            Step::new(
+                "driver packages installed",
+                Action::Capture {
+                    var: NVIDIA_STACK.into(),
+                    run: format!(
+                        "echo packages:; dpkg-query -W -f='${{db:Status-Abbrev}} ${{Package}}\\n' {} 2>/dev/null; true",
+                        globs.iter().map(|g| format!("'{g}'")).collect::<Vec<_>>().join(" ")
+                    ),
+                    secret: false,
+                    read_only: true,
+                    pick: None,
+                },
+            )
+            .tag("nvidia"),
+        );
+    }
+    if c.host.is_primary {
+        // Shell built-ins only; the file holds no private key (PostUp loads it from its own file).
+        steps.push(Step::new(
+            "current peers",
+            Action::Capture {
+                var: WG0_PEERS.into(),
+                run: "echo peers:; [ ! -f /etc/wireguard/wg0.conf ] || while IFS= read -r l; do \
+                      case $l in PublicKey*|AllowedIPs*) echo \"$l\" ;; esac; done </etc/wireguard/wg0.conf"
+                    .into(),
+                secret: false,
+                read_only: true,
+                pick: None,
+            },
+        ));
+    }
     if !c.host.is_primary {
         // Whether this worker already joined the cluster (read by the join phases).
         steps.push(Step::new(
@@ -178,8 +232,40 @@ fn wireguard_keys(c: &PlanCtx) -> PhasePlan {
     PhasePlan { steps, handlers: vec![] }
 }
 
+/// Public keys by WireGuard address in the primary's current wg0.conf (as captured).
+fn current_peer_keys(c: &PlanCtx) -> Vec<(std::net::Ipv4Addr, String)> {
+    let text = var(c, &c.inventory.primary().name, WG0_PEERS).map(String::as_str).unwrap_or("");
+    let value = |l: &str| l.split_once('=').map(|(_, v)| v.trim().to_string()).unwrap_or_default();
+    let mut keys = vec![];
+    let mut key: Option<String> = None;
+    for l in text.lines() {
+        if l.starts_with("PublicKey") {
+            let v = value(l);
+            // A real key (44 base64 characters), never a check run's placeholder.
+            key = (v.len() == 44 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)))
+                .then_some(v);
+        } else if l.starts_with("AllowedIPs") {
+            let v = value(l);
+            let first = v.split(',').next().unwrap_or("").trim().trim_end_matches("/32");
+            if let (Some(k), Ok(ip)) = (key.take(), first.parse()) {
+                keys.push((ip, k));
+            }
+        }
+    }
+    keys
+}
+
 fn wireguard_config(c: &PlanCtx) -> PhasePlan {
-    let key = |name: &str| var(c, name, "wg_public_key").cloned();
+    // A peer's key as read from it in this run; for a worker that could not be read (down,
+    // unreachable), the key the primary's current wg0.conf has for its address, so that one
+    // unreachable worker neither blocks the mesh nor loses its place in it.
+    let kept = if c.host.is_primary { current_peer_keys(c) } else { vec![] };
+    let key = |name: &str| {
+        var(c, name, "wg_public_key").cloned().or_else(|| {
+            let ip = c.inventory.host(name)?.wireguard_ip;
+            kept.iter().find(|(a, _)| *a == ip).map(|(_, k)| k.clone())
+        })
+    };
     let peers: Vec<&Host> = if c.host.is_primary {
         c.inventory.hosts.iter().filter(|h| !h.is_primary).collect()
     } else {
@@ -419,119 +505,280 @@ fn base(c: &PlanCtx) -> PhasePlan {
     }
 }
 
+/// Host setup's nvidia section: the whole stack on a host that has none of its versioned
+/// packages yet (a first install, in parallel with the other hosts); on a host that has
+/// other versions, only what the upgrade phase before left out (it did the driver part).
 fn nvidia(c: &PlanCtx) -> PhasePlan {
-    let v = &c.inventory.vars;
     only(c.host.gpu_enabled, || {
-        let mut steps = vec![];
-        if !v.skip_cuda {
-            let pkgs = cuda_packages(c.inventory);
-            let toolkit = pkgs.first().cloned().unwrap_or_default();
-            let url = v.cuda_keyring_url.replace("{distro}", &c.facts.distro_tag());
-            steps.push(
-                Step::new(
-                    "purge other cuda/nvidia packages",
-                    cmd(
-                        "dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' | awk '$2==\"ii\" {print $1}' | grep -E 'cuda|nvidia' \
-                         | grep -vE 'nvidia-kernel|linux-(nvidia|modules|headers|image)' | xargs -r env DEBIAN_FRONTEND=noninteractive apt-get purge -y",
-                        format!("dpkg-query -W -f='${{db:Status-Abbrev}}' {toolkit} 2>/dev/null | grep -q '^ii'"),
-                    ),
-                )
-                .notify("reboot"),
-            );
-            steps.push(Step::new("curl", apt(&["curl".into(), "ca-certificates".into()])));
-            steps.push(Step::new(
-                "cuda keyring",
-                creates(
-                    format!("set -e; t=$(mktemp); curl -fsSL -o \"$t\" {url}; dpkg -i \"$t\"; rm -f \"$t\""),
-                    "/usr/share/keyrings/cuda-archive-keyring.gpg",
+        let mut plan = if upgrading(c).is_empty() { nvidia_driver(c, false) } else { PhasePlan::default() };
+        plan.steps.extend(nvidia_devices(c));
+        plan
+    })
+}
+
+/// Host variable: the versioned driver/CUDA packages installed (`ii NAME` lines).
+const NVIDIA_STACK: &str = "nvidia_stack";
+/// Host variable: `snap list microk8s` as read before the run.
+const MICROK8S_TRACKING: &str = "microk8s_tracking";
+/// Host variable on the primary: the PublicKey/AllowedIPs lines of its current wg0.conf.
+const WG0_PEERS: &str = "wg0_peers";
+
+/// A package of `cuda_packages` whose name carries `{cuda_version}` or `{nvidia_version}`.
+struct Versioned {
+    prefix: String,
+    suffix: String,
+    /// The version the inventory asks for.
+    want: String,
+}
+
+impl Versioned {
+    /// dpkg-query's pattern for every version of it.
+    fn glob(&self) -> String {
+        format!("{}*{}", self.prefix, self.suffix)
+    }
+
+    /// Whether `name` is this package at some version (the version shaped like the wanted one,
+    /// so `cuda-toolkit-12-6` is, and its dependency `cuda-toolkit-12-6-config-common` is not).
+    fn version_of<'a>(&self, name: &'a str) -> Option<&'a str> {
+        let v = name.strip_prefix(&self.prefix)?.strip_suffix(&self.suffix)?;
+        let (a, b): (Vec<&str>, Vec<&str>) = (v.split('-').collect(), self.want.split('-').collect());
+        let digits = |p: &str| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit());
+        (a.len() == b.len() && a.iter().zip(&b).all(|(x, y)| if digits(y) { digits(x) } else { x == y }))
+            .then_some(v)
+    }
+}
+
+fn versioned_packages(inv: &Inventory) -> Vec<Versioned> {
+    let v = &inv.vars;
+    inv.vars
+        .cuda_packages
+        .iter()
+        .filter_map(|t| {
+            let (key, want) = [("{cuda_version}", &v.cuda_version), ("{nvidia_version}", &v.nvidia_version)]
+                .into_iter()
+                .find(|(k, _)| t.contains(k))?;
+            let (prefix, suffix) = t.split_once(key)?;
+            let fill = |s: &str| {
+                s.replace("{cuda_version}", &v.cuda_version).replace("{nvidia_version}", &v.nvidia_version)
+            };
+            Some(Versioned { prefix: fill(prefix), suffix: fill(suffix), want: want.clone() })
+        })
+        .collect()
+}
+
+/// Installed driver/CUDA packages at a version other than the inventory's (as read before the
+/// run), e.g. `cuda-toolkit-12-6` when `cuda_version` is now 13-0. Non-empty: this GPU host
+/// gets the upgrade flow.
+pub fn other_driver_versions(inv: &Inventory, installed: &str) -> Vec<String> {
+    let versioned = versioned_packages(inv);
+    installed
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == "ii").then_some(())?;
+            let name = f.next()?;
+            versioned
+                .iter()
+                .any(|p| p.version_of(name).is_some_and(|v| v != p.want))
+                .then(|| name.to_string())
+        })
+        .collect()
+}
+
+fn upgrading(c: &PlanCtx) -> Vec<String> {
+    if !c.host.gpu_enabled || c.inventory.vars.skip_cuda {
+        return vec![];
+    }
+    var(c, &c.host.name, NVIDIA_STACK).map(|s| other_driver_versions(c.inventory, s)).unwrap_or_default()
+}
+
+/// The driver, CUDA, fabric manager and container runtime configuration. `upgrade`: the
+/// original's `upgrade-nvidia.yml` (purge whatever versions are there, reinstall, configure
+/// every runtime again, reboot); otherwise a first install, guarded step by step.
+fn nvidia_driver(c: &PlanCtx, upgrade: bool) -> PhasePlan {
+    let v = &c.inventory.vars;
+    let mut steps = vec![];
+    let reboots = !c.facts.container;
+    if !v.skip_cuda {
+        let pkgs = cuda_packages(c.inventory);
+        let toolkit = pkgs.first().cloned().unwrap_or_default();
+        let url = v.cuda_keyring_url.replace("{distro}", &c.facts.distro_tag());
+        let purge = "dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n' | awk '$2==\"ii\" {print $1}' | grep -E 'cuda|nvidia' \
+                     | grep -vE 'nvidia-kernel|linux-(nvidia|modules|headers|image)' | xargs -r env DEBIAN_FRONTEND=noninteractive apt-get purge -y";
+        let others = upgrading(c);
+        let (name, unless) = if upgrade {
+            (
+                format!("purge cuda/nvidia packages ({} installed)", others.join(", ")),
+                format!(
+                    "! dpkg-query -W -f='${{db:Status-Abbrev}}\\n' {} 2>/dev/null | grep -q '^ii'",
+                    others.join(" ")
                 ),
-            ));
-            steps.push(Step::new("driver and cuda", apt(&pkgs)).notify("reboot"));
-            steps.push(Step::new(
-                "fabricmanager",
-                Action::Service { unit: "nvidia-fabricmanager".into(), enabled: Some(true), started: None },
-            ));
-        }
-        steps.push(Step::new("container toolkit", apt(&v.container_toolkit_packages)));
-        for (rt, check) in [
-            ("docker", "grep -qs nvidia /etc/docker/daemon.json"),
-            ("containerd", "grep -qs nvidia /etc/containerd/config.toml"),
-            ("crio", "grep -qs nvidia /etc/crio/crio.conf.d/99-nvidia.conf"),
-        ] {
-            let extra = if rt == "crio" { " --config=/etc/crio/crio.conf.d/99-nvidia.conf" } else { "" };
-            steps.push(
-                Step::new(
-                    format!("nvidia runtime for {rt}"),
-                    cmd(
-                        format!("nvidia-ctk runtime configure --runtime={rt} --set-as-default{extra}"),
-                        check,
-                    ),
-                )
-                .notify("restart microk8s"),
-            );
-        }
-        // The containerd fix the original meant to make (its shell tested $PKGS, never set):
-        // a `disabled_plugins` line (usually ["cri"]) would keep the CRI plugin off.
-        steps.push(
-            Step::new(
-                "containerd: cri plugin enabled",
-                Action::Line {
-                    path: "/etc/containerd/config.toml".into(),
-                    line: String::new(),
-                    matches: Some("disabled_plugins".into()),
-                    absent: true,
-                    create: None,
-                },
             )
-            .notify("restart containerd"),
-        );
+        } else {
+            (
+                "purge other cuda/nvidia packages".to_string(),
+                format!("dpkg-query -W -f='${{db:Status-Abbrev}}' {toolkit} 2>/dev/null | grep -q '^ii'"),
+            )
+        };
+        steps.push(Step::new(name, cmd(purge, unless)).notify("reboot"));
+        steps.push(Step::new("curl", apt(&["curl".into(), "ca-certificates".into()])));
         steps.push(Step::new(
+            "cuda keyring",
+            creates(
+                format!("set -e; t=$(mktemp); curl -fsSL -o \"$t\" {url}; dpkg -i \"$t\"; rm -f \"$t\""),
+                "/usr/share/keyrings/cuda-archive-keyring.gpg",
+            ),
+        ));
+        steps.push(Step::new("driver and cuda", apt(&pkgs)).notify("reboot"));
+        steps.push(Step::new(
+            "fabricmanager",
+            Action::Service { unit: "nvidia-fabricmanager".into(), enabled: Some(true), started: None },
+        ));
+    }
+    steps.push(Step::new("container toolkit", apt(&v.container_toolkit_packages)));
+    for (rt, check) in [
+        ("docker", "grep -qs nvidia /etc/docker/daemon.json"),
+        ("containerd", "grep -qs nvidia /etc/containerd/config.toml"),
+        ("crio", "grep -qs nvidia /etc/crio/crio.conf.d/99-nvidia.conf"),
+    ] {
+        let extra = if rt == "crio" { " --config=/etc/crio/crio.conf.d/99-nvidia.conf" } else { "" };
+        let run = format!("nvidia-ctk runtime configure --runtime={rt} --set-as-default{extra}");
+        // An upgrade configures every runtime again for the reinstalled toolkit, as the original.
+        let action =
+            if upgrade { Action::Command { run, creates: None, unless: None } } else { cmd(run, check) };
+        steps.push(Step::new(format!("nvidia runtime for {rt}"), action).notify("restart microk8s"));
+    }
+    // The containerd fix the original meant to make (its shell tested $PKGS, never set):
+    // a `disabled_plugins` line (usually ["cri"]) would keep the CRI plugin off.
+    steps.push(
+        Step::new(
+            "containerd: cri plugin enabled",
+            Action::Line {
+                path: "/etc/containerd/config.toml".into(),
+                line: String::new(),
+                matches: Some("disabled_plugins".into()),
+                absent: true,
+                create: None,
+            },
+        )
+        .notify("restart containerd"),
+    );
+    let reboot = Duration::from_secs(v.reboot_timeout);
+    if upgrade && reboots {
+        // Always, as the original: the new kernel modules load on the next boot. Every
+        // service starts again with it, so no restart handler is needed.
+        steps.push(Step::new("reboot", Action::Reboot { timeout: reboot }));
+        steps.push(Step::new(
+            "microk8s back",
+            Action::WaitFor {
+                target: WaitTarget::Command(
+                    "[ ! -e /snap/microk8s/current ] || microk8s status --wait-ready --timeout 30 >/dev/null 2>&1".into(),
+                ),
+                timeout: Duration::from_secs(300),
+                interval: Duration::from_secs(5),
+            },
+        ));
+        return PhasePlan { steps, handlers: vec![] };
+    }
+    let mut handlers = vec![
+        restart("restart containerd", "containerd"),
+        Step::new(
+            "restart microk8s",
+            Action::Command {
+                run: "systemctl list-units --plain --no-legend 'snap.microk8s.*' | awk '{print $1}' | xargs -r systemctl restart".into(),
+                creates: None,
+                unless: None,
+            },
+        ),
+    ];
+    // A container has no kernel of its own to reboot into.
+    if reboots {
+        handlers.push(Step::new("reboot", Action::Reboot { timeout: reboot }));
+    }
+    PhasePlan { steps, handlers }
+}
+
+/// The device links and InfiniBand: not part of the driver upgrade.
+fn nvidia_devices(c: &PlanCtx) -> Vec<Step> {
+    let v = &c.inventory.vars;
+    let mut steps = vec![
+        Step::new(
             "/dev/char links script",
             file(
                 "/usr/local/sbin/minerctl-nvidia-dev-links",
                 render::nvidia_dev_links_script(),
                 Meta::root(0o755),
             ),
-        ));
-        steps.push(Step::new(
+        ),
+        Step::new(
             "/dev/char links",
             cmd(
                 "/usr/local/sbin/minerctl-nvidia-dev-links",
                 "/usr/local/sbin/minerctl-nvidia-dev-links --check",
             ),
+        ),
+    ];
+    if v.infiniband {
+        steps.push(Step::new("infiniband packages", apt(&["infiniband-diags".into(), "nvlsm".into()])));
+        steps.push(Step::new("ib_umad loaded", cmd("modprobe ib_umad", "grep -q '^ib_umad ' /proc/modules")));
+        steps.push(Step::new("ib_umad at boot", line("/etc/modules", "ib_umad", None)));
+        steps.push(Step::new(
+            "nvlsm.conf",
+            creates(
+                "mkdir -p /usr/share/nvidia/nvlsm && touch /usr/share/nvidia/nvlsm/nvlsm.conf",
+                "/usr/share/nvidia/nvlsm/nvlsm.conf",
+            ),
         ));
-        if v.infiniband {
-            steps.push(Step::new("infiniband packages", apt(&["infiniband-diags".into(), "nvlsm".into()])));
-            steps.push(Step::new(
-                "ib_umad loaded",
-                cmd("modprobe ib_umad", "grep -q '^ib_umad ' /proc/modules"),
-            ));
-            steps.push(Step::new("ib_umad at boot", line("/etc/modules", "ib_umad", None)));
-            steps.push(Step::new(
-                "nvlsm.conf",
-                creates(
-                    "mkdir -p /usr/share/nvidia/nvlsm && touch /usr/share/nvidia/nvlsm/nvlsm.conf",
-                    "/usr/share/nvidia/nvlsm/nvlsm.conf",
-                ),
-            ));
-        }
-        let mut handlers = vec![
-            restart("restart containerd", "containerd"),
+    }
+    steps
+}
+
+/// `upgrade-nvidia.yml`, one host at a time: on a GPU host that has other driver/CUDA versions
+/// than the inventory's, purge them, reinstall, configure the container runtimes and reboot.
+/// A host that does not come back stops the rollout (the engine's serial phase).
+fn nvidia_upgrade(c: &PlanCtx) -> PhasePlan {
+    only(!upgrading(c).is_empty(), || nvidia_driver(c, true))
+}
+
+/// The channel `snap list microk8s` shows as tracked (as read before the run), if installed.
+pub fn tracked_channel(snap_list: &str) -> Option<&str> {
+    snap_list.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.first() == Some(&"microk8s")).then(|| f.get(3).copied()).flatten()
+    })
+}
+
+/// A new `microk8s_channel` on a host that runs microk8s already: `snap refresh`, then wait
+/// until it is ready again, before the next host (the primary first: Kubernetes' version
+/// skew policy wants the control plane no older than any kubelet).
+fn microk8s_channel(c: &PlanCtx) -> PhasePlan {
+    let want = &c.inventory.vars.microk8s_channel;
+    let now = var(c, &c.host.name, MICROK8S_TRACKING).and_then(|s| tracked_channel(s));
+    let Some(now) = now.filter(|now| now != want) else { return PhasePlan::default() };
+    PhasePlan {
+        steps: vec![
             Step::new(
-                "restart microk8s",
-                Action::Command {
-                    run: "systemctl list-units --plain --no-legend 'snap.microk8s.*' | awk '{print $1}' | xargs -r systemctl restart".into(),
-                    creates: None,
-                    unless: None,
+                format!("snap refresh microk8s {now} -> {want}"),
+                cmd(
+                    format!("snap refresh microk8s --channel={want}"),
+                    format!(
+                        "snap list microk8s 2>/dev/null | awk '$1==\"microk8s\" {{print $4}}' | grep -qxF {want}"
+                    ),
+                ),
+            ),
+            Step::new(
+                "microk8s ready after refresh",
+                Action::WaitFor {
+                    target: WaitTarget::Command(
+                        "microk8s status --wait-ready --timeout 30 >/dev/null 2>&1".into(),
+                    ),
+                    timeout: Duration::from_secs(300),
+                    interval: Duration::from_secs(5),
                 },
             ),
-        ];
-        // A container has no kernel of its own to reboot into.
-        if !c.facts.container {
-            handlers.push(Step::new("reboot", Action::Reboot { timeout: Duration::from_secs(900) }));
-        }
-        PhasePlan { steps, handlers }
-    })
+        ],
+        handlers: vec![],
+    }
 }
 
 fn microk8s(c: &PlanCtx) -> PhasePlan {
@@ -733,7 +980,9 @@ fn label_nodes(c: &PlanCtx) -> PhasePlan {
     only(c.host.is_primary && !c.before_run, || {
         let mut steps = vec![];
         let done = labelled_nodes(c);
-        for h in &c.inventory.hosts {
+        // Only the nodes of hosts this run changes: adding one node (`--limit`) neither waits
+        // for nor touches the others, so one NotReady node does not block another's label.
+        for h in c.inventory.hosts.iter().filter(|h| c.changes(&h.name)) {
             let n = &h.name;
             if done.iter().any(|d| d.name == h.name) {
                 // Already Ready and labelled, as read once for all nodes: nothing to ask again.

@@ -57,6 +57,7 @@ fn plan(host: &str, phase: &str) -> PhasePlan {
         vars: &vars,
         check: false,
         before_run: false,
+        limit: None,
     });
     if let Some(t) = tag {
         plan.steps.retain(|s| s.tag.as_deref() == Some(t));
@@ -191,6 +192,7 @@ fn an_unjoined_worker_without_a_token_fails_clearly_instead_of_running_a_placeho
             vars: &vars,
             check,
             before_run: false,
+            limit: None,
         });
         match &p.steps.iter().find(|s| s.name == "join token known").unwrap().action {
             Action::Assert { ok, message } => (*ok, message.clone()),
@@ -287,6 +289,7 @@ fn nodes_read_ready_and_labelled_are_not_asked_again() {
         vars: &vars,
         check: false,
         before_run: false,
+        limit: None,
     });
     let kind = |name: &str| plan.steps.iter().find(|s| s.name == name).unwrap().action.kind();
     assert_eq!(kind("gpu-0 Ready"), "assert");
@@ -301,6 +304,7 @@ fn nodes_read_ready_and_labelled_are_not_asked_again() {
         vars: &vars,
         check: false,
         before_run: true,
+        limit: None,
     });
     assert!(before.steps.is_empty(), "{:?}", names(&before));
     // The read itself: one capture on the primary, never failing on a fresh one.
@@ -322,6 +326,7 @@ fn plan_host_setup_primary(inv: &Inventory, facts: &Facts, vars: &HostVars) -> P
         vars,
         check: false,
         before_run: false,
+        limit: None,
     })
 }
 
@@ -339,6 +344,7 @@ fn verify_gpu(state: Option<&str>, check: bool) -> Result<provision_engine::plan
         vars: &vars,
         check,
         before_run: false,
+        limit: None,
     });
     assert_eq!(names(&plan), ["gpu nodes ready for chutes"]);
     plan.steps[0].action.evaluate(&Default::default())
@@ -380,4 +386,148 @@ fn gpu_layer_uses_microk8s_addons_and_its_verify_names_each_node_and_what_it_lac
     // once it is enabled, --check judges as a run would.
     assert!(verify_gpu(Some(&broken.replace("addon=enabled", "addon=disabled")), true).is_ok());
     assert!(verify_gpu(Some(broken), true).is_err());
+}
+
+/// The phase `phase` for `host` with these captured variables and `--limit`.
+fn plan_with(host: &str, phase: &str, vars: &HostVars, limit: Option<&[String]>) -> PhasePlan {
+    let inv = inv();
+    let facts = Facts { os_id: "ubuntu".into(), os_version: "22.04".into(), ..Default::default() };
+    let p = provision_roles::phases().into_iter().find(|p| p.name == phase).unwrap();
+    (p.plan)(&PlanCtx {
+        inventory: &inv,
+        host: inv.host(host).unwrap(),
+        facts: &facts,
+        vars,
+        check: false,
+        before_run: false,
+        limit,
+    })
+}
+
+fn with_var(host: &str, key: &str, value: &str) -> HostVars {
+    let mut v = vars();
+    v.entry(host.into()).or_default().insert(key.into(), value.into());
+    v
+}
+
+#[test]
+fn upgrades_run_one_host_at_a_time() {
+    let serial: Vec<String> =
+        provision_roles::phases().into_iter().filter(|p| p.serial).map(|p| p.name).collect();
+    assert_eq!(serial, ["microk8s channel", "nvidia upgrade"]);
+}
+
+#[test]
+fn a_new_microk8s_channel_refreshes_an_installed_snap_and_nothing_else_does() {
+    let listed = |ch: &str| {
+        format!(
+            "snap:\nName      Version   Rev    Tracking       Publisher   Notes\nmicrok8s  v1.31.9   8148   {ch}    canonical✓  classic\n"
+        )
+    };
+    assert_eq!(provision_roles::tracked_channel(&listed("1.30/stable")), Some("1.30/stable"));
+    let p = plan_with(
+        "gpu-0",
+        "microk8s channel",
+        &with_var("gpu-0", "microk8s_tracking", &listed("1.30/stable")),
+        None,
+    );
+    assert_eq!(
+        names(&p),
+        ["snap refresh microk8s 1.30/stable -> 1.31/stable", "microk8s ready after refresh"]
+    );
+    let Action::Command { run, .. } = &p.steps[0].action else { panic!() };
+    assert_eq!(run, "snap refresh microk8s --channel=1.31/stable");
+    // Same channel, not installed (first install is host setup's), or not read: nothing.
+    for snap in [Some(listed("1.31/stable")), Some("snap:".to_string()), None] {
+        let v = match &snap {
+            Some(s) => with_var("gpu-0", "microk8s_tracking", s),
+            None => vars(),
+        };
+        assert!(plan_with("gpu-0", "microk8s channel", &v, None).steps.is_empty(), "{snap:?}");
+    }
+}
+
+#[test]
+fn other_driver_versions_upgrade_in_their_own_phase_and_host_setup_leaves_the_driver_to_it() {
+    let inv = inv();
+    // dpkg-query's lines: the wanted 13-0 toolkit's dependencies do not count, 12-6 does.
+    let installed = "packages:\nii  cuda-toolkit-12-6\nii  cuda-toolkit-13-0-config-common\nrc  cuda-toolkit-11-8\n\
+                     ii  nvidia-fabricmanager-580\nii  nvidia-fabricmanager-dev-570\n";
+    assert_eq!(provision_roles::other_driver_versions(&inv, installed), ["cuda-toolkit-12-6"]);
+    assert!(
+        provision_roles::other_driver_versions(
+            &inv,
+            "packages:\nii  cuda-toolkit-13-0\nii  nvidia-fabricmanager-580\n"
+        )
+        .is_empty()
+    );
+    let v =
+        with_var("gpu-0", "nvidia_stack", "packages:\nii  cuda-toolkit-13-0\nii  nvidia-fabricmanager-570\n");
+    let up = plan_with("gpu-0", "nvidia upgrade", &v, None);
+    assert_eq!(
+        names(&up),
+        [
+            "purge cuda/nvidia packages (nvidia-fabricmanager-570 installed)",
+            "curl",
+            "cuda keyring",
+            "driver and cuda",
+            "fabricmanager",
+            "container toolkit",
+            "nvidia runtime for docker",
+            "nvidia runtime for containerd",
+            "nvidia runtime for crio",
+            "containerd: cri plugin enabled",
+            "reboot",
+            "microk8s back",
+        ]
+    );
+    // The runtimes are configured again for the reinstalled toolkit, unguarded as the original.
+    assert!(matches!(&up.steps[7].action, Action::Command { unless: None, creates: None, .. }));
+    assert!(up.handlers.is_empty(), "the reboot restarts everything");
+    // Host setup keeps only the device links for it; a host without the stack installs it there.
+    let setup = |v: &HostVars| {
+        let mut p = plan_with("gpu-0", "host setup", v, None);
+        p.steps.retain(|s| s.tag.as_deref() == Some("nvidia"));
+        names(&p)
+    };
+    assert_eq!(setup(&v), ["/dev/char links script", "/dev/char links"]);
+    assert!(setup(&vars()).contains(&"driver and cuda".to_string()));
+    assert!(plan_with("gpu-0", "nvidia upgrade", &vars(), None).steps.is_empty());
+    assert!(plan_with("cpu-0", "nvidia upgrade", &v, None).steps.is_empty());
+}
+
+#[test]
+fn an_unread_worker_keeps_the_key_the_primary_has_for_it() {
+    let mut v = vars();
+    v.get_mut("gpu-1").unwrap().remove("wg_public_key");
+    let kept = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    v.entry("cpu-0".into()).or_default().insert(
+        "wg0_peers".into(),
+        format!(
+            "peers:\nPublicKey = {}\nAllowedIPs = 10.77.0.3/32, 10.0.0.0/8\nPublicKey = {kept}\nAllowedIPs = 10.77.0.4/32, 10.0.0.0/8\n",
+            "B".repeat(43) + "="
+        ),
+    );
+    let p = plan_with("cpu-0", "wireguard config", &v, None);
+    let Action::Assert { ok, .. } = &p.steps[0].action else { panic!() };
+    assert!(ok);
+    let conf = file_content(&p, "/etc/wireguard/wg0.conf");
+    // gpu-0's key is read from gpu-0 in this run; gpu-1's comes from the current config.
+    assert!(conf.contains("PublicKey = GPU0KEY=") && conf.contains(&format!("PublicKey = {kept}")), "{conf}");
+    // Without it in the current config either: refused, naming the worker.
+    v.get_mut("cpu-0").unwrap().remove("wg0_peers");
+    let p = plan_with("cpu-0", "wireguard config", &v, None);
+    let Action::Assert { ok, message } = &p.steps[0].action else { panic!() };
+    assert!(!ok && message.contains("WireGuard public key unknown for gpu-1"), "{message}");
+}
+
+#[test]
+fn the_label_phase_handles_only_the_nodes_of_hosts_the_run_changes() {
+    let limit = ["gpu-1".to_string(), "cpu-0".to_string()];
+    let steps = names(&plan_with("cpu-0", "label nodes", &vars(), Some(&limit)));
+    assert!(
+        steps.iter().any(|s| s == "gpu-1 Ready") && steps.iter().any(|s| s == "cpu-0 Ready"),
+        "{steps:?}"
+    );
+    assert!(!steps.iter().any(|s| s.starts_with("gpu-0")), "{steps:?}");
 }

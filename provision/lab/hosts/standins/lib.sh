@@ -79,6 +79,8 @@ lab_reboot() {
 }
 lab_boot() {
     kill -KILL -1 2>/dev/null # everything but PID 1 and this process
+    # A machine that does not come back (LabHost::set_reboot_returns(false)): nothing starts.
+    [ ! -e "$LAB_STATE/reboot/stay-down" ] || exit 0
     rm -f "$LAB_STATE"/systemd/*.active
     for f in "$LAB_STATE"/systemd/*.enabled; do
         [ -e "$f" ] && : >"${f%.enabled}.active"

@@ -8,6 +8,13 @@
 //!    join/label phases; other hosts are only read.
 //! 3. `POST /servers/` and prints the API's progress as it arrives, until the GPUs are
 //!    verified (exit 0) or the API reports why not (exit 1; the API has undone its part).
+//!
+//! `--check` does step 1 and reports what step 2 would change on the new node and on the
+//! primary (with diffs), then stops: nothing is changed, pushed or registered.
+//!
+//! Other workers of the inventory are only read (their WireGuard keys). One that cannot be
+//! reached does not block the new node: the primary keeps that worker's peer as its current
+//! wg0.conf has it, and the command names the worker.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -30,6 +37,10 @@ pub struct AddNodeArgs {
     /// before it is registered (the API's GraVal Job runs there). Missing: nothing is pushed.
     #[arg(long, value_name = "FILE", default_value = "images/images.lock.json")]
     pub images_lock: std::path::PathBuf,
+    /// Show what would change on the new node and on the primary (with diffs) and change
+    /// nothing: no host, image or API registration (the API is only asked for its list).
+    #[arg(long)]
+    pub check: bool,
 }
 
 pub fn run(args: AddNodeArgs) -> anyhow::Result<ExitCode> {
@@ -74,9 +85,24 @@ pub fn run(args: AddNodeArgs) -> anyhow::Result<ExitCode> {
             );
         }
 
-        println!("== provisioning {} (and the primary's mesh and join phases)", server.name);
+        let check = if args.check { " (check mode: nothing is changed)" } else { "" };
+        println!("== provisioning {} (and the primary's mesh and join phases){check}", server.name);
         let limit = phases::add_node_limit(&inv, &server.name);
-        let result = args.common.provision(&log, inv, phases::add_node(&server.name), limit, &[]).await;
+        let result =
+            args.common.provision(&log, inv, phases::add_node(&server.name), limit, &[], args.check).await;
+        if args.check {
+            if !result.success() {
+                bail!("the check found problems (see above); nothing was changed");
+            }
+            println!(
+                "--check: nothing was changed. A real run would then import the images of {} into {} and \
+                 register it with the miner API at {}.",
+                args.images_lock.display(),
+                server.name,
+                api.base()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
         if !result.success() {
             bail!("provisioning failed (see above); {} was not registered with the miner API", server.name);
         }

@@ -64,7 +64,9 @@ impl NodeArgs {
             .with_context(|| format!("cannot open log file {}", path.display()))
     }
 
-    /// Runs `phases` on `limit` (others observed), printing progress and the recap.
+    /// Runs `phases` on `limit` (others observed), printing progress and the recap; with
+    /// `check`, only reports what would change. Hosts outside `limit` that could not be read
+    /// are named.
     pub async fn provision(
         &self,
         log: &Log,
@@ -72,10 +74,11 @@ impl NodeArgs {
         phases: Vec<Phase>,
         limit: Vec<String>,
         tags: &[&str],
+        check: bool,
     ) -> RunResult {
         let opts = RunOptions {
             forks: 10,
-            check: false,
+            check,
             fail_fast: false,
             limit: Some(limit),
             tags: tags.iter().map(|t| t.to_string()).collect(),
@@ -88,7 +91,12 @@ impl NodeArgs {
         let reporter =
             Reporter::new(OutputFormat::Human, redactor, self.verbose, Box::new(std::io::stdout()));
         let result = provision_engine::run(Arc::new(inv), phases, opts, reporter.clone(), log.clone()).await;
-        reporter.recap(&result.recap, result.elapsed, log.path.as_deref(), false);
+        reporter.recap(&result.recap, result.elapsed, log.path.as_deref(), check);
+        for (host, why) in &result.not_observed {
+            println!(
+                "could not reach {host} (only read, to learn its WireGuard key and cluster state): {why}"
+            );
+        }
         result
     }
 }

@@ -95,7 +95,7 @@ pub fn run(args: RemoveNodeArgs) -> anyhow::Result<ExitCode> {
         minerctl_nodes::drain(&client, name, &opts, &mut out).await?;
 
         println!("== {name}: leaving the cluster");
-        let left = args.common.provision(&log, inv.clone(), phases::leave(name), vec![name.to_string()], &[]).await;
+        let left = args.common.provision(&log, inv.clone(), phases::leave(name), vec![name.to_string()], &[], false).await;
         if !left.success() {
             // A dead host is the usual reason to remove one: go on, its Node is deleted below.
             println!("{name}: could not make it leave the cluster (see above); removing its Node anyway");
@@ -105,7 +105,7 @@ pub fn run(args: RemoveNodeArgs) -> anyhow::Result<ExitCode> {
         println!("== removing {name} from the primary's WireGuard peers");
         let rest = phases::without(&inv, name);
         let primary = rest.primary().name.clone();
-        let mesh = args.common.provision(&log, rest, phases::mesh(), vec![primary], &["wireguard"]).await;
+        let mesh = args.common.provision(&log, rest, phases::mesh(), vec![primary], &["wireguard"], false).await;
         if !mesh.success() {
             bail!("{name} is out of the cluster, but the primary's WireGuard peers were not updated (see above); rerun remove-node");
         }

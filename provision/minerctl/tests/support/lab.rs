@@ -88,6 +88,15 @@ impl Setup {
     pub fn run(&self, extra: &[&str]) -> Run {
         Run::from(self.command(extra).output().unwrap())
     }
+
+    /// A run in the background (collect it with `Run::from(child.wait_with_output()?)`).
+    pub fn spawn(&self, extra: &[&str]) -> std::process::Child {
+        self.command(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
 }
 
 const TRIMMED: &str = "  packages: [hello]\n  primary_packages: []\n  container_toolkit_packages: []\n";
@@ -169,4 +178,94 @@ impl Run {
     pub fn assert_ok(&self) {
         assert_eq!(self.code, Some(0), "run failed:\n{}\n{}", self.stdout, self.stderr);
     }
+}
+
+/// A local apt repository (`/opt/lab-cuda`, listed in `/etc/apt/sources.list.d/cuda-lab.list`,
+/// a name the base role keeps) of empty stand-in packages for the NVIDIA stack: the CUDA
+/// toolkits and fabric managers of `versions` (cuda, nvidia), `nvidia-open`, and a
+/// `cuda-keyring` whose .deb the inventory's `cuda_keyring_url` fetches from a file: URL. The
+/// fabric manager packages ship the unit file, as NVIDIA's do. Real apt and dpkg install,
+/// purge and upgrade them; nothing leaves the machine for them.
+pub fn cuda_repo(h: &LabHost, versions: &[(&str, &str)]) {
+    let mut pkgs = vec!["nvidia-open".to_string(), "cuda-keyring".to_string()];
+    for (cuda, nvidia) in versions {
+        pkgs.push(format!("cuda-toolkit-{cuda}"));
+        pkgs.push(format!("nvidia-fabricmanager-{nvidia}"));
+    }
+    let script = format!(
+        r#"set -e; r=/opt/lab-cuda; b=$(mktemp -d); mkdir -p $r
+for p in {pkgs}; do
+  d=$b/$p; mkdir -p $d/DEBIAN $d/usr/share/doc/$p
+  printf 'Package: %s\nVersion: 1.0\nArchitecture: all\nMaintainer: lab <lab@localhost>\nDescription: lab stand-in for %s\n' $p $p >$d/DEBIAN/control
+  echo "stand-in for $p" >$d/usr/share/doc/$p/README
+  case $p in
+  cuda-keyring) mkdir -p $d/usr/share/keyrings; echo lab-keyring >$d/usr/share/keyrings/cuda-archive-keyring.gpg ;;
+  nvidia-fabricmanager-*) mkdir -p $d/lib/systemd/system; printf '[Unit]\nDescription=fm\n[Service]\nExecStart=/bin/true\n' >$d/lib/systemd/system/nvidia-fabricmanager.service ;;
+  esac
+  dpkg-deb -Zgzip --build $d $r/$p.deb >/dev/null
+done
+cd $r; : >Packages
+for f in *.deb; do
+  dpkg-deb -f $f >>Packages; printf 'Filename: ./%s\nSize: %s\nSHA256: %s\n\n' $f $(stat -c %s $f) $(sha256sum $f | cut -d' ' -f1) >>Packages
+done
+rm -rf $b
+echo 'deb [trusted=yes] file:/opt/lab-cuda ./' >/etc/apt/sources.list.d/cuda-lab.list"#,
+        pkgs = pkgs.join(" ")
+    );
+    h.sh(&script).unwrap();
+}
+
+/// Whether dpkg has `package` installed on `h`.
+pub fn installed(h: &LabHost, package: &str) -> bool {
+    h.sh(&format!("dpkg-query -W -f='${{db:Status-Abbrev}}' {package} 2>/dev/null | grep -q '^ii' && echo yes || echo no"))
+        .unwrap()
+        .trim()
+        == "yes"
+}
+
+/// Sets (or adds) `key: value` among the inventory's `vars`.
+pub fn set_var(s: &Setup, key: &str, value: &str) {
+    let inv = std::fs::read_to_string(s.inventory()).unwrap();
+    let mut lines: Vec<String> =
+        inv.lines().filter(|l| !l.starts_with(&format!("  {key}:"))).map(str::to_string).collect();
+    let at = lines.iter().position(|l| l == "vars:").unwrap() + 1;
+    lines.insert(at, format!("  {key}: {value}"));
+    std::fs::write(s.inventory(), lines.join("\n") + "\n").unwrap();
+}
+
+/// Everything a host wrote: its overlay's upper layer (every file, directory, whiteout and
+/// metadata change to its root) plus /run and /tmp (tmpfs of their own, outside the overlay),
+/// with contents hashed. Left out: the lab sshd's own log and the stand-ins' call log (test
+/// instruments; the calls are checked on their own).
+pub fn trace(h: &LabHost) -> String {
+    let upper = LabHost::UPPER_DIR;
+    let skip = "! -path ./var/log/lab-sshd.log ! -path ./var/lib/lab-standins/calls.log";
+    h.sh(&format!(
+        "set -e; cd {upper}; find . {skip} -printf '%p %y %m %u:%g %s %T@ %l\\n' | sort; \
+         find . -type f {skip} -exec sha256sum {{}} + | sort; \
+         find /run /tmp -printf '%p %y %m %u:%g %s %T@ %l\\n' | sort; find /run /tmp -type f -exec sha256sum {{}} + | sort"
+    ))
+    .unwrap()
+}
+
+pub fn assert_same_trace(hosts: &[LabHost], before: &[String]) {
+    for (h, b) in hosts.iter().zip(before) {
+        let after = trace(h);
+        if &after != b {
+            let diff = similar::TextDiff::from_lines(b.as_str(), after.as_str())
+                .unified_diff()
+                .header("before", "after")
+                .to_string();
+            panic!("{}: --check left a trace on the host:\n{diff}", h.name());
+        }
+    }
+}
+
+/// Makes `h`'s stand-in call `name` (e.g. `snap-refresh`) wait until [`release`].
+pub fn hold(h: &LabHost, name: &str) {
+    h.sh(&format!("mkdir -p /var/lib/lab-standins/hold && touch /var/lib/lab-standins/hold/{name}")).unwrap();
+}
+
+pub fn release(h: &LabHost, name: &str) {
+    h.sh(&format!("rm -f /var/lib/lab-standins/hold/{name}")).unwrap();
 }

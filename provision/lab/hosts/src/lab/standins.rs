@@ -39,6 +39,7 @@ const STATE_DIRS: &[&str] = &[
     "wireguard",
     "nvidia",
     "ping",
+    "reboot",
 ];
 /// One script behind every iptables name; it dispatches on the name it was called by.
 const IPTABLES: &str = include_str!("../../standins/iptables");
@@ -61,7 +62,9 @@ pub enum Standin {
     NvidiaCtk,
     /// `wg` (genkey/pubkey/show) and `wg-quick` (up/down/strip/save).
     WireGuard,
-    /// `reboot` and `shutdown -r`: a modelled reboot (processes killed, sshd restarted).
+    /// `reboot` and `shutdown -r`: a modelled reboot (processes killed, sshd restarted; or
+    /// nothing restarted, see [`LabHost::set_reboot_returns`]). A host that can reboot is a
+    /// machine of its own: `systemd-detect-virt` says "none" and `/.dockerenv` is removed.
     Reboot,
     /// `sysctl`: writes stored in the lab root, reads fall back to the kernel.
     Sysctl,
@@ -105,6 +108,7 @@ impl Standin {
             Standin::Reboot => &[
                 ("reboot", include_str!("../../standins/reboot")),
                 ("shutdown", include_str!("../../standins/shutdown")),
+                ("systemd-detect-virt", include_str!("../../standins/systemd-detect-virt")),
             ],
             Standin::Sysctl => &[("sysctl", include_str!("../../standins/sysctl"))],
             Standin::Modprobe => &[("modprobe", include_str!("../../standins/modprobe"))],
@@ -181,8 +185,11 @@ impl LabHost {
         }
         self.write_text_files(&files)?;
         let dirs: Vec<String> = STATE_DIRS.iter().map(|d| format!("{STANDIN_STATE_DIR}/{d}")).collect();
+        // A host that reboots has a kernel of its own: not a container (this machine may be one).
+        let machine =
+            if standins.contains(&Standin::Reboot) { "rm -f /.dockerenv /run/.containerenv" } else { "true" };
         self.sh(&format!(
-            "mkdir -p {} {STANDIN_USER_BIN_DIR} && touch {STANDIN_STATE_DIR}/calls.log && chmod 666 {STANDIN_STATE_DIR}/calls.log && {}",
+            "mkdir -p {} {STANDIN_USER_BIN_DIR} && touch {STANDIN_STATE_DIR}/calls.log && chmod 666 {STANDIN_STATE_DIR}/calls.log && {machine} && {}",
             dirs.join(" "),
             if links.is_empty() { "true".to_string() } else { links.join(" && ") }
         ))?;
@@ -274,6 +281,15 @@ impl LabHost {
     pub fn all_calls(&self) -> Result<Vec<Call>, LabError> {
         let log = self.sh(&format!("cat {STANDIN_STATE_DIR}/calls.log 2>/dev/null || true"))?;
         Ok(parse_calls(&log))
+    }
+
+    /// Whether this host comes back from its next modelled reboots (default: yes). `false`:
+    /// the reboot kills every process as usual and starts nothing again, so SSH never answers
+    /// (a machine that does not come back), until a test sets it back and calls
+    /// [`LabHost::start_sshd`].
+    pub fn set_reboot_returns(&self, returns: bool) -> Result<(), LabError> {
+        let flag = format!("{STANDIN_STATE_DIR}/reboot/stay-down");
+        if returns { self.sh(&format!("rm -f {flag}")).map(drop) } else { self.write_file(&flag, "") }
     }
 
     /// How many reboots the stand-ins have modelled on this host.
