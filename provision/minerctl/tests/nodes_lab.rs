@@ -16,15 +16,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chutes_protocol::Hotkey;
+use lab_hosts::lab::LabHost;
+use lab_hosts::{Postgres, Redis};
 use miner_api::bootstrap::{BootstrapTimings, KubeBootstrap};
 use miner_db::{Chute, Db, NewDeployment};
 use miner_events::{Producer, StreamConfig};
 use miner_validator::ValidatorTarget;
 use miner_validator::rest::{RestOptions, ValidatorClient};
 use serde_json::{Value, json};
-use lab_hosts::lab::LabHost;
-use lab_hosts::{Postgres, Redis};
 
+#[path = "support/images.rs"]
+mod images_support;
 #[path = "support/lab.rs"]
 mod lab;
 
@@ -207,6 +209,7 @@ struct Cli<'a> {
     inventory: PathBuf,
     known_hosts: PathBuf,
     hotkey: PathBuf,
+    images_lock: PathBuf,
 }
 
 impl Cli<'_> {
@@ -225,6 +228,9 @@ impl Cli<'_> {
     fn node(&self, args: &[&str]) -> Output {
         let mut a: Vec<&str> = args.to_vec();
         a.extend(["--hotkey", self.hotkey.to_str().unwrap()]);
+        if args[0] == "add-node" {
+            a.extend(["--images-lock", self.images_lock.to_str().unwrap()]);
+        }
         self.run(&a)
     }
 }
@@ -246,8 +252,23 @@ fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out(
     let dir = setup.dir.path();
     let hotkey_file = dir.join("hotkey");
     std::fs::write(&hotkey_file, MINER_SEED).unwrap();
-    let cli =
-        Cli { dir, inventory: setup.inventory(), known_hosts: setup.known_hosts(), hotkey: hotkey_file };
+    let images_lock = images_support::stand_in_lock(dir);
+    let cli = Cli {
+        dir,
+        inventory: setup.inventory(),
+        known_hosts: setup.known_hosts(),
+        hotkey: hotkey_file,
+        images_lock: images_lock.clone(),
+    };
+    // What each host's containerd stand-in imported (`tag<TAB>digest` per import).
+    let imports = |h: &LabHost| -> Vec<String> {
+        h.sh("cat /var/lib/lab-standins/microk8s/imports 2>/dev/null || true")
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    let lock = minerctl_images::Lock::read(&images_lock).unwrap();
 
     // The cluster as it was: the primary alone, provisioned.
     write_inventory(&cli.inventory, &[primary], &w.validator_hotkey);
@@ -263,6 +284,7 @@ fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out(
     assert!(stderr(&out).contains("checking the miner API before changing any host"), "{}", text(&out));
     assert!(stderr(&out).contains("127.0.0.1:9"), "{}", text(&out));
     assert!(gpu.read_to_string("/etc/wireguard/wg0.conf").is_err(), "nothing was provisioned");
+    assert!(imports(gpu).is_empty(), "nothing was imported");
 
     // The validator fails the GPU: the API's reason is shown, the exit code says so.
     w.validator.set_default_verification("failed");
@@ -273,6 +295,18 @@ fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out(
     assert!(s.contains("  error: bootstrap of gpu-1 failed"), "{}", text(&out));
     assert!(stderr(&out).contains("add-node gpu-1: bootstrap of gpu-1 failed"), "{}", text(&out));
     assert!(w.rt.block_on(w.db.list_servers()).unwrap().is_empty(), "the API undid its part");
+
+    // The images went into the new node's containerd before it was registered (the API's
+    // GraVal Job runs there): the runtime and GraVal, on gpu-1 only.
+    assert!(s.contains("== importing images into gpu-1"), "{}", text(&out));
+    assert!(s.contains("gpu-1: graval-bootstrap: imported"), "{}", text(&out));
+    let mut expected: Vec<String> =
+        lock.images.values().map(|i| format!("{}\t{}", i.tag, i.digest)).collect();
+    let mut got = imports(gpu);
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected);
+    assert!(imports(primary).is_empty(), "the primary was not pushed to");
 
     // Provisioned and joined anyway: the mesh on both ends, the Node registered and labelled.
     let gpu_key = gpu.read_to_string("/etc/wireguard/public.key").unwrap();
@@ -298,6 +332,9 @@ fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out(
     assert!(api_lines.len() >= 3, "progress lines shown as they came: {api_lines:#?}");
     assert!(api_lines.last().unwrap().starts_with("  completed server bootstrapping in"), "{api_lines:#?}");
     assert!(s.contains("gpu-1 added: completed server bootstrapping"), "{}", text(&out));
+    // The images were there already: nothing imported again.
+    assert!(s.contains("gpu-1: chutes-miner: unchanged (digest present)"), "{}", text(&out));
+    assert_eq!(imports(gpu).len(), lock.images.len(), "a repeat imports nothing");
 
     let servers = w.rt.block_on(w.db.list_servers()).unwrap();
     assert_eq!(servers.len(), 1);
