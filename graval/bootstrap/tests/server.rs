@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use chutes_protocol::Hotkey;
 use chutes_protocol::auth::{Payload, now_unix};
 use graval::{DeviceInfo, ProofParams, SpotCheck, Verifier, WorkProduct};
+use test_support::{http, signed};
 
 const N: usize = 32;
 
@@ -54,34 +55,6 @@ fn start_with(miner: &str, whitelist: &str, args: &[&str]) -> Server {
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let addr = line.trim().strip_prefix("listening on ").expect("listening line").to_string();
     Server { child, addr }
-}
-
-/// One HTTP/1.1 request with `Connection: close`; returns (status, body).
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !body.is_empty() {
-        req.push_str("Content-Type: application/json\r\n");
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    let text = String::from_utf8_lossy(&out).to_string();
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, rest.to_string())
-}
-
-fn signed(signer: &Hotkey, miner: &str, payload: Payload<'_>) -> Vec<(&'static str, String)> {
-    signer.sign_management(miner, payload).iter().map(|(k, v)| (k, v.to_string())).collect()
 }
 
 fn devices(server: &Server, miner: &Hotkey) -> Vec<DeviceInfo> {

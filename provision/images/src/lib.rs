@@ -11,6 +11,7 @@ pub mod build;
 pub mod lock;
 pub mod oci;
 pub mod push;
+pub mod registry;
 pub mod tar;
 pub mod wheel;
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::ImageError;
+use crate::registry::RegistryRef;
 
 /// The lock file's name inside the output directory.
 pub const LOCK_FILE: &str = "images.lock.json";
@@ -59,8 +60,17 @@ impl Lock {
     /// A values document (JSON, which is YAML) that points the chart at these images:
     /// the runtime image for the API, Gepetto, Porter and the audit exporter, the CUDA
     /// GraVal image for the bootstrap Job. Keys whose image was not built are left out.
-    pub fn values_overlay(&self) -> String {
-        let reference = |name: &str| self.images.get(name).map(|i| serde_json::json!({"image": i.reference}));
+    /// With a `registry` (values `images.registry`), the images are named there.
+    pub fn values_overlay(&self, registry: Option<&RegistryRef>) -> String {
+        let reference = |name: &str| {
+            self.images.get(name).map(|i| {
+                let image = match registry {
+                    Some(r) => r.reference(name, &i.digest),
+                    None => i.reference.clone(),
+                };
+                serde_json::json!({ "image": image })
+            })
+        };
         let mut doc = serde_json::Map::new();
         if let Some(miner) = reference("chutes-miner") {
             for key in ["minerApi", "gepetto", "porter", "auditExporter"] {

@@ -103,6 +103,40 @@ impl Tree {
     }
 }
 
+/// Where each regular file of a ustar archive lies: path -> (data offset, size). Reads the
+/// headers only (seeking past the data), so an archive of hundreds of MB costs a few reads.
+/// Enough for the archives [`Tree::to_tar`] writes; PAX and GNU long names are not read.
+pub fn index(
+    file: &mut std::fs::File,
+    path: &std::path::Path,
+) -> Result<BTreeMap<String, (u64, u64)>, ImageError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let bad = |reason: String| ImageError::Tar { path: path.display().to_string(), reason };
+    let mut files = BTreeMap::new();
+    let mut offset = 0u64;
+    loop {
+        let mut h = [0u8; 512];
+        file.read_exact(&mut h).map_err(|e| bad(format!("header at byte {offset}: {e}")))?;
+        if h.iter().all(|&b| b == 0) {
+            return Ok(files);
+        }
+        let field = |r: std::ops::Range<usize>| {
+            let f = &h[r];
+            String::from_utf8_lossy(&f[..f.iter().position(|&b| b == 0).unwrap_or(f.len())]).into_owned()
+        };
+        let size_text = field(124..136);
+        let size = u64::from_str_radix(size_text.trim(), 8)
+            .map_err(|_| bad(format!("header at byte {offset}: size field `{size_text}` is not octal")))?;
+        let (prefix, name) = (field(345..500), field(0..100));
+        let name = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        if matches!(h[156], b'0' | 0) {
+            files.insert(name, (offset + 512, size));
+        }
+        offset += 512 + size.next_multiple_of(512);
+        file.seek(SeekFrom::Start(offset)).map_err(|e| bad(format!("seeking to byte {offset}: {e}")))?;
+    }
+}
+
 fn octal(field: &mut [u8], value: u64) {
     let width = field.len() - 1;
     let text = format!("{value:0width$o}");

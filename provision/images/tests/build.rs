@@ -239,5 +239,5 @@ fn the_cuda_variant_carries_the_wheels_libraries() {
     );
     assert_eq!(config["config"]["User"], "65532:65532");
     let lock = Lock::read(&dir.path().join("out").join(LOCK_FILE)).unwrap();
-    assert!(lock.values_overlay().contains("graval-bootstrap-cuda@sha256:"));
+    assert!(lock.values_overlay(None).contains("graval-bootstrap-cuda@sha256:"));
 }

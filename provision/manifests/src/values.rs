@@ -26,6 +26,7 @@ pub struct Values {
     pub cache: Cache,
     pub image_pull_secrets: Vec<String>,
     pub control_node_selector: BTreeMap<String, String>,
+    pub images: Images,
     pub miner_api: MinerApi,
     pub gepetto: Workload,
     pub postgres: Postgres,
@@ -210,6 +211,15 @@ pub struct Porter {
     pub real_host: String,
     pub real_port: u16,
     pub node_selector: BTreeMap<String, String>,
+}
+
+/// Where this project's images come from (`minerctl images`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Images {
+    /// `host[:port][/path]` of a registry `images push` pushes to and the nodes pull from;
+    /// empty: the images are imported into each node over SSH. Checked by minerctl-images.
+    pub registry: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

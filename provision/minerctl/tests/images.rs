@@ -9,11 +9,13 @@
 //! machines), on the host network (loopback only).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/images.rs"]
+mod images_support;
 #[path = "support/lab.rs"]
 mod lab;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use images_support::stand_in_lock;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, OnceLock};
@@ -24,6 +26,7 @@ use chutes_protocol::auth::Payload;
 use lab_hosts::lab::{Lab, Standin};
 use lab_hosts::{Postgres, Redis};
 use minerctl_images::{LOCK_FILE, Lock};
+use test_support::{http, signed, try_http};
 
 fn minerctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_minerctl")).args(args).output().unwrap()
@@ -82,19 +85,6 @@ fn lock() -> Lock {
 }
 
 // ---------------------------------------------------------------------------- render
-
-fn stand_in_lock(dir: &Path) -> PathBuf {
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    for name in ["chutes-miner", "graval-bootstrap"] {
-        std::fs::copy("/usr/bin/true", bin.join(name)).unwrap();
-    }
-    let out = dir.join("images");
-    let o =
-        minerctl(&["images", "build", "--binary-dir", bin.to_str().unwrap(), "--out", out.to_str().unwrap()]);
-    assert!(o.status.success(), "{}", text(&o));
-    out.join(LOCK_FILE)
-}
 
 #[test]
 fn render_references_the_built_images_by_digest() {
@@ -261,35 +251,6 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// One HTTP/1.1 request (`Connection: close`); `None` while nothing listens.
-fn http(
-    port: u16,
-    method: &str,
-    path: &str,
-    headers: &[(&str, String)],
-    body: &[u8],
-) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    if !body.is_empty() {
-        req.push_str("Content-Type: application/json\r\n");
-    }
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).ok()?;
-    let t = String::from_utf8_lossy(&out).to_string();
-    let (head, rest) = t.split_once("\r\n\r\n")?;
-    Some((head.split_whitespace().nth(1)?.parse().ok()?, rest.to_string()))
-}
-
 /// Waits (generously: a loaded CI machine) until `f` gives a value; panics with `what`.
 fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -335,17 +296,18 @@ fn the_runtime_image_migrates_serves_the_api_and_consumes_events() {
 
     // api: /ping, and a management request signed with the miner's hotkey.
     let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
     let listen = format!("127.0.0.1:{port}");
     let o = podman.run(true, &image, &env, &["api", "--no-sockets", "--listen", &listen]);
     assert!(o.status.success(), "{}", text(&o));
     let api = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    let pong = wait_for("the API's /ping", || http(port, "GET", "/ping", &[], b""));
+    let pong = wait_for("the API's /ping", || try_http(&addr, "GET", "/ping", &[], b""));
     assert_eq!(pong.0, 200, "{}", podman.logs(&api));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let client = minerctl_nodes::MinerApi::new(&format!("http://{listen}"), Arc::new(key(7))).unwrap();
     let servers = rt.block_on(client.list_servers()).unwrap();
     assert!(servers.is_empty(), "{servers:?}");
-    let unsigned = http(port, "GET", "/servers/", &[], b"").unwrap();
+    let unsigned = http(&addr, "GET", "/servers/", &[], b"");
     assert!(unsigned.0 == 401 || unsigned.0 == 403, "{unsigned:?}");
 
     // gepetto: schedules against a cluster (the Kubernetes emulator on the host network,
@@ -406,6 +368,7 @@ fn the_graval_cpu_image_serves_pings_refuses_unsigned_calls_and_proves() {
     let image = podman.load("graval-bootstrap");
     let (miner, validator) = (key(1), key(2));
     let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
     // As the API's Job starts it: the two identities in the environment.
     let env = vec![
         ("MINER_HOTKEY_SS58", miner.ss58().to_string()),
@@ -432,16 +395,13 @@ fn the_graval_cpu_image_serves_pings_refuses_unsigned_calls_and_proves() {
     );
     assert!(o.status.success(), "{}", text(&o));
     let id = String::from_utf8_lossy(&o.stdout).trim().to_string();
-    let pong = wait_for("graval's /ping", || http(port, "GET", "/ping", &[], b""));
+    let pong = wait_for("graval's /ping", || try_http(&addr, "GET", "/ping", &[], b""));
     assert_eq!(pong, (200, "pong".to_string()), "{}", podman.logs(&id));
 
-    let unsigned = http(port, "GET", "/devices", &[], b"").unwrap();
+    let unsigned = http(&addr, "GET", "/devices", &[], b"");
     assert_eq!(unsigned.0, 401, "{unsigned:?}");
-    let signed = |k: &Hotkey, payload: Payload<'_>| -> Vec<(&'static str, String)> {
-        k.sign_management(miner.ss58(), payload).iter().map(|(k, v)| (k, v.to_string())).collect()
-    };
     let (status, body) =
-        http(port, "GET", "/devices", &signed(&miner, Payload::Purpose("graval")), b"").unwrap();
+        http(&addr, "GET", "/devices", &signed(&miner, miner.ss58(), Payload::Purpose("graval")), b"");
     assert_eq!(status, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let devs: Vec<DeviceInfo> = serde_json::from_value(v["devices"].clone()).unwrap();
@@ -456,7 +416,7 @@ fn the_graval_cpu_image_serves_pings_refuses_unsigned_calls_and_proves() {
     }))
     .unwrap();
     let (status, text) =
-        http(port, "POST", "/prove", &signed(&validator, Payload::Body(&body)), &body).unwrap();
+        http(&addr, "POST", "/prove", &signed(&validator, miner.ss58(), Payload::Body(&body)), &body);
     assert_eq!(status, 200, "{text}");
     let resp: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(resp["plaintext"][&dev.uuid], "from the container");
@@ -550,4 +510,149 @@ fn push_imports_each_image_once_into_every_node() {
         "gpu-9",
     ]);
     assert!(!o.status.success() && text(&o).contains("gpu-9"), "{}", text(&o));
+}
+
+// ---------------------------------------------------------------------------- registry
+
+/// skopeo's view of `reference` in `registry`, with the credentials in an auth file
+/// (never on its command line) and the registry's CA.
+fn skopeo(registry: &lab_hosts::Registry, auth_file: &Path, command: &str, reference: &str) -> Output {
+    // (skopeo reads no flags after the image name)
+    Command::new("skopeo")
+        .arg(command)
+        .arg("--authfile")
+        .arg(auth_file)
+        .arg("--cert-dir")
+        .arg(registry.cert_dir())
+        .arg(reference)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn push_to_a_registry_with_credentials_and_render_names_the_images_there() {
+    use base64::Engine as _;
+    let lock_path = images().join(LOCK_FILE);
+    let lock = lock();
+    let password = "lab-registry-password";
+    let registry = lab_hosts::Registry::start("miner", password).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (wrong, right) = (dir.path().join("wrong"), dir.path().join("right"));
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    std::fs::write(&right, format!("{password}\n")).unwrap();
+    let set = format!("images.registry={}/chutes", registry.host());
+    let ca = registry.ca_file();
+    let push = |password_file: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "images",
+            "push",
+            "--set",
+            &set,
+            "--images-lock",
+            lock_path.to_str().unwrap(),
+            "--registry-user",
+            "miner",
+            "--registry-password-file",
+            password_file.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        minerctl(&args)
+    };
+    let with_ca = ["--registry-ca", ca.to_str().unwrap()];
+    let repositories = registry.storage().join("docker/registry/v2/repositories");
+
+    // A wrong password: refused at the first request, with the registry and user named.
+    let o = push(&wrong, &with_ca);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(
+        t.contains(&format!("registry {}/chutes refused the credentials of user `miner`", registry.host())),
+        "{t}"
+    );
+    assert!(!t.contains("not-the-password"), "{t}");
+    // Without its CA, the registry's certificate is not trusted, and the error says so.
+    let o = push(&right, &[]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains(&registry.host()) && t.to_lowercase().contains("certificate"), "{t}");
+    assert!(!repositories.exists(), "nothing was stored");
+
+    // --check asks and sends nothing.
+    let o = push(&right, &["--registry-ca", ca.to_str().unwrap(), "--check"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(": chutes-miner: would push (--check)"),
+        "{}",
+        text(&o)
+    );
+    assert!(!repositories.exists(), "nothing was stored");
+
+    let started = Instant::now();
+    let o = push(&right, &with_ca);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    eprintln!("first push ({:.1} s):\n{out}", started.elapsed().as_secs_f64());
+    for name in lock.images.keys() {
+        // The config and the one layer.
+        assert!(out.contains(&format!("/chutes: {name}: pushed: 2 blob(s) uploaded")), "{out}");
+    }
+
+    // What a node (or anyone) pulls back: every manifest, by tag, has the lock's digest.
+    let auth = dir.path().join("auth.json");
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("miner:{password}"));
+    std::fs::write(&auth, serde_json::json!({"auths": {registry.host(): {"auth": basic}}}).to_string())
+        .unwrap();
+    for (name, image) in &lock.images {
+        let tag = image.tag.rsplit_once(':').unwrap().1;
+        let o =
+            skopeo(&registry, &auth, "inspect", &format!("docker://{}/chutes/{name}:{tag}", registry.host()));
+        assert!(o.status.success(), "{name}: {}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["Digest"], image.digest.as_str(), "{name}");
+        assert_eq!(v["Architecture"], "amd64", "{name}");
+    }
+
+    // A second push finds every manifest and uploads nothing: the registry saw no upload.
+    let uploads = |log: &str| log.matches("\"POST /v2/").count();
+    let before = uploads(&registry.log());
+    assert_eq!(before, 2 * lock.images.len(), "one upload per blob");
+    let o = push(&right, &with_ca);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(out.matches("unchanged (digest present)").count(), lock.images.len(), "{out}");
+    assert_eq!(uploads(&registry.log()), before, "no blob was uploaded again");
+
+    // An image whose manifest went away, over blobs that stayed: only the manifest is sent.
+    let miner = &lock.images["chutes-miner"];
+    let o = skopeo(
+        &registry,
+        &auth,
+        "delete",
+        &format!("docker://{}/chutes/chutes-miner@{}", registry.host(), miner.digest),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = push(&right, &with_ca);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains("chutes-miner: pushed: 0 blob(s) uploaded (0.0 MB), 2 already there"), "{out}");
+    assert_eq!(uploads(&registry.log()), before);
+
+    // render names the images in the registry, by the same digests.
+    let o = minerctl(&["render", "--images-lock", lock_path.to_str().unwrap(), "--set", &set]);
+    assert!(o.status.success(), "{}", text(&o));
+    let yaml = String::from_utf8_lossy(&o.stdout).to_string();
+    let in_registry = format!("{}/chutes/chutes-miner@{}", registry.host(), miner.digest);
+    assert_eq!(yaml.matches(in_registry.as_str()).count(), 5, "{yaml}");
+    assert!(!yaml.contains(&miner.reference), "{yaml}");
+
+    // A registry value that is no registry is refused, naming the key.
+    let o = minerctl(&[
+        "render",
+        "--images-lock",
+        lock_path.to_str().unwrap(),
+        "--set",
+        "images.registry=https://r.example",
+    ]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("images.registry `https://r.example`"), "{}", text(&o));
 }

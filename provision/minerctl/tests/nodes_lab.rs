@@ -25,6 +25,8 @@ use miner_validator::ValidatorTarget;
 use miner_validator::rest::{RestOptions, ValidatorClient};
 use serde_json::{Value, json};
 
+#[path = "support/images.rs"]
+mod images_support;
 #[path = "support/lab.rs"]
 mod lab;
 
@@ -207,6 +209,7 @@ struct Cli<'a> {
     inventory: PathBuf,
     known_hosts: PathBuf,
     hotkey: PathBuf,
+    images_lock: PathBuf,
 }
 
 impl Cli<'_> {
@@ -220,7 +223,8 @@ impl Cli<'_> {
         let dir = setup.dir.path();
         let hotkey = dir.join("hotkey");
         std::fs::write(&hotkey, MINER_SEED).unwrap();
-        Cli { dir, inventory: setup.inventory(), known_hosts: setup.known_hosts(), hotkey }
+        let images_lock = images_support::stand_in_lock(dir);
+        Cli { dir, inventory: setup.inventory(), known_hosts: setup.known_hosts(), hotkey, images_lock }
     }
 
     fn run(&self, args: &[&str]) -> Output {
@@ -238,6 +242,9 @@ impl Cli<'_> {
     fn node(&self, args: &[&str]) -> Output {
         let mut a: Vec<&str> = args.to_vec();
         a.extend(["--hotkey", self.hotkey.to_str().unwrap()]);
+        if args[0] == "add-node" {
+            a.extend(["--images-lock", self.images_lock.to_str().unwrap()]);
+        }
         self.run(&a)
     }
 }
@@ -254,6 +261,15 @@ fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out(
     let dir = setup.dir.path();
     let hosts = setup.lab.hosts();
     let (primary, gpu, gpu2) = (&hosts[0], &hosts[1], &hosts[2]);
+    // What each host's containerd stand-in imported (`tag<TAB>digest` per import).
+    let imports = |h: &LabHost| -> Vec<String> {
+        h.sh("cat /var/lib/lab-standins/microk8s/imports 2>/dev/null || true")
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    let lock = minerctl_images::Lock::read(&cli.images_lock).unwrap();
 
     // The cluster as it was: the primary alone, provisioned.
     write_inventory(&cli.inventory, &[primary], &w.validator_hotkey);
@@ -269,6 +285,7 @@ fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out(
     assert!(stderr(&out).contains("checking the miner API before changing any host"), "{}", text(&out));
     assert!(stderr(&out).contains("127.0.0.1:9"), "{}", text(&out));
     assert!(gpu.read_to_string("/etc/wireguard/wg0.conf").is_err(), "nothing was provisioned");
+    assert!(imports(gpu).is_empty(), "nothing was imported");
 
     // The validator fails the GPU: the API's reason is shown, the exit code says so.
     w.validator.set_default_verification("failed");
@@ -279,6 +296,18 @@ fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out(
     assert!(s.contains("  error: bootstrap of gpu-1 failed"), "{}", text(&out));
     assert!(stderr(&out).contains("add-node gpu-1: bootstrap of gpu-1 failed"), "{}", text(&out));
     assert!(w.rt.block_on(w.db.list_servers()).unwrap().is_empty(), "the API undid its part");
+
+    // The images went into the new node's containerd before it was registered (the API's
+    // GraVal Job runs there): the runtime and GraVal, on gpu-1 only.
+    assert!(s.contains("== importing images into gpu-1"), "{}", text(&out));
+    assert!(s.contains("gpu-1: graval-bootstrap: imported"), "{}", text(&out));
+    let mut expected: Vec<String> =
+        lock.images.values().map(|i| format!("{}\t{}", i.tag, i.digest)).collect();
+    let mut got = imports(gpu);
+    expected.sort();
+    got.sort();
+    assert_eq!(got, expected);
+    assert!(imports(primary).is_empty(), "the primary was not pushed to");
 
     // Provisioned and joined anyway: the mesh on both ends, the Node registered and labelled.
     let gpu_key = gpu.read_to_string("/etc/wireguard/public.key").unwrap();
@@ -304,6 +333,9 @@ fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out(
     assert!(api_lines.len() >= 3, "progress lines shown as they came: {api_lines:#?}");
     assert!(api_lines.last().unwrap().starts_with("  completed server bootstrapping in"), "{api_lines:#?}");
     assert!(s.contains("gpu-1 added: completed server bootstrapping"), "{}", text(&out));
+    // The images were there already: nothing imported again.
+    assert!(s.contains("gpu-1: chutes-miner: unchanged (digest present)"), "{}", text(&out));
+    assert_eq!(imports(gpu).len(), lock.images.len(), "a repeat imports nothing");
 
     let servers = w.rt.block_on(w.db.list_servers()).unwrap();
     assert_eq!(servers.len(), 1);

@@ -82,8 +82,9 @@ impl GravalJob<'_> {
                             "containers": [{
                                 "name": "graval",
                                 "image": self.image,
-                                // Images reach nodes by `minerctl images push` (a containerd
-                                // import); `chutes.local` is no registry, so a pull always fails.
+                                // Images reach nodes by `minerctl images push`: imported into
+                                // containerd (`chutes.local` is no registry, a pull would fail)
+                                // or pulled once from values `images.registry`.
                                 "imagePullPolicy": "IfNotPresent",
                                 // The image's entrypoint is graval-bootstrap; every GPU by CUDA.
                                 "args": ["--backend", "cuda", "--port", GRAVAL_PORT.to_string()],

@@ -120,17 +120,12 @@ fn migrate_then_serve_then_stop_gracefully_on_sigterm() {
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
+    let addr = format!("127.0.0.1:{port}");
     let body = loop {
-        match std::net::TcpStream::connect(("127.0.0.1", port)) {
-            Ok(mut s) => {
-                use std::io::{Read, Write};
-                s.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-                let mut buf = String::new();
-                s.read_to_string(&mut buf).unwrap();
-                break buf;
-            }
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-            Err(e) => panic!("API never listened: {e}"),
+        match test_support::try_http(&addr, "GET", "/ping", &[], b"") {
+            Some((_, body)) => break body,
+            None if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            None => panic!("the API never answered /ping on {addr}"),
         }
     };
     assert!(body.contains(r#"{"message":"pong"}"#), "{body}");
@@ -154,15 +149,6 @@ fn migrate_then_serve_then_stop_gracefully_on_sigterm() {
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn http_get(port: u16, path: &str) -> Option<String> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    Some(buf)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,7 +195,7 @@ async fn the_api_relays_validator_broadcasts_into_the_stream_exactly() {
     expected["validator"] = validator.clone().into();
     assert_eq!(event, serde_json::json!({"event_type": "chute_created", "event_data": expected}));
 
-    let metrics = http_get(port, "/metrics").unwrap();
+    let (_, metrics) = test_support::http(&format!("127.0.0.1:{port}"), "GET", "/metrics", &[], b"");
     assert!(
         metrics.contains(&format!("miner_validator_events_accepted_total{{validator=\"{validator}\"}} 1")),
         "{metrics}"

@@ -3,6 +3,7 @@
 //! * [`postgres`]: a throwaway PostgreSQL server (initdb into a temp dir, random port).
 //! * [`redis`]: a throwaway Redis server, restartable on the same port and data.
 //! * `lab`: lab hosts, isolated namespaced hosts with their own sshd.
+//! * [`registry`]: a throwaway OCI registry (TLS, htpasswd credentials).
 //!
 //! Every server is owned by a guard value: dropping it (also while a test panics)
 //! stops the server and removes its files. Servers are started from a process-wide
@@ -15,9 +16,11 @@ pub mod lab;
 pub mod postgres;
 mod process;
 pub mod redis;
+pub mod registry;
 
 pub use postgres::Postgres;
 pub use redis::Redis;
+pub use registry::Registry;
 
 use std::path::PathBuf;
 

@@ -1,11 +1,13 @@
 //! `minerctl images build` / `push`: OCI archives of this workspace's binaries, and
-//! getting them into every node's containerd without a registry.
+//! getting them into every node's containerd over SSH, or into the registry the values
+//! name (`images.registry`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use minerctl_images::push::{Outcome, images_for, push_host};
+use minerctl_images::registry::{self, Credentials, Pushed, RegistryRef};
 use minerctl_images::{BuildInput, LOCK_FILE, Lock};
 use provision_inventory::Inventory;
 
@@ -13,7 +15,8 @@ use provision_inventory::Inventory;
 pub enum ImagesCommand {
     /// Build the chutes-miner and graval-bootstrap images (and the CUDA variant) from built binaries.
     Build(BuildArgs),
-    /// Import the built images into every node's containerd over SSH (skipping digests a node holds).
+    /// Import the built images into every node's containerd over SSH (skipping digests a node
+    /// holds), or push them to the registry of values `images.registry`.
     Push(PushArgs),
 }
 
@@ -22,17 +25,27 @@ pub struct PushArgs {
     /// Inventory file (see inventory.example.yml).
     #[arg(short, long, default_value = "inventory.yml")]
     pub inventory: PathBuf,
-    /// The lock file `images build` wrote (the archives are next to it).
-    #[arg(long, value_name = "FILE", default_value = "images/images.lock.json")]
-    pub images_lock: PathBuf,
-    /// Only these hosts (comma-separated inventory names).
+    /// Values (`-f`, `--set`): `images.registry` chooses a registry push; and the lock file
+    /// `images build` wrote (`--images-lock`, the archives are next to it).
+    #[command(flatten)]
+    pub values: super::render::ValuesArgs,
+    /// Only these hosts (comma-separated inventory names); pushes over SSH only.
     #[arg(long, value_delimiter = ',')]
     pub limit: Vec<String>,
-    /// Only list what each node holds and say what would be imported; change nothing.
+    /// Only ask what each node (or the registry) holds and say what would be sent; change nothing.
     #[arg(long)]
     pub check: bool,
     #[command(flatten)]
     pub ssh: super::ssh::SshArgs,
+    /// Registry user (with --registry-password-file), when images.registry asks for credentials.
+    #[arg(long, requires = "registry_password_file")]
+    pub registry_user: Option<String>,
+    /// File holding the registry password or token (never given on the command line).
+    #[arg(long, value_name = "FILE", requires = "registry_user")]
+    pub registry_password_file: Option<PathBuf>,
+    /// PEM file of CA certificates to trust for the registry, besides the system's.
+    #[arg(long, value_name = "FILE")]
+    pub registry_ca: Option<PathBuf>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -103,8 +116,21 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
+    let values = args.values.load_without_lock()?;
+    let images_lock = &args.values.images_lock;
+    let lock = Lock::read(images_lock).context("run `minerctl images build` first")?;
+    if let Some(registry) = super::render::ValuesArgs::registry(&values)? {
+        if !args.limit.is_empty() {
+            bail!(
+                "--limit picks nodes for a push over SSH; images.registry is {registry}, so the images go there"
+            );
+        }
+        return push_registry(&args, &lock, registry);
+    }
+    if args.registry_user.is_some() || args.registry_ca.is_some() {
+        bail!("--registry-user/--registry-ca need a registry: set images.registry (-f values or --set)");
+    }
     let inv = provision_inventory::load(&args.inventory)?;
-    let lock = Lock::read(&args.images_lock).context("run `minerctl images build` first")?;
     for name in &args.limit {
         if !inv.hosts.iter().any(|h| &h.name == name) {
             bail!("--limit {name}: no such host in {}", inv.file.display());
@@ -120,8 +146,43 @@ fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let failed = rt.block_on(push_hosts(&inv, &lock, &args.images_lock, &hosts, &args.ssh, args.check));
+    let failed = rt.block_on(push_hosts(&inv, &lock, images_lock, &hosts, &args.ssh, args.check));
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Every image of the lock to the registry, one line each.
+fn push_registry(args: &PushArgs, lock: &Lock, registry: RegistryRef) -> anyhow::Result<ExitCode> {
+    let credentials = match (&args.registry_user, &args.registry_password_file) {
+        (Some(user), Some(file)) => Some(Credentials::from_file(user, file)?),
+        _ => None,
+    };
+    let name = registry.to_string();
+    let mut client = registry::Client::new(registry, credentials, args.registry_ca.as_deref())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async {
+        client.check().await?;
+        for (image, locked) in &lock.images {
+            let started = std::time::Instant::now();
+            let pushed = client
+                .push(&args.values.images_lock, image, locked, args.check)
+                .await
+                .with_context(|| format!("pushing {image}"))?;
+            let what = match pushed {
+                Pushed::Present => "unchanged (digest present)".to_string(),
+                Pushed::WouldPush => "would push (--check)".to_string(),
+                Pushed::Uploaded { blobs, bytes, skipped } => format!(
+                    "pushed: {blobs} blob(s) uploaded ({}), {skipped} already there, in {:.1} s",
+                    megabytes(bytes),
+                    started.elapsed().as_secs_f64()
+                ),
+            };
+            println!("{name}: {image}: {what}");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// Pushes to each host in turn, printing one line per image; returns how many hosts failed.

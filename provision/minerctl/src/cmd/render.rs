@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use minerctl_images::Lock;
+use minerctl_images::registry::RegistryRef;
 use minerctl_manifests::{Layer, Values};
 
 /// Values layering shared by `render` and `deploy`: defaults < `-f` files < `--set`.
@@ -29,19 +31,44 @@ pub struct ValuesArgs {
 }
 
 impl ValuesArgs {
-    pub fn load(&self) -> anyhow::Result<Values> {
-        let lock = minerctl_images::Lock::read_if_present(&self.images_lock)?;
+    /// The layers: the lock's images (named in `registry`, if any) < files < --set.
+    fn layers(&self, lock: Option<&Lock>, registry: Option<&RegistryRef>) -> Vec<Layer> {
         let lock_layer = lock.map(|l| Layer::Yaml {
             source: format!("images lock {}", self.images_lock.display()),
-            text: l.values_overlay(),
+            text: l.values_overlay(registry),
         });
-        let layers: Vec<Layer> = lock_layer
+        lock_layer
             .into_iter()
             .chain(self.values.iter().cloned().map(Layer::File))
             .chain(self.set.iter().cloned().map(Layer::Set))
             .chain(self.set_string.iter().cloned().map(Layer::SetString))
-            .collect();
-        let values = Values::load(&layers)?;
+            .collect()
+    }
+
+    /// The registry named by `images.registry` in `values`, if any.
+    pub fn registry(values: &Values) -> anyhow::Result<Option<RegistryRef>> {
+        let value = values.images.registry.trim();
+        if value.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(RegistryRef::parse(value)?))
+    }
+
+    /// The values files and --set alone, without the lock: what `images push` reads
+    /// `images.registry` from.
+    pub fn load_without_lock(&self) -> anyhow::Result<Values> {
+        Ok(Values::load(&self.layers(None, None))?)
+    }
+
+    pub fn load(&self) -> anyhow::Result<Values> {
+        let lock = Lock::read_if_present(&self.images_lock)?;
+        let mut values = Values::load(&self.layers(lock.as_ref(), None))?;
+        // The registry is a value itself: once known, the lock's images are named there.
+        if let Some(registry) = Self::registry(&values)?
+            && lock.is_some()
+        {
+            values = Values::load(&self.layers(lock.as_ref(), Some(&registry)))?;
+        }
         let unbuilt: Vec<&str> = [
             ("minerApi.image", &values.miner_api.image),
             ("gepetto.image", &values.gepetto.image),
