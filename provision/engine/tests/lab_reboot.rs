@@ -7,8 +7,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use provision_engine::*;
 use lab_hosts::lab::{Lab, Standin};
+use provision_engine::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reboot_handler_reconnects_and_the_run_goes_on() {

@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 
 use chutes_protocol::Hotkey;
 use chutes_protocol::auth::Payload;
-use minerctl_images::{LOCK_FILE, Lock};
 use lab_hosts::lab::{Lab, Standin};
 use lab_hosts::{Postgres, Redis};
+use minerctl_images::{LOCK_FILE, Lock};
 
 fn minerctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_minerctl")).args(args).output().unwrap()

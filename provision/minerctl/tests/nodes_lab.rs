@@ -16,14 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chutes_protocol::Hotkey;
+use lab_hosts::lab::LabHost;
+use lab_hosts::{Postgres, Redis};
 use miner_api::bootstrap::{BootstrapTimings, KubeBootstrap};
 use miner_db::{Chute, Db, NewDeployment};
 use miner_events::{Producer, StreamConfig};
 use miner_validator::ValidatorTarget;
 use miner_validator::rest::{RestOptions, ValidatorClient};
 use serde_json::{Value, json};
-use lab_hosts::lab::LabHost;
-use lab_hosts::{Postgres, Redis};
 
 #[path = "support/lab.rs"]
 mod lab;

@@ -13,10 +13,10 @@ use axum::routing::{get, post};
 use chrono::{TimeZone, Utc};
 use chutes_protocol::Hotkey;
 use chutes_protocol::auth::{Payload, headers, now_unix, sha256_hex, verify_miner_request};
+use lab_hosts::Postgres;
 use miner_audit::{AuditError, Exporter, ExporterConfig, Window};
 use miner_db::{Chute, Db, NewDeployment, NewGpu, NewServer};
 use serde_json::{Value, json};
-use lab_hosts::Postgres;
 
 fn pg() -> &'static Postgres {
     static PG: OnceLock<Postgres> = OnceLock::new();

@@ -4,9 +4,9 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use lab_hosts::Postgres;
 use miner_db::*;
 use serde_json::json;
-use lab_hosts::Postgres;
 
 fn server() -> &'static Postgres {
     static PG: OnceLock<Postgres> = OnceLock::new();

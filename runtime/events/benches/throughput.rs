@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
+use lab_hosts::Redis;
 use miner_events::{Consumer, Delivery, MinerEvent, Producer, StreamConfig};
 use serde_json::json;
-use lab_hosts::Redis;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -6,9 +6,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lab_hosts::Redis;
 use miner_events::{Consumer, Delivery, MinerEvent, Producer, StreamConfig};
 use serde_json::json;
-use lab_hosts::Redis;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 

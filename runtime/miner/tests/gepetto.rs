@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use miner_events::{MinerEvent, Producer, StreamConfig};
 use lab_hosts::Redis;
+use miner_events::{MinerEvent, Producer, StreamConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_chutes-miner");
 

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use chutes_protocol::auth::headers;
 use common::*;
+use lab_hosts::Redis;
 use miner_events::Producer;
 use miner_validator::socket::{self, SocketState};
 use serde_json::{Value, json};
-use lab_hosts::Redis;
 use tokio_util::sync::CancellationToken;
 use validator_emulator::Emulator;
 

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use chutes_protocol::Hotkey;
 use chutes_protocol::auth::Payload;
+use lab_hosts::{Postgres, Redis};
 use miner_api::{AppState, NodeBootstrap};
 use miner_config::Validators;
 use miner_db::{Chute, Db, NewDeployment, NewGpu, NewServer};
 use miner_events::{Producer, StreamConfig};
 use serde_json::{Value, json};
-use lab_hosts::{Postgres, Redis};
 
 pub const MINER_SEED: &str = "0x9f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c";
 pub const OTHER_SEED: &str = "0x1111111111111111111111111111111111111111111111111111111111111111";

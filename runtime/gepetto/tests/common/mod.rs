@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use chutes_protocol::Hotkey;
+use lab_hosts::Postgres;
 use miner_db::{Db, NewGpu, NewServer};
 use miner_events::Event;
 use miner_events::payloads::*;
@@ -15,7 +16,6 @@ use miner_gepetto::{CancellationToken, Config, Gepetto, Heuristic, Strategy, Val
 use miner_validator::ValidatorTarget;
 use miner_validator::rest::{RestOptions, ValidatorClient};
 use serde_json::{Value, json};
-use lab_hosts::Postgres;
 
 pub const NS: &str = "chutes";
 pub const MINER_SEED: &str = "0x3333333333333333333333333333333333333333333333333333333333333333";
