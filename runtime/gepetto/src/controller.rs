@@ -781,6 +781,23 @@ impl Gepetto {
         let Some(plan) = self.inner.strategy.preempt(snap, &fleet, &view, &last, Utc::now(), disk) else {
             return Ok(false);
         };
+        self.carry_out(chute, job, plan).await
+    }
+
+    /// Carries out a strategy's rebalance: the same path as a preempting deploy.
+    pub(crate) async fn rebalance(&self, r: &crate::strategy::Rebalance) -> Result<bool, GepettoError> {
+        let Some(chute) = self.inner.inv.chute(&r.chute_id).await? else { return Ok(false) };
+        self.carry_out(&chute, None, r.plan.clone()).await
+    }
+
+    /// A launch token first (a refusal removes nothing), then the victims, then the
+    /// deploy on the freed server.
+    async fn carry_out(
+        &self,
+        chute: &Chute,
+        job: Option<JobCtx>,
+        plan: crate::strategy::Preemption,
+    ) -> Result<bool, GepettoError> {
         let token = match self.launch_token(chute, job.as_ref()).await {
             Ok(t) => t,
             Err(why) => {

@@ -157,7 +157,12 @@ impl Gepetto {
                 break;
             }
         }
-        Ok(0)
+        // Nothing placed: move GPUs from instances that earn little to a chute that
+        // would earn much more, if the strategy sees one (one per tick).
+        let fleet = self.snapshot().await?;
+        let Some(r) = self.inner.strategy.rebalance(&fleet, &view, Utc::now(), disk) else { return Ok(0) };
+        tracing::info!(chute = %r.chute_id, server = %r.plan.server_id, victims = ?r.plan.victims, "rebalancing");
+        Ok(usize::from(self.rebalance(&r).await?))
     }
 
     /// One activator tick: legacy (chutes < 0.3.0) instances whose pod is ready are

@@ -51,7 +51,7 @@ enum Command {
     /// Gepetto, the scheduler: consumes the durable event stream (consumer group) and turns
     /// validator events into chute Jobs, with the activator, autoscaler and reconciler loops.
     /// Needs POSTGRESQL, REDIS_URL, MINER_SS58, MINER_SEED, VALIDATORS and a Kubernetes client
-    /// (in-cluster or KUBECONFIG); optional GEPETTO_STRATEGY (heuristic|multiplier),
+    /// (in-cluster or KUBECONFIG); optional GEPETTO_STRATEGY (multiplier|heuristic),
     /// GEPETTO_*_INTERVAL, GEPETTO_DISK_RESERVE_GB, PROMETHEUS_URL.
     Gepetto {
         /// Consumer group shared by all Gepetto replicas.

@@ -36,9 +36,8 @@ pub enum SimError {
 /// Strategies the simulator knows, the original first (tables compare to it).
 pub const STRATEGIES: [&str; 2] = ["heuristic", "multiplier"];
 
-/// The strategy scored as "the default" (the acceptance). Gepetto's
-/// `GEPETTO_STRATEGY` still defaults to `heuristic` (runtime/config); these runs are
-/// the case for switching it to this one.
+/// The strategy Gepetto runs by default (`GEPETTO_STRATEGY` unset, runtime/config),
+/// scored against the original heuristic in the acceptance test.
 pub const DEFAULT_STRATEGY: &str = "multiplier";
 
 /// A fresh instance of a strategy by name (`default` names [`DEFAULT_STRATEGY`]).

@@ -40,6 +40,8 @@ pub struct StrategyResult {
     pub jobs_lost_race: u64,
     pub bounties_claimed: u64,
     pub autoscale_calls: u64,
+    /// Low-earning instances replaced by a busier chute (`Strategy::rebalance`).
+    pub rebalances: u64,
     /// (hours since start, cumulative value) every hour.
     pub series: Vec<(f64, f64)>,
 }

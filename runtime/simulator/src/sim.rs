@@ -135,6 +135,7 @@ struct Stats {
     jobs_lost_race: u64,
     bounties_claimed: u64,
     autoscale_calls: u64,
+    rebalances: u64,
     series: Vec<(u64, f64)>,
 }
 
@@ -845,6 +846,12 @@ impl<'a> Simulator<'a> {
         let Some(plan) = self.strategy.preempt(&snap, &self.fleet, &self.view, &last, now, disk) else {
             return;
         };
+        self.carry_out(c, plan, job);
+    }
+
+    /// A preempting deploy as the controller runs it: the launch config first (a 423
+    /// removes nothing), then the victims, then the deploy.
+    fn carry_out(&mut self, c: usize, plan: miner_gepetto::strategy::Preemption, job: Option<JobRun>) {
         if job.is_none() && self.refused(c) {
             self.stats.refusals += 1;
             return;
@@ -920,9 +927,24 @@ impl<'a> Simulator<'a> {
             .servers
             .iter()
             .any(|s| !s.locked && s.gpus.iter().any(|g| g.verified && g.deployment_id.is_none()));
-        if !any_free {
-            return;
+        if !(any_free && self.autoscale()) {
+            self.rebalance();
         }
+    }
+
+    /// Gepetto's rebalance after an autoscaler tick that placed nothing.
+    fn rebalance(&mut self) {
+        let now = self.at(self.now);
+        let Some(r) = self.strategy.rebalance(&self.fleet, &self.view, now, self.vm.default_disk_gb) else {
+            return;
+        };
+        let Some(&c) = self.chute_index.get(&r.chute_id) else { return };
+        self.stats.rebalances += 1;
+        self.carry_out(c, r.plan, None);
+    }
+
+    /// One autoscaler tick; true when it placed (or tried to place) an instance.
+    fn autoscale(&mut self) -> bool {
         self.stats.autoscale_calls += 1;
         let candidates = self.strategy.autoscale(&self.fleet, &self.view, self.vm.default_disk_gb);
         let mode = self.strategy.autoscale_mode();
@@ -942,12 +964,13 @@ impl<'a> Simulator<'a> {
             if let Some(server) = server
                 && self.launch(c, &server, None)
             {
-                return; // one scale-up per tick
+                return true; // one scale-up per tick
             }
             if mode == miner_gepetto::strategy::AutoscaleMode::BestOnly {
-                return;
+                return false;
             }
         }
+        false
     }
 
     fn finish(self) -> StrategyResult {
@@ -984,6 +1007,7 @@ impl<'a> Simulator<'a> {
             jobs_lost_race: st.jobs_lost_race,
             bounties_claimed: st.bounties_claimed,
             autoscale_calls: st.autoscale_calls,
+            rebalances: st.rebalances,
             series: st.series.iter().map(|(t, v)| (*t as f64 / 3600.0, v / 3600.0)).collect(),
         }
     }

@@ -53,6 +53,14 @@ pub struct Preemption {
     pub victims: Vec<String>,
 }
 
+/// Moving GPUs from instances that earn little to a chute that would earn much more:
+/// undeploy `plan.victims`, then deploy `chute_id` on `plan.server_id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rebalance {
+    pub chute_id: String,
+    pub plan: Preemption,
+}
+
 /// How the autoscaler's list is used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AutoscaleMode {
@@ -95,6 +103,18 @@ pub trait Strategy: Send + Sync {
         chute: &ChuteSnap,
         fleet: &FleetSnapshot,
     ) -> JobDecision;
+
+    /// When the autoscaler placed nothing (no room): replace low-earning instances with
+    /// a chute worth much more? At most one per autoscaler tick. Default: never.
+    fn rebalance(
+        &self,
+        _fleet: &FleetSnapshot,
+        _view: &ValidatorView,
+        _now: DateTime<Utc>,
+        _disk_gb: f64,
+    ) -> Option<Rebalance> {
+        None
+    }
 
     /// Where to place `chute` by preempting (`None`: do not preempt).
     fn preempt(

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use chrono::{DateTime, Duration, Utc};
 
 use super::{
-    AutoscaleMode, JobDecision, JobOffer, Preemption, ScaleUp, Strategy, fitting_servers, preemption_servers,
-    push_candidate, ranked, screen_job,
+    AutoscaleMode, JobDecision, JobOffer, Preemption, Rebalance, ScaleUp, Strategy, fitting_servers,
+    preemption_servers, push_candidate, ranked, screen_job,
 };
-use crate::snapshot::{ChuteSnap, FleetSnapshot, LastInvocations, ValidatorView};
+use crate::snapshot::{ChuteSnap, DeploymentSnap, FleetSnapshot, LastInvocations, ValidatorView};
 
 /// Best-fit servers considered per placement; one is picked in turn so a single
 /// broken server cannot swallow every deployment (`SCALE_UP_CANDIDATE_POOL = 2`).
@@ -24,6 +24,11 @@ const MIN_ACTIVE: i64 = 62;
 /// GPUs; below it, the GPUs are left for a chute with demand (the validator scores
 /// utilisation and scales idle chutes down, reference 21 on chutes-api #22).
 const MIN_EXPECTED_UTILISATION: f64 = 0.3;
+
+/// Rebalancing replaces instances earning under this share of what the newcomer
+/// would (per GPU): the margin pays for the newcomer's warm-up and for demand
+/// estimates an hour old.
+const REPLACE_BELOW: f64 = 0.5;
 
 /// The share of time one more instance of the chute would be busy, from the last
 /// hour's metrics: its demand (compute served plus rate-limited invocations at the
@@ -44,6 +49,26 @@ pub(crate) fn expected_utilisation(chute_id: &str, view: &ValidatorView) -> f64 
     (demand / (instances + 1) as f64).min(1.0)
 }
 
+/// Instances' worth of demand nobody served in the last hour (rate-limited invocations
+/// at the mean compute time).
+pub(crate) fn unmet_instances(chute_id: &str, view: &ValidatorView) -> f64 {
+    let Some(m) = view.metrics.get(chute_id) else { return 0.0 };
+    let per_invocation =
+        if m.total_invocations > 0.0 { m.total_compute_time / m.total_invocations } else { 0.0 };
+    m.rate_limit_count * per_invocation / 3600.0
+}
+
+/// The share of time each instance of a chute is busy now (last hour's demand over
+/// its instances).
+pub(crate) fn current_utilisation(chute_id: &str, view: &ValidatorView) -> f64 {
+    let instances = view.instance_count(chute_id).unwrap_or(0).max(1);
+    let Some(m) = view.metrics.get(chute_id) else { return 0.0 };
+    let per_invocation =
+        if m.total_invocations > 0.0 { m.total_compute_time / m.total_invocations } else { 0.0 };
+    let demand = (m.total_compute_time + m.rate_limit_count * per_invocation) / 3600.0;
+    (demand / instances as f64).min(1.0)
+}
+
 #[derive(Debug, Default)]
 pub struct Multiplier {
     /// Rotates through the candidate pool (the successor picked at random; a
@@ -52,6 +77,39 @@ pub struct Multiplier {
 }
 
 impl Multiplier {
+    /// Chutes worth another instance, with what one would earn: the effective
+    /// multiplier times the share of time it would be busy. Skips chutes the validator
+    /// caps, with another version or no cords, and chutes that already have as many
+    /// instances launching as there is unserved demand.
+    fn wanted<'a>(fleet: &'a FleetSnapshot, view: &ValidatorView) -> Vec<(&'a ChuteSnap, f64)> {
+        let mut pending: std::collections::HashMap<&str, usize> = Default::default();
+        for d in
+            fleet.deployments.iter().filter(|d| d.job_id.is_none() && d.activated_at.is_none() && !d.active)
+        {
+            *pending.entry(d.chute_id.as_str()).or_default() += 1;
+        }
+        let mut out = Vec::new();
+        for (chute_id, remote) in &view.chutes {
+            let Some(chute) = fleet.chutes.get(chute_id) else { continue };
+            if chute.version != remote.version || !remote.has_cords || view.capped.contains(chute_id) {
+                continue;
+            }
+            let launching = pending.get(chute_id.as_str()).copied().unwrap_or(0);
+            if launching > 0 && launching as f64 >= unmet_instances(chute_id, view) {
+                continue; // what is launching already covers the unserved demand
+            }
+            let Some(multiplier) = remote.effective_compute_multiplier else { continue };
+            let utilisation = expected_utilisation(chute_id, view);
+            if utilisation < MIN_EXPECTED_UTILISATION {
+                continue; // it would sit idle on GPUs a busier chute can use
+            }
+            out.push((chute, multiplier * utilisation));
+        }
+        // HashMap order is not reproducible: sort by chute id
+        out.sort_by(|a, b| a.0.chute_id.cmp(&b.0.chute_id));
+        out
+    }
+
     fn has_pending(chute_id: &str, fleet: &FleetSnapshot) -> bool {
         fleet.deployments_of(chute_id).any(|d| d.job_id.is_none() && d.activated_at.is_none() && !d.active)
     }
@@ -74,28 +132,9 @@ impl Strategy for Multiplier {
 
     fn autoscale(&self, fleet: &FleetSnapshot, view: &ValidatorView, disk_gb: f64) -> Vec<ScaleUp> {
         let mut placements = super::PlacementCache::new(fleet, disk_gb);
-        let pending: std::collections::HashSet<&str> = fleet
-            .deployments
-            .iter()
-            .filter(|d| d.job_id.is_none() && d.activated_at.is_none() && !d.active)
-            .map(|d| d.chute_id.as_str())
-            .collect();
         let mut out = Vec::new();
-        for (chute_id, remote) in &view.chutes {
-            let Some(chute) = fleet.chutes.get(chute_id) else { continue };
-            if chute.version != remote.version
-                || !remote.has_cords
-                || view.capped.contains(chute_id)
-                || pending.contains(chute_id.as_str())
-            {
-                continue;
-            }
-            let Some(multiplier) = remote.effective_compute_multiplier else { continue };
-            let utilisation = expected_utilisation(chute_id, view);
-            if utilisation < MIN_EXPECTED_UTILISATION {
-                continue; // it would sit idle on GPUs a busier chute can use
-            }
-            push_candidate(&mut out, &mut placements, chute, multiplier * utilisation);
+        for (chute, worth) in Self::wanted(fleet, view) {
+            push_candidate(&mut out, &mut placements, chute, worth);
         }
         ranked(out)
     }
@@ -140,31 +179,118 @@ impl Strategy for Multiplier {
             return None;
         }
         let newcomer = view.chutes.get(&chute.chute_id).and_then(|c| c.effective_compute_multiplier)?;
-        let mut counts: std::collections::HashMap<String, usize> = Default::default();
-        let servers = preemption_servers(fleet, &chute.supported_gpus, chute.gpu_count, disk_gb);
-        for server in servers {
+        // Worth: the multiplier the validator pays the instance (unknown: keep it).
+        let victims =
+            Victims::new(fleet, now, |d| view.instance_multiplier(&d.chute_id, d.instance_id.as_deref()?));
+        victims.make_room(chute, fleet, view, disk_gb, newcomer)
+    }
+
+    fn rebalance(
+        &self,
+        fleet: &FleetSnapshot,
+        view: &ValidatorView,
+        now: DateTime<Utc>,
+        disk_gb: f64,
+    ) -> Option<Rebalance> {
+        let mut wanted: Vec<(&ChuteSnap, f64)> = Self::wanted(fleet, view)
+            .into_iter()
+            .filter(|(c, _)| !c.banned && c.gpu_count > 0 && !Self::has_pending(&c.chute_id, fleet))
+            .map(|(c, worth)| (c, worth / c.gpu_count as f64))
+            .collect();
+        wanted.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.chute_id.cmp(&b.0.chute_id)));
+        // Chutes with the same GPU requirements compete for the same victims: only the
+        // best of each requirement is worth a look.
+        let mut seen = std::collections::HashSet::new();
+        wanted.retain(|(c, _)| {
+            let mut models = c.supported_gpus.clone();
+            models.sort();
+            seen.insert((models, c.gpu_count))
+        });
+        if wanted.is_empty() {
+            return None;
+        }
+        // Worth: what the instance earns per GPU now, the multiplier it activated with
+        // times how busy its chute keeps each instance.
+        let victims = Victims::new(fleet, now, |d| {
+            let m = view.instance_multiplier(&d.chute_id, d.instance_id.as_deref()?)?;
+            Some(m * current_utilisation(&d.chute_id, view) / d.gpu_count.max(1) as f64)
+        });
+        let cheapest = victims
+            .by_server
+            .values()
+            .filter_map(|l| l.first())
+            .map(|(w, _)| *w)
+            .fold(f64::INFINITY, f64::min);
+        for (chute, per_gpu) in wanted {
+            if per_gpu * REPLACE_BELOW <= cheapest {
+                break; // sorted: no later chute beats any instance by the margin either
+            }
+            if let Some(plan) = victims.make_room(chute, fleet, view, disk_gb, per_gpu * REPLACE_BELOW)
+                && !plan.victims.is_empty()
+            {
+                return Some(Rebalance { chute_id: chute.chute_id.clone(), plan });
+            }
+        }
+        None
+    }
+}
+
+/// The deployments preemption may remove, by server, least worth first: preemptible,
+/// not serving a job, active for `MIN_ACTIVE`, with a known worth.
+struct Victims<'a> {
+    by_server: std::collections::HashMap<&'a str, Vec<(f64, &'a DeploymentSnap)>>,
+}
+
+impl<'a> Victims<'a> {
+    fn new(
+        fleet: &'a FleetSnapshot,
+        now: DateTime<Utc>,
+        worth: impl Fn(&DeploymentSnap) -> Option<f64>,
+    ) -> Self {
+        let mut by_server: std::collections::HashMap<&str, Vec<(f64, &DeploymentSnap)>> = Default::default();
+        for d in &fleet.deployments {
+            if d.job_id.is_some()
+                || !d.preemptible
+                || d.activated_at.is_none_or(|a| now - a < Duration::minutes(MIN_ACTIVE))
+            {
+                continue;
+            }
+            if let Some(w) = worth(d) {
+                by_server.entry(d.server_id.as_str()).or_default().push((w, d));
+            }
+        }
+        for list in by_server.values_mut() {
+            list.sort_by(|(a, x), (b, y)| a.total_cmp(b).then_with(|| x.deployment_id.cmp(&y.deployment_id)));
+        }
+        Victims { by_server }
+    }
+
+    /// The cheapest server where `chute` fits after removing deployments of other
+    /// chutes worth less than `below`, least worth first, never the last instance of a
+    /// chute anywhere.
+    fn make_room(
+        &self,
+        chute: &ChuteSnap,
+        fleet: &FleetSnapshot,
+        view: &ValidatorView,
+        disk_gb: f64,
+        below: f64,
+    ) -> Option<Preemption> {
+        for server in preemption_servers(fleet, &chute.supported_gpus, chute.gpu_count, disk_gb) {
             let free = server.free_gpus(&chute.supported_gpus);
             if free >= chute.gpu_count {
                 return Some(Preemption { server_id: server.server_id.clone(), victims: Vec::new() });
             }
-            let mut candidates: Vec<(f64, &crate::snapshot::DeploymentSnap)> = fleet
-                .deployments
-                .iter()
-                .filter(|d| d.server_id == server.server_id && d.job_id.is_none() && d.preemptible)
-                .filter(|d| d.activated_at.is_some_and(|a| now - a >= Duration::minutes(MIN_ACTIVE)))
-                .filter_map(|d| {
-                    // Unknown multiplier: the victim's worth is unknown, keep it.
-                    let m = view.instance_multiplier(&d.chute_id, d.instance_id.as_deref()?)?;
-                    (m < newcomer).then_some((m, d))
-                })
-                .collect();
-            candidates
-                .sort_by(|(a, x), (b, y)| a.total_cmp(b).then_with(|| x.deployment_id.cmp(&y.deployment_id)));
+            let Some(list) = self.by_server.get(server.server_id.as_str()) else { continue };
+            let mut counts: std::collections::HashMap<&str, usize> = Default::default();
             let mut freed = free;
             let mut victims = Vec::new();
-            for (_, d) in candidates {
+            for (_, d) in list.iter().take_while(|(w, _)| *w < below) {
+                if d.chute_id == chute.chute_id {
+                    continue;
+                }
                 let Some(global) = view.instance_count(&d.chute_id) else { continue };
-                let left = counts.entry(d.chute_id.clone()).or_insert(global);
+                let left = counts.entry(d.chute_id.as_str()).or_insert(global);
                 if *left <= 1 {
                     continue; // never the last instance of a chute anywhere
                 }

@@ -359,3 +359,85 @@ fn multiplier_autoscaler_weighs_expected_utilisation_and_skips_idle_chutes() {
     assert_eq!(order, ["busy", "unserved", "half"]);
     assert!((ranked[0].value - 2.0).abs() < 1e-9 && (ranked[2].value - 1.0).abs() < 1e-9, "{ranked:?}");
 }
+
+/// A chute the validator wants more of (unserved demand, multiplier 2) and a full
+/// server whose instance of `slow` is busy `slow_busy` of the time at multiplier 1.
+fn full_fleet_and_a_wanted_chute(slow_busy: f64) -> (FleetSnapshot, ValidatorView) {
+    let wanted = chute("wanted", &["h100"], 1);
+    let slow = chute("slow", &["h100"], 1);
+    let mut f = fleet_of(vec![server("s", "h100", 1, 1.0)], [wanted, slow]);
+    place(&mut f, "d", "slow", "s", 1, 120);
+    let mut view = ValidatorView::default();
+    for (id, m) in [("wanted", 2.0), ("slow", 1.0)] {
+        view.chutes.insert(
+            id.into(),
+            RemoteChuteInfo { version: "v1".into(), has_cords: true, effective_compute_multiplier: Some(m) },
+        );
+    }
+    let inst = |chute: &str, id: &str| ActiveInstance {
+        chute_id: chute.into(),
+        instance_id: id.into(),
+        compute_multiplier: Some(1.0),
+    };
+    view.active_instances.insert("slow".into(), vec![inst("slow", "i-d"), inst("slow", "other")]);
+    view.active_instances.insert("wanted".into(), vec![inst("wanted", "w1")]);
+    // (compute seconds in the hour, rate-limited invocations at 10 s each)
+    for (id, compute, limited) in [("slow", 2.0 * 3600.0 * slow_busy, 0.0), ("wanted", 3600.0, 720.0)] {
+        view.metrics.insert(
+            id.into(),
+            RemoteMetrics {
+                chute_id: id.into(),
+                total_compute_time: compute,
+                total_invocations: compute / 10.0,
+                rate_limit_count: limited,
+                instance_count: if id == "slow" { 2 } else { 1 },
+                ..Default::default()
+            },
+        );
+    }
+    (f, view)
+}
+
+#[test]
+fn multiplier_rebalances_an_idle_instance_to_a_chute_that_would_earn_far_more() {
+    let s = Multiplier::default();
+    let now = Utc::now();
+    // `slow` keeps its instance busy 30% of the time at 1.0: 0.3 per GPU; `wanted`
+    // would be busy all the time at 2.0 (3 instances' worth over 2): far more
+    let (f, view) = full_fleet_and_a_wanted_chute(0.3);
+    let r = s.rebalance(&f, &view, now, 10.0).unwrap();
+    assert_eq!((r.chute_id.as_str(), r.plan.server_id.as_str()), ("wanted", "s"));
+    assert_eq!(r.plan.victims, ["d"]);
+    // busy all the time (1.0 per GPU: not under half of 2.0): kept
+    let (f, view) = full_fleet_and_a_wanted_chute(1.0);
+    assert_eq!(s.rebalance(&f, &view, now, 10.0), None);
+    // the heuristic never rebalances
+    let (f, view) = full_fleet_and_a_wanted_chute(0.3);
+    assert_eq!(Heuristic.rebalance(&f, &view, now, 10.0), None);
+    // a young victim (under 62 minutes active) is kept
+    let (mut f, view) = full_fleet_and_a_wanted_chute(0.3);
+    f.deployments[0].activated_at = Some(now - Duration::minutes(30));
+    assert_eq!(s.rebalance(&f, &view, now, 10.0), None);
+}
+
+#[test]
+fn multiplier_launches_more_than_one_instance_while_unserved_demand_remains() {
+    let (mut f, view) = full_fleet_and_a_wanted_chute(0.3);
+    f.servers.push(server("t", "h100", 8, 1.0));
+    // one instance of `wanted` launching; the hour left 2 instances' worth unserved
+    place(&mut f, "p1", "wanted", "t", 1, 1);
+    let p = f.deployments.len() - 1;
+    f.deployments[p].activated_at = None;
+    f.deployments[p].active = false;
+    let s = Multiplier::default();
+    let ids = |f: &FleetSnapshot| -> Vec<String> {
+        s.autoscale(f, &view, 10.0).into_iter().map(|c| c.chute_id).collect()
+    };
+    assert!(ids(&f).contains(&"wanted".to_owned()), "{:?}", ids(&f));
+    // two launching cover it: no third
+    place(&mut f, "p2", "wanted", "t", 1, 1);
+    let p = f.deployments.len() - 1;
+    f.deployments[p].activated_at = None;
+    f.deployments[p].active = false;
+    assert!(!ids(&f).contains(&"wanted".to_owned()), "{:?}", ids(&f));
+}
