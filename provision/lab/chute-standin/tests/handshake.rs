@@ -25,6 +25,8 @@ fn free_port() -> u16 {
 
 /// A launch config for chute `c1`, asked for as the miner asks (signed, purpose `launch`).
 async fn launch_config(emulator: &Emulator) -> (String, String) {
+    // Built with the whole workspace, reqwest carries no provider of its own.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let key = Hotkey::from_seed_hex(&"31".repeat(32), "test seed").unwrap();
     let mut req =
         reqwest::Client::new().get(format!("{}/instances/launch_config?chute_id=c1", emulator.api_url()));
