@@ -193,10 +193,22 @@ pub(crate) fn preemption_servers<'a>(
     gpu_count: usize,
     disk_gb: f64,
 ) -> Vec<&'a ServerSnap> {
+    preemption_servers_where(fleet, models, gpu_count, disk_gb, |_| true)
+}
+
+/// [`preemption_servers`] among those `keep` accepts (checked first: a cheap test
+/// spares the GPU counting on servers that cannot help).
+pub(crate) fn preemption_servers_where<'a>(
+    fleet: &'a FleetSnapshot,
+    models: &[String],
+    gpu_count: usize,
+    disk_gb: f64,
+    keep: impl Fn(&ServerSnap) -> bool,
+) -> Vec<&'a ServerSnap> {
     let mut servers: Vec<_> = fleet
         .servers
         .iter()
-        .filter(|s| !s.locked && s.has_disk(disk_gb) && s.total_gpus(models) >= gpu_count)
+        .filter(|s| keep(s) && !s.locked && s.has_disk(disk_gb) && s.total_gpus(models) >= gpu_count)
         .collect();
     servers.sort_by(|a, b| {
         a.hourly_cost

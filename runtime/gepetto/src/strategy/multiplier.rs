@@ -10,7 +10,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use super::{
     AutoscaleMode, JobDecision, JobOffer, Preemption, Rebalance, ScaleUp, Strategy, fitting_servers,
-    preemption_servers, push_candidate, ranked, screen_job,
+    preemption_servers_where, push_candidate, ranked, screen_job,
 };
 use crate::snapshot::{ChuteSnap, DeploymentSnap, FleetSnapshot, LastInvocations, ValidatorView};
 
@@ -276,7 +276,13 @@ impl<'a> Victims<'a> {
         disk_gb: f64,
         below: f64,
     ) -> Option<Preemption> {
-        for server in preemption_servers(fleet, &chute.supported_gpus, chute.gpu_count, disk_gb) {
+        // Only servers with room already, or with a victim cheap enough, can help.
+        let helps = |s: &crate::snapshot::ServerSnap| {
+            self.by_server.get(s.server_id.as_str()).and_then(|l| l.first()).is_some_and(|(w, _)| *w < below)
+                || s.free_gpus(&chute.supported_gpus) >= chute.gpu_count
+        };
+        for server in preemption_servers_where(fleet, &chute.supported_gpus, chute.gpu_count, disk_gb, helps)
+        {
             let free = server.free_gpus(&chute.supported_gpus);
             if free >= chute.gpu_count {
                 return Some(Preemption { server_id: server.server_id.clone(), victims: Vec::new() });
