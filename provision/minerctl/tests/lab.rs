@@ -128,10 +128,6 @@ fn cluster_list(kube: &str, path: &str) -> Vec<Value> {
 }
 
 #[test]
-#[ignore = "fails since the lab, provisioning, images and strategy branches were merged together: \
-            the lab comes up (every GPU verified) but Gepetto deploys none of the scenario's chutes on \
-            chute_created (chute rows, servers and verified GPUs are in Postgres; no deployment, no \
-            error logged). Issue #13's note has the details; run with --ignored to reproduce"]
 fn lab_of_three_gpu_hosts_verifies_every_gpu_plays_the_scenario_and_down_leaves_nothing() {
     let (_tmp, dir) = state_dir();
     let d = dir.to_str().unwrap();

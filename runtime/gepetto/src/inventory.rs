@@ -211,14 +211,26 @@ impl Inventory {
     }
 
     pub async fn set_gpu_verified(&self, gpu_id: &str) -> Result<bool, DbError> {
-        let _write = self.sync.read().await;
-        let done = self.db.set_gpu_verified(gpu_id).await?;
-        self.apply(|r| {
-            if let Some(g) = r.gpus.get_mut(gpu_id) {
-                g.verified = true;
+        let stale = {
+            let _write = self.sync.read().await;
+            if !self.db.set_gpu_verified(gpu_id).await? {
+                return Ok(false);
             }
-        });
-        Ok(done)
+            let mut known = false;
+            self.apply(|r| {
+                if let Some(g) = r.gpus.get_mut(gpu_id) {
+                    g.verified = true;
+                    known = true;
+                }
+            });
+            !known && self.lock().is_some()
+        };
+        if stale {
+            // A GPU of a server the API added since the last reload: read the rows again
+            // now, or a chute created right after would find no server to place on.
+            self.reload().await?;
+        }
+        Ok(true)
     }
 
     pub async fn delete_gpu(&self, gpu_id: &str) -> Result<bool, DbError> {
