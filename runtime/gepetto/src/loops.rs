@@ -158,8 +158,8 @@ impl Gepetto {
             }
         }
         // Nothing placed: move GPUs from instances that earn little to a chute that
-        // would earn much more, if the strategy sees one (one per tick).
-        let fleet = self.snapshot().await?;
+        // would earn much more, if the strategy sees one (one per tick). A scale-up that
+        // returned false placed nothing, so the snapshot taken above still holds.
         let Some(r) = self.inner.strategy.rebalance(&fleet, &view, Utc::now(), disk) else { return Ok(0) };
         tracing::info!(chute = %r.chute_id, server = %r.plan.server_id, victims = ?r.plan.victims, "rebalancing");
         Ok(usize::from(self.rebalance(&r).await?))

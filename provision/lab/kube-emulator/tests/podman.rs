@@ -67,15 +67,18 @@ fn store() -> &'static Store {
         })
         .unwrap();
         let lock = Lock::read(&out.join(LOCK_FILE)).unwrap();
-        // One store per target directory, reused across runs (loading is idempotent); podman
-        // wants a short runroot, and the same one every time for a store.
-        let root = target.join("kube-emulator-podman");
-        let runroot = {
+        // One store per target directory, reused across runs (loading is idempotent). The
+        // store records its own absolute path, so a target directory copied elsewhere must
+        // not find the old store: the name carries a hash of the path. Podman wants a short
+        // runroot, and the same one every time for a store.
+        let key = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            root.hash(&mut h);
-            PathBuf::from(format!("/tmp/kemu-run-{:08x}", h.finish() as u32))
+            target.hash(&mut h);
+            format!("{:08x}", h.finish() as u32)
         };
+        let root = target.join(format!("kube-emulator-podman-{key}"));
+        let runroot = PathBuf::from(format!("/tmp/kemu-run-{key}"));
         let runner = PodmanRunner::new("unused").storage(root.clone(), runroot.clone());
         for name in ["graval-bootstrap", "chute-standin"] {
             let archive = Lock::archive_path(&out.join(LOCK_FILE), &lock.images[name]);
