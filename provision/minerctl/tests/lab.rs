@@ -213,6 +213,11 @@ fn lab_of_three_gpu_hosts_verifies_every_gpu_plays_the_scenario_and_down_leaves_
         .collect();
     assert_eq!(chute_jobs.len(), 3, "one Job per deployment: {chute_jobs:?}");
     assert!(progress.contains("scenario: the job ran and its GPUs were released"), "{progress}");
+    // The supervisor waits on the validator's own record of the bounty paid to our hotkey.
+    assert!(
+        progress.contains("scenario: bounty claimed: chute lab-bounty has our active instance"),
+        "{progress}"
+    );
 
     let status = minerctl(&["lab", "status", "--state-dir", d]);
     assert!(status.status.success(), "{}", text(&status));

@@ -137,6 +137,11 @@ impl Cluster {
     }
 }
 
+/// Whether a chute Job ran to completion (a finished validator job).
+pub fn job_succeeded(job: &Job) -> bool {
+    job.status.as_ref().is_some_and(|s| s.succeeded.unwrap_or(0) > 0 && s.failed.unwrap_or(0) == 0)
+}
+
 /// Whether a chute Job or its pod has ended or failed (reconcile undeploys those).
 pub fn job_finished(job: &Job, pods: &[Arc<Pod>]) -> Option<String> {
     if let Some(status) = &job.status {

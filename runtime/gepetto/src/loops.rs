@@ -11,7 +11,7 @@ use miner_k8s::chute::{self as objects, version_at_least};
 use miner_validator::rest::{Listing, RemoteChute, RemoteInstance, RemoteMetrics};
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::{job_finished, pods_ready};
+use crate::cluster::{job_finished, job_succeeded, pods_ready};
 use crate::controller::{Gepetto, GepettoError, RemoteState};
 use crate::strategy::AutoscaleMode;
 
@@ -251,10 +251,15 @@ impl Gepetto {
                     _ => {}
                 }
             }
+            // A validator job whose chute did not run to completion here goes back to
+            // the validator, so another miner (or this one) can take it again; one that
+            // completed stays with us, and the validator's own `job_deleted` ends it.
+            let mut give_back_job = d.stub;
             if why.is_none() {
                 match jobs.get(&d.deployment_id) {
                     Some(job) => {
                         why = job_finished(job, &self.inner.cluster.deployment_pods(&d.deployment_id));
+                        give_back_job |= why.is_some() && !job_succeeded(job);
                     }
                     None => {
                         let age = d.created_at.map(|c| now - c).unwrap_or_default();
@@ -276,6 +281,7 @@ impl Gepetto {
                                 .is_none()
                             {
                                 why = Some("its Job is gone".into());
+                                give_back_job = true;
                             }
                         }
                     }
@@ -284,12 +290,16 @@ impl Gepetto {
             if let Some(why) = why {
                 tracing::info!(deployment = %d.deployment_id, chute = %d.chute_id, %why, "reconcile: undeploying");
                 self.undeploy(&d.deployment_id).await?;
-                if d.stub
+                if give_back_job
                     && let Some(job) = &d.job_id
                     && let Some(link) = self.inner.validators.get(&d.validator)
-                    && let Err(e) = link.client.release_job(job).await
                 {
-                    tracing::warn!(job = %job, error = %e, "could not release the job of a dead deploy");
+                    match link.client.release_job(job).await {
+                        Ok(_) => {
+                            tracing::info!(job = %job, deployment = %d.deployment_id, "released the job")
+                        }
+                        Err(e) => tracing::warn!(job = %job, error = %e, "could not release the job"),
+                    }
                 }
                 report.undeployed.push((d.deployment_id.clone(), why));
             }

@@ -105,6 +105,21 @@ async fn each_event_leaves_exactly_its_objects_and_rows_even_when_delivered_twic
     assert!(w.kube.get("v1", "ConfigMap", Some(NS), &cm_name).unwrap().is_none());
 }
 
+/// `job_created` for a one-GPU job of `chute`.
+fn job_created(validator: &str, chute: &str, job_id: &str, exclude: Vec<String>, disk_gb: u32) -> Event {
+    Event::JobCreated(JobCreated {
+        job_id: job_id.into(),
+        method: Some("run".into()),
+        chute_id: chute.into(),
+        image_id: None,
+        gpu_count: Some(1),
+        compute_multiplier: Some(1.0),
+        exclude,
+        disk_gb: Some(disk_gb),
+        validator: validator.to_owned(),
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_carry_their_labels_and_ports_honour_exclude_and_leave_on_job_deleted() {
     let w = world(Shape::default()).await;
@@ -116,19 +131,7 @@ async fn jobs_carry_their_labels_and_ports_honour_exclude_and_leave_on_job_delet
     );
     w.validator.add_job("job-1");
     w.validator.add_job("job-2");
-    let job = |id: &str, exclude: Vec<String>| {
-        Event::JobCreated(JobCreated {
-            job_id: id.into(),
-            method: Some("run".into()),
-            chute_id: "j1".into(),
-            image_id: None,
-            gpu_count: Some(1),
-            compute_multiplier: Some(1.0),
-            exclude,
-            disk_gb: Some(30),
-            validator: w.vhot.clone(),
-        })
-    };
+    let job = |id: &str, exclude: Vec<String>| job_created(&w.vhot, "j1", id, exclude, 30);
     w.twice(&job("job-2", vec![w.miner.clone()])).await;
     w.twice(&job("job-1", vec!["5SomeoneElse".into()])).await;
     let rows = w.db.fleet_rows().await.unwrap();
@@ -164,6 +167,61 @@ async fn jobs_carry_their_labels_and_ports_honour_exclude_and_leave_on_job_delet
     w.twice(&gone).await;
     assert!(w.db.fleet_rows().await.unwrap().deployments.is_empty());
     assert!(w.jobs().is_empty() && w.services().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_job_frees_its_gpus_and_a_failed_one_goes_back_to_the_validator() {
+    let w = world(Shape::default()).await;
+    w.chute("j1", "v1", 1);
+    w.twice(&w.created("j1", "v1", true)).await;
+    for id in ["done", "broken"] {
+        w.validator.add_job(id);
+        w.twice(&job_created(&w.vhot, "j1", id, vec![], 10)).await;
+    }
+    w.gepetto.wait_idle().await;
+    let rows = w.db.fleet_rows().await.unwrap();
+    assert_eq!(rows.deployments.len(), 2, "both jobs run");
+    let dep = |job: &str| rows.deployments.iter().find(|d| d.job_id.as_deref() == Some(job)).unwrap().clone();
+    let (done, broken) = (dep("done"), dep("broken"));
+    assert_eq!(w.validator.job_holder("done").as_deref(), Some(w.miner.as_str()));
+    let pod_of = |deployment: &str| {
+        let pods = w.kube.list("v1", "Pod", Some(NS)).unwrap();
+        pods.iter()
+            .find(|p| p["metadata"]["labels"]["chutes/deployment-id"] == json!(deployment))
+            .and_then(|p| p["metadata"]["name"].as_str().map(str::to_owned))
+            .expect("the job's pod")
+    };
+    assert!(w.kube.succeed_pod(NS, &pod_of(&done.deployment_id)));
+    assert!(w.kube.fail_pod(NS, &pod_of(&broken.deployment_id), "Error", "CUDA error"));
+    w.validator.set_listing(validator_emulator::Listing::Chutes, vec![remote_chute("j1", "v1", 1)]);
+    let cluster = w.gepetto.cluster().clone();
+    let ids = [done.deployment_id.clone(), broken.deployment_id.clone()];
+    eventually("the watches to see both jobs end", || {
+        let cluster = cluster.clone();
+        let ids = ids.clone();
+        async move {
+            let jobs = cluster.chute_jobs();
+            ids.iter().all(|d| {
+                jobs.get(d).is_some_and(|j| {
+                    miner_gepetto::cluster::job_finished(j, &cluster.deployment_pods(d)).is_some()
+                })
+            })
+        }
+    })
+    .await;
+
+    let report = w.gepetto.reconcile_once().await.unwrap();
+    w.gepetto.wait_idle().await;
+    let undone: BTreeSet<String> = report.undeployed.iter().map(|(d, _)| d.clone()).collect();
+    assert_eq!(undone, ids.iter().cloned().collect(), "{report:?}");
+    let rows = w.db.fleet_rows().await.unwrap();
+    assert!(rows.deployments.is_empty());
+    assert!(rows.gpus.iter().all(|g| g.deployment_id.is_none()), "both jobs' GPUs are free");
+    assert!(w.jobs().is_empty() && w.services().is_empty());
+    // The failed job is given back for someone to run; the finished one is not.
+    assert_eq!(w.validator.released_jobs(), vec!["broken".to_owned()]);
+    assert_eq!(w.validator.job_holder("broken"), None);
+    assert_eq!(w.validator.job_holder("done").as_deref(), Some(w.miner.as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

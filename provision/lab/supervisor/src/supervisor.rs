@@ -707,10 +707,18 @@ fn play_scenario(
     p.line("scenario: a chute with a bounty, and a job");
     play(scenario.bounty_and_job());
     let bounty = scenario.bounty_chute.clone();
-    wait("claim the bounty (deploy the bounty chute)", &|| {
-        deployments(&bounty.chute_id).iter().any(|d| d.deployment.job_id.is_none() && d.deployment.active)
+    let miner_ss58 =
+        miner::hotkey(miner::MINER_SEED, "lab miner").map_err(|e| Stop::Failed(e.to_string()))?;
+    let miner_ss58 = miner_ss58.ss58().to_owned();
+    // The validator pays a bounty to the first instance of the chute activated while it
+    // stands: it is ours once the validator says so, not when we deploy.
+    wait("claim the bounty (an active instance of the bounty chute)", &|| {
+        validator
+            .bounty_claims()
+            .iter()
+            .any(|c| c.chute_id == bounty.chute_id && c.miner_hotkey == miner_ss58)
     })?;
-    p.line(&format!("scenario: bounty claimed: chute {} deployed and active", bounty.name));
+    p.line(&format!("scenario: bounty claimed: chute {} has our active instance", bounty.name));
     let job = scenario.job_id.clone();
     wait("claim the job", &|| {
         validator.launch_configs().iter().any(|l| l.job_id.as_deref() == Some(job.as_str()))

@@ -13,7 +13,8 @@
 //!   launch token on the chute-side launch-config endpoints.
 //! * state behind them: one [`catalogue`] (chutes, images, jobs) every listing
 //!   derives from; the instance lifecycle (launch configs, chute-side claim and
-//!   activation, legacy announce/activate, deletion); job claims; registered GPUs;
+//!   activation, legacy announce/activate, deletion); job claims; bounties paid to
+//!   the first instance activated while one stands; registered GPUs;
 //!   metrics, utilization and `active_instances` that follow the instances.
 //! * a seeded [`scenario`] driver of catalogue changes and events.
 //!
@@ -42,8 +43,8 @@ use tokio::runtime::Runtime;
 
 pub use catalogue::{ChuteJob, ChuteSpec, ImageSpec, JobPort, JobSpec, Traffic};
 pub use scenario::{Scenario, ScenarioError, ScenarioParams, Step};
+pub use state::{BountyClaim, Instance, LaunchConfig, Node};
 use state::{Event, State};
-pub use state::{Instance, LaunchConfig, Node};
 pub use verification::{GravalAddress, GravalPlan, GravalVerifier};
 
 /// One HTTP request as the emulator received it.
@@ -502,6 +503,11 @@ impl Emulator {
 
     pub fn released_jobs(&self) -> Vec<String> {
         self.state().released_jobs.clone()
+    }
+
+    /// Bounties paid out to activated instances, in order.
+    pub fn bounty_claims(&self) -> Vec<BountyClaim> {
+        self.state().bounty_claims.clone()
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

@@ -92,6 +92,17 @@ pub struct Instance {
     pub compute_multiplier: f64,
 }
 
+/// A bounty the validator paid out: the first instance of the chute activated
+/// while the bounty stood takes it, and the bounty is gone from then on (chutes-api
+/// claims it when an instance is activated).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BountyClaim {
+    pub chute_id: String,
+    pub miner_hotkey: String,
+    pub instance_id: String,
+    pub bounty: u64,
+}
+
 impl Instance {
     pub fn to_wire(&self, chutes_version: Option<String>) -> Value {
         json!({
@@ -200,6 +211,8 @@ pub(crate) struct State {
     /// Ids handed out so far (configs, instances).
     pub counter: u64,
     pub released_jobs: Vec<String>,
+    /// Bounties instances claimed, in order.
+    pub bounty_claims: Vec<BountyClaim>,
     /// Injected failures: (path prefix, status, times left).
     pub faults: VecDeque<(String, u16, usize)>,
     /// Payloads that reached at least one authenticated socket.
@@ -527,8 +540,10 @@ impl State {
             instance.active = true;
             instance.activated_at = Some(now_unix());
             events.push(Self::instance_event("instance_activated", instance));
+            let instance = instance.clone();
+            self.claim_bounty(&instance);
         }
-        (200, json!({"instance_id": instance_id, "chute_id": instance.chute_id, "active": true}))
+        (200, json!({"instance_id": instance_id, "chute_id": config.chute_id, "active": true}))
     }
 
     /// Legacy `POST /instances/{chute_id}/` `{node_ids, host, port}` (202).
@@ -599,7 +614,8 @@ impl State {
         else {
             return refuse(404, "Instance not found.");
         };
-        if !instance.active {
+        let newly_active = !instance.active;
+        if newly_active {
             instance.active = true;
             instance.activated_at = Some(now_unix());
             events.push(Self::instance_event("instance_activated", instance));
@@ -609,7 +625,24 @@ impl State {
             events.push(Self::instance_event("instance_verified", instance));
         }
         let instance = instance.clone();
+        if newly_active {
+            self.claim_bounty(&instance);
+        }
         (200, self.instance_wire(&instance))
+    }
+
+    /// The chute's standing bounty, if any, goes to this newly active instance.
+    fn claim_bounty(&mut self, instance: &Instance) {
+        if let Some(bounty) = self.catalogue.bounties.remove(&instance.chute_id)
+            && bounty > 0
+        {
+            self.bounty_claims.push(BountyClaim {
+                chute_id: instance.chute_id.clone(),
+                miner_hotkey: instance.miner_hotkey.clone(),
+                instance_id: instance.instance_id.clone(),
+                bounty,
+            });
+        }
     }
 
     /// Removes an instance and says so (`instance_deleted`), whoever asked.

@@ -487,6 +487,57 @@ mod stateful {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_first_instance_activated_while_a_bounty_stands_claims_it() {
+        let emulator = Emulator::start();
+        emulator.add_image(image());
+        emulator.add_chute(chute("c1", 1));
+        emulator.add_chute(chute("c2", 1));
+        let a = Api { emulator: &emulator, key: key("22") };
+        let b = Api { emulator: &emulator, key: key("33") };
+        emulator.apply(&Step::BountyChange { chute_id: "c1".into(), bounty: 500 }).await;
+
+        // A launch config and a claim are not enough: the bounty goes with activation.
+        let (_, first) = b.launch("chute_id=c1").await;
+        let (_, second) = a.launch("chute_id=c1").await;
+        let claimed = |c: &Value| c["config_id"].as_str().unwrap().to_owned();
+        let path = format!("/instances/launch_config/{}", claimed(&first));
+        let body = claim_body("10.0.0.6", 31000, &["GPU-b"]);
+        assert_eq!(
+            chute_call(&emulator, reqwest::Method::POST, &path, first["token"].as_str().unwrap(), Some(body))
+                .await
+                .0,
+            200
+        );
+        assert_eq!(emulator.bounty_claims(), vec![], "claimed but not active");
+
+        let instance = emulator.start_chute(&claimed(&second), "10.0.0.5", 31001, &["GPU-a"]).await.unwrap();
+        let claims = emulator.bounty_claims();
+        assert_eq!(claims.len(), 1, "{claims:?}");
+        assert_eq!(
+            (
+                claims[0].chute_id.as_str(),
+                claims[0].miner_hotkey.as_str(),
+                claims[0].instance_id.as_str(),
+                claims[0].bounty
+            ),
+            ("c1", a.key.ss58(), instance.as_str(), 500)
+        );
+        // The other miner's instance activates later: nothing is left to claim.
+        let activate = format!("{path}/activate");
+        assert_eq!(
+            chute_call(&emulator, reqwest::Method::GET, &activate, first["token"].as_str().unwrap(), None)
+                .await
+                .0,
+            200
+        );
+        assert_eq!(emulator.bounty_claims().len(), 1);
+        // No bounty on c2: its instance claims nothing.
+        let (_, c2) = a.launch("chute_id=c2").await;
+        emulator.start_chute(&claimed(&c2), "10.0.0.5", 31002, &["GPU-c"]).await.unwrap();
+        assert_eq!(emulator.bounty_claims().len(), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_job_is_held_by_one_launch_config_until_released() {
         let emulator = Emulator::start();
         emulator.add_image(image());
