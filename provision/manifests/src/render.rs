@@ -364,6 +364,9 @@ fn context(values: &Values) -> Result<tera::Context, RenderError> {
         plain_env("CACHE_MAX_AGE_DAYS", values.cache.max_age_days.to_string()),
         plain_env("CACHE_MAX_SIZE_GB", values.cache.max_size_gb.to_string()),
         plain_env("CACHE_OVERRIDES", serde_json::to_string(&values.cache.overrides).map_err(context_error)?),
+        // The chute Jobs' cache-init container runs `chutes-miner cache-clean` from
+        // Gepetto's own image (no chart-side script, no third-party image).
+        plain_env("CACHE_CLEANER_IMAGE", values.gepetto.image.clone()),
     ]);
     let dns_ports = json!([{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]);
 

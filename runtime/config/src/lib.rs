@@ -294,6 +294,9 @@ pub struct ApiSettings {
     /// `http://prometheus-server.<ns>.svc.cluster.local:<PROMETHEUS_PORT>`.
     pub prometheus_url: String,
     pub cache: CacheSettings,
+    /// `CACHE_CLEANER_IMAGE`: the chute Jobs' `cache-init` image (the runtime image;
+    /// `minerctl deploy` sets it).
+    pub cache_cleaner_image: Option<String>,
     /// `DEBUG`.
     pub debug: bool,
     /// `MANAGEMENT_BOUND_ONLY` (false): refuse management signatures over the plain
@@ -348,6 +351,7 @@ impl ApiSettings {
                 max_size_gb: parsed(env, "CACHE_MAX_SIZE_GB", 500, "a whole number of GB")?,
                 overrides,
             },
+            cache_cleaner_image: get(env, "CACHE_CLEANER_IMAGE"),
             debug: flag(env, "DEBUG")?,
             bound_management_only: flag(env, "MANAGEMENT_BOUND_ONLY")?,
         })

@@ -60,6 +60,8 @@ pub struct Config {
     pub cache_max_age_days: u32,
     pub cache_max_size_gb: u32,
     pub cache_overrides: BTreeMap<String, u32>,
+    /// The chute Jobs' `cache-init` image (`CACHE_CLEANER_IMAGE`): the runtime image.
+    pub cache_cleaner_image: String,
     pub activator_interval: Duration,
     pub autoscaler_interval: Duration,
     pub reconcile_interval: Duration,
@@ -83,6 +85,7 @@ impl Config {
             cache_max_age_days: 7,
             cache_max_size_gb: 500,
             cache_overrides: BTreeMap::new(),
+            cache_cleaner_image: miner_k8s::chute::DEFAULT_RUNTIME_IMAGE.to_owned(),
             activator_interval: Duration::from_secs(5),
             autoscaler_interval: Duration::from_secs(15),
             reconcile_interval: Duration::from_secs(60),
@@ -965,6 +968,7 @@ impl Gepetto {
                 .get(&server.name)
                 .copied()
                 .unwrap_or(self.inner.cfg.cache_max_size_gb),
+            cache_cleaner_image: self.inner.cfg.cache_cleaner_image.clone(),
         };
         let job_object = spec.build().map_err(|e| GepettoError::Invalid(e.to_string()))?;
         let jobs: Api<Job> = Api::namespaced(self.inner.kube.clone(), &self.inner.cfg.namespace);

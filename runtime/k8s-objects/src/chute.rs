@@ -191,7 +191,14 @@ pub struct ChuteJob {
     pub cache_max_age_days: u32,
     /// `CACHE_OVERRIDES[node]` or `CACHE_MAX_SIZE_GB`.
     pub cache_max_size_gb: u32,
+    /// The image of the `cache-init` container: this workspace's runtime image, whose
+    /// `chutes-miner cache-clean` prepares and trims the node's chute caches.
+    pub cache_cleaner_image: String,
 }
+
+/// The runtime image when none is configured; `minerctl deploy` sets
+/// `CACHE_CLEANER_IMAGE` to the locked digest of the image it installs.
+pub const DEFAULT_RUNTIME_IMAGE: &str = "chutes-miner:latest";
 
 fn env(name: &str, value: impl ToString) -> Value {
     json!({"name": name, "value": value.to_string()})
@@ -276,8 +283,6 @@ impl ChuteJob {
             "ephemeral-storage": format!("{}Gi", self.disk_gb),
         });
         let labels = self.labels();
-        let cache_script =
-            "mkdir -p /cache/hub /cache/civitai && chmod -R 777 /cache && python /scripts/cache_cleanup.py";
         typed(
             &job_name(&self.deployment_id),
             json!({
@@ -299,25 +304,23 @@ impl ChuteJob {
                                 {"name": "cache", "hostPath": {"path": format!("/var/snap/cache/{}", self.chute_id),
                                                                "type": "DirectoryOrCreate"}},
                                 {"name": "raw-cache", "hostPath": {"path": "/var/snap/cache"}},
-                                {"name": "cache-cleanup", "configMap": {"name": "chutes-cache-cleaner"}},
                                 {"name": "tmp", "emptyDir": {"sizeLimit": format!("{}Gi", self.disk_gb)}},
                                 {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
                             ],
                             "initContainers": [{
                                 "name": "cache-init",
-                                "image": "parachutes/cache-cleaner:latest",
-                                "command": ["bash", "-c", cache_script],
+                                // Our own runtime image's `cache-clean` (the original ran a
+                                // Python script from a ConfigMap in parachutes/cache-cleaner).
+                                "image": self.cache_cleaner_image,
+                                "command": ["/usr/local/bin/chutes-miner", "cache-clean",
+                                            "--root", "/cache", "--chute-id", self.chute_id],
                                 "securityContext": {"runAsUser": 0, "runAsGroup": 0},
                                 "env": [
-                                    env("CLEANUP_EXCLUDE", &self.chute_id),
-                                    env("HF_HOME", "/cache"),
-                                    env("CIVITAI_HOME", "/cache/civitai"),
                                     env("CACHE_MAX_AGE_DAYS", self.cache_max_age_days),
                                     env("CACHE_MAX_SIZE_GB", self.cache_max_size_gb),
                                 ],
                                 "volumeMounts": [
                                     {"name": "raw-cache", "mountPath": "/cache"},
-                                    {"name": "cache-cleanup", "mountPath": "/scripts"},
                                 ],
                             }],
                             "containers": [{

@@ -52,6 +52,7 @@ fn job(launch: bool) -> ChuteJob {
         disk_gb: 50,
         cache_max_age_days: 7,
         cache_max_size_gb: 500,
+        cache_cleaner_image: "chutes-miner@sha256:0123".into(),
     }
 }
 

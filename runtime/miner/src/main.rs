@@ -5,6 +5,8 @@
 //! `migrate` does not ask for the hotkey. SIGTERM and SIGINT start a graceful
 //! shutdown: servers finish in-flight requests, the event producer flushes.
 
+mod cache_clean;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +39,22 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// A chute Job's init container: makes the starting chute's cache directory (with
+    /// hub/ and civitai/, open to the chute's user), removes other chutes' caches unused
+    /// for CACHE_MAX_AGE_DAYS, then the least recently used while the node's cache is over
+    /// CACHE_MAX_SIZE_GB. Always exits 0: a cache problem must not keep a chute from starting.
+    CacheClean {
+        /// The node's cache root as mounted (/var/snap/cache on the host).
+        #[arg(long, default_value = "/cache")]
+        root: std::path::PathBuf,
+        /// The chute about to start (kept, whatever its age).
+        #[arg(long)]
+        chute_id: String,
+        #[arg(long, env = "CACHE_MAX_AGE_DAYS", default_value_t = 7)]
+        max_age_days: u32,
+        #[arg(long, env = "CACHE_MAX_SIZE_GB", default_value_t = 500)]
+        max_size_gb: u32,
+    },
     /// The miner API: inventory management, registry auth, /openapi.json, /metrics, and one
     /// socket.io connection per validator in VALIDATORS, whose events go to the Redis stream.
     /// Needs POSTGRESQL, REDIS_URL, MINER_SS58, MINER_SEED, VALIDATORS.
@@ -324,6 +342,9 @@ async fn run_gepetto(group: String, consumer: Option<String>) -> Result<()> {
     cfg.cache_max_age_days = api.cache.max_age_days;
     cfg.cache_max_size_gb = api.cache.max_size_gb;
     cfg.cache_overrides = api.cache.overrides.clone();
+    if let Some(image) = &api.cache_cleaner_image {
+        cfg.cache_cleaner_image = image.clone();
+    }
     cfg.activator_interval = Duration::from_secs(settings.activator_interval_secs);
     cfg.autoscaler_interval = Duration::from_secs(settings.autoscaler_interval_secs);
     cfg.reconcile_interval = Duration::from_secs(settings.reconcile_interval_secs);
@@ -372,8 +393,39 @@ async fn run_audit(at: Option<chrono::DateTime<chrono::Utc>>) -> Result<()> {
     Ok(())
 }
 
+/// The chute Job's init container: prepares the starting chute's cache directory and
+/// ages out or trims the others. Never fails the pod: problems are logged.
+fn run_cache_clean(root: std::path::PathBuf, chute_id: String, max_age_days: u32, max_size_gb: u32) {
+    use cache_clean::{Reason, human_bytes};
+    let opts = cache_clean::Options {
+        root,
+        chute_id,
+        max_age: Duration::from_secs(u64::from(max_age_days) * 86_400),
+        max_bytes: u64::from(max_size_gb) << 30,
+        now: std::time::SystemTime::now(),
+    };
+    let report = cache_clean::clean(&opts);
+    for r in &report.removed {
+        let why = match r.reason {
+            Reason::Unused => format!("unused for more than {max_age_days} days"),
+            Reason::OverBudget => format!("the cache is over its {max_size_gb} GB budget"),
+        };
+        tracing::info!(chute = %r.name, size = %human_bytes(r.bytes), idle_days = r.idle.as_secs() / 86_400,
+            "removed a chute's cache: {why}");
+    }
+    for e in &report.errors {
+        tracing::warn!(error = %e, "cache clean-up");
+    }
+    tracing::info!(root = %opts.root.display(), chute = %opts.chute_id, removed = report.removed.len(),
+        kept = %human_bytes(report.kept_bytes), errors = report.errors.len(), "cache ready");
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::CacheClean { root, chute_id, max_age_days, max_size_gb } => {
+            run_cache_clean(root, chute_id, max_age_days, max_size_gb);
+            Ok(())
+        }
         Command::Api { listen, no_sockets } => run_api(listen, no_sockets).await,
         Command::Gepetto { group, consumer } => run_gepetto(group, consumer).await,
         Command::Porter { listen, max_in_flight } => run_porter(listen, max_in_flight).await,

@@ -377,18 +377,6 @@ fn start_steps(
     let args =
         ["deploy", "--kubeconfig", kc, "--hotkey", hk, "--timeout", "300", "-i", inv, "--images-lock", lp];
     run_minerctl(opts, dir, "deploy", &args)?;
-    // Chute Jobs mount ConfigMap `chutes-cache-cleaner` (the original chart's
-    // cache-cleanup-cm.yaml), which templates/ does not render yet: without it no chute pod
-    // starts. The lab puts an empty stand-in there and says so.
-    if kube.get("v1", "ConfigMap", Some(miner::NAMESPACE), "chutes-cache-cleaner").ok().flatten().is_none() {
-        kube.create(json!({"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "chutes-cache-cleaner", "namespace": miner::NAMESPACE},
-            "data": {"cache_cleanup.py": "# lab stand-in: the chart does not render this ConfigMap yet\n"}}))
-            .map_err(|e| step_err("deploy", format!("{e:?}")))?;
-        p.detail(
-            "the chart renders no ConfigMap chutes-cache-cleaner (chute Jobs mount it): created a stand-in",
-        );
-    }
     p.end(shared)?;
     interrupted(down, pending)?;
 
