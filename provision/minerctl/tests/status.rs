@@ -71,6 +71,14 @@ impl World {
         World { rt, db, api_url, validator, dir, _pg: pg, _redis: redis }
     }
 
+    /// `minerctl status --api <the API> --hotkey <key file> EXTRA...`.
+    fn status(&self, key: &str, extra: &[&str]) -> Output {
+        let key = self.key(key);
+        let mut args = vec!["status", "--api", &self.api_url, "--hotkey", &key];
+        args.extend(extra);
+        minerctl(&args)
+    }
+
     fn key(&self, name: &str) -> String {
         self.dir.path().join(name).display().to_string()
     }
@@ -159,15 +167,14 @@ fn row<'a>(out: &'a str, first: &str) -> Vec<&'a str> {
 #[test]
 fn status_shows_the_miners_servers_gpus_and_deployments() {
     let w = World::start();
-    let key = w.key("miner.hotkey");
 
     // An empty miner says so, and how to add a server.
-    let o = minerctl(&["status", "--api", &w.api_url, "--hotkey", &key]);
+    let o = w.status("miner.hotkey", &[]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("no servers tracked"), "{}", text(&o));
 
     w.seed();
-    let o = minerctl(&["status", "--api", &w.api_url, "--hotkey", &key]);
+    let o = w.status("miner.hotkey", &[]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).into_owned();
     // Servers: verified of all GPUs, price, deployments.
@@ -189,7 +196,7 @@ fn status_shows_the_miners_servers_gpus_and_deployments() {
     assert_eq!(row(&out, "e2e2e2e2")[6..], ["stub", "(job)"], "{out}");
 
     // --output json: the same, typed, with stable keys.
-    let o = minerctl(&["status", "--api", &w.api_url, "--hotkey", &key, "--output", "json"]);
+    let o = w.status("miner.hotkey", &["--output", "json"]);
     assert!(o.status.success(), "{}", text(&o));
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     let servers = v.as_array().unwrap();
@@ -204,37 +211,13 @@ fn status_shows_the_miners_servers_gpus_and_deployments() {
     assert_eq!((tts["job_id"].clone(), tts["stub"].clone()), (json!("job-1"), json!(true)));
 
     // --watch: one redraw per round, here two (stdout is not a terminal: no screen clearing).
-    let o = minerctl(&[
-        "status",
-        "--api",
-        &w.api_url,
-        "--hotkey",
-        &key,
-        "--watch",
-        "--interval",
-        "1",
-        "--rounds",
-        "2",
-    ]);
+    let o = w.status("miner.hotkey", &["--watch", "--interval", "1", "--rounds", "2"]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     assert_eq!(out.matches(&format!("{} every 1s", w.api_url)).count(), 2, "{out}");
     assert_eq!(out.matches("llama-demo").count(), 2, "{out}");
     assert!(!out.contains('\x1b'), "{out}");
-    let o = minerctl(&[
-        "status",
-        "--api",
-        &w.api_url,
-        "--hotkey",
-        &key,
-        "-w",
-        "--interval",
-        "1",
-        "--rounds",
-        "2",
-        "-o",
-        "json",
-    ]);
+    let o = w.status("miner.hotkey", &["-w", "--interval", "1", "--rounds", "2", "-o", "json"]);
     assert!(o.status.success(), "{}", text(&o));
     let rounds: Vec<Value> =
         String::from_utf8_lossy(&o.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
@@ -246,7 +229,7 @@ fn status_shows_the_miners_servers_gpus_and_deployments() {
 fn another_hotkey_is_refused_and_an_unreachable_api_is_named() {
     let w = World::start();
     // A key the API does not take: said so, with its public address; no seed, no signature.
-    let o = minerctl(&["status", "--api", &w.api_url, "--hotkey", &w.key("other.hotkey")]);
+    let o = w.status("other.hotkey", &[]);
     assert!(!o.status.success(), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     let other = hotkey(OTHER_SEED);
@@ -255,7 +238,7 @@ fn another_hotkey_is_refused_and_an_unreachable_api_is_named() {
     assert!(!text(&o).contains(OTHER_SEED.trim_start_matches("0x")), "{}", text(&o));
     assert!(!text(&o).to_lowercase().contains("x-chutes-signature"), "{}", text(&o));
     // With --watch too it stops at once: no retrying a key that will not be taken.
-    let o = minerctl(&["status", "--api", &w.api_url, "--hotkey", &w.key("other.hotkey"), "--watch"]);
+    let o = w.status("other.hotkey", &["--watch"]);
     assert!(
         !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("did not accept"),
         "{}",
