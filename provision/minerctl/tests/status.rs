@@ -252,6 +252,23 @@ fn another_hotkey_is_refused_and_an_unreachable_api_is_named() {
     assert!(!o.status.success(), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr).to_lowercase();
     assert!(err.contains(&format!("{url}/servers/")) && err.contains("connection refused"), "{}", text(&o));
+    // --watch shows it in each round and keeps trying (the API may be restarting); the
+    // last round's failure is the exit status.
+    let o = minerctl(&[
+        "status",
+        "--api",
+        &url,
+        "--hotkey",
+        &w.key("miner.hotkey"),
+        "--watch",
+        "--interval",
+        "1",
+        "--rounds",
+        "2",
+    ]);
+    assert!(!o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_lowercase();
+    assert_eq!(out.matches("connection refused").count(), 2, "{}", text(&o));
 
     // Without --api the URL comes from the inventory's primary (none here: said so).
     let o = minerctl(&["status", "-i", "/nonexistent/inventory.yml", "--hotkey", &w.key("miner.hotkey")]);

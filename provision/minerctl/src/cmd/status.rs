@@ -71,6 +71,8 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         let mut out = String::new();
         if clear {
             out.push_str("\x1b[H\x1b[2J");
+        } else if round > 1 && args.output == Output::Text {
+            out.push('\n');
         }
         match (&fetched, args.output) {
             (Ok(servers), Output::Json) => out.push_str(&(serde_json::to_string(servers)? + "\n")),
@@ -78,12 +80,12 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 out.push_str(&header(&api, args.interval, now));
                 out.push_str(&render(servers, now));
             }
-            (Err(e), _) => {
-                if args.output == Output::Text {
-                    out.push_str(&header(&api, args.interval, now));
-                }
-                eprintln!("error: {}", super::error_line(e));
+            // In the redrawn screen (stderr would be wiped by the next clearing).
+            (Err(e), Output::Text) => {
+                out.push_str(&header(&api, args.interval, now));
+                out.push_str(&format!("error: {}\n", super::error_line(e)));
             }
+            (Err(e), Output::Json) => eprintln!("error: {}", super::error_line(e)),
         }
         print(&out)?;
         if args.rounds.is_some_and(|n| round >= n) {
