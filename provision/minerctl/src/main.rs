@@ -27,6 +27,8 @@ enum Command {
     AddNode(cmd::add_node::AddNodeArgs),
     /// Remove a GPU node: API, drain and delete, the primary's WireGuard peers.
     RemoveNode(cmd::remove_node::RemoveNodeArgs),
+    /// The miner's servers, GPUs (verified or not) and deployments, from its API (--watch to follow).
+    Status(cmd::status::StatusArgs),
     /// Build the miner's container images and import them into every node.
     #[command(subcommand)]
     Images(cmd::images::ImagesCommand),
@@ -47,6 +49,7 @@ fn main() -> std::process::ExitCode {
         Command::Deploy(a) => cmd::deploy::run(a),
         Command::AddNode(a) => cmd::add_node::run(a),
         Command::RemoveNode(a) => cmd::remove_node::run(a),
+        Command::Status(a) => cmd::status::run(a),
         Command::Images(c) => cmd::images::run(c),
         Command::Simulate(a) => cmd::simulate::run(a),
         #[cfg(feature = "lab")]

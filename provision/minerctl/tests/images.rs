@@ -305,7 +305,7 @@ fn the_runtime_image_migrates_serves_the_api_and_consumes_events() {
     assert_eq!(pong.0, 200, "{}", podman.logs(&api));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let client = minerctl_nodes::MinerApi::new(&format!("http://{listen}"), Arc::new(key(7))).unwrap();
-    let servers = rt.block_on(client.list_servers()).unwrap();
+    let servers = rt.block_on(client.servers()).unwrap();
     assert!(servers.is_empty(), "{servers:?}");
     let unsigned = http(&addr, "GET", "/servers/", &[], b"");
     assert!(unsigned.0 == 401 || unsigned.0 == 403, "{unsigned:?}");

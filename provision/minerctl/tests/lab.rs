@@ -222,6 +222,20 @@ fn lab_of_three_gpu_hosts_verifies_every_gpu_plays_the_scenario_and_down_leaves_
     let status = minerctl(&["lab", "status", "--state-dir", d]);
     assert!(status.status.success(), "{}", text(&status));
     assert!(String::from_utf8_lossy(&status.stdout).contains("never double-booked"), "{}", text(&status));
+    // The command `lab status` gives to watch the miner works: one round of it, as JSON.
+    let status_out = String::from_utf8_lossy(&status.stdout).into_owned();
+    let watch = status_out
+        .lines()
+        .find_map(|l| l.strip_prefix("watch the miner: minerctl "))
+        .unwrap_or_else(|| panic!("no watch command in:\n{status_out}"));
+    let mut args: Vec<&str> = watch.split_whitespace().collect();
+    args.extend(["--rounds", "1", "--output", "json"]);
+    let watched = minerctl(&args);
+    assert!(watched.status.success(), "{}", text(&watched));
+    let watched: Vec<Value> = serde_json::from_slice(&watched.stdout).unwrap();
+    let names: Vec<&str> = watched.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, servers.iter().map(|s| s["name"].as_str().unwrap()).collect::<Vec<_>>());
+    assert!(watched.iter().flat_map(|s| s["gpus"].as_array().unwrap()).all(|g| g["verified"] == true));
 
     let before = record(&dir);
     let down = minerctl(&["lab", "down", "--state-dir", d]);

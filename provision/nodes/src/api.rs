@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use crate::error::NodesError;
 use crate::sse::{Event, Parser};
+use crate::status::{Server, parse_servers};
 
 /// The body of `POST /servers/` (the original's `ServerArgs`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -118,6 +119,14 @@ impl MinerApi {
             .ok()
             .and_then(|v| v.get("detail").map(|d| d.as_str().map_or_else(|| d.to_string(), str::to_string)))
             .unwrap_or_else(|| text.trim().to_string());
+        if status == 401 || status == 403 {
+            return Err(NodesError::NotAccepted {
+                url: format!("{}{path}", self.base),
+                ss58: self.hotkey.ss58().to_string(),
+                status,
+                detail,
+            });
+        }
         Err(NodesError::Refused { method, path: path.to_string(), status, detail })
     }
 
@@ -189,16 +198,17 @@ impl MinerApi {
         }
     }
 
-    /// `GET /servers/`: every tracked server with its GPUs.
-    pub async fn list_servers(&self) -> Result<Vec<Value>, NodesError> {
+    /// `GET /servers/`: every tracked server with its GPUs and deployments (each with its
+    /// chute), typed; a missing or mistyped field is an error naming its path.
+    pub async fn servers(&self) -> Result<Vec<Server>, NodesError> {
         let path = "/servers/";
-        match self.json("GET", path, self.request(reqwest::Method::GET, path, None)).await? {
-            Value::Array(items) => Ok(items),
-            other => Err(NodesError::BadAnswer {
-                path: path.into(),
-                reason: format!("expected a list, got {other}"),
-            }),
-        }
+        let rb = self.request(reqwest::Method::GET, path, None).timeout(Duration::from_secs(60));
+        let body = self.send("GET", path, rb).await?.bytes().await.map_err(|e| NodesError::Transport {
+            method: "GET",
+            url: format!("{}{path}", self.base),
+            reason: format!("reading the answer: {}", error_chain(&e)),
+        })?;
+        parse_servers(&body).map_err(|reason| NodesError::BadAnswer { path: path.into(), reason })
     }
 
     /// `GET /servers/{name}/delete_preflight`: the deployments with jobs running on the

@@ -10,6 +10,12 @@ pub enum NodesError {
     /// The API answered with an error status; `detail` is its `{"detail": ...}` text.
     #[error("miner API {method} {path} refused ({status}): {detail}")]
     Refused { method: &'static str, path: String, status: u16, detail: String },
+    /// 401/403: the API does not take this hotkey's signature (another miner's key, or
+    /// the API's clock far off). Only the public SS58 address is named.
+    #[error(
+        "the miner API at {url} did not accept the hotkey {ss58} ({status}: {detail}); pass the miner's own hotkey (--hotkey)"
+    )]
+    NotAccepted { url: String, ss58: String, status: u16, detail: String },
     #[error("miner API {path}: unexpected answer: {reason}")]
     BadAnswer { path: String, reason: String },
     /// The add flow ended with the API's error line.

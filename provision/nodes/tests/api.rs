@@ -144,7 +144,7 @@ async fn refusals_carry_the_api_detail_and_a_missing_server_is_not_an_error_for_
     assert_eq!(client(&url).delete_preflight("gpu-1").await.unwrap(), None);
 
     // Nobody listening: the cause is named, not just "error sending request".
-    let e = tokio::time::timeout(Duration::from_secs(20), client("http://127.0.0.1:9").list_servers())
+    let e = tokio::time::timeout(Duration::from_secs(20), client("http://127.0.0.1:9").servers())
         .await
         .unwrap()
         .unwrap_err();

@@ -96,6 +96,10 @@ impl StateDir {
     pub fn file(&self, name: &str) -> PathBuf {
         self.root.join(name)
     }
+    /// The lab miner's hotkey (hex seed, mode 0600): what `minerctl status --hotkey` takes.
+    pub fn miner_hotkey(&self) -> PathBuf {
+        self.root.join("miner.hotkey")
+    }
 
     /// Creates the directory (and its `tmp`), traversable by the `postgres` user the
     /// Postgres guard runs the server as.

@@ -242,7 +242,7 @@ fn start_steps(
     let inventory = dir.file("inventory.yml");
     let known_hosts = dir.file("known_hosts");
     let kubeconfig = dir.file("kubeconfig");
-    let hotkey_file = dir.file("miner.hotkey");
+    let hotkey_file = dir.miner_hotkey();
     let validator_ss58 = miner::hotkey(miner::VALIDATOR_SEED, "lab validator")?.ss58().to_owned();
     let miner_ss58 = miner::hotkey(miner::MINER_SEED, "lab miner")?.ss58().to_owned();
     write_secret(&hotkey_file, miner::MINER_SEED)?;

@@ -44,7 +44,7 @@ pub struct AddNodeArgs {
 }
 
 pub fn run(args: AddNodeArgs) -> anyhow::Result<ExitCode> {
-    let inv = crate::cmd::load_inventory(&args.common.inventory)?;
+    let inv = crate::cmd::load_inventory(&args.common.target.inventory)?;
     let host = phases::check_worker(&inv, &args.host).map_err(anyhow::Error::msg)?;
     let missing: Vec<&str> = [
         (!host.gpu_enabled).then_some("gpu_enabled: true"),
@@ -75,8 +75,8 @@ pub fn run(args: AddNodeArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async {
-        let tracked = api.list_servers().await.context("checking the miner API before changing any host")?;
-        if tracked.iter().any(|s| s["name"] == server.name.as_str()) {
+        let tracked = api.servers().await.context("checking the miner API before changing any host")?;
+        if tracked.iter().any(|s| s.name == server.name) {
             bail!(
                 "{} is already tracked by the miner API at {}; `minerctl remove-node {}` first to add it again",
                 server.name,
@@ -110,7 +110,7 @@ pub fn run(args: AddNodeArgs) -> anyhow::Result<ExitCode> {
         match minerctl_images::Lock::read_if_present(&args.images_lock)? {
             Some(lock) => {
                 println!("== importing images into {}", server.name);
-                let inv = provision_inventory::load(&args.common.inventory)?;
+                let inv = provision_inventory::load(&args.common.target.inventory)?;
                 let hosts = [server.name.clone()];
                 if super::images::push_hosts(&inv, &lock, &args.images_lock, &hosts, &args.common.ssh, false).await
                     > 0

@@ -150,7 +150,7 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
                     println!("following its progress");
                     return follow(&dir, s, started);
                 }
-                print_status(&record);
+                print_status(&dir, &record);
                 return Ok(ExitCode::SUCCESS);
             }
             _ => {
@@ -238,10 +238,13 @@ fn follow(dir: &StateDir, sup: &ProcessRecord, started: Instant) -> anyhow::Resu
             Some(true) => {
                 println!("lab up took {:.1} s", started.elapsed().as_secs_f64());
                 println!(
-                    "the validator now plays its scenario. Watch: minerctl lab status --state-dir {0}; \
+                    "the validator now plays its scenario. The lab: minerctl lab status --state-dir {0}; \
                      take it down: minerctl lab down --state-dir {0}",
                     dir.root().display()
                 );
+                if let Some(watch) = dir.read()?.as_ref().and_then(|r| watch_command(dir, r)) {
+                    println!("watch the miner (servers, GPUs, deployments): {watch}");
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             Some(false) => {
@@ -261,7 +264,13 @@ fn follow(dir: &StateDir, sup: &ProcessRecord, started: Instant) -> anyhow::Resu
     }
 }
 
-fn print_status(r: &minerctl_lab::Record) {
+/// `minerctl status` against the lab's miner API, signed with the lab miner's hotkey.
+fn watch_command(dir: &StateDir, r: &minerctl_lab::Record) -> Option<String> {
+    let api = r.endpoints.get("api")?;
+    Some(format!("minerctl status --api {api} --hotkey {} --watch", dir.miner_hotkey().display()))
+}
+
+fn print_status(dir: &StateDir, r: &minerctl_lab::Record) {
     println!("phase: {}", r.phase);
     if let Some(e) = &r.error {
         println!("error: {e}");
@@ -279,6 +288,9 @@ fn print_status(r: &minerctl_lab::Record) {
     println!("endpoints:");
     for (k, v) in &r.endpoints {
         println!("  {k:<10} {v}");
+    }
+    if let Some(watch) = watch_command(dir, r) {
+        println!("watch the miner: {watch}");
     }
     for (step, why) in &r.skipped {
         println!("skipped: {step}: {why}");
@@ -309,7 +321,7 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
             serde_json::to_string_pretty(&serde_json::json!({"running": alive, "record": record}))?
         );
     } else {
-        print_status(&record);
+        print_status(&dir, &record);
     }
     if !alive {
         eprintln!(

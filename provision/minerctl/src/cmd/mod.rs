@@ -12,6 +12,7 @@ pub mod remove_node;
 pub mod render;
 pub mod simulate;
 pub mod ssh;
+pub mod status;
 
 use std::path::Path;
 

@@ -1,5 +1,6 @@
 //! What `add-node` and `remove-node` share: the SSH/provision flags, running a set of
-//! provision phases with the engine's live report, and the miner API client.
+//! provision phases with the engine's live report, and the miner API client (which
+//! `status` uses too: [`ApiArgs`]).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,8 +13,9 @@ use provision_inventory::Inventory;
 /// The API Service's NodePort in the default values (`api.nodePort`).
 pub const DEFAULT_API_PORT: u16 = 32000;
 
+/// Where the miner API is and the hotkey that signs for it.
 #[derive(clap::Args, Debug)]
-pub struct NodeArgs {
+pub struct ApiArgs {
     /// Inventory file (see inventory.example.yml).
     #[arg(short, long, default_value = "inventory.yml")]
     pub inventory: PathBuf,
@@ -23,6 +25,31 @@ pub struct NodeArgs {
     /// Miner API root URL [default: http://<primary external_ip>:32000].
     #[arg(long, value_name = "URL")]
     pub api: Option<String>,
+}
+
+impl ApiArgs {
+    /// The API client, signing with the miner's hotkey. Without `--api` the URL comes from
+    /// the inventory's primary: `inv` when the caller has it loaded, else the `-i` file.
+    pub fn api(&self, inv: Option<&Inventory>) -> anyhow::Result<minerctl_nodes::MinerApi> {
+        let key = Hotkey::load(&self.hotkey)?;
+        let url = match (&self.api, inv) {
+            (Some(url), _) => url.clone(),
+            (None, Some(inv)) => default_api_url(inv),
+            (None, None) => default_api_url(&super::load_inventory(&self.inventory)?),
+        };
+        Ok(minerctl_nodes::MinerApi::new(&url, Arc::new(key))?)
+    }
+}
+
+fn default_api_url(inv: &Inventory) -> String {
+    let ip = inv.primary().external_ip;
+    format!("http://{}", std::net::SocketAddr::new(ip, DEFAULT_API_PORT))
+}
+
+#[derive(clap::Args, Debug)]
+pub struct NodeArgs {
+    #[command(flatten)]
+    pub target: ApiArgs,
     #[command(flatten)]
     pub ssh: super::ssh::SshArgs,
     /// Log file of the provision part [default: ~/.cache/minerctl/<command>-<time>.log].
@@ -40,12 +67,7 @@ impl NodeArgs {
 
     /// The API client, signing with the miner's hotkey.
     pub fn api(&self, inv: &Inventory) -> anyhow::Result<minerctl_nodes::MinerApi> {
-        let key = Hotkey::load(&self.hotkey)?;
-        let url = self.api.clone().unwrap_or_else(|| {
-            let ip = inv.primary().external_ip;
-            format!("http://{}", std::net::SocketAddr::new(ip, DEFAULT_API_PORT))
-        });
-        Ok(minerctl_nodes::MinerApi::new(&url, Arc::new(key))?)
+        self.target.api(Some(inv))
     }
 
     pub fn log(&self, command: &str) -> anyhow::Result<Log> {

@@ -46,7 +46,7 @@ fn describe(job: &Value) -> String {
 }
 
 pub fn run(args: RemoveNodeArgs) -> anyhow::Result<ExitCode> {
-    let inv = crate::cmd::load_inventory(&args.common.inventory)?;
+    let inv = crate::cmd::load_inventory(&args.common.target.inventory)?;
     let host = phases::check_worker(&inv, &args.host).map_err(anyhow::Error::msg)?.clone();
     let api = args.common.api(&inv)?;
     let log = args.common.log("remove-node")?;
@@ -111,7 +111,7 @@ pub fn run(args: RemoveNodeArgs) -> anyhow::Result<ExitCode> {
         }
         println!(
             "{name} removed. Delete its entry from {}, or the next `minerctl provision` adds it back.",
-            args.common.inventory.display()
+            args.common.target.inventory.display()
         );
         Ok(ExitCode::SUCCESS)
     })
