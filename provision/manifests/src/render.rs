@@ -359,6 +359,11 @@ fn context(values: &Values) -> Result<tera::Context, RenderError> {
     if values.miner_api.bound_management_only {
         api.push(plain_env("MANAGEMENT_BOUND_ONLY", "true"));
     }
+    // The Jobs the API and Gepetto create (GraVal, chutes' cache-init) pull this
+    // workspace's images too: they name the same secrets as the chart's pods.
+    if !values.image_pull_secrets.is_empty() {
+        api.push(plain_env("IMAGE_PULL_SECRETS", values.image_pull_secrets.join(",")));
+    }
     let mut gepetto = api.clone();
     gepetto.extend([
         plain_env("CACHE_MAX_AGE_DAYS", values.cache.max_age_days.to_string()),

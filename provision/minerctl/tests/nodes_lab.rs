@@ -160,6 +160,7 @@ fn world() -> World {
             hotkey: miner.clone(),
             validators: clients,
             graval_image: "parachutes/graval-bootstrap:test".into(),
+            image_pull_secrets: Vec::new(),
             graval_address: Arc::new(move |ip, _port| gravals.get(ip).cloned().unwrap_or_else(|| format!("http://{ip}:1"))),
             timings: BootstrapTimings {
                 timeout: Duration::from_secs(30),

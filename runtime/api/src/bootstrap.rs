@@ -73,6 +73,8 @@ pub struct KubeBootstrap {
     /// One REST client per supported validator, by hotkey.
     pub validators: HashMap<String, ValidatorClient>,
     pub graval_image: String,
+    /// Secrets the GraVal Job names to pull `graval_image` from a private registry.
+    pub image_pull_secrets: Vec<String>,
     pub graval_address: GravalAddress,
     pub timings: BootstrapTimings,
     pub http: reqwest::Client,
@@ -182,6 +184,7 @@ impl KubeBootstrap {
             gpu_count,
             cpu_per_gpu: server.cpu_per_gpu.into(),
             memory_per_gpu: server.memory_per_gpu.into(),
+            pull_secrets: &self.image_pull_secrets,
         }
         .build()
         .map_err(fail)?;

@@ -297,6 +297,9 @@ pub struct ApiSettings {
     /// `CACHE_CLEANER_IMAGE`: the chute Jobs' `cache-init` image (the runtime image;
     /// `minerctl deploy` sets it).
     pub cache_cleaner_image: Option<String>,
+    /// `IMAGE_PULL_SECRETS`: comma-separated Secret names (values `imagePullSecrets`) that
+    /// the Jobs the miner creates (GraVal, chutes) name for this workspace's images.
+    pub image_pull_secrets: Vec<String>,
     /// `DEBUG`.
     pub debug: bool,
     /// `MANAGEMENT_BOUND_ONLY` (false): refuse management signatures over the plain
@@ -352,6 +355,9 @@ impl ApiSettings {
                 overrides,
             },
             cache_cleaner_image: get(env, "CACHE_CLEANER_IMAGE"),
+            image_pull_secrets: get(env, "IMAGE_PULL_SECRETS")
+                .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect())
+                .unwrap_or_default(),
             debug: flag(env, "DEBUG")?,
             bound_management_only: flag(env, "MANAGEMENT_BOUND_ONLY")?,
         })

@@ -125,6 +125,15 @@ fn api_settings_have_the_original_defaults_and_reject_garbage() {
         ApiSettings::from_env(&env(&[("CACHE_OVERRIDES", r#"{"gpu-1": 900}"#), ("DEBUG", "true")])).unwrap();
     assert_eq!(s.cache.overrides.get("gpu-1"), Some(&900));
     assert!(s.debug);
+    assert!(s.image_pull_secrets.is_empty() && s.cache_cleaner_image.is_none());
+
+    let s = ApiSettings::from_env(&env(&[
+        ("IMAGE_PULL_SECRETS", " regcred, mirror-cred ,"),
+        ("CACHE_CLEANER_IMAGE", "registry.example/chutes-miner@sha256:0123"),
+    ]))
+    .unwrap();
+    assert_eq!(s.image_pull_secrets, ["regcred", "mirror-cred"]);
+    assert_eq!(s.cache_cleaner_image.as_deref(), Some("registry.example/chutes-miner@sha256:0123"));
 
     for (var, value) in [
         ("REGISTRY_PROXY_PORT", "70000"),

@@ -62,6 +62,9 @@ pub struct Config {
     pub cache_overrides: BTreeMap<String, u32>,
     /// The chute Jobs' `cache-init` image (`CACHE_CLEANER_IMAGE`): the runtime image.
     pub cache_cleaner_image: String,
+    /// `IMAGE_PULL_SECRETS`: named on chute Jobs (the cache-init image may sit in a
+    /// private registry).
+    pub image_pull_secrets: Vec<String>,
     pub activator_interval: Duration,
     pub autoscaler_interval: Duration,
     pub reconcile_interval: Duration,
@@ -86,6 +89,7 @@ impl Config {
             cache_max_size_gb: 500,
             cache_overrides: BTreeMap::new(),
             cache_cleaner_image: miner_k8s::chute::DEFAULT_RUNTIME_IMAGE.to_owned(),
+            image_pull_secrets: Vec::new(),
             activator_interval: Duration::from_secs(5),
             autoscaler_interval: Duration::from_secs(15),
             reconcile_interval: Duration::from_secs(60),
@@ -969,6 +973,7 @@ impl Gepetto {
                 .copied()
                 .unwrap_or(self.inner.cfg.cache_max_size_gb),
             cache_cleaner_image: self.inner.cfg.cache_cleaner_image.clone(),
+            pull_secrets: self.inner.cfg.image_pull_secrets.clone(),
         };
         let job_object = spec.build().map_err(|e| GepettoError::Invalid(e.to_string()))?;
         let jobs: Api<Job> = Api::namespaced(self.inner.kube.clone(), &self.inner.cfg.namespace);

@@ -194,6 +194,9 @@ pub struct ChuteJob {
     /// The image of the `cache-init` container: this workspace's runtime image, whose
     /// `chutes-miner cache-clean` prepares and trims the node's chute caches.
     pub cache_cleaner_image: String,
+    /// Secrets for a private registry holding the cache-init image (values
+    /// `imagePullSecrets`); empty: none.
+    pub pull_secrets: Vec<String>,
 }
 
 /// The runtime image when none is configured; `minerctl deploy` sets
@@ -283,73 +286,75 @@ impl ChuteJob {
             "ephemeral-storage": format!("{}Gi", self.disk_gb),
         });
         let labels = self.labels();
-        typed(
-            &job_name(&self.deployment_id),
-            json!({
-                "apiVersion": "batch/v1", "kind": "Job",
-                "metadata": {"name": job_name(&self.deployment_id), "labels": labels},
-                "spec": {
-                    "parallelism": 1, "completions": 1, "backoffLimit": 0, "ttlSecondsAfterFinished": 300,
-                    "template": {
-                        "metadata": {"labels": labels, "annotations": {
-                            "prometheus.io/scrape": "true", "prometheus.io/path": "/_metrics",
-                            "prometheus.io/port": "8000",
-                        }},
-                        "spec": {
-                            "restartPolicy": "Never",
-                            "nodeName": self.node_name,
-                            "runtimeClassName": "nvidia-container-runtime",
-                            "volumes": [
-                                {"name": "code", "configMap": {"name": code_configmap_name(&self.chute_id, &self.version)}},
-                                {"name": "cache", "hostPath": {"path": format!("/var/snap/cache/{}", self.chute_id),
-                                                               "type": "DirectoryOrCreate"}},
-                                {"name": "raw-cache", "hostPath": {"path": "/var/snap/cache"}},
-                                {"name": "tmp", "emptyDir": {"sizeLimit": format!("{}Gi", self.disk_gb)}},
-                                {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
+        let mut job = json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": job_name(&self.deployment_id), "labels": labels},
+            "spec": {
+                "parallelism": 1, "completions": 1, "backoffLimit": 0, "ttlSecondsAfterFinished": 300,
+                "template": {
+                    "metadata": {"labels": labels, "annotations": {
+                        "prometheus.io/scrape": "true", "prometheus.io/path": "/_metrics",
+                        "prometheus.io/port": "8000",
+                    }},
+                    "spec": {
+                        "restartPolicy": "Never",
+                        "nodeName": self.node_name,
+                        "runtimeClassName": "nvidia-container-runtime",
+                        "volumes": [
+                            {"name": "code", "configMap": {"name": code_configmap_name(&self.chute_id, &self.version)}},
+                            {"name": "cache", "hostPath": {"path": format!("/var/snap/cache/{}", self.chute_id),
+                                                           "type": "DirectoryOrCreate"}},
+                            {"name": "raw-cache", "hostPath": {"path": "/var/snap/cache"}},
+                            {"name": "tmp", "emptyDir": {"sizeLimit": format!("{}Gi", self.disk_gb)}},
+                            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}},
+                        ],
+                        "initContainers": [{
+                            "name": "cache-init",
+                            // Our own runtime image's `cache-clean` (the original ran a
+                            // Python script from a ConfigMap in parachutes/cache-cleaner).
+                            "image": self.cache_cleaner_image,
+                            "command": ["/usr/local/bin/chutes-miner", "cache-clean",
+                                        "--root", "/cache", "--chute-id", self.chute_id],
+                            "securityContext": {"runAsUser": 0, "runAsGroup": 0},
+                            "env": [
+                                env("CACHE_MAX_AGE_DAYS", self.cache_max_age_days),
+                                env("CACHE_MAX_SIZE_GB", self.cache_max_size_gb),
                             ],
-                            "initContainers": [{
-                                "name": "cache-init",
-                                // Our own runtime image's `cache-clean` (the original ran a
-                                // Python script from a ConfigMap in parachutes/cache-cleaner).
-                                "image": self.cache_cleaner_image,
-                                "command": ["/usr/local/bin/chutes-miner", "cache-clean",
-                                            "--root", "/cache", "--chute-id", self.chute_id],
-                                "securityContext": {"runAsUser": 0, "runAsGroup": 0},
-                                "env": [
-                                    env("CACHE_MAX_AGE_DAYS", self.cache_max_age_days),
-                                    env("CACHE_MAX_SIZE_GB", self.cache_max_size_gb),
-                                ],
-                                "volumeMounts": [
-                                    {"name": "raw-cache", "mountPath": "/cache"},
-                                ],
-                            }],
-                            "containers": [{
-                                "name": "chute",
-                                "image": format!("{}.localregistry.chutes.ai:{}/{}",
-                                                 self.validator_ss58.to_lowercase(), self.registry_port, self.image),
-                                "imagePullPolicy": "Always",
-                                "command": command,
-                                "env": envs,
-                                "resources": {"requests": resources, "limits": resources},
-                                "volumeMounts": [
-                                    {"name": "code", "mountPath": format!("/app/{}", self.filename), "subPath": self.filename},
-                                    {"name": "cache", "mountPath": "/cache"},
-                                    {"name": "tmp", "mountPath": "/tmp"},
-                                    {"name": "shm", "mountPath": "/dev/shm"},
-                                ],
-                                "securityContext": {"capabilities": {"add": ["IPC_LOCK"]}},
-                                "ports": container_ports,
-                                "readinessProbe": {
-                                    "exec": {"command": ["curl", "-f", format!("http://127.0.0.1:{probe}/_alive")]},
-                                    "initialDelaySeconds": 15, "periodSeconds": 15, "timeoutSeconds": 1,
-                                    "failureThreshold": 60,
-                                },
-                            }],
-                        }
+                            "volumeMounts": [
+                                {"name": "raw-cache", "mountPath": "/cache"},
+                            ],
+                        }],
+                        "containers": [{
+                            "name": "chute",
+                            "image": format!("{}.localregistry.chutes.ai:{}/{}",
+                                             self.validator_ss58.to_lowercase(), self.registry_port, self.image),
+                            "imagePullPolicy": "Always",
+                            "command": command,
+                            "env": envs,
+                            "resources": {"requests": resources, "limits": resources},
+                            "volumeMounts": [
+                                {"name": "code", "mountPath": format!("/app/{}", self.filename), "subPath": self.filename},
+                                {"name": "cache", "mountPath": "/cache"},
+                                {"name": "tmp", "mountPath": "/tmp"},
+                                {"name": "shm", "mountPath": "/dev/shm"},
+                            ],
+                            "securityContext": {"capabilities": {"add": ["IPC_LOCK"]}},
+                            "ports": container_ports,
+                            "readinessProbe": {
+                                "exec": {"command": ["curl", "-f", format!("http://127.0.0.1:{probe}/_alive")]},
+                                "initialDelaySeconds": 15, "periodSeconds": 15, "timeoutSeconds": 1,
+                                "failureThreshold": 60,
+                            },
+                        }],
                     }
                 }
-            }),
-        )
+            }
+        });
+        if !self.pull_secrets.is_empty() {
+            job["spec"]["template"]["spec"]["imagePullSecrets"] =
+                self.pull_secrets.iter().map(|n| json!({"name": n})).collect();
+        }
+        typed(&job_name(&self.deployment_id), job)
     }
 }
 

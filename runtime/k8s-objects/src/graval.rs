@@ -57,6 +57,8 @@ pub struct GravalJob<'a> {
     pub gpu_count: i64,
     pub cpu_per_gpu: i64,
     pub memory_per_gpu: i64,
+    /// Secrets for a private registry (values `imagePullSecrets`); empty: none.
+    pub pull_secrets: &'a [String],
 }
 
 impl GravalJob<'_> {
@@ -65,47 +67,49 @@ impl GravalJob<'_> {
         let memory = format!("{}Gi", self.gpu_count * self.memory_per_gpu);
         let resources =
             json!({"cpu": cpu.to_string(), "memory": memory, "nvidia.com/gpu": self.gpu_count.to_string()});
-        typed(
-            "GraVal job",
-            json!({
-                "apiVersion": "batch/v1", "kind": "Job",
-                "metadata": {"name": job_name(self.node),
-                             "labels": {"app": "graval", "chute/chute": "false", "graval-node": self.node}},
-                "spec": {
-                    "parallelism": 1, "completions": 1, "backoffLimit": 3, "ttlSecondsAfterFinished": 300,
-                    "template": {
-                        "metadata": {"labels": {"app": "graval", "graval-node": self.node}},
-                        "spec": {
-                            "restartPolicy": "OnFailure",
-                            "nodeName": self.node,
-                            "runtimeClassName": "nvidia-container-runtime",
-                            "containers": [{
-                                "name": "graval",
-                                "image": self.image,
-                                // Images reach nodes by `minerctl images push`: imported into
-                                // containerd (`chutes.local` is no registry, a pull would fail)
-                                // or pulled once from values `images.registry`.
-                                "imagePullPolicy": "IfNotPresent",
-                                // The image's entrypoint is graval-bootstrap; every GPU by CUDA.
-                                "args": ["--backend", "cuda", "--port", GRAVAL_PORT.to_string()],
-                                "env": [
-                                    {"name": "VALIDATOR_WHITELIST", "value": self.validator},
-                                    {"name": "MINER_HOTKEY_SS58", "value": self.miner_ss58},
-                                ],
-                                "resources": {"requests": resources, "limits": resources},
-                                "ports": [{"containerPort": GRAVAL_PORT, "protocol": "TCP"}],
-                                // The kubelet asks; the image has no curl (nor a shell).
-                                "readinessProbe": {
-                                    "httpGet": {"path": "/ping", "port": GRAVAL_PORT, "scheme": "HTTP"},
-                                    "initialDelaySeconds": 15, "periodSeconds": 10, "timeoutSeconds": 1,
-                                    "failureThreshold": 3
-                                }
-                            }]
-                        }
+        let mut job = json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": job_name(self.node),
+                         "labels": {"app": "graval", "chute/chute": "false", "graval-node": self.node}},
+            "spec": {
+                "parallelism": 1, "completions": 1, "backoffLimit": 3, "ttlSecondsAfterFinished": 300,
+                "template": {
+                    "metadata": {"labels": {"app": "graval", "graval-node": self.node}},
+                    "spec": {
+                        "restartPolicy": "OnFailure",
+                        "nodeName": self.node,
+                        "runtimeClassName": "nvidia-container-runtime",
+                        "containers": [{
+                            "name": "graval",
+                            "image": self.image,
+                            // Images reach nodes by `minerctl images push`: imported into
+                            // containerd (`chutes.local` is no registry, a pull would fail)
+                            // or pulled once from values `images.registry`.
+                            "imagePullPolicy": "IfNotPresent",
+                            // The image's entrypoint is graval-bootstrap; every GPU by CUDA.
+                            "args": ["--backend", "cuda", "--port", GRAVAL_PORT.to_string()],
+                            "env": [
+                                {"name": "VALIDATOR_WHITELIST", "value": self.validator},
+                                {"name": "MINER_HOTKEY_SS58", "value": self.miner_ss58},
+                            ],
+                            "resources": {"requests": resources, "limits": resources},
+                            "ports": [{"containerPort": GRAVAL_PORT, "protocol": "TCP"}],
+                            // The kubelet asks; the image has no curl (nor a shell).
+                            "readinessProbe": {
+                                "httpGet": {"path": "/ping", "port": GRAVAL_PORT, "scheme": "HTTP"},
+                                "initialDelaySeconds": 15, "periodSeconds": 10, "timeoutSeconds": 1,
+                                "failureThreshold": 3
+                            }
+                        }]
                     }
                 }
-            }),
-        )
+            }
+        });
+        if !self.pull_secrets.is_empty() {
+            job["spec"]["template"]["spec"]["imagePullSecrets"] =
+                self.pull_secrets.iter().map(|n| json!({"name": n})).collect();
+        }
+        typed("GraVal job", job)
     }
 }
 
@@ -130,6 +134,7 @@ mod tests {
             gpu_count: 8,
             cpu_per_gpu: 4,
             memory_per_gpu: 80,
+            pull_secrets: &[],
         }
         .build()
         .unwrap();
@@ -138,6 +143,28 @@ mod tests {
         assert_eq!(c["resources"]["limits"], json!({"cpu": "32", "memory": "640Gi", "nvidia.com/gpu": "8"}));
         assert_eq!(v["metadata"]["labels"]["chute/chute"], "false");
         assert_eq!(v["spec"]["template"]["spec"]["nodeName"], "gpu-1");
+    }
+
+    #[test]
+    fn a_private_registry_gets_its_pull_secrets_and_none_are_named_otherwise() {
+        let secrets = vec!["regcred".to_owned()];
+        let with = |pull_secrets: &[String]| {
+            let job = GravalJob {
+                node: "gpu-1",
+                image: "registry.example:5000/graval-bootstrap-cuda@sha256:0123",
+                validator: "5V",
+                miner_ss58: "5M",
+                gpu_count: 1,
+                cpu_per_gpu: 4,
+                memory_per_gpu: 80,
+                pull_secrets,
+            }
+            .build()
+            .unwrap();
+            serde_json::to_value(&job).unwrap()["spec"]["template"]["spec"]["imagePullSecrets"].clone()
+        };
+        assert_eq!(with(&secrets), json!([{"name": "regcred"}]));
+        assert_eq!(with(&[]), serde_json::Value::Null);
     }
 
     /// The whole Job as the API creates it: a change to the image policy, arguments,
@@ -152,6 +179,7 @@ mod tests {
             gpu_count: 2,
             cpu_per_gpu: 4,
             memory_per_gpu: 80,
+            pull_secrets: &[],
         }
         .build()
         .unwrap();

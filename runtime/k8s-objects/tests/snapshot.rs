@@ -53,6 +53,7 @@ fn job(launch: bool) -> ChuteJob {
         cache_max_age_days: 7,
         cache_max_size_gb: 500,
         cache_cleaner_image: "chutes-miner@sha256:0123".into(),
+        pull_secrets: if launch { vec!["regcred".into()] } else { Vec::new() },
     }
 }
 

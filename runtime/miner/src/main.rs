@@ -290,6 +290,7 @@ async fn node_bootstrap(
         hotkey: identity.hotkey.clone(),
         validators: clients,
         graval_image: settings.graval_bootstrap_image.clone(),
+        image_pull_secrets: settings.image_pull_secrets.clone(),
         graval_address: Arc::new(|ip: &str, port: u16| format!("http://{ip}:{port}")),
         timings,
         http: reqwest::Client::new(),
@@ -345,6 +346,7 @@ async fn run_gepetto(group: String, consumer: Option<String>) -> Result<()> {
     if let Some(image) = &api.cache_cleaner_image {
         cfg.cache_cleaner_image = image.clone();
     }
+    cfg.image_pull_secrets = api.image_pull_secrets.clone();
     cfg.activator_interval = Duration::from_secs(settings.activator_interval_secs);
     cfg.autoscaler_interval = Duration::from_secs(settings.autoscaler_interval_secs);
     cfg.reconcile_interval = Duration::from_secs(settings.reconcile_interval_secs);

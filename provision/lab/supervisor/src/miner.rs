@@ -166,6 +166,7 @@ pub async fn start(setup: Setup<'_>) -> Result<Runtime, LabError> {
         hotkey: miner.clone(),
         validators: HashMap::from([(validator_hotkey.clone(), rest.clone())]),
         graval_image: "parachutes/graval-bootstrap:lab".into(),
+        image_pull_secrets: Vec::new(),
         graval_address: Arc::new(move |ip, port| graval.url(ip, port)),
         timings: BootstrapTimings {
             timeout: Duration::from_secs(300),

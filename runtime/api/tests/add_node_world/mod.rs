@@ -99,6 +99,7 @@ pub async fn world_with(node: kube_emulator::Node, engine: Box<dyn graval::Engin
             hotkey: miner,
             validators: clients,
             graval_image: "parachutes/graval-bootstrap:test".into(),
+            image_pull_secrets: Vec::new(),
             graval_address: Arc::new(move |_ip, _port| graval.clone()),
             timings: BootstrapTimings {
                 // A deadline, not a pace: the proof and its check run on a busy CPU.
