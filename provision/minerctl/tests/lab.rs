@@ -56,20 +56,27 @@ fn lab_up(dir: &str, hosts: &str, gpus: &str) -> Output {
     up
 }
 
-/// The lab's containers (`podman ps -a` in the lab's store, by its label): `(name, state)`.
+/// The lab's containers (`podman ps -a` in the lab's store, by its label): `(name, state)`,
+/// state as podman says it (`running`, `exited`).
 fn containers(store: &LabStore) -> Vec<(String, String)> {
     let o = store
         .runner()
         .command()
-        .args(["ps", "-a", "--format", "{{.Names}} {{.State}}", "--filter"])
+        .args(["ps", "-a", "--format", "json", "--filter"])
         .arg(format!("label={}={}", kube_emulator::LAB_LABEL, store.lab_id))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_owned(), b.to_owned())))
+    let list: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    list.iter()
+        .map(|c| (c["Names"][0].as_str().unwrap().to_owned(), c["State"].as_str().unwrap().to_owned()))
         .collect()
+}
+
+/// A current-thread runtime for one request (reqwest needs the ring provider installed).
+fn rt() -> tokio::runtime::Runtime {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -88,6 +95,17 @@ fn state_dir() -> (tempfile::TempDir, PathBuf) {
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let dir = tmp.path().join("lab");
     (tmp, dir)
+}
+
+/// Takes a lab down when a test ends early (a failed assert), so no lab outlives its test.
+struct DownOnDrop(PathBuf);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        if self.0.join("record.json").exists() {
+            let _ = minerctl(&["lab", "down", "--state-dir", self.0.to_str().unwrap()]);
+        }
+    }
 }
 
 fn record(dir: &Path) -> Record {
@@ -165,7 +183,7 @@ fn assert_nothing_left(dir: &Path, r: &Record) {
 fn servers(api: &str) -> Vec<Value> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let miner = Hotkey::from_seed_hex(minerctl_lab::miner::MINER_SEED, "lab miner").unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = rt();
     rt.block_on(async {
         let mut req = reqwest::Client::new().get(format!("{api}/servers/"));
         for (k, v) in
@@ -181,7 +199,7 @@ fn servers(api: &str) -> Vec<Value> {
 
 /// Objects of `kind` in namespace chutes, straight from the emulated cluster's API.
 fn cluster_list(kube: &str, path: &str) -> Vec<Value> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = rt();
     rt.block_on(async {
         let resp = reqwest::Client::new().get(format!("{kube}{path}")).send().await.unwrap();
         let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
@@ -193,6 +211,7 @@ fn cluster_list(kube: &str, path: &str) -> Vec<Value> {
 fn lab_of_three_gpu_hosts_verifies_every_gpu_plays_the_scenario_and_down_leaves_nothing() {
     let (_tmp, dir) = state_dir();
     let d = dir.to_str().unwrap();
+    let _down = DownOnDrop(dir.clone());
     let up = lab_up(d, "3", "2");
     assert!(up.status.success(), "{}", text(&up));
     let out = String::from_utf8_lossy(&up.stdout).into_owned();
@@ -283,7 +302,7 @@ fn lab_of_three_gpu_hosts_verifies_every_gpu_plays_the_scenario_and_down_leaves_
     let running: Vec<(String, String)> =
         containers(&store).into_iter().filter(|(_, state)| state == "running").collect();
     assert_eq!(running.len(), 3, "one container per deployed chute: {running:?}");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = rt();
     for s in &servers {
         for dep in s["deployments"].as_array().unwrap() {
             let at = format!("http://{}:{}", dep["host"].as_str().unwrap(), dep["port"]);
@@ -323,6 +342,7 @@ fn lab_of_three_gpu_hosts_verifies_every_gpu_plays_the_scenario_and_down_leaves_
 fn lab_down_cleans_up_after_the_supervisor_was_killed() {
     let (_tmp, dir) = state_dir();
     let d = dir.to_str().unwrap();
+    let _down = DownOnDrop(dir.clone());
     let up = lab_up(d, "1", "1");
     assert!(up.status.success(), "{}", text(&up));
     let r = record(&dir);
@@ -342,7 +362,7 @@ fn lab_down_cleans_up_after_the_supervisor_was_killed() {
     running("chute-killed");
     let (id, _) =
         containers(&store).into_iter().find(|(n, _)| n.starts_with("chute-killed")).expect("its container");
-    assert!(store.runner().command().args(["kill", &id]).status().unwrap().success());
+    assert!(store.runner().command().args(["kill", &id]).output().unwrap().status.success());
     let failed = wait_pod(kube, "chute-killed", &|p| p["status"]["phase"] == "Failed");
     assert_eq!(
         failed["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 137,
@@ -377,7 +397,7 @@ fn create_chute_pod(kube: &str, name: &str) {
         "spec": {"restartPolicy": "Never", "nodeName": "gpu-1", "containers": [{
             "name": "chute", "image": "5v.localregistry.chutes.ai:30500/user/echo:1",
             "command": ["chutes", "run", "echo:chute", "--port", "8000"]}]}});
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = rt();
     let status = rt.block_on(async {
         reqwest::Client::new()
             .post(format!("{kube}/api/v1/namespaces/chutes/pods"))

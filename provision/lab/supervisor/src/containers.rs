@@ -129,6 +129,21 @@ impl LabStore {
         {
             left.push(format!("the lab's containers ({}): {e}", self.lab_id));
         }
+        // A container podman lost track of (its store damaged) still has a conmon that
+        // names the store: it goes with the container's processes.
+        let strays = self.stray_processes();
+        for pid in &strays {
+            // SAFETY: kill(2) on a process of the lab's store, found just now.
+            unsafe {
+                libc::kill(*pid as libc::pid_t, libc::SIGKILL);
+            }
+        }
+        if !strays.is_empty() {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        for pid in strays.iter().filter(|p| alive(**p)) {
+            left.push(format!("process {pid} of the lab's containers still runs"));
+        }
         for m in mounts_under(&[&self.root, &self.runroot]) {
             let Ok(c) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) else { continue };
             // SAFETY: umount2 on a path of ours; MNT_DETACH never blocks.
@@ -149,6 +164,49 @@ impl LabStore {
         }
         left
     }
+}
+
+impl LabStore {
+    /// Processes whose command line names the store (conmon names its root), and their
+    /// descendants (the container's processes).
+    fn stray_processes(&self) -> Vec<u32> {
+        let (root, runroot) = (self.root.to_string_lossy(), self.runroot.to_string_lossy());
+        let mut parent = Vec::new();
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(ppid) = ppid {
+                parent.push((pid, ppid));
+            }
+            let cmdline =
+                String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+                    .into_owned();
+            if pid != std::process::id() && (cmdline.contains(&*root) || cmdline.contains(&*runroot)) {
+                found.push(pid);
+            }
+        }
+        let mut i = 0;
+        while i < found.len() {
+            let p = found[i];
+            let children: Vec<u32> =
+                parent.iter().filter(|(c, pp)| *pp == p && !found.contains(c)).map(|(c, _)| *c).collect();
+            found.extend(children);
+            i += 1;
+        }
+        found
+    }
+}
+
+/// Whether `pid` runs (a zombie counts as gone).
+fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
 }
 
 /// Mount points at or under any of `dirs`, deepest first.

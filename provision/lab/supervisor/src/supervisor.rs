@@ -500,13 +500,14 @@ fn start_steps(
     {
         let (kube, validator, shared) = (kube.clone(), validator.clone(), shared.clone());
         let stand_in = (!containers).then(ChuteStandIn::default);
+        let mut finished = FinishedJobs::default();
         tokio.spawn(async move {
             loop {
                 if let Some(s) = &stand_in {
                     s.tick(&db, &kube, &validator).await;
                 }
                 let clashes = double_booked(&kube);
-                let ran = finished_jobs(&kube);
+                let ran = finished.check(&kube);
                 let _ = shared.update(|r| {
                     r.gpu_checks += 1;
                     for c in clashes {
@@ -669,13 +670,30 @@ pub fn pinned(job: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Job ids of chute pods that succeeded (a job's chute exits 0 when its job is done).
-pub fn finished_jobs(kube: &kube_emulator::Emulator) -> Vec<String> {
-    let pods = kube.list("v1", "Pod", Some(miner::NAMESPACE)).unwrap_or_default();
-    pods.iter()
-        .filter(|p| p["status"]["phase"] == "Succeeded")
-        .filter_map(|p| p["metadata"]["labels"]["chutes/job-id"].as_str().map(str::to_owned))
-        .collect()
+/// Which chute Jobs ran a validator's job to its end (a job's chute exits 0 when done): the
+/// job-controller's `Completed` Event outlives the Job Gepetto then deletes; the job id is
+/// the Job's label, remembered while the Job lives (it lives at least as long as its chute).
+#[derive(Default)]
+pub struct FinishedJobs {
+    job_ids: std::collections::BTreeMap<String, String>,
+}
+
+impl FinishedJobs {
+    pub fn check(&mut self, kube: &kube_emulator::Emulator) -> Vec<String> {
+        for j in kube.list("batch/v1", "Job", Some(miner::NAMESPACE)).unwrap_or_default() {
+            if let (Some(name), Some(id)) =
+                (j["metadata"]["name"].as_str(), j["metadata"]["labels"]["chutes/job-id"].as_str())
+            {
+                self.job_ids.insert(name.to_owned(), id.to_owned());
+            }
+        }
+        let events = kube.list("v1", "Event", Some(miner::NAMESPACE)).unwrap_or_default();
+        events
+            .iter()
+            .filter(|e| e["involvedObject"]["kind"] == "Job" && e["reason"] == "Completed")
+            .filter_map(|e| self.job_ids.get(e["involvedObject"]["name"].as_str()?).cloned())
+            .collect()
+    }
 }
 
 /// Whether job `job_id`'s chute ran to its end.
