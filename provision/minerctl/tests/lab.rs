@@ -28,22 +28,8 @@ fn minerctl(args: &[&str]) -> Output {
 fn image_binaries() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        // The variables cargo sets for this test would make build scripts rerun.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy().to_string();
-            if (name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR")
-                || name == "OUT_DIR"
-            {
-                build.env_remove(name);
-            }
-        }
-        let ok = build
-            .args(["build", "-p", "graval-bootstrap", "-p", "chute-standin", "-p", "chutes-miner"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(ok.success(), "building the binaries of the images");
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        lab_hosts::cargo_build(here, &["graval-bootstrap", "chute-standin", "chutes-miner"]);
     });
 }
 
@@ -423,4 +409,27 @@ fn wait_pod(kube: &str, name: &str, f: &dyn Fn(&Value) -> bool) -> Value {
         assert!(Instant::now() < deadline, "pod {name}: {pod:#?}");
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+#[test]
+fn lab_without_images_stands_in_for_the_pods_in_process_and_still_verifies_real_proofs() {
+    let (_tmp, dir) = state_dir();
+    let d = dir.to_str().unwrap();
+    let _down = DownOnDrop(dir.clone());
+    let up =
+        minerctl(&["lab", "up", "--hosts", "1", "--gpus-per-host", "2", "--no-images", "--state-dir", d]);
+    assert!(up.status.success(), "{}", text(&up));
+    let out = String::from_utf8_lossy(&up.stdout);
+    assert!(out.contains("pods: no images, so GraVal bootstrap servers and chutes are stood in"), "{out}");
+    let r = record(&dir);
+    assert_eq!(r.podman, None, "no podman store without images: {r:#?}");
+    assert_eq!(r.proofs_verified.len(), 1, "{r:#?}");
+    let servers = servers(&r.endpoints["api"]);
+    let gpus = servers[0]["gpus"].as_array().unwrap();
+    assert_eq!(gpus.len(), 2, "{servers:#?}");
+    assert!(gpus.iter().all(|g| g["verified"] == true), "{servers:#?}");
+
+    let down = minerctl(&["lab", "down", "--state-dir", d]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert_nothing_left(&dir, &r);
 }
