@@ -59,6 +59,22 @@ fn containers(store: &LabStore) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The processes of the lab's running containers (their main process, as podman says).
+fn container_processes(store: &LabStore) -> Vec<ProcessRecord> {
+    let o = store
+        .runner()
+        .command()
+        .args(["ps", "--format", "json", "--filter"])
+        .arg(format!("label={}={}", kube_emulator::LAB_LABEL, store.lab_id))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let list: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    list.iter()
+        .filter_map(|c| ProcessRecord::of(c["Names"][0].as_str()?, u32::try_from(c["Pid"].as_u64()?).ok()?))
+        .collect()
+}
+
 /// A current-thread runtime for one request (reqwest needs the ring provider installed).
 fn rt() -> tokio::runtime::Runtime {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -316,10 +332,15 @@ fn lab_of_three_gpu_hosts_verifies_every_gpu_plays_the_scenario_and_down_leaves_
     assert!(String::from_utf8_lossy(&status.stdout).contains("never double-booked"), "{}", text(&status));
 
     let before = record(&dir);
+    let procs = container_processes(&store);
+    assert_eq!(procs.len(), 3, "{procs:?}");
     let down = minerctl(&["lab", "down", "--state-dir", d]);
     assert!(down.status.success(), "{}", text(&down));
     assert!(String::from_utf8_lossy(&down.stdout).contains("asking the supervisor"), "{}", text(&down));
     assert_nothing_left(&dir, &before);
+    for p in &procs {
+        assert!(!p.alive(), "container {} (pid {}) still runs", p.what, p.pid);
+    }
     let again = minerctl(&["lab", "down", "--state-dir", d]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"), "{}", text(&again));
 }
@@ -367,12 +388,15 @@ fn lab_down_cleans_up_after_the_supervisor_was_killed() {
     );
 
     // The container outlives the supervisor (podman's conmon keeps it).
+    let procs = container_processes(&store);
+    assert_eq!(procs.len(), 1, "{procs:?}");
     assert!(containers(&store).iter().any(|(n, s)| n.starts_with("chute-left") && s == "running"));
 
     let down = minerctl(&["lab", "down", "--state-dir", d]);
     assert!(down.status.success(), "{}", text(&down));
     assert!(String::from_utf8_lossy(&down.stdout).contains("cleaning up from the record"), "{}", text(&down));
     assert_nothing_left(&dir, &r);
+    assert!(!procs[0].alive(), "the container's process (pid {}) still runs", procs[0].pid);
 }
 
 /// A pod as a chute Job makes it, minimal: its image (from a validator's registry) runs the
