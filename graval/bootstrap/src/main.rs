@@ -38,9 +38,13 @@ struct Args {
     /// Compute backend: every CUDA GPU, or the host CPU (testing).
     #[arg(long, value_enum, default_value_t = default_backend())]
     backend: Backend,
-    /// Memory budget of the CPU backend, MiB.
+    /// Memory budget of the CPU backend, MiB (per device).
     #[arg(long, default_value_t = 1024)]
     cpu_memory_mib: u64,
+    /// Devices the CPU backend presents (each with its own uuid), e.g. to stand in for a
+    /// multi-GPU node in the lab.
+    #[arg(long, default_value_t = 1)]
+    cpu_devices: usize,
     /// Matrix side length; validator and miner must agree. Default: by device memory
     /// (16384 from 40 GB, 8192 from 8 GB, else 4096).
     #[arg(long)]
@@ -62,8 +66,8 @@ async fn main() -> anyhow::Result<()> {
     let node = match args.backend {
         Backend::Cuda => Node::cuda(args.matrix_size).context("opening the CUDA devices")?,
         Backend::Cpu => {
-            let engine: Box<dyn Engine> = Box::new(CpuEngine::host(args.cpu_memory_mib << 20));
-            Node::new(vec![engine], args.matrix_size)
+            let engines = CpuEngine::host_devices(args.cpu_memory_mib << 20, args.cpu_devices);
+            Node::new(engines.into_iter().map(|e| Box::new(e) as Box<dyn Engine>).collect(), args.matrix_size)
         }
     };
     if node.devices().is_empty() {

@@ -402,3 +402,22 @@ fn arbitrary_challenge_bodies_and_queries_get_clear_answers() {
         })
         .unwrap();
 }
+
+#[test]
+fn cpu_devices_stand_in_for_a_multi_gpu_node_with_stable_distinct_uuids() {
+    let miner = key(9);
+    let n = N.to_string();
+    let args = ["--backend", "cpu", "--cpu-memory-mib", "1", "--matrix-size", &n, "--cpu-devices", "3"];
+    let uuids = |server: &Server| -> Vec<String> {
+        let devs = devices(server, &miner);
+        for d in &devs {
+            d.validate().unwrap();
+        }
+        devs.into_iter().map(|d| d.uuid).collect()
+    };
+    let first = uuids(&start_with(miner.ss58(), "", &args));
+    assert_eq!(first.len(), 3, "{first:?}");
+    assert_eq!(first.iter().collect::<std::collections::BTreeSet<_>>().len(), 3, "distinct: {first:?}");
+    // The same host presents the same devices on every start (the miner registered them).
+    assert_eq!(uuids(&start_with(miner.ss58(), "", &args)), first);
+}

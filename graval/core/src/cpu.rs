@@ -49,9 +49,30 @@ impl CpuEngine {
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         Self::with_device(host_device_info(budget, threads), threads)
     }
+
+    /// `count` engines for this host (testing several "GPUs" on one CPU, e.g. a lab node
+    /// that stands in for a multi-GPU server): the first is [`CpuEngine::host`]; device
+    /// `i > 0` has a uuid of its own, derived from the host's and `i`.
+    pub fn host_devices(budget: u64, count: usize) -> Vec<Self> {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let first = host_device_info(budget, threads);
+        (0..count)
+            .map(|i| {
+                let mut info = first.clone();
+                if i > 0 {
+                    let digest = Sha256::digest(format!("{}/{i}", first.uuid).as_bytes());
+                    let mut uuid = [0u8; 16];
+                    uuid.copy_from_slice(&digest[..16]);
+                    info.uuid = uuid_hex(&uuid);
+                }
+                Self::with_device(info, threads)
+            })
+            .collect()
+    }
 }
 
-/// Device info for the host CPU: name from /proc/cpuinfo, uuid from the machine id.
+/// Device info for the host CPU: name from /proc/cpuinfo, uuid from the machine id (in a
+/// container without one, from the host name: each pod of a lab has its own).
 pub fn host_device_info(budget: u64, threads: usize) -> DeviceInfo {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let field = |key: &str| {
@@ -64,7 +85,11 @@ pub fn host_device_info(budget: u64, threads: usize) -> DeviceInfo {
     let mut name = format!("CPU {}", field("model name").unwrap_or_else(|| "unknown".into()));
     name.truncate(63);
     let mhz: f64 = field("cpu MHz").and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_else(|_| name.clone());
+    let machine_id = ["/etc/machine-id", "/proc/sys/kernel/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .find(|id| !id.trim().is_empty())
+        .unwrap_or_else(|| name.clone());
     let digest = Sha256::digest(machine_id.trim().as_bytes());
     let mut uuid = [0u8; 16];
     uuid.copy_from_slice(&digest[..16]);

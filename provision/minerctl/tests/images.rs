@@ -41,24 +41,7 @@ fn images() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let bin_dir = Path::new(env!("CARGO_BIN_EXE_minerctl")).parent().unwrap().to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut build = Command::new(cargo);
-        // The variables cargo sets for this test (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...) would
-        // make build scripts that watch them (ring's) rerun, and rebuild half the tree.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy().to_string();
-            if (name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR")
-                || name == "OUT_DIR"
-            {
-                build.env_remove(name);
-            }
-        }
-        let status = build
-            .args(["build", "-p", "chutes-miner", "-p", "graval-bootstrap"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(status.success(), "building chutes-miner and graval-bootstrap");
+        lab_hosts::cargo_build(Path::new(env!("CARGO_MANIFEST_DIR")), &["chutes-miner", "graval-bootstrap"]);
         let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("minerctl-images");
         let o = minerctl(&[
             "images",

@@ -1,21 +1,84 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: panics are the failure report
-//! `minerctl lab` end to end (feature `lab`, needs root): the real binary makes the lab
-//! (lab hosts, provision, the cluster, deploy, the validator, add-node with real GraVal
-//! proofs), the validator plays its scenario, and the checks read the miner API and the
-//! emulated cluster. `lab down` must leave no process, mount, file or address, also after
-//! the supervisor was killed.
+//! `minerctl lab` end to end (feature `lab`, needs root and podman): the real binary makes
+//! the lab (lab hosts, provision, the cluster, images, deploy, the validator, add-node with
+//! real GraVal proofs from the bootstrap server's container), the validator plays its
+//! scenario against chute-standin containers, and the checks read the miner API and the
+//! emulated cluster. `lab down` must leave no process, container, mount, file or address,
+//! also after the supervisor was killed.
+//!
+//! `lab up` builds the images from the binaries next to minerctl: the tests build those
+//! (chutes-miner, graval-bootstrap, chute-standin) once per run.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use chutes_protocol::Hotkey;
 use minerctl_lab::Record;
+use minerctl_lab::containers::LabStore;
 use minerctl_lab::state::ProcessRecord;
 use serde_json::Value;
 
 fn minerctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_minerctl")).args(args).output().unwrap()
+}
+
+/// Builds the binaries `lab up` makes its images of (next to minerctl), once per test run.
+fn image_binaries() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        lab_hosts::cargo_build(here, &["graval-bootstrap", "chute-standin", "chutes-miner"]);
+    });
+}
+
+/// `lab up` with images (the default): GraVal bootstrap and chute pods run as containers.
+fn lab_up(dir: &str, hosts: &str, gpus: &str) -> Output {
+    image_binaries();
+    let up = minerctl(&["lab", "up", "--hosts", hosts, "--gpus-per-host", gpus, "--state-dir", dir]);
+    let out = String::from_utf8_lossy(&up.stdout);
+    assert!(out.contains("pods: GraVal bootstrap and chute pods run as podman containers"), "{}", text(&up));
+    up
+}
+
+/// The lab's containers (`podman ps -a` in the lab's store, by its label): `(name, state)`,
+/// state as podman says it (`running`, `exited`).
+fn containers(store: &LabStore) -> Vec<(String, String)> {
+    let o = store
+        .runner()
+        .command()
+        .args(["ps", "-a", "--format", "json", "--filter"])
+        .arg(format!("label={}={}", kube_emulator::LAB_LABEL, store.lab_id))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let list: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    list.iter()
+        .map(|c| (c["Names"][0].as_str().unwrap().to_owned(), c["State"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+/// The processes of the lab's running containers (their main process, as podman says).
+fn container_processes(store: &LabStore) -> Vec<ProcessRecord> {
+    let o = store
+        .runner()
+        .command()
+        .args(["ps", "--format", "json", "--filter"])
+        .arg(format!("label={}={}", kube_emulator::LAB_LABEL, store.lab_id))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let list: Vec<Value> = serde_json::from_slice(&o.stdout).unwrap();
+    list.iter()
+        .filter_map(|c| ProcessRecord::of(c["Names"][0].as_str()?, u32::try_from(c["Pid"].as_u64()?).ok()?))
+        .collect()
+}
+
+/// A current-thread runtime for one request (reqwest needs the ring provider installed).
+fn rt() -> tokio::runtime::Runtime {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
 
 fn text(o: &Output) -> String {
@@ -34,6 +97,17 @@ fn state_dir() -> (tempfile::TempDir, PathBuf) {
     std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let dir = tmp.path().join("lab");
     (tmp, dir)
+}
+
+/// Takes a lab down when a test ends early (a failed assert), so no lab outlives its test.
+struct DownOnDrop(PathBuf);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        if self.0.join("record.json").exists() {
+            let _ = minerctl(&["lab", "down", "--state-dir", self.0.to_str().unwrap()]);
+        }
+    }
 }
 
 fn record(dir: &Path) -> Record {
@@ -70,6 +144,14 @@ fn assert_nothing_left(dir: &Path, r: &Record) {
     let needle = dir.to_str().unwrap();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(needle), "a mount under the state dir is left:\n{mounts}");
+    // The podman store and runroot went (the record named them under the state dir, so no
+    // container's conmon, no mount of theirs is left either: both checks here cover them).
+    // `podman ps` on the removed store would only make an empty one: not asked.
+    if let Some(store) = &r.podman {
+        for d in [&store.root, &store.runroot] {
+            assert!(d.starts_with(dir) && !d.exists(), "{} is left", d.display());
+        }
+    }
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
@@ -103,7 +185,7 @@ fn assert_nothing_left(dir: &Path, r: &Record) {
 fn servers(api: &str) -> Vec<Value> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let miner = Hotkey::from_seed_hex(minerctl_lab::miner::MINER_SEED, "lab miner").unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = rt();
     rt.block_on(async {
         let mut req = reqwest::Client::new().get(format!("{api}/servers/"));
         for (k, v) in
@@ -119,7 +201,7 @@ fn servers(api: &str) -> Vec<Value> {
 
 /// Objects of `kind` in namespace chutes, straight from the emulated cluster's API.
 fn cluster_list(kube: &str, path: &str) -> Vec<Value> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = rt();
     rt.block_on(async {
         let resp = reqwest::Client::new().get(format!("{kube}{path}")).send().await.unwrap();
         let v: Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
@@ -131,8 +213,8 @@ fn cluster_list(kube: &str, path: &str) -> Vec<Value> {
 fn lab_of_three_gpu_hosts_verifies_every_gpu_plays_the_scenario_and_down_leaves_nothing() {
     let (_tmp, dir) = state_dir();
     let d = dir.to_str().unwrap();
-    let up =
-        minerctl(&["lab", "up", "--hosts", "3", "--gpus-per-host", "2", "--no-images", "--state-dir", d]);
+    let _down = DownOnDrop(dir.clone());
+    let up = lab_up(d, "3", "2");
     assert!(up.status.success(), "{}", text(&up));
     let out = String::from_utf8_lossy(&up.stdout).into_owned();
     for step in [
@@ -218,6 +300,37 @@ fn lab_of_three_gpu_hosts_verifies_every_gpu_plays_the_scenario_and_down_leaves_
         progress.contains("scenario: bounty claimed: chute lab-bounty has our active instance"),
         "{progress}"
     );
+    // The job's chute-standin container ran the job and exited 0: its pod succeeded.
+    assert_eq!(r.ran_jobs, vec![scenario.job_id.clone()], "{r:#?}");
+
+    // Every deployed chute is a running chute-standin container, reached at its node's
+    // address and the Service's NodePort (what the validator and users call).
+    let store = r.podman.clone().expect("the record names the lab's podman store");
+    let running: Vec<(String, String)> =
+        containers(&store).into_iter().filter(|(_, state)| state == "running").collect();
+    assert_eq!(running.len(), 3, "one container per deployed chute: {running:?}");
+    let rt = rt();
+    for s in &servers {
+        for dep in s["deployments"].as_array().unwrap() {
+            let at = format!("http://{}:{}", dep["host"].as_str().unwrap(), dep["port"]);
+            let (alive, out) = rt.block_on(async {
+                let http = reqwest::Client::new();
+                let alive = http.get(format!("{at}/_alive")).send().await.unwrap().status();
+                let out: Value = http
+                    .post(format!("{at}/generate"))
+                    .body(r#"{"prompt": "hi"}"#)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                (alive, out)
+            });
+            assert_eq!(alive, 200, "{at}");
+            assert_eq!(out["echo"]["prompt"], "hi", "{at}: {out}");
+        }
+    }
 
     let status = minerctl(&["lab", "status", "--state-dir", d]);
     assert!(status.status.success(), "{}", text(&status));
@@ -238,10 +351,15 @@ fn lab_of_three_gpu_hosts_verifies_every_gpu_plays_the_scenario_and_down_leaves_
     assert!(watched.iter().flat_map(|s| s["gpus"].as_array().unwrap()).all(|g| g["verified"] == true));
 
     let before = record(&dir);
+    let procs = container_processes(&store);
+    assert_eq!(procs.len(), 3, "{procs:?}");
     let down = minerctl(&["lab", "down", "--state-dir", d]);
     assert!(down.status.success(), "{}", text(&down));
     assert!(String::from_utf8_lossy(&down.stdout).contains("asking the supervisor"), "{}", text(&down));
     assert_nothing_left(&dir, &before);
+    for p in &procs {
+        assert!(!p.alive(), "container {} (pid {}) still runs", p.what, p.pid);
+    }
     let again = minerctl(&["lab", "down", "--state-dir", d]);
     assert!(String::from_utf8_lossy(&again.stdout).contains("nothing to do"), "{}", text(&again));
 }
@@ -250,12 +368,33 @@ fn lab_of_three_gpu_hosts_verifies_every_gpu_plays_the_scenario_and_down_leaves_
 fn lab_down_cleans_up_after_the_supervisor_was_killed() {
     let (_tmp, dir) = state_dir();
     let d = dir.to_str().unwrap();
-    let up =
-        minerctl(&["lab", "up", "--hosts", "1", "--gpus-per-host", "1", "--no-images", "--state-dir", d]);
+    let _down = DownOnDrop(dir.clone());
+    let up = lab_up(d, "1", "1");
     assert!(up.status.success(), "{}", text(&up));
     let r = record(&dir);
     let sup: &ProcessRecord = r.supervisor.as_ref().unwrap();
     assert!(r.processes.iter().all(ProcessRecord::alive), "{r:#?}");
+    let store = r.podman.clone().expect("the record names the lab's podman store");
+
+    // Chute pods run as containers: one whose container is killed fails with its exit code
+    // (restartPolicy Never), another keeps running while the supervisor is killed.
+    let kube = &r.endpoints["kube"];
+    for name in ["chute-killed", "chute-left"] {
+        create_chute_pod(kube, name);
+    }
+    let running = |name: &str| {
+        wait_pod(kube, name, &|p| p["status"]["containerStatuses"][0]["state"]["running"].is_object())
+    };
+    running("chute-killed");
+    let (id, _) =
+        containers(&store).into_iter().find(|(n, _)| n.starts_with("chute-killed")).expect("its container");
+    assert!(store.runner().command().args(["kill", &id]).output().unwrap().status.success());
+    let failed = wait_pod(kube, "chute-killed", &|p| p["status"]["phase"] == "Failed");
+    assert_eq!(
+        failed["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"], 137,
+        "{failed:#}"
+    );
+    running("chute-left");
     // SAFETY: SIGKILL to the supervisor this test started.
     unsafe { libc::kill(sup.pid as i32, libc::SIGKILL) };
 
@@ -267,8 +406,73 @@ fn lab_down_cleans_up_after_the_supervisor_was_killed() {
         text(&status)
     );
 
+    // The container outlives the supervisor (podman's conmon keeps it).
+    let procs = container_processes(&store);
+    assert_eq!(procs.len(), 1, "{procs:?}");
+    assert!(containers(&store).iter().any(|(n, s)| n.starts_with("chute-left") && s == "running"));
+
     let down = minerctl(&["lab", "down", "--state-dir", d]);
     assert!(down.status.success(), "{}", text(&down));
     assert!(String::from_utf8_lossy(&down.stdout).contains("cleaning up from the record"), "{}", text(&down));
+    assert_nothing_left(&dir, &r);
+    assert!(!procs[0].alive(), "the container's process (pid {}) still runs", procs[0].pid);
+}
+
+/// A pod as a chute Job makes it, minimal: its image (from a validator's registry) runs the
+/// chute stand-in, without a launch token (it serves, no handshake).
+fn create_chute_pod(kube: &str, name: &str) {
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "chutes"},
+        "spec": {"restartPolicy": "Never", "nodeName": "gpu-1", "containers": [{
+            "name": "chute", "image": "5v.localregistry.chutes.ai:30500/user/echo:1",
+            "command": ["chutes", "run", "echo:chute", "--port", "8000"]}]}});
+    let rt = rt();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .post(format!("{kube}/api/v1/namespaces/chutes/pods"))
+            .header("content-type", "application/json")
+            .body(pod.to_string())
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert!(status.is_success(), "creating pod {name}: {status}");
+}
+
+/// Polls pod `name` (a deadline keeps a broken lab from hanging the run) until `f` holds.
+fn wait_pod(kube: &str, name: &str, f: &dyn Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let pods = cluster_list(kube, "/api/v1/namespaces/chutes/pods");
+        let pod = pods.into_iter().find(|p| p["metadata"]["name"] == name);
+        if let Some(p) = pod.as_ref().filter(|p| f(p)) {
+            return p.clone();
+        }
+        assert!(Instant::now() < deadline, "pod {name}: {pod:#?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn lab_without_images_stands_in_for_the_pods_in_process_and_still_verifies_real_proofs() {
+    let (_tmp, dir) = state_dir();
+    let d = dir.to_str().unwrap();
+    let _down = DownOnDrop(dir.clone());
+    let up =
+        minerctl(&["lab", "up", "--hosts", "1", "--gpus-per-host", "2", "--no-images", "--state-dir", d]);
+    assert!(up.status.success(), "{}", text(&up));
+    let out = String::from_utf8_lossy(&up.stdout);
+    assert!(out.contains("pods: no images, so GraVal bootstrap servers and chutes are stood in"), "{out}");
+    let r = record(&dir);
+    assert_eq!(r.podman, None, "no podman store without images: {r:#?}");
+    assert_eq!(r.proofs_verified.len(), 1, "{r:#?}");
+    let servers = servers(&r.endpoints["api"]);
+    let gpus = servers[0]["gpus"].as_array().unwrap();
+    assert_eq!(gpus.len(), 2, "{servers:#?}");
+    assert!(gpus.iter().all(|g| g["verified"] == true), "{servers:#?}");
+
+    let down = minerctl(&["lab", "down", "--state-dir", d]);
+    assert!(down.status.success(), "{}", text(&down));
     assert_nothing_left(&dir, &r);
 }

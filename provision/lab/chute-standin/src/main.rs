@@ -8,7 +8,9 @@
 //! `CHUTES_EXTERNAL_HOST`, the Service's node ports from `CHUTES_PORT_PRIMARY`/`_LOGGING`,
 //! the GPUs of `NVIDIA_VISIBLE_DEVICES`), starts serving, then activates with
 //! `GET .../activate`. A refused claim ends the process with status 1, as a chute whose
-//! launch fails does. `{api}` is `CHUTES_API_URL` (the lab sets it; the chutes library
+//! launch fails does. When the claim's reply names a `job_id`, the chute runs that job: it
+//! serves for [`JOB_SECONDS`] after activation, then exits 0, as a finished job's chute
+//! does (its pod turns Succeeded and the miner undeploys it). `{api}` is `CHUTES_API_URL` (the lab sets it; the chutes library
 //! derives it from the token).
 //!
 //! It serves, on `--port` and on the logging port (`--logging-port`, default port + 1,
@@ -76,6 +78,16 @@ fn base64url(s: &str) -> Option<Vec<u8>> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s.trim_end_matches('=')).ok()
 }
 
+/// How long a job's chute "works" after activation before it exits 0.
+const JOB_SECONDS: u64 = 5;
+
+/// A GPU of `NVIDIA_VISIBLE_DEVICES` (`GPU-<dashed uuid>`, as the miner pins it) as the
+/// chute reports it: the uuid GraVal reads from the device, 32 lowercase hex digits, the
+/// form the miner registered the GPU with (reference 6.3, 11.2).
+fn graval_uuid(visible: &str) -> String {
+    visible.strip_prefix("GPU-").unwrap_or(visible).replace('-', "").to_ascii_lowercase()
+}
+
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -103,7 +115,7 @@ fn launch_from_env(args: &Args, logging_port: u16) -> anyhow::Result<Option<Laun
         .split(',')
         .map(str::trim)
         .filter(|g| !g.is_empty() && *g != "all")
-        .map(|g| json!({"uuid": g.strip_prefix("GPU-").unwrap_or(g)}))
+        .map(|g| json!({"uuid": graval_uuid(g)}))
         .collect();
     let body = json!({
         "host": host,
@@ -196,6 +208,7 @@ async fn main() -> anyhow::Result<()> {
     let launch = launch_from_env(&args, logging_port)?;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
 
+    let mut job = None;
     if let Some(l) = &launch {
         let url = format!("{}/instances/launch_config/{}", l.api, l.config_id);
         let reply = validator_call(
@@ -203,11 +216,8 @@ async fn main() -> anyhow::Result<()> {
             "claiming the launch config",
         )
         .await?;
-        println!(
-            "launch config {} claimed: job {}",
-            l.config_id,
-            reply.get("job_id").unwrap_or(&Value::Null)
-        );
+        job = reply.get("job_id").and_then(Value::as_str).map(str::to_owned);
+        println!("launch config {} claimed: job {}", l.config_id, job.as_deref().unwrap_or("none"));
     }
 
     let shared: Shared = Arc::new((args.chute_ref.clone(), Counters::default()));
@@ -230,6 +240,11 @@ async fn main() -> anyhow::Result<()> {
         validator_call(|| client.get(&url).bearer_auth(&l.token), "activating the instance").await?;
         shared.1.active.store(true, Ordering::Relaxed);
         println!("instance active");
+    }
+    if let Some(job) = job {
+        tokio::time::sleep(Duration::from_secs(JOB_SECONDS)).await;
+        println!("job {job} done");
+        return Ok(());
     }
 
     tokio::select! {
@@ -265,5 +280,11 @@ mod tests {
         // A JWT: header.{"config_id":"c1"}.signature
         assert_eq!(config_id_of("eyJhbGciOiJIUzI1NiJ9.eyJjb25maWdfaWQiOiJjMSJ9.sig").as_deref(), Some("c1"));
         assert_eq!(config_id_of("opaque"), None);
+
+        // The miner pins GPU-<dashed uuid>; GraVal (and the miner's records) say 32 hex digits.
+        assert_eq!(
+            graval_uuid("GPU-8F0A0F3C-1b2d-4e5f-8a9b-0c1d2e3f4a5b"),
+            "8f0a0f3c1b2d4e5f8a9b0c1d2e3f4a5b"
+        );
     }
 }

@@ -25,11 +25,15 @@ fn free_port() -> u16 {
 
 /// A launch config for chute `c1`, asked for as the miner asks (signed, purpose `launch`).
 async fn launch_config(emulator: &Emulator) -> (String, String) {
+    launch_config_for(emulator, "chute_id=c1").await
+}
+
+async fn launch_config_for(emulator: &Emulator, query: &str) -> (String, String) {
     // Built with the whole workspace, reqwest carries no provider of its own.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let key = Hotkey::from_seed_hex(&"31".repeat(32), "test seed").unwrap();
     let mut req =
-        reqwest::Client::new().get(format!("{}/instances/launch_config?chute_id=c1", emulator.api_url()));
+        reqwest::Client::new().get(format!("{}/instances/launch_config?{query}", emulator.api_url()));
     for (k, v) in key.sign_request(Payload::Purpose("launch")).iter() {
         req = req.header(k, v);
     }
@@ -78,7 +82,8 @@ async fn the_handshake_makes_an_active_instance_then_it_serves_invocations_and_m
     .await;
     assert_eq!(instance.config_id.as_deref(), Some(config_id.as_str()));
     assert_eq!((instance.host.as_str(), instance.port), ("127.0.1.7", 31000));
-    assert_eq!(instance.gpus, ["2b6f0cc9-04a3-4a56-8c1b-3f3e5b5f1f10"]);
+    // GPU-<dashed uuid> as pinned, reported as GraVal reads it (and the miner registered it).
+    assert_eq!(instance.gpus, ["2b6f0cc904a34a568c1b3f3e5b5f1f10"]);
     assert!(instance.verified);
     let reasons: Vec<String> =
         emulator.events().iter().filter_map(|e| e["reason"].as_str().map(str::to_owned)).collect();
@@ -129,4 +134,19 @@ async fn a_refused_claim_ends_the_chute_with_the_validators_reason() {
     assert!(stderr.contains("claiming the launch config") && stderr.contains("401"), "{stderr}");
     assert!(emulator.instances().is_empty());
     assert!(!stderr.contains(&forged), "the token stays out of the error: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jobs_chute_runs_its_job_then_exits_0() {
+    let emulator = Emulator::start();
+    emulator.add_job("job-1");
+    let (token, _) = launch_config_for(&emulator, "chute_id=c1&job_id=job-1").await;
+    let chute = standin(&emulator, &token, free_port(), free_port());
+    let out = tokio::task::spawn_blocking(move || chute.wait_with_output()).await.unwrap().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("claimed: job job-1") && stdout.contains("job job-1 done"), "{stdout}");
+    let instances = emulator.instances();
+    assert_eq!(instances.len(), 1);
+    assert!(instances[0].active && instances[0].job_id.as_deref() == Some("job-1"), "{instances:?}");
 }

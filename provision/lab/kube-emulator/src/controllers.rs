@@ -458,9 +458,24 @@ impl State {
             status["startTime"] = json!(now_rfc3339());
         }
         if let Some(cond) = ending {
-            if cond["type"] == "Complete" {
+            let (reason, message, kind_of_event) = if cond["type"] == "Complete" {
                 status["completionTime"] = json!(now_rfc3339());
-            }
+                ("Completed".to_string(), "Job completed".to_string(), "Normal")
+            } else {
+                (s(&cond, "/reason").to_string(), s(&cond, "/message").to_string(), "Warning")
+            };
+            // As the job-controller records it; the Event outlives the Job.
+            let n = self.next_id();
+            let event = json!({
+                "apiVersion": "v1", "kind": "Event",
+                "metadata": {"name": format!("{}.{n:x}", s(job, "/metadata/name")), "namespace": &k.2},
+                "involvedObject": {"kind": "Job", "apiVersion": "batch/v1", "namespace": &k.2,
+                                   "name": job["metadata"]["name"], "uid": &uid},
+                "reason": reason, "message": message, "type": kind_of_event,
+                "source": {"component": "job-controller"},
+                "firstTimestamp": now_rfc3339(), "lastTimestamp": now_rfc3339(), "count": 1,
+            });
+            let _ = self.create(kind("v1", "Event"), event, "job-controller", false);
             status["conditions"] = json!([cond]);
         }
         let finished = finished_before || status.get("conditions").is_some();

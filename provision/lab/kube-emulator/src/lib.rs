@@ -176,7 +176,7 @@ pub struct EmulatorOptions {
 /// A running emulator. Dropping it stops the server (and removes the runner's containers).
 pub struct Emulator {
     shared: Shared,
-    runner: Option<runner::RunnerThread>,
+    runner: Mutex<Option<runner::RunnerThread>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -234,11 +234,23 @@ impl Emulator {
             // Dropping the runtime here cancels open watch streams.
         })?;
         ready_rx.recv().map_err(|_| std::io::Error::other("emulator thread ended before serving"))??;
-        let mut emulator = Emulator { shared, runner: None, stop: Some(stop_tx), thread: Some(thread) };
+        let emulator =
+            Emulator { shared, runner: Mutex::new(None), stop: Some(stop_tx), thread: Some(thread) };
         if let Some(podman) = options.podman {
-            emulator.runner = Some(runner::spawn(emulator.shared.clone(), podman)?);
+            emulator.start_podman(podman)?;
         }
         Ok(emulator)
+    }
+
+    /// Starts the podman runner on a running emulator (e.g. once the images it runs are
+    /// loaded): pods the kubelet starts from now on may run as containers; pods already
+    /// started stay simulated. A runner already there is stopped first (its containers
+    /// removed).
+    pub fn start_podman(&self, podman: PodmanRunner) -> Result<(), EmulatorError> {
+        let mut slot = self.runner.lock().unwrap_or_else(|p| p.into_inner());
+        drop(slot.take());
+        *slot = Some(runner::spawn(self.shared.clone(), podman)?);
+        Ok(())
     }
 
     pub fn url(&self) -> String {
@@ -443,7 +455,7 @@ impl Emulator {
 impl Drop for Emulator {
     fn drop(&mut self) {
         // First the containers, while the state they report to is still there.
-        drop(self.runner.take());
+        drop(self.runner.lock().unwrap_or_else(|p| p.into_inner()).take());
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

@@ -197,6 +197,14 @@ async fn jobs_honour_ttl_after_finished_and_active_deadline() {
     // Finished with a TTL of 0: the Job and (Foreground) its pods are cleaned up.
     assert!(jobs.get_opt("ttl").await.unwrap().is_none());
     assert!(pods.list(&ListParams::default().labels("job-name=ttl")).await.unwrap().items.is_empty());
+    // The job-controller's Event says it completed, and outlives the Job.
+    let events = emu.list("v1", "Event", Some("default")).unwrap();
+    assert!(
+        events.iter().any(|e| e["involvedObject"]["kind"] == "Job"
+            && e["involvedObject"]["name"] == "ttl"
+            && e["reason"] == "Completed"),
+        "{events:#?}"
+    );
 
     jobs.create(&PostParams::default(), &job("deadline", json!({"activeDeadlineSeconds": 1}))).await.unwrap();
     let failed = || async {
@@ -207,6 +215,11 @@ async fn jobs_honour_ttl_after_finished_and_active_deadline() {
             .any(|c| c.type_ == "Failed" && c.reason.as_deref() == Some("DeadlineExceeded"))
     };
     eventually("the Job fails with DeadlineExceeded", failed).await;
+    let events = emu.list("v1", "Event", Some("default")).unwrap();
+    assert!(
+        events.iter().any(|e| e["involvedObject"]["name"] == "deadline" && e["reason"] == "DeadlineExceeded"),
+        "{events:#?}"
+    );
     let active = pods.list(&ListParams::default().labels("job-name=deadline")).await.unwrap().items;
     assert!(active.is_empty(), "the running pod was stopped: {active:?}");
 }

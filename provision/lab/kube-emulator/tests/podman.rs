@@ -11,7 +11,6 @@ mod common;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -39,23 +38,11 @@ fn store() -> &'static Store {
     STORE.get_or_init(|| {
         let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
         let bin_dir = target.parent().unwrap().join("debug");
-        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        // The variables cargo sets for this test would make build scripts rerun.
-        for (name, _) in std::env::vars_os() {
-            let name = name.to_string_lossy().to_string();
-            if (name.starts_with("CARGO_") && name != "CARGO_HOME" && name != "CARGO_TARGET_DIR")
-                || name == "OUT_DIR"
-            {
-                build.env_remove(name);
-            }
-        }
-        let ok = build
-            // chutes-miner too: `images build` always makes its image.
-            .args(["build", "-p", "graval-bootstrap", "-p", "chute-standin", "-p", "chutes-miner"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(ok.success(), "building the binaries of the images");
+        // chutes-miner too: `images build` always makes its image.
+        lab_hosts::cargo_build(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
+            &["graval-bootstrap", "chute-standin", "chutes-miner"],
+        );
         let out = target.join("kube-emulator-images");
         minerctl_images::build_all(&BuildInput {
             binary_dir: bin_dir,

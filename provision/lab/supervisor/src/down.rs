@@ -1,7 +1,8 @@
 //! `lab down`: stops the supervisor (which stops everything it owns, in order) and then
 //! makes sure, from the record alone, that nothing is left: every recorded process gone
-//! (killed if it outlived a crashed supervisor), every recorded address free, stale slot
-//! locks of the lab hosts removed, the state directory deleted.
+//! (killed if it outlived a crashed supervisor), every container of the lab's podman store
+//! removed with the store, every recorded address free, stale slot locks of the lab hosts
+//! removed, the state directory deleted.
 
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,9 @@ pub fn down(dir: &StateDir, progress: &mut dyn FnMut(&str)) -> Result<DownReport
         for p in record.processes.iter().filter(|p| p.alive()) {
             report.leftovers.push(format!("process {} (pid {}) still runs", p.what, p.pid));
         }
+    }
+    if let Some(store) = &record.podman {
+        report.leftovers.extend(store.remove());
     }
     // Lab hosts' sshd and every server went with their processes; their addresses free up
     // as the kernel closes the sockets.

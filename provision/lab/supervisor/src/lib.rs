@@ -7,8 +7,11 @@
 //! * [`state`]: the state directory and its record of everything made.
 //! * [`control`]: the control socket `lab status` and `lab down` talk to.
 //! * [`down`]: the cleanup, from the record alone (also after the supervisor crashed).
+//! * [`containers`]: the lab's podman store, where the GraVal bootstrap and chute pods
+//!   run as containers when `lab up` built or reused images.
 //! * [`hosts`], [`miner`], [`scenario`]: the lab's assembly, shared with the tests.
 
+pub mod containers;
 pub mod control;
 pub mod down;
 pub mod hosts;

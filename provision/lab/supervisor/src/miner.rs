@@ -2,12 +2,12 @@
 //! in the supervisor's process on the lab's Postgres, Redis, Kubernetes emulator and
 //! validator emulator, exactly as `chutes-miner api` and `chutes-miner gepetto` wire them.
 //!
-//! What the emulated cluster does not run yet (its pods start no containers), the lab
-//! stands in for, here and nowhere else: one GraVal bootstrap server (CPU backend) per
-//! GPU host, reached through [`GravalAddress`], and [`ChuteStandIn`], which plays a
-//! chute's launch-config handshake for a deployment whose pod runs and, for a job,
-//! completes the pod. With the workload runner, the bootstrap and chute pods are real
-//! containers at node address + NodePort: [`GravalAddress::node_port`] and no stand-in.
+//! With images (`lab up`'s default), the GraVal bootstrap and chute pods are real
+//! containers at node address + NodePort ([`crate::containers`]): [`GravalAddress::node_port`]
+//! and no stand-in. With `--no-images` (the fast path) the lab stands in for them, here and
+//! nowhere else: one GraVal bootstrap server (CPU backend) per GPU host, reached through
+//! [`GravalAddress`], and [`ChuteStandIn`], which plays a chute's launch-config handshake
+//! for a deployment whose pod runs and, for a job, completes the pod.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -207,20 +207,16 @@ pub async fn start(setup: Setup<'_>) -> Result<Runtime, LabError> {
     Ok(Runtime { api_url: format!("http://{addr}"), api_addr: addr.to_string(), db, client, shutdown })
 }
 
-/// Plays the chute side for deployments whose pod runs (until chute pods run the stand-in
-/// chute image): claims and activates the launch config with the validator, as the chute's
-/// handshake does; a job's pod then completes, as a finished job's chute exits.
+/// Plays the chute side for deployments whose pod runs (without images; with them the
+/// chute-standin container does): claims and activates the launch config with the
+/// validator, as the chute's handshake does; a job's pod then completes, as a finished
+/// job's chute exits.
+#[derive(Default)]
 pub struct ChuteStandIn {
     done: Mutex<BTreeSet<String>>,
-    /// Job ids whose chute ran to its end.
-    ran_jobs: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl ChuteStandIn {
-    pub fn new(ran_jobs: Arc<Mutex<BTreeSet<String>>>) -> ChuteStandIn {
-        ChuteStandIn { done: Mutex::new(BTreeSet::new()), ran_jobs }
-    }
-
     /// One pass over the deployments; call it every second or so.
     pub async fn tick(
         &self,
@@ -247,11 +243,10 @@ impl ChuteStandIn {
             match validator.start_chute(config_id, host, port as u16, &gpus).await {
                 Ok(instance) => {
                     tracing::info!(deployment = %dep.deployment_id, %instance, "chute stand-in: instance active");
-                    if let Some(job) = &dep.job_id
+                    if dep.job_id.is_some()
                         && let Some(name) = pod["metadata"]["name"].as_str()
-                        && kube.succeed_pod(NAMESPACE, name)
                     {
-                        self.ran_jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(job.clone());
+                        kube.succeed_pod(NAMESPACE, name);
                     }
                 }
                 Err((status, detail)) => {

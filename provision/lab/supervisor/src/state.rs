@@ -60,6 +60,11 @@ pub struct Record {
     /// Passes of the GPU double-booking monitor, and what it found (empty: none).
     pub gpu_checks: u64,
     pub double_booked: Vec<String>,
+    /// The lab's podman store, named before it is made: `lab down` removes its containers,
+    /// mounts and files. None: no images, the pods run in-process stand-ins.
+    pub podman: Option<crate::containers::LabStore>,
+    /// Job ids whose chute ran to its end (its pod succeeded).
+    pub ran_jobs: Vec<String>,
 }
 
 /// The state directory's layout.

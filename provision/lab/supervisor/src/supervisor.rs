@@ -16,6 +16,7 @@ use lab_hosts::lab::{Gpu, Lab, LabHost};
 use lab_hosts::{Postgres, Redis};
 use serde_json::{Value, json};
 
+use crate::containers::{LabStore, Loaded};
 use crate::control::{self, DownRequest};
 use crate::hosts::{self, InventorySpec};
 use crate::miner::{self, ChuteStandIn, GravalAddress};
@@ -109,8 +110,6 @@ struct Owned {
     validator: Option<Arc<validator_emulator::Emulator>>,
     runtime: Option<miner::Runtime>,
     tokio: Option<tokio::runtime::Runtime>,
-    /// Jobs the chute stand-in ran to their end.
-    ran_jobs: Arc<Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Owned {
@@ -332,7 +331,7 @@ fn start_steps(
     p.end(shared)?;
     interrupted(down, pending)?;
 
-    // 4. Images.
+    // 4. Images; with them, GraVal bootstrap and chute pods run as containers.
     p.begin("building and importing the miner's images (minerctl images build, push)");
     let lock = match &opts.images {
         ImagesPlan::Skip(why) => {
@@ -346,7 +345,15 @@ fn start_steps(
                 opts,
                 dir,
                 "images-build",
-                &["images", "build", "--binary-dir", path_str(binary_dir)?, "--out", path_str(&out)?],
+                &[
+                    "images",
+                    "build",
+                    "--lab",
+                    "--binary-dir",
+                    path_str(binary_dir)?,
+                    "--out",
+                    path_str(&out)?,
+                ],
             )?;
             Some(out.join("images.lock.json"))
         }
@@ -363,6 +370,20 @@ fn start_steps(
             &["images", "push", "-i", inv, "--known-hosts", kh, "--images-lock", path_str(lock)?],
         )?;
         p.detail(&format!("imported into every node: {}", lock.display()));
+    }
+    let mut loaded: Option<(LabStore, Loaded)> = None;
+    if let Some(lock) = &lock {
+        let store = LabStore::new(dir, &format!("lab-{}", std::process::id()));
+        // Recorded before it exists: `lab down` removes it whatever happens next.
+        shared.update(|r| r.podman = Some(store.clone()))?;
+        let images = store.load(lock)?;
+        p.detail(&format!(
+            "loaded {} and {} into the lab's podman store {}",
+            images.graval,
+            images.standin,
+            store.root.display()
+        ));
+        loaded = Some((store, images));
     }
     p.end(shared)?;
     interrupted(down, pending)?;
@@ -385,8 +406,21 @@ fn start_steps(
     let validator = Arc::new(validator_emulator::Emulator::start());
     owned.validator = Some(validator.clone());
     validator.set_supported_gpus(&[hosts::LAB_GPU_SHORT_REF]);
-    let graval = GravalAddress::default();
+    // Containers: the validator checks proofs at node address + NodePort. Without images,
+    // in-process stand-ins (started with the miner) register their addresses here.
+    let graval = GravalAddress::node_port();
     validator.verify_with_graval(miner::verifier(&graval)?);
+    let containers = loaded.is_some();
+    if let Some((store, images)) = &loaded {
+        let at: std::net::SocketAddr = format!("127.0.0.1:{}", validator.port())
+            .parse()
+            .map_err(|e| step_err("validator emulator", e))?;
+        kube.start_podman(store.cluster_runner(images, opts.gpus_per_host, at))
+            .map_err(|e| step_err("podman runner", format!("{e:?}")))?;
+        p.detail("pods: GraVal bootstrap and chute pods run as podman containers of the built images");
+    } else {
+        p.detail("pods: no images, so GraVal bootstrap servers and chutes are stood in for in-process");
+    }
     let vurl = validator.api_url();
     shared.update(|r| {
         r.endpoints.insert("validator".into(), vurl.clone());
@@ -422,7 +456,7 @@ fn start_steps(
             .map_err(io("start the lab's async runtime"))?,
     );
     let mut graval_listeners = Vec::new();
-    for (i, h) in lab.hosts().iter().enumerate().skip(1) {
+    for (i, h) in lab.hosts().iter().enumerate().skip(1).filter(|_| !containers) {
         let addr = tokio.block_on(graval.start_stand_in(
             &h.addr().to_string(),
             i,
@@ -446,23 +480,32 @@ fn start_steps(
         r.listeners.push(api_addr);
         r.listeners.extend(graval_listeners);
     })?;
-    // Chute pods run no process yet: the stand-in plays their handshake; a monitor
-    // records any GPU pinned by two live chute Jobs at once.
+    // Without containers the stand-in plays the chutes' handshake. A monitor records any
+    // GPU pinned by two live chute Jobs at once, and the jobs whose chute ran to its end.
     let db = runtime.db.clone();
     let db_check = runtime.db.clone();
     owned.runtime = Some(runtime);
     {
         let (kube, validator, shared) = (kube.clone(), validator.clone(), shared.clone());
-        let stand_in = ChuteStandIn::new(owned.ran_jobs.clone());
+        let stand_in = (!containers).then(ChuteStandIn::default);
+        let mut finished = FinishedJobs::default();
         tokio.spawn(async move {
             loop {
-                stand_in.tick(&db, &kube, &validator).await;
+                if let Some(s) = &stand_in {
+                    s.tick(&db, &kube, &validator).await;
+                }
                 let clashes = double_booked(&kube);
+                let ran = finished.check(&kube);
                 let _ = shared.update(|r| {
                     r.gpu_checks += 1;
                     for c in clashes {
                         if !r.double_booked.contains(&c) {
                             r.double_booked.push(c);
+                        }
+                    }
+                    for j in ran {
+                        if !r.ran_jobs.contains(&j) {
+                            r.ran_jobs.push(j);
                         }
                     }
                 });
@@ -615,9 +658,35 @@ pub fn pinned(job: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Whether the chute stand-in ran job `job_id` to its end (its pod succeeded).
-fn job_done(owned: &Owned, job_id: &str) -> bool {
-    owned.ran_jobs.lock().unwrap_or_else(|p| p.into_inner()).contains(job_id)
+/// Which chute Jobs ran a validator's job to its end (a job's chute exits 0 when done): the
+/// job-controller's `Completed` Event outlives the Job Gepetto then deletes; the job id is
+/// the Job's label, remembered while the Job lives (it lives at least as long as its chute).
+#[derive(Default)]
+pub struct FinishedJobs {
+    job_ids: std::collections::BTreeMap<String, String>,
+}
+
+impl FinishedJobs {
+    pub fn check(&mut self, kube: &kube_emulator::Emulator) -> Vec<String> {
+        for j in kube.list("batch/v1", "Job", Some(miner::NAMESPACE)).unwrap_or_default() {
+            if let (Some(name), Some(id)) =
+                (j["metadata"]["name"].as_str(), j["metadata"]["labels"]["chutes/job-id"].as_str())
+            {
+                self.job_ids.insert(name.to_owned(), id.to_owned());
+            }
+        }
+        let events = kube.list("v1", "Event", Some(miner::NAMESPACE)).unwrap_or_default();
+        events
+            .iter()
+            .filter(|e| e["involvedObject"]["kind"] == "Job" && e["reason"] == "Completed")
+            .filter_map(|e| self.job_ids.get(e["involvedObject"]["name"].as_str()?).cloned())
+            .collect()
+    }
+}
+
+/// Whether job `job_id`'s chute ran to its end.
+fn job_done(shared: &Shared, job_id: &str) -> bool {
+    shared.record.lock().unwrap_or_else(|p| p.into_inner()).ran_jobs.iter().any(|j| j == job_id)
 }
 
 /// GPUs the scenario needs: one per chute (three, and the bounty's) and one for the job.
@@ -722,8 +791,8 @@ fn play_scenario(
             .filter(|d| d.deployment.job_id.as_deref() == Some(job.as_str()))
             .count()
     };
-    wait("run the job", &|| job_deployments() > 0 || job_done(owned, &job))?;
-    wait("release the job's GPUs", &|| job_deployments() == 0 && job_done(owned, &job))?;
+    wait("run the job", &|| job_deployments() > 0 || job_done(shared, &job))?;
+    wait("release the job's GPUs", &|| job_deployments() == 0 && job_done(shared, &job))?;
     p.line("scenario: the job ran and its GPUs were released");
     p.line("scenario: a chute update and a deletion");
     play(scenario.update_and_delete());

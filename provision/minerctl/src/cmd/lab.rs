@@ -65,14 +65,16 @@ pub struct UpArgs {
     pub state: StateArgs,
     #[command(flatten)]
     pub shape: Shape,
-    /// Build the images from the chutes-miner and graval-bootstrap binaries in DIR (default:
-    /// next to this minerctl, when both are there).
+    /// Build the images from the chutes-miner, graval-bootstrap and chute-standin binaries in
+    /// DIR (default: next to this minerctl, when all are there). GraVal bootstrap and chute
+    /// pods then run as podman containers of them.
     #[arg(long, value_name = "DIR", conflicts_with_all = ["images_lock", "no_images"])]
     pub images_from: Option<PathBuf>,
     /// Reuse images built before (`minerctl images build` writes the lock).
     #[arg(long, value_name = "FILE", conflicts_with = "no_images")]
     pub images_lock: Option<PathBuf>,
-    /// Skip building and importing images (the cluster's pods do not run them yet).
+    /// Skip building and importing images: faster; GraVal bootstrap servers and chutes are
+    /// then stood in for in the lab's own process instead of running as containers.
     #[arg(long)]
     pub no_images: bool,
 }
@@ -124,8 +126,10 @@ fn images_plan(a: &UpArgs, exe: &Path) -> anyhow::Result<ImagesPlan> {
         Some(d) => std::path::absolute(d)?,
         None => exe.parent().map(Path::to_path_buf).unwrap_or_default(),
     };
-    let missing: Vec<&str> =
-        ["chutes-miner", "graval-bootstrap"].into_iter().filter(|b| !dir.join(b).is_file()).collect();
+    let missing: Vec<&str> = ["chutes-miner", "graval-bootstrap", "chute-standin"]
+        .into_iter()
+        .filter(|b| !dir.join(b).is_file())
+        .collect();
     match (missing.is_empty(), &a.images_from) {
         (true, _) => Ok(ImagesPlan::Build { binary_dir: dir }),
         (false, Some(_)) => bail!("--images-from {}: no {} there", dir.display(), missing.join(" or ")),
