@@ -79,9 +79,10 @@ fn render_references_the_built_images_by_digest() {
     let o = minerctl(&["render", "--images-lock", lock_path.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
     let yaml = String::from_utf8_lossy(&o.stdout).to_string();
-    // api + its migrate, gepetto + its migrate, the audit exporter.
+    // api + its migrate, gepetto + its migrate + its chute Jobs' cache-init
+    // (CACHE_CLEANER_IMAGE), the audit exporter.
     // (long values are folded onto their own line: count the reference itself)
-    assert_eq!(yaml.matches(miner.as_str()).count(), 5, "{yaml}");
+    assert_eq!(yaml.matches(miner.as_str()).count(), 6, "{yaml}");
     assert!(!yaml.contains("chutes-miner:unbuilt"), "{yaml}");
     // No CUDA build in this lock: the GraVal image is still the placeholder, and it says so.
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -92,7 +93,9 @@ fn render_references_the_built_images_by_digest() {
         minerctl(&["render", "--images-lock", lock_path.to_str().unwrap(), "--set", "gepetto.image=mine:1"]);
     let yaml = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(yaml.contains("image: mine:1"), "{yaml}");
-    // (gepetto and its migrate init container use gepetto.image)
+    // Gepetto, its migrate init container and the chute Jobs' cache-init it creates all
+    // use gepetto.image: the cleaner always runs the same build as the Gepetto that starts it.
+    assert_eq!(yaml.matches("mine:1").count(), 3, "{yaml}");
     assert_eq!(yaml.matches(miner.as_str()).count(), 3);
 
     // Before any build: placeholders, and a warning naming the keys and the missing lock.
@@ -625,7 +628,7 @@ fn push_to_a_registry_with_credentials_and_render_names_the_images_there() {
     assert!(o.status.success(), "{}", text(&o));
     let yaml = String::from_utf8_lossy(&o.stdout).to_string();
     let in_registry = format!("{}/chutes/chutes-miner@{}", registry.host(), miner.digest);
-    assert_eq!(yaml.matches(in_registry.as_str()).count(), 5, "{yaml}");
+    assert_eq!(yaml.matches(in_registry.as_str()).count(), 6, "{yaml}");
     assert!(!yaml.contains(&miner.reference), "{yaml}");
 
     // A registry value that is no registry is refused, naming the key.
