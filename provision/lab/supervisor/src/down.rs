@@ -45,7 +45,7 @@ pub fn down(dir: &StateDir, progress: &mut dyn FnMut(&str)) -> Result<DownReport
             Ok(v) => progress(&format!("the supervisor answered: {}", v["error"])),
             Err(e) => progress(&format!("{e}; killing what is left")),
         }
-        if !wait_gone(std::slice::from_ref(sup), Duration::from_secs(30)) {
+        if !ProcessRecord::wait_gone(std::slice::from_ref(sup), Duration::from_secs(30)) {
             kill(sup);
             report.killed.push(format!("supervisor (pid {})", sup.pid));
         }
@@ -56,7 +56,7 @@ pub fn down(dir: &StateDir, progress: &mut dyn FnMut(&str)) -> Result<DownReport
         kill(p);
         report.killed.push(format!("{} (pid {})", p.what, p.pid));
     }
-    if !wait_gone(&record.processes, Duration::from_secs(30)) {
+    if !ProcessRecord::wait_gone(&record.processes, Duration::from_secs(30)) {
         for p in record.processes.iter().filter(|p| p.alive()) {
             report.leftovers.push(format!("process {} (pid {}) still runs", p.what, p.pid));
         }
@@ -94,19 +94,6 @@ fn kill(p: &ProcessRecord) {
         unsafe {
             libc::kill(p.pid as libc::pid_t, libc::SIGKILL);
         }
-    }
-}
-
-fn wait_gone(ps: &[ProcessRecord], timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if ps.iter().all(|p| !p.alive()) {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

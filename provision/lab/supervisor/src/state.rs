@@ -168,4 +168,18 @@ impl ProcessRecord {
         let state = stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next());
         !matches!(state, Some("Z") | Some("X") | None)
     }
+
+    /// Waits until none of `ps` runs, at most `timeout`; whether they are all gone.
+    pub fn wait_gone(ps: &[ProcessRecord], timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if ps.iter().all(|p| !p.alive()) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
 }

@@ -312,12 +312,23 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
     let Some(record) = dir.read()? else {
         bail!("no lab at {} (start one with minerctl lab up)", dir.root().display());
     };
-    let alive = record.supervisor.as_ref().is_some_and(ProcessRecord::alive);
-    let record = if alive {
-        let v = minerctl_lab::control::request(&dir.socket(), "status", Some(Duration::from_secs(30)))?;
-        serde_json::from_value(v["record"].clone()).context("reading the supervisor's answer")?
-    } else {
-        record
+    let (alive, record) = match record.supervisor.clone().filter(ProcessRecord::alive) {
+        None => (false, record),
+        Some(sup) => {
+            match minerctl_lab::control::request(&dir.socket(), "status", Some(Duration::from_secs(30))) {
+                Ok(v) => (
+                    true,
+                    serde_json::from_value(v["record"].clone()).context("reading the supervisor's answer")?,
+                ),
+                // A killed supervisor closes its socket before it is reaped, so a status asked
+                // just then connects and is hung up on: if it is gone soon after, it is simply
+                // not running; the record says what it left.
+                Err(_) if ProcessRecord::wait_gone(std::slice::from_ref(&sup), Duration::from_secs(10)) => {
+                    (false, record)
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     };
     if a.output == "json" {
         println!(
