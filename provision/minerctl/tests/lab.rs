@@ -418,6 +418,51 @@ fn lab_down_cleans_up_after_the_supervisor_was_killed() {
     assert!(!procs[0].alive(), "the container's process (pid {}) still runs", procs[0].pid);
 }
 
+/// `lab status` asked just as the supervisor dies: its socket still takes the connection,
+/// then hangs up without an answer. A stand-in supervisor (a `sleep` whose pid the record
+/// names, killed from the socket's side as it hangs up) makes that moment exact. A
+/// supervisor that hangs up and stays alive is still an error naming the socket.
+#[test]
+fn lab_status_asked_as_the_supervisor_dies_says_it_is_not_running() {
+    let (_tmp, dir) = state_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let state = minerctl_lab::StateDir::new(&dir);
+    let mut sleeper = Command::new("sleep").arg("600").spawn().unwrap();
+    let pid = sleeper.id();
+    let sup = ProcessRecord::of("supervisor", pid).unwrap();
+    state.write(&Record { phase: "up".into(), supervisor: Some(sup), ..Record::default() }).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(state.socket()).unwrap();
+    let status = |kill: bool| {
+        let listener = listener.try_clone().unwrap();
+        let hangup = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            if kill {
+                // SAFETY: SIGKILL to the `sleep` this test started.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            drop(conn);
+        });
+        let o = minerctl(&["lab", "status", "--state-dir", dir.to_str().unwrap()]);
+        hangup.join().unwrap();
+        o
+    };
+
+    let alive = status(false);
+    assert!(!alive.status.success(), "{}", text(&alive));
+    let stderr = String::from_utf8_lossy(&alive.stderr);
+    assert!(stderr.contains("did not answer") && stderr.contains("control.sock"), "{}", text(&alive));
+
+    let dying = status(true);
+    assert_eq!(dying.status.code(), Some(1), "{}", text(&dying));
+    assert!(String::from_utf8_lossy(&dying.stderr).contains("supervisor is not running"), "{}", text(&dying));
+    assert!(
+        String::from_utf8_lossy(&dying.stdout).contains("phase: up"),
+        "the record is shown: {}",
+        text(&dying)
+    );
+    let _ = sleeper.wait();
+}
+
 /// A pod as a chute Job makes it, minimal: its image (from a validator's registry) runs the
 /// chute stand-in, without a launch token (it serves, no handshake).
 fn create_chute_pod(kube: &str, name: &str) {
