@@ -194,29 +194,33 @@ pub(crate) fn preemption_servers<'a>(
     disk_gb: f64,
 ) -> Vec<&'a ServerSnap> {
     preemption_servers_where(fleet, models, gpu_count, disk_gb, |_| true)
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect()
 }
 
-/// [`preemption_servers`] among those `keep` accepts (checked first: a cheap test
-/// spares the GPU counting on servers that cannot help).
+/// [`preemption_servers`] among those `keep` accepts, given each server's position in
+/// `fleet.servers` (checked first: a cheap test spares the GPU counting on servers that
+/// cannot help); with their positions.
 pub(crate) fn preemption_servers_where<'a>(
     fleet: &'a FleetSnapshot,
     models: &[String],
     gpu_count: usize,
     disk_gb: f64,
-    keep: impl Fn(&ServerSnap) -> bool,
-) -> Vec<&'a ServerSnap> {
-    let mut servers: Vec<_> = fleet
+    keep: impl Fn(usize) -> bool,
+) -> Vec<(usize, &'a ServerSnap)> {
+    // Free GPUs counted once per server, not once per comparison of the sort.
+    let mut servers: Vec<(usize, &ServerSnap, usize)> = fleet
         .servers
         .iter()
-        .filter(|s| keep(s) && !s.locked && s.has_disk(disk_gb) && s.total_gpus(models) >= gpu_count)
+        .enumerate()
+        .filter(|(i, s)| keep(*i) && !s.locked && s.has_disk(disk_gb) && s.total_gpus(models) >= gpu_count)
+        .map(|(i, s)| (i, s, s.free_gpus(models)))
         .collect();
-    servers.sort_by(|a, b| {
-        a.hourly_cost
-            .total_cmp(&b.hourly_cost)
-            .then(a.free_gpus(models).cmp(&b.free_gpus(models)))
-            .then_with(|| a.name.cmp(&b.name))
+    servers.sort_by(|(_, a, fa), (_, b, fb)| {
+        a.hourly_cost.total_cmp(&b.hourly_cost).then(fa.cmp(fb)).then_with(|| a.name.cmp(&b.name))
     });
-    servers
+    servers.into_iter().map(|(i, s, _)| (i, s)).collect()
 }
 
 /// Value per GPU-hour of cost; a zero or negative cost (19.8: ZeroDivision in the

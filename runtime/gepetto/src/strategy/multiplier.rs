@@ -81,13 +81,11 @@ impl Multiplier {
     /// multiplier times the share of time it would be busy. Skips chutes the validator
     /// caps, with another version or no cords, and chutes that already have as many
     /// instances launching as there is unserved demand.
-    fn wanted<'a>(fleet: &'a FleetSnapshot, view: &ValidatorView) -> Vec<(&'a ChuteSnap, f64)> {
-        let mut pending: std::collections::HashMap<&str, usize> = Default::default();
-        for d in
-            fleet.deployments.iter().filter(|d| d.job_id.is_none() && d.activated_at.is_none() && !d.active)
-        {
-            *pending.entry(d.chute_id.as_str()).or_default() += 1;
-        }
+    fn wanted<'a>(
+        fleet: &'a FleetSnapshot,
+        view: &ValidatorView,
+        pending: &std::collections::HashMap<&str, usize>,
+    ) -> Vec<(&'a ChuteSnap, f64)> {
         let mut out = Vec::new();
         for (chute_id, remote) in &view.chutes {
             let Some(chute) = fleet.chutes.get(chute_id) else { continue };
@@ -110,8 +108,21 @@ impl Multiplier {
         out
     }
 
+    /// Instances launching (not a job's, not yet activated), by chute.
+    fn pending(fleet: &FleetSnapshot) -> std::collections::HashMap<&str, usize> {
+        let mut pending: std::collections::HashMap<&str, usize> = Default::default();
+        for d in fleet.deployments.iter().filter(|d| Self::is_pending(d)) {
+            *pending.entry(d.chute_id.as_str()).or_default() += 1;
+        }
+        pending
+    }
+
+    fn is_pending(d: &DeploymentSnap) -> bool {
+        d.job_id.is_none() && d.activated_at.is_none() && !d.active
+    }
+
     fn has_pending(chute_id: &str, fleet: &FleetSnapshot) -> bool {
-        fleet.deployments_of(chute_id).any(|d| d.job_id.is_none() && d.activated_at.is_none() && !d.active)
+        fleet.deployments_of(chute_id).any(Self::is_pending)
     }
 }
 
@@ -133,7 +144,7 @@ impl Strategy for Multiplier {
     fn autoscale(&self, fleet: &FleetSnapshot, view: &ValidatorView, disk_gb: f64) -> Vec<ScaleUp> {
         let mut placements = super::PlacementCache::new(fleet, disk_gb);
         let mut out = Vec::new();
-        for (chute, worth) in Self::wanted(fleet, view) {
+        for (chute, worth) in Self::wanted(fleet, view, &Self::pending(fleet)) {
             push_candidate(&mut out, &mut placements, chute, worth);
         }
         ranked(out)
@@ -192,9 +203,10 @@ impl Strategy for Multiplier {
         now: DateTime<Utc>,
         disk_gb: f64,
     ) -> Option<Rebalance> {
-        let mut wanted: Vec<(&ChuteSnap, f64)> = Self::wanted(fleet, view)
+        let pending = Self::pending(fleet);
+        let mut wanted: Vec<(&ChuteSnap, f64)> = Self::wanted(fleet, view, &pending)
             .into_iter()
-            .filter(|(c, _)| !c.banned && c.gpu_count > 0 && !Self::has_pending(&c.chute_id, fleet))
+            .filter(|(c, _)| !c.banned && c.gpu_count > 0 && !pending.contains_key(c.chute_id.as_str()))
             .map(|(c, worth)| (c, worth / c.gpu_count as f64))
             .collect();
         wanted.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.chute_id.cmp(&b.0.chute_id)));
@@ -215,15 +227,14 @@ impl Strategy for Multiplier {
             let m = view.instance_multiplier(&d.chute_id, d.instance_id.as_deref()?)?;
             Some(m * current_utilisation(&d.chute_id, view) / d.gpu_count.max(1) as f64)
         });
-        let cheapest = victims
-            .by_server
-            .values()
-            .filter_map(|l| l.first())
-            .map(|(w, _)| *w)
-            .fold(f64::INFINITY, f64::min);
         for (chute, per_gpu) in wanted {
-            if per_gpu * REPLACE_BELOW <= cheapest {
+            if per_gpu * REPLACE_BELOW <= victims.cheapest {
                 break; // sorted: no later chute beats any instance by the margin either
+            }
+            if !victims.cheap_enough_on(&chute.supported_gpus, per_gpu * REPLACE_BELOW) {
+                // No server with its GPUs holds a victim worth that little: make_room
+                // could only find room already free, which is the autoscaler's job.
+                continue;
             }
             if let Some(plan) = victims.make_room(chute, fleet, view, disk_gb, per_gpu * REPLACE_BELOW)
                 && !plan.victims.is_empty()
@@ -238,7 +249,13 @@ impl Strategy for Multiplier {
 /// The deployments preemption may remove, by server, least worth first: preemptible,
 /// not serving a job, active for `MIN_ACTIVE`, with a known worth.
 struct Victims<'a> {
-    by_server: std::collections::HashMap<&'a str, Vec<(f64, &'a DeploymentSnap)>>,
+    /// By the server's position in `fleet.servers` (rebalance asks for every server
+    /// and every wanted chute: an index, not a string hash).
+    by_server: Vec<Vec<(f64, &'a DeploymentSnap)>>,
+    /// The least worth of all, also on servers the fleet no longer lists.
+    cheapest: f64,
+    /// The least worth on servers with a verified GPU of each model.
+    cheapest_by_model: std::collections::HashMap<&'a str, f64>,
 }
 
 impl<'a> Victims<'a> {
@@ -247,7 +264,10 @@ impl<'a> Victims<'a> {
         now: DateTime<Utc>,
         worth: impl Fn(&DeploymentSnap) -> Option<f64>,
     ) -> Self {
-        let mut by_server: std::collections::HashMap<&str, Vec<(f64, &DeploymentSnap)>> = Default::default();
+        let position: std::collections::HashMap<&str, usize> =
+            fleet.servers.iter().enumerate().map(|(i, s)| (s.server_id.as_str(), i)).collect();
+        let mut by_server: Vec<Vec<(f64, &DeploymentSnap)>> = vec![Vec::new(); fleet.servers.len()];
+        let mut cheapest = f64::INFINITY;
         for d in &fleet.deployments {
             if d.job_id.is_some()
                 || !d.preemptible
@@ -255,14 +275,31 @@ impl<'a> Victims<'a> {
             {
                 continue;
             }
-            if let Some(w) = worth(d) {
-                by_server.entry(d.server_id.as_str()).or_default().push((w, d));
+            let Some(w) = worth(d) else { continue };
+            cheapest = cheapest.min(w);
+            if let Some(&i) = position.get(d.server_id.as_str()) {
+                by_server[i].push((w, d));
             }
         }
-        for list in by_server.values_mut() {
+        for list in &mut by_server {
             list.sort_by(|(a, x), (b, y)| a.total_cmp(b).then_with(|| x.deployment_id.cmp(&y.deployment_id)));
         }
-        Victims { by_server }
+        let mut cheapest_by_model: std::collections::HashMap<&str, f64> = Default::default();
+        for (server, list) in fleet.servers.iter().zip(&by_server) {
+            let Some((w, _)) = list.first() else { continue };
+            for g in server.gpus.iter().filter(|g| g.verified) {
+                let least = cheapest_by_model.entry(g.model.as_str()).or_insert(f64::INFINITY);
+                *least = least.min(*w);
+            }
+        }
+        Victims { by_server, cheapest, cheapest_by_model }
+    }
+
+    /// Whether some server with a verified GPU of one of `models` holds a victim worth
+    /// less than `below` (when not, [`Victims::make_room`] can only return a server that
+    /// has room already, or none).
+    fn cheap_enough_on(&self, models: &[String], below: f64) -> bool {
+        models.iter().any(|m| self.cheapest_by_model.get(m.as_str()).is_some_and(|w| *w < below))
     }
 
     /// The cheapest server where `chute` fits after removing deployments of other
@@ -277,17 +314,18 @@ impl<'a> Victims<'a> {
         below: f64,
     ) -> Option<Preemption> {
         // Only servers with room already, or with a victim cheap enough, can help.
-        let helps = |s: &crate::snapshot::ServerSnap| {
-            self.by_server.get(s.server_id.as_str()).and_then(|l| l.first()).is_some_and(|(w, _)| *w < below)
-                || s.free_gpus(&chute.supported_gpus) >= chute.gpu_count
+        let helps = |i: usize| {
+            self.by_server[i].first().is_some_and(|(w, _)| *w < below)
+                || fleet.servers[i].free_gpus(&chute.supported_gpus) >= chute.gpu_count
         };
-        for server in preemption_servers_where(fleet, &chute.supported_gpus, chute.gpu_count, disk_gb, helps)
+        for (i, server) in
+            preemption_servers_where(fleet, &chute.supported_gpus, chute.gpu_count, disk_gb, helps)
         {
             let free = server.free_gpus(&chute.supported_gpus);
             if free >= chute.gpu_count {
                 return Some(Preemption { server_id: server.server_id.clone(), victims: Vec::new() });
             }
-            let Some(list) = self.by_server.get(server.server_id.as_str()) else { continue };
+            let list = &self.by_server[i];
             let mut counts: std::collections::HashMap<&str, usize> = Default::default();
             let mut freed = free;
             let mut victims = Vec::new();
