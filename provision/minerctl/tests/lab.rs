@@ -434,8 +434,11 @@ fn lab_status_asked_as_the_supervisor_dies_says_it_is_not_running() {
     let listener = std::os::unix::net::UnixListener::bind(state.socket()).unwrap();
     let status = |kill: bool| {
         let listener = listener.try_clone().unwrap();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = accepted.clone();
         let hangup = std::thread::spawn(move || {
             let (conn, _) = listener.accept().unwrap();
+            seen.store(true, std::sync::atomic::Ordering::SeqCst);
             if kill {
                 // SAFETY: SIGKILL to the `sleep` this test started.
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -443,6 +446,11 @@ fn lab_status_asked_as_the_supervisor_dies_says_it_is_not_running() {
             drop(conn);
         });
         let o = minerctl(&["lab", "status", "--state-dir", dir.to_str().unwrap()]);
+        if !accepted.load(std::sync::atomic::Ordering::SeqCst) {
+            // status never asked the socket: unblock the accept so the asserts below
+            // report it instead of the test hanging.
+            let _ = std::os::unix::net::UnixStream::connect(state.socket());
+        }
         hangup.join().unwrap();
         o
     };

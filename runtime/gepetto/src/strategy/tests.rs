@@ -421,6 +421,26 @@ fn multiplier_rebalances_an_idle_instance_to_a_chute_that_would_earn_far_more() 
 }
 
 #[test]
+fn multiplier_rebalance_takes_victims_only_on_gpus_the_chute_runs_on_any_of_its_models() {
+    let s = Multiplier::default();
+    let now = Utc::now();
+    // the idle victim sits on an h100; a chute that runs only on a100s cannot use it
+    let (mut f, view) = full_fleet_and_a_wanted_chute(0.3);
+    f.chutes.get_mut("wanted").unwrap().supported_gpus = vec!["a100".into()];
+    assert_eq!(s.rebalance(&f, &view, now, 10.0), None);
+    // one that also runs on h100s (its second model) finds it
+    f.chutes.get_mut("wanted").unwrap().supported_gpus = vec!["a100".into(), "h100".into()];
+    let r = s.rebalance(&f, &view, now, 10.0).unwrap();
+    assert_eq!((r.chute_id.as_str(), r.plan.server_id.as_str()), ("wanted", "s"));
+    assert_eq!(r.plan.victims, ["d"]);
+    // and an unverified GPU offers nothing to rebalance onto
+    for g in &mut f.servers[0].gpus {
+        g.verified = false;
+    }
+    assert_eq!(s.rebalance(&f, &view, now, 10.0), None);
+}
+
+#[test]
 fn multiplier_launches_more_than_one_instance_while_unserved_demand_remains() {
     let (mut f, view) = full_fleet_and_a_wanted_chute(0.3);
     f.servers.push(server("t", "h100", 8, 1.0));
