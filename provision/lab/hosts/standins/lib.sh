@@ -77,29 +77,24 @@ lab_reboot() {
     echo $((boots + 1)) >"$LAB_STATE/boot_count"
     setsid sh -c '. /usr/local/lib/lab-standins/lib.sh; sleep 0.3; lab_boot' </dev/null >/dev/null 2>&1 &
 }
-# Whether a process other than PID 1 and this shell still runs (zombies hold nothing).
-# Builtins only: a child of ours would count itself.
-lab_others_alive() {
-    for d in /proc/[0-9]*; do
-        p=${d#/proc/}
-        if [ "$p" = 1 ] || [ "$p" = "$$" ]; then continue; fi
-        state=
-        while read -r key val _; do
-            if [ "$key" = "State:" ]; then
-                state=$val
-                break
-            fi
-        done 2>/dev/null <"$d/status"
-        case "$state" in "" | Z | X) ;; *) return 0 ;; esac
-    done
-    return 1
+# Whether process $1 still runs (a zombie holds nothing). Builtins only.
+lab_pid_running() {
+    state=
+    while read -r key val _; do
+        if [ "$key" = "State:" ]; then
+            state=$val
+            break
+        fi
+    done 2>/dev/null <"/proc/$1/status"
+    case "$state" in "" | Z | X) return 1 ;; *) return 0 ;; esac
 }
 lab_boot() {
+    old_sshd=$(cat /run/sshd.pid 2>/dev/null)
     kill -KILL -1 2>/dev/null # everything but PID 1 and this process
     # SIGKILL lands asynchronously: until the old sshd is gone it holds the SSH port and the
     # new one cannot bind it (a busy machine made that window seconds long).
     i=0
-    while lab_others_alive && [ $i -lt 200 ]; do
+    while [ -n "$old_sshd" ] && lab_pid_running "$old_sshd" && [ $i -lt 200 ]; do
         i=$((i + 1))
         sleep 0.05
     done
