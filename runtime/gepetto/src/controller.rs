@@ -434,8 +434,9 @@ impl Gepetto {
             return code.await;
         }
         // The ConfigMap and the placement are independent: both are done before the ack.
+        let view = self.view().await;
         let placed = self.place(chute, None, None, |strategy, fleet, snap, disk| {
-            if strategy.deploy_on_create(snap, fleet) {
+            if strategy.deploy_on_create(snap, fleet, &view) {
                 strategy.scale_up_server(snap, fleet, disk)
             } else {
                 None
@@ -483,9 +484,10 @@ impl Gepetto {
             tracing::info!(chute = %e.chute_id, "bounty for a chute not stored here; the reconciler adds it");
             return Ok(());
         };
+        let view = self.view().await;
         let placed = self
             .place(&chute, None, None, |strategy, fleet, snap, disk| {
-                if strategy.claim_bounty(snap, fleet) {
+                if strategy.claim_bounty(snap, fleet, &view) {
                     strategy.scale_up_server(snap, fleet, disk)
                 } else {
                     None
@@ -495,7 +497,7 @@ impl Gepetto {
         if placed.is_none() {
             let fleet = self.snapshot().await?;
             if let Some(snap) = fleet.chutes.get(&chute.chute_id)
-                && self.inner.strategy.claim_bounty(snap, &fleet)
+                && self.inner.strategy.claim_bounty(snap, &fleet, &view)
             {
                 self.preempting_deploy(&chute, None).await?;
             }

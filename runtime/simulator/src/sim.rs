@@ -541,6 +541,14 @@ impl<'a> Simulator<'a> {
         let spec = &self.trace.chutes[c];
         self.chutes[c].created = true;
         self.chutes[c].last_accrual = self.now;
+        if self.now == 0 {
+            // A chute there when the trace starts has been served before it: the
+            // validator's metrics window starts with its load and other miners'
+            // instances (one second's worth, scaled to the hour like any window).
+            let rt = &mut self.chutes[c];
+            let n = f64::from(rt.others);
+            rt.window[0] = [rt.load.min(n), (rt.load - n).max(0.0), n];
+        }
         let snap = ChuteSnap {
             chute_id: spec.chute_id.clone(),
             validator: VALIDATOR.into(),
@@ -566,7 +574,7 @@ impl<'a> Simulator<'a> {
             return;
         }
         // chute_created: deploy one instance right away if the strategy says so
-        if self.strategy.deploy_on_create(&snap, &self.fleet)
+        if self.strategy.deploy_on_create(&snap, &self.fleet, &self.view)
             && let Some(server) = self.strategy.scale_up_server(&snap, &self.fleet, self.vm.default_disk_gb)
         {
             self.launch(c, &server, None);
@@ -580,14 +588,14 @@ impl<'a> Simulator<'a> {
     /// says so (the controller's order).
     fn on_bounty(&mut self, c: usize) {
         let Some(snap) = self.chute_snap(c) else { return };
-        if self.trace.chutes[c].job_only || !self.strategy.claim_bounty(&snap, &self.fleet) {
+        if self.trace.chutes[c].job_only || !self.strategy.claim_bounty(&snap, &self.fleet, &self.view) {
             return;
         }
         if let Some(server) = self.strategy.scale_up_server(&snap, &self.fleet, self.vm.default_disk_gb) {
             self.launch(c, &server, None);
             return;
         }
-        if self.strategy.claim_bounty(&snap, &self.fleet) {
+        if self.strategy.claim_bounty(&snap, &self.fleet, &self.view) {
             self.preempt_and_launch(c, None);
         }
     }

@@ -76,12 +76,14 @@ fn a_recording_is_a_trace_the_simulator_replays() {
     assert!(Trace::read(&b"{\"kind\":\"demand\",\"t\":0,\"chute_id\":\"c\",\"load\":1.0}\n"[..]).is_err());
 }
 
-/// Never used while building the model or the strategy (seeds 1-5 and 11-21 were).
-const ACCEPTANCE_SEEDS: [u64; 5] = [7001, 7002, 7003, 7004, 7005];
+/// Never used while building the model or the strategy (seeds 1-5 and 11-21 were):
+/// 9001-9005 first run on the finished strategy, 7001-7005 the previous acceptance set.
+const ACCEPTANCE_SEEDS: [u64; 10] = [9001, 9002, 9003, 9004, 9005, 7001, 7002, 7003, 7004, 7005];
 
 #[test]
-#[ignore = "not met: the default strategy (multiplier, with rebalance) earns 1.17-1.32x the heuristic per dollar \
-            on these seeds, not 1.3x on each (README: Results); minutes of CPU; run with --ignored for the tables"]
+#[ignore = "not met: the default strategy (multiplier) earns 1.20-1.43x the heuristic per dollar on these seeds \
+            (geometric mean 1.31x), 1.3x on four of ten (README: Results); ten minutes of CPU; run with --ignored \
+            for the tables"]
 fn the_default_strategy_earns_1_3x_the_heuristic_per_dollar_on_untuned_seeds() {
     for seed in ACCEPTANCE_SEEDS {
         // the issue's setting: a week of 100 servers

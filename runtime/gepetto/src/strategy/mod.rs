@@ -74,12 +74,12 @@ pub trait Strategy: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// `chute_created` (not job-only): deploy one instance right away?
-    fn deploy_on_create(&self, chute: &ChuteSnap, fleet: &FleetSnapshot) -> bool {
+    fn deploy_on_create(&self, chute: &ChuteSnap, fleet: &FleetSnapshot, _view: &ValidatorView) -> bool {
         !chute.banned && fleet.non_job_count(chute) == 0
     }
 
     /// `bounty_change`: try to claim the bounty (deploying, preempting if needed)?
-    fn claim_bounty(&self, chute: &ChuteSnap, fleet: &FleetSnapshot) -> bool {
+    fn claim_bounty(&self, chute: &ChuteSnap, fleet: &FleetSnapshot, _view: &ValidatorView) -> bool {
         // Fix of 19.4: any number of deployments means "already serving".
         !chute.banned && fleet.deployments_of(&chute.chute_id).next().is_none()
     }

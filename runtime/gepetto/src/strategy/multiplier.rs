@@ -25,28 +25,26 @@ const MIN_ACTIVE: i64 = 62;
 /// utilisation and scales idle chutes down, reference 21 on chutes-api #22).
 const MIN_EXPECTED_UTILISATION: f64 = 0.3;
 
+/// An instance that would be a chute's only one stays for good (preemption never
+/// removes a chute's last instance, the validator never scales it down): it must
+/// expect to be busy at least this share of the time, or a chute whose traffic is
+/// a trickle would hold its GPUs (a whole server, for an 8-GPU chute) all week.
+const MIN_SOLE_UTILISATION: f64 = 0.6;
+
 /// Rebalancing replaces instances earning under this share of what the newcomer
 /// would (per GPU): the margin pays for the newcomer's warm-up and for demand
 /// estimates an hour old.
 const REPLACE_BELOW: f64 = 0.5;
 
-/// The share of time one more instance of the chute would be busy, from the last
-/// hour's metrics: its demand (compute served plus rate-limited invocations at the
-/// mean compute time, in instances' worth) over the instances there would be. A
-/// chute no miner serves (a bounty) counts as fully busy; one with instances but no
-/// metrics has had no traffic and counts as idle.
-pub(crate) fn expected_utilisation(chute_id: &str, view: &ValidatorView) -> f64 {
-    let instances = view.instance_count(chute_id).unwrap_or(0);
-    let Some(m) = view.metrics.get(chute_id) else {
-        return if instances == 0 { 1.0 } else { 0.0 };
-    };
+/// Instances' worth of demand in the last hour: compute served plus rate-limited
+/// invocations at the mean compute time, over an hour (`None`: no metrics). A chute
+/// no miner served shows refused invocations but no compute time to size them by:
+/// nothing that can be counted on.
+fn demand(chute_id: &str, view: &ValidatorView) -> Option<f64> {
+    let m = view.metrics.get(chute_id)?;
     let per_invocation =
         if m.total_invocations > 0.0 { m.total_compute_time / m.total_invocations } else { 0.0 };
-    let demand = (m.total_compute_time + m.rate_limit_count * per_invocation) / 3600.0;
-    if instances == 0 && demand <= 0.0 {
-        return 1.0;
-    }
-    (demand / (instances + 1) as f64).min(1.0)
+    Some((m.total_compute_time + m.rate_limit_count * per_invocation) / 3600.0)
 }
 
 /// Instances' worth of demand nobody served in the last hour (rate-limited invocations
@@ -62,11 +60,84 @@ pub(crate) fn unmet_instances(chute_id: &str, view: &ValidatorView) -> f64 {
 /// its instances).
 pub(crate) fn current_utilisation(chute_id: &str, view: &ValidatorView) -> f64 {
     let instances = view.instance_count(chute_id).unwrap_or(0).max(1);
-    let Some(m) = view.metrics.get(chute_id) else { return 0.0 };
-    let per_invocation =
-        if m.total_invocations > 0.0 { m.total_compute_time / m.total_invocations } else { 0.0 };
-    let demand = (m.total_compute_time + m.rate_limit_count * per_invocation) / 3600.0;
-    (demand / instances as f64).min(1.0)
+    demand(chute_id, view).map_or(0.0, |d| (d / instances as f64).min(1.0))
+}
+
+/// What a chute pays this miner, as the validator's figures show it: the demand is
+/// split evenly over every miner's active instances, each busy `min(1, demand / n)`
+/// of the time and paid that times the multiplier it activated with. One more
+/// instance is worth what this miner's earnings on the chute change by: a fifth
+/// instance of a chute whose demand four of ours already serve earns nothing, it only
+/// splits the same work five ways.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Share {
+    /// `None`: no metrics (no traffic in the last hour).
+    demand: Option<f64>,
+    /// Every miner's active instances.
+    instances: usize,
+    /// The sum of the multipliers the validator pays this miner's active instances.
+    ours: f64,
+}
+
+impl Share {
+    /// The share of every chute this miner has deployments of (one pass over the
+    /// deployments and instances, not one per chute).
+    pub(crate) fn all<'a>(
+        fleet: &'a FleetSnapshot,
+        view: &ValidatorView,
+    ) -> std::collections::HashMap<&'a str, Share> {
+        let mut ours: std::collections::HashMap<&str, std::collections::HashSet<&str>> = Default::default();
+        for d in &fleet.deployments {
+            let ids = ours.entry(d.chute_id.as_str()).or_default();
+            if let Some(id) = d.instance_id.as_deref() {
+                ids.insert(id);
+            }
+        }
+        ours.into_iter()
+            .map(|(chute_id, ids)| {
+                let paid = view
+                    .active_instances
+                    .get(chute_id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|i| ids.contains(i.instance_id.as_str()))
+                    .filter_map(|i| i.compute_multiplier)
+                    .sum();
+                (chute_id, Share::new(chute_id, view, paid))
+            })
+            .collect()
+    }
+
+    /// A chute's share given what this miner's active instances of it are paid.
+    pub(crate) fn new(chute_id: &str, view: &ValidatorView, ours: f64) -> Share {
+        Share { demand: demand(chute_id, view), instances: view.instance_count(chute_id).unwrap_or(0), ours }
+    }
+
+    /// The share of time each of `n` instances is busy.
+    fn busy(&self, n: usize) -> f64 {
+        match self.demand {
+            Some(d) if n > 0 => (d / n as f64).min(1.0),
+            _ => 0.0,
+        }
+    }
+
+    /// [`Share::gain`] when one more instance is worth its GPUs: expected busy at least
+    /// `MIN_EXPECTED_UTILISATION` of the time (at its multiplier), or
+    /// `MIN_SOLE_UTILISATION` when it would be the chute's only instance.
+    pub(crate) fn worth_an_instance(&self, multiplier: f64) -> Option<f64> {
+        let gain = self.gain(multiplier);
+        let least = if self.instances == 0 { MIN_SOLE_UTILISATION } else { MIN_EXPECTED_UTILISATION };
+        (gain >= least * multiplier).then_some(gain)
+    }
+
+    /// What one more instance, paid `multiplier`, adds to this miner's earnings per
+    /// second. Nothing for a chute without metrics: no traffic in the last hour, or a
+    /// new chute the validator has no figures for yet (a bounty on it has its own
+    /// event, `claim_bounty`).
+    pub(crate) fn gain(&self, multiplier: f64) -> f64 {
+        let n = self.instances;
+        self.busy(n + 1) * (self.ours + multiplier) - self.busy(n) * self.ours
+    }
 }
 
 #[derive(Debug, Default)]
@@ -77,8 +148,8 @@ pub struct Multiplier {
 }
 
 impl Multiplier {
-    /// Chutes worth another instance, with what one would earn: the effective
-    /// multiplier times the share of time it would be busy. Skips chutes the validator
+    /// Chutes worth another instance, with what one would add to this miner's
+    /// earnings ([`Share::gain`] at the effective multiplier). Skips chutes the validator
     /// caps, with another version or no cords, and chutes that already have as many
     /// instances launching as there is unserved demand.
     fn wanted<'a>(
@@ -87,6 +158,7 @@ impl Multiplier {
         pending: &std::collections::HashMap<&str, usize>,
     ) -> Vec<(&'a ChuteSnap, f64)> {
         let mut out = Vec::new();
+        let shares = Share::all(fleet, view);
         for (chute_id, remote) in &view.chutes {
             let Some(chute) = fleet.chutes.get(chute_id) else { continue };
             if chute.version != remote.version || !remote.has_cords || view.capped.contains(chute_id) {
@@ -97,15 +169,27 @@ impl Multiplier {
                 continue; // what is launching already covers the unserved demand
             }
             let Some(multiplier) = remote.effective_compute_multiplier else { continue };
-            let utilisation = expected_utilisation(chute_id, view);
-            if utilisation < MIN_EXPECTED_UTILISATION {
-                continue; // it would sit idle on GPUs a busier chute can use
+            let share =
+                shares.get(chute_id.as_str()).copied().unwrap_or_else(|| Share::new(chute_id, view, 0.0));
+            // else it would sit idle, or only split work, on GPUs a busier chute can use
+            if let Some(gain) = share.worth_an_instance(multiplier) {
+                out.push((chute, gain));
             }
-            out.push((chute, multiplier * utilisation));
         }
         // HashMap order is not reproducible: sort by chute id
         out.sort_by(|a, b| a.0.chute_id.cmp(&b.0.chute_id));
         out
+    }
+
+    /// Whether this miner's first instance of a chute is worth holding: unknown demand
+    /// (no metrics yet) counts as yes; known demand must be worth an instance.
+    fn worth_holding(chute: &ChuteSnap, view: &ValidatorView) -> bool {
+        if !view.metrics.contains_key(&chute.chute_id) {
+            return true;
+        }
+        let multiplier =
+            view.chutes.get(&chute.chute_id).and_then(|c| c.effective_compute_multiplier).unwrap_or(1.0);
+        Share::new(&chute.chute_id, view, 0.0).worth_an_instance(multiplier).is_some()
     }
 
     /// Instances launching (not a job's, not yet activated), by chute.
@@ -129,6 +213,23 @@ impl Multiplier {
 impl Strategy for Multiplier {
     fn name(&self) -> &'static str {
         "multiplier"
+    }
+
+    /// A chute the validator has no figures for yet (new, unknown demand): yes, as the
+    /// successor does. One whose metrics are known (a miner starting up creates every
+    /// listed chute): only when they show an instance would be busy enough
+    /// ([`Share::worth_an_instance`]), `MIN_SOLE_UTILISATION` of the time when no miner
+    /// serves it, since that instance would stay for good.
+    fn deploy_on_create(&self, chute: &ChuteSnap, fleet: &FleetSnapshot, view: &ValidatorView) -> bool {
+        !chute.banned && fleet.non_job_count(chute) == 0 && Self::worth_holding(chute, view)
+    }
+
+    /// As [`Strategy::deploy_on_create`]: a bounty pays once, the instance that claims
+    /// it stays.
+    fn claim_bounty(&self, chute: &ChuteSnap, fleet: &FleetSnapshot, view: &ValidatorView) -> bool {
+        !chute.banned
+            && fleet.deployments_of(&chute.chute_id).next().is_none()
+            && Self::worth_holding(chute, view)
     }
 
     fn scale_up_server(&self, chute: &ChuteSnap, fleet: &FleetSnapshot, disk_gb: f64) -> Option<String> {

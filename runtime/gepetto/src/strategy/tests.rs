@@ -191,6 +191,18 @@ fn multiplier_autoscaler_ranks_by_effective_multiplier_and_skips_pending() {
             id.into(),
             RemoteChuteInfo { version: "v1".into(), has_cords: true, effective_compute_multiplier: Some(m) },
         );
+        // one instance busy all hour and as much again refused: a second is fully busy
+        view.metrics.insert(
+            id.into(),
+            RemoteMetrics {
+                chute_id: id.into(),
+                total_compute_time: 3600.0,
+                total_invocations: 360.0,
+                rate_limit_count: 360.0,
+                instance_count: 1,
+                ..Default::default()
+            },
+        );
     }
     let s = Multiplier::default();
     let ranked = s.autoscale(&f, &view, 10.0);
@@ -298,13 +310,13 @@ fn scale_down_removes_from_the_most_expensive_busiest_server_and_spares_private_
 fn bounty_and_create_decisions() {
     let c = chute("c", &["h100"], 1);
     let mut f = fleet_of(vec![server("s", "h100", 4, 1.0)], [c.clone()]);
-    assert!(Heuristic.deploy_on_create(&c, &f));
-    assert!(Heuristic.claim_bounty(&c, &f));
+    assert!(Heuristic.deploy_on_create(&c, &f, &ValidatorView::default()));
+    assert!(Heuristic.claim_bounty(&c, &f, &ValidatorView::default()));
     place(&mut f, "a", "c", "s", 1, 1);
     place(&mut f, "b", "c", "s", 1, 1);
     // two deployments: the original raised here (19.4); now it just declines
-    assert!(!Heuristic.claim_bounty(&c, &f));
-    assert!(!Heuristic.deploy_on_create(&c, &f));
+    assert!(!Heuristic.claim_bounty(&c, &f, &ValidatorView::default()));
+    assert!(!Heuristic.deploy_on_create(&c, &f, &ValidatorView::default()));
 }
 
 #[test]
@@ -355,9 +367,100 @@ fn multiplier_autoscaler_weighs_expected_utilisation_and_skips_idle_chutes() {
     let order: Vec<_> = ranked.iter().map(|s| s.chute_id.as_str()).collect();
     // busy: (3600 + 360 × 10) / 3600 = 2 instances' worth over 2 instances → 1.0;
     // half: 1 over 2 → 0.5; idle: 0.2 over 3 → under 0.3, skipped; unserved: no
-    // miner serves it (a bounty) → counted as busy
-    assert_eq!(order, ["busy", "unserved", "half"]);
-    assert!((ranked[0].value - 2.0).abs() < 1e-9 && (ranked[2].value - 1.0).abs() < 1e-9, "{ranked:?}");
+    // metrics, no evidence of demand → skipped (a bounty on it has its own event)
+    assert_eq!(order, ["busy", "half"]);
+    assert!((ranked[0].value - 2.0).abs() < 1e-9 && (ranked[1].value - 1.0).abs() < 1e-9, "{ranked:?}");
+}
+
+#[test]
+fn multiplier_never_adds_an_instance_that_only_splits_its_own_work() {
+    let c = chute("c", &["h100"], 1);
+    let mut f = fleet_of(vec![server("s", "h100", 8, 1.0)], [c]);
+    let mut view = ValidatorView::default();
+    view.chutes.insert(
+        "c".into(),
+        RemoteChuteInfo { version: "v1".into(), has_cords: true, effective_compute_multiplier: Some(2.0) },
+    );
+    // 3.5 instances' worth of demand in the hour over 4 instances, none rate-limited
+    view.metrics.insert(
+        "c".into(),
+        RemoteMetrics {
+            chute_id: "c".into(),
+            total_compute_time: 3.5 * 3600.0,
+            total_invocations: 3.5 * 360.0,
+            instance_count: 4,
+            ..Default::default()
+        },
+    );
+    let instances = |ids: &[String]| -> Vec<ActiveInstance> {
+        ids.iter()
+            .map(|id| ActiveInstance {
+                chute_id: "c".into(),
+                instance_id: id.clone(),
+                compute_multiplier: Some(2.0),
+            })
+            .collect()
+    };
+    // the four are other miners': a fifth, ours, takes a fifth of the work (0.7 × 2.0)
+    let others: Vec<String> = (0..4).map(|k| format!("other-{k}")).collect();
+    view.active_instances.insert("c".into(), instances(&others));
+    let ranked = Multiplier::default().autoscale(&f, &view, 10.0);
+    assert_eq!(ranked.len(), 1, "{ranked:?}");
+    assert!((ranked[0].value - 1.4).abs() < 1e-9, "{ranked:?}");
+    // the four are ours: a fifth only splits the same work five ways, no gain
+    for k in 0..4 {
+        place(&mut f, &format!("d{k}"), "c", "s", 1, 120);
+    }
+    let ours: Vec<String> = (0..4).map(|k| format!("i-d{k}")).collect();
+    view.active_instances.insert("c".into(), instances(&ours));
+    assert_eq!(Multiplier::default().autoscale(&f, &view, 10.0), Vec::new());
+}
+
+#[test]
+fn multiplier_holds_a_first_instance_only_where_its_demand_keeps_it_busy() {
+    // a first instance would be the chute's only one: never preempted, never scaled
+    // down by the validator, so it stays for good
+    let c = chute("c", &["h100"], 8);
+    let f = fleet_of(vec![server("s", "h100", 8, 1.0)], [c.clone()]);
+    let s = Multiplier::default();
+    let mut view = ValidatorView::default();
+    view.chutes.insert(
+        "c".into(),
+        RemoteChuteInfo { version: "v1".into(), has_cords: true, effective_compute_multiplier: Some(16.0) },
+    );
+    // a new chute: no figures yet, its demand is unknown; deployed and claimed
+    assert!(s.deploy_on_create(&c, &f, &view));
+    assert!(s.claim_bounty(&c, &f, &view));
+    // known to draw a fifth of an instance's worth of work: an 8-GPU server would
+    // idle 80% of the week; neither deployed on create nor claimed for its bounty
+    let traffic = |busy: f64| RemoteMetrics {
+        chute_id: "c".into(),
+        total_compute_time: busy * 3600.0,
+        total_invocations: busy * 360.0,
+        ..Default::default()
+    };
+    view.metrics.insert("c".into(), traffic(0.2));
+    assert!(!s.deploy_on_create(&c, &f, &view));
+    assert!(!s.claim_bounty(&c, &f, &view));
+    // the original deploys and claims regardless
+    assert!(Heuristic.deploy_on_create(&c, &f, &view));
+    assert!(Heuristic.claim_bounty(&c, &f, &view));
+    // and the autoscaler does not want it either
+    assert_eq!(s.autoscale(&f, &view, 10.0), Vec::new());
+    // listed for a while and served by no miner: only refused invocations, no compute
+    // time to size its demand by; a first instance would stay for good on a guess
+    view.metrics.insert(
+        "c".into(),
+        RemoteMetrics { chute_id: "c".into(), rate_limit_count: 500.0, ..Default::default() },
+    );
+    assert!(!s.deploy_on_create(&c, &f, &view));
+    assert!(!s.claim_bounty(&c, &f, &view));
+    assert_eq!(s.autoscale(&f, &view, 10.0), Vec::new());
+    // busy 70% of the time: worth holding
+    view.metrics.insert("c".into(), traffic(0.7));
+    assert!(s.deploy_on_create(&c, &f, &view));
+    assert!(s.claim_bounty(&c, &f, &view));
+    assert_eq!(s.autoscale(&f, &view, 10.0).len(), 1);
 }
 
 /// A chute the validator wants more of (unserved demand, multiplier 2) and a full
