@@ -1,6 +1,12 @@
 //! `minerctl`: the operator's command line. Each subcommand lives in `cmd/<name>.rs`
 //! and owns its flags; this file only parses and dispatches.
 
+/// `println!` for the operator's output, through [`cmd::out`]: once stdout's reader has
+/// gone (`minerctl lab status | head`) further lines are dropped instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::cmd::out(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
 mod cmd;
 
 use clap::{Parser, Subcommand};

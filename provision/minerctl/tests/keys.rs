@@ -37,6 +37,22 @@ fn inspect_prints_address_and_public_key_only() {
     no_seed(&out);
 }
 
+#[test]
+fn output_to_a_reader_that_went_away_is_dropped_without_a_panic() {
+    // `minerctl keys inspect KEY | head -0`: the reader is gone before the first line
+    let dir = tempfile::tempdir().unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_minerctl"))
+        .args(["keys", "inspect", &hotkey_file(&dir)])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "a closed pipe is not an error to report: {stderr}");
+}
+
 fn parse_headers(out: &Output) -> http::HeaderMap {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut map = http::HeaderMap::new();

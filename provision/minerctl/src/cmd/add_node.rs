@@ -86,7 +86,7 @@ pub fn run(args: AddNodeArgs) -> anyhow::Result<ExitCode> {
         }
 
         let check = if args.check { " (check mode: nothing is changed)" } else { "" };
-        println!("== provisioning {} (and the primary's mesh and join phases){check}", server.name);
+        outln!("== provisioning {} (and the primary's mesh and join phases){check}", server.name);
         let limit = phases::add_node_limit(&inv, &server.name);
         let result =
             args.common.provision(&log, inv, phases::add_node(&server.name), limit, &[], args.check).await;
@@ -94,7 +94,7 @@ pub fn run(args: AddNodeArgs) -> anyhow::Result<ExitCode> {
             if !result.success() {
                 bail!("the check found problems (see above); nothing was changed");
             }
-            println!(
+            outln!(
                 "--check: nothing was changed. A real run would then import the images of {} into {} and \
                  register it with the miner API at {}.",
                 args.images_lock.display(),
@@ -109,7 +109,7 @@ pub fn run(args: AddNodeArgs) -> anyhow::Result<ExitCode> {
 
         match minerctl_images::Lock::read_if_present(&args.images_lock)? {
             Some(lock) => {
-                println!("== importing images into {}", server.name);
+                outln!("== importing images into {}", server.name);
                 let inv = provision_inventory::load(&args.common.target.inventory)?;
                 let hosts = [server.name.clone()];
                 if super::images::push_hosts(&inv, &lock, &args.images_lock, &hosts, &args.common.ssh, false).await
@@ -118,13 +118,13 @@ pub fn run(args: AddNodeArgs) -> anyhow::Result<ExitCode> {
                     bail!("importing images failed (see above); {} was not registered with the miner API", server.name);
                 }
             }
-            None => println!(
+            None => outln!(
                 "== no {}: images not pushed (run `minerctl images build`, or push them yourself)",
                 args.images_lock.display()
             ),
         }
 
-        println!("== registering {} with the miner API at {}", server.name, api.base());
+        outln!("== registering {} with the miner API at {}", server.name, api.base());
         let outcome = api
             .add_server(&server, |e| {
                 let mut out = std::io::stdout().lock();
@@ -133,7 +133,7 @@ pub fn run(args: AddNodeArgs) -> anyhow::Result<ExitCode> {
             })
             .await
             .with_context(|| format!("add-node {}", server.name))?;
-        println!("{} added: {}", server.name, outcome.completion);
+        outln!("{} added: {}", server.name, outcome.completion);
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -97,7 +97,7 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
     };
     let reports = minerctl_images::build_all(&input)?;
     for r in &reports {
-        println!(
+        outln!(
             "{:<22} {}  {} (unpacked {})  {}",
             r.name,
             r.locked.reference,
@@ -107,11 +107,11 @@ fn build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if input.cuda_binary.is_none() {
-        println!(
+        outln!(
             "graval-bootstrap-cuda not built (give --cuda-binary and --cuda-wheels); render keeps its placeholder"
         );
     }
-    println!("wrote {}", args.out.join(LOCK_FILE).display());
+    outln!("wrote {}", args.out.join(LOCK_FILE).display());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -179,7 +179,7 @@ fn push_registry(args: &PushArgs, lock: &Lock, registry: RegistryRef) -> anyhow:
                     started.elapsed().as_secs_f64()
                 ),
             };
-            println!("{name}: {image}: {what}");
+            outln!("{name}: {image}: {what}");
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -216,7 +216,7 @@ pub async fn push_hosts(
                         Outcome::Imported => "imported",
                         Outcome::WouldImport => "would import (--check)",
                     };
-                    println!("{}: {image}: {what}", host.name);
+                    outln!("{}: {image}: {what}", host.name);
                 }
             }
             Err(e) => {

@@ -47,8 +47,8 @@ pub fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
     match command {
         KeysCommand::Inspect { hotkey } => {
             let key = Hotkey::load(&hotkey)?;
-            println!("ss58_address: {}", key.ss58());
-            println!("public_key: 0x{}", hex::encode(key.public().to_bytes()));
+            outln!("ss58_address: {}", key.ss58());
+            outln!("public_key: 0x{}", hex::encode(key.public().to_bytes()));
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::Headers(args) => headers(args),
@@ -88,7 +88,7 @@ fn headers(args: HeadersArgs) -> anyhow::Result<ExitCode> {
         (None, None) => bail!("give --body FILE or --purpose PURPOSE"),
     };
     for (name, value) in key.sign_management(&miner, payload).iter() {
-        println!("{name}: {value}");
+        outln!("{name}: {value}");
     }
     Ok(ExitCode::SUCCESS)
 }

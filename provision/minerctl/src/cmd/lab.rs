@@ -149,27 +149,27 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
     if let Some(record) = dir.read()? {
         match &record.supervisor {
             Some(s) if s.alive() && record.phase != "failed" => {
-                println!("the lab at {} is already up (phase {}):", dir.root().display(), record.phase);
+                outln!("the lab at {} is already up (phase {}):", dir.root().display(), record.phase);
                 if record.phase == "starting" {
-                    println!("following its progress");
+                    outln!("following its progress");
                     return follow(&dir, s, started);
                 }
                 print_status(&dir, &record);
                 return Ok(ExitCode::SUCCESS);
             }
             _ => {
-                println!(
+                outln!(
                     "a lab at {} is not running (its supervisor is gone): cleaning it up first",
                     dir.root().display()
                 );
-                let report = minerctl_lab::down::down(&dir, &mut |l| println!("  {l}"))?;
+                let report = minerctl_lab::down::down(&dir, &mut |l| outln!("  {l}"))?;
                 if !report.leftovers.is_empty() {
                     bail!("could not clean up the old lab: {}", report.leftovers.join("; "));
                 }
             }
         }
     } else if dir.exists() {
-        minerctl_lab::down::down(&dir, &mut |l| println!("  {l}"))?;
+        minerctl_lab::down::down(&dir, &mut |l| outln!("  {l}"))?;
     }
     let plan = images_plan(&a, &exe)?;
     dir.create()?;
@@ -201,7 +201,7 @@ fn up(a: UpArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let child = cmd.spawn().context("starting the lab's supervisor")?;
-    println!("lab supervisor started (pid {}); state in {}", child.id(), dir.root().display());
+    outln!("lab supervisor started (pid {}); state in {}", child.id(), dir.root().display());
     // The record names the supervisor once it runs; until then, this pid.
     let sup = loop {
         if let Some(s) = ProcessRecord::of("supervisor", child.id()) {
@@ -229,7 +229,7 @@ fn follow(dir: &StateDir, sup: &ProcessRecord, started: Instant) -> anyhow::Resu
                     break; // a line being written: read it whole next time
                 }
                 pos += line.len() as u64;
-                print!("{line}");
+                outln!("{}", line.trim_end_matches('\n'));
                 if line.starts_with(supervisor::READY) {
                     done = Some(true);
                 } else if line.starts_with(supervisor::FAILED) {
@@ -240,20 +240,20 @@ fn follow(dir: &StateDir, sup: &ProcessRecord, started: Instant) -> anyhow::Resu
         }
         match done {
             Some(true) => {
-                println!("lab up took {:.1} s", started.elapsed().as_secs_f64());
-                println!(
+                outln!("lab up took {:.1} s", started.elapsed().as_secs_f64());
+                outln!(
                     "the validator now plays its scenario. The lab: minerctl lab status --state-dir {0}; \
                      take it down: minerctl lab down --state-dir {0}",
                     dir.root().display()
                 );
                 if let Some(watch) = dir.read()?.as_ref().and_then(|r| watch_command(dir, r)) {
-                    println!("watch the miner (servers, GPUs, deployments): {watch}");
+                    outln!("watch the miner (servers, GPUs, deployments): {watch}");
                 }
                 return Ok(ExitCode::SUCCESS);
             }
             Some(false) => {
-                println!("the lab did not come up; details in {}", dir.supervisor_log().display());
-                println!("clean up with: minerctl lab down --state-dir {}", dir.root().display());
+                outln!("the lab did not come up; details in {}", dir.supervisor_log().display());
+                outln!("clean up with: minerctl lab down --state-dir {}", dir.root().display());
                 return Ok(ExitCode::FAILURE);
             }
             None if !sup.alive() => {
@@ -275,34 +275,34 @@ fn watch_command(dir: &StateDir, r: &minerctl_lab::Record) -> Option<String> {
 }
 
 fn print_status(dir: &StateDir, r: &minerctl_lab::Record) {
-    println!("phase: {}", r.phase);
+    outln!("phase: {}", r.phase);
     if let Some(e) = &r.error {
-        println!("error: {e}");
+        outln!("error: {e}");
     }
     if let Some(s) = r.up_seconds {
-        println!("came up in {s:.1} s");
+        outln!("came up in {s:.1} s");
     }
     if !r.scenario.is_empty() {
-        println!("scenario: {}", r.scenario);
+        outln!("scenario: {}", r.scenario);
     }
-    println!("hosts:");
+    outln!("hosts:");
     for h in &r.hosts {
-        println!("  {:<8} {}:{}  {} GPU(s)", h.name, h.addr, h.ssh_port, h.gpus);
+        outln!("  {:<8} {}:{}  {} GPU(s)", h.name, h.addr, h.ssh_port, h.gpus);
     }
-    println!("endpoints:");
+    outln!("endpoints:");
     for (k, v) in &r.endpoints {
-        println!("  {k:<10} {v}");
+        outln!("  {k:<10} {v}");
     }
     if let Some(watch) = watch_command(dir, r) {
-        println!("watch the miner: {watch}");
+        outln!("watch the miner: {watch}");
     }
     for (step, why) in &r.skipped {
-        println!("skipped: {step}: {why}");
+        outln!("skipped: {step}: {why}");
     }
     if r.gpu_checks > 0 {
         match r.double_booked.len() {
-            0 => println!("GPU bookings: checked {} times, never double-booked", r.gpu_checks),
-            n => println!("GPU bookings: {n} double-booking(s): {}", r.double_booked.join("; ")),
+            0 => outln!("GPU bookings: checked {} times, never double-booked", r.gpu_checks),
+            n => outln!("GPU bookings: {n} double-booking(s): {}", r.double_booked.join("; ")),
         }
     }
 }
@@ -331,10 +331,7 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if a.output == "json" {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"running": alive, "record": record}))?
-        );
+        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({"running": alive, "record": record}))?);
     } else {
         print_status(&dir, &record);
     }
@@ -351,18 +348,18 @@ fn status(a: StatusArgs) -> anyhow::Result<ExitCode> {
 fn down(a: &StateArgs) -> anyhow::Result<ExitCode> {
     require_root()?;
     let dir = StateDir::new(&a.state_dir);
-    let report = minerctl_lab::down::down(&dir, &mut |l| println!("{l}"))?;
+    let report = minerctl_lab::down::down(&dir, &mut |l| outln!("{l}"))?;
     if !report.found {
-        println!("no lab at {}: nothing to do", dir.root().display());
+        outln!("no lab at {}: nothing to do", dir.root().display());
         return Ok(ExitCode::SUCCESS);
     }
     for k in &report.killed {
-        println!("killed {k}");
+        outln!("killed {k}");
     }
     if !report.leftovers.is_empty() {
         bail!("left behind: {}", report.leftovers.join("; "));
     }
-    println!("lab down: every process, address and file of the lab at {} is gone", dir.root().display());
+    outln!("lab down: every process, address and file of the lab at {} is gone", dir.root().display());
     Ok(ExitCode::SUCCESS)
 }
 

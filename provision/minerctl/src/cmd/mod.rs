@@ -15,6 +15,29 @@ pub mod ssh;
 pub mod status;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set once a write to stdout failed: the reader went away (`| head`) or the file it
+/// went to did. Later output is dropped rather than panicking (as `println!` does) or
+/// stopping a command halfway through changing machines because nobody reads its
+/// progress any more.
+static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+
+/// Writes the operator's output (the `outln!` macro) to stdout; see
+/// [`STDOUT_GONE`]. A failure other than a closed pipe is said once on stderr.
+pub fn out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if STDOUT_GONE.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush())
+        && !STDOUT_GONE.swap(true, Ordering::Relaxed)
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("minerctl: writing to stdout failed ({e}); further output is dropped");
+    }
+}
 
 /// Loads the inventory, every command's first step. A missing file is the first
 /// thing a new user meets, so it says what to do instead of only what failed.

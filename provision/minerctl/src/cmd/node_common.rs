@@ -115,9 +115,7 @@ impl NodeArgs {
         let result = provision_engine::run(Arc::new(inv), phases, opts, reporter.clone(), log.clone()).await;
         reporter.recap(&result.recap, result.elapsed, log.path.as_deref(), check);
         for (host, why) in &result.not_observed {
-            println!(
-                "could not reach {host} (only read, to learn its WireGuard key and cluster state): {why}"
-            );
+            outln!("could not reach {host} (only read, to learn its WireGuard key and cluster state): {why}");
         }
         result
     }

@@ -73,13 +73,13 @@ pub fn run(args: RemoveNodeArgs) -> anyhow::Result<ExitCode> {
                     list.join("\n")
                 );
             }
-            Some(jobs) if !jobs.is_empty() => println!("{name}: --force: removing it with {} job(s) running", jobs.len()),
+            Some(jobs) if !jobs.is_empty() => outln!("{name}: --force: removing it with {} job(s) running", jobs.len()),
             Some(_) => {}
-            None => println!("{name}: not tracked by the miner API at {}", api.base()),
+            None => outln!("{name}: not tracked by the miner API at {}", api.base()),
         }
         if jobs.is_some() {
             let detail = api.delete_server(name).await?;
-            println!("{name}: {detail}");
+            outln!("{name}: {detail}");
         }
 
         let yaml = match kubeconfig {
@@ -94,22 +94,22 @@ pub fn run(args: RemoveNodeArgs) -> anyhow::Result<ExitCode> {
         let mut out = std::io::stdout();
         minerctl_nodes::drain(&client, name, &opts, &mut out).await?;
 
-        println!("== {name}: leaving the cluster");
+        outln!("== {name}: leaving the cluster");
         let left = args.common.provision(&log, inv.clone(), phases::leave(name), vec![name.to_string()], &[], false).await;
         if !left.success() {
             // A dead host is the usual reason to remove one: go on, its Node is deleted below.
-            println!("{name}: could not make it leave the cluster (see above); removing its Node anyway");
+            outln!("{name}: could not make it leave the cluster (see above); removing its Node anyway");
         }
         minerctl_nodes::delete_node(&client, name, &mut out).await?;
 
-        println!("== removing {name} from the primary's WireGuard peers");
+        outln!("== removing {name} from the primary's WireGuard peers");
         let rest = phases::without(&inv, name);
         let primary = rest.primary().name.clone();
         let mesh = args.common.provision(&log, rest, phases::mesh(), vec![primary], &["wireguard"], false).await;
         if !mesh.success() {
             bail!("{name} is out of the cluster, but the primary's WireGuard peers were not updated (see above); rerun remove-node");
         }
-        println!(
+        outln!(
             "{name} removed. Delete its entry from {}, or the next `minerctl provision` adds it back.",
             args.common.target.inventory.display()
         );
