@@ -351,13 +351,12 @@ fn sigterm_stops_the_server_cleanly() {
 #[test]
 fn arbitrary_challenge_bodies_and_queries_get_clear_answers() {
     use proptest::prelude::*;
-    use proptest::test_runner::{Config, TestRunner};
+    use proptest::test_runner::TestRunner;
 
     let (miner, validator) = (key(16), key(17));
     let server = start(miner.ss58(), validator.ss58());
     let uuid = devices(&server, &miner)[0].uuid.clone();
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
-    let config = Config { cases, failure_persistence: None, ..Config::default() };
+    let config = test_support::proptest_config(300);
 
     let number = prop_oneof![
         Just("0".to_owned()),

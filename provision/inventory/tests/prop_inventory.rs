@@ -10,10 +10,7 @@ use proptest::prelude::*;
 
 const EXAMPLE: &str = include_str!("../../../inventory.example.yml");
 
-fn cases(default: u32) -> ProptestConfig {
-    let n = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
-    ProptestConfig { cases: n, failure_persistence: None, ..ProptestConfig::default() }
-}
+use test_support::proptest_config as cases;
 
 fn check(text: &str) -> Result<(), TestCaseError> {
     if let Err(e) = provision_inventory::parse_str(text, Path::new("inv.yml")) {

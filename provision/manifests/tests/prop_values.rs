@@ -7,10 +7,7 @@
 use minerctl_manifests::{Layer, Values};
 use proptest::prelude::*;
 
-fn cases(default: u32) -> ProptestConfig {
-    let n = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
-    ProptestConfig { cases: n, failure_persistence: None, ..ProptestConfig::default() }
-}
+use test_support::proptest_config as cases;
 
 /// Keys that exist, keys that almost do, and junk; values of every YAML type.
 fn set_arg() -> impl Strategy<Value = String> {

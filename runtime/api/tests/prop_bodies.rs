@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 
 use common::{Api, validators};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
+use proptest::test_runner::TestRunner;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -25,9 +25,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 fn runner(default_cases: u32) -> TestRunner {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default_cases);
-    // No persistence file: a failure prints its minimal input, which is what we need.
-    TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() })
+    TestRunner::new(test_support::proptest_config(default_cases))
 }
 
 /// How every refusal of a body that is not `ServerArgs` begins.
@@ -161,9 +159,13 @@ fn unknown_keys_in_paths_are_not_found_and_change_nothing() {
         (Method::DELETE, "/deployments/{}"),
     ];
     let tried = std::cell::Cell::new(0u32);
-    // Any characters, percent-encoded as a client does; the key is never found.
+    // Any characters, percent-encoded as a client does; the key is never found. Except
+    // "." and "..": URL parsers (reqwest's included) read `%2E` and `%2E%2E` as dot
+    // segments and resolve them away, so no client can send them as a key (the request
+    // that leaves is `/servers/lock`, a different route).
+    let key = ".{1,40}".prop_filter("a dot segment is not a key", |k| k != "." && k != "..");
     runner(150)
-        .run(&(0..routes.len(), ".{1,40}"), |(r, key)| {
+        .run(&(0..routes.len(), key), |(r, key)| {
             let (method, template) = &routes[r];
             let encoded: String = key
                 .bytes()

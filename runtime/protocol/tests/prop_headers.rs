@@ -9,10 +9,7 @@ use chutes_protocol::{Hotkey, InboundVerifier};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 
-fn cases(default: u32) -> ProptestConfig {
-    let n = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
-    ProptestConfig { cases: n, failure_persistence: None, ..ProptestConfig::default() }
-}
+use test_support::proptest_config as cases;
 
 fn key(seed: u8) -> Hotkey {
     Hotkey::from_seed(&[seed; 32], "prop").unwrap()

@@ -9,10 +9,7 @@ use miner_validator::rest::{ListingParser, ListingReply};
 use miner_validator::socket::protocol::{Inbound, decode};
 use proptest::prelude::*;
 
-fn cases(default: u32) -> ProptestConfig {
-    let n = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(default);
-    ProptestConfig { cases: n, failure_persistence: None, ..ProptestConfig::default() }
-}
+use test_support::proptest_config as cases;
 
 /// Frames that start like real ones (every packet type we know) and go on with
 /// anything: JSON fragments, digits, unicode.
