@@ -34,6 +34,16 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// An emulated cluster with a CPU and a GPU node, its kubeconfig and a hotkey in `dir`.
+fn emulated_cluster(dir: &Path) -> (Emulator, PathBuf, PathBuf) {
+    let emu = Emulator::start().unwrap();
+    emu.add_node(Node::new("cpu-0"));
+    emu.add_node(Node::new("gpu-0").gpus(8));
+    let kc = dir.join("kubeconfig");
+    emu.write_kubeconfig(&kc).unwrap();
+    (emu, kc, hotkey_file(dir))
+}
+
 #[test]
 fn render_prints_the_same_yaml_every_time_and_honours_values() {
     let a = minerctl(&["render"]);
@@ -83,13 +93,8 @@ fn render_refuses_bad_values_naming_key_and_file() {
 
 #[test]
 fn deploy_with_a_kubeconfig_twice_then_dry_run() {
-    let emu = Emulator::start().unwrap();
-    emu.add_node(Node::new("cpu-0"));
-    emu.add_node(Node::new("gpu-0").gpus(8));
     let dir = tempfile::tempdir().unwrap();
-    let kc = dir.path().join("kubeconfig");
-    emu.write_kubeconfig(&kc).unwrap();
-    let hotkey = hotkey_file(dir.path());
+    let (emu, kc, hotkey) = emulated_cluster(dir.path());
     let args = ["deploy", "--kubeconfig", path(&kc), "--hotkey", path(&hotkey), "--timeout", "20"];
 
     let o = minerctl(&args);
@@ -116,6 +121,28 @@ fn deploy_with_a_kubeconfig_twice_then_dry_run() {
     assert!(out.contains("~ configure StatefulSet chutes/redis"), "{out}");
     assert!(out.contains("+          image: redis:8") || out.contains("+        image: redis:8"), "{out}");
     assert_eq!(emu.resource_version(), clock, "the dry run changed something");
+}
+
+#[test]
+fn deploy_whose_reader_went_away_still_applies_everything() {
+    // `minerctl deploy | head -1`: nobody reads the progress after the first line. The
+    // deploy must not stop halfway (some objects applied, nothing pruned).
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, kc, hotkey) = emulated_cluster(dir.path());
+    let args = ["deploy", "--kubeconfig", path(&kc), "--hotkey", path(&hotkey), "--timeout", "20"];
+
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = Command::new(env!("CARGO_BIN_EXE_minerctl")).args(args).stdout(writer).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{:?}: {stderr}", o.status);
+    assert!(!stderr.contains("error"), "a closed pipe is not an error to report: {stderr}");
+    assert!(emu.get("apps/v1", "Deployment", Some("chutes"), "api").unwrap().is_some());
+
+    // Everything was applied: a second deploy, read this time, has nothing to do.
+    let o = minerctl(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("0 created, 0 configured"), "{}", text(&o));
 }
 
 #[test]

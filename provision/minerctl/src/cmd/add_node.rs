@@ -16,7 +16,6 @@
 //! reached does not block the new node: the primary keeps that worker's peer as its current
 //! wg0.conf has it, and the command names the worker.
 
-use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -126,11 +125,7 @@ pub fn run(args: AddNodeArgs) -> anyhow::Result<ExitCode> {
 
         outln!("== registering {} with the miner API at {}", server.name, api.base());
         let outcome = api
-            .add_server(&server, |e| {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "  {}", e.message);
-                let _ = out.flush();
-            })
+            .add_server(&server, |e| outln!("  {}", e.message))
             .await
             .with_context(|| format!("add-node {}", server.name))?;
         outln!("{} added: {}", server.name, outcome.completion);

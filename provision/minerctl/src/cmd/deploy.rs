@@ -151,7 +151,7 @@ pub fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
             args.kube.api_server.as_deref(),
         )
         .await?;
-        let mut out = std::io::stdout().lock();
+        let mut out = super::Progress;
         minerctl_deploy::deploy(&client, &manifest, &creds, &opts, &mut out).await?;
         out.flush()?;
         Ok(ExitCode::SUCCESS)

@@ -23,19 +23,45 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// progress any more.
 static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
 
-/// Writes the operator's output (the `outln!` macro) to stdout; see
-/// [`STDOUT_GONE`]. A failure other than a closed pipe is said once on stderr.
+/// Writes the operator's output (the `outln!` macro) to stdout through [`Progress`].
 pub fn out(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
-    if STDOUT_GONE.load(Ordering::Relaxed) {
-        return;
+    let _ = Progress.write_fmt(args).and_then(|()| Progress.flush());
+}
+
+/// Stdout for what a command prints while it changes machines (`outln!`, deploy's and
+/// drain's progress, add-node's events, the provisioning report). It never fails: once
+/// the reader is gone (`| head`) or a write failed otherwise (said once on stderr), output
+/// is dropped and the change carries on, rather than stopping halfway with some objects
+/// applied or a node cordoned but not drained. A command whose output *is* the result
+/// (`render`, `simulate`, `status`) writes to stdout directly and fails instead.
+pub struct Progress;
+
+impl Progress {
+    /// Runs one write or flush on the locked stdout, applying [`STDOUT_GONE`].
+    fn attempt(f: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>) {
+        if STDOUT_GONE.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = f(&mut std::io::stdout().lock())
+            && !STDOUT_GONE.swap(true, Ordering::Relaxed)
+            && e.kind() != std::io::ErrorKind::BrokenPipe
+        {
+            eprintln!("minerctl: writing to stdout failed ({e}); further output is dropped");
+        }
     }
-    let mut stdout = std::io::stdout().lock();
-    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush())
-        && !STDOUT_GONE.swap(true, Ordering::Relaxed)
-        && e.kind() != std::io::ErrorKind::BrokenPipe
-    {
-        eprintln!("minerctl: writing to stdout failed ({e}); further output is dropped");
+}
+
+impl std::io::Write for Progress {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // All or nothing: a short write would make `write_all` call again anyway.
+        Self::attempt(|out| out.write_all(buf));
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Self::attempt(|out| out.flush());
+        Ok(())
     }
 }
 

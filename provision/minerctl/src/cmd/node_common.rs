@@ -110,8 +110,7 @@ impl NodeArgs {
             profile: false,
         };
         let redactor = Redactor::default();
-        let reporter =
-            Reporter::new(OutputFormat::Human, redactor, self.verbose, Box::new(std::io::stdout()));
+        let reporter = Reporter::new(OutputFormat::Human, redactor, self.verbose, Box::new(super::Progress));
         let result = provision_engine::run(Arc::new(inv), phases, opts, reporter.clone(), log.clone()).await;
         reporter.recap(&result.recap, result.elapsed, log.path.as_deref(), check);
         for (host, why) in &result.not_observed {

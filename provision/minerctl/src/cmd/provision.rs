@@ -95,7 +95,7 @@ pub fn run(args: ProvisionArgs) -> anyhow::Result<ExitCode> {
     let log = Log::open(&log_path, redactor.clone())
         .with_context(|| format!("cannot open log file {}", log_path.display()))?;
     let format = if args.output == Format::Json { OutputFormat::Json } else { OutputFormat::Human };
-    let mut reporter = Reporter::new(format, redactor, args.verbose, Box::new(std::io::stdout()));
+    let mut reporter = Reporter::new(format, redactor, args.verbose, Box::new(super::Progress));
     if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         let names: Vec<String> = inv.hosts.iter().map(|h| h.name.clone()).collect();
         reporter = reporter.with_live_board(&names);

@@ -91,8 +91,7 @@ pub fn run(args: RemoveNodeArgs) -> anyhow::Result<ExitCode> {
         let client =
             minerctl_deploy::client_from_kubeconfig(&yaml, args.kube.context.as_deref(), args.kube.api_server.as_deref()).await?;
         let opts = DrainOptions { timeout: Duration::from_secs(args.drain_timeout), ..DrainOptions::default() };
-        let mut out = std::io::stdout();
-        minerctl_nodes::drain(&client, name, &opts, &mut out).await?;
+        minerctl_nodes::drain(&client, name, &opts, &mut super::Progress).await?;
 
         outln!("== {name}: leaving the cluster");
         let left = args.common.provision(&log, inv.clone(), phases::leave(name), vec![name.to_string()], &[], false).await;
@@ -100,7 +99,7 @@ pub fn run(args: RemoveNodeArgs) -> anyhow::Result<ExitCode> {
             // A dead host is the usual reason to remove one: go on, its Node is deleted below.
             outln!("{name}: could not make it leave the cluster (see above); removing its Node anyway");
         }
-        minerctl_nodes::delete_node(&client, name, &mut out).await?;
+        minerctl_nodes::delete_node(&client, name, &mut super::Progress).await?;
 
         outln!("== removing {name} from the primary's WireGuard peers");
         let rest = phases::without(&inv, name);
