@@ -515,25 +515,37 @@ fn skopeo(registry: &lab_hosts::Registry, auth_file: &Path, command: &str, refer
         .unwrap()
 }
 
-#[test]
-fn push_to_a_registry_with_credentials_and_render_names_the_images_there() {
-    use base64::Engine as _;
-    let lock_path = images().join(LOCK_FILE);
-    let lock = lock();
-    let password = "lab-registry-password";
-    let registry = lab_hosts::Registry::start("miner", password).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (wrong, right) = (dir.path().join("wrong"), dir.path().join("right"));
-    std::fs::write(&wrong, "not-the-password\n").unwrap();
-    std::fs::write(&right, format!("{password}\n")).unwrap();
-    let set = format!("images.registry={}/chutes", registry.host());
-    let ca = registry.ca_file();
-    let push = |password_file: &Path, extra: &[&str]| {
+/// The password of every lab registry's user `miner`.
+const PASSWORD: &str = "lab-registry-password";
+
+/// A lab registry, files with the right and a wrong password, and `images push` to it.
+struct Pushing {
+    registry: lab_hosts::Registry,
+    dir: tempfile::TempDir,
+    wrong: PathBuf,
+    right: PathBuf,
+    /// `--set images.registry=` the registry's `chutes` project.
+    set: String,
+}
+
+impl Pushing {
+    fn new(registry: lab_hosts::Registry) -> Pushing {
+        let dir = tempfile::tempdir().unwrap();
+        let (wrong, right) = (dir.path().join("wrong"), dir.path().join("right"));
+        std::fs::write(&wrong, "not-the-password\n").unwrap();
+        std::fs::write(&right, format!("{PASSWORD}\n")).unwrap();
+        let set = format!("images.registry={}/chutes", registry.host());
+        Pushing { registry, dir, wrong, right, set }
+    }
+
+    /// `minerctl images push` of the built images as `miner`, with `extra` arguments.
+    fn push(&self, password_file: &Path, extra: &[&str]) -> Output {
+        let lock_path = images().join(LOCK_FILE);
         let mut args = vec![
             "images",
             "push",
             "--set",
-            &set,
+            &self.set,
             "--images-lock",
             lock_path.to_str().unwrap(),
             "--registry-user",
@@ -543,28 +555,62 @@ fn push_to_a_registry_with_credentials_and_render_names_the_images_there() {
         ];
         args.extend(extra);
         minerctl(&args)
-    };
+    }
+
+    /// A push with the wrong password failed, naming the registry and the user, and
+    /// without the password.
+    fn assert_refused(&self, o: &Output) {
+        assert!(!o.status.success());
+        let t = text(o);
+        let refused =
+            format!("registry {}/chutes refused the credentials of user `miner`", self.registry.host());
+        assert!(t.contains(&refused), "{t}");
+        assert!(!t.contains("not-the-password"), "{t}");
+    }
+
+    /// Checks what anyone pulls back (skopeo, with the right credentials): every image of
+    /// `lock`, by tag, has the lock's digest and architecture. Returns skopeo's auth file.
+    fn pulled_back(&self, lock: &Lock) -> PathBuf {
+        use base64::Engine as _;
+        let host = self.registry.host();
+        let auth = self.dir.path().join("auth.json");
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("miner:{PASSWORD}"));
+        std::fs::write(&auth, serde_json::json!({"auths": {&host: {"auth": basic}}}).to_string()).unwrap();
+        for (name, image) in &lock.images {
+            let tag = image.tag.rsplit_once(':').unwrap().1;
+            let o = skopeo(&self.registry, &auth, "inspect", &format!("docker://{host}/chutes/{name}:{tag}"));
+            assert!(o.status.success(), "{name}: {}", text(&o));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            assert_eq!(v["Digest"], image.digest.as_str(), "{name}");
+            assert_eq!(v["Architecture"], "amd64", "{name}");
+        }
+        auth
+    }
+}
+
+#[test]
+fn push_to_a_registry_with_credentials_and_render_names_the_images_there() {
+    let lock_path = images().join(LOCK_FILE);
+    let lock = lock();
+    let p = Pushing::new(lab_hosts::Registry::start("miner", PASSWORD).unwrap());
+    let (registry, set, wrong, right) = (&p.registry, &p.set, &p.wrong, &p.right);
+    let push = |password_file: &Path, extra: &[&str]| p.push(password_file, extra);
+    let ca = registry.ca_file();
     let with_ca = ["--registry-ca", ca.to_str().unwrap()];
     let repositories = registry.storage().join("docker/registry/v2/repositories");
 
     // A wrong password: refused at the first request, with the registry and user named.
-    let o = push(&wrong, &with_ca);
-    assert!(!o.status.success());
-    let t = text(&o);
-    assert!(
-        t.contains(&format!("registry {}/chutes refused the credentials of user `miner`", registry.host())),
-        "{t}"
-    );
-    assert!(!t.contains("not-the-password"), "{t}");
+    let o = push(wrong, &with_ca);
+    p.assert_refused(&o);
     // Without its CA, the registry's certificate is not trusted, and the error says so.
-    let o = push(&right, &[]);
+    let o = push(right, &[]);
     assert!(!o.status.success());
     let t = text(&o);
     assert!(t.contains(&registry.host()) && t.to_lowercase().contains("certificate"), "{t}");
     assert!(!repositories.exists(), "nothing was stored");
 
     // --check asks and sends nothing.
-    let o = push(&right, &["--registry-ca", ca.to_str().unwrap(), "--check"]);
+    let o = push(right, &["--registry-ca", ca.to_str().unwrap(), "--check"]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains(": chutes-miner: would push (--check)"),
@@ -574,7 +620,7 @@ fn push_to_a_registry_with_credentials_and_render_names_the_images_there() {
     assert!(!repositories.exists(), "nothing was stored");
 
     let started = Instant::now();
-    let o = push(&right, &with_ca);
+    let o = push(right, &with_ca);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     eprintln!("first push ({:.1} s):\n{out}", started.elapsed().as_secs_f64());
@@ -584,25 +630,13 @@ fn push_to_a_registry_with_credentials_and_render_names_the_images_there() {
     }
 
     // What a node (or anyone) pulls back: every manifest, by tag, has the lock's digest.
-    let auth = dir.path().join("auth.json");
-    let basic = base64::engine::general_purpose::STANDARD.encode(format!("miner:{password}"));
-    std::fs::write(&auth, serde_json::json!({"auths": {registry.host(): {"auth": basic}}}).to_string())
-        .unwrap();
-    for (name, image) in &lock.images {
-        let tag = image.tag.rsplit_once(':').unwrap().1;
-        let o =
-            skopeo(&registry, &auth, "inspect", &format!("docker://{}/chutes/{name}:{tag}", registry.host()));
-        assert!(o.status.success(), "{name}: {}", text(&o));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        assert_eq!(v["Digest"], image.digest.as_str(), "{name}");
-        assert_eq!(v["Architecture"], "amd64", "{name}");
-    }
+    let auth = p.pulled_back(&lock);
 
     // A second push finds every manifest and uploads nothing: the registry saw no upload.
     let uploads = |log: &str| log.matches("\"POST /v2/").count();
     let before = uploads(&registry.log());
     assert_eq!(before, 2 * lock.images.len(), "one upload per blob");
-    let o = push(&right, &with_ca);
+    let o = push(right, &with_ca);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert_eq!(out.matches("unchanged (digest present)").count(), lock.images.len(), "{out}");
@@ -611,20 +645,20 @@ fn push_to_a_registry_with_credentials_and_render_names_the_images_there() {
     // An image whose manifest went away, over blobs that stayed: only the manifest is sent.
     let miner = &lock.images["chutes-miner"];
     let o = skopeo(
-        &registry,
+        registry,
         &auth,
         "delete",
         &format!("docker://{}/chutes/chutes-miner@{}", registry.host(), miner.digest),
     );
     assert!(o.status.success(), "{}", text(&o));
-    let o = push(&right, &with_ca);
+    let o = push(right, &with_ca);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(out.contains("chutes-miner: pushed: 0 blob(s) uploaded (0.0 MB), 2 already there"), "{out}");
     assert_eq!(uploads(&registry.log()), before);
 
     // render names the images in the registry, by the same digests.
-    let o = minerctl(&["render", "--images-lock", lock_path.to_str().unwrap(), "--set", &set]);
+    let o = minerctl(&["render", "--images-lock", lock_path.to_str().unwrap(), "--set", set]);
     assert!(o.status.success(), "{}", text(&o));
     let yaml = String::from_utf8_lossy(&o.stdout).to_string();
     let in_registry = format!("{}/chutes/chutes-miner@{}", registry.host(), miner.digest);
@@ -641,4 +675,41 @@ fn push_to_a_registry_with_credentials_and_render_names_the_images_there() {
     ]);
     assert!(!o.status.success());
     assert!(text(&o).contains("images.registry `https://r.example`"), "{}", text(&o));
+}
+
+#[test]
+fn push_to_a_registry_that_hands_out_bearer_tokens() {
+    // Docker Hub, GHCR, GitLab and Harbor answer with a Bearer challenge: the push gets a
+    // token for each repository from the realm, with the operator's credentials.
+    let lock = lock();
+    let p = Pushing::new(lab_hosts::Registry::start_with_tokens("miner", PASSWORD).unwrap());
+    let (registry, wrong, right) = (&p.registry, &p.wrong, &p.right);
+    let ca = registry.ca_file();
+    let push = |password_file: &Path| p.push(password_file, &["--registry-ca", ca.to_str().unwrap()]);
+    let repositories = registry.storage().join("docker/registry/v2/repositories");
+
+    // The token service refuses a wrong password: named, before anything is uploaded.
+    let o = push(wrong);
+    p.assert_refused(&o);
+    assert_eq!(registry.tokens_issued(), 0);
+    assert!(!repositories.exists(), "nothing was stored");
+
+    let o = push(right);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    for name in lock.images.keys() {
+        assert!(out.contains(&format!("/chutes: {name}: pushed: 2 blob(s) uploaded")), "{out}");
+    }
+    let tokens = registry.tokens_issued();
+    assert!(tokens >= 1, "the push went through the token service");
+    assert!(!out.contains(PASSWORD), "{out}");
+
+    // What a node pulls back (skopeo does its own token dance): the lock's digests.
+    p.pulled_back(&lock);
+
+    // Again: every manifest is there, nothing is uploaded.
+    let o = push(right);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(out.matches("unchanged (digest present)").count(), lock.images.len(), "{out}");
 }

@@ -1,6 +1,8 @@
 //! A throwaway OCI registry: Debian's `docker-registry` (distribution 2.8) on a free port
 //! of 127.0.0.1, serving TLS with a certificate of its own throwaway CA and asking for
-//! htpasswd (basic) credentials, as a private registry does.
+//! credentials as a private registry does: htpasswd (Basic, [`Registry::start`]) or
+//! Bearer tokens from a token service ([`Registry::start_with_tokens`], `token.rs`), as
+//! Docker Hub, GHCR, GitLab and Harbor do.
 //!
 //! The password reaches `htpasswd` on its stdin, never a command line. Deleting manifests
 //! is enabled, so a test can remove an image and push it again over blobs that stay.
@@ -14,9 +16,13 @@ use std::time::Duration;
 use crate::process::{self, free_port, tail, wait_until};
 use crate::{HarnessError, io};
 
+mod token;
+
 pub struct Registry {
     child: Option<Child>,
     port: u16,
+    /// Bearer mode's token service (stopped after the registry).
+    tokens: Option<token::TokenService>,
     dir: tempfile::TempDir,
 }
 
@@ -98,24 +104,51 @@ fn certificates(dir: &Path) -> Result<(), HarnessError> {
 }
 
 impl Registry {
-    /// Starts a registry that accepts `user` with `password` (and nobody else).
+    /// Starts a registry that accepts `user` with `password` (and nobody else), as
+    /// htpasswd (Basic) credentials on every request.
     pub fn start(user: &str, password: &str) -> Result<Registry, HarnessError> {
+        Self::start_with(user, password, false)
+    }
+
+    /// Starts a registry that wants a Bearer token on every request, from a token
+    /// service that hands them to `user` with `password` (and nobody else).
+    pub fn start_with_tokens(user: &str, password: &str) -> Result<Registry, HarnessError> {
+        Self::start_with(user, password, true)
+    }
+
+    fn start_with(user: &str, password: &str, bearer: bool) -> Result<Registry, HarnessError> {
         need("docker-registry", "docker-registry")?;
         need("htpasswd", "apache2-utils")?;
         need("openssl", "openssl")?;
         let dir = process::temp_dir("registry")?;
         let d = dir.path();
         certificates(d)?;
-        let mut htpasswd = Command::new("htpasswd");
-        // -n: print, -i: password from stdin, -B: bcrypt (the only hash distribution reads).
-        htpasswd.args(["-niB", user]);
-        let line = run(htpasswd, "htpasswd", password.as_bytes())?;
-        std::fs::write(d.join("htpasswd"), line).map_err(io("write htpasswd"))?;
+        let (tokens, auth) = if bearer {
+            let service = token::TokenService::start(d, user, password)?;
+            let auth = format!(
+                "auth:\n  token:\n    realm: {}\n    service: {}\n    issuer: {}\n    rootcertbundle: {}/token.crt\n",
+                service.realm(),
+                token::SERVICE,
+                token::ISSUER,
+                d.display()
+            );
+            (Some(service), auth)
+        } else {
+            let mut htpasswd = Command::new("htpasswd");
+            // -n: print, -i: password from stdin, -B: bcrypt (the only hash distribution reads).
+            htpasswd.args(["-niB", user]);
+            let line = run(htpasswd, "htpasswd", password.as_bytes())?;
+            std::fs::write(d.join("htpasswd"), line).map_err(io("write htpasswd"))?;
+            (
+                None,
+                format!("auth:\n  htpasswd:\n    realm: lab-registry\n    path: {}/htpasswd\n", d.display()),
+            )
+        };
         let mut last_err = None;
         for _ in 0..5 {
             let port = free_port()?;
-            match launch(d, port) {
-                Ok(child) => return Ok(Registry { child: Some(child), port, dir }),
+            match launch(d, port, &auth) {
+                Ok(child) => return Ok(Registry { child: Some(child), port, tokens, dir }),
                 Err(e) => last_err = Some(e),
             }
         }
@@ -123,6 +156,11 @@ impl Registry {
             what: "docker-registry".into(),
             detail: "no attempt to start it was made".into(),
         }))
+    }
+
+    /// Tokens the token service handed out so far (0 for a Basic registry).
+    pub fn tokens_issued(&self) -> usize {
+        self.tokens.as_ref().map_or(0, token::TokenService::issued)
     }
 
     /// `127.0.0.1:PORT`: the registry's host, as image references name it.
@@ -152,7 +190,8 @@ impl Registry {
     }
 }
 
-fn launch(dir: &Path, port: u16) -> Result<Child, HarnessError> {
+/// Starts `docker-registry` on `port` with `auth`, the config's `auth:` section.
+fn launch(dir: &Path, port: u16, auth: &str) -> Result<Child, HarnessError> {
     let config = dir.join(format!("config-{port}.yml"));
     let d = dir.display();
     std::fs::write(
@@ -160,8 +199,7 @@ fn launch(dir: &Path, port: u16) -> Result<Child, HarnessError> {
         format!(
             "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    \
              rootdirectory: {d}/storage\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n  \
-             tls:\n    certificate: {d}/server.crt\n    key: {d}/server.key\nauth:\n  htpasswd:\n    \
-             realm: lab-registry\n    path: {d}/htpasswd\n"
+             tls:\n    certificate: {d}/server.crt\n    key: {d}/server.key\n{auth}"
         ),
     )
     .map_err(io("write the registry config"))?;
