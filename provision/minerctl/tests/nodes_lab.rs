@@ -317,6 +317,13 @@ fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out(
     let primary_key = primary.read_to_string("/etc/wireguard/public.key").unwrap();
     assert!(gpu.read_to_string("/etc/wireguard/wg0.conf").unwrap().contains(primary_key.trim()));
     assert_eq!(node_labels(&w, "gpu-1").unwrap()["chutes/external-ip"], "203.0.113.2");
+    // The first GPU worker of the cluster: the primary's GPU layer was enabled for it, and
+    // the check that the node offers its GPUs to chutes passed (the operator labelled it).
+    let enabled = primary.calls("microk8s").unwrap();
+    assert!(enabled.iter().any(|c| c.len() > 1 && c[0] == "enable" && c[1] == "nvidia"), "{enabled:?}");
+    assert_eq!(node_labels(&w, "gpu-1").unwrap()["nvidia.com/gpu.present"], "true");
+    let log = std::fs::read_to_string(cli.dir.join("add-node.log")).unwrap_or_default();
+    assert!(log.contains("gpu nodes ready for chutes"), "{log}");
 
     // Rerun with the validator's real GraVal check: provisioning has nothing left to do,
     // the API streams its progress and the GPUs are verified.

@@ -10,9 +10,11 @@ use std::sync::Arc;
 use provision_engine::{Action, Phase, PhasePlan, Step};
 use provision_inventory::{Host, Inventory};
 
-/// Tags of the roles the primary runs when a worker is added: its peer list, and the
-/// join token and node labels.
-const PRIMARY_TAGS: &[&str] = &["wireguard", "join"];
+/// Tags of the roles the primary runs when a worker is added: its peer list, the join
+/// token and node labels, and the GPU layer (cluster-wide, on the primary: the nvidia
+/// addon, enabled here when the first GPU worker joins, the operator's pods, which then
+/// include the new node's, and the check that the new node offers its GPUs to chutes).
+const PRIMARY_TAGS: &[&str] = &["wireguard", "join", "gpu"];
 
 /// Why a host cannot be added or removed as a worker.
 pub fn check_worker<'a>(inv: &'a Inventory, name: &str) -> Result<&'a Host, String> {

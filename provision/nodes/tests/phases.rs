@@ -80,7 +80,7 @@ fn planned_tags(phases: &[provision_engine::Phase], inv: &Inventory, host: &str)
 }
 
 #[test]
-fn add_node_runs_every_role_on_the_node_and_only_mesh_and_join_on_the_primary() {
+fn add_node_runs_every_role_on_the_node_and_only_mesh_join_and_gpu_layer_on_the_primary() {
     let dir = tempfile::tempdir().unwrap();
     let inv = inventory(dir.path());
     let phases = minerctl_nodes::phases::add_node("gpu-2");
@@ -91,10 +91,15 @@ fn add_node_runs_every_role_on_the_node_and_only_mesh_and_join_on_the_primary() 
     assert!(on_node.iter().any(|(_, s)| s == "join cluster"), "{on_node:?}");
 
     let on_primary = planned_tags(&phases, &inv, "cpu-0");
-    assert!(on_primary.iter().all(|(t, _)| t == "wireguard" || t == "join"), "{on_primary:?}");
+    assert!(
+        on_primary.iter().all(|(t, _)| ["wireguard", "join", "gpu"].contains(&t.as_str())),
+        "{on_primary:?}"
+    );
+    assert!(!on_primary.iter().any(|(t, _)| t == "base" || t == "nvidia"), "{on_primary:?}");
     // The roles run the join token inside the multi-role "host setup" phase: it must survive
     // the filter, or the node would be told to join with no token.
-    for step in ["join token", "gpu-2 external-ip label"] {
+    // Nor may the GPU layer's check: a GPU worker whose GPUs chutes cannot use is not added.
+    for step in ["join token", "gpu-2 external-ip label", "gpu nodes ready for chutes"] {
         assert!(on_primary.iter().any(|(_, s)| s == step), "{step} missing on the primary: {on_primary:?}");
     }
     assert_eq!(minerctl_nodes::phases::add_node_limit(&inv, "gpu-2"), ["gpu-2", "cpu-0"]);

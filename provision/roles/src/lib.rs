@@ -1082,15 +1082,15 @@ fn gpu_layer(c: &PlanCtx) -> PhasePlan {
     })
 }
 
-/// What the GPU layer lacks, per GPU host of the inventory, as read by "gpu layer state":
-/// one line per problem, naming the node. Empty: complete.
-pub fn gpu_layer_lacks(inv: &Inventory, state: &str) -> Vec<String> {
+/// What the GPU layer lacks, per GPU host of the inventory that `judged` accepts, as read
+/// by "gpu layer state": one line per problem, naming the node. Empty: complete.
+pub fn gpu_layer_lacks(inv: &Inventory, state: &str, judged: impl Fn(&str) -> bool) -> Vec<String> {
     let mut lacks = vec![];
     let field = |key: &str| state.lines().find_map(|l| l.strip_prefix(key)).unwrap_or("").trim();
     if field("runtimeclass=").is_empty() {
         lacks.push(format!("RuntimeClass {RUNTIME_CLASS} does not exist"));
     }
-    for h in inv.hosts.iter().filter(|h| h.gpu_enabled) {
+    for h in inv.hosts.iter().filter(|h| h.gpu_enabled && judged(&h.name)) {
         let row = state.lines().find_map(|l| {
             let rest = l.strip_prefix("node=")?;
             let f: Vec<&str> = rest.split('\t').collect();
@@ -1119,12 +1119,20 @@ pub fn gpu_layer_lacks(inv: &Inventory, state: &str) -> Vec<String> {
 
 /// Fails naming each node and what it lacks, instead of leaving it to the first chute. In
 /// check mode, a cluster whose nvidia addon is not enabled yet is not judged: the run would
-/// enable it first.
+/// enable it first, and a node not in the cluster yet is not judged: the run would join it.
+/// Only the nodes this run may change are judged (`--limit`, `add-node`'s worker): another
+/// node's trouble is not this run's to fix, and must not stop it.
 fn verify_gpu_layer(c: &PlanCtx) -> PhasePlan {
     let gpus = c.inventory.hosts.iter().any(|h| h.gpu_enabled);
     only(c.host.is_primary && gpus && !c.before_run, || {
         let state = var(c, &c.host.name, GPU_STATE).map(String::as_str);
-        let lacks = state.map(|s| gpu_layer_lacks(c.inventory, s)).unwrap_or_default();
+        // --check: a node the run would join is not in the cluster yet, nothing to judge.
+        let in_cluster = |s: &str, h: &str| {
+            s.lines().any(|l| l.strip_prefix("node=").is_some_and(|r| r.split('\t').next() == Some(h)))
+        };
+        let lacks = state
+            .map(|s| gpu_layer_lacks(c.inventory, s, |h| c.changes(h) && (!c.check || in_cluster(s, h))))
+            .unwrap_or_default();
         let pending = c.check && !state.is_some_and(|s| s.lines().any(|l| l == "addon=enabled"));
         PhasePlan {
             steps: vec![Step::new(

@@ -331,6 +331,15 @@ fn plan_host_setup_primary(inv: &Inventory, facts: &Facts, vars: &HostVars) -> P
 }
 
 fn verify_gpu(state: Option<&str>, check: bool) -> Result<provision_engine::plan::Decision, String> {
+    verify_gpu_limited(state, check, None)
+}
+
+/// [`verify_gpu`] in a run limited to `limit` (`--limit`, or add-node's worker and primary).
+fn verify_gpu_limited(
+    state: Option<&str>,
+    check: bool,
+    limit: Option<&[String]>,
+) -> Result<provision_engine::plan::Decision, String> {
     let inv = inv();
     let mut vars = vars();
     if let Some(s) = state {
@@ -344,7 +353,7 @@ fn verify_gpu(state: Option<&str>, check: bool) -> Result<provision_engine::plan
         vars: &vars,
         check,
         before_run: false,
-        limit: None,
+        limit,
     });
     assert_eq!(names(&plan), ["gpu nodes ready for chutes"]);
     plan.steps[0].action.evaluate(&Default::default())
@@ -386,6 +395,21 @@ fn gpu_layer_uses_microk8s_addons_and_its_verify_names_each_node_and_what_it_lac
     // once it is enabled, --check judges as a run would.
     assert!(verify_gpu(Some(&broken.replace("addon=enabled", "addon=disabled")), true).is_ok());
     assert!(verify_gpu(Some(broken), true).is_err());
+
+    // A run limited to some hosts (add-node's worker and the primary) judges only those: a
+    // broken node elsewhere is named by a full run, and does not stop adding another.
+    let one_broken = "addon=enabled\nruntimeclass=x\nnode=gpu-0\t8\ttrue\t\t\nnode=gpu-1\t1\ttrue\t1\t49152";
+    let limit = |hosts: &[&str]| hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>();
+    assert!(verify_gpu_limited(Some(one_broken), false, Some(&limit(&["gpu-1", "cpu-0"]))).is_ok());
+    assert_eq!(
+        verify_gpu_limited(Some(one_broken), false, Some(&limit(&["gpu-0", "cpu-0"]))).unwrap_err(),
+        "the GPU layer is incomplete: gpu-0 lacks labels nvidia.com/gpu.count, nvidia.com/gpu.memory"
+    );
+    assert!(verify_gpu(Some(one_broken), false).is_err());
+    // --check of a run that would join a node: it is not in the cluster yet, nothing to judge.
+    let not_joined = "addon=enabled\nruntimeclass=x\nnode=gpu-0\t8\ttrue\t8\t81559";
+    assert!(verify_gpu(Some(not_joined), true).is_ok());
+    assert!(verify_gpu(Some(not_joined), false).unwrap_err().contains("gpu-1: no such node in the cluster"));
 }
 
 /// The phase `phase` for `host` with these captured variables and `--limit`.

@@ -85,7 +85,7 @@ pub fn run(args: AddNodeArgs) -> anyhow::Result<ExitCode> {
         }
 
         let check = if args.check { " (check mode: nothing is changed)" } else { "" };
-        outln!("== provisioning {} (and the primary's mesh and join phases){check}", server.name);
+        outln!("== provisioning {} (and the primary's mesh, join and GPU layer phases){check}", server.name);
         let limit = phases::add_node_limit(&inv, &server.name);
         let result =
             args.common.provision(&log, inv, phases::add_node(&server.name), limit, &[], args.check).await;
