@@ -77,6 +77,23 @@ fn render_prints_the_same_yaml_every_time_and_honours_values() {
 }
 
 #[test]
+fn render_into_a_pipe_nobody_reads_succeeds_and_into_a_full_disk_fails() {
+    // `minerctl render | head -0`: the reader took what it wanted; not an error.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = Command::new(env!("CARGO_BIN_EXE_minerctl")).arg("render").stdout(writer).output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{:?}: {stderr}", o.status);
+    assert!(!stderr.contains("error"), "{stderr}");
+
+    // A disk that is full loses the manifests: that is an error, said.
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_minerctl")).arg("render").stdout(full).output().unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot write to stdout"), "{}", text(&o));
+}
+
+#[test]
 fn render_refuses_bad_values_naming_key_and_file() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("typo.yaml");

@@ -29,12 +29,34 @@ pub fn out(args: std::fmt::Arguments<'_>) {
     let _ = Progress.write_fmt(args).and_then(|()| Progress.flush());
 }
 
+/// Writes a command's result (`render`'s manifests, `simulate`'s table, a `status`
+/// screen) to stdout. A reader that went away (`minerctl render | head`) took what it
+/// wanted: that is success, and [`stdout_gone`] says so from then on (so `status
+/// --watch` stops). Any other failure (a full disk) is an error: the result was lost.
+pub fn write_result(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    // Tried even when earlier output failed: only a closed pipe makes losing it fine.
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            STDOUT_GONE.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        r => Ok(r.map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}"))?),
+    }
+}
+
+/// Whether stdout's reader has gone (or writing to it failed).
+pub fn stdout_gone() -> bool {
+    STDOUT_GONE.load(Ordering::Relaxed)
+}
+
 /// Stdout for what a command prints while it changes machines (`outln!`, deploy's and
 /// drain's progress, add-node's events, the provisioning report). It never fails: once
 /// the reader is gone (`| head`) or a write failed otherwise (said once on stderr), output
 /// is dropped and the change carries on, rather than stopping halfway with some objects
 /// applied or a node cordoned but not drained. A command whose output *is* the result
-/// (`render`, `simulate`, `status`) writes to stdout directly and fails instead.
+/// writes it with [`write_result`], which fails on a write error other than a closed pipe.
 pub struct Progress;
 
 impl Progress {

@@ -2,7 +2,6 @@
 //! project) for the given values, byte-for-byte deterministic. Secrets are rendered
 //! without data; `minerctl deploy` fills them.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -109,7 +108,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<ExitCode> {
         Some(path) => {
             std::fs::write(path, &yaml).with_context(|| format!("cannot write {}", path.display()))?
         }
-        None => std::io::stdout().lock().write_all(yaml.as_bytes()).context("cannot write to stdout")?,
+        None => super::write_result(&yaml)?,
     }
     Ok(ExitCode::SUCCESS)
 }

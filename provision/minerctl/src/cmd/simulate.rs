@@ -84,6 +84,6 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         Output::Table => cmp.table(),
         Output::Json => cmp.json()? + "\n",
     };
-    std::io::stdout().write_all(text.as_bytes()).context("cannot write to stdout")?;
+    super::write_result(&text)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -5,7 +5,7 @@
 //! The tables are `minerctl_nodes::status::render`, a pure function of the answer and
 //! the time; this file only fetches, prints and loops.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -54,7 +54,7 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             Output::Json => serde_json::to_string_pretty(&servers)? + "\n",
             Output::Text => render(&servers, chrono::Utc::now()),
         };
-        print(&out)?;
+        super::write_result(&out)?;
         return Ok(ExitCode::SUCCESS);
     }
     let clear = args.output == Output::Text && std::io::stdout().is_terminal();
@@ -87,7 +87,10 @@ pub fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             }
             (Err(e), Output::Json) => eprintln!("error: {}", super::error_line(e)),
         }
-        print(&out)?;
+        super::write_result(&out)?;
+        if super::stdout_gone() {
+            return Ok(ExitCode::SUCCESS); // `status --watch | head`: nobody reads any more
+        }
         if args.rounds.is_some_and(|n| round >= n) {
             return Ok(if fetched.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
@@ -105,9 +108,4 @@ fn is_transient(e: &anyhow::Error) -> bool {
 
 fn header(api: &MinerApi, interval: u64, now: chrono::DateTime<chrono::Utc>) -> String {
     format!("{} every {interval}s, {} (Ctrl-C to stop)\n\n", api.base(), now.format("%Y-%m-%d %H:%M:%S UTC"))
-}
-
-fn print(text: &str) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes()).and_then(|()| out.flush()).context("writing to stdout")
 }
