@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 use kube_emulator::{Emulator, Node};
 use lab_hosts::lab::{Lab, Standin};
@@ -13,6 +13,18 @@ const SEED_HEX: &str = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac03
 
 fn minerctl(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_minerctl")).args(args).output().unwrap()
+}
+
+/// `minerctl ARGS` with its stdout going to `out` (a pipe, a device).
+fn minerctl_into(args: &[&str], out: impl Into<Stdio>) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_minerctl")).args(args).stdout(out).output().unwrap()
+}
+
+/// The writing end of a pipe whose reader is already gone (`| head -0`).
+fn closed_pipe() -> std::io::PipeWriter {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    writer
 }
 
 fn text(o: &Output) -> String {
@@ -79,16 +91,14 @@ fn render_prints_the_same_yaml_every_time_and_honours_values() {
 #[test]
 fn render_into_a_pipe_nobody_reads_succeeds_and_into_a_full_disk_fails() {
     // `minerctl render | head -0`: the reader took what it wanted; not an error.
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let o = Command::new(env!("CARGO_BIN_EXE_minerctl")).arg("render").stdout(writer).output().unwrap();
+    let o = minerctl_into(&["render"], closed_pipe());
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{:?}: {stderr}", o.status);
     assert!(!stderr.contains("error"), "{stderr}");
 
     // A disk that is full loses the manifests: that is an error, said.
     let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_minerctl")).arg("render").stdout(full).output().unwrap();
+    let o = minerctl_into(&["render"], full);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("cannot write to stdout"), "{}", text(&o));
 }
@@ -148,9 +158,7 @@ fn deploy_whose_reader_went_away_still_applies_everything() {
     let (emu, kc, hotkey) = emulated_cluster(dir.path());
     let args = ["deploy", "--kubeconfig", path(&kc), "--hotkey", path(&hotkey), "--timeout", "20"];
 
-    let (reader, writer) = std::io::pipe().unwrap();
-    drop(reader);
-    let o = Command::new(env!("CARGO_BIN_EXE_minerctl")).args(args).stdout(writer).output().unwrap();
+    let o = minerctl_into(&args, closed_pipe());
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{:?}: {stderr}", o.status);
     assert!(!stderr.contains("error"), "a closed pipe is not an error to report: {stderr}");

@@ -42,7 +42,7 @@ pub fn write_result(text: &str) -> anyhow::Result<()> {
             STDOUT_GONE.store(true, Ordering::Relaxed);
             Ok(())
         }
-        r => Ok(r.map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}"))?),
+        r => r.map_err(|e| anyhow::anyhow!("cannot write to stdout: {e}")),
     }
 }
 

@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use serde_json::json;
 
 use super::{openssl, run};
 use crate::{HarnessError, io};
@@ -145,7 +146,7 @@ fn serve(mut stream: TcpStream, issuer: &Issuer) -> bool {
             Ok(t) => {
                 ("200 OK", format!(r#"{{"token":"{t}","access_token":"{t}","expires_in":{LIFETIME_S}}}"#))
             }
-            Err(e) => ("500 Internal Server Error", format!(r#"{{"errors":[{{"message":{}}}]}}"#, json(&e))),
+            Err(e) => ("500 Internal Server Error", json!({"errors": [{"message": e}]}).to_string()),
         }
     };
     let mut head = format!(
@@ -163,81 +164,32 @@ fn serve(mut stream: TcpStream, issuer: &Issuer) -> bool {
 /// A signed token granting every scope the query asks for.
 fn token(issuer: &Issuer, query: &str) -> Result<String, String> {
     let mut access = Vec::new();
-    for (k, v) in query.split('&').filter_map(|p| p.split_once('=')) {
+    for (k, scope) in form_urlencoded::parse(query.as_bytes()) {
         if k != "scope" {
             continue;
         }
-        let scope = percent_decode(v);
         for one in scope.split(' ') {
             // type:name:actions (a name holds no ':', a registry host with a port is not in it)
             let Some((kind, rest)) = one.split_once(':') else { continue };
             let Some((name, actions)) = rest.rsplit_once(':') else { continue };
-            let actions: Vec<String> = actions.split(',').map(json).collect();
-            access.push(format!(
-                r#"{{"type":{},"name":{},"actions":[{}]}}"#,
-                json(kind),
-                json(name),
-                actions.join(",")
-            ));
+            access
+                .push(json!({"type": kind, "name": name, "actions": actions.split(',').collect::<Vec<_>>()}));
         }
     }
     let now = SystemTime::now().duration_since(UNIX_EPOCH).map_err(|e| e.to_string())?.as_secs();
-    let header = format!(r#"{{"typ":"JWT","alg":"RS256","x5c":["{}"]}}"#, issuer.certificate);
-    let claims = format!(
-        r#"{{"iss":{},"sub":"lab","aud":{},"exp":{},"nbf":{},"iat":{now},"jti":"{now}-{}","access":[{}]}}"#,
-        json(ISSUER),
-        json(SERVICE),
-        now + LIFETIME_S,
-        now.saturating_sub(10),
-        std::process::id(),
-        access.join(",")
+    let header = json!({"typ": "JWT", "alg": "RS256", "x5c": [issuer.certificate]});
+    let claims = json!({
+        "iss": ISSUER, "sub": "lab", "aud": SERVICE,
+        "exp": now + LIFETIME_S, "nbf": now.saturating_sub(10), "iat": now,
+        "jti": format!("{now}-{}", std::process::id()), "access": access,
+    });
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
     );
-    let signing_input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
     let mut sign = Command::new("openssl");
     sign.args(["dgst", "-sha256", "-sign"]).arg(&issuer.key);
     let signature = run(sign, "openssl dgst", signing_input.as_bytes()).map_err(|e| e.to_string())?;
     Ok(format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature)))
-}
-
-/// A JSON string of `s`.
-fn json(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// `%XX` and `+` of a query value.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 3 <= bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
