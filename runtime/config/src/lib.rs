@@ -468,6 +468,9 @@ pub struct GepettoSettings {
     /// `GEPETTO_POD_EXIT_WAIT` seconds (45): how long a deploy onto GPUs just freed
     /// (preemption, rolling update) waits for the old pods to go; 0 = no wait.
     pub pod_exit_wait_secs: u64,
+    /// `GEPETTO_RECORD_TRACE`: a file to record this miner's week into, for
+    /// `minerctl simulate --trace` (unset: no recording). Must be an absolute path.
+    pub record_trace: Option<std::path::PathBuf>,
 }
 
 impl GepettoSettings {
@@ -495,6 +498,16 @@ impl GepettoSettings {
             None => ApiSettings::from_env(env)?.prometheus_url,
         };
         check_url("PROMETHEUS_URL", &prometheus_url, &["http", "https"])?;
+        let record_trace = match get(env, "GEPETTO_RECORD_TRACE").map(std::path::PathBuf::from) {
+            // A relative path would land wherever the container's working directory is.
+            Some(p) if !p.is_absolute() => {
+                return Err(invalid(
+                    "GEPETTO_RECORD_TRACE",
+                    format!("{} is not an absolute path", p.display()),
+                ));
+            }
+            other => other,
+        };
         let max_concurrent_deploys: usize =
             parsed(env, "GEPETTO_MAX_CONCURRENT_DEPLOYS", 16, "a whole number")?;
         if max_concurrent_deploys == 0 {
@@ -510,6 +523,7 @@ impl GepettoSettings {
             max_concurrent_deploys,
             prometheus_url,
             pod_exit_wait_secs: parsed(env, "GEPETTO_POD_EXIT_WAIT", 45, "a whole number of seconds")?,
+            record_trace,
         })
     }
 }

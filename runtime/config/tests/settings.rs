@@ -206,3 +206,23 @@ fn malformed_urls_and_query_passwords_never_reach_an_error_or_debug_output() {
     let r = RedisSettings::from_env(&env(&[("REDIS_URL", "redis://r:6379/0?password=s3cr3t")])).unwrap();
     assert!(!format!("{r:?} {}", r.url).contains("s3cr3t"));
 }
+
+#[test]
+fn gepetto_records_a_trace_only_into_an_absolute_path() {
+    let base = [("PROMETHEUS_URL", "http://prometheus:9090")];
+    let s = GepettoSettings::from_env(&env(&base)).unwrap();
+    assert_eq!(s.record_trace, None);
+    assert_eq!(s.strategy, StrategyKind::Multiplier);
+
+    let s =
+        GepettoSettings::from_env(&env(&[base[0], ("GEPETTO_RECORD_TRACE", "/var/lib/gepetto/week.jsonl")]))
+            .unwrap();
+    assert_eq!(s.record_trace.as_deref(), Some(std::path::Path::new("/var/lib/gepetto/week.jsonl")));
+
+    let err =
+        GepettoSettings::from_env(&env(&[base[0], ("GEPETTO_RECORD_TRACE", "week.jsonl")])).unwrap_err();
+    assert!(
+        err.to_string().contains("GEPETTO_RECORD_TRACE") && err.to_string().contains("absolute"),
+        "{err}"
+    );
+}

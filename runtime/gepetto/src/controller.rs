@@ -1,7 +1,8 @@
 //! Event handlers (reference 11.3), the deployment primitive (11.2, 12) and undeploy.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -20,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::Cluster;
 use crate::inventory::Inventory;
 use crate::prometheus::Prometheus;
+use crate::recording::Recording;
 use crate::snapshot::{
     ChuteSnap, DeploymentSnap, FleetSnapshot, GpuSnap, RemoteChuteInfo, ServerSnap, ValidatorView,
 };
@@ -37,6 +39,8 @@ pub enum GepettoError {
     },
     #[error("validator {validator}: {reason}")]
     Validator { validator: String, reason: String },
+    #[error("trace recording: {0}")]
+    Recording(#[from] miner_trace::TraceError),
     #[error("{0}")]
     Invalid(String),
 }
@@ -116,6 +120,8 @@ pub struct RemoteState {
     pub instances: Option<HashMap<String, RemoteInstance>>,
     pub metrics: HashMap<String, RemoteMetrics>,
     pub capped: HashSet<String>,
+    /// Chutes the validator marks mid-update (`update_in_progress`).
+    pub updating: HashSet<String>,
     pub active_instances: HashMap<String, Vec<miner_validator::rest::ActiveInstance>>,
     pub rolling: HashSet<String>,
     pub images: Option<HashMap<String, crate::loops::RemoteImage>>,
@@ -147,6 +153,8 @@ pub(crate) struct Inner {
     /// Code ConfigMaps known to exist, by name; a cell shared by concurrent deploys of
     /// one chute, so it is created once. Cleared by reconcile.
     pub(crate) code_maps: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
+    /// `GEPETTO_RECORD_TRACE`: the trace being recorded, once started.
+    recording: OnceLock<Recording>,
 }
 
 /// The controller. Cheap to clone.
@@ -181,6 +189,7 @@ impl Gepetto {
                 early: Mutex::new(HashMap::new()),
                 remote: RwLock::new(HashMap::new()),
                 prometheus,
+                recording: OnceLock::new(),
             }),
         }
     }
@@ -201,6 +210,20 @@ impl Gepetto {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Starts recording a trace into `path` (continuing it if it holds an earlier
+    /// run's), for `minerctl simulate --trace`. Call before [`Gepetto::run`].
+    pub fn record_to(&self, path: &Path) -> Result<(), GepettoError> {
+        let recording = Recording::open(path, &self.inner.cfg.miner_ss58)?;
+        self.inner
+            .recording
+            .set(recording)
+            .map_err(|r| GepettoError::Invalid(format!("already recording into {}", r.path().display())))
+    }
+
+    pub(crate) fn recording(&self) -> Option<&Recording> {
+        self.inner.recording.get()
     }
 
     fn validator(&self, hotkey: &str) -> Result<&ValidatorLink, GepettoError> {
@@ -283,6 +306,9 @@ impl Gepetto {
             Event::RollingUpdate(e) => self.rolling_update(e).await,
             Event::JobCreated(e) => self.job_created(e).await,
             Event::JobDeleted(e) => {
+                if let Some(r) = self.recording() {
+                    r.job_deleted(&e.job_id);
+                }
                 for d in self.inner.db.deployments_where(DeploymentKey::Job, &e.job_id).await? {
                     self.undeploy(&d.deployment_id).await?;
                 }
@@ -372,6 +398,9 @@ impl Gepetto {
             let mut remote_state = self.inner.remote.write().await;
             let st = remote_state.entry(validator.to_owned()).or_default();
             st.chutes.get_or_insert_with(HashMap::new).insert(chute_id.to_owned(), remote.clone());
+            if let Some(r) = self.recording() {
+                r.chute(remote);
+            }
         }
         Ok(chute)
     }
@@ -480,6 +509,9 @@ impl Gepetto {
     }
 
     async fn bounty_change(&self, e: &ev::BountyChange) -> Result<(), GepettoError> {
+        if let Some(r) = self.recording() {
+            r.bounty(&e.chute_id, e.bounty);
+        }
         let Some(chute) = self.inner.inv.chute(&e.chute_id).await? else {
             tracing::info!(chute = %e.chute_id, "bounty for a chute not stored here; the reconciler adds it");
             return Ok(());
@@ -540,7 +572,11 @@ impl Gepetto {
     }
 
     async fn job_created(&self, e: &ev::JobCreated) -> Result<(), GepettoError> {
-        if e.exclude.iter().any(|h| *h == self.inner.cfg.miner_ss58) {
+        let excluded = e.exclude.iter().any(|h| *h == self.inner.cfg.miner_ss58);
+        if let Some(r) = self.recording() {
+            r.job_created(e, excluded, f64::from(self.inner.cfg.default_disk_gb));
+        }
+        if excluded {
             return Ok(());
         }
         if !self.inner.db.deployments_where(DeploymentKey::Job, &e.job_id).await?.is_empty() {

@@ -7,7 +7,8 @@
 //!   fleets for benches and simulators.
 //! * [`controller`]: the event handlers, the deployment primitive and undeploy;
 //!   [`loops`]: activator, autoscaler and reconciler; [`cluster`]: kube-runtime
-//!   watches; [`prometheus`]: last invocation times.
+//!   watches; [`prometheus`]: last invocation times; [`recording`]: the trace of
+//!   this miner's week `minerctl simulate` replays (`GEPETTO_RECORD_TRACE`).
 //!
 //! What is durable when an event is acknowledged: the handler returns once the
 //! database holds the decision — the chute row, or the deployment row with its GPUs
@@ -22,6 +23,7 @@ pub mod controller;
 pub mod inventory;
 pub mod loops;
 pub mod prometheus;
+pub mod recording;
 pub mod snapshot;
 pub mod strategy;
 pub mod synth;

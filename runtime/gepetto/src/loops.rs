@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{job_finished, job_succeeded, pods_ready};
 use crate::controller::{Gepetto, GepettoError, RemoteState};
+use crate::snapshot::{FleetSnapshot, ValidatorView};
 use crate::strategy::AutoscaleMode;
 
 /// An item of `/miner/images/`: what reconcile's image sync (reference 11.8 step 6)
@@ -93,7 +94,14 @@ impl Gepetto {
                 Err(e) => tracing::warn!(validator = %hotkey, error = %e, "metrics listing failed"),
             }
             match utilization {
-                Ok(u) => st.capped = u.into_iter().filter(|u| u.capped()).map(|u| u.chute_id).collect(),
+                Ok(u) => {
+                    st.updating = u
+                        .iter()
+                        .filter(|u| u.update_in_progress == Some(true))
+                        .map(|u| u.chute_id.clone())
+                        .collect();
+                    st.capped = u.into_iter().filter(|u| u.capped()).map(|u| u.chute_id).collect();
+                }
                 Err(e) => tracing::debug!(validator = %hotkey, error = %e, "utilization unavailable"),
             }
             match active {
@@ -135,6 +143,12 @@ impl Gepetto {
             if let Some(Ok(r)) = rolling {
                 st.rolling = r.iter().filter_map(|v| v["chute_id"].as_str().map(str::to_owned)).collect();
             }
+            // Chutes that existed before the recording started (or were missed) come in here.
+            if let Some(rec) = self.recording() {
+                for c in st.chutes.iter().flat_map(|c| c.values()) {
+                    rec.chute(c);
+                }
+            }
         }
     }
 
@@ -145,6 +159,9 @@ impl Gepetto {
         self.inner.inv.reload().await?;
         let view = self.view().await;
         let fleet = self.snapshot().await?;
+        if let Some(rec) = self.recording() {
+            self.record_tick(rec, &view, &fleet).await;
+        }
         let disk = f64::from(self.inner.cfg.default_disk_gb);
         let candidates = self.inner.strategy.autoscale(&fleet, &view, disk);
         let mode = self.inner.strategy.autoscale_mode();
@@ -163,6 +180,28 @@ impl Gepetto {
         let Some(r) = self.inner.strategy.rebalance(&fleet, &view, Utc::now(), disk) else { return Ok(0) };
         tracing::info!(chute = %r.chute_id, server = %r.plan.server_id, victims = ?r.plan.victims, "rebalancing");
         Ok(usize::from(self.rebalance(&r).await?))
+    }
+
+    /// What the recording takes from an autoscaler tick: new servers, the validator's
+    /// figures, rolling updates and node outages.
+    async fn record_tick(
+        &self,
+        rec: &crate::recording::Recording,
+        view: &ValidatorView,
+        fleet: &FleetSnapshot,
+    ) {
+        let disk = self.inner.cluster.disk(f64::from(self.inner.cfg.disk_reserve_gb));
+        rec.servers(fleet, &disk);
+        let updating =
+            self.inner.remote.read().await.values().flat_map(|st| st.updating.iter().cloned()).collect();
+        let nodes = self.inner.cluster.nodes();
+        let down = fleet
+            .servers
+            .iter()
+            .filter(|s| nodes.get(&s.name).is_some_and(|n| !node_ready(n)))
+            .map(|s| s.server_id.clone())
+            .collect();
+        rec.observe(view, fleet, &updating, &down);
     }
 
     /// One activator tick: legacy (chutes < 0.3.0) instances whose pod is ready are
@@ -502,4 +541,10 @@ impl Gepetto {
             tracing::warn!("deploys still running at exit; the next reconcile cleans up after them");
         }
     }
+}
+
+/// A node whose `Ready` condition is `True` (a node that never reported is not down).
+fn node_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
+    let conditions = node.status.as_ref().and_then(|s| s.conditions.as_ref());
+    conditions.is_none_or(|c| c.iter().filter(|c| c.type_ == "Ready").all(|c| c.status == "True"))
 }

@@ -11,20 +11,7 @@ use common::*;
 use miner_events::Event;
 use miner_events::payloads::*;
 use miner_gepetto::Multiplier;
-use miner_validator::ValidatorTarget;
-use miner_validator::rest::{RestOptions, ValidatorClient};
-use validator_emulator::{ChuteSpec, ImageSpec};
-
-fn image(patch: Option<&str>, chutes_version: &str) -> ImageSpec {
-    ImageSpec {
-        image_id: "img-1".into(),
-        username: "chutes".into(),
-        name: "vllm".into(),
-        tag: "0.9".into(),
-        patch_version: patch.map(str::to_owned),
-        chutes_version: chutes_version.into(),
-    }
-}
+use validator_emulator::ChuteSpec;
 
 fn chute_spec(id: &str, multiplier: f64) -> ChuteSpec {
     ChuteSpec { compute_multiplier: multiplier, ..ChuteSpec::simple(id, "img-1", &["h100"]) }
@@ -115,19 +102,7 @@ async fn the_multiplier_strategy_preempts_by_the_validators_active_instances() {
 
     // Another miner runs cheap too: ours is no longer its last instance, and the
     // validator pays it less than the newcomer.
-    let other = hotkey("0x5555555555555555555555555555555555555555555555555555555555555555");
-    w.validator.register_hotkeys([w.miner.as_str(), other.ss58()]);
-    let target = ValidatorTarget {
-        hotkey: w.vhot.clone(),
-        api: w.validator.api_url(),
-        socket: w.validator.socket_url(),
-    };
-    let rest = ValidatorClient::with_options(&target, Arc::new(other), RestOptions::default()).unwrap();
-    let theirs = rest.launch_config("cheap", None).await.unwrap();
-    w.validator
-        .start_chute(&theirs.config_id, "198.51.100.9", 32000, &["ffffffff-0000-4000-8000-000000000001"])
-        .await
-        .unwrap();
+    let rest = w.other_miner_runs("cheap").await;
     let active = rest.active_instances().await.unwrap().unwrap();
     assert_eq!(active.iter().filter(|i| i.chute_id == "cheap").count(), 2);
 

@@ -355,6 +355,10 @@ async fn run_gepetto(group: String, consumer: Option<String>) -> Result<()> {
     cfg.pod_exit_wait = Duration::from_secs(settings.pod_exit_wait_secs);
     let cluster = miner_gepetto::cluster::Cluster::start(client.clone(), &api.namespace, shutdown.clone());
     let gepetto = miner_gepetto::Gepetto::new(db, client, cluster, cfg, strategy.clone(), links);
+    if let Some(path) = &settings.record_trace {
+        gepetto.record_to(path).with_context(|| format!("GEPETTO_RECORD_TRACE={}", path.display()))?;
+        tracing::info!(path = %path.display(), "recording a trace for minerctl simulate --trace");
+    }
     tracing::info!(%group, consumer = %name, strategy = strategy.name(), "gepetto scheduling");
     gepetto.run(consumer, shutdown).await;
     Ok(())

@@ -3,16 +3,18 @@
 //! A deterministic discrete-event simulator ([`Simulator`]) drives the real
 //! [`miner_gepetto::Strategy`] implementations through the same
 //! [`miner_gepetto::FleetSnapshot`] / [`miner_gepetto::ValidatorView`] interface
-//! Gepetto uses, over a trace ([`trace`]) that either a seeded generator
-//! ([`generate`]) or a recording of a real miner ([`record`]) produced. The value
-//! model and every assumption are in this crate's README.
+//! Gepetto uses, over a trace ([`trace`], the `miner-trace` crate) that either a
+//! seeded generator ([`generate`]) or a recording of a real miner (Gepetto with
+//! `GEPETTO_RECORD_TRACE`) produced. The value model and every assumption are in
+//! this crate's README.
 
 pub mod generate;
-pub mod record;
 pub mod report;
 pub mod rng;
 pub mod sim;
-pub mod trace;
+
+/// The trace format, shared with Gepetto's recorder.
+pub use miner_trace as trace;
 
 use miner_gepetto::strategy::{Heuristic, Multiplier, Strategy};
 
@@ -23,10 +25,8 @@ pub use trace::{Record, Trace};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {
-    #[error("reading or writing a trace: {0}")]
-    Io(#[source] std::io::Error),
-    #[error("encoding a trace record: {0}")]
-    Json(#[source] serde_json::Error),
+    #[error(transparent)]
+    Format(#[from] miner_trace::TraceError),
     #[error("invalid trace: {0}")]
     Trace(String),
     #[error("no strategy named {0:?} (known: {known})", known = STRATEGIES.join(", "))]

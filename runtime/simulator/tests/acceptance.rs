@@ -1,7 +1,7 @@
 //! The acceptance: determinism, replay, and (ignored, see below) the
 //! default strategy's 1.3x over the original heuristic on untuned seeds.
 
-use miner_simulator::record::Recorder;
+use miner_simulator::trace::Recorder;
 use miner_simulator::{DEFAULT_STRATEGY, GenParams, Trace, compare, generate};
 
 fn small(seed: u64) -> GenParams {

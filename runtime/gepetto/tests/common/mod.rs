@@ -16,6 +16,7 @@ use miner_gepetto::{CancellationToken, Config, Gepetto, Heuristic, Strategy, Val
 use miner_validator::ValidatorTarget;
 use miner_validator::rest::{RestOptions, ValidatorClient};
 use serde_json::{Value, json};
+use validator_emulator::ImageSpec;
 
 pub const NS: &str = "chutes";
 pub const MINER_SEED: &str = "0x3333333333333333333333333333333333333333333333333333333333333333";
@@ -186,7 +187,38 @@ pub fn remote_chute(id: &str, version: &str, gpus: u32) -> Value {
     })
 }
 
+/// The catalogue image every test chute runs (`patch`, `chutes_version` vary).
+pub fn image(patch: Option<&str>, chutes_version: &str) -> ImageSpec {
+    ImageSpec {
+        image_id: "img-1".into(),
+        username: "chutes".into(),
+        name: "vllm".into(),
+        tag: "0.9".into(),
+        patch_version: patch.map(str::to_owned),
+        chutes_version: chutes_version.into(),
+    }
+}
+
 impl World {
+    /// Another miner claims a launch config of `chute_id` and starts an instance
+    /// (active and verified at the validator). Returns that miner's client.
+    pub async fn other_miner_runs(&self, chute_id: &str) -> ValidatorClient {
+        let other = hotkey("0x5555555555555555555555555555555555555555555555555555555555555555");
+        self.validator.register_hotkeys([self.miner.as_str(), other.ss58()]);
+        let target = ValidatorTarget {
+            hotkey: self.vhot.clone(),
+            api: self.validator.api_url(),
+            socket: self.validator.socket_url(),
+        };
+        let rest = ValidatorClient::with_options(&target, Arc::new(other), RestOptions::default()).unwrap();
+        let theirs = rest.launch_config(chute_id, None).await.unwrap();
+        self.validator
+            .start_chute(&theirs.config_id, "198.51.100.9", 32000, &["ffffffff-0000-4000-8000-000000000001"])
+            .await
+            .unwrap();
+        rest
+    }
+
     pub fn chute(&self, id: &str, version: &str, gpus: u32) {
         self.validator.set_chute(id, version, remote_chute(id, version, gpus));
     }

@@ -1,15 +1,15 @@
 //! The trace: what the validator and the fleet do over a simulated period, as one
 //! JSON object per line (the recording format). The first line is the [`Header`];
 //! then every [`Server`](Record::Server) and [`Chute`](Record::Chute); then the
-//! timed events in time order. A generator writes it ([`crate::generate`]); a real
-//! Gepetto can write it too ([`crate::record::Recorder`]); [`crate::Simulator`]
-//! replays it against any strategy.
+//! timed events in time order. The simulator's generator writes it, a real Gepetto
+//! records it ([`crate::Recorder`]), and the simulator replays it against any
+//! strategy.
 
 use std::io::{BufRead, Write};
 
 use serde::{Deserialize, Serialize};
 
-use crate::SimError;
+use crate::TraceError;
 
 /// Format version written in every header; a reader refuses other versions.
 pub const FORMAT: u32 = 1;
@@ -79,6 +79,8 @@ pub struct Header {
     pub source: String,
     /// Simulated start, Unix seconds (times in events are seconds after it).
     pub start_unix: i64,
+    /// Length of the period. 0 in a recording still being written: the period then
+    /// ends at its last event ([`Trace::read`] fills it in).
     pub duration_s: u64,
     /// This miner's hotkey (jobs may exclude it).
     pub miner: String,
@@ -205,10 +207,10 @@ pub struct Trace {
 
 impl Trace {
     /// Writes the trace as JSON lines.
-    pub fn write(&self, out: &mut impl Write) -> Result<(), SimError> {
-        let mut line = |r: &Record| -> Result<(), SimError> {
-            serde_json::to_writer(&mut *out, r).map_err(SimError::Json)?;
-            out.write_all(b"\n").map_err(SimError::Io)
+    pub fn write(&self, out: &mut impl Write) -> Result<(), TraceError> {
+        let mut line = |r: &Record| -> Result<(), TraceError> {
+            serde_json::to_writer(&mut *out, r).map_err(TraceError::Json)?;
+            out.write_all(b"\n").map_err(TraceError::Io)
         };
         line(&Record::Header(self.header.clone()))?;
         for s in &self.servers {
@@ -225,25 +227,25 @@ impl Trace {
 
     /// Reads JSON lines: a header first, then records in any order (events are
     /// sorted by time, stably, so a recorder may append as things happen).
-    pub fn read(input: impl BufRead) -> Result<Trace, SimError> {
+    pub fn read(input: impl BufRead) -> Result<Trace, TraceError> {
         let mut header = None;
         let mut servers = Vec::new();
         let mut chutes = Vec::new();
         let mut events = Vec::new();
         for (n, line) in input.lines().enumerate() {
-            let line = line.map_err(SimError::Io)?;
+            let line = line.map_err(TraceError::Io)?;
             if line.trim().is_empty() {
                 continue;
             }
-            let record: Record =
-                serde_json::from_str(&line).map_err(|e| SimError::Trace(format!("line {}: {e}", n + 1)))?;
+            let record: Record = serde_json::from_str(&line)
+                .map_err(|e| TraceError::Invalid(format!("line {}: {e}", n + 1)))?;
             match record {
                 Record::Header(h) => {
                     if header.is_some() {
-                        return Err(SimError::Trace(format!("line {}: a second header", n + 1)));
+                        return Err(TraceError::Invalid(format!("line {}: a second header", n + 1)));
                     }
                     if h.format != FORMAT {
-                        return Err(SimError::Trace(format!(
+                        return Err(TraceError::Invalid(format!(
                             "format {} (this simulator reads format {FORMAT})",
                             h.format
                         )));
@@ -251,15 +253,18 @@ impl Trace {
                     header = Some(h);
                 }
                 _ if header.is_none() => {
-                    return Err(SimError::Trace(format!("line {}: records before the header", n + 1)));
+                    return Err(TraceError::Invalid(format!("line {}: records before the header", n + 1)));
                 }
                 Record::Server(s) => servers.push(s),
                 Record::Chute(c) => chutes.push(c),
                 other => events.push(other),
             }
         }
-        let header = header.ok_or_else(|| SimError::Trace("no header line".into()))?;
+        let mut header = header.ok_or_else(|| TraceError::Invalid("no header line".into()))?;
         events.sort_by_key(Record::t);
+        if header.duration_s == 0 {
+            header.duration_s = events.last().map_or(0, Record::t);
+        }
         Ok(Trace { header, servers, chutes, events })
     }
 }

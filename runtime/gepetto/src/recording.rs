@@ -1,0 +1,314 @@
+//! Recording this miner's week as a trace `minerctl simulate --trace` replays
+//! (`GEPETTO_RECORD_TRACE`; format in the `miner-trace` crate, rules in the
+//! simulator README's "Recording from Gepetto").
+//!
+//! The controller and the loops tell [`Recording`] what they saw; it decides what is
+//! new enough to write. Writing never fails an event or a tick: a recording that
+//! cannot be written says so once and stops, because a trace with holes would score
+//! strategies on a week that did not happen.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::Utc;
+use miner_events::payloads as ev;
+use miner_k8s::DiskUsage;
+use miner_trace::{Chute, Record, Recorder, Server, TraceError, demand_from_metrics, others_from_active};
+use miner_validator::rest::RemoteChute;
+
+use crate::snapshot::{FleetSnapshot, ValidatorView};
+
+/// What the validator's listings do not say, written as these guesses (the
+/// simulator README lists them): a node's download speed, Gbit/s ...
+pub const ASSUMED_BANDWIDTH_GBPS: f64 = 5.0;
+/// ... a chute's image and model sizes (the generator's means) ...
+pub const ASSUMED_IMAGE_GB: f64 = 15.0;
+pub const ASSUMED_MODEL_GB_PER_GPU: f64 = 25.0;
+/// ... and the compute time of one invocation before any ran.
+pub const ASSUMED_INVOCATION_S: f64 = 5.0;
+
+/// Demand is written again when it moves by more than this share (or 0.01
+/// instances): the validator's figures cover the last hour and drift every tick.
+const DEMAND_STEP: f64 = 0.05;
+
+/// A job offer waiting for its end: the trace's job line carries the duration.
+struct PendingJob {
+    t: u64,
+    chute_id: String,
+    compute_multiplier: f64,
+    disk_gb: f64,
+    excluded: bool,
+}
+
+struct State {
+    rec: Recorder<File>,
+    stopped: bool,
+    servers: HashSet<String>,
+    /// Chutes written, with the base multiplier a job on them defaults to.
+    chutes: HashMap<String, f64>,
+    /// Chutes seen but not written yet: their line waits for the next tick's metrics,
+    /// which carry the multiplier and compute time the chute record lacks.
+    pending: HashMap<String, Chute>,
+    demand: HashMap<String, f64>,
+    others: HashMap<String, (u32, f64)>,
+    jobs: HashMap<String, PendingJob>,
+    /// Since when a chute has been mid-update / a server's node not Ready.
+    updating: HashMap<String, u64>,
+    down: HashMap<String, u64>,
+}
+
+impl State {
+    fn knows(&self, chute_id: &str) -> bool {
+        self.chutes.contains_key(chute_id) || self.pending.contains_key(chute_id)
+    }
+}
+
+/// An open recording (one per process).
+pub struct Recording {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+impl Recording {
+    /// Opens (or continues, after a restart) the recording at `path` for `miner`.
+    pub fn open(path: &Path, miner: &str) -> Result<Recording, TraceError> {
+        let (rec, existing) = Recorder::open(path, Utc::now().timestamp(), miner)?;
+        let mut st = State {
+            rec,
+            stopped: false,
+            servers: HashSet::new(),
+            chutes: HashMap::new(),
+            pending: HashMap::new(),
+            demand: HashMap::new(),
+            others: HashMap::new(),
+            jobs: HashMap::new(),
+            updating: HashMap::new(),
+            down: HashMap::new(),
+        };
+        if let Some(trace) = existing {
+            st.servers.extend(trace.servers.into_iter().map(|s| s.server_id));
+            st.chutes.extend(trace.chutes.into_iter().map(|c| (c.chute_id, c.compute_multiplier)));
+            for e in trace.events {
+                match e {
+                    Record::Demand { chute_id, load, .. } => {
+                        st.demand.insert(chute_id, load);
+                    }
+                    Record::Others { chute_id, instances, compute_multiplier, .. } => {
+                        st.others.insert(chute_id, (instances, compute_multiplier));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(Recording { path: path.to_owned(), state: Mutex::new(st) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the state unless the recording stopped; `f` returns the lines to write.
+    fn with(&self, f: impl FnOnce(&mut State, u64) -> Vec<Record>) {
+        let Ok(mut st) = self.state.lock() else { return };
+        if st.stopped {
+            return;
+        }
+        let now = st.rec.t(Utc::now().timestamp());
+        for line in f(&mut st, now) {
+            if let Err(e) = st.rec.record(&line) {
+                tracing::error!(path = %self.path.display(), error = %e, "trace recording stopped");
+                st.stopped = true;
+                return;
+            }
+        }
+    }
+
+    /// Servers not written yet, once their node and GPUs are known.
+    pub(crate) fn servers(&self, fleet: &FleetSnapshot, disk: &HashMap<String, DiskUsage>) {
+        self.with(|st, _| {
+            let mut lines = Vec::new();
+            for s in &fleet.servers {
+                let Some(usage) = disk.get(&s.name) else { continue };
+                let Some(model) = most_common(s.gpus.iter().map(|g| g.model.as_str())) else { continue };
+                if !st.servers.insert(s.server_id.clone()) {
+                    continue;
+                }
+                lines.push(Record::Server(Server {
+                    server_id: s.server_id.clone(),
+                    gpu_model: model.to_owned(),
+                    gpus: s.gpus.len(),
+                    hourly_cost: s.hourly_cost,
+                    disk_gb: usage.total_gib,
+                    bandwidth_gbps: ASSUMED_BANDWIDTH_GBPS,
+                }));
+            }
+            lines
+        });
+    }
+
+    /// A chute from the validator's record, the first time it is seen (written at
+    /// the next [`Recording::observe`], with the validator's figures).
+    pub(crate) fn chute(&self, remote: &RemoteChute) {
+        let Ok(gpu_count) = usize::try_from(remote.gpu_count()) else { return };
+        if gpu_count == 0 {
+            return;
+        }
+        self.with(|st, now| {
+            if !st.knows(&remote.chute_id) {
+                let chute = Chute {
+                    chute_id: remote.chute_id.clone(),
+                    supported_gpus: remote.supported_gpus.clone(),
+                    gpu_count,
+                    image_gb: ASSUMED_IMAGE_GB,
+                    model_gb: gpu_count as f64 * ASSUMED_MODEL_GB_PER_GPU,
+                    compute_multiplier: remote.compute_multiplier.unwrap_or(gpu_count as f64),
+                    invocation_s: ASSUMED_INVOCATION_S,
+                    preemptible: remote.preemptible.unwrap_or(true),
+                    job_only: !remote.has_cords(),
+                    created_s: now,
+                };
+                st.pending.insert(remote.chute_id.clone(), chute);
+            }
+            Vec::new()
+        });
+    }
+
+    /// After an autoscaler refresh: demand and other miners' instances that moved,
+    /// rolling updates that ended (`updating`: chutes mid-update now) and node
+    /// outages that ended (`down`: server ids whose node is not Ready now).
+    pub(crate) fn observe(
+        &self,
+        view: &ValidatorView,
+        fleet: &FleetSnapshot,
+        updating: &HashSet<String>,
+        down: &HashSet<String>,
+    ) {
+        let ours: HashSet<String> = fleet.deployments.iter().filter_map(|d| d.instance_id.clone()).collect();
+        self.with(|st, now| {
+            let mut lines = Vec::new();
+            let mut pending: Vec<Chute> = st.pending.drain().map(|(_, c)| c).collect();
+            pending.sort_by(|a, b| a.created_s.cmp(&b.created_s).then_with(|| a.chute_id.cmp(&b.chute_id)));
+            for mut c in pending {
+                if let Some(m) = view.metrics.get(&c.chute_id) {
+                    c.compute_multiplier = m.compute_multiplier.unwrap_or(c.compute_multiplier);
+                    if m.total_invocations > 0.0 {
+                        c.invocation_s = m.total_compute_time / m.total_invocations;
+                    }
+                }
+                st.chutes.insert(c.chute_id.clone(), c.compute_multiplier);
+                lines.push(Record::Chute(c));
+            }
+            let mut chutes: Vec<&String> = st.chutes.keys().collect();
+            chutes.sort();
+            let mut demand = Vec::new();
+            let mut others = Vec::new();
+            for id in chutes {
+                if let Some(m) = view.metrics.get(id) {
+                    let load = demand_from_metrics(m);
+                    let moved = st
+                        .demand
+                        .get(id)
+                        .is_none_or(|old| (load - old).abs() > (old * DEMAND_STEP).max(0.01));
+                    if moved {
+                        demand.push((id.clone(), load));
+                    }
+                }
+                // An empty listing means an older validator without it, not a quiet network.
+                if !view.active_instances.is_empty() {
+                    let list = view.active_instances.get(id).map_or(&[][..], Vec::as_slice);
+                    let (n, mult) = others_from_active(list, &ours);
+                    let moved =
+                        st.others.get(id).is_none_or(|(on, om)| *on != n || (mult - om).abs() > om * 0.01);
+                    if moved {
+                        others.push((id.clone(), n, mult));
+                    }
+                }
+            }
+            for (chute_id, load) in demand {
+                st.demand.insert(chute_id.clone(), load);
+                lines.push(Record::Demand { t: now, chute_id, load });
+            }
+            for (chute_id, instances, compute_multiplier) in others {
+                st.others.insert(chute_id.clone(), (instances, compute_multiplier));
+                lines.push(Record::Others { t: now, chute_id, instances, compute_multiplier });
+            }
+            for id in updating.iter().filter(|id| st.chutes.contains_key(*id)) {
+                st.updating.entry(id.clone()).or_insert(now);
+            }
+            let ended: Vec<String> =
+                st.updating.keys().filter(|id| !updating.contains(*id)).cloned().collect();
+            for chute_id in ended {
+                if let Some(t) = st.updating.remove(&chute_id) {
+                    lines.push(Record::Updating { t, chute_id, until: now });
+                }
+            }
+            for id in down.iter().filter(|id| st.servers.contains(*id)) {
+                st.down.entry(id.clone()).or_insert(now);
+            }
+            let back: Vec<String> = st.down.keys().filter(|id| !down.contains(*id)).cloned().collect();
+            for server_id in back {
+                if let Some(t) = st.down.remove(&server_id) {
+                    lines.push(Record::NodeFailure { t, server_id, down_s: now.saturating_sub(t) });
+                }
+            }
+            lines
+        });
+    }
+
+    /// `bounty_change` on a chute the recording knows.
+    pub(crate) fn bounty(&self, chute_id: &str, bounty: Option<f64>) {
+        self.with(|st, now| {
+            if !st.knows(chute_id) {
+                return Vec::new();
+            }
+            vec![Record::Bounty { t: now, chute_id: chute_id.to_owned(), bounty: bounty.unwrap_or(0.0) }]
+        });
+    }
+
+    /// `job_created`: kept until `job_deleted` tells how long the job ran.
+    pub(crate) fn job_created(&self, e: &ev::JobCreated, excluded: bool, default_disk_gb: f64) {
+        self.with(|st, now| {
+            let base = st.chutes.get(&e.chute_id).copied();
+            if let Some(base) = base.or_else(|| st.pending.get(&e.chute_id).map(|c| c.compute_multiplier)) {
+                let job = PendingJob {
+                    t: now,
+                    chute_id: e.chute_id.clone(),
+                    compute_multiplier: e.compute_multiplier.unwrap_or(base),
+                    disk_gb: e.disk_gb.map_or(default_disk_gb, f64::from),
+                    excluded,
+                };
+                st.jobs.entry(e.job_id.clone()).or_insert(job);
+            }
+            Vec::new()
+        });
+    }
+
+    /// `job_deleted`: the job line, with the duration the job ran.
+    pub(crate) fn job_deleted(&self, job_id: &str) {
+        self.with(|st, now| {
+            let Some(j) = st.jobs.remove(job_id) else { return Vec::new() };
+            vec![Record::Job {
+                t: j.t,
+                job_id: job_id.to_owned(),
+                chute_id: j.chute_id,
+                duration_s: now.saturating_sub(j.t),
+                compute_multiplier: j.compute_multiplier,
+                disk_gb: j.disk_gb,
+                excluded: j.excluded,
+            }]
+        });
+    }
+}
+
+/// The most frequent item (the first of equals in sorted order, for a stable answer).
+fn most_common<'a>(items: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for i in items {
+        *counts.entry(i).or_default() += 1;
+    }
+    let mut counts: Vec<_> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    counts.first().map(|(m, _)| *m)
+}

@@ -1,0 +1,218 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `GEPETTO_RECORD_TRACE`: a real Gepetto, driven by validator events and autoscaler
+//! ticks against the emulators, records a trace; the simulator replays it.
+
+mod common;
+
+use std::io::BufReader;
+use std::sync::Arc;
+
+use common::*;
+use miner_events::Event;
+use miner_events::payloads::*;
+use miner_gepetto::Multiplier;
+use miner_trace::{Record, Trace};
+use serde_json::json;
+use validator_emulator::{ChuteSpec, Traffic};
+
+fn read(path: &std::path::Path) -> Trace {
+    Trace::read(BufReader::new(std::fs::File::open(path).unwrap())).unwrap()
+}
+
+fn traffic(invocations: u64, compute_s: f64) -> Traffic {
+    Traffic {
+        total_invocations: invocations,
+        total_compute_time: compute_s,
+        error_count: 0,
+        rate_limit_count: 0,
+        per_second_price_usd: 0.0,
+        total_usage_usd: 0.0,
+    }
+}
+
+/// Waits until Gepetto's node watch sees `node` Ready (or not).
+async fn node_seen(w: &World, node: &str, ready: bool) {
+    eventually(&format!("the node watch to see {node} Ready={ready}"), || async {
+        w.gepetto.cluster().nodes()[node]
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && (c.status == "True") == ready))
+    })
+    .await;
+}
+
+fn job(w: &World, job_id: &str, exclude: Vec<String>) -> Event {
+    Event::JobCreated(JobCreated {
+        job_id: job_id.into(),
+        method: None,
+        chute_id: "llm".into(),
+        image_id: None,
+        gpu_count: Some(1),
+        compute_multiplier: Some(4.0),
+        exclude,
+        disk_gb: Some(50),
+        validator: w.vhot.clone(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gepetto_records_its_week_and_the_simulator_replays_it() {
+    let w =
+        world(Shape { servers: 2, gpus: 8, strategy: Arc::new(Multiplier::default()), ..Shape::default() })
+            .await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("week.jsonl");
+    w.validator.add_image(image(None, "0.3.40"));
+    // A chute that exists before Gepetto starts, and one created while it runs.
+    w.validator
+        .add_chute(ChuteSpec { compute_multiplier: 1.5, ..ChuteSpec::simple("old", "img-1", &["h100"]) });
+    w.validator.set_traffic("old", traffic(720, 1800.0));
+    w.gepetto.record_to(&path).unwrap();
+    let again = w.gepetto.record_to(&path).unwrap_err().to_string();
+    assert!(again.contains("already recording") && again.contains("week.jsonl"), "{again}");
+
+    w.gepetto.reconcile_once().await.unwrap();
+    w.validator
+        .add_chute(ChuteSpec { compute_multiplier: 4.0, ..ChuteSpec::simple("llm", "img-1", &["h100"]) });
+    w.twice(&w.created("llm", "v1", false)).await;
+
+    // Our instance of llm goes live, and another miner runs one too.
+    let ours =
+        w.db.fleet_rows().await.unwrap().deployments.into_iter().find(|d| d.chute_id == "llm").unwrap();
+    let config = ours.config_id.clone().unwrap();
+    let instance = w.validator.start_chute(&config, "192.0.2.1", 32000, &[&gpu_uuid(0, 0)]).await.unwrap();
+    w.twice(&w.instance("created", &instance, Some(&config))).await;
+    w.twice(&w.instance("activated", &instance, Some(&config))).await;
+    w.other_miner_runs("llm").await;
+
+    w.validator.set_traffic("llm", traffic(3600, 5400.0));
+    w.gepetto.autoscale_once().await.unwrap();
+    // figures that barely moved are not written again; a real change is
+    w.validator.set_traffic("llm", traffic(3600, 5500.0));
+    w.gepetto.autoscale_once().await.unwrap();
+    w.validator.set_traffic("llm", traffic(3600, 9000.0));
+    w.gepetto.autoscale_once().await.unwrap();
+
+    w.twice(&Event::BountyChange(BountyChange {
+        chute_id: "llm".into(),
+        bounty: Some(100.0),
+        validator: w.vhot.clone(),
+    }))
+    .await;
+    w.twice(&job(&w, "job-1", vec![])).await;
+    w.twice(&job(&w, "job-2", vec![w.miner.clone()])).await;
+    for id in ["job-1", "job-2"] {
+        w.twice(&Event::JobDeleted(JobDeleted {
+            job_id: id.into(),
+            instance_id: None,
+            validator: w.vhot.clone(),
+        }))
+        .await;
+    }
+    // A rolling update of llm, and a node that goes NotReady and comes back.
+    w.validator
+        .set_utilization(vec![json!({"chute_id": "llm", "scalable": false, "update_in_progress": true})]);
+    assert!(w.kube.set_node_ready(&w.servers[1].0, false));
+    node_seen(&w, "gpu-1", false).await;
+    w.gepetto.autoscale_once().await.unwrap();
+    w.validator
+        .set_utilization(vec![json!({"chute_id": "llm", "scalable": true, "update_in_progress": false})]);
+    assert!(w.kube.set_node_ready(&w.servers[1].0, true));
+    node_seen(&w, "gpu-1", true).await;
+    w.gepetto.autoscale_once().await.unwrap();
+
+    let trace = read(&path);
+    assert_eq!(trace.header.source, "recorded");
+    assert_eq!(trace.header.miner, w.miner);
+    let servers: Vec<_> =
+        trace.servers.iter().map(|s| (s.server_id.as_str(), s.gpu_model.as_str(), s.gpus)).collect();
+    assert_eq!(servers, [(w.servers[0].1.as_str(), "h100", 8), (w.servers[1].1.as_str(), "h100", 8)]);
+    assert_eq!(trace.servers[1].hourly_cost, 1.1);
+    assert_eq!(trace.servers[0].disk_gb, 2000.0, "the node's ephemeral-storage capacity (2000Gi)");
+    let mut chutes: Vec<_> = trace
+        .chutes
+        .iter()
+        .map(|c| (c.chute_id.as_str(), c.gpu_count, c.compute_multiplier, c.job_only))
+        .collect();
+    chutes.sort_by_key(|c| c.0);
+    assert_eq!(
+        chutes,
+        [("llm", 1, 4.0, false), ("old", 1, 1.5, false)],
+        "multipliers from the validator's metrics"
+    );
+    let old = trace.chutes.iter().find(|c| c.chute_id == "old").unwrap();
+    assert_eq!(old.invocation_s, 2.5, "mean compute per invocation from the metrics");
+    assert_eq!(old.supported_gpus, ["h100"]);
+
+    let demand: Vec<_> = trace
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Record::Demand { chute_id, load, .. } if chute_id == "llm" => Some(*load),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        demand,
+        [1.5, 2.5],
+        "5400 s then 9000 s of compute in the last hour; 5500 s was too small a step"
+    );
+    let others: Vec<_> = trace
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Record::Others { chute_id, instances, .. } if chute_id == "llm" => Some(*instances),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(others, [1], "the other miner's instance; ours is not counted");
+    assert!(trace.events.iter().any(
+        |e| matches!(e, Record::Bounty { chute_id, bounty, .. } if chute_id == "llm" && *bounty == 100.0)
+    ));
+    let jobs: Vec<_> = trace
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Record::Job { job_id, compute_multiplier, disk_gb, excluded, .. } => {
+                Some((job_id.as_str(), *compute_multiplier, *disk_gb, *excluded))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        jobs,
+        [("job-1", 4.0, 50.0, false), ("job-2", 4.0, 50.0, true)],
+        "one line per job, written at its end"
+    );
+    assert!(
+        trace
+            .events
+            .iter()
+            .any(|e| matches!(e, Record::Updating { chute_id, t, until } if chute_id == "llm" && until >= t))
+    );
+    assert!(
+        trace
+            .events
+            .iter()
+            .any(|e| matches!(e, Record::NodeFailure { server_id, .. } if *server_id == w.servers[1].1))
+    );
+
+    // A restarted Gepetto continues the file: no second header, server or chute.
+    let lines_before = std::fs::read_to_string(&path).unwrap().lines().count();
+    let shape = Shape { servers: 2, gpus: 8, strategy: Arc::new(Multiplier::default()), ..Shape::default() };
+    let restarted = gepetto_on(&w.db, &w.client, &w.validator, &w.vhot, &shape, &w.shutdown).await;
+    restarted.record_to(&path).unwrap();
+    restarted.reconcile_once().await.unwrap();
+    restarted.autoscale_once().await.unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().filter(|l| l.contains(r#""kind":"header""#)).count(), 1);
+    let after = read(&path);
+    assert_eq!((after.servers.len(), after.chutes.len()), (2, 2));
+    assert!(text.lines().count() >= lines_before);
+
+    // The simulator replays the recording with every strategy.
+    let cmp = miner_simulator::compare(&after, &["heuristic".into(), "multiplier".into()]).unwrap();
+    assert_eq!(cmp.source, "recorded");
+    assert_eq!((cmp.servers, cmp.gpus, cmp.chutes), (2, 16, 2));
+}
