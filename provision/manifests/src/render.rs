@@ -306,6 +306,9 @@ fn secret_env(name: &str, secret: &str, key: &str) -> Value {
     json!({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
 }
 
+/// Where Gepetto's container sees `gepetto.recordTraceDir`.
+const TRACE_MOUNT: &str = "/var/lib/gepetto-trace";
+
 fn plain_env(name: &str, value: impl Into<String>) -> Value {
     json!({"name": name, "value": value.into()})
 }
@@ -372,12 +375,17 @@ fn context(values: &Values) -> Result<tera::Context, RenderError> {
         // The chute Jobs' cache-init container runs `chutes-miner cache-clean` from
         // Gepetto's own image (no chart-side script, no third-party image).
         plain_env("CACHE_CLEANER_IMAGE", values.gepetto.image.clone()),
+        plain_env("GEPETTO_STRATEGY", values.gepetto.strategy.as_str()),
     ]);
+    if !values.gepetto.record_trace_dir.is_empty() {
+        gepetto.push(plain_env("GEPETTO_RECORD_TRACE", format!("{TRACE_MOUNT}/trace.jsonl")));
+    }
     let dns_ports = json!([{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]);
 
     let mut ctx = tera::Context::new();
     ctx.insert("values", &serde_json::to_value(values).map_err(context_error)?);
     ctx.insert("ns", ns);
+    ctx.insert("trace_mount", TRACE_MOUNT);
     ctx.insert("cluster_role", &format!("{ns}-miner"));
     ctx.insert(
         "pull_secrets",

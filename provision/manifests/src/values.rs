@@ -28,7 +28,7 @@ pub struct Values {
     pub control_node_selector: BTreeMap<String, String>,
     pub images: Images,
     pub miner_api: MinerApi,
-    pub gepetto: Workload,
+    pub gepetto: Gepetto,
     pub postgres: Postgres,
     pub redis: Redis,
     pub prometheus: Prometheus,
@@ -77,11 +77,35 @@ pub struct Resources {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Workload {
+pub struct Gepetto {
     pub image: String,
     pub image_pull_policy: PullPolicy,
     pub command: Vec<String>,
     pub resources: Resources,
+    /// `GEPETTO_STRATEGY`: what schedules the chutes (`minerctl simulate` compares them).
+    pub strategy: GepettoStrategy,
+    /// When set, Gepetto records the miner's week into `trace.jsonl` in this host
+    /// directory (`GEPETTO_RECORD_TRACE`), for `minerctl simulate --trace`; needs
+    /// `controlNodeSelector` so every restart continues the same file.
+    pub record_trace_dir: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GepettoStrategy {
+    /// The successor's (default): the validator's effective multiplier per dollar.
+    Multiplier,
+    /// The original miner's heuristic, its bugs fixed.
+    Heuristic,
+}
+
+impl GepettoStrategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GepettoStrategy::Multiplier => "multiplier",
+            GepettoStrategy::Heuristic => "heuristic",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -368,6 +392,21 @@ impl Values {
                 return invalid(
                     "postgres.persistence.hostPath",
                     "a hostPath keeps data on one node: set controlNodeSelector (e.g. kubernetes.io/hostname) to pin Postgres to it".into(),
+                );
+            }
+        }
+        let trace_dir = &self.gepetto.record_trace_dir;
+        if !trace_dir.is_empty() {
+            if !trace_dir.starts_with('/') || trace_dir == "/" {
+                return invalid(
+                    "gepetto.recordTraceDir",
+                    format!("`{trace_dir}` is not an absolute directory"),
+                );
+            }
+            if self.control_node_selector.is_empty() {
+                return invalid(
+                    "gepetto.recordTraceDir",
+                    "a hostPath keeps the trace on one node: set controlNodeSelector (e.g. kubernetes.io/hostname) so a restarted Gepetto continues it".into(),
                 );
             }
         }
@@ -734,6 +773,27 @@ mod tests {
             .to_string();
         assert!(err.contains("postgres.persistence.hostPath"), "{err}");
         assert!(err.contains("controlNodeSelector"), "{err}");
+    }
+
+    #[test]
+    fn a_trace_directory_must_be_absolute_and_on_a_pinned_node() {
+        let pinned = Layer::Set("controlNodeSelector.role=control".into());
+        let err = Values::load(&[Layer::Set("gepetto.recordTraceDir=/var/lib/gepetto".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gepetto.recordTraceDir") && err.contains("controlNodeSelector"), "{err}");
+        let err = Values::load(&[pinned.clone(), Layer::Set("gepetto.recordTraceDir=traces".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("gepetto.recordTraceDir") && err.contains("absolute"), "{err}");
+        let err = Values::load(&[Layer::Set("gepetto.strategy=greedy".into())]).unwrap_err().to_string();
+        assert!(err.contains("gepetto.strategy"), "{err}");
+        let v =
+            Values::load(&[pinned, Layer::Set("gepetto.recordTraceDir=/var/lib/gepetto".into())]).unwrap();
+        assert_eq!(
+            (v.gepetto.record_trace_dir.as_str(), v.gepetto.strategy),
+            ("/var/lib/gepetto", GepettoStrategy::Multiplier)
+        );
     }
 
     #[test]

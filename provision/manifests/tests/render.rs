@@ -157,6 +157,30 @@ fn host_path_persistence_replaces_the_claim() {
 }
 
 #[test]
+fn gepetto_gets_its_strategy_and_records_into_the_host_directory_when_asked() {
+    let gepetto = |v: &Values| {
+        let m = render(v).unwrap();
+        m.objects.iter().find(|o| o.kind() == "Deployment" && o.name() == "gepetto").unwrap().value.clone()
+    };
+    let env = |d: &Value, name: &str| {
+        let env = d["spec"]["template"]["spec"]["containers"][0]["env"].as_array().unwrap().clone();
+        env.iter().find(|e| e["name"] == name).map(|e| e["value"].as_str().unwrap().to_owned())
+    };
+    let d = gepetto(&full_values());
+    assert_eq!(env(&d, "GEPETTO_STRATEGY").as_deref(), Some("heuristic"));
+    let file = env(&d, "GEPETTO_RECORD_TRACE").unwrap();
+    let spec = &d["spec"]["template"]["spec"];
+    assert_eq!(spec["volumes"][0]["hostPath"]["path"], "/var/lib/chutes-miner/gepetto");
+    let mount = spec["containers"][0]["volumeMounts"][0]["mountPath"].as_str().unwrap();
+    assert_eq!(file, format!("{mount}/trace.jsonl"), "the file is inside the mounted host directory");
+
+    let d = gepetto(&Values::defaults().unwrap());
+    assert_eq!(env(&d, "GEPETTO_STRATEGY").as_deref(), Some("multiplier"));
+    assert_eq!(env(&d, "GEPETTO_RECORD_TRACE"), None);
+    assert!(d["spec"]["template"]["spec"].get("volumes").is_none());
+}
+
+#[test]
 fn objects_come_in_dependency_order() {
     let m = render(&full_values()).unwrap();
     let kinds: Vec<&str> = m.objects.iter().map(|o| o.kind()).collect();
