@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -42,8 +43,8 @@ struct PendingJob {
     excluded: bool,
 }
 
-struct State {
-    rec: Recorder<File>,
+struct State<W: Write> {
+    rec: Recorder<W>,
     stopped: bool,
     servers: HashSet<String>,
     /// Chutes written, with the base multiplier a job on them defaults to.
@@ -59,22 +60,29 @@ struct State {
     down: HashMap<String, u64>,
 }
 
-impl State {
+impl<W: Write> State<W> {
     fn knows(&self, chute_id: &str) -> bool {
         self.chutes.contains_key(chute_id) || self.pending.contains_key(chute_id)
     }
 }
 
-/// An open recording (one per process).
-pub struct Recording {
+/// An open recording (one per process), into a file (or, in tests, any writer).
+pub struct Recording<W: Write = File> {
     path: PathBuf,
-    state: Mutex<State>,
+    state: Mutex<State<W>>,
 }
 
-impl Recording {
+impl Recording<File> {
     /// Opens (or continues, after a restart) the recording at `path` for `miner`.
     pub fn open(path: &Path, miner: &str) -> Result<Recording, TraceError> {
         let (rec, existing) = Recorder::open(path, Utc::now().timestamp(), miner)?;
+        Ok(Recording::resume(path, rec, existing))
+    }
+}
+
+impl<W: Write> Recording<W> {
+    /// A recording into `rec`, which already holds `existing` (what not to write again).
+    fn resume(path: &Path, rec: Recorder<W>, existing: Option<miner_trace::Trace>) -> Recording<W> {
         let mut st = State {
             rec,
             stopped: false,
@@ -102,7 +110,7 @@ impl Recording {
                 }
             }
         }
-        Ok(Recording { path: path.to_owned(), state: Mutex::new(st) })
+        Recording { path: path.to_owned(), state: Mutex::new(st) }
     }
 
     pub fn path(&self) -> &Path {
@@ -110,7 +118,7 @@ impl Recording {
     }
 
     /// Runs `f` on the state unless the recording stopped; `f` returns the lines to write.
-    fn with(&self, f: impl FnOnce(&mut State, u64) -> Vec<Record>) {
+    fn with(&self, f: impl FnOnce(&mut State<W>, u64) -> Vec<Record>) {
         let Ok(mut st) = self.state.lock() else { return };
         if st.stopped {
             return;
@@ -311,4 +319,60 @@ fn most_common<'a>(items: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let mut counts: Vec<_> = counts.into_iter().collect();
     counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
     counts.first().map(|(m, _)| *m)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A disk that fills up after the header line: every later write fails.
+    struct Full {
+        header_done: bool,
+        failed: Arc<AtomicUsize>,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if !self.header_done {
+                self.header_done = buf.contains(&b'\n');
+                return Ok(buf.len());
+            }
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            Err(std::io::Error::new(std::io::ErrorKind::StorageFull, "no space left on device"))
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn remote(id: &str) -> RemoteChute {
+        serde_json::from_value(serde_json::json!({
+            "chute_id": id, "image": "u/i:1", "version": "v1", "node_selector": {"gpu_count": 1},
+            "cords": [{"path": "/"}],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_recording_that_cannot_write_stops_quietly_and_tries_no_more() {
+        let failed = Arc::new(AtomicUsize::new(0));
+        let rec =
+            Recorder::start(Full { header_done: false, failed: failed.clone() }, 0, 0, "5Miner").unwrap();
+        let r = Recording::resume(Path::new("/full/trace.jsonl"), rec, None);
+        r.chute(&remote("a"));
+        r.chute(&remote("b"));
+        // the next tick writes both chute lines: the first fails and stops the recording
+        r.observe(&ValidatorView::default(), &FleetSnapshot::default(), &HashSet::new(), &HashSet::new());
+        assert_eq!(failed.load(Ordering::SeqCst), 1, "one failed write, not one per line");
+        assert!(r.state.lock().unwrap().stopped);
+        r.chute(&remote("c"));
+        r.bounty("a", Some(1.0));
+        r.observe(&ValidatorView::default(), &FleetSnapshot::default(), &HashSet::new(), &HashSet::new());
+        assert_eq!(failed.load(Ordering::SeqCst), 1, "nothing more is tried once stopped");
+    }
 }
