@@ -198,18 +198,25 @@ async fn gepetto_records_its_week_and_the_simulator_replays_it() {
             .any(|e| matches!(e, Record::NodeFailure { server_id, .. } if *server_id == w.servers[1].1))
     );
 
-    // A restarted Gepetto continues the file: no second header, server or chute.
-    let lines_before = std::fs::read_to_string(&path).unwrap().lines().count();
+    // A restarted Gepetto continues the file: with nothing new it writes nothing (no
+    // second header, server, chute or unchanged figure); what changes next is appended.
+    let before = std::fs::read_to_string(&path).unwrap();
+    let last_t = trace.events.iter().map(Record::t).max().unwrap();
     let shape = Shape { servers: 2, gpus: 8, strategy: Arc::new(Multiplier::default()), ..Shape::default() };
     let restarted = gepetto_on(&w.db, &w.client, &w.validator, &w.vhot, &shape, &w.shutdown).await;
     restarted.record_to(&path).unwrap();
     restarted.reconcile_once().await.unwrap();
     restarted.autoscale_once().await.unwrap();
-    let text = std::fs::read_to_string(&path).unwrap();
-    assert_eq!(text.lines().filter(|l| l.contains(r#""kind":"header""#)).count(), 1);
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+    w.validator.set_traffic("llm", traffic(3600, 14400.0));
+    restarted.autoscale_once().await.unwrap();
     let after = read(&path);
     assert_eq!((after.servers.len(), after.chutes.len()), (2, 2));
-    assert!(text.lines().count() >= lines_before);
+    let appended: Vec<_> = after.events.iter().filter(|e| !trace.events.contains(e)).collect();
+    assert!(
+        matches!(appended[..], [Record::Demand { t, load, .. }] if *load == 4.0 && *t >= last_t),
+        "{appended:?}"
+    );
 
     // The simulator replays the recording with every strategy.
     let cmp = miner_simulator::compare(&after, &["heuristic".into(), "multiplier".into()]).unwrap();
