@@ -30,6 +30,10 @@ pub const ASSUMED_MODEL_GB_PER_GPU: f64 = 25.0;
 /// ... and the compute time of one invocation before any ran.
 pub const ASSUMED_INVOCATION_S: f64 = 5.0;
 
+/// A server first seen this soon after the recording started was there from the start
+/// (the first autoscaler tick comes 15 s in); later ones joined the fleet then.
+const FROM_THE_START_S: u64 = 60;
+
 /// Demand is written again when it moves by more than this share (or 0.01
 /// instances): the validator's figures cover the last hour and drift every tick.
 const DEMAND_STEP: f64 = 0.05;
@@ -135,7 +139,7 @@ impl<W: Write> Recording<W> {
 
     /// Servers not written yet, once their node and GPUs are known.
     pub(crate) fn servers(&self, fleet: &FleetSnapshot, disk: &HashMap<String, DiskUsage>) {
-        self.with(|st, _| {
+        self.with(|st, now| {
             let mut lines = Vec::new();
             for s in &fleet.servers {
                 let Some(usage) = disk.get(&s.name) else { continue };
@@ -150,6 +154,7 @@ impl<W: Write> Recording<W> {
                     hourly_cost: s.hourly_cost,
                     disk_gb: usage.total_gib,
                     bandwidth_gbps: ASSUMED_BANDWIDTH_GBPS,
+                    added_s: if now <= FROM_THE_START_S { 0 } else { now },
                 }));
             }
             lines

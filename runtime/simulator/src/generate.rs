@@ -163,6 +163,7 @@ pub fn generate(p: &GenParams) -> Trace {
             hourly_cost: c.hourly_cost,
             disk_gb: rng.range(p.disk_gb[0], p.disk_gb[1]).round(),
             bandwidth_gbps: (rng.range(p.bandwidth_gbps[0], p.bandwidth_gbps[1]) * 10.0).round() / 10.0,
+            added_s: 0,
         });
     }
 

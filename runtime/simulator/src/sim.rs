@@ -209,6 +209,14 @@ impl<'a> Simulator<'a> {
                 bandwidth_gbps: s.bandwidth_gbps.max(0.01),
                 ..Default::default()
             });
+            if s.added_s > 0 {
+                // Not in the fleet yet: no usable GPU until it joins (as a node that is down).
+                for g in &mut sim.fleet.servers[i].gpus {
+                    g.verified = false;
+                }
+                sim.servers[i].down_until = s.added_s;
+                sim.push(s.added_s, Internal::Recover(i));
+            }
         }
         for (i, c) in trace.chutes.iter().enumerate() {
             if sim.chute_index.insert(c.chute_id.clone(), i).is_some() {
@@ -983,11 +991,12 @@ impl<'a> Simulator<'a> {
 
     fn finish(self) -> StrategyResult {
         let st = self.stats;
-        let hours = self.trace.header.duration_s as f64 / 3600.0;
-        let gpus: usize = self.trace.servers.iter().map(|s| s.gpus).sum();
-        let cost: f64 = self.trace.servers.iter().map(|s| s.gpus as f64 * s.hourly_cost * hours).sum();
+        let end = self.trace.header.duration_s;
+        // A server costs, and offers GPU-hours, from when it joined.
+        let hours_of = |s: &crate::trace::Server| (end - s.added_s.min(end)) as f64 / 3600.0;
+        let cost: f64 = self.trace.servers.iter().map(|s| s.gpus as f64 * s.hourly_cost * hours_of(s)).sum();
         let value = (st.value_compute + st.value_bounties + st.value_jobs) / 3600.0;
-        let gpu_hours = gpus as f64 * hours;
+        let gpu_hours: f64 = self.trace.servers.iter().map(|s| s.gpus as f64 * hours_of(s)).sum();
         let busy = st.busy_gpu_s / 3600.0;
         StrategyResult {
             strategy: self.strategy.name().to_owned(),

@@ -76,6 +76,32 @@ fn a_recording_is_a_trace_the_simulator_replays() {
     assert!(Trace::read(&b"{\"kind\":\"demand\",\"t\":0,\"chute_id\":\"c\",\"load\":1.0}\n"[..]).is_err());
 }
 
+#[test]
+fn a_server_that_joins_later_serves_and_costs_only_from_then() {
+    let base = generate(&GenParams { seed: 6, days: 1.0, servers: 6, chutes: 12, ..GenParams::default() });
+    let mut late = base.clone();
+    let half = late.header.duration_s / 2;
+    for s in &mut late.servers {
+        s.added_s = half;
+    }
+    let mut bytes = Vec::new();
+    late.write(&mut bytes).unwrap();
+    assert_eq!(Trace::read(bytes.as_slice()).unwrap(), late, "added_s survives the file");
+    let mut plain = Vec::new();
+    base.write(&mut plain).unwrap();
+    assert!(!String::from_utf8(plain).unwrap().contains("added_s"), "left out when 0");
+
+    let full = compare(&base, &both()).unwrap();
+    let cmp = compare(&late, &both()).unwrap();
+    for (r, f) in cmp.results.iter().zip(&full.results) {
+        assert!((r.cost_usd - f.cost_usd / 2.0).abs() < 1e-6, "{} vs {}", r.cost_usd, f.cost_usd);
+        assert!((r.gpu_hours - f.gpu_hours / 2.0).abs() < 1e-9);
+        let before: Vec<_> = r.series.iter().filter(|(h, _)| *h * 3600.0 <= half as f64).collect();
+        assert!(!before.is_empty() && before.iter().all(|(_, v)| *v == 0.0), "{}: {before:?}", r.strategy);
+        assert!(r.value > 0.0 && r.launches > 0, "{r:?}");
+    }
+}
+
 /// Never used while building the model or the strategy (seeds 1-5 and 11-21 were):
 /// 9001-9005 first run on the finished strategy, 7001-7005 the previous acceptance set.
 const ACCEPTANCE_SEEDS: [u64; 10] = [9001, 9002, 9003, 9004, 9005, 7001, 7002, 7003, 7004, 7005];

@@ -99,6 +99,14 @@ pub struct Server {
     pub disk_gb: f64,
     /// Image pull and model download speed of this node, Gbit/s.
     pub bandwidth_gbps: f64,
+    /// When it joined the fleet, seconds after the start (0, and left out: from the
+    /// start). A replay neither uses nor pays for it before then.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub added_s: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A chute as the validator lists it.
