@@ -70,7 +70,8 @@ enum Command {
     /// validator events into chute Jobs, with the activator, autoscaler and reconciler loops.
     /// Needs POSTGRESQL, REDIS_URL, MINER_SS58, MINER_SEED, VALIDATORS and a Kubernetes client
     /// (in-cluster or KUBECONFIG); optional GEPETTO_STRATEGY (multiplier|heuristic),
-    /// GEPETTO_*_INTERVAL, GEPETTO_DISK_RESERVE_GB, PROMETHEUS_URL.
+    /// GEPETTO_*_INTERVAL, GEPETTO_DISK_RESERVE_GB, PROMETHEUS_URL, GEPETTO_RECORD_TRACE (an
+    /// absolute path to record the week into, for `minerctl simulate --trace`).
     Gepetto {
         /// Consumer group shared by all Gepetto replicas.
         #[arg(long, env = "GEPETTO_GROUP", default_value = "gepetto")]

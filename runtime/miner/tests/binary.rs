@@ -39,6 +39,7 @@ fn help_says_what_gepetto_needs() {
     let out = miner().args(["gepetto", "--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("scheduler") && text.contains("GEPETTO_STRATEGY"), "{text}");
+    assert!(text.contains("GEPETTO_RECORD_TRACE"), "{text}");
     let out = miner().arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     for sub in ["api", "gepetto", "porter", "audit-export", "migrate"] {
