@@ -655,10 +655,21 @@ impl Gepetto {
         }
         let validator = validator.map(str::to_owned).or(gpu.validator.clone());
         if let Some(v) = validator.as_deref().and_then(|v| self.inner.validators.get(v)) {
-            v.client.delete_node(gpu_id).await.map_err(|e| GepettoError::Validator {
-                validator: v.hotkey.clone(),
-                reason: format!("removing GPU {gpu_id}: {e}"),
-            })?;
+            match v.client.delete_node(gpu_id).await {
+                Ok(()) => {}
+                // Already gone there (an earlier delivery removed it before the row went,
+                // or the validator never registered it): done, or the event could never
+                // be acknowledged and the server never removed.
+                Err(e) if e.status() == Some(404) => {
+                    tracing::info!(gpu = %gpu_id, validator = %v.hotkey, "GPU already unknown to the validator");
+                }
+                Err(e) => {
+                    return Err(GepettoError::Validator {
+                        validator: v.hotkey.clone(),
+                        reason: format!("removing GPU {gpu_id}: {e}"),
+                    });
+                }
+            }
         }
         self.inner.inv.delete_gpu(gpu_id).await?;
         Ok(())

@@ -470,3 +470,21 @@ async fn a_rolling_update_moves_the_chute_to_its_new_version_on_the_same_server(
     assert_eq!(job["metadata"]["labels"]["chutes/version"], "v2");
     assert_eq!(w.db.chute("c1").await.unwrap().unwrap().version, "v2");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_whose_gpus_the_validator_already_forgot_is_still_removed() {
+    // The validator has none of these GPUs (an earlier delivery removed them there before
+    // the process died, or they were never registered): its DELETE answers 404.
+    let w = world(Shape::default()).await;
+    w.chute("c1", "v1", 1);
+    w.twice(&w.created("c1", "v1", false)).await;
+    assert_eq!(w.jobs().len(), 1);
+    let (_, server_id) = w.servers[0].clone();
+    assert!(w.validator.nodes().is_empty());
+
+    w.twice(&Event::ServerDeleted(ServerDeleted { server_id: server_id.clone() })).await;
+    assert!(w.db.find_server(&server_id).await.unwrap().is_none(), "the server row is gone");
+    assert!(w.db.server_gpus(&server_id).await.unwrap().is_empty(), "and its GPUs");
+    assert!(w.db.fleet_rows().await.unwrap().deployments.is_empty());
+    eventually("the chute Job on it to go", || async { w.jobs().is_empty() }).await;
+}
