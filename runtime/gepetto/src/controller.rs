@@ -680,6 +680,9 @@ impl Gepetto {
         if server.server_id != server_id {
             return Ok(()); // matched by name: not this event's server
         }
+        if let Some(r) = self.recording() {
+            r.server_removed(server_id);
+        }
         for gpu in self.inner.db.server_gpus(server_id).await? {
             self.remove_gpu(&gpu.gpu_id, Some(&server.validator)).await?;
         }

@@ -51,6 +51,8 @@ struct State<W: Write> {
     rec: Recorder<W>,
     stopped: bool,
     servers: HashSet<String>,
+    /// Servers whose removal is written.
+    removed: HashSet<String>,
     /// Chutes written, with the base multiplier a job on them defaults to.
     chutes: HashMap<String, f64>,
     /// Chutes seen but not written yet: their line waits for the next tick's metrics,
@@ -91,6 +93,7 @@ impl<W: Write> Recording<W> {
             rec,
             stopped: false,
             servers: HashSet::new(),
+            removed: HashSet::new(),
             chutes: HashMap::new(),
             pending: HashMap::new(),
             demand: HashMap::new(),
@@ -109,6 +112,9 @@ impl<W: Write> Recording<W> {
                     }
                     Record::Others { chute_id, instances, compute_multiplier, .. } => {
                         st.others.insert(chute_id, (instances, compute_multiplier));
+                    }
+                    Record::ServerRemoved { server_id, .. } => {
+                        st.removed.insert(server_id);
                     }
                     _ => {}
                 }
@@ -267,6 +273,16 @@ impl<W: Write> Recording<W> {
                 }
             }
             lines
+        });
+    }
+
+    /// `server_deleted` of a server the recording holds (once, however often delivered).
+    pub(crate) fn server_removed(&self, server_id: &str) {
+        self.with(|st, now| {
+            if !st.servers.contains(server_id) || !st.removed.insert(server_id.to_owned()) {
+                return Vec::new();
+            }
+            vec![Record::ServerRemoved { t: now, server_id: server_id.to_owned() }]
         });
     }
 

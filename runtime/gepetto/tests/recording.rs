@@ -121,6 +121,8 @@ async fn gepetto_records_its_week_and_the_simulator_replays_it() {
     assert!(w.kube.set_node_ready(&w.servers[1].0, true));
     node_seen(&w, "gpu-1", true).await;
     w.gepetto.autoscale_once().await.unwrap();
+    // The operator removes gpu-1 (delivered twice, recorded once).
+    w.twice(&Event::ServerDeleted(ServerDeleted { server_id: w.servers[1].1.clone() })).await;
 
     let trace = read(&path);
     assert_eq!(trace.header.source, "recorded");
@@ -197,6 +199,15 @@ async fn gepetto_records_its_week_and_the_simulator_replays_it() {
             .iter()
             .any(|e| matches!(e, Record::NodeFailure { server_id, .. } if *server_id == w.servers[1].1))
     );
+    let removed: Vec<_> = trace
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Record::ServerRemoved { server_id, .. } => Some(server_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(removed, [w.servers[1].1.as_str()]);
 
     // A restarted Gepetto continues the file: with nothing new it writes nothing (no
     // second header, server, chute or unchanged figure); what changes next is appended.

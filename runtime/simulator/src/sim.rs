@@ -106,6 +106,8 @@ struct ChuteRt {
 #[derive(Debug, Clone, Default)]
 struct ServerRt {
     down_until: u64,
+    /// When it left the fleet for good (`server_removed`).
+    removed_at: Option<u64>,
     disk_free: f64,
     disk_gb: f64,
     bandwidth_gbps: f64,
@@ -354,6 +356,13 @@ impl<'a> Simulator<'a> {
                 let c = self.chute_of(chute_id)?;
                 self.chutes[c].updating_until = *until;
                 self.dirty[c] = true;
+            }
+            Record::ServerRemoved { server_id, .. } => {
+                let s = *self
+                    .server_index
+                    .get(server_id)
+                    .ok_or_else(|| SimError::Trace(format!("a removal names unknown server {server_id}")))?;
+                self.on_removed(s);
             }
             Record::NodeFailure { server_id, down_s, .. } => {
                 let s = *self
@@ -899,6 +908,22 @@ impl<'a> Simulator<'a> {
         self.place(c, server, free, job);
     }
 
+    /// The server leaves for good: its deployments end, its GPUs are never usable again.
+    fn on_removed(&mut self, s: usize) {
+        if self.servers[s].removed_at.is_some() {
+            return;
+        }
+        self.servers[s].removed_at = Some(self.now);
+        self.servers[s].down_until = u64::MAX;
+        let gone: Vec<u64> = self.deps.iter().filter(|(_, d)| d.server == s).map(|(k, _)| *k).collect();
+        for seq in gone {
+            self.remove(seq, true);
+        }
+        for g in &mut self.fleet.servers[s].gpus {
+            g.verified = false;
+        }
+    }
+
     fn on_failure(&mut self, s: usize, down_s: u64) {
         let until = self.now + down_s;
         self.servers[s].down_until = self.servers[s].down_until.max(until);
@@ -992,11 +1017,21 @@ impl<'a> Simulator<'a> {
     fn finish(self) -> StrategyResult {
         let st = self.stats;
         let end = self.trace.header.duration_s;
-        // A server costs, and offers GPU-hours, from when it joined.
-        let hours_of = |s: &crate::trace::Server| (end - s.added_s.min(end)) as f64 / 3600.0;
-        let cost: f64 = self.trace.servers.iter().map(|s| s.gpus as f64 * s.hourly_cost * hours_of(s)).sum();
+        // A server costs, and offers GPU-hours, from when it joined until it left.
+        let hours: Vec<f64> = self
+            .trace
+            .servers
+            .iter()
+            .zip(&self.servers)
+            .map(|(s, rt)| {
+                let left = rt.removed_at.unwrap_or(end).min(end);
+                left.saturating_sub(s.added_s) as f64 / 3600.0
+            })
+            .collect();
+        let cost: f64 =
+            self.trace.servers.iter().zip(&hours).map(|(s, h)| s.gpus as f64 * s.hourly_cost * h).sum();
         let value = (st.value_compute + st.value_bounties + st.value_jobs) / 3600.0;
-        let gpu_hours: f64 = self.trace.servers.iter().map(|s| s.gpus as f64 * hours_of(s)).sum();
+        let gpu_hours: f64 = self.trace.servers.iter().zip(&hours).map(|(s, h)| s.gpus as f64 * h).sum();
         let busy = st.busy_gpu_s / 3600.0;
         StrategyResult {
             strategy: self.strategy.name().to_owned(),

@@ -2,7 +2,7 @@
 //! default strategy's 1.3x over the original heuristic on untuned seeds.
 
 use miner_simulator::trace::Recorder;
-use miner_simulator::{DEFAULT_STRATEGY, GenParams, Trace, compare, generate};
+use miner_simulator::{DEFAULT_STRATEGY, GenParams, Record, Trace, compare, generate};
 
 fn small(seed: u64) -> GenParams {
     // Two days of 30 servers keeps a debug-build test short; the model is the same.
@@ -99,6 +99,20 @@ fn a_server_that_joins_later_serves_and_costs_only_from_then() {
         let before: Vec<_> = r.series.iter().filter(|(h, _)| *h * 3600.0 <= half as f64).collect();
         assert!(!before.is_empty() && before.iter().all(|(_, v)| *v == 0.0), "{}: {before:?}", r.strategy);
         assert!(r.value > 0.0 && r.launches > 0, "{r:?}");
+    }
+
+    // ... and one removed for good (`server_removed`) stops costing and earning then.
+    let three_quarters = late.header.duration_s * 3 / 4;
+    for s in &late.servers {
+        late.events.push(Record::ServerRemoved { t: three_quarters, server_id: s.server_id.clone() });
+    }
+    late.events.sort_by_key(Record::t);
+    let cmp = compare(&late, &both()).unwrap();
+    for (r, f) in cmp.results.iter().zip(&full.results) {
+        assert!((r.cost_usd - f.cost_usd / 4.0).abs() < 1e-6, "{} vs {}", r.cost_usd, f.cost_usd);
+        let after: Vec<_> = r.series.iter().filter(|(h, _)| *h * 3600.0 >= three_quarters as f64).collect();
+        assert!(after.windows(2).all(|w| w[1].1 == w[0].1), "{}: value after removal {after:?}", r.strategy);
+        assert!(r.value > 0.0, "{r:?}");
     }
 }
 

@@ -186,6 +186,12 @@ pub enum Record {
         server_id: String,
         down_s: u64,
     },
+    /// The server leaves the fleet for good (`server_deleted`): its instances die and
+    /// it costs nothing from then.
+    ServerRemoved {
+        t: u64,
+        server_id: String,
+    },
 }
 
 impl Record {
@@ -198,7 +204,8 @@ impl Record {
             | Record::Bounty { t, .. }
             | Record::Job { t, .. }
             | Record::Updating { t, .. }
-            | Record::NodeFailure { t, .. } => *t,
+            | Record::NodeFailure { t, .. }
+            | Record::ServerRemoved { t, .. } => *t,
         }
     }
 }
