@@ -38,6 +38,9 @@ const FROM_THE_START_S: u64 = 60;
 /// instances): the validator's figures cover the last hour and drift every tick.
 const DEMAND_STEP: f64 = 0.05;
 
+/// A `bounty_change` repeating the last amount this soon is a redelivery.
+const BOUNTY_REPEAT_S: u64 = 3600;
+
 /// A job offer waiting for its end: the trace's job line carries the duration.
 struct PendingJob {
     t: u64,
@@ -61,6 +64,8 @@ struct State<W: Write> {
     demand: HashMap<String, f64>,
     others: HashMap<String, (u32, f64)>,
     jobs: HashMap<String, PendingJob>,
+    /// The last bounty written per chute, and when.
+    bounties: HashMap<String, (f64, u64)>,
     /// Since when a chute has been mid-update / a server's node not Ready.
     updating: HashMap<String, u64>,
     down: HashMap<String, u64>,
@@ -99,6 +104,7 @@ impl<W: Write> Recording<W> {
             demand: HashMap::new(),
             others: HashMap::new(),
             jobs: HashMap::new(),
+            bounties: HashMap::new(),
             updating: HashMap::new(),
             down: HashMap::new(),
         };
@@ -115,6 +121,9 @@ impl<W: Write> Recording<W> {
                     }
                     Record::ServerRemoved { server_id, .. } => {
                         st.removed.insert(server_id);
+                    }
+                    Record::Bounty { t, chute_id, bounty } => {
+                        st.bounties.insert(chute_id, (bounty, t));
                     }
                     _ => {}
                 }
@@ -286,13 +295,24 @@ impl<W: Write> Recording<W> {
         });
     }
 
-    /// `bounty_change` on a chute the recording knows.
+    /// `bounty_change` on a chute the recording knows. The same amount again within
+    /// `BOUNTY_REPEAT_S` is the bus delivering the event again, not a new bounty (which
+    /// would restart the bounty's age in a replay).
     pub(crate) fn bounty(&self, chute_id: &str, bounty: Option<f64>) {
+        let bounty = bounty.unwrap_or(0.0);
         self.with(|st, now| {
             if !st.knows(chute_id) {
                 return Vec::new();
             }
-            vec![Record::Bounty { t: now, chute_id: chute_id.to_owned(), bounty: bounty.unwrap_or(0.0) }]
+            if st
+                .bounties
+                .get(chute_id)
+                .is_some_and(|(b, t)| *b == bounty && now.saturating_sub(*t) < BOUNTY_REPEAT_S)
+            {
+                return Vec::new();
+            }
+            st.bounties.insert(chute_id.to_owned(), (bounty, now));
+            vec![Record::Bounty { t: now, chute_id: chute_id.to_owned(), bounty }]
         });
     }
 

@@ -15,6 +15,11 @@ use miner_trace::{Record, Trace};
 use serde_json::json;
 use validator_emulator::{ChuteSpec, Traffic};
 
+/// What `f` picks from each event of the trace, in order.
+fn pick<'a, T>(trace: &'a Trace, f: impl Fn(&'a Record) -> Option<T>) -> Vec<T> {
+    trace.events.iter().filter_map(f).collect()
+}
+
 fn read(path: &std::path::Path) -> Trace {
     Trace::read(BufReader::new(std::fs::File::open(path).unwrap())).unwrap()
 }
@@ -147,41 +152,31 @@ async fn gepetto_records_its_week_and_the_simulator_replays_it() {
     assert_eq!(old.invocation_s, 2.5, "mean compute per invocation from the metrics");
     assert_eq!(old.supported_gpus, ["h100"]);
 
-    let demand: Vec<_> = trace
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Record::Demand { chute_id, load, .. } if chute_id == "llm" => Some(*load),
-            _ => None,
-        })
-        .collect();
+    let demand: Vec<_> = pick(&trace, |e| match e {
+        Record::Demand { chute_id, load, .. } if chute_id == "llm" => Some(*load),
+        _ => None,
+    });
     assert_eq!(
         demand,
         [1.5, 2.5],
         "5400 s then 9000 s of compute in the last hour; 5500 s was too small a step"
     );
-    let others: Vec<_> = trace
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Record::Others { chute_id, instances, .. } if chute_id == "llm" => Some(*instances),
-            _ => None,
-        })
-        .collect();
+    let others: Vec<_> = pick(&trace, |e| match e {
+        Record::Others { chute_id, instances, .. } if chute_id == "llm" => Some(*instances),
+        _ => None,
+    });
     assert_eq!(others, [1], "the other miner's instance; ours is not counted");
-    assert!(trace.events.iter().any(
-        |e| matches!(e, Record::Bounty { chute_id, bounty, .. } if chute_id == "llm" && *bounty == 100.0)
-    ));
-    let jobs: Vec<_> = trace
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Record::Job { job_id, compute_multiplier, disk_gb, excluded, .. } => {
-                Some((job_id.as_str(), *compute_multiplier, *disk_gb, *excluded))
-            }
-            _ => None,
-        })
-        .collect();
+    let bounties: Vec<_> = pick(&trace, |e| match e {
+        Record::Bounty { chute_id, bounty, .. } => Some((chute_id.as_str(), *bounty)),
+        _ => None,
+    });
+    assert_eq!(bounties, [("llm", 100.0)], "delivered twice, recorded once");
+    let jobs: Vec<_> = pick(&trace, |e| match e {
+        Record::Job { job_id, compute_multiplier, disk_gb, excluded, .. } => {
+            Some((job_id.as_str(), *compute_multiplier, *disk_gb, *excluded))
+        }
+        _ => None,
+    });
     assert_eq!(
         jobs,
         [("job-1", 4.0, 50.0, false), ("job-2", 4.0, 50.0, true)],
@@ -199,14 +194,10 @@ async fn gepetto_records_its_week_and_the_simulator_replays_it() {
             .iter()
             .any(|e| matches!(e, Record::NodeFailure { server_id, .. } if *server_id == w.servers[1].1))
     );
-    let removed: Vec<_> = trace
-        .events
-        .iter()
-        .filter_map(|e| match e {
-            Record::ServerRemoved { server_id, .. } => Some(server_id.as_str()),
-            _ => None,
-        })
-        .collect();
+    let removed: Vec<_> = pick(&trace, |e| match e {
+        Record::ServerRemoved { server_id, .. } => Some(server_id.as_str()),
+        _ => None,
+    });
     assert_eq!(removed, [w.servers[1].1.as_str()]);
 
     // A restarted Gepetto continues the file: with nothing new it writes nothing (no
