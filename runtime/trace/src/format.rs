@@ -223,19 +223,15 @@ pub struct Trace {
 impl Trace {
     /// Writes the trace as JSON lines.
     pub fn write(&self, out: &mut impl Write) -> Result<(), TraceError> {
-        let mut line = |r: &Record| -> Result<(), TraceError> {
-            serde_json::to_writer(&mut *out, r).map_err(TraceError::Json)?;
-            out.write_all(b"\n").map_err(TraceError::Io)
-        };
-        line(&Record::Header(self.header.clone()))?;
+        write_line(out, &Record::Header(self.header.clone()))?;
         for s in &self.servers {
-            line(&Record::Server(s.clone()))?;
+            write_line(out, &Record::Server(s.clone()))?;
         }
         for c in &self.chutes {
-            line(&Record::Chute(c.clone()))?;
+            write_line(out, &Record::Chute(c.clone()))?;
         }
         for e in &self.events {
-            line(e)?;
+            write_line(out, e)?;
         }
         Ok(())
     }
@@ -282,4 +278,13 @@ impl Trace {
         }
         Ok(Trace { header, servers, chutes, events })
     }
+}
+
+/// One record as one line, handed to the writer in a single write: an unbuffered file
+/// gets one system call per line rather than one per JSON token, and a crash tears at
+/// most that line.
+pub(crate) fn write_line(out: &mut impl Write, r: &Record) -> Result<(), TraceError> {
+    let mut line = serde_json::to_vec(r).map_err(TraceError::Json)?;
+    line.push(b'\n');
+    out.write_all(&line).map_err(TraceError::Io)
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 use miner_validator::rest::{ActiveInstance, RemoteMetrics};
 
 use crate::TraceError;
-use crate::format::{FORMAT, Header, Record, Trace, ValidatorModel};
+use crate::format::{FORMAT, Header, Record, Trace, ValidatorModel, write_line};
 
 /// Appends trace records as JSON lines. The header goes first, once.
 pub struct Recorder<W: Write> {
@@ -88,11 +88,6 @@ impl<W: Write> Recorder<W> {
     pub fn into_inner(self) -> W {
         self.out
     }
-}
-
-fn write_line(out: &mut impl Write, r: &Record) -> Result<(), TraceError> {
-    serde_json::to_writer(&mut *out, r).map_err(TraceError::Json)?;
-    out.write_all(b"\n").map_err(TraceError::Io)
 }
 
 /// A chute's demand in instances' worth of compute from its `/miner/metrics/`
