@@ -30,8 +30,10 @@ pub const ASSUMED_MODEL_GB_PER_GPU: f64 = 25.0;
 /// ... and the compute time of one invocation before any ran.
 pub const ASSUMED_INVOCATION_S: f64 = 5.0;
 
-/// A server first seen this soon after the recording started was there from the start
-/// (the first autoscaler tick comes 15 s in); later ones joined the fleet then.
+/// A server or chute first seen this soon after the recording started was there from
+/// the start (the first listing and tick come seconds in), and is written at 0: a
+/// replay gives chutes there at 0 the metrics history they had, and a later time would
+/// make them new chutes with none. Later ones appeared then.
 const FROM_THE_START_S: u64 = 60;
 
 /// Demand is written again when it moves by more than this share (or 0.01
@@ -195,7 +197,7 @@ impl<W: Write> Recording<W> {
                     invocation_s: ASSUMED_INVOCATION_S,
                     preemptible: remote.preemptible.unwrap_or(true),
                     job_only: !remote.has_cords(),
-                    created_s: now,
+                    created_s: if now <= FROM_THE_START_S { 0 } else { now },
                 };
                 st.pending.insert(remote.chute_id.clone(), chute);
             }

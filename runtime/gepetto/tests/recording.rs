@@ -151,6 +151,7 @@ async fn gepetto_records_its_week_and_the_simulator_replays_it() {
     let old = trace.chutes.iter().find(|c| c.chute_id == "old").unwrap();
     assert_eq!(old.invocation_s, 2.5, "mean compute per invocation from the metrics");
     assert_eq!(old.supported_gpus, ["h100"]);
+    assert_eq!(old.created_s, 0, "listed when the recording started: there from the start");
 
     let demand: Vec<_> = pick(&trace, |e| match e {
         Record::Demand { chute_id, load, .. } if chute_id == "llm" => Some(*load),
