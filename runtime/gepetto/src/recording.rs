@@ -40,6 +40,13 @@ const FROM_THE_START_S: u64 = 60;
 /// instances): the validator's figures cover the last hour and drift every tick.
 const DEMAND_STEP: f64 = 0.05;
 
+/// `now`, or 0 within the recording's first minute. The validator's figures seen then
+/// are the state at the start: a replay must have them before it creates the chutes
+/// there at 0 (their metrics history is built from them).
+fn at_start(now: u64) -> u64 {
+    if now <= FROM_THE_START_S { 0 } else { now }
+}
+
 /// A `bounty_change` repeating the last amount this soon is a redelivery.
 const BOUNTY_REPEAT_S: u64 = 3600;
 
@@ -171,7 +178,7 @@ impl<W: Write> Recording<W> {
                     hourly_cost: s.hourly_cost,
                     disk_gb: usage.total_gib,
                     bandwidth_gbps: ASSUMED_BANDWIDTH_GBPS,
-                    added_s: if now <= FROM_THE_START_S { 0 } else { now },
+                    added_s: at_start(now),
                 }));
             }
             lines
@@ -197,7 +204,7 @@ impl<W: Write> Recording<W> {
                     invocation_s: ASSUMED_INVOCATION_S,
                     preemptible: remote.preemptible.unwrap_or(true),
                     job_only: !remote.has_cords(),
-                    created_s: if now <= FROM_THE_START_S { 0 } else { now },
+                    created_s: at_start(now),
                 };
                 st.pending.insert(remote.chute_id.clone(), chute);
             }
@@ -258,11 +265,11 @@ impl<W: Write> Recording<W> {
             }
             for (chute_id, load) in demand {
                 st.demand.insert(chute_id.clone(), load);
-                lines.push(Record::Demand { t: now, chute_id, load });
+                lines.push(Record::Demand { t: at_start(now), chute_id, load });
             }
             for (chute_id, instances, compute_multiplier) in others {
                 st.others.insert(chute_id.clone(), (instances, compute_multiplier));
-                lines.push(Record::Others { t: now, chute_id, instances, compute_multiplier });
+                lines.push(Record::Others { t: at_start(now), chute_id, instances, compute_multiplier });
             }
             for id in updating.iter().filter(|id| st.chutes.contains_key(*id)) {
                 st.updating.entry(id.clone()).or_insert(now);
