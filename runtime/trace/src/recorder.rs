@@ -35,11 +35,13 @@ impl Recorder<File> {
         let mut file = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(io)?;
         let mut text = Vec::new();
         file.read_to_end(&mut text).map_err(io)?;
-        if text.is_empty() {
+        // Everything up to the last newline was written whole; the rest is a torn line.
+        let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if whole == 0 {
+            // Empty, or only a header torn by a crash: nothing was recorded yet.
+            file.set_len(0).map_err(io)?;
             return Ok((Recorder::start(file, now_unix, 0, miner)?, None));
         }
-        // Everything up to the last newline was flushed whole; the rest is a torn line.
-        let whole = text.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         let existing = Trace::read(BufReader::new(&text[..whole]))
             .map_err(|e| TraceError::Invalid(format!("{} cannot be continued: {e}", path.display())))?;
         if existing.header.miner != miner {
@@ -159,6 +161,15 @@ mod tests {
         rec.record(&demand(20, 0.9)).unwrap();
         drop(rec);
         assert_eq!(read(&path).events, vec![demand(5, 0.5), demand(20, 0.9)]);
+
+        // a crash while the very first line, the header, was written: start afresh
+        std::fs::write(&path, br#"{"kind":"header","for"#).unwrap();
+        let (mut rec, existing) = Recorder::open(&path, 2_000, "5Miner").unwrap();
+        assert!(existing.is_none());
+        rec.record(&demand(1, 0.1)).unwrap();
+        drop(rec);
+        let trace = read(&path);
+        assert_eq!((trace.header.start_unix, trace.events), (2_000, vec![demand(1, 0.1)]));
     }
 
     #[test]
