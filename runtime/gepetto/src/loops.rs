@@ -117,6 +117,13 @@ impl Gepetto {
             }
             match chutes {
                 Some(Ok(Some(list))) => {
+                    // Chutes that existed before the recording started (or were missed)
+                    // come in here; the recording writes only those it has not seen.
+                    if let Some(rec) = self.recording() {
+                        for c in &list {
+                            rec.chute(c);
+                        }
+                    }
                     st.chutes = Some(list.into_iter().map(|c| (c.chute_id.clone(), c)).collect())
                 }
                 Some(Err(e)) => tracing::warn!(validator = %hotkey, error = %e, "chutes listing failed"),
@@ -142,12 +149,6 @@ impl Gepetto {
             }
             if let Some(Ok(r)) = rolling {
                 st.rolling = r.iter().filter_map(|v| v["chute_id"].as_str().map(str::to_owned)).collect();
-            }
-            // Chutes that existed before the recording started (or were missed) come in here.
-            if let Some(rec) = self.recording() {
-                for c in st.chutes.iter().flat_map(|c| c.values()) {
-                    rec.chute(c);
-                }
             }
         }
     }
@@ -190,8 +191,7 @@ impl Gepetto {
         view: &ValidatorView,
         fleet: &FleetSnapshot,
     ) {
-        let disk = self.inner.cluster.disk(f64::from(self.inner.cfg.disk_reserve_gb));
-        rec.servers(fleet, &disk);
+        rec.servers(fleet, || self.inner.cluster.disk(f64::from(self.inner.cfg.disk_reserve_gb)));
         let updating =
             self.inner.remote.read().await.values().flat_map(|st| st.updating.iter().cloned()).collect();
         let nodes = self.inner.cluster.nodes();

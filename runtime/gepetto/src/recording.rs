@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use chrono::Utc;
 use miner_events::payloads as ev;
 use miner_k8s::DiskUsage;
-use miner_trace::{Chute, Record, Recorder, Server, TraceError, demand_from_metrics, others_from_active};
+use miner_trace::{Chute, Record, Recorder, Server, TraceError, others_from_active};
 use miner_validator::rest::RemoteChute;
 
 use crate::snapshot::{FleetSnapshot, ValidatorView};
@@ -162,9 +162,14 @@ impl<W: Write> Recording<W> {
     }
 
     /// Servers not written yet, once their node and GPUs are known.
-    pub(crate) fn servers(&self, fleet: &FleetSnapshot, disk: &HashMap<String, DiskUsage>) {
+    /// `disk` is asked only when there is a server not written yet (it walks every pod).
+    pub(crate) fn servers(&self, fleet: &FleetSnapshot, disk: impl FnOnce() -> HashMap<String, DiskUsage>) {
         self.with(|st, now| {
             let mut lines = Vec::new();
+            if fleet.servers.iter().all(|s| st.servers.contains(&s.server_id)) {
+                return lines;
+            }
+            let disk = disk();
             for s in &fleet.servers {
                 let Some(usage) = disk.get(&s.name) else { continue };
                 let Some(model) = most_common(s.gpus.iter().map(|g| g.model.as_str())) else { continue };
@@ -231,7 +236,7 @@ impl<W: Write> Recording<W> {
                 if let Some(m) = view.metrics.get(&c.chute_id) {
                     c.compute_multiplier = m.compute_multiplier.unwrap_or(c.compute_multiplier);
                     if m.total_invocations > 0.0 {
-                        c.invocation_s = m.total_compute_time / m.total_invocations;
+                        c.invocation_s = m.mean_compute_s();
                     }
                 }
                 st.chutes.insert(c.chute_id.clone(), c.compute_multiplier);
@@ -243,7 +248,7 @@ impl<W: Write> Recording<W> {
             let mut others = Vec::new();
             for id in chutes {
                 if let Some(m) = view.metrics.get(id) {
-                    let load = demand_from_metrics(m);
+                    let load = m.demand_instances();
                     let moved = st
                         .demand
                         .get(id)

@@ -311,6 +311,12 @@ impl<'a> Simulator<'a> {
         })
     }
 
+    fn server_of(&self, server_id: &str) -> Result<usize, SimError> {
+        self.server_index.get(server_id).copied().ok_or_else(|| {
+            SimError::Trace(format!("an event names server {server_id}, which the trace does not list"))
+        })
+    }
+
     fn on_record(&mut self, r: &Record) -> Result<(), SimError> {
         match r {
             Record::Header(_) | Record::Server(_) | Record::Chute(_) => {}
@@ -358,17 +364,11 @@ impl<'a> Simulator<'a> {
                 self.dirty[c] = true;
             }
             Record::ServerRemoved { server_id, .. } => {
-                let s = *self
-                    .server_index
-                    .get(server_id)
-                    .ok_or_else(|| SimError::Trace(format!("a removal names unknown server {server_id}")))?;
+                let s = self.server_of(server_id)?;
                 self.on_removed(s);
             }
             Record::NodeFailure { server_id, down_s, .. } => {
-                let s = *self
-                    .server_index
-                    .get(server_id)
-                    .ok_or_else(|| SimError::Trace(format!("a failure names unknown server {server_id}")))?;
+                let s = self.server_of(server_id)?;
                 self.on_failure(s, *down_s);
             }
         }
@@ -914,28 +914,27 @@ impl<'a> Simulator<'a> {
             return;
         }
         self.servers[s].removed_at = Some(self.now);
-        self.servers[s].down_until = u64::MAX;
-        let gone: Vec<u64> = self.deps.iter().filter(|(_, d)| d.server == s).map(|(k, _)| *k).collect();
-        for seq in gone {
-            self.remove(seq, true);
-        }
-        for g in &mut self.fleet.servers[s].gpus {
-            g.verified = false;
-        }
+        self.take_down(s, u64::MAX);
     }
 
     fn on_failure(&mut self, s: usize, down_s: u64) {
         let until = self.now + down_s;
+        self.stats.lost_to_failures += self.take_down(s, until);
+        self.push(until, Internal::Recover(s));
+    }
+
+    /// The server is unusable until `until`: every deployment on it ends and its GPUs
+    /// are unverified. Returns how many deployments ended.
+    fn take_down(&mut self, s: usize, until: u64) -> u64 {
         self.servers[s].down_until = self.servers[s].down_until.max(until);
-        let victims: Vec<u64> = self.deps.iter().filter(|(_, d)| d.server == s).map(|(k, _)| *k).collect();
-        for seq in victims {
-            self.stats.lost_to_failures += 1;
+        let ended: Vec<u64> = self.deps.iter().filter(|(_, d)| d.server == s).map(|(k, _)| *k).collect();
+        for &seq in &ended {
             self.remove(seq, true);
         }
         for g in &mut self.fleet.servers[s].gpus {
             g.verified = false;
         }
-        self.push(until, Internal::Recover(s));
+        ended.len() as u64
     }
 
     fn on_tick(&mut self) {

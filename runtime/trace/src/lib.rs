@@ -8,7 +8,7 @@ mod format;
 mod recorder;
 
 pub use format::{Chute, FORMAT, Header, Record, Server, Trace, ValidatorModel};
-pub use recorder::{Recorder, demand_from_metrics, others_from_active};
+pub use recorder::{Recorder, others_from_active};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TraceError {

@@ -7,7 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use miner_validator::rest::{ActiveInstance, RemoteMetrics};
+use miner_validator::rest::ActiveInstance;
 
 use crate::TraceError;
 use crate::format::{FORMAT, Header, Record, Trace, ValidatorModel, write_line};
@@ -90,15 +90,6 @@ impl<W: Write> Recorder<W> {
     pub fn into_inner(self) -> W {
         self.out
     }
-}
-
-/// A chute's demand in instances' worth of compute from its `/miner/metrics/`
-/// item (compute seconds in the last hour over 3600), counting rate-limited
-/// invocations at the mean compute time as demand that was not served.
-pub fn demand_from_metrics(m: &RemoteMetrics) -> f64 {
-    let per_invocation =
-        if m.total_invocations > 0.0 { m.total_compute_time / m.total_invocations } else { 0.0 };
-    (m.total_compute_time + m.rate_limit_count * per_invocation) / 3600.0
 }
 
 /// Other miners' active instances of a chute and their mean multiplier, from

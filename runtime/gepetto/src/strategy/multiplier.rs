@@ -37,24 +37,15 @@ const MIN_SOLE_UTILISATION: f64 = 0.6;
 /// estimates an hour old.
 const REPLACE_BELOW: f64 = 0.5;
 
-/// The mean compute seconds of one invocation in the last hour (0 when none ran).
-fn per_invocation(m: &RemoteMetrics) -> f64 {
-    if m.total_invocations > 0.0 { m.total_compute_time / m.total_invocations } else { 0.0 }
-}
-
-/// Instances' worth of demand in the last hour: compute served plus rate-limited
-/// invocations at the mean compute time, over an hour (`None`: no metrics). A chute
-/// no miner served shows refused invocations but no compute time to size them by:
-/// nothing that can be counted on.
+/// Instances' worth of demand in the last hour ([`RemoteMetrics::demand_instances`];
+/// `None`: no metrics).
 fn demand(chute_id: &str, view: &ValidatorView) -> Option<f64> {
-    let m = view.metrics.get(chute_id)?;
-    Some((m.total_compute_time + m.rate_limit_count * per_invocation(m)) / 3600.0)
+    view.metrics.get(chute_id).map(RemoteMetrics::demand_instances)
 }
 
-/// Instances' worth of demand nobody served in the last hour (rate-limited invocations
-/// at the mean compute time).
+/// Instances' worth of demand nobody served in the last hour.
 pub(crate) fn unmet_instances(chute_id: &str, view: &ValidatorView) -> f64 {
-    view.metrics.get(chute_id).map_or(0.0, |m| m.rate_limit_count * per_invocation(m) / 3600.0)
+    view.metrics.get(chute_id).map_or(0.0, RemoteMetrics::unmet_instances)
 }
 
 /// The share of time each instance of a chute is busy now (last hour's demand over

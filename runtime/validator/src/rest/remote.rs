@@ -133,6 +133,25 @@ pub struct RemoteMetrics {
     pub per_second_price_usd: Option<f64>,
 }
 
+impl RemoteMetrics {
+    /// The mean compute seconds of one invocation in the last hour (0 when none ran).
+    pub fn mean_compute_s(&self) -> f64 {
+        if self.total_invocations > 0.0 { self.total_compute_time / self.total_invocations } else { 0.0 }
+    }
+
+    /// Instances' worth of demand in the last hour: compute served plus rate-limited
+    /// invocations at the mean compute time, over an hour. A chute no miner served
+    /// shows refused invocations but no compute time to size them by: nothing counted.
+    pub fn demand_instances(&self) -> f64 {
+        (self.total_compute_time + self.rate_limit_count * self.mean_compute_s()) / 3600.0
+    }
+
+    /// Instances' worth of demand nobody served in the last hour.
+    pub fn unmet_instances(&self) -> f64 {
+        self.rate_limit_count * self.mean_compute_s() / 3600.0
+    }
+}
+
 /// An item of `/miner/active_instances/` (every miner's active instances).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActiveInstance {
