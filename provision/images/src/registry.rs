@@ -24,6 +24,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
+use provision_errors::chain;
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LOCATION, WWW_AUTHENTICATE};
 use reqwest::{Method, StatusCode};
 use sha2::Digest as _;
@@ -184,22 +185,6 @@ impl std::fmt::Debug for Client {
             .field("credentials", &self.credentials)
             .finish()
     }
-}
-
-/// The `Error::source` chain on one line: reqwest's own message names only the URL, the
-/// reason (refused connection, unknown certificate issuer) is further down.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// `key="value"` pairs of a challenge's parameters (quoted values may hold commas).

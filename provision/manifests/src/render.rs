@@ -223,14 +223,7 @@ pub fn render(values: &Values) -> Result<Manifest, RenderError> {
 
 fn template_error(name: &str, e: &tera::Error) -> RenderError {
     // Tera nests the real cause; show the whole chain.
-    let mut message = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    RenderError::Template { template: name.to_string(), message }
+    RenderError::Template { template: name.to_string(), message: provision_errors::chain(e) }
 }
 
 /// Splits on `---` lines; documents that are only whitespace and comments are dropped.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chutes_protocol::Hotkey;
 use chutes_protocol::auth::Payload;
+use provision_errors::chain;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -107,7 +108,7 @@ impl MinerApi {
         let resp = rb.send().await.map_err(|e| NodesError::Transport {
             method,
             url: format!("{}{path}", self.base),
-            reason: error_chain(&e),
+            reason: chain(&e),
         })?;
         if resp.status().is_success() {
             return Ok(resp);
@@ -171,7 +172,7 @@ impl MinerApi {
             let chunk = resp.chunk().await.map_err(|e| NodesError::Transport {
                 method: "POST",
                 url: format!("{}{path}", self.base),
-                reason: format!("progress stream broke: {}", error_chain(&e)),
+                reason: format!("progress stream broke: {}", chain(&e)),
             });
             match chunk {
                 Ok(Some(bytes)) => {
@@ -206,7 +207,7 @@ impl MinerApi {
         let body = self.send("GET", path, rb).await?.bytes().await.map_err(|e| NodesError::Transport {
             method: "GET",
             url: format!("{}{path}", self.base),
-            reason: format!("reading the answer: {}", error_chain(&e)),
+            reason: format!("reading the answer: {}", chain(&e)),
         })?;
         parse_servers(&body).map_err(|reason| NodesError::BadAnswer { path: path.into(), reason })
     }
@@ -232,20 +233,4 @@ impl MinerApi {
         let v = self.json("DELETE", &path, self.request(reqwest::Method::DELETE, &path, None)).await?;
         Ok(v.get("detail").and_then(Value::as_str).unwrap_or("deletion started").to_string())
     }
-}
-
-/// reqwest's Display stops at the outermost error ("error sending request"); the cause
-/// (connection refused, DNS) is what the operator needs.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
 }
