@@ -14,6 +14,11 @@ pub struct StrategyResult {
     pub value_compute: f64,
     pub value_bounties: f64,
     pub value_jobs: f64,
+    /// Compute value over what the same busy time would have earned at the chutes' base
+    /// `compute_multiplier`: the bonuses (urgency, private, bounty age) the strategy's
+    /// instances locked in when they activated, weighted by how busy they were. 1.0: none;
+    /// 0 when no instance served.
+    pub multiplier_bonus: f64,
     /// The fleet's hourly cost over the period (servers are paid whether busy or not).
     pub cost_usd: f64,
     pub value_per_dollar: f64,
@@ -77,6 +82,7 @@ impl Comparison {
             "cost $",
             "value/$",
             "util %",
+            "bonus x",
             "idle GPU-h",
             "preempt",
             "lost CU-h",
@@ -98,6 +104,7 @@ impl Comparison {
                     format!("{:.0}", r.cost_usd),
                     format!("{:.4}", r.value_per_dollar),
                     format!("{:.1}", r.utilisation * 100.0),
+                    format!("{:.2}", r.multiplier_bonus),
                     format!("{:.0}", r.idle_gpu_hours),
                     r.preemptions.to_string(),
                     format!("{:.1}", r.preemption_value_lost),

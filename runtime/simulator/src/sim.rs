@@ -118,6 +118,8 @@ struct ServerRt {
 #[derive(Debug, Default)]
 struct Stats {
     value_compute: f64,
+    /// What the same busy time would have earned at the chutes' base multipliers.
+    value_compute_at_base: f64,
     value_bounties: f64,
     value_jobs: f64,
     busy_gpu_s: f64,
@@ -448,7 +450,9 @@ impl<'a> Simulator<'a> {
         let u = (rt.load / n).min(1.0);
         let multipliers: f64 = rt.ours.iter().map(|(_, m)| m).sum();
         self.stats.value_compute += u * multipliers * dt;
-        let gpus = self.trace.chutes[c].gpu_count as f64;
+        let spec = &self.trace.chutes[c];
+        self.stats.value_compute_at_base += u * rt.ours.len() as f64 * spec.compute_multiplier * dt;
+        let gpus = spec.gpu_count as f64;
         self.stats.busy_gpu_s += u * rt.ours.len() as f64 * gpus * dt;
     }
 
@@ -1038,6 +1042,11 @@ impl<'a> Simulator<'a> {
             value_compute: st.value_compute / 3600.0,
             value_bounties: st.value_bounties / 3600.0,
             value_jobs: st.value_jobs / 3600.0,
+            multiplier_bonus: if st.value_compute_at_base > 0.0 {
+                st.value_compute / st.value_compute_at_base
+            } else {
+                0.0
+            },
             cost_usd: cost,
             value_per_dollar: if cost > 0.0 { value / cost } else { 0.0 },
             gpu_hours,

@@ -116,6 +116,48 @@ fn a_server_that_joins_later_serves_and_costs_only_from_then() {
     }
 }
 
+#[test]
+fn the_bonus_locked_in_at_activation_is_reported() {
+    // One GPU, one chute with an instance's worth of demand that no other miner
+    // serves: the heuristic deploys it on creation and the instance activates while
+    // all of the demand is unmet, so the validator pays it the urgency bonus (2x in
+    // the default model) for good, and 1.5x more when the chute is private.
+    let week = |preemptible: bool| {
+        let mut trace =
+            generate(&GenParams { seed: 8, days: 0.5, servers: 1, chutes: 1, ..GenParams::default() });
+        trace.servers = vec![miner_simulator::trace::Server {
+            server_id: "s1".into(),
+            gpu_model: "h100".into(),
+            gpus: 1,
+            hourly_cost: 2.0,
+            disk_gb: 1000.0,
+            bandwidth_gbps: 10.0,
+            added_s: 0,
+        }];
+        trace.chutes = vec![miner_simulator::trace::Chute {
+            chute_id: "c1".into(),
+            supported_gpus: vec!["h100".into()],
+            gpu_count: 1,
+            image_gb: 5.0,
+            model_gb: 10.0,
+            compute_multiplier: 1.2,
+            invocation_s: 2.0,
+            preemptible,
+            job_only: false,
+            created_s: 0,
+        }];
+        trace.events = vec![Record::Demand { t: 0, chute_id: "c1".into(), load: 1.0 }];
+        compare(&trace, &["heuristic".to_owned()]).unwrap().results.remove(0)
+    };
+    let public = week(true);
+    assert!(public.value_compute > 0.0, "{public:?}");
+    assert!((public.multiplier_bonus - 2.0).abs() < 1e-9, "{public:?}");
+    let private = week(false);
+    assert!((private.multiplier_bonus - 3.0).abs() < 1e-9, "{private:?}");
+    let table = compare(&generate(&small(11)), &both()).unwrap().table();
+    assert!(table.lines().nth(1).is_some_and(|l| l.contains("bonus x")), "{table}");
+}
+
 /// Never used while building the model or the strategy (seeds 1-5 and 11-21 were):
 /// 9001-9005 first run on the finished strategy, 7001-7005 the previous acceptance set.
 const ACCEPTANCE_SEEDS: [u64; 10] = [9001, 9002, 9003, 9004, 9005, 7001, 7002, 7003, 7004, 7005];
