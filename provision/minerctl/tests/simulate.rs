@@ -36,6 +36,20 @@ fn simulate_prints_json_writes_the_plot_and_replays_its_trace() {
     let text = String::from_utf8(table.stdout).unwrap();
     assert!(text.contains("value/$") && text.contains("multiplier"), "{text}");
 
+    // the current validator's multiplier drift changes what the same decisions earn
+    let drifting = minerctl(&[&small[..], &["--multiplier-drift", "7200,28800"]].concat());
+    assert!(drifting.status.success(), "{}", String::from_utf8_lossy(&drifting.stderr));
+    let drifted: serde_json::Value = serde_json::from_slice(&drifting.stdout).unwrap();
+    let bonus = |v: &serde_json::Value| v["results"][0]["multiplier_bonus"].as_f64().unwrap();
+    assert!(bonus(&drifted) < bonus(&json), "drift {} vs locked {}", bonus(&drifted), bonus(&json));
+    let half = minerctl(&["simulate", "--days", "0.25", "--servers", "2", "--multiplier-drift", "7200"]);
+    assert!(!half.status.success());
+    assert!(String::from_utf8_lossy(&half.stderr).contains("--multiplier-drift"));
+    let backwards =
+        minerctl(&["simulate", "--days", "0.25", "--servers", "2", "--multiplier-drift", "28800,7200"]);
+    assert!(!backwards.status.success());
+    assert!(String::from_utf8_lossy(&backwards.stderr).contains("multiplier_drift_s"));
+
     let bad = minerctl(&["simulate", "--days", "0.25", "--servers", "2", "--strategy", "greedy"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no strategy named \"greedy\""));

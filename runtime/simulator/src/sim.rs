@@ -33,6 +33,9 @@ const VERSION: &str = "v1";
 const USD_PER_COMPUTE_SECOND: f64 = 0.0001;
 /// The metrics window moves in steps of this many seconds (four make the hour).
 const WINDOW_BUCKET_S: u64 = 900;
+/// How often the validator model moves instances' multipliers (`multiplier_drift_s`);
+/// chutes-api does it on its autoscaler's runs, whose period the reference does not give.
+const DRIFT_S: u64 = 300;
 
 /// Internal events; the derive orders ties deterministically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -78,7 +81,8 @@ struct Dep {
     job: Option<JobRun>,
     launched: u64,
     active_since: Option<u64>,
-    /// The instance's compute multiplier, fixed when it activates.
+    /// The compute multiplier the instance activated with (`ChuteRt::ours` has the
+    /// one it is paid now, which drifts under `multiplier_drift_s`).
     multiplier: f64,
     disk_gb: f64,
 }
@@ -168,6 +172,13 @@ impl<'a> Simulator<'a> {
     pub fn new(trace: &'a Trace, strategy: &'a dyn Strategy) -> Result<Simulator<'a>, SimError> {
         let start = DateTime::<Utc>::from_timestamp(trace.header.start_unix, 0)
             .ok_or_else(|| SimError::Trace("start_unix is out of range".into()))?;
+        if let Some([hold, full]) = trace.header.validator.multiplier_drift_s
+            && hold > full
+        {
+            return Err(SimError::Trace(format!(
+                "validator.multiplier_drift_s: the hold ({hold} s) ends after the full adjustment ({full} s)"
+            )));
+        }
         let mut sim = Simulator {
             trace,
             strategy,
@@ -458,20 +469,52 @@ impl<'a> Simulator<'a> {
 
     /// The validator's `effective_compute_multiplier` now.
     fn effective_multiplier(&self, c: usize) -> f64 {
-        let spec = &self.trace.chutes[c];
-        let rt = &self.chutes[c];
-        let n = rt.others as f64 + rt.ours.len() as f64;
-        let unmet = (rt.load - n).max(0.0);
-        let urgency = 1.0 + self.vm.urgency_bonus * (unmet / rt.load.max(1e-9)).min(1.0);
-        let private = if spec.preemptible { 1.0 } else { self.vm.private_bonus };
-        let bounty = match rt.bounty {
+        let bounty = match self.chutes[c].bounty {
             Some((_, posted)) => {
                 let hours = (self.now - posted) as f64 / 3600.0;
                 1.0 + (self.vm.bounty_bonus_per_hour * hours).min(self.vm.bounty_bonus_cap)
             }
             None => 1.0,
         };
-        spec.compute_multiplier * private * urgency * bounty
+        self.multiplier_without_bounty(c) * bounty
+    }
+
+    /// The effective multiplier less its bounty bonus: base × private × urgency (what
+    /// active instances drift toward).
+    fn multiplier_without_bounty(&self, c: usize) -> f64 {
+        let spec = &self.trace.chutes[c];
+        let rt = &self.chutes[c];
+        let n = rt.others as f64 + rt.ours.len() as f64;
+        let unmet = (rt.load - n).max(0.0);
+        let urgency = 1.0 + self.vm.urgency_bonus * (unmet / rt.load.max(1e-9)).min(1.0);
+        let private = if spec.preemptible { 1.0 } else { self.vm.private_bonus };
+        spec.compute_multiplier * private * urgency
+    }
+
+    /// `multiplier_drift_s`: moves our instances' multipliers toward what the chute pays
+    /// now, booking the time before at the old ones.
+    fn drift(&mut self, c: usize) {
+        let Some([hold, full]) = self.vm.multiplier_drift_s else { return };
+        if self.chutes[c].ours.is_empty() {
+            return;
+        }
+        self.accrue(c);
+        let target = self.multiplier_without_bounty(c);
+        let ramp = full.saturating_sub(hold).max(1) as f64;
+        let now = self.now;
+        let rt = &mut self.chutes[c];
+        for (seq, m) in &mut rt.ours {
+            let Some(d) = self.deps.get(seq) else { continue };
+            let Some(since) = d.active_since else { continue };
+            let age = now.saturating_sub(since);
+            if age <= hold {
+                continue;
+            }
+            let t = ((age - hold) as f64 / ramp).min(1.0);
+            let blend = t * t;
+            *m = d.multiplier * (1.0 - blend) + target * blend;
+        }
+        self.sync_instances(c);
     }
 
     /// Instances the validator wants for the chute now.
@@ -895,6 +938,7 @@ impl<'a> Simulator<'a> {
                 let n = (rt.others as usize + rt.ours.len()).max(1) as f64;
                 let u = (rt.load / n).min(1.0);
                 // what the victim would have earned in the next hour at its current rate
+                let multiplier = rt.ours.iter().find(|(s, _)| *s == seq).map_or(multiplier, |(_, m)| *m);
                 self.stats.preemption_value_lost += u * multiplier * 3600.0;
                 // the warm-up it had cost, now thrown away
                 self.stats.preemption_sunk_usd +=
@@ -942,6 +986,11 @@ impl<'a> Simulator<'a> {
     }
 
     fn on_tick(&mut self) {
+        if self.now % DRIFT_S < self.vm.autoscale_s.max(1) {
+            for c in 0..self.chutes.len() {
+                self.drift(c);
+            }
+        }
         // The validator's own scale-down of under-used chutes (instance_deleted).
         for c in 0..self.chutes.len() {
             let rt = &self.chutes[c];

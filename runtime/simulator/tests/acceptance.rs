@@ -116,39 +116,42 @@ fn a_server_that_joins_later_serves_and_costs_only_from_then() {
     }
 }
 
+/// One GPU and one chute with an instance's worth of demand that no other miner serves:
+/// the heuristic deploys it on creation and the instance activates while all of the
+/// demand is unmet, so the validator pays it the urgency bonus (2x in the default model),
+/// and 1.5x more when the chute is private.
+fn one_gpu_one_chute(days: f64, preemptible: bool) -> Trace {
+    let mut trace = generate(&GenParams { seed: 8, days, servers: 1, chutes: 1, ..GenParams::default() });
+    trace.servers = vec![miner_simulator::trace::Server {
+        server_id: "s1".into(),
+        gpu_model: "h100".into(),
+        gpus: 1,
+        hourly_cost: 2.0,
+        disk_gb: 1000.0,
+        bandwidth_gbps: 10.0,
+        added_s: 0,
+    }];
+    trace.chutes = vec![miner_simulator::trace::Chute {
+        chute_id: "c1".into(),
+        supported_gpus: vec!["h100".into()],
+        gpu_count: 1,
+        image_gb: 5.0,
+        model_gb: 10.0,
+        compute_multiplier: 1.2,
+        invocation_s: 2.0,
+        preemptible,
+        job_only: false,
+        created_s: 0,
+    }];
+    trace.events = vec![Record::Demand { t: 0, chute_id: "c1".into(), load: 1.0 }];
+    trace
+}
+
 #[test]
 fn the_bonus_locked_in_at_activation_is_reported() {
-    // One GPU, one chute with an instance's worth of demand that no other miner
-    // serves: the heuristic deploys it on creation and the instance activates while
-    // all of the demand is unmet, so the validator pays it the urgency bonus (2x in
-    // the default model) for good, and 1.5x more when the chute is private.
-    let week = |preemptible: bool| {
-        let mut trace =
-            generate(&GenParams { seed: 8, days: 0.5, servers: 1, chutes: 1, ..GenParams::default() });
-        trace.servers = vec![miner_simulator::trace::Server {
-            server_id: "s1".into(),
-            gpu_model: "h100".into(),
-            gpus: 1,
-            hourly_cost: 2.0,
-            disk_gb: 1000.0,
-            bandwidth_gbps: 10.0,
-            added_s: 0,
-        }];
-        trace.chutes = vec![miner_simulator::trace::Chute {
-            chute_id: "c1".into(),
-            supported_gpus: vec!["h100".into()],
-            gpu_count: 1,
-            image_gb: 5.0,
-            model_gb: 10.0,
-            compute_multiplier: 1.2,
-            invocation_s: 2.0,
-            preemptible,
-            job_only: false,
-            created_s: 0,
-        }];
-        trace.events = vec![Record::Demand { t: 0, chute_id: "c1".into(), load: 1.0 }];
-        compare(&trace, &["heuristic".to_owned()]).unwrap()
-    };
+    // kept for good without drift
+    let week =
+        |preemptible: bool| compare(&one_gpu_one_chute(0.5, preemptible), &["heuristic".to_owned()]).unwrap();
     let public = week(true);
     let r = &public.results[0];
     assert!(r.value_compute > 0.0, "{r:?}");
@@ -161,6 +164,34 @@ fn the_bonus_locked_in_at_activation_is_reported() {
     // cells are right-aligned under their header
     let end = lines[1].find("bonus x").unwrap() + "bonus x".len();
     assert_eq!(lines[2][..end].split_whitespace().last(), Some("2.00"), "{table}");
+}
+
+#[test]
+fn with_multiplier_drift_the_activation_bonus_fades_to_what_the_chute_pays_now() {
+    // The same single instance, three days, under chutes-api's drift: it keeps the 2x it
+    // activated with for two hours, eases toward what the chute pays now (1x: its own
+    // instance serves all the demand) until hour eight, then is paid that. Busy all the
+    // time, so its bonus is the time average of 2, 2 - t^2 over the six-hour ramp (mean
+    // 5/3), and 1 after: (2*2 + 6*5/3 + 1*64) / 72 = 1.083.
+    let mut trace = one_gpu_one_chute(3.0, true);
+    trace.header.validator.multiplier_drift_s = Some([7200, 28800]);
+    let drifting = compare(&trace, &["heuristic".to_owned()]).unwrap();
+    let r = &drifting.results[0];
+    let expected = (2.0 * 2.0 + 6.0 * 5.0 / 3.0 + 64.0) / 72.0;
+    // the instance activates a few minutes in, and the model moves multipliers every 5 min
+    assert!(
+        (r.multiplier_bonus - expected).abs() < 0.01,
+        "bonus {} vs {expected}: {r:?}",
+        r.multiplier_bonus
+    );
+    // without drift the same run keeps its 2x all along
+    trace.header.validator.multiplier_drift_s = None;
+    let locked = compare(&trace, &["heuristic".to_owned()]).unwrap();
+    assert!((locked.results[0].multiplier_bonus - 2.0).abs() < 1e-9, "{:?}", locked.results[0]);
+    // a hold longer than the whole adjustment is refused, naming the knob
+    trace.header.validator.multiplier_drift_s = Some([28800, 7200]);
+    let err = compare(&trace, &["heuristic".to_owned()]).unwrap_err().to_string();
+    assert!(err.contains("multiplier_drift_s") && err.contains("28800"), "{err}");
 }
 
 /// Never used while building the model or the strategy (seeds 1-5 and 11-21 were):

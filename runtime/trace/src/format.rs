@@ -44,6 +44,13 @@ pub struct ValidatorModel {
     pub urgency_bonus: f64,
     /// Private (non-preemptible) chutes pay this factor more.
     pub private_bonus: f64,
+    /// `[hold_s, full_s]`: an instance's multiplier drifts toward what its chute pays
+    /// now, as chutes-api's `refresh_instance_compute_multipliers` does (kept for
+    /// `hold_s` after activation, then blended with weight `t²`, `t` going 0 to 1 up to
+    /// `full_s`, then equal). The target leaves out the bounty bonus. `None` (the
+    /// default): the instance keeps the multiplier it activated with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multiplier_drift_s: Option<[u64; 2]>,
     /// Gepetto's autoscaler period (15 s in the original and successor).
     pub autoscale_s: u64,
     /// Gepetto's `default_disk_gb`, what strategies are asked to fit.
@@ -64,6 +71,7 @@ impl Default for ValidatorModel {
             bounty_bonus_cap: 2.0,
             urgency_bonus: 1.0,
             private_bonus: 1.5,
+            multiplier_drift_s: None,
             autoscale_s: 15,
             default_disk_gb: 10.0,
         }
@@ -287,4 +295,40 @@ pub(crate) fn write_line(out: &mut impl Write, r: &Record) -> Result<(), TraceEr
     let mut line = serde_json::to_vec(r).map_err(TraceError::Json)?;
     line.push(b'\n');
     out.write_all(&line).map_err(TraceError::Io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(validator: ValidatorModel) -> Header {
+        Header {
+            format: FORMAT,
+            seed: 1,
+            source: "generated".into(),
+            start_unix: 0,
+            duration_s: 60,
+            miner: "5Miner".into(),
+            validator,
+        }
+    }
+
+    #[test]
+    fn multiplier_drift_is_optional_in_the_header() {
+        // Traces written before the knob existed, and the default model, say nothing
+        // about it: an instance keeps the multiplier it activated with.
+        let mut out = Vec::new();
+        write_line(&mut out, &Record::Header(header(ValidatorModel::default()))).unwrap();
+        let line = String::from_utf8(out.clone()).unwrap();
+        assert!(!line.contains("multiplier_drift_s"), "{line}");
+        let read = Trace::read(out.as_slice()).unwrap();
+        assert_eq!(read.header.validator.multiplier_drift_s, None);
+        // a model with drift writes it and reads it back
+        let drifting =
+            ValidatorModel { multiplier_drift_s: Some([7200, 28800]), ..ValidatorModel::default() };
+        let mut out = Vec::new();
+        write_line(&mut out, &Record::Header(header(drifting))).unwrap();
+        let read = Trace::read(out.as_slice()).unwrap();
+        assert_eq!(read.header.validator.multiplier_drift_s, Some([7200, 28800]));
+    }
 }

@@ -36,6 +36,12 @@ pub struct SimulateArgs {
     /// Also write the trace that was simulated (JSON lines).
     #[arg(long, value_name = "FILE")]
     pub write_trace: Option<PathBuf>,
+    /// Let instances' multipliers drift toward what their chute pays now, as the current
+    /// chutes validator does (`7200,28800`: kept for two hours after activation, equal by
+    /// hour eight), instead of keeping the one they activated with. Overrides the
+    /// trace's validator model, recorded traces included.
+    #[arg(long, value_name = "HOLD_S,FULL_S", value_delimiter = ',')]
+    pub multiplier_drift: Option<Vec<u64>>,
     /// Strategies to compare, the first is the baseline of the `vs first` column.
     #[arg(long = "strategy", value_delimiter = ',', default_values_t = STRATEGIES.map(String::from))]
     pub strategies: Vec<String>,
@@ -48,7 +54,7 @@ pub struct SimulateArgs {
 }
 
 pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
-    let trace = match &args.trace {
+    let mut trace = match &args.trace {
         Some(path) => {
             let file =
                 std::fs::File::open(path).with_context(|| format!("cannot open trace {}", path.display()))?;
@@ -69,6 +75,12 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             generate(&GenParams { seed: args.seed, days: args.days, servers: args.servers, ..base })
         }
     };
+    if let Some(drift) = &args.multiplier_drift {
+        let &[hold, full] = drift.as_slice() else {
+            anyhow::bail!("--multiplier-drift takes two numbers of seconds, HOLD_S,FULL_S");
+        };
+        trace.header.validator.multiplier_drift_s = Some([hold, full]);
+    }
     if let Some(path) = &args.write_trace {
         let mut out = std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
