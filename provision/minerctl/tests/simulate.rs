@@ -42,6 +42,13 @@ fn simulate_prints_json_writes_the_plot_and_replays_its_trace() {
     let drifted: serde_json::Value = serde_json::from_slice(&drifting.stdout).unwrap();
     let bonus = |v: &serde_json::Value| v["results"][0]["multiplier_bonus"].as_f64().unwrap();
     assert!(bonus(&drifted) < bonus(&json), "drift {} vs locked {}", bonus(&drifted), bonus(&json));
+    // paid for being there rather than for busy time: same decisions, other value
+    let lifetime = minerctl(&[&small[..], &["--scoring", "lifetime"]].concat());
+    assert!(lifetime.status.success(), "{}", String::from_utf8_lossy(&lifetime.stderr));
+    let lifetime: serde_json::Value = serde_json::from_slice(&lifetime.stdout).unwrap();
+    let field = |v: &serde_json::Value, f: &str| v["results"][0][f].as_f64().unwrap();
+    assert_eq!(field(&lifetime, "utilisation"), field(&json, "utilisation"));
+    assert_ne!(field(&lifetime, "value_compute"), field(&json, "value_compute"));
     let half = minerctl(&["simulate", "--days", "0.25", "--servers", "2", "--multiplier-drift", "7200"]);
     assert!(!half.status.success());
     assert!(String::from_utf8_lossy(&half.stderr).contains("--multiplier-drift"));

@@ -24,7 +24,7 @@ use miner_validator::rest::{ActiveInstance, RemoteMetrics};
 use crate::SimError;
 use crate::report::StrategyResult;
 use crate::rng::{hash_unit, key};
-use crate::trace::{Record, Trace, ValidatorModel};
+use crate::trace::{Record, Scoring, Trace, ValidatorModel};
 
 const VALIDATOR: &str = "5SimulatedValidator";
 const VERSION: &str = "v1";
@@ -36,6 +36,11 @@ const WINDOW_BUCKET_S: u64 = 900;
 /// How often the validator model moves instances' multipliers (`multiplier_drift_s`);
 /// chutes-api does it on its autoscaler's runs, whose period the reference does not give.
 const DRIFT_S: u64 = 300;
+/// `Scoring::Lifetime`: the start-up (launch to activation) is paid at this share of the
+/// instance's multiplier, and an instance the miner ends sooner than `LIFETIME_MIN_S`
+/// after activation is not paid at all (chutes-api's `INSTANCES_QUERY`).
+const STARTUP_RATE: f64 = 0.3;
+const LIFETIME_MIN_S: u64 = 3600;
 
 /// Internal events; the derive orders ties deterministically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -85,6 +90,11 @@ struct Dep {
     /// one it is paid now, which drifts under `multiplier_drift_s`).
     multiplier: f64,
     disk_gb: f64,
+    /// Compute value booked for the instance so far, and the same at the chute's base
+    /// multiplier (`Scoring::Lifetime`, which takes it back if the instance is cut
+    /// short within its first hour).
+    earned: f64,
+    earned_base: f64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -460,9 +470,24 @@ impl<'a> Simulator<'a> {
         let dt = (now - from) as f64;
         let u = (rt.load / n).min(1.0);
         let multipliers: f64 = rt.ours.iter().map(|(_, m)| m).sum();
-        self.stats.value_compute += u * multipliers * dt;
         let spec = &self.trace.chutes[c];
-        self.stats.value_compute_at_base += u * rt.ours.len() as f64 * spec.compute_multiplier * dt;
+        let base = spec.compute_multiplier;
+        match self.vm.scoring {
+            Scoring::BusyTime => {
+                self.stats.value_compute += u * multipliers * dt;
+                self.stats.value_compute_at_base += u * rt.ours.len() as f64 * base * dt;
+            }
+            Scoring::Lifetime => {
+                self.stats.value_compute += multipliers * dt;
+                self.stats.value_compute_at_base += rt.ours.len() as f64 * base * dt;
+                for (seq, m) in &rt.ours {
+                    if let Some(d) = self.deps.get_mut(seq) {
+                        d.earned += m * dt;
+                        d.earned_base += base * dt;
+                    }
+                }
+            }
+        }
         let gpus = spec.gpu_count as f64;
         self.stats.busy_gpu_s += u * rt.ours.len() as f64 * gpus * dt;
     }
@@ -817,6 +842,8 @@ impl<'a> Simulator<'a> {
                 active_since: None,
                 multiplier: 0.0,
                 disk_gb: disk,
+                earned: 0.0,
+                earned_base: 0.0,
             },
         );
         self.push(ready, Internal::Ready(seq));
@@ -844,9 +871,20 @@ impl<'a> Simulator<'a> {
         self.accrue(c);
         let multiplier = self.effective_multiplier(c);
         let first_anywhere = self.active_total(c) == 0;
+        let base = self.trace.chutes[c].compute_multiplier;
+        let lifetime = self.vm.scoring == Scoring::Lifetime;
+        let now = self.now;
         if let Some(d) = self.deps.get_mut(&seq) {
-            d.active_since = Some(self.now);
+            d.active_since = Some(now);
             d.multiplier = multiplier;
+            if lifetime {
+                // the start-up, paid at 0.3x once the instance activates
+                let startup = (now - d.launched) as f64 * STARTUP_RATE;
+                d.earned = startup * multiplier;
+                d.earned_base = startup * base;
+                self.stats.value_compute += d.earned;
+                self.stats.value_compute_at_base += d.earned_base;
+            }
         }
         let rt = &mut self.chutes[c];
         rt.launching = rt.launching.saturating_sub(1);
@@ -861,7 +899,21 @@ impl<'a> Simulator<'a> {
 
     /// Undeploys; `counted` says whether the instance was serving (for the caller's
     /// books). Returns the removed deployment.
-    fn remove(&mut self, seq: u64, job_partial: bool) -> Option<Dep> {
+    /// Ends a deployment. `cut_short`: the miner's side ended it (a preemption, a node
+    /// failure, a server leaving) rather than the validator or a finished job.
+    fn remove(&mut self, seq: u64, cut_short: bool) -> Option<Dep> {
+        let instance =
+            self.deps.get(&seq).filter(|d| d.job.is_none()).and_then(|d| Some((d.chute, d.active_since?)));
+        if let Some((c, since)) = instance {
+            self.accrue(c); // book its time up to now before it leaves
+            if cut_short && self.vm.scoring == Scoring::Lifetime && self.now - since < LIFETIME_MIN_S {
+                // not paid at all: deleted within an hour of activation, not by the validator
+                if let Some(d) = self.deps.get(&seq) {
+                    self.stats.value_compute -= d.earned;
+                    self.stats.value_compute_at_base -= d.earned_base;
+                }
+            }
+        }
         let d = self.deps.remove(&seq)?;
         self.dep_index.remove(&d.deployment_id);
         let c = d.chute;
@@ -875,7 +927,7 @@ impl<'a> Simulator<'a> {
             self.fleet.deployments.remove(i);
         }
         if d.job.is_some() {
-            if job_partial && let Some(since) = d.active_since {
+            if cut_short && let Some(since) = d.active_since {
                 self.stats.busy_gpu_s += ((self.now - since) * d.gpus.len() as u64) as f64;
             }
         } else if d.active_since.is_some() {
@@ -936,10 +988,14 @@ impl<'a> Simulator<'a> {
             if let Some(since) = since {
                 let rt = &self.chutes[vc];
                 let n = (rt.others as usize + rt.ours.len()).max(1) as f64;
-                let u = (rt.load / n).min(1.0);
+                // paid for its busy time, or (lifetime scoring) for being there
+                let paid = match self.vm.scoring {
+                    Scoring::BusyTime => (rt.load / n).min(1.0),
+                    Scoring::Lifetime => 1.0,
+                };
                 // what the victim would have earned in the next hour at its current rate
                 let multiplier = rt.ours.iter().find(|(s, _)| *s == seq).map_or(multiplier, |(_, m)| *m);
-                self.stats.preemption_value_lost += u * multiplier * 3600.0;
+                self.stats.preemption_value_lost += paid * multiplier * 3600.0;
                 // the warm-up it had cost, now thrown away
                 self.stats.preemption_sunk_usd +=
                     (since - launched) as f64 / 3600.0 * gpus as f64 * self.trace.servers[server].hourly_cost;

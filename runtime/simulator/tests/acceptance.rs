@@ -2,6 +2,7 @@
 //! default strategy's 1.3x over the original heuristic on untuned seeds.
 
 use miner_simulator::trace::Recorder;
+use miner_simulator::trace::Scoring;
 use miner_simulator::{DEFAULT_STRATEGY, GenParams, Record, Trace, compare, generate};
 
 fn small(seed: u64) -> GenParams {
@@ -192,6 +193,32 @@ fn with_multiplier_drift_the_activation_bonus_fades_to_what_the_chute_pays_now()
     trace.header.validator.multiplier_drift_s = Some([28800, 7200]);
     let err = compare(&trace, &["heuristic".to_owned()]).unwrap_err().to_string();
     assert!(err.contains("multiplier_drift_s") && err.contains("28800"), "{err}");
+}
+
+#[test]
+fn lifetime_scoring_pays_idle_time_and_nothing_for_an_instance_cut_short() {
+    let run = |trace: &Trace, scoring: Scoring| {
+        let mut trace = trace.clone();
+        trace.header.validator.scoring = scoring;
+        compare(&trace, &["heuristic".to_owned()]).unwrap().results.remove(0)
+    };
+    // Half the demand of one instance: busy half the time. Paid for busy time, it earns
+    // half of what it is paid for being there (and the start-up, a few minutes at 0.3x).
+    let mut half = one_gpu_one_chute(0.5, true);
+    half.events = vec![Record::Demand { t: 0, chute_id: "c1".into(), load: 0.5 }];
+    let (busy, lifetime) = (run(&half, Scoring::BusyTime), run(&half, Scoring::Lifetime));
+    let ratio = lifetime.value_compute / busy.value_compute;
+    assert!((2.0..2.02).contains(&ratio), "lifetime {lifetime:?}\nbusy {busy:?}");
+    assert_eq!(lifetime.utilisation, busy.utilisation, "the same decisions, scored differently");
+
+    // A node failure half an hour in ends the first instance within its first hour:
+    // under lifetime scoring its ~25 minutes at 2.4 (1.2 x the 2x urgency it activated
+    // with) are not paid, under busy-time scoring they are.
+    let mut failing = one_gpu_one_chute(0.5, true);
+    failing.events.push(Record::NodeFailure { t: 1800, server_id: "s1".into(), down_s: 600 });
+    let (busy, lifetime) = (run(&failing, Scoring::BusyTime), run(&failing, Scoring::Lifetime));
+    let lost = busy.value_compute - lifetime.value_compute;
+    assert!((0.8..1.2).contains(&lost), "{lost} CU-h: lifetime {lifetime:?}\nbusy {busy:?}");
 }
 
 /// Never used while building the model or the strategy (seeds 1-5 and 11-21 were):

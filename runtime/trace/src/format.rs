@@ -51,6 +51,9 @@ pub struct ValidatorModel {
     /// default): the instance keeps the multiplier it activated with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub multiplier_drift_s: Option<[u64; 2]>,
+    /// What an instance is paid for (left out of the header when `busy_time`).
+    #[serde(skip_serializing_if = "Scoring::is_busy_time")]
+    pub scoring: Scoring,
     /// Gepetto's autoscaler period (15 s in the original and successor).
     pub autoscale_s: u64,
     /// Gepetto's `default_disk_gb`, what strategies are asked to fit.
@@ -72,9 +75,29 @@ impl Default for ValidatorModel {
             urgency_bonus: 1.0,
             private_bonus: 1.5,
             multiplier_drift_s: None,
+            scoring: Scoring::BusyTime,
             autoscale_s: 15,
             default_disk_gb: 10.0,
         }
+    }
+}
+
+/// What the validator pays an instance for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scoring {
+    /// The reference's model: compute served, `utilisation × multiplier` per second.
+    #[default]
+    BusyTime,
+    /// chutes-api's later scoring: active time × multiplier whether busy or not, the
+    /// start-up at 0.3x of it, nothing for an instance the miner (or a failure) ends
+    /// within an hour of activation.
+    Lifetime,
+}
+
+impl Scoring {
+    fn is_busy_time(&self) -> bool {
+        *self == Scoring::BusyTime
     }
 }
 
@@ -314,21 +337,29 @@ mod tests {
     }
 
     #[test]
-    fn multiplier_drift_is_optional_in_the_header() {
-        // Traces written before the knob existed, and the default model, say nothing
-        // about it: an instance keeps the multiplier it activated with.
+    fn the_current_validator_knobs_are_optional_in_the_header() {
+        // Traces written before the knobs existed, and the default model, say nothing
+        // about them: instances keep the multiplier they activated with and are paid
+        // for busy time.
         let mut out = Vec::new();
         write_line(&mut out, &Record::Header(header(ValidatorModel::default()))).unwrap();
         let line = String::from_utf8(out.clone()).unwrap();
-        assert!(!line.contains("multiplier_drift_s"), "{line}");
+        assert!(!line.contains("multiplier_drift_s") && !line.contains("scoring"), "{line}");
         let read = Trace::read(out.as_slice()).unwrap();
         assert_eq!(read.header.validator.multiplier_drift_s, None);
-        // a model with drift writes it and reads it back
-        let drifting =
-            ValidatorModel { multiplier_drift_s: Some([7200, 28800]), ..ValidatorModel::default() };
+        assert_eq!(read.header.validator.scoring, Scoring::BusyTime);
+        // the current validator's model writes them and reads them back
+        let current = ValidatorModel {
+            multiplier_drift_s: Some([7200, 28800]),
+            scoring: Scoring::Lifetime,
+            ..ValidatorModel::default()
+        };
         let mut out = Vec::new();
-        write_line(&mut out, &Record::Header(header(drifting))).unwrap();
+        write_line(&mut out, &Record::Header(header(current))).unwrap();
+        let line = String::from_utf8(out.clone()).unwrap();
+        assert!(line.contains(r#""scoring":"lifetime""#), "{line}");
         let read = Trace::read(out.as_slice()).unwrap();
         assert_eq!(read.header.validator.multiplier_drift_s, Some([7200, 28800]));
+        assert_eq!(read.header.validator.scoring, Scoring::Lifetime);
     }
 }

@@ -7,7 +7,7 @@
 mod format;
 mod recorder;
 
-pub use format::{Chute, FORMAT, Header, Record, Server, Trace, ValidatorModel};
+pub use format::{Chute, FORMAT, Header, Record, Scoring, Server, Trace, ValidatorModel};
 pub use recorder::{Recorder, others_from_active};
 
 #[derive(Debug, thiserror::Error)]

@@ -7,12 +7,23 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use miner_simulator::trace::Scoring;
 use miner_simulator::{GenParams, STRATEGIES, Trace, compare, generate};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Output {
     Table,
     Json,
+}
+
+/// What the validator pays an instance for (`miner_trace::Scoring`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ScoringArg {
+    /// Compute served: utilisation × multiplier (the reference's model).
+    BusyTime,
+    /// Active time × multiplier, busy or not; nothing for an instance the miner ends
+    /// within an hour of activation (the current chutes validator).
+    Lifetime,
 }
 
 #[derive(clap::Args, Debug)]
@@ -42,6 +53,10 @@ pub struct SimulateArgs {
     /// trace's validator model, recorded traces included.
     #[arg(long, value_name = "HOLD_S,FULL_S", value_delimiter = ',')]
     pub multiplier_drift: Option<Vec<u64>>,
+    /// What instances are paid for; overrides the trace's validator model (default:
+    /// the trace's, busy time for generated traces).
+    #[arg(long, value_enum)]
+    pub scoring: Option<ScoringArg>,
     /// Strategies to compare, the first is the baseline of the `vs first` column.
     #[arg(long = "strategy", value_delimiter = ',', default_values_t = STRATEGIES.map(String::from))]
     pub strategies: Vec<String>,
@@ -80,6 +95,12 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("--multiplier-drift takes two numbers of seconds, HOLD_S,FULL_S");
         };
         trace.header.validator.multiplier_drift_s = Some([hold, full]);
+    }
+    if let Some(scoring) = args.scoring {
+        trace.header.validator.scoring = match scoring {
+            ScoringArg::BusyTime => Scoring::BusyTime,
+            ScoringArg::Lifetime => Scoring::Lifetime,
+        };
     }
     if let Some(path) = &args.write_trace {
         let mut out = std::io::BufWriter::new(
