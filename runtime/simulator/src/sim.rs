@@ -897,10 +897,10 @@ impl<'a> Simulator<'a> {
         self.sync_instances(c);
     }
 
-    /// Undeploys; `counted` says whether the instance was serving (for the caller's
-    /// books). Returns the removed deployment.
-    /// Ends a deployment. `cut_short`: the miner's side ended it (a preemption, a node
-    /// failure, a server leaving) rather than the validator or a finished job.
+    /// Undeploys and returns the removed deployment. `cut_short`: the miner's side ended
+    /// it (a preemption, a node failure, a server leaving) rather than the validator or
+    /// a finished job; a job's GPUs count as busy until now, and under lifetime scoring
+    /// an instance younger than an hour is not paid.
     fn remove(&mut self, seq: u64, cut_short: bool) -> Option<Dep> {
         let instance =
             self.deps.get(&seq).filter(|d| d.job.is_none()).and_then(|d| Some((d.chute, d.active_since?)));
