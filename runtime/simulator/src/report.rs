@@ -14,10 +14,11 @@ pub struct StrategyResult {
     pub value_compute: f64,
     pub value_bounties: f64,
     pub value_jobs: f64,
-    /// Compute value over what the same busy time would have earned at the chutes' base
+    /// Compute value over what the same time would have earned at the chutes' base
     /// `compute_multiplier`: the bonuses (urgency, private, bounty age) the strategy's
-    /// instances locked in when they activated, weighted by how busy they were. 1.0: none;
-    /// 0 when no instance served.
+    /// instances were paid (locked in when they activated, or drifting under
+    /// `multiplier_drift_s`), weighted by what each was paid for. 1.0: none; 0 when no
+    /// instance served.
     pub multiplier_bonus: f64,
     /// The fleet's hourly cost over the period (servers are paid whether busy or not).
     pub cost_usd: f64,

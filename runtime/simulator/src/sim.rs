@@ -528,6 +528,7 @@ impl<'a> Simulator<'a> {
         let ramp = full.saturating_sub(hold).max(1) as f64;
         let now = self.now;
         let rt = &mut self.chutes[c];
+        let mut moved = false;
         for (seq, m) in &mut rt.ours {
             let Some(d) = self.deps.get(seq) else { continue };
             let Some(since) = d.active_since else { continue };
@@ -537,9 +538,13 @@ impl<'a> Simulator<'a> {
             }
             let t = ((age - hold) as f64 / ramp).min(1.0);
             let blend = t * t;
-            *m = d.multiplier * (1.0 - blend) + target * blend;
+            let paid = d.multiplier * (1.0 - blend) + target * blend;
+            moved |= paid != *m;
+            *m = paid;
         }
-        self.sync_instances(c);
+        if moved {
+            self.sync_instances(c); // the view's active_instances show what is paid now
+        }
     }
 
     /// Instances the validator wants for the chute now.
@@ -931,7 +936,7 @@ impl<'a> Simulator<'a> {
                 self.stats.busy_gpu_s += ((self.now - since) * d.gpus.len() as u64) as f64;
             }
         } else if d.active_since.is_some() {
-            self.accrue(c);
+            // booked up to now above, before it left `deps`
             self.chutes[c].ours.retain(|(s, _)| *s != seq);
             self.dirty[c] = true;
             self.sync_instances(c);
