@@ -33,9 +33,11 @@ const VERSION: &str = "v1";
 const USD_PER_COMPUTE_SECOND: f64 = 0.0001;
 /// The metrics window moves in steps of this many seconds (four make the hour).
 const WINDOW_BUCKET_S: u64 = 900;
-/// How often the validator model moves instances' multipliers (`multiplier_drift_s`);
-/// chutes-api does it on its autoscaler's runs, whose period the reference does not give.
-const DRIFT_S: u64 = 300;
+/// How often the validator model moves instances' multipliers (`multiplier_drift_s`):
+/// chutes-api does it on each run of its autoscaler, a CronJob every 30 minutes
+/// (`charts/templates/autoscaler-cronjob.yaml`). The period matters, since each run
+/// blends the multiplier the instance has then, not the one it activated with.
+const DRIFT_S: u64 = 1800;
 /// `Scoring::Lifetime`: the start-up (launch to activation) is paid at this share of the
 /// instance's multiplier, and an instance the miner ends sooner than `LIFETIME_MIN_S`
 /// after activation is not paid at all (chutes-api's `INSTANCES_QUERY`).
@@ -517,7 +519,10 @@ impl<'a> Simulator<'a> {
     }
 
     /// `multiplier_drift_s`: moves our instances' multipliers toward what the chute pays
-    /// now, booking the time before at the old ones.
+    /// now, booking the time before at the old ones. As chutes-api's
+    /// `refresh_instance_compute_multipliers`, each run blends what the instance is paid
+    /// now (not what it activated with) with weight `t²`, so the old multiplier's share
+    /// is the product of `1 − t²` over the runs of the ramp.
     fn drift(&mut self, c: usize) {
         let Some([hold, full]) = self.vm.multiplier_drift_s else { return };
         if self.chutes[c].ours.is_empty() {
@@ -538,7 +543,7 @@ impl<'a> Simulator<'a> {
             }
             let t = ((age - hold) as f64 / ramp).min(1.0);
             let blend = t * t;
-            let paid = d.multiplier * (1.0 - blend) + target * blend;
+            let paid = *m * (1.0 - blend) + target * blend;
             moved |= paid != *m;
             *m = paid;
         }

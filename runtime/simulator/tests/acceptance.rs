@@ -171,17 +171,26 @@ fn the_bonus_locked_in_at_activation_is_reported() {
 fn with_multiplier_drift_the_activation_bonus_fades_to_what_the_chute_pays_now() {
     // The same single instance, three days, under chutes-api's drift: it keeps the 2x it
     // activated with for two hours, eases toward what the chute pays now (1x: its own
-    // instance serves all the demand) until hour eight, then is paid that. Busy all the
-    // time, so its bonus is the time average of 2, 2 - t^2 over the six-hour ramp (mean
-    // 5/3), and 1 after: (2*2 + 6*5/3 + 1*64) / 72 = 1.083.
+    // instance serves all the demand) until hour eight, then is paid that. The validator
+    // moves it on its autoscaler's runs, every 30 minutes, each blending the multiplier
+    // the instance has then: after the runs at 2.5 h, 3 h, ... 7.5 h (t = 1/12 ... 11/12)
+    // what is left of the 2x bonus is the product of (1 - t^2) so far. Busy all the
+    // time, so its bonus is the time average of that. (Blending the 2x it activated with
+    // once, rather than run after run, would give (2*2 + 6*5/3 + 1*64) / 72 = 1.083.)
     let mut trace = one_gpu_one_chute(3.0, true);
     trace.header.validator.multiplier_drift_s = Some([7200, 28800]);
     let drifting = compare(&trace, &["heuristic".to_owned()]).unwrap();
     let r = &drifting.results[0];
-    let expected = (2.0 * 2.0 + 6.0 * 5.0 / 3.0 + 64.0) / 72.0;
-    // the instance activates a few minutes in, and the model moves multipliers every 5 min
+    let (mut left, mut paid) = (1.0, 2.0 * 9000.0);
+    for run in 1..=11 {
+        let t = f64::from(run) / 12.0;
+        left *= 1.0 - t * t;
+        paid += 1800.0 * (1.0 + left);
+    }
+    let expected = (paid + (72.0 * 3600.0 - 28800.0)) / (72.0 * 3600.0);
+    // the instance activates a few minutes into the runs' half hour, worth under 0.001
     assert!(
-        (r.multiplier_bonus - expected).abs() < 0.01,
+        (r.multiplier_bonus - expected).abs() < 0.002,
         "bonus {} vs {expected}: {r:?}",
         r.multiplier_bonus
     );

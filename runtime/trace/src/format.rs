@@ -45,9 +45,10 @@ pub struct ValidatorModel {
     /// Private (non-preemptible) chutes pay this factor more.
     pub private_bonus: f64,
     /// `[hold_s, full_s]`: an instance's multiplier drifts toward what its chute pays
-    /// now, as chutes-api's `refresh_instance_compute_multipliers` does (kept for
-    /// `hold_s` after activation, then blended with weight `t²`, `t` going 0 to 1 up to
-    /// `full_s`, then equal). The target leaves out the bounty bonus. `None` (the
+    /// now, as chutes-api's `refresh_instance_compute_multipliers` does on each run of
+    /// its autoscaler (kept for `hold_s` after activation; then each run blends the
+    /// multiplier the instance has with the target, weight `t²`, `t` going 0 to 1 up to
+    /// `full_s`; then equal). The target leaves out the bounty bonus. `None` (the
     /// default): the instance keeps the multiplier it activated with.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub multiplier_drift_s: Option<[u64; 2]>,
