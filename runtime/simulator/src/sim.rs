@@ -175,7 +175,12 @@ pub struct Simulator<'a> {
     deps: BTreeMap<u64, Dep>,
     dep_index: HashMap<String, u64>,
     heap: BinaryHeap<Reverse<(u64, u8, u64, Internal)>>,
+    /// Orders internal events pushed for the same second and class.
     seq: u64,
+    /// Numbers deployments in the order they were placed. Kept apart from `seq`: a
+    /// deployment's number names it and draws its luck (verification time), so an
+    /// internal event added or moved must not renumber every deployment after it.
+    placed: u64,
     dirty: Vec<bool>,
     stats: Stats,
 }
@@ -207,6 +212,7 @@ impl<'a> Simulator<'a> {
             dep_index: HashMap::new(),
             heap: BinaryHeap::new(),
             seq: 0,
+            placed: 0,
             dirty: vec![false; trace.chutes.len()],
             stats: Stats::default(),
         };
@@ -785,8 +791,8 @@ impl<'a> Simulator<'a> {
             return;
         }
         self.stats.launches += 1;
-        let seq = self.seq + 1;
-        self.seq = seq;
+        self.placed += 1;
+        let seq = self.placed;
         let deployment_id = format!("dep-{seq:07}");
         let instance_id = format!("inst-{seq:07}");
         // image pull and model download unless the node has them, then verification
