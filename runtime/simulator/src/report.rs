@@ -23,6 +23,11 @@ pub struct StrategyResult {
     /// The fleet's hourly cost over the period (servers are paid whether busy or not).
     pub cost_usd: f64,
     pub value_per_dollar: f64,
+    /// Value per dollar over the trace's last day alone (the whole trace when it is a
+    /// day or shorter): the level a strategy holds once the fleet has settled, which
+    /// a miner running for months lives with, and the current chutes validator's
+    /// scoring window.
+    pub last_day_value_per_dollar: f64,
     pub gpu_hours: f64,
     /// GPU-hours doing paid work (an instance's GPUs × its utilisation, job runs).
     pub busy_gpu_hours: f64,
@@ -82,6 +87,7 @@ impl Comparison {
             "jobs",
             "cost $",
             "value/$",
+            "last day",
             "util %",
             "bonus x",
             "idle GPU-h",
@@ -104,6 +110,7 @@ impl Comparison {
                     format!("{:.1}", r.value_jobs),
                     format!("{:.0}", r.cost_usd),
                     format!("{:.4}", r.value_per_dollar),
+                    format!("{:.4}", r.last_day_value_per_dollar),
                     format!("{:.1}", r.utilisation * 100.0),
                     format!("{:.2}", r.multiplier_bonus),
                     format!("{:.0}", r.idle_gpu_hours),

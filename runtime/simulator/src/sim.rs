@@ -43,6 +43,10 @@ const DRIFT_S: u64 = 1800;
 /// after activation is not paid at all (chutes-api's `INSTANCES_QUERY`).
 const STARTUP_RATE: f64 = 0.3;
 const LIFETIME_MIN_S: u64 = 3600;
+/// `last_day_value_per_dollar` covers this much of the trace's end: the level a
+/// long-running miner holds once its fleet has settled, and the current chutes
+/// validator's scoring window (one day).
+const LAST_DAY_S: u64 = 86_400;
 
 /// Internal events; the derive orders ties deterministically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -54,6 +58,8 @@ enum Internal {
     Create(usize),
     Tick,
     Sample,
+    /// The start of the trace's last day ([`LAST_DAY_S`]): the value earned so far.
+    LastDay,
 }
 
 impl Internal {
@@ -67,7 +73,7 @@ impl Internal {
             }
             Internal::Create(_) => 2,
             Internal::Tick => 3,
-            Internal::Sample => 4,
+            Internal::Sample | Internal::LastDay => 4,
         }
     }
 }
@@ -157,6 +163,8 @@ struct Stats {
     autoscale_calls: u64,
     rebalances: u64,
     series: Vec<(u64, f64)>,
+    /// Value earned before the last day started (0 for a trace of a day or less).
+    value_before_last_day: f64,
 }
 
 /// One run of one strategy over one trace.
@@ -267,6 +275,10 @@ impl<'a> Simulator<'a> {
         while t <= trace.header.duration_s {
             sim.push(t, Internal::Sample);
             t += 3600;
+        }
+        let last_day = trace.header.duration_s.saturating_sub(LAST_DAY_S);
+        if last_day > 0 {
+            sim.push(last_day, Internal::LastDay);
         }
         Ok(sim)
     }
@@ -435,12 +447,10 @@ impl<'a> Simulator<'a> {
             Internal::Create(c) => self.on_create(c),
             Internal::Tick => self.on_tick(),
             Internal::Sample => {
-                for c in 0..self.chutes.len() {
-                    self.accrue(c);
-                }
-                let v = self.stats.value_compute + self.stats.value_bounties + self.stats.value_jobs;
+                let v = self.value_so_far();
                 self.stats.series.push((self.now, v));
             }
+            Internal::LastDay => self.stats.value_before_last_day = self.value_so_far(),
         }
     }
 
@@ -1138,23 +1148,38 @@ impl<'a> Simulator<'a> {
         false
     }
 
+    /// Value earned up to now (compute booked to this second), in CU-seconds.
+    fn value_so_far(&mut self) -> f64 {
+        for c in 0..self.chutes.len() {
+            self.accrue(c);
+        }
+        self.stats.value_compute + self.stats.value_bounties + self.stats.value_jobs
+    }
+
     fn finish(self) -> StrategyResult {
         let st = self.stats;
         let end = self.trace.header.duration_s;
         // A server costs, and offers GPU-hours, from when it joined until it left.
-        let hours: Vec<f64> = self
-            .trace
-            .servers
-            .iter()
-            .zip(&self.servers)
-            .map(|(s, rt)| {
-                let left = rt.removed_at.unwrap_or(end).min(end);
-                left.saturating_sub(s.added_s) as f64 / 3600.0
-            })
-            .collect();
-        let cost: f64 =
-            self.trace.servers.iter().zip(&hours).map(|(s, h)| s.gpus as f64 * s.hourly_cost * h).sum();
+        let hours_from = |from: u64| -> Vec<f64> {
+            self.trace
+                .servers
+                .iter()
+                .zip(&self.servers)
+                .map(|(s, rt)| {
+                    let left = rt.removed_at.unwrap_or(end).min(end);
+                    left.saturating_sub(s.added_s.max(from)) as f64 / 3600.0
+                })
+                .collect()
+        };
+        let cost_of = |hours: &[f64]| -> f64 {
+            self.trace.servers.iter().zip(hours).map(|(s, h)| s.gpus as f64 * s.hourly_cost * h).sum()
+        };
+        let hours = hours_from(0);
+        let cost = cost_of(&hours);
         let value = (st.value_compute + st.value_bounties + st.value_jobs) / 3600.0;
+        // The last day: what was earned in it over what the servers there cost in it.
+        let last_day_cost = cost_of(&hours_from(end.saturating_sub(LAST_DAY_S)));
+        let last_day_value = value - st.value_before_last_day / 3600.0;
         let gpu_hours: f64 = self.trace.servers.iter().zip(&hours).map(|(s, h)| s.gpus as f64 * h).sum();
         let busy = st.busy_gpu_s / 3600.0;
         StrategyResult {
@@ -1170,6 +1195,7 @@ impl<'a> Simulator<'a> {
             },
             cost_usd: cost,
             value_per_dollar: if cost > 0.0 { value / cost } else { 0.0 },
+            last_day_value_per_dollar: if last_day_cost > 0.0 { last_day_value / last_day_cost } else { 0.0 },
             gpu_hours,
             busy_gpu_hours: busy,
             allocated_gpu_hours: st.allocated_gpu_s / 3600.0,

@@ -44,7 +44,8 @@ fn the_same_seed_and_strategy_give_byte_identical_output() {
 #[test]
 fn the_first_day_of_a_trace_plays_out_the_same_whatever_follows_it() {
     // A trace cut after its first day gives the same first day: what comes later (more
-    // autoscaler ticks and samples) neither renumbers deployments nor changes their luck.
+    // autoscaler ticks and samples, the last-day mark) neither renumbers deployments
+    // nor changes their luck.
     let two_days = generate(&small(13));
     let mut one_day = two_days.clone();
     one_day.header.duration_s = 86_400;
@@ -219,6 +220,39 @@ fn with_multiplier_drift_the_activation_bonus_fades_to_what_the_chute_pays_now()
     trace.header.validator.multiplier_drift_s = Some([28800, 7200]);
     let err = compare(&trace, &["heuristic".to_owned()]).unwrap_err().to_string();
     assert!(err.contains("multiplier_drift_s") && err.contains("28800"), "{err}");
+}
+
+#[test]
+fn the_last_day_is_scored_on_its_own() {
+    // The single instance, three days: busy all the time at 1.2 base on a $2/h GPU.
+    let mut trace = one_gpu_one_chute(3.0, true);
+    let locked = compare(&trace, &["heuristic".to_owned()]).unwrap();
+    let r = &locked.results[0];
+    // on the last day it is paid the 2x it activated with: 2.4 CU-h per hour for $2
+    assert!((r.last_day_value_per_dollar - 1.2).abs() < 1e-9, "{r:?}");
+    // the week also pays for the minutes before it was up
+    assert!(r.value_per_dollar < r.last_day_value_per_dollar, "{r:?}");
+    let table = locked.table();
+    let lines: Vec<&str> = table.lines().collect();
+    let end = lines[1].find("last day").unwrap() + "last day".len();
+    assert_eq!(lines[2][..end].split_whitespace().last(), Some("1.2000"), "{table}");
+    // under drift the bonus is gone by then: 1.2 CU-h per hour for $2
+    trace.header.validator.multiplier_drift_s = Some([7200, 28800]);
+    let drifting = compare(&trace, &["heuristic".to_owned()]).unwrap();
+    let r = &drifting.results[0];
+    assert!((r.last_day_value_per_dollar - 0.6).abs() < 1e-9, "{r:?}");
+    // a server that joins on the last day costs only from then: every dollar and every
+    // CU-h of the trace falls in its last day
+    trace.header.validator.multiplier_drift_s = None;
+    trace.servers[0].added_s = 60 * 3600;
+    let late = compare(&trace, &["heuristic".to_owned()]).unwrap();
+    let r = &late.results[0];
+    assert!(r.value > 0.0 && (r.cost_usd - 24.0).abs() < 1e-9, "{r:?}");
+    assert!((r.last_day_value_per_dollar - r.value_per_dollar).abs() < 1e-12, "{r:?}");
+    // a trace of a day or less is its own last day
+    let half = compare(&one_gpu_one_chute(0.5, true), &["heuristic".to_owned()]).unwrap();
+    let r = &half.results[0];
+    assert!(r.value > 0.0 && r.last_day_value_per_dollar == r.value_per_dollar, "{r:?}");
 }
 
 #[test]
