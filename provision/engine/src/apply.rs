@@ -17,8 +17,8 @@ pub enum ApplyError {
         "no reboot seen within {0} s: the boot id did not change and the connection did not drop and come back"
     )]
     RebootTimeout(u64),
-    #[error("went down for the reboot and did not come back within {0} s (no SSH connection since)")]
-    NotBack(u64),
+    #[error("went down for the reboot and did not come back within {secs} s; last attempt: {last}")]
+    NotBack { secs: u64, last: String },
     #[error("cannot read the boot id before rebooting, so a reboot could not be confirmed; not rebooting")]
     BootIdUnreadable,
 }
@@ -97,6 +97,9 @@ async fn reboot(conn: &mut Conn, timeout: Duration, log: &Log, host: &str) -> Re
     let start = Instant::now();
     // Whether the host was seen going down (the connection dropped, and no new one came up).
     let mut down = false;
+    // Why the latest reconnect did not do: an operator (or a test) whose host stays away
+    // learns whether SSH refused, timed out, or answered and then failed.
+    let mut last = String::from("no reconnect tried");
     while start.elapsed() < timeout {
         tokio::time::sleep(Duration::from_secs(1)).await;
         if !conn.is_closed() {
@@ -109,18 +112,24 @@ async fn reboot(conn: &mut Conn, timeout: Duration, log: &Log, host: &str) -> Re
                 // tells them apart.
                 None => {
                     match conn.reconnect().await {
-                        Ok(new) if boot_id(&new).await.is_some_and(|id| id != before) => {
-                            log.line(
-                                host,
-                                &format!("back after reboot in {:.0} s", start.elapsed().as_secs_f64()),
-                            );
-                            *conn = new;
-                            return Ok(());
-                        }
-                        Ok(_) => {}
+                        Ok(new) => match boot_id(&new).await {
+                            Some(id) if id != before => {
+                                log.line(
+                                    host,
+                                    &format!("back after reboot in {:.0} s", start.elapsed().as_secs_f64()),
+                                );
+                                *conn = new;
+                                return Ok(());
+                            }
+                            Some(_) => last = "connected, the boot id has not changed".into(),
+                            None => last = "connected, the boot id could not be read".into(),
+                        },
                         // No new connection either: the host is down (a refusal such as the
                         // host lock, which the old connection still holds, says it is up).
-                        Err(e) => down |= e.is_unreachable(),
+                        Err(e) => {
+                            down |= e.is_unreachable();
+                            last = e.to_string();
+                        }
                     }
                     continue;
                 }
@@ -134,12 +143,15 @@ async fn reboot(conn: &mut Conn, timeout: Duration, log: &Log, host: &str) -> Re
                 *conn = new;
                 return Ok(());
             }
-            Ok(_) => {}
-            Err(e) => down |= e.is_unreachable(),
+            Ok(_) => last = "connected, the boot id could not be read".into(),
+            Err(e) => {
+                down |= e.is_unreachable();
+                last = e.to_string();
+            }
         }
     }
     if down {
-        return Err(ApplyError::NotBack(timeout.as_secs()));
+        return Err(ApplyError::NotBack { secs: timeout.as_secs(), last });
     }
     Err(ApplyError::RebootTimeout(timeout.as_secs()))
 }

@@ -18,9 +18,15 @@ async fn reboot_handler_reconnects_and_the_run_goes_on() {
     h.install_standins(&[Standin::Systemctl, Standin::Reboot]).unwrap();
     let r = run_two_phases(h, Duration::from_secs(60)).await;
     let rc = &r.recap[0];
-    assert!(r.success(), "{rc:?}");
+    // On failure, what the host saw of its boot (the stand-in's log, sshd's own).
+    let seen = || {
+        h.sh("cat /var/lib/lab-standins/boot.log; tail -n 20 /var/log/lab-sshd.log")
+            .unwrap_or_else(|e| e.to_string())
+    };
+    assert!(r.success(), "{rc:?}\n{}", seen());
     assert_eq!(rc.changed, 3, "install, reboot, after: {rc:?}");
     assert_eq!(h.boot_count().unwrap(), 1);
+    assert!(seen().contains("boot 1: sshd up (try "), "{}", seen());
     assert_eq!(h.sh("test -e /root/after && echo yes").unwrap().trim(), "yes");
 }
 

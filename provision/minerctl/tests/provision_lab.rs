@@ -501,6 +501,8 @@ fn a_rolling_driver_upgrade_stops_at_a_host_that_does_not_come_back() {
 
     let e2 = run.recap("gpu-2")["error"].as_str().unwrap().to_string();
     assert!(e2.contains("nvidia upgrade / reboot") && e2.contains("did not come back within 20 s"), "{e2}");
+    // Why: SSH itself refused, not a login or a lock.
+    assert!(e2.contains("last attempt: gpu-2: cannot connect to"), "{e2}");
     assert_eq!(gpus[1].boot_count().unwrap(), 2, "it went down for the reboot");
 
     let g3 = &gpus[2];

@@ -108,5 +108,30 @@ lab_boot() {
     cat /proc/sys/kernel/random/uuid >"$LAB_STATE/boot_id"
     umount /proc/sys/kernel/random/boot_id 2>/dev/null
     mount --bind "$LAB_STATE/boot_id" /proc/sys/kernel/random/boot_id
-    lab_sshd_start
+    lab_boot_sshd
+}
+# sshd as a booting machine's service manager starts it: again after a failure
+# (Restart=on-failure), each try noted in $LAB_STATE/boot.log. sshd forks before it binds
+# its port, so its exit status cannot say that the bind failed: only the pid file, written
+# once the port is bound, says it listens.
+lab_boot_sshd() {
+    try=1
+    while :; do
+        mkdir -p /run/sshd
+        rm -f /run/sshd.pid
+        /usr/sbin/sshd -E /var/log/lab-sshd.log </dev/null >/dev/null 2>&1
+        i=0
+        while [ ! -s /run/sshd.pid ] && [ $i -lt 500 ]; do
+            i=$((i + 1))
+            sleep 0.01
+        done
+        if [ -s /run/sshd.pid ]; then
+            echo "boot $(cat "$LAB_STATE/boot_count"): sshd up (try $try)" >>"$LAB_STATE/boot.log"
+            return 0
+        fi
+        echo "boot $(cat "$LAB_STATE/boot_count"): try $try: no sshd; its log ends: $(tail -n 2 /var/log/lab-sshd.log 2>/dev/null)" >>"$LAB_STATE/boot.log"
+        [ $try -lt 20 ] || return 1
+        try=$((try + 1))
+        sleep 0.5
+    done
 }

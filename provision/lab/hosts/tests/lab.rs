@@ -519,6 +519,36 @@ fn reboot_over_ssh_ends_sessions_and_brings_the_host_back_as_enabled() {
     );
 }
 
+/// An sshd that dies before it listens (it forks first, so its exit status says nothing; a
+/// port still held by the old one did this on a busy machine) is started again, as a
+/// service manager would: the host comes back, and its boot log says how.
+#[test]
+fn a_boot_whose_sshd_fails_to_listen_starts_it_again() {
+    let host = LabHost::start("reboot-retry").unwrap();
+    host.install_standins(&[Standin::Reboot]).unwrap();
+    // The first sshd of the next boot returns at once and never listens. (Swapped in only
+    // now, from outside: the running sshd re-executes its own path for each connection.)
+    host.write_file(
+        "/usr/local/lib/sshd-fails-once",
+        "#!/bin/sh\nif [ -e /var/lib/lab-standins/sshd-failed ]; then exec /usr/sbin/sshd.real \"$@\"; fi\ntouch /var/lib/lab-standins/sshd-failed\nexit 0\n",
+    )
+    .unwrap();
+    host.sh("chmod 755 /usr/local/lib/sshd-fails-once && mv /usr/sbin/sshd /usr/sbin/sshd.real && \
+         cp /usr/local/lib/sshd-fails-once /usr/sbin/sshd && reboot")
+        .unwrap();
+    let log = || host.read_to_string("/var/lib/lab-standins/boot.log").unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !log().contains("sshd up") {
+        assert!(std::time::Instant::now() < deadline, "sshd not back within 30 s: {}", log());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let log = log();
+    assert!(log.starts_with("boot 1: try 1: no sshd"), "{log}");
+    assert!(log.ends_with("boot 1: sshd up (try 2)\n"), "{log}");
+    let out = ssh(&host, &host.known_hosts_line(), &[], "hostname");
+    assert_eq!(text(&out.stdout), "reboot-retry\n", "{}", text(&out.stderr));
+}
+
 #[test]
 fn sysctl_and_modprobe_are_recorded_and_never_reach_the_machine() {
     let host = LabHost::start("kernel").unwrap();
