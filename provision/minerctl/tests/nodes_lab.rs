@@ -386,10 +386,7 @@ fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out(
             version: "v1".into(),
             supported_gpus: vec!["a6000".into()],
             gpu_count: 1,
-            created_at: None,
-            updated_at: None,
-            ban_reason: None,
-            chutes_version: None,
+            ..Default::default()
         })
         .await
         .unwrap();

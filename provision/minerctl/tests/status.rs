@@ -121,16 +121,12 @@ impl World {
                     validator: v.into(),
                     name: Some(name.into()),
                     image: "chutes/demo:1".into(),
-                    code: String::new(),
                     filename: "demo.py".into(),
                     ref_str: "demo:chute".into(),
                     version: version.into(),
                     supported_gpus: vec!["a6000".into()],
                     gpu_count: 1,
-                    created_at: None,
-                    updated_at: None,
-                    ban_reason: None,
-                    chutes_version: None,
+                    ..Default::default()
                 })
                 .await
                 .unwrap();

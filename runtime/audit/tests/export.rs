@@ -126,16 +126,12 @@ async fn seed(db: &Db) {
         validator: "5V".into(),
         name: Some("café".into()),
         image: "u/i:1".into(),
-        code: "".into(),
         filename: "f.py".into(),
         ref_str: "f:c".into(),
         version: "v1".into(),
         supported_gpus: vec![],
         gpu_count: 1,
-        created_at: None,
-        updated_at: None,
-        ban_reason: None,
-        chutes_version: None,
+        ..Default::default()
     })
     .await
     .unwrap();

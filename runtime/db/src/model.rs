@@ -116,7 +116,9 @@ pub struct NewGpu {
     pub model_short_ref: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A chute as the miner stores it. `Default` is every field empty (no GPUs, no dates):
+/// for code that builds one from a few known fields, tests and benches mostly.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Chute {
     pub chute_id: String,
     pub validator: String,

@@ -60,10 +60,8 @@ fn chute(id: &str) -> Chute {
         version: "v1".into(),
         supported_gpus: vec!["h100_sxm".into()],
         gpu_count: 1,
-        created_at: None,
-        updated_at: None,
-        ban_reason: None,
         chutes_version: Some("0.3.5".into()),
+        ..Default::default()
     }
 }
 

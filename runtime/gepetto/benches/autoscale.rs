@@ -51,7 +51,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             db.upsert_chute(&Chute {
                 chute_id: c.chute_id.clone(),
                 validator: c.validator.clone(),
-                name: None,
                 image: "u/i:1".into(),
                 code: "x".into(),
                 filename: "x.py".into(),
@@ -59,10 +58,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 version: c.version.clone(),
                 supported_gpus: c.supported_gpus.clone(),
                 gpu_count: c.gpu_count as i32,
-                created_at: None,
-                updated_at: None,
-                ban_reason: None,
                 chutes_version: c.chutes_version.clone(),
+                ..Default::default()
             })
             .await?;
         }

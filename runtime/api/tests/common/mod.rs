@@ -223,10 +223,7 @@ impl Api {
                 version: "v1".into(),
                 supported_gpus: vec!["a6000".into()],
                 gpu_count: 1,
-                created_at: None,
-                updated_at: None,
-                ban_reason: None,
-                chutes_version: None,
+                ..Default::default()
             })
             .await
             .unwrap();
