@@ -74,7 +74,9 @@ pub struct AuthAttempt {
     pub result: Result<String, String>,
 }
 
-/// The `/miner/*` listings.
+/// The `/miner/*` listings. Kept apart from the client's `miner_validator::rest::Listing`
+/// on purpose: the emulator is the tests' independent account of the validator's paths,
+/// so a wrong path in the client fails them instead of being served back to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Listing {
     Chutes,
