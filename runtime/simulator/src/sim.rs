@@ -103,6 +103,9 @@ struct Dep {
     /// short within its first hour).
     earned: f64,
     earned_base: f64,
+    /// `earned` when the last day began (0 for an instance younger): what a take-back
+    /// removes from the value before the last day rather than from the last day itself.
+    earned_before_last_day: f64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -450,7 +453,12 @@ impl<'a> Simulator<'a> {
                 let v = self.value_so_far();
                 self.stats.series.push((self.now, v));
             }
-            Internal::LastDay => self.stats.value_before_last_day = self.value_so_far(),
+            Internal::LastDay => {
+                self.stats.value_before_last_day = self.value_so_far();
+                for d in self.deps.values_mut() {
+                    d.earned_before_last_day = d.earned;
+                }
+            }
         }
     }
 
@@ -870,6 +878,7 @@ impl<'a> Simulator<'a> {
                 disk_gb: disk,
                 earned: 0.0,
                 earned_base: 0.0,
+                earned_before_last_day: 0.0,
             },
         );
         self.push(ready, Internal::Ready(seq));
@@ -937,6 +946,8 @@ impl<'a> Simulator<'a> {
                 if let Some(d) = self.deps.get(&seq) {
                     self.stats.value_compute -= d.earned;
                     self.stats.value_compute_at_base -= d.earned_base;
+                    // each window gives back what was earned in it
+                    self.stats.value_before_last_day -= d.earned_before_last_day;
                 }
             }
         }

@@ -281,6 +281,33 @@ fn lifetime_scoring_pays_idle_time_and_nothing_for_an_instance_cut_short() {
     assert!((0.8..1.2).contains(&lost), "{lost} CU-h: lifetime {lifetime:?}\nbusy {busy:?}");
 }
 
+/// Under lifetime scoring an instance cut short in its first hour is not paid: when that
+/// hour straddles the start of the last day, each window gives back what was earned in
+/// it, so the last day does not lose what came before it.
+#[test]
+fn an_unpaid_instance_across_the_last_day_mark_takes_nothing_from_before_it() {
+    // A day and a half: the last day starts at hour 12. The first instance ends at 11:10
+    // (a node failure; older than an hour, so it is paid), its successor activates after
+    // 11:20 and ends at 12:10, within its first hour; then the node stays down to the end.
+    let mut trace = one_gpu_one_chute(1.5, true);
+    let mark = 12 * 3600;
+    trace.events.push(Record::NodeFailure { t: mark - 3000, server_id: "s1".into(), down_s: 600 });
+    trace.events.push(Record::NodeFailure { t: mark + 600, server_id: "s1".into(), down_s: 90_000 });
+    let run = |scoring: Scoring| {
+        let mut trace = trace.clone();
+        trace.header.validator.scoring = scoring;
+        compare(&trace, &["heuristic".to_owned()]).unwrap().results.remove(0)
+    };
+    // Paid for busy time, the successor earns on both sides of the mark.
+    let busy = run(Scoring::BusyTime);
+    assert!(busy.last_day_value_per_dollar > 0.0, "{busy:?}");
+    assert_eq!(busy.launches, 2, "{busy:?}");
+    // Under lifetime scoring nothing in the last day is paid: not less than nothing.
+    let lifetime = run(Scoring::Lifetime);
+    assert!(lifetime.value > 0.0, "the first instance is paid: {lifetime:?}");
+    assert!(lifetime.last_day_value_per_dollar.abs() < 1e-12, "{lifetime:?}");
+}
+
 /// Never used while building the model or the strategy (seeds 1-5 and 11-21 were):
 /// 9001-9005 first run on the finished strategy, 7001-7005 the previous acceptance set.
 const ACCEPTANCE_SEEDS: [u64; 10] = [9001, 9002, 9003, 9004, 9005, 7001, 7002, 7003, 7004, 7005];
