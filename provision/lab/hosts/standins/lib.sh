@@ -37,13 +37,17 @@ lab_die() {
 # The lab's real sshd (see the lab init script). sshd writes its pid file only once
 # its listening sockets are bound, so the pid file appearing means "ready".
 lab_sshd_running() { [ -f /run/sshd.pid ] && kill -0 "$(cat /run/sshd.pid)" 2>/dev/null; }
-lab_sshd_wait() {
+# Waits (about 5 s at most) for the pid file; fails if it never came.
+lab_sshd_listens() {
     i=0
     while [ ! -s /run/sshd.pid ]; do
         i=$((i + 1))
-        [ $i -lt 500 ] || lab_die 1 "Job for ssh.service failed: sshd did not start (see /var/log/lab-sshd.log)."
+        [ $i -lt 500 ] || return 1
         sleep 0.01
     done
+}
+lab_sshd_wait() {
+    lab_sshd_listens || lab_die 1 "Job for ssh.service failed: sshd did not start (see /var/log/lab-sshd.log)."
 }
 lab_sshd_start() {
     mkdir -p /run/sshd
@@ -115,21 +119,17 @@ lab_boot() {
 # its port, so its exit status cannot say that the bind failed: only the pid file, written
 # once the port is bound, says it listens.
 lab_boot_sshd() {
+    boot=$(cat "$LAB_STATE/boot_count")
     try=1
     while :; do
         mkdir -p /run/sshd
         rm -f /run/sshd.pid
         /usr/sbin/sshd -E /var/log/lab-sshd.log </dev/null >/dev/null 2>&1
-        i=0
-        while [ ! -s /run/sshd.pid ] && [ $i -lt 500 ]; do
-            i=$((i + 1))
-            sleep 0.01
-        done
-        if [ -s /run/sshd.pid ]; then
-            echo "boot $(cat "$LAB_STATE/boot_count"): sshd up (try $try)" >>"$LAB_STATE/boot.log"
+        if lab_sshd_listens; then
+            echo "boot $boot: sshd up (try $try)" >>"$LAB_STATE/boot.log"
             return 0
         fi
-        echo "boot $(cat "$LAB_STATE/boot_count"): try $try: no sshd; its log ends: $(tail -n 2 /var/log/lab-sshd.log 2>/dev/null)" >>"$LAB_STATE/boot.log"
+        echo "boot $boot: try $try: no sshd; its log ends: $(tail -n 2 /var/log/lab-sshd.log 2>/dev/null)" >>"$LAB_STATE/boot.log"
         [ $try -lt 20 ] || return 1
         try=$((try + 1))
         sleep 0.5

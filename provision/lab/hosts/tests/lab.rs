@@ -519,9 +519,9 @@ fn reboot_over_ssh_ends_sessions_and_brings_the_host_back_as_enabled() {
     );
 }
 
-/// An sshd that dies before it listens (it forks first, so its exit status says nothing; a
-/// port still held by the old one did this on a busy machine) is started again, as a
-/// service manager would: the host comes back, and its boot log says how.
+/// An sshd that dies before it listens (it forks first, so its exit status says nothing;
+/// a port still held, say) is started again, as a service manager would: the host comes
+/// back, and its boot log says how.
 #[test]
 fn a_boot_whose_sshd_fails_to_listen_starts_it_again() {
     let host = LabHost::start("reboot-retry").unwrap();
