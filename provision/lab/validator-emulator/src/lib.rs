@@ -107,6 +107,49 @@ struct Running {
 }
 
 /// Knobs fixed at start.
+/// An answer held back by [`Emulator::hold_next`].
+#[derive(Debug, Clone, Default)]
+pub struct Hold {
+    inner: std::sync::Arc<HoldInner>,
+}
+
+#[derive(Debug)]
+struct HoldInner {
+    /// One permit once the held answer is made.
+    made: tokio::sync::Semaphore,
+    /// One permit once the test lets it go.
+    gate: tokio::sync::Semaphore,
+}
+
+impl Default for HoldInner {
+    fn default() -> Self {
+        HoldInner { made: tokio::sync::Semaphore::new(0), gate: tokio::sync::Semaphore::new(0) }
+    }
+}
+
+impl Hold {
+    /// Waits until the held request has come in and its answer is made.
+    pub async fn made(&self) {
+        if let Ok(p) = self.inner.made.acquire().await {
+            p.forget();
+        }
+        self.inner.made.add_permits(1);
+    }
+
+    /// Lets the held answer go.
+    pub fn release(&self) {
+        if self.inner.gate.available_permits() == 0 {
+            self.inner.gate.add_permits(1);
+        }
+    }
+
+    /// The server's side: the answer is made; wait for the release.
+    pub(crate) async fn wait(&self) {
+        self.inner.made.add_permits(1);
+        let _ = self.inner.gate.acquire().await;
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct EmulatorOptions {
     /// Engine.IO ping schedule (the server pings in v4).
@@ -484,6 +527,16 @@ impl Emulator {
     /// The next `times` requests whose path starts with `path_prefix` get `status`.
     pub fn fail_next(&self, path_prefix: &str, status: u16, times: usize) {
         self.state().faults.push_back((path_prefix.to_owned(), status, times));
+    }
+
+    /// The next request whose path starts with `path_prefix` is answered from the
+    /// state as it is then (as the validator reads its database), but the answer is
+    /// held back until [`Hold::release`]: a slow listing stream, for tests of what
+    /// changes while one is in flight.
+    pub fn hold_next(&self, path_prefix: &str) -> Hold {
+        let hold = Hold::default();
+        self.state().holds.push_back((path_prefix.to_owned(), hold.clone()));
+        hold
     }
 
     pub fn requests(&self) -> Vec<RecordedRequest> {

@@ -61,7 +61,8 @@ async fn handle(
         Some(Auth::Purpose(p)) => verify(&headers, Payload::Purpose(p)),
     };
     let mut events = Vec::new();
-    let (status, answer, jobs) = {
+    let path_for_hold = path.clone();
+    let (status, answer, jobs, hold) = {
         let mut state = app.shared.lock().unwrap();
         let auth = auth.and_then(|hotkey| match &state.registered {
             Some(set) if !hotkey.is_empty() && !set.contains(&hotkey) => {
@@ -105,11 +106,15 @@ async fn handle(
             status,
         });
         let jobs = std::mem::take(&mut state.verification_jobs);
-        (status, answer, jobs)
+        let hold = take_hold(&mut state, &path_for_hold);
+        (status, answer, jobs, hold)
     };
     crate::verification::spawn_jobs(jobs, &app.shared, &app.io);
     // Events go out before the answer, so a client holding the reply can wait for them.
     crate::sockets::emit(&app.io, &app.shared, events).await;
+    if let Some(hold) = hold {
+        hold.wait().await;
+    }
     match answer {
         Answer::Json(_, v) => json_response(status, v),
         Answer::Stream(items) => stream_response(items),
@@ -130,6 +135,11 @@ fn take_fault(state: &mut State, path: &str) -> Option<u16> {
         state.faults.remove(idx);
     }
     Some(status)
+}
+
+fn take_hold(state: &mut State, path: &str) -> Option<crate::Hold> {
+    let idx = state.holds.iter().position(|(prefix, _)| path.starts_with(prefix.as_str()))?;
+    state.holds.remove(idx).map(|(_, hold)| hold)
 }
 
 /// The auth each endpoint of the validator API expects (reference section 10).

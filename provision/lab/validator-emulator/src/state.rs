@@ -215,6 +215,8 @@ pub(crate) struct State {
     pub bounty_claims: Vec<BountyClaim>,
     /// Injected failures: (path prefix, status, times left).
     pub faults: VecDeque<(String, u16, usize)>,
+    /// Answers to hold back once made: (path prefix, the hold), each used once.
+    pub holds: VecDeque<(String, crate::Hold)>,
     /// Payloads that reached at least one authenticated socket.
     pub broadcasts: Vec<Value>,
     /// Every event the validator emitted, listened to or not.

@@ -487,6 +487,27 @@ mod stateful {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_listing_answers_with_the_state_it_was_asked_in() {
+        let emulator = Emulator::start();
+        emulator.add_image(image());
+        emulator.add_chute(chute("c1", 1));
+        let miner = Api { emulator: &emulator, key: key("22") };
+        let ids = |items: Option<Vec<Value>>| -> Vec<String> {
+            items.unwrap_or_default().iter().map(|c| c["chute_id"].as_str().unwrap().to_owned()).collect()
+        };
+
+        let hold = emulator.hold_next("/miner/chutes");
+        let (slow, ()) = tokio::join!(miner.listing("/miner/chutes/"), async {
+            hold.made().await;
+            // The validator's state moves on while the stream is on its way.
+            emulator.add_chute(chute("c2", 1));
+            hold.release();
+        });
+        assert_eq!(ids(slow), ["c1"], "the answer was made before c2 existed");
+        assert_eq!(ids(miner.listing("/miner/chutes/").await), ["c1", "c2"], "a hold is used once");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_first_instance_activated_while_a_bounty_stands_claims_it() {
         let emulator = Emulator::start();
         emulator.add_image(image());
