@@ -131,6 +131,9 @@ pub struct RemoteState {
 #[derive(Debug, Clone)]
 struct JobCtx {
     job_id: String,
+    /// The disk the job asked for (`disk_gb`, else Gepetto's default): a preempting
+    /// deploy chooses its server and sizes its Job by it, as a direct one does.
+    disk_gb: f64,
 }
 
 pub(crate) struct Inner {
@@ -297,7 +300,16 @@ impl Gepetto {
             }
             Event::InstanceDeleted(e) => {
                 if self.ours(&e.miner_hotkey) {
-                    for d in self.inner.db.deployments_where(DeploymentKey::Instance, &e.instance_id).await? {
+                    let mut gone =
+                        self.inner.db.deployments_where(DeploymentKey::Instance, &e.instance_id).await?;
+                    // A deployment whose `instance_created` never arrived knows only its
+                    // launch config: matched by that, or it would hold its GPUs for good.
+                    if let Some(config) = &e.config_id {
+                        gone.extend(self.inner.db.deployments_where(DeploymentKey::Config, config).await?);
+                    }
+                    gone.sort_by(|a, b| a.deployment_id.cmp(&b.deployment_id));
+                    gone.dedup_by(|a, b| a.deployment_id == b.deployment_id);
+                    for d in gone {
                         self.undeploy(&d.deployment_id).await?;
                     }
                 }
@@ -483,16 +495,23 @@ impl Gepetto {
         chute_id: &str,
         version: Option<&str>,
     ) -> Result<(), GepettoError> {
+        let row = self
+            .inner
+            .inv
+            .chute(chute_id)
+            .await?
+            .filter(|c| c.validator == validator && version.is_none_or(|v| v == c.version));
+        // Deleting the chute's row deletes every deployment row of it (a foreign key
+        // cascade), a job's still running at an older version included: those are
+        // undeployed too, or their Jobs would run on GPUs the inventory shows free.
         let deployments = self.inner.db.deployments_where(DeploymentKey::Chute, chute_id).await?;
-        for d in
-            deployments.iter().filter(|d| d.validator == validator && version.is_none_or(|v| v == d.version))
+        for d in deployments
+            .iter()
+            .filter(|d| d.validator == validator && (row.is_some() || version.is_none_or(|v| v == d.version)))
         {
             self.undeploy(&d.deployment_id).await?;
         }
-        if let Some(c) = self.inner.inv.chute(chute_id).await?
-            && c.validator == validator
-            && version.is_none_or(|v| v == c.version)
-        {
+        if let Some(c) = row {
             self.inner.inv.delete_chute(chute_id).await?;
             let api: Api<ConfigMap> = Api::namespaced(self.inner.kube.clone(), &self.inner.cfg.namespace);
             let name = miner_k8s::code_configmap_name(&c.chute_id, &c.version);
@@ -537,6 +556,10 @@ impl Gepetto {
         Ok(())
     }
 
+    /// The chute's new version first (a validator that cannot serve it leaves the old
+    /// instance running and the event for redelivery), then the old instance makes way
+    /// for the new one on the same server, in one placement: nothing else can take its
+    /// GPUs in between.
     async fn rolling_update(&self, e: &ev::RollingUpdate) -> Result<(), GepettoError> {
         let old: Vec<_> = self
             .inner
@@ -546,27 +569,27 @@ impl Gepetto {
             .into_iter()
             .filter(|d| d.job_id.is_none())
             .collect();
-        let mut previous_server = None;
-        if let Some(d) = old.first() {
-            let gpus = self.inner.db.server_gpus(&d.server_id).await?;
-            let model = gpus
-                .iter()
-                .find(|g| g.deployment_id.as_deref() == Some(&d.deployment_id))
-                .map(|g| g.model_short_ref.clone());
-            previous_server = Some((d.server_id.clone(), model));
-            self.undeploy(&d.deployment_id).await?;
-            self.wait_pods_gone(std::slice::from_ref(&d.deployment_id)).await;
-        }
         let (chute, _) = self.ensure_chute(&e.validator, &e.chute_id, &e.new_version, false).await?;
-        if let Some((server_id, Some(model))) = previous_server
-            && chute.supported_gpus.contains(&model)
-        {
-            // Same server when its GPU type still fits; otherwise the autoscaler places it.
-            self.place(&chute, None, None, move |_, fleet, snap, _| {
-                let s = fleet.server(&server_id)?;
-                (!s.locked && s.free_gpus(&snap.supported_gpus) >= snap.gpu_count).then(|| server_id.clone())
-            })
-            .await?;
+        let Some(d) = old.first() else { return Ok(()) };
+        let gpus = self.inner.db.server_gpus(&d.server_id).await?;
+        let model = gpus
+            .iter()
+            .find(|g| g.deployment_id.as_deref() == Some(&d.deployment_id))
+            .map(|g| g.model_short_ref.clone());
+        let replacing = std::slice::from_ref(&d.deployment_id);
+        match model {
+            Some(model) if chute.supported_gpus.contains(&model) => {
+                // Same server when its GPU type still fits; otherwise the autoscaler places it.
+                let server_id = d.server_id.clone();
+                let disk = f64::from(self.inner.cfg.default_disk_gb);
+                self.place_with_disk(&chute, None, None, disk, replacing, move |_, fleet, snap, _| {
+                    let s = fleet.server(&server_id)?;
+                    (!s.locked && s.free_gpus(&snap.supported_gpus) >= snap.gpu_count)
+                        .then(|| server_id.clone())
+                })
+                .await?;
+            }
+            _ => self.undeploy(&d.deployment_id).await?,
         }
         Ok(())
     }
@@ -595,13 +618,14 @@ impl Gepetto {
         let miner = self.inner.cfg.miner_ss58.clone();
         let decision = Arc::new(Mutex::new(None));
         let seen = decision.clone();
-        let job = JobCtx { job_id: e.job_id.clone() };
+        let job = JobCtx { job_id: e.job_id.clone(), disk_gb: offer.disk_gb };
         let placed = self
             .place_with_disk(
                 &chute,
                 Some(job.clone()),
                 None,
                 offer.disk_gb,
+                &[],
                 move |strategy, fleet, snap, _| {
                     let d = strategy.accept_job(&offer, &miner, snap, fleet);
                     let server = match &d {
@@ -740,17 +764,23 @@ impl Gepetto {
         F: Fn(&dyn Strategy, &FleetSnapshot, &ChuteSnap, f64) -> Option<String>,
     {
         let disk = f64::from(self.inner.cfg.default_disk_gb);
-        self.place_with_disk(chute, job, token, disk, choose).await
+        self.place_with_disk(chute, job, token, disk, &[], choose).await
     }
 
     /// Decides and allocates under the placement lock, then runs the deploy in the
     /// background. Returns the new deployment id, `None` when nothing was placed.
+    ///
+    /// `replacing` are deployments to remove first (preemption's victims, a rolling
+    /// update's old instance): they are undeployed under the same lock as the
+    /// allocation, so no other placement can take the GPUs they free, and the Job is
+    /// created once their pods are gone (or `pod_exit_wait` has passed).
     async fn place_with_disk<F>(
         &self,
         chute: &Chute,
         job: Option<JobCtx>,
         token: Option<LaunchToken>,
         disk_gb: f64,
+        replacing: &[String],
         choose: F,
     ) -> Result<Option<String>, GepettoError>
     where
@@ -766,6 +796,9 @@ impl Gepetto {
             .await
             .map_err(|_| GepettoError::Invalid("deploys are shutting down".into()))?;
         let guard = self.inner.placement.lock().await;
+        for old in replacing {
+            self.undeploy(old).await?;
+        }
         let deployment_id = miner_k8s::uuid4(rand::random());
         let mut attempt = 0;
         let (new, gpus) = loop {
@@ -806,8 +839,10 @@ impl Gepetto {
         let me = self.clone();
         let chute = chute.clone();
         let dep = deployment_id.clone();
+        let replacing = replacing.to_vec();
         self.inner.tasks.spawn(async move {
             let _permit = permit;
+            me.wait_pods_gone(&replacing).await;
             if let Err(e) = me.run_deploy(&chute, &dep, &server_id, &gpus, job.clone(), token, disk_gb).await {
                 tracing::warn!(deployment = %dep, chute = %chute.chute_id, error = %e, "deploy failed; undoing");
                 if let Err(e) = me.undeploy(&dep).await {
@@ -836,26 +871,30 @@ impl Gepetto {
         let last = self.inner.prometheus.last_invocations().await;
         let fleet = self.snapshot().await?;
         let Some(snap) = fleet.chutes.get(&chute.chute_id) else { return Ok(false) };
-        let disk = f64::from(self.inner.cfg.default_disk_gb);
+        let disk = job.as_ref().map_or(f64::from(self.inner.cfg.default_disk_gb), |j| j.disk_gb);
         let Some(plan) = self.inner.strategy.preempt(snap, &fleet, &view, &last, Utc::now(), disk) else {
             return Ok(false);
         };
-        self.carry_out(chute, job, plan).await
+        self.carry_out(chute, job, plan, disk).await
     }
 
     /// Carries out a strategy's rebalance: the same path as a preempting deploy.
     pub(crate) async fn rebalance(&self, r: &crate::strategy::Rebalance) -> Result<bool, GepettoError> {
         let Some(chute) = self.inner.inv.chute(&r.chute_id).await? else { return Ok(false) };
-        self.carry_out(&chute, None, r.plan.clone()).await
+        let disk = f64::from(self.inner.cfg.default_disk_gb);
+        self.carry_out(&chute, None, r.plan.clone(), disk).await
     }
 
-    /// A launch token first (a refusal removes nothing), then the victims, then the
-    /// deploy on the freed server.
+    /// A launch token first (a refusal removes nothing), then the victims and the
+    /// deploy on the freed server, under one placement lock. A job that could not be
+    /// placed goes back to the validator: its launch token was taken, so the event's
+    /// redelivery would only hear "already tried".
     async fn carry_out(
         &self,
         chute: &Chute,
         job: Option<JobCtx>,
         plan: crate::strategy::Preemption,
+        disk_gb: f64,
     ) -> Result<bool, GepettoError> {
         let token = match self.launch_token(chute, job.as_ref()).await {
             Ok(t) => t,
@@ -866,22 +905,28 @@ impl Gepetto {
         };
         for victim in &plan.victims {
             tracing::info!(victim = %victim, chute = %chute.chute_id, server = %plan.server_id, "preempting");
-            self.undeploy(victim).await?;
         }
-        self.wait_pods_gone(&plan.victims).await;
         let server = plan.server_id.clone();
         let placed = self
-            .place(chute, job.clone(), token, move |_, fleet, snap, _| {
-                let s = fleet.server(&server)?;
-                (s.free_gpus(&snap.supported_gpus) >= snap.gpu_count).then(|| server.clone())
-            })
-            .await?;
-        if placed.is_none()
-            && let Some(j) = job
+            .place_with_disk(
+                chute,
+                job.clone(),
+                token,
+                disk_gb,
+                &plan.victims,
+                move |_, fleet, snap, disk| {
+                    let s = fleet.server(&server)?;
+                    (s.has_disk(disk) && s.free_gpus(&snap.supported_gpus) >= snap.gpu_count)
+                        .then(|| server.clone())
+                },
+            )
+            .await;
+        if !matches!(placed, Ok(Some(_)))
+            && let Some(j) = &job
         {
             self.release_job(&chute.validator, &j.job_id).await;
         }
-        Ok(placed.is_some())
+        Ok(placed?.is_some())
     }
 
     /// A launch token for chutes >= 0.3.0; `Ok(None)` for legacy chutes.
@@ -1072,8 +1117,9 @@ impl Gepetto {
     /// Undeploy's last step (reference 11.2): until no pod of these deployments is
     /// left, at most `pod_exit_wait`, so a deploy onto their GPUs does not meet a pod
     /// still holding them. Reads the pod watch (a condition, not a fixed sleep); at the
-    /// bound it logs and goes on (Kubernetes then holds the new pod back until the
-    /// GPUs are free).
+    /// bound it logs and goes on. Nothing else holds the new pod back: chute pods are
+    /// pinned to GPUs by `NVIDIA_VISIBLE_DEVICES` and `nodeName`, not by a
+    /// `nvidia.com/gpu` request the scheduler would count.
     pub(crate) async fn wait_pods_gone(&self, deployment_ids: &[String]) {
         let wait = self.inner.cfg.pod_exit_wait;
         if deployment_ids.is_empty() || wait.is_zero() {

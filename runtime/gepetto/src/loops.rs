@@ -237,12 +237,17 @@ impl Gepetto {
     /// and the validator in both directions.
     pub async fn reconcile_once(&self) -> Result<ReconcileReport, GepettoError> {
         let mut report = ReconcileReport::default();
-        self.refresh(true).await;
         // Cluster first, rows second: a Job seen here had its row created before it,
         // so it is an orphan only if that row is gone by the time rows are read.
         let jobs = self.inner.cluster.chute_jobs();
         let services = self.inner.cluster.chute_services();
         let rows = self.inner.db.fleet_rows().await?;
+        // The validator's listings last: whatever a row says was learned from the
+        // validator before the rows were read, so a listing made after them knows it
+        // too. A listing made before (listings stream for seconds) would miss an
+        // instance or a chute version an event stored in between, and the row would be
+        // judged gone at the validator and undeployed, or its chute reverted.
+        self.refresh(true).await;
         let remote: HashMap<String, RemoteState> = self.inner.remote.read().await.clone();
         let now = Utc::now();
         let grace =

@@ -488,3 +488,51 @@ async fn a_server_whose_gpus_the_validator_already_forgot_is_still_removed() {
     assert!(w.db.fleet_rows().await.unwrap().deployments.is_empty());
     eventually("the chute Job on it to go", || async { w.jobs().is_empty() }).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_chute_stops_the_jobs_still_running_an_older_version() {
+    let w = world(Shape::default()).await;
+    w.chute("j1", "v1", 1);
+    w.twice(&w.created("j1", "v1", true)).await;
+    w.validator.add_job("long");
+    w.twice(&job_created(&w.vhot, "j1", "long", vec![], 10)).await;
+    let running = w.db.fleet_rows().await.unwrap().deployments[0].clone();
+    assert_eq!((running.version.as_str(), running.job_id.as_deref()), ("v1", Some("long")));
+    // The chute moves on while the job runs: the job keeps its version.
+    w.chute("j1", "v2", 1);
+    w.twice(&Event::ChuteUpdated(ChuteChanged {
+        chute_id: "j1".into(),
+        version: "v2".into(),
+        job_only: true,
+        validator: w.vhot.clone(),
+    }))
+    .await;
+    assert_eq!(w.db.fleet_rows().await.unwrap().deployments.len(), 1, "the job runs on at v1");
+
+    w.twice(&Event::ChuteDeleted(ChuteDeleted {
+        chute_id: "j1".into(),
+        version: Some("v2".into()),
+        validator: w.vhot.clone(),
+    }))
+    .await;
+    let rows = w.db.fleet_rows().await.unwrap();
+    assert!(rows.chutes.is_empty() && rows.deployments.is_empty());
+    assert!(rows.gpus.iter().all(|g| g.deployment_id.is_none()));
+    assert!(w.job(&running.deployment_id).is_none(), "no Job runs on GPUs the inventory shows free");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_deleted_before_its_creation_was_heard_still_frees_its_gpus() {
+    let w = world(Shape::default()).await;
+    w.chute("c1", "v1", 1);
+    w.twice(&w.created("c1", "v1", false)).await;
+    let d = w.db.fleet_rows().await.unwrap().deployments[0].clone();
+    let config = d.config_id.clone().unwrap();
+    assert!(d.instance_id.is_none(), "instance_created was never delivered");
+
+    w.twice(&w.instance("deleted", "lost-instance", Some(&config))).await;
+    let rows = w.db.fleet_rows().await.unwrap();
+    assert!(rows.deployments.is_empty(), "matched by its launch config");
+    assert!(rows.gpus.iter().all(|g| g.deployment_id.is_none()));
+    assert!(w.job(&d.deployment_id).is_none());
+}

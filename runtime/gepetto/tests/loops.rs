@@ -1,5 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! The reconciler's image sync and creation of chutes missing here, and the
+//! The reconciler's image sync, creation of chutes missing here and listings that
+//! take their time, and the
 //! successor's strategy end to end: its preemption reads every miner's instances from
 //! the validator emulator's `GET /miner/active_instances/`.
 
@@ -62,34 +63,123 @@ async fn reconcile_follows_rebuilt_images_and_creates_chutes_it_missed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_multiplier_strategy_preempts_by_the_validators_active_instances() {
-    let w =
-        world(Shape { servers: 1, gpus: 1, strategy: Arc::new(Multiplier::default()), ..Shape::default() })
-            .await;
+async fn reconcile_keeps_an_instance_an_event_stored_while_its_listing_was_on_the_way() {
+    let w = world(Shape::default()).await;
+    w.validator.add_image(image(None, "0.3.40"));
+    w.validator.add_chute(chute_spec("llm", 1.0));
+    w.twice(&w.created("llm", "v1", false)).await;
+    let ours = w.db.fleet_rows().await.unwrap().deployments[0].clone();
+    let config = ours.config_id.clone().unwrap();
+
+    // The instances listing is made before the chute starts, and streams while it does.
+    let hold = w.validator.hold_next("/miner/instances");
+    let gepetto = w.gepetto.clone();
+    let reconcile = tokio::spawn(async move { gepetto.reconcile_once().await });
+    hold.made().await;
+    let instance = w.validator.start_chute(&config, "192.0.2.1", 32000, &[&gpu_uuid(0, 0)]).await.unwrap();
+    w.twice(&w.instance("created", &instance, Some(&config))).await;
+    hold.release();
+    let report = reconcile.await.unwrap().unwrap();
+
+    assert!(report.undeployed.is_empty(), "a listing older than the row judged nothing: {report:?}");
+    assert_eq!(report.instances_purged, 0);
+    let rows = w.db.fleet_rows().await.unwrap();
+    assert_eq!(rows.deployments.len(), 1);
+    assert_eq!(rows.deployments[0].instance_id.as_deref(), Some(instance.as_str()));
+    assert!(w.job(&ours.deployment_id).is_some(), "the chute's Job still runs");
+    assert!(w.validator.instances().iter().any(|i| i.instance_id == instance));
+    let again = w.gepetto.reconcile_once().await.unwrap();
+    assert!(again.undeployed.is_empty() && again.instances_purged == 0, "{again:?}");
+}
+
+/// Our only GPU runs "cheap" (multiplier 1), its instance active for two hours (the
+/// successor spares the first 62 min); "rich" (3) is stored, not deployed. Returns our
+/// deployment and its instance.
+async fn cheap_on_our_only_gpu(w: &World) -> (miner_db::Deployment, String) {
     w.validator.add_image(image(None, "0.3.40"));
     w.validator.add_chute(chute_spec("cheap", 1.0));
     w.validator.add_chute(chute_spec("rich", 3.0));
-
-    // Our one GPU runs "cheap"; its chute starts and the validator activates it.
     w.twice(&w.created("cheap", "v1", false)).await;
     let ours = w.db.fleet_rows().await.unwrap().deployments[0].clone();
     let config = ours.config_id.clone().unwrap();
     let instance = w.validator.start_chute(&config, "192.0.2.1", 32000, &[&gpu_uuid(0, 0)]).await.unwrap();
     w.twice(&w.instance("created", &instance, Some(&config))).await;
     w.twice(&w.instance("activated", &instance, Some(&config))).await;
-    // Activated long enough ago to be a victim (the successor spares the first 62 min).
     let pool = sqlx::PgPool::connect(&w.db_url).await.unwrap();
     sqlx::query("UPDATE deployments SET activated_at = NOW() - INTERVAL '2 hours'")
         .execute(&pool)
         .await
         .unwrap();
+    w.twice(&w.created("rich", "v1", false)).await;
+    (ours, instance)
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preempting_job_holds_the_freed_gpus_until_its_victim_is_gone_and_gets_its_disk() {
+    let w =
+        world(Shape { servers: 1, gpus: 1, strategy: Arc::new(Multiplier::default()), ..Shape::default() })
+            .await;
+    let (victim, _) = cheap_on_our_only_gpu(&w).await;
+    // Another miner runs cheap too: ours is no longer its last instance. A tick reads
+    // that and the inventory (the two hours); rich has no traffic, so it places nothing.
+    w.other_miner_runs("cheap").await;
+    assert_eq!(w.gepetto.autoscale_once().await.unwrap(), 0);
+    w.validator.add_job("big");
+    // The victim's pod takes its grace period (30 s) to stop, unless the test ends it.
+    w.kube.hold_pod_terminations(true);
+    let job = Event::JobCreated(JobCreated {
+        job_id: "big".into(),
+        method: Some("run".into()),
+        chute_id: "rich".into(),
+        image_id: None,
+        gpu_count: Some(1),
+        compute_multiplier: Some(3.0),
+        exclude: vec![],
+        disk_gb: Some(200),
+        validator: w.vhot.clone(),
+    });
+    w.gepetto.handle(&job).await.unwrap();
+
+    let pods_of = |deployment: &str| -> Vec<String> {
+        w.kube
+            .list("v1", "Pod", Some(NS))
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["labels"]["chutes/deployment-id"] == deployment)
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let victim_pods = pods_of(&victim.deployment_id);
+    assert_eq!(victim_pods.len(), 1, "the victim's pod is still terminating");
+    let holder = |rows: &miner_db::FleetRows| rows.gpus[0].deployment_id.clone();
+    let rows = w.db.fleet_rows().await.unwrap();
+    let new = rows.deployments.iter().find(|d| d.job_id.as_deref() == Some("big")).unwrap().clone();
+    assert_eq!(holder(&rows), Some(new.deployment_id.clone()), "the freed GPU is the job's at once");
+    assert!(w.job(&new.deployment_id).is_none(), "no Job while the victim's pod still holds the GPU");
+    // An autoscaler tick in between finds nothing free to place on.
+    assert_eq!(w.gepetto.autoscale_once().await.unwrap(), 0);
+    assert_eq!(holder(&w.db.fleet_rows().await.unwrap()), Some(new.deployment_id.clone()));
+
+    assert!(w.kube.finish_pod_termination(NS, &victim_pods[0]));
+    w.gepetto.wait_idle().await;
+    let k8s_job = w.job(&new.deployment_id).expect("the job's Job once the victim is gone");
+    let c = &k8s_job["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["resources"]["limits"]["ephemeral-storage"], "200Gi", "the disk the job asked for");
+    assert_eq!(w.validator.job_holder("big").as_deref(), Some(w.miner.as_str()));
+    assert!(w.validator.released_jobs().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_multiplier_strategy_preempts_by_the_validators_active_instances() {
+    let w =
+        world(Shape { servers: 1, gpus: 1, strategy: Arc::new(Multiplier::default()), ..Shape::default() })
+            .await;
+    let (ours, instance) = cheap_on_our_only_gpu(&w).await;
     let bounty = Event::BountyChange(BountyChange {
         chute_id: "rich".into(),
         bounty: Some(10.0),
         validator: w.vhot.clone(),
     });
-    w.twice(&w.created("rich", "v1", false)).await;
     // The autoscaler tick reads active_instances (and the inventory) into Gepetto.
     w.gepetto.autoscale_once().await.unwrap();
     w.twice(&bounty).await;
