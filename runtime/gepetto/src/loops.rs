@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
+use k8s_openapi::api::apps::v1::Deployment as KubeDeployment;
 use k8s_openapi::api::batch::v1::Job;
 use kube::Api;
 use miner_k8s::chute::{self as objects, version_at_least};
@@ -253,6 +254,8 @@ impl Gepetto {
         let grace =
             chrono::Duration::from_std(self.inner.cfg.stub_grace).unwrap_or(chrono::Duration::minutes(10));
         let job_api: Api<Job> = Api::namespaced(self.inner.kube.clone(), &self.inner.cfg.namespace);
+        let legacy_api: Api<KubeDeployment> =
+            Api::namespaced(self.inner.kube.clone(), &self.inner.cfg.namespace);
         let mut known: HashSet<String> = HashSet::new();
         let mut ours_instances: HashSet<String> = HashSet::new();
         let mut ours_configs: HashSet<String> = HashSet::new();
@@ -315,14 +318,19 @@ impl Gepetto {
                         } else if !d.stub {
                             // The watch may lag a Job created a moment ago: ask before acting.
                             let name = objects::job_name(&d.deployment_id);
+                            let kube_err = |what: String| move |e| GepettoError::Kube { what, source: e };
+                            // Instances from before 2025-07-17 run as apps/v1 Deployments
+                            // of the same name: kept, as the original's reconcile keeps them.
                             if job_api
                                 .get_opt(&name)
                                 .await
-                                .map_err(|e| GepettoError::Kube {
-                                    what: format!("reading Job {name}"),
-                                    source: e,
-                                })?
+                                .map_err(kube_err(format!("reading Job {name}")))?
                                 .is_none()
+                                && legacy_api
+                                    .get_opt(&name)
+                                    .await
+                                    .map_err(kube_err(format!("reading Deployment {name}")))?
+                                    .is_none()
                             {
                                 why = Some("its Job is gone".into());
                                 give_back_job = true;

@@ -536,3 +536,44 @@ async fn an_instance_deleted_before_its_creation_was_heard_still_frees_its_gpus(
     assert!(rows.gpus.iter().all(|g| g.deployment_id.is_none()));
     assert!(w.job(&d.deployment_id).is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_keeps_an_instance_that_runs_as_a_legacy_deployment() {
+    let w = world(Shape::default()).await;
+    w.chute("c1", "v1", 1);
+    w.twice(&w.created("c1", "v1", false)).await;
+    w.validator.set_listing(validator_emulator::Listing::Chutes, vec![remote_chute("c1", "v1", 1)]);
+    let d = w.db.fleet_rows().await.unwrap().deployments[0].clone();
+    // As the original ran instances before 2025-07-17: an apps/v1 Deployment, no Job.
+    let name = format!("chute-{}", d.deployment_id);
+    let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::namespaced(w.client.clone(), NS);
+    jobs.delete(&name, &kube::api::DeleteParams::background()).await.unwrap();
+    w.kube
+        .create(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": NS,
+                "labels": {"chutes/chute": "true", "chutes/deployment-id": d.deployment_id}},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"chutes/deployment-id": d.deployment_id}},
+                "template": {"metadata": {"labels": {"chutes/deployment-id": d.deployment_id}},
+                    "spec": {"nodeName": w.servers[0].0, "containers": [{"name": "chute", "image": "user/llm:1"}]}}},
+        }))
+        .unwrap();
+    let cluster = w.gepetto.cluster().clone();
+    let id = d.deployment_id.clone();
+    eventually("the Job watch to see it gone", || {
+        let (cluster, id) = (cluster.clone(), id.clone());
+        async move { !cluster.chute_jobs().contains_key(&id) }
+    })
+    .await;
+
+    let report = w.gepetto.reconcile_once().await.unwrap();
+    assert!(report.undeployed.is_empty(), "{report:?}");
+    assert_eq!(w.db.fleet_rows().await.unwrap().deployments.len(), 1);
+
+    // Without the Deployment either, the instance is gone for good.
+    let legacy: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(w.client.clone(), NS);
+    legacy.delete(&name, &kube::api::DeleteParams::background()).await.unwrap();
+    let report = w.gepetto.reconcile_once().await.unwrap();
+    assert_eq!(report.undeployed, vec![(d.deployment_id.clone(), "its Job is gone".to_owned())]);
+}
