@@ -87,6 +87,18 @@ impl std::io::Write for Progress {
     }
 }
 
+/// The live report of a provisioning run, sharing the log's redactor: the runner registers
+/// captured secrets (the join token) with the log's only, so a reporter with a redactor of its
+/// own would print them.
+pub fn reporter(
+    log: &provision_engine::Log,
+    format: provision_engine::OutputFormat,
+    verbose: bool,
+    out: Box<dyn std::io::Write + Send>,
+) -> provision_engine::Reporter {
+    provision_engine::Reporter::new(format, log.redactor.clone(), verbose, out)
+}
+
 /// Loads the inventory, every command's first step. A missing file is the first
 /// thing a new user meets, so it says what to do instead of only what failed.
 pub fn load_inventory(path: &Path) -> anyhow::Result<provision_inventory::Inventory> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use chutes_protocol::Hotkey;
-use provision_engine::{Log, OutputFormat, Phase, Redactor, Reporter, RunOptions, RunResult};
+use provision_engine::{Log, OutputFormat, Phase, Redactor, RunOptions, RunResult};
 use provision_inventory::Inventory;
 
 /// The API Service's NodePort in the default values (`api.nodePort`).
@@ -109,13 +109,119 @@ impl NodeArgs {
             connect_attempts: 2,
             profile: false,
         };
-        let redactor = Redactor::default();
-        let reporter = Reporter::new(OutputFormat::Human, redactor, self.verbose, Box::new(super::Progress));
-        let result = provision_engine::run(Arc::new(inv), phases, opts, reporter.clone(), log.clone()).await;
-        reporter.recap(&result.recap, result.elapsed, log.path.as_deref(), check);
+        let result = run_phases(log, inv, phases, opts, self.verbose, Box::new(super::Progress)).await;
         for (host, why) in &result.not_observed {
             outln!("could not reach {host} (only read, to learn its WireGuard key and cluster state): {why}");
         }
         result
+    }
+}
+
+/// Runs `phases` with the live report and the recap written to `out`.
+async fn run_phases(
+    log: &Log,
+    inv: Inventory,
+    phases: Vec<Phase>,
+    opts: RunOptions,
+    verbose: bool,
+    out: Box<dyn std::io::Write + Send>,
+) -> RunResult {
+    let check = opts.check;
+    let reporter = super::reporter(log, OutputFormat::Human, verbose, out);
+    let result = provision_engine::run(Arc::new(inv), phases, opts, reporter.clone(), log.clone()).await;
+    reporter.recap(&result.recap, result.elapsed, log.path.as_deref(), check);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use provision_engine::{Action, PhasePlan, PlanCtx, Step};
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The worker's "join cluster" step runs the join command the primary minted (a secret
+    /// capture): its summary on the terminal must not show the token.
+    #[test]
+    fn add_node_progress_does_not_print_the_join_token() {
+        const TOKEN: &str = "0123456789abcdef0123456789abcdef/feedc0ffee42";
+        let inv = provision_inventory::parse_str(
+            "hosts:\n  cpu-0:\n    address: 127.0.0.1\n    external_ip: 10.0.0.1\n    wireguard_ip: 192.168.0.1\n    is_primary: true\n",
+            std::path::Path::new("inv.yml"),
+        )
+        .unwrap();
+        let phases = vec![
+            Phase::new(
+                "join token",
+                "join",
+                Arc::new(|_: &PlanCtx| PhasePlan {
+                    steps: vec![Step::new(
+                        "join token",
+                        Action::Capture {
+                            var: "join_command".into(),
+                            run: format!("echo microk8s join 192.168.0.1:25000/{TOKEN}"),
+                            secret: true,
+                            read_only: true,
+                            pick: None,
+                        },
+                    )],
+                    handlers: vec![],
+                }),
+            ),
+            Phase::new(
+                "join",
+                "join",
+                Arc::new(|c: &PlanCtx| {
+                    let join =
+                        c.vars.get("cpu-0").and_then(|v| v.get("join_command")).cloned().unwrap_or_default();
+                    PhasePlan {
+                        steps: vec![Step::new(
+                            "join cluster",
+                            Action::Command {
+                                run: format!(": {join} --worker --skip-verify"),
+                                creates: None,
+                                unless: None,
+                            },
+                        )],
+                        handlers: vec![],
+                    }
+                }),
+            ),
+        ];
+        let opts = RunOptions {
+            forks: 1,
+            check: false,
+            fail_fast: false,
+            limit: None,
+            tags: vec![],
+            ssh: provision_ssh::Options::new(),
+            local: true,
+            connect_attempts: 1,
+            profile: false,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let log = Log::open(&dir.path().join("add-node.log"), Redactor::default()).unwrap();
+        let out = Buf::default();
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        let result = rt.block_on(run_phases(&log, inv, phases, opts, false, Box::new(out.clone())));
+        assert!(result.success(), "{:?}", result.recap);
+        let printed = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(printed.contains("join / join cluster: changed (run: : <redacted> --worker"), "{printed}");
+        assert!(!printed.contains("feedc0ffee42"), "the join token reached the terminal: {printed}");
+        let logged = std::fs::read_to_string(dir.path().join("add-node.log")).unwrap();
+        assert!(!logged.contains("feedc0ffee42"), "{logged}");
     }
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use provision_engine::{Log, OutputFormat, Redactor, Reporter, RunOptions};
+use provision_engine::{Log, OutputFormat, Redactor, RunOptions};
 
 #[derive(clap::Args, Debug)]
 pub struct ProvisionArgs {
@@ -90,12 +90,11 @@ pub fn run(args: ProvisionArgs) -> anyhow::Result<ExitCode> {
         connect_attempts: 2,
         profile: args.profile,
     };
-    let redactor = Redactor::default();
     let log_path = args.log_file.clone().unwrap_or_else(default_log_path);
-    let log = Log::open(&log_path, redactor.clone())
+    let log = Log::open(&log_path, Redactor::default())
         .with_context(|| format!("cannot open log file {}", log_path.display()))?;
     let format = if args.output == Format::Json { OutputFormat::Json } else { OutputFormat::Human };
-    let mut reporter = Reporter::new(format, redactor, args.verbose, Box::new(super::Progress));
+    let mut reporter = super::reporter(&log, format, args.verbose, Box::new(super::Progress));
     if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         let names: Vec<String> = inv.hosts.iter().map(|h| h.name.clone()).collect();
         reporter = reporter.with_live_board(&names);
