@@ -13,7 +13,7 @@ fn inventory(hosts: &[&str]) -> Arc<provision_inventory::Inventory> {
     let mut y = String::from("hosts:\n");
     for (i, h) in hosts.iter().enumerate() {
         y.push_str(&format!(
-            "  {h}:\n    address: 127.0.0.1\n    external_ip: 10.0.0.{n}\n    wireguard_ip: 192.168.0.{n}\n    is_primary: {p}\n",
+            "  {h}:\n    address: 127.0.0.{n}\n    external_ip: 10.0.0.{n}\n    wireguard_ip: 192.168.0.{n}\n    is_primary: {p}\n",
             n = i + 1,
             p = i == 0
         ));
@@ -264,7 +264,7 @@ async fn serial_phase_runs_one_host_at_a_time_and_a_failure_stops_the_rollout() 
         .enumerate()
         .map(|(i, h)| {
             format!(
-                "  {h}:\n    address: 127.0.0.1\n    external_ip: 10.0.0.{n}\n    wireguard_ip: 192.168.0.{n}\n    is_primary: {p}\n",
+                "  {h}:\n    address: 127.0.0.{n}\n    external_ip: 10.0.0.{n}\n    wireguard_ip: 192.168.0.{n}\n    is_primary: {p}\n",
                 n = i + 1,
                 p = *h == "p"
             )

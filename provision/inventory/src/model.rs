@@ -111,6 +111,7 @@ pub struct Host {
     pub pos: Pos,
     /// Address used for SSH (IP or DNS name).
     pub address: String,
+    /// Always IPv4 (validated): it becomes the node label `chutes/external-ip`.
     pub external_ip: IpAddr,
     pub wireguard_ip: Ipv4Addr,
     pub gpu_enabled: bool,

@@ -450,6 +450,15 @@ fn vars(ctx: &mut Ctx, node: Option<&Node>, base_dir: &Path) -> Vars {
             format!("microk8s_channel `{}` should look like 1.31/stable", v.microk8s_channel),
         );
     }
+    // Filled into package names that root shell commands use (`cuda-toolkit-{cuda_version}`).
+    for (key, val) in [("cuda_version", &v.cuda_version), ("nvidia_version", &v.nvidia_version)] {
+        if val.is_empty() || !val.bytes().all(|b| b.is_ascii_alphanumeric() || b".+~-".contains(&b)) {
+            ctx.err(
+                at(key),
+                format!("{key} `{val}` may only contain letters, digits and `.+~-` (it becomes part of package names)"),
+            );
+        }
+    }
     for (key, list) in [("packages", &v.packages), ("cuda_packages", &v.cuda_packages)] {
         for p in list.iter() {
             if p.is_empty() || p.starts_with('-') || p.contains(char::is_whitespace) {
@@ -469,8 +478,33 @@ fn parse_net(s: &str) -> Option<Ipv4Net> {
 
 struct RawHost {
     host: Host,
+    address_pos: Pos,
     external_pos: Pos,
     wireguard_pos: Pos,
+}
+
+/// The machine SSH reaches: address (an IP in canonical form, a DNS name in lower case), port,
+/// and the jump host's, whose user does not change where it forwards to.
+type SshTarget = (String, u16, Option<(String, u16)>);
+
+fn ssh_target(h: &Host) -> Option<SshTarget> {
+    let norm = |a: &str| match a.parse::<IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => a.trim_end_matches('.').to_ascii_lowercase(),
+    };
+    // Empty: the address did not parse (reported already).
+    (!h.address.is_empty())
+        .then(|| (norm(&h.address), h.ssh_port(), h.ssh.jump.as_ref().map(|j| (norm(&j.host), j.port))))
+}
+
+fn describe_target(h: &Host) -> String {
+    let hostport =
+        |a: &str, port: u16| if a.contains(':') { format!("[{a}]:{port}") } else { format!("{a}:{port}") };
+    let mut s = hostport(&h.address, h.ssh_port());
+    if let Some(j) = &h.ssh.jump {
+        s.push_str(&format!(" via {}", hostport(&j.host, j.port)));
+    }
+    s
 }
 
 fn host(ctx: &mut Ctx, name: &str, name_pos: Pos, node: &Node, v: &Vars, base_dir: &Path) -> RawHost {
@@ -501,11 +535,13 @@ fn host(ctx: &mut Ctx, name: &str, name_pos: Pos, node: &Node, v: &Vars, base_di
         gpu_short_ref: None,
         ssh: v.ssh.clone(),
     };
+    let mut address_pos = name_pos;
     let mut external_pos = name_pos;
     let mut wireguard_pos = name_pos;
     if let Some(n) = address
         && let Some(a) = ctx.string(&n, "address")
     {
+        address_pos = n.pos();
         if valid_address(&a) {
             h.address = a;
         } else {
@@ -520,6 +556,12 @@ fn host(ctx: &mut Ctx, name: &str, name_pos: Pos, node: &Node, v: &Vars, base_di
             Ok(ip) if ip.is_unspecified() || ip.is_multicast() => {
                 ctx.err(n.pos(), format!("external_ip {ip} cannot be a host's public address"))
             }
+            // A Kubernetes label value (chutes/external-ip) cannot hold ':', and the validator
+            // builds http://<external_ip>:<port> without brackets.
+            Ok(IpAddr::V6(ip)) => ctx.err(
+                n.pos(),
+                format!("external_ip {ip} is not an IPv4 address; the node label chutes/external-ip and the validator need one"),
+            ),
             Ok(ip) => h.external_ip = ip,
             Err(_) => ctx.err(n.pos(), format!("external_ip `{s}` is not an IP address")),
         }
@@ -577,7 +619,7 @@ fn host(ctx: &mut Ctx, name: &str, name_pos: Pos, node: &Node, v: &Vars, base_di
         };
     }
     ctx.host = None;
-    RawHost { host: h, external_pos, wireguard_pos }
+    RawHost { host: h, address_pos, external_pos, wireguard_pos }
 }
 
 pub(crate) fn inventory(root: Option<Node>, file: &Path) -> Result<Inventory, Vec<Problem>> {
@@ -656,6 +698,20 @@ pub(crate) fn inventory(root: Option<Node>, file: &Path) -> Result<Inventory, Ve
                     "external_ip {} is also used by host `{}` (line {}); each node needs its own public IP",
                     a.host.external_ip, b.host.name, b.external_pos.line
                 ));
+            }
+            // One machine in two lanes: the second would reconfigure the first one's host.
+            if let Some(t) = ssh_target(&a.host)
+                && ssh_target(&b.host).as_ref() == Some(&t)
+            {
+                ctx.err(
+                    a.address_pos,
+                    format!(
+                        "SSH target {} is also used by host `{}` (line {}); each host must be its own machine",
+                        describe_target(&a.host),
+                        b.host.name,
+                        b.address_pos.line
+                    ),
+                );
             }
             ctx.host = None;
         }

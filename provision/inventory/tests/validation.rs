@@ -252,3 +252,69 @@ fn error_value_exposes_structured_problems() {
     assert_eq!(problems.len(), 1);
     assert_eq!((problems[0].pos.line, problems[0].pos.col), (1, 8));
 }
+
+#[test]
+fn two_hosts_with_the_same_ssh_target_are_rejected() {
+    let third = |address: &str, ssh: &str| {
+        format!(
+            "{GOOD}  gpu-1:\n    address: {address}\n    external_ip: 1.2.3.6\n    wireguard_ip: 192.168.0.4\n{ssh}"
+        )
+    };
+    // Same address and (default) port as cpu-0: gpu-1's lane would reconfigure cpu-0's machine.
+    let msg = errors(&third("10.0.0.1", ""));
+    assert!(
+        msg.contains(
+            "inv.yml:24:14: host `gpu-1`: SSH target 10.0.0.1:22 is also used by host `cpu-0` (line 9)"
+        ),
+        "{msg}"
+    );
+    // Behind the same jump host (whoever logs in there), a DNS name in other letter case.
+    let msg = errors(&third(
+        "GPU0.example.com",
+        "    ssh:\n      port: 2222\n      jump: ops@bastion.example.com\n",
+    ));
+    assert!(
+        msg.contains(
+            "inv.yml:24:14: host `gpu-1`: SSH target GPU0.example.com:2222 via bastion.example.com:22 \
+             is also used by host `gpu-0` (line 15)"
+        ),
+        "{msg}"
+    );
+    // Another port, or the same address behind another jump host, is another machine.
+    parse_str(&third("10.0.0.1", "    ssh:\n      port: 2200\n"), Path::new("inv.yml")).unwrap();
+    parse_str(
+        &third("gpu0.example.com", "    ssh:\n      port: 2222\n      jump: bastion2.example.com\n"),
+        Path::new("inv.yml"),
+    )
+    .unwrap();
+}
+
+#[test]
+fn an_ipv6_external_ip_is_rejected() {
+    // It becomes the label value chutes/external-ip (no ':' allowed) and the validator's URL.
+    let msg = errors(&GOOD.replace("external_ip: 1.2.3.5", "external_ip: 2001:db8::5"));
+    assert!(
+        msg.contains("inv.yml:16:18: host `gpu-0`: external_ip 2001:db8::5 is not an IPv4 address"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn versions_with_shell_metacharacters_are_rejected() {
+    // They become package names in root shell commands.
+    let text = GOOD.replace(
+        "  user: chutes\n",
+        "  user: chutes\n  cuda_version: \"13-0;id\"\n  nvidia_version: 580 $(id)\n",
+    );
+    let msg = errors(&text);
+    assert!(msg.contains("has 2 problem(s)"), "{msg}");
+    assert!(msg.contains("inv.yml:3:17: cuda_version `13-0;id` may only contain"), "{msg}");
+    assert!(msg.contains("inv.yml:4:19: nvidia_version `580 $(id)` may only contain"), "{msg}");
+    // Versions as NVIDIA's packages spell them pass.
+    let good = GOOD.replace(
+        "  user: chutes\n",
+        "  user: chutes\n  cuda_version: \"12-6\"\n  nvidia_version: 575.57.08\n",
+    );
+    let inv = parse_str(&good, Path::new("inv.yml")).unwrap();
+    assert_eq!((inv.vars.cuda_version.as_str(), inv.vars.nvidia_version.as_str()), ("12-6", "575.57.08"));
+}

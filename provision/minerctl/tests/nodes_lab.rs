@@ -470,7 +470,7 @@ fn bad_requests_are_refused_before_any_connection() {
         format!(
             "vars:\n  validator: {validator}\n  ssh_keys: ['ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ4dL7mY6kO1jvq3b2sXyZt9Vv3mZ1rW0m8uJ8Q3hKx9 t']\nhosts:\n  \
              cpu-0:\n    address: 127.0.0.9\n    external_ip: 203.0.113.1\n    wireguard_ip: 192.168.0.1\n    is_primary: true\n  \
-             gpu-1:\n    address: 127.0.0.9\n    external_ip: 203.0.113.2\n    wireguard_ip: 192.168.0.2\n    gpu_enabled: true\n    hourly_cost: 0.8\n"
+             gpu-1:\n    address: 127.0.0.10\n    external_ip: 203.0.113.2\n    wireguard_ip: 192.168.0.2\n    gpu_enabled: true\n    hourly_cost: 0.8\n"
         ),
     )
     .unwrap();

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use provision_engine::{Action, Meta, PackageState, Phase, PhasePlan, PlanCtx, Step, WaitTarget};
 use provision_inventory::{Host, Inventory};
+use provision_ssh::shell_quote as q;
 
 /// Phase tags, in run order (`--tags` takes these).
 pub const TAGS: &[&str] = &["wireguard", "base", "nvidia", "microk8s", "primary", "join", "gpu"];
@@ -191,7 +192,7 @@ fn wireguard_keys(c: &PlanCtx) -> PhasePlan {
                     var: NVIDIA_STACK.into(),
                     run: format!(
                         "echo packages:; dpkg-query -W -f='${{db:Status-Abbrev}} ${{Package}}\\n' {} 2>/dev/null; true",
-                        globs.iter().map(|g| format!("'{g}'")).collect::<Vec<_>>().join(" ")
+                        globs.iter().map(|g| q(g)).collect::<Vec<_>>().join(" ")
                     ),
                     secret: false,
                     read_only: true,
@@ -611,13 +612,18 @@ fn nvidia_driver(c: &PlanCtx, upgrade: bool) -> PhasePlan {
                 format!("purge cuda/nvidia packages ({} installed)", others.join(", ")),
                 format!(
                     "! dpkg-query -W -f='${{db:Status-Abbrev}}\\n' {} 2>/dev/null | grep -q '^ii'",
-                    others.join(" ")
+                    others.iter().map(|p| q(p)).collect::<Vec<_>>().join(" ")
                 ),
             )
         } else {
             (
                 "purge other cuda/nvidia packages".to_string(),
-                format!("dpkg-query -W -f='${{db:Status-Abbrev}}' {toolkit} 2>/dev/null | grep -q '^ii'"),
+                // Done once the wanted toolkit is installed, held (`hi`) or not: a held
+                // toolkit would otherwise purge and reboot on every run.
+                format!(
+                    "dpkg-query -W -f='${{db:Status-Abbrev}}' {} 2>/dev/null | grep -qE '^[ih]i'",
+                    q(&toolkit)
+                ),
             )
         };
         steps.push(Step::new(name, cmd(purge, unless)).notify("reboot"));
@@ -625,7 +631,10 @@ fn nvidia_driver(c: &PlanCtx, upgrade: bool) -> PhasePlan {
         steps.push(Step::new(
             "cuda keyring",
             creates(
-                format!("set -e; t=$(mktemp); curl -fsSL -o \"$t\" {url}; dpkg -i \"$t\"; rm -f \"$t\""),
+                format!(
+                    "set -e; t=$(mktemp); curl -fsSL -o \"$t\" {}; dpkg -i \"$t\"; rm -f \"$t\"",
+                    q(&url)
+                ),
                 "/usr/share/keyrings/cuda-archive-keyring.gpg",
             ),
         ));
@@ -760,9 +769,10 @@ fn microk8s_channel(c: &PlanCtx) -> PhasePlan {
             Step::new(
                 format!("snap refresh microk8s {now} -> {want}"),
                 cmd(
-                    format!("snap refresh microk8s --channel={want}"),
+                    format!("snap refresh microk8s --channel={}", q(want)),
                     format!(
-                        "snap list microk8s 2>/dev/null | awk '$1==\"microk8s\" {{print $4}}' | grep -qxF {want}"
+                        "snap list microk8s 2>/dev/null | awk '$1==\"microk8s\" {{print $4}}' | grep -qxF {}",
+                        q(want)
                     ),
                 ),
             ),
@@ -800,7 +810,7 @@ fn microk8s(c: &PlanCtx) -> PhasePlan {
         Step::new(
             "microk8s snap",
             creates(
-                format!("snap install microk8s --classic --channel={}", v.microk8s_channel),
+                format!("snap install microk8s --classic --channel={}", q(&v.microk8s_channel)),
                 "/snap/microk8s/current",
             ),
         ),
@@ -830,18 +840,39 @@ fn microk8s(c: &PlanCtx) -> PhasePlan {
         ));
     }
     steps.extend([
-        Step::new(format!("{h}/.kube"), Action::Directory { path: format!("{h}/.kube"), meta: Meta::owned(0o700, user) }),
+        Step::new(
+            format!("{h}/.kube"),
+            Action::Directory { path: format!("{h}/.kube"), meta: Meta::owned(0o700, user) },
+        ),
+        // `creates` skips the step once the file exists, so it appears only complete: a failed
+        // `microk8s config` leaves no empty file (a redirect would create it first).
         Step::new(
             "kubeconfig",
             creates(
-                format!("set -e; umask 077; microk8s config > {h}/.kube/config; chown {user}:{user} {h}/.kube/config"),
+                format!(
+                    "set -e; umask 077; t=$(mktemp {h}/.kube/config.XXXXXX); trap 'rm -f \"$t\"' EXIT; \
+                     microk8s config > \"$t\"; chown {user}:{user} \"$t\"; mv \"$t\" {h}/.kube/config"
+                ),
                 format!("{h}/.kube/config"),
             ),
         ),
-        Step::new("registry mirror dir", Action::Directory { path: reg_dir.clone(), meta: Meta::root(0o755) }),
-        Step::new("registry mirror hosts.toml", file(format!("{reg_dir}/hosts.toml"), render::registry_hosts_toml(c.inventory), Meta::root(0o644))),
-        Step::new("resolved DNS", file("/etc/systemd/resolved.conf.d/minerctl.conf", render::resolved_conf(), Meta::root(0o644)))
-            .notify("restart resolved"),
+        Step::new(
+            "registry mirror dir",
+            Action::Directory { path: reg_dir.clone(), meta: Meta::root(0o755) },
+        ),
+        Step::new(
+            "registry mirror hosts.toml",
+            file(
+                format!("{reg_dir}/hosts.toml"),
+                render::registry_hosts_toml(c.inventory),
+                Meta::root(0o644),
+            ),
+        ),
+        Step::new(
+            "resolved DNS",
+            file("/etc/systemd/resolved.conf.d/minerctl.conf", render::resolved_conf(), Meta::root(0o644)),
+        )
+        .notify("restart resolved"),
     ]);
     PhasePlan {
         steps,

@@ -16,7 +16,7 @@ const INV: &str = r#"vars:
 hosts:
   cpu-0: {address: 10.0.0.1, external_ip: 1.2.3.4, wireguard_ip: 10.77.0.1, is_primary: true, gpu_enabled: false}
   gpu-0: {address: 10.0.0.2, external_ip: 1.2.3.5, wireguard_ip: 10.77.0.3}
-  gpu-1: {address: 10.0.0.3, external_ip: "2001:db8::5", wireguard_ip: 10.77.0.4}
+  gpu-1: {address: 10.0.0.3, external_ip: 1.2.3.6, wireguard_ip: 10.77.0.4}
 "#;
 
 fn inv() -> Inventory {
@@ -37,7 +37,11 @@ fn vars() -> HostVars {
 }
 
 fn plan(host: &str, phase: &str) -> PhasePlan {
-    let inv = inv();
+    plan_in(&inv(), host, phase)
+}
+
+/// [`plan`] for another inventory.
+fn plan_in(inv: &Inventory, host: &str, phase: &str) -> PhasePlan {
     let vars = vars();
     let facts = Facts { os_id: "ubuntu".into(), os_version: "22.04".into(), ..Default::default() };
     let h = inv.host(host).unwrap();
@@ -51,7 +55,7 @@ fn plan(host: &str, phase: &str) -> PhasePlan {
     };
     let p = provision_roles::phases().into_iter().find(|p| p.name == name).unwrap();
     let mut plan = (p.plan)(&PlanCtx {
-        inventory: &inv,
+        inventory: inv,
         host: h,
         facts: &facts,
         vars: &vars,
@@ -100,7 +104,7 @@ fn primary_wireguard_config_lists_every_worker_without_private_key() {
         [Peer]
         PublicKey = GPU1KEY=
         AllowedIPs = 10.77.0.4/32, 10.0.0.0/8
-        Endpoint = [2001:db8::5]:51820
+        Endpoint = 1.2.3.6:51820
     "#]]
     .assert_eq(&file_content(&p, "/etc/wireguard/wg0.conf"));
 }
@@ -218,7 +222,7 @@ fn labels_every_node_with_its_external_ip_and_ipv6_off_is_a_sysctl() {
         })
         .collect();
     assert_eq!(labels.len(), 3);
-    assert!(labels[2].contains("chutes/external-ip=2001:db8::5"), "{labels:?}");
+    assert!(labels[2].contains("chutes/external-ip=1.2.3.6 "), "{labels:?}");
     let base = plan("gpu-0", "base");
     assert!(
         base.steps
@@ -554,4 +558,119 @@ fn the_label_phase_handles_only_the_nodes_of_hosts_the_run_changes() {
         "{steps:?}"
     );
     assert!(!steps.iter().any(|s| s.starts_with("gpu-0")), "{steps:?}");
+}
+
+/// Runs `script` with `sh -c`, the stand-ins (name, shell script body) first in PATH.
+fn sh_with(script: &str, standins: &[(&str, &str)]) -> std::process::Output {
+    let bin = tempfile::tempdir().unwrap();
+    for (name, body) in standins {
+        let path = bin.path().join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
+    std::process::Command::new("sh").arg("-c").arg(script).env("PATH", path).output().unwrap()
+}
+
+fn command_of<'a>(p: &'a PhasePlan, step: &str) -> (&'a str, Option<&'a str>, Option<&'a str>) {
+    match &p.steps.iter().find(|s| s.name == step).unwrap().action {
+        Action::Command { run, creates, unless } => (run, creates.as_deref(), unless.as_deref()),
+        other => panic!("{step}: {other:?}"),
+    }
+}
+
+#[test]
+fn a_cuda_keyring_url_with_an_ampersand_reaches_curl_whole() {
+    let url = "https://mirror.example.com/cuda-keyring.deb?a=1&b=2";
+    let inv = provision_inventory::parse_str(
+        &INV.replace("hosts:\n", &format!("  cuda_keyring_url: \"{url}\"\nhosts:\n")),
+        Path::new("inv.yml"),
+    )
+    .unwrap();
+    let p = plan_in(&inv, "gpu-0", "nvidia");
+    let (run, _, _) = command_of(&p, "cuda keyring");
+    assert!(run.contains(&format!("curl -fsSL -o \"$t\" '{url}';")), "{run}");
+    // As the host's shell runs it: curl gets the URL as one argument, nothing is backgrounded.
+    let log = tempfile::tempdir().unwrap();
+    let args = log.path().join("curl-args");
+    let out =
+        sh_with(run, &[("curl", &format!("printf '%s\\n' \"$@\" > {}", args.display())), ("dpkg", "exit 0")]);
+    assert!(out.status.success(), "{out:?}");
+    let args = std::fs::read_to_string(&args).unwrap();
+    assert_eq!(args.lines().last(), Some(url), "{args}");
+}
+
+#[test]
+fn package_names_reach_the_shell_quoted() {
+    // A package list entry may carry what a shell reads (only whitespace is refused there).
+    let inv = provision_inventory::parse_str(
+        &INV.replace(
+            "hosts:\n",
+            "  cuda_packages: [\"cuda-toolkit-{cuda_version}$(id)\", \"nvidia-fabricmanager-{nvidia_version}\"]\nhosts:\n",
+        ),
+        Path::new("inv.yml"),
+    )
+    .unwrap();
+    let p = plan_in(&inv, "gpu-0", "nvidia");
+    let (_, _, unless) = command_of(&p, "purge other cuda/nvidia packages");
+    assert!(unless.unwrap().contains(" 'cuda-toolkit-13-0$(id)' "), "{unless:?}");
+    let keys = plan_in(&inv, "gpu-0", "wireguard keys");
+    let Action::Capture { run, .. } =
+        &keys.steps.iter().find(|s| s.name == "driver packages installed").unwrap().action
+    else {
+        panic!()
+    };
+    assert!(run.contains(" 'cuda-toolkit-*$(id)' 'nvidia-fabricmanager-*' "), "{run}");
+}
+
+#[test]
+fn a_failed_microk8s_config_leaves_no_kubeconfig_behind() {
+    let p = plan("gpu-0", "microk8s");
+    let (run, creates, _) = command_of(&p, "kubeconfig");
+    // The step is skipped once this exists: it must only ever appear complete.
+    assert_eq!(creates, Some("/home/chutes/.kube/config"));
+    // Run as the host would, with the user's home moved into a temporary directory.
+    let home = tempfile::tempdir().unwrap();
+    let kube = home.path().join(".kube");
+    std::fs::create_dir(&kube).unwrap();
+    let run = run.replace("/home/chutes", &home.path().display().to_string());
+    let chown = home.path().join("chown-args");
+    let chown_standin = format!("echo \"$@\" >> {}", chown.display());
+    let out = sh_with(
+        &run,
+        &[
+            ("microk8s", "echo 'apiVersion: v1'; echo 'cannot reach the API' >&2; exit 1"),
+            ("chown", &chown_standin),
+        ],
+    );
+    assert!(!out.status.success(), "a failed `microk8s config` must fail the step: {out:?}");
+    let left: Vec<_> = std::fs::read_dir(&kube).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(left.is_empty(), "left behind in ~/.kube: {left:?}");
+    // The next run succeeds: the whole config, readable by its owner only.
+    let config = "apiVersion: v1\nclusters: []\n";
+    let out = sh_with(
+        &run,
+        &[("microk8s", &format!("printf '{}'", config.replace('\n', "\\n"))), ("chown", &chown_standin)],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let written = kube.join("config");
+    assert_eq!(std::fs::read_to_string(&written).unwrap(), config);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&written).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(std::fs::read_dir(&kube).unwrap().count(), 1, "only the config is left");
+    assert!(std::fs::read_to_string(&chown).unwrap().starts_with("chutes:chutes "));
+}
+
+#[test]
+fn a_held_cuda_toolkit_counts_as_installed_so_nothing_is_purged_again() {
+    let p = plan("gpu-0", "nvidia");
+    let (_, _, unless) = command_of(&p, "purge other cuda/nvidia packages");
+    let unless = unless.unwrap();
+    // dpkg's status of the wanted toolkit: the purge is skipped (guard succeeds) when it is
+    // installed, held (`apt-mark hold`) or not; it runs when the toolkit is half-installed
+    // or absent.
+    for (status, skipped) in [("ii ", true), ("hi ", true), ("iF ", false), ("un ", false)] {
+        let out = sh_with(unless, &[("dpkg-query", &format!("printf '{status}'"))]);
+        assert_eq!(out.status.success(), skipped, "toolkit status {status:?}: {out:?}");
+    }
 }
