@@ -12,12 +12,14 @@
 //!   `systemctl show`, the remaining shell guards) and decided on here; a converged host
 //!   therefore costs one round trip and starts processes only for guards that need them.
 //! - A step reports ok / changed / failed / skipped; a failed or unreachable host stops
-//!   itself only (unless fail-fast); handlers run once per phase however many steps notify.
+//!   itself only (unless fail-fast); handlers run once per phase however many steps notify,
+//!   and a notified handler is remembered on the host until it has run (`pending.rs`).
 //! - Captured secrets are redacted from output and the log file.
 
 pub mod apply;
 pub mod conn;
 pub mod facts;
+pub mod pending;
 pub mod plan;
 pub mod report;
 pub mod runner;

@@ -95,7 +95,7 @@ pub fn unified_diff(path: &str, old: &str, new: &str) -> String {
 }
 
 /// Script that writes stdin to `path` atomically with mode and owner.
-fn write_script(path: &str, meta: &Meta) -> String {
+pub(crate) fn write_script(path: &str, meta: &Meta) -> String {
     let p = q(path);
     let tmp = q(&format!("{path}.minerctl-tmp"));
     format!(
@@ -246,8 +246,8 @@ impl Action {
                     .filter_map(|l| {
                         let mut f = l.split_whitespace();
                         let name = f.next()?;
-                        // `ii` = installed; `iF`/`iU` half-installed count as missing.
-                        (f.next()? == "ii").then_some(name.split(':').next().unwrap_or(name))
+                        // `ii`, or `hi` when held; half-installed (`iU`, `iF`) counts as missing.
+                        crate::state::installed(f.next()?).then_some(name.split(':').next().unwrap_or(name))
                     })
                     .collect();
                 let todo: Vec<&String> = packages
@@ -657,6 +657,35 @@ mod tests {
         }
         let out = ProbeOut { rc: 0, text: "hello ii \njq ii \n".into() };
         assert!(matches!(a.evaluate(&out).unwrap(), Decision::Ok));
+    }
+
+    /// A held package (`apt-mark hold`, common for drivers) is installed: installing it again
+    /// would report a change every run, or fail once a newer version exists.
+    #[test]
+    fn held_packages_count_as_installed_half_installed_ones_do_not() {
+        let present = |p: &str| Action::Apt {
+            packages: vec![p.into()],
+            state: PackageState::Present,
+            update_cache: true,
+        };
+        let out = |t: &str| ProbeOut { rc: 0, text: t.into() };
+        let d = present("nvidia-open").evaluate(&out("nvidia-open hi \n")).unwrap();
+        assert!(matches!(d, Decision::Ok), "{d:?}");
+        let d = present("libc6").evaluate(&out("libc6:amd64 hi \n")).unwrap();
+        assert!(matches!(d, Decision::Ok), "{d:?}");
+        for broken in ["iU ", "iF ", "hF ", "iiR", "hiR", "rc ", "hn "] {
+            let d = present("nvidia-open").evaluate(&out(&format!("nvidia-open {broken}\n"))).unwrap();
+            assert!(matches!(d, Decision::Change(_)), "{broken:?}: {d:?}");
+        }
+        // Wanted absent, a held package is still there: purging it is planned (apt then
+        // names the hold), not skipped as if it were gone.
+        let absent = Action::Apt {
+            packages: vec!["containerd.io".into()],
+            state: PackageState::Absent,
+            update_cache: false,
+        };
+        let d = absent.evaluate(&out("containerd.io hi \n")).unwrap();
+        assert!(matches!(&d, Decision::Change(c) if c.summary == "purge containerd.io"), "{d:?}");
     }
 
     #[test]

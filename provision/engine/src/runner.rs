@@ -17,6 +17,7 @@ use tokio::sync::{Barrier, RwLock, Semaphore};
 use crate::apply::{ApplyError, apply_change, changing_capture};
 use crate::conn::Conn;
 use crate::facts::{self, Facts};
+use crate::pending::{self, Pending};
 use crate::plan::{Decision, ProbeOut};
 use crate::report::{HostRecap, Log, Reporter, StepEvent};
 use crate::state::{Request, Snapshot};
@@ -321,6 +322,9 @@ async fn lane(s: Arc<Shared>, name: String, mode: Mode) -> HostRecap {
     let mut conn: Option<Conn> = None;
     let mut facts = Facts::default();
     let mut snapshot: Option<Snapshot> = None;
+    let mut pending = Pending::default();
+    // Handlers the phases of this run have, to tell which pending names none of them runs.
+    let mut handlers_seen = BTreeSet::new();
     let selected = |tag: &str| s.opts.tags.is_empty() || s.opts.tags.iter().any(|t| t == tag);
     {
         let _permit = s.forks.acquire().await;
@@ -329,6 +333,13 @@ async fn lane(s: Arc<Shared>, name: String, mode: Mode) -> HostRecap {
             match connect(&s, &host, mode == Mode::Full && !s.opts.check).await {
                 Ok(c) => match read_state(&s, &c, &host, mode, &selected).await {
                     Ok(snap) => {
+                        if mode == Mode::Full {
+                            let (p, warnings) = Pending::load(&c, snap.contents(pending::PATH).flatten());
+                            for w in warnings {
+                                warn(&s, &name, &w);
+                            }
+                            pending = p;
+                        }
                         facts = facts::parse(&snap.facts_text);
                         s.facts.write().await.insert(name.clone(), facts.clone());
                         snapshot = Some(snap);
@@ -372,6 +383,7 @@ async fn lane(s: Arc<Shared>, name: String, mode: Mode) -> HostRecap {
             before_run: false,
             limit: s.opts.limit.as_deref(),
         });
+        handlers_seen.extend(plan.handlers.iter().map(|h| h.name.clone()));
         // --tags: steps carry their own tag or inherit the phase's.
         plan.steps.retain(|st| selected(st.tag.as_deref().unwrap_or(&phase.tag)));
         if plan.steps.is_empty() {
@@ -394,8 +406,18 @@ async fn lane(s: Arc<Shared>, name: String, mode: Mode) -> HostRecap {
         if mode == Mode::Full {
             s.reporter.phase(&name, &phase.name);
         }
-        if let Err(stop_reason) =
-            run_phase(&s, c, &host.name, &phase.name, &plan, mode, snapshot.as_ref(), &mut recap).await
+        if let Err(stop_reason) = run_phase(
+            &s,
+            c,
+            &host.name,
+            &phase.name,
+            &plan,
+            mode,
+            snapshot.as_ref(),
+            &mut pending,
+            &mut recap,
+        )
+        .await
         {
             if mode == Mode::Full {
                 if let Some(r) = rollout
@@ -412,6 +434,16 @@ async fn lane(s: Arc<Shared>, name: String, mode: Mode) -> HostRecap {
     }
     if let Some(c) = conn {
         c.close().await;
+    }
+    // Only a run that planned every phase knows that no phase has the handler.
+    if mode == Mode::Full && recap.failed == 0 && !recap.unreachable && !s.abort.load(Ordering::SeqCst) {
+        for n in pending.names().filter(|n| !handlers_seen.contains(*n)) {
+            warn(
+                &s,
+                &name,
+                &format!("{}: `{n}` is no handler of this run, left for one that has it", pending::PATH),
+            );
+        }
     }
     recap.seconds = start.elapsed().as_secs_f64();
     if mode == Mode::Full {
@@ -431,6 +463,11 @@ async fn lane(s: Arc<Shared>, name: String, mode: Mode) -> HostRecap {
         );
     }
     recap
+}
+
+fn warn(s: &Shared, host: &str, text: &str) {
+    s.log.line(host, &format!("warning: {text}"));
+    s.reporter.host_note(host, &format!("warning: {text}"));
 }
 
 fn stop(s: &Shared, recap: &mut HostRecap, mode: Mode, why: Stop) {
@@ -500,6 +537,9 @@ async fn read_state(
     let vars = HostVars::new();
     let mut req = Request::default();
     let mut labels = HashMap::new();
+    if mode == Mode::Full && Pending::kept_on(conn) {
+        req.add_contents(pending::PATH);
+    }
     for phase in &s.phases {
         let plan = (phase.plan)(&PlanCtx {
             inventory: &s.inv,
@@ -562,6 +602,7 @@ async fn run_phase(
     plan: &PhasePlan,
     mode: Mode,
     snapshot: Option<&Snapshot>,
+    pending: &mut Pending,
     recap: &mut HostRecap,
 ) -> Result<(), Stop> {
     let check = s.opts.check;
@@ -597,7 +638,9 @@ async fn run_phase(
         }
     }
     let mut dirty = false;
-    let mut notified = BTreeSet::new();
+    let has_handler = |n: &String| plan.handlers.iter().any(|h| &h.name == n);
+    // Handlers notified by an earlier run that did not get to run them.
+    let mut notified: BTreeSet<String> = pending.names().filter(|n| has_handler(n)).cloned().collect();
     for (i, step) in steps.iter().enumerate() {
         if s.abort.load(Ordering::SeqCst) {
             return Err(Stop {
@@ -605,26 +648,48 @@ async fn run_phase(
                 message: "stopped: another host failed (--fail-fast)".into(),
             });
         }
-        let changed =
-            run_step(s, conn, host, phase, step, probes[i].as_deref(), batch[i].clone(), dirty, mode, recap)
-                .await?;
+        let notifies: Vec<String> = step.notify.iter().filter(|n| has_handler(n)).cloned().collect();
+        let changed = run_step(
+            s,
+            conn,
+            host,
+            phase,
+            step,
+            probes[i].as_deref(),
+            batch[i].clone(),
+            dirty,
+            mode,
+            Some((&mut *pending, &notifies)),
+            recap,
+        )
+        .await?;
         if changed {
             dirty |= !check;
             if !check {
                 s.changed_any.store(true, Ordering::SeqCst);
             }
-            notified.extend(step.notify.iter().cloned());
+            notified.extend(notifies);
         }
     }
     for handler in plan.handlers.iter().filter(|h| notified.contains(&h.name)) {
         let probe = handler.action.probe();
-        run_step(s, conn, host, phase, handler, probe.as_deref(), None, true, mode, recap).await?;
+        run_step(s, conn, host, phase, handler, probe.as_deref(), None, true, mode, None, recap).await?;
+        // A handler that failed returned above: it stays pending for the next run.
+        pending.remove(conn, &handler.name, check, &s.log, host).await.map_err(|e| Stop {
+            unreachable: matches!(&e, ApplyError::Transport(t) if t.is_unreachable()),
+            message: format!(
+                "{phase} / {}: ran, but {} could not be updated: {e}",
+                handler.name,
+                pending::PATH
+            ),
+        })?;
     }
     Ok(())
 }
 
 /// Probes (unless the batch result is still valid), decides and applies one step.
-/// Returns whether it changed something (or would, in check mode).
+/// Returns whether it changed something (or would, in check mode). The handlers in `notify`
+/// are recorded as pending once it changed, before it is reported.
 #[allow(clippy::too_many_arguments)]
 async fn run_step(
     s: &Shared,
@@ -636,6 +701,7 @@ async fn run_step(
     batched: Option<ProbeOut>,
     dirty: bool,
     mode: Mode,
+    mut notify: Option<(&mut Pending, &[String])>,
     recap: &mut HostRecap,
 ) -> Result<bool, Stop> {
     let check = s.opts.check;
@@ -711,7 +777,20 @@ async fn run_step(
                 ev.summary = Some(c.summary.clone());
                 ev.diff = c.diff.clone();
                 match apply_change(conn, &c, check, step.timeout, &s.log, host).await {
-                    Ok(()) => Ok(Status::Changed),
+                    Ok(()) => {
+                        let Some((pending, names)) = notify.as_mut() else { return Ok(Status::Changed) };
+                        match pending.add(conn, names, check, &s.log, host).await {
+                            Ok(()) => Ok(Status::Changed),
+                            Err(ApplyError::Transport(e)) if e.is_unreachable() => Err(e.into()),
+                            Err(e) => {
+                                ev.error = Some(format!(
+                                    "changed, but the handlers it notifies could not be recorded in {}: {e}",
+                                    pending::PATH
+                                ));
+                                Ok(Status::Failed)
+                            }
+                        }
+                    }
                     Err(ApplyError::Transport(e)) if e.is_unreachable() => Err(e.into()),
                     Err(e) => {
                         ev.error = Some(e.to_string());

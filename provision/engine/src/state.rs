@@ -177,6 +177,11 @@ impl Request {
         s
     }
 
+    /// Reads this file's contents too, for the engine itself (see [`Snapshot::contents`]).
+    pub fn add_contents(&mut self, path: &str) {
+        self.contents.insert(path.to_string());
+    }
+
     /// A step's own shell probe, run as it is (when the snapshot cannot answer).
     pub fn add_shell(&mut self, probe: String) {
         if !self.shell.contains(&probe) {
@@ -368,6 +373,15 @@ impl Snapshot {
         self.shell.get(probe).cloned()
     }
 
+    /// A file read for [`Request::add_contents`]: None when it was not asked for, `Some(None)`
+    /// when it is missing or not a regular file.
+    pub fn contents(&self, path: &str) -> Option<Option<&[u8]>> {
+        if !self.request.contents.contains(path) {
+            return None;
+        }
+        Some(self.paths.get(path).filter(|p| p.kind == "regular file").and_then(|p| p.content.as_deref()))
+    }
+
     /// The text `action`'s own probe would have printed, or None when it must be probed.
     pub fn answer(&self, action: &Action) -> Option<ProbeOut> {
         let text = match action {
@@ -504,11 +518,18 @@ fn parse_dpkg(text: &str, out: &mut HashMap<String, String>) {
             let abbrev = status_abbrev(st);
             // Several architectures of one package: installed if any is.
             let e = out.entry(n.to_string()).or_insert_with(|| abbrev.clone());
-            if abbrev.starts_with("ii") {
+            if installed(abbrev.trim_end()) && !installed(e.trim_end()) {
                 *e = abbrev;
             }
         }
     }
+}
+
+/// Whether a `${db:Status-Abbrev}` (trailing blank trimmed) means installed and usable:
+/// `ii`, or `hi` (held with `apt-mark hold`, as drivers often are). Half-installed or
+/// half-configured (`iU`, `iF`, ...) and any error flag (`iiR`) are not.
+pub(crate) fn installed(abbrev: &str) -> bool {
+    abbrev == "ii" || abbrev == "hi"
 }
 
 /// `install ok installed` -> `ii ` (what dpkg-query's `${db:Status-Abbrev}` prints).
@@ -636,6 +657,21 @@ mod tests {
         assert_eq!(m["hello"], "ii ");
         assert_eq!(m["jq"], "rc ");
         assert_eq!(m["libc6"], "ii ");
+    }
+
+    #[test]
+    fn held_packages_read_as_held_and_installed() {
+        let mut m = HashMap::new();
+        parse_dpkg(
+            "Package: nvidia-open\nStatus: hold ok installed\n\
+             Package: libfoo\nStatus: deinstall ok config-files\nPackage: libfoo\nStatus: hold ok installed\n\
+             Package: libbar\nStatus: hold ok installed\nPackage: libbar\nStatus: install ok half-configured\n",
+            &mut m,
+        );
+        assert_eq!(m["nvidia-open"], "hi ");
+        // Several architectures: installed (held) wins over one that is not.
+        assert_eq!(m["libfoo"], "hi ");
+        assert_eq!(m["libbar"], "hi ");
     }
 
     #[test]
