@@ -398,17 +398,18 @@ async fn reconcile_repairs_drift_in_both_directions() {
 #[test]
 fn killed_mid_deploy_and_restarted_loses_nothing_and_leaks_nothing() {
     let first = tokio::runtime::Runtime::new().unwrap();
-    let (w, dead) = first.block_on(async {
+    let (w, dead, held) = first.block_on(async {
         let w = world(Shape { stub_grace: Duration::ZERO, ..Shape::default() }).await;
         w.chute("c1", "v1", 2);
         w.validator.set_listing(validator_emulator::Listing::Chutes, vec![remote_chute("c1", "v1", 2)]);
-        // The launch config answers 500 a few times: the deploy task is still retrying
-        // when the process dies.
-        w.validator.fail_next("/instances/launch_config", 500, 3);
+        // The validator grants the launch config but its answer is slow: the deploy task
+        // is still waiting for it when the process dies.
+        let held = w.validator.hold_next("/instances/launch_config");
         w.gepetto.handle(&w.created("c1", "v1", false)).await.unwrap();
         let rows = w.db.fleet_rows().await.unwrap();
         assert_eq!(rows.deployments.len(), 1, "the decision is durable before the ack");
-        (w, rows.deployments[0].deployment_id.clone())
+        held.made().await;
+        (w, rows.deployments[0].deployment_id.clone(), held)
     });
     first.shutdown_background();
 
@@ -435,6 +436,7 @@ fn killed_mid_deploy_and_restarted_loses_nothing_and_leaks_nothing() {
         assert_eq!((w.jobs().len(), w.services().len()), (1, 1));
         shutdown.cancel();
     });
+    held.release();
     drop(w);
 }
 

@@ -156,6 +156,42 @@ async fn launch_config_refusals_are_typed_and_never_retried() {
     assert_eq!(statuses, [200, 423, 200, 403, 404], "one request per call: 4xx is final");
 }
 
+/// chutes-api's launch_config records the miner in the job's history and inserts a
+/// config on every call: a retry after a lost answer is refused (403) or leaks a config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_config_is_sent_once_even_after_a_5xx_or_a_timeout() {
+    let emulator = Emulator::start();
+    emulator.add_job("j1");
+    emulator.add_job("j2");
+    let launches = || {
+        emulator.requests().into_iter().filter(|r| r.path == "/instances/launch_config").collect::<Vec<_>>()
+    };
+
+    // A 502 (say, from a proxy in front of a validator that did grant it).
+    emulator.fail_next("/instances/launch_config", 502, 1);
+    let err = client(&emulator).launch_config("c1", Some("j1")).await.unwrap_err();
+    assert!(matches!(&err, LaunchError::Other(e) if e.status() == Some(502)), "{err}");
+    assert_eq!(launches().len(), 1, "a 502 on launch_config is not retried");
+
+    // The validator granted the job but its answer never arrived in time.
+    let hold = emulator.hold_next("/instances/launch_config");
+    let impatient = ValidatorClient::with_options(
+        &target(emulator.socket_url(), emulator.api_url()),
+        miner_hotkey(),
+        RestOptions { timeout: Duration::from_millis(500), ..fast() },
+    )
+    .unwrap();
+    let err = impatient.launch_config("c1", Some("j2")).await.unwrap_err();
+    hold.made().await;
+    hold.release();
+    assert!(
+        matches!(&err, LaunchError::Other(RestError::Transport { attempts: 1, .. })),
+        "a timeout is the caller's to judge, not a retry's 403: {err}"
+    );
+    let statuses: Vec<u16> = launches().iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [502, 200], "one request per call");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_and_refused_connections_are_retried_client_errors_are_not() {
     let mut emulator = Emulator::start();

@@ -8,7 +8,8 @@
 //! Retries: connection failures and 5xx answers are retried with capped, jittered
 //! backoff, re-signing each attempt (fresh nonce). A 4xx is never retried: the
 //! validator has decided. Timeouts are retried only for reads and deletes, since a
-//! POST that timed out may have been applied.
+//! POST that timed out may have been applied. `launch_config` is a GET that is not
+//! a read: it is sent again only when no connection was made.
 
 mod listing;
 pub mod remote;
@@ -153,6 +154,26 @@ enum Sign {
     Body,
 }
 
+/// Which failures a request may be sent again after.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Reads and deletes: connection failures, 5xx and timeouts.
+    Idempotent,
+    /// Writes: connection failures and 5xx (a write that timed out may have been applied).
+    Write,
+    /// Sent again only when it never reached the validator (no connection). chutes-api's
+    /// `GET /instances/launch_config` appends the miner to the job's history (a second
+    /// try is a 403) and inserts a config on every call, so after a lost answer a retry
+    /// would turn a granted job into `AlreadyTried` or leave an orphan config.
+    Never,
+}
+
+impl Retry {
+    fn for_method(method: &Method) -> Retry {
+        if matches!(*method, Method::GET | Method::DELETE) { Retry::Idempotent } else { Retry::Write }
+    }
+}
+
 /// The client for one validator. Cheap to clone.
 #[derive(Clone)]
 pub struct ValidatorClient {
@@ -225,7 +246,8 @@ impl ValidatorClient {
     pub async fn listing(&self, listing: Listing) -> Result<ListingReply, RestError> {
         let path = listing.path();
         let timeout = self.options.listing_timeout;
-        let mut response = self.send(Method::GET, path, Sign::Purpose("miner"), None, timeout).await?;
+        let mut response =
+            self.send(Method::GET, path, Sign::Purpose("miner"), None, timeout, Retry::Idempotent).await?;
         let mut parser = ListingParser::new(self.options.max_listing_bytes);
         let fail = |reason: String| self.decode(Method::GET, path, reason);
         loop {
@@ -280,7 +302,8 @@ impl ValidatorClient {
     pub async fn active_instances(&self) -> Result<Option<Vec<ActiveInstance>>, RestError> {
         let path = Listing::ActiveInstances.path();
         let timeout = self.options.listing_timeout;
-        let response = self.send(Method::GET, path, Sign::Purpose("miner"), None, timeout).await?;
+        let response =
+            self.send(Method::GET, path, Sign::Purpose("miner"), None, timeout, Retry::Idempotent).await?;
         let fail = |reason: String| self.decode(Method::GET, path, reason);
         let body = response.bytes().await.map_err(|e| fail(format!("reading the reply: {e}")))?;
         if body.len() > self.options.max_listing_bytes {
@@ -330,6 +353,8 @@ impl ValidatorClient {
     }
 
     /// `GET /instances/launch_config?chute_id=[&job_id=]` (purpose `launch`).
+    /// Not retried once it reached the validator: a 5xx or a timeout is the caller's
+    /// error to judge, since the validator may have granted it (see `Retry::Never`).
     pub async fn launch_config(
         &self,
         chute_id: &str,
@@ -339,7 +364,7 @@ impl ValidatorClient {
         if let Some(job) = job_id {
             path.push_str(&format!("&job_id={}", encode(job)));
         }
-        match self.json(Method::GET, &path, Sign::Purpose("launch"), None).await {
+        match self.json_with(Method::GET, &path, Sign::Purpose("launch"), None, Retry::Never).await {
             Ok(config) => Ok(config),
             Err(e) => Err(match e.status() {
                 Some(423) => LaunchError::AtCapacity,
@@ -387,7 +412,19 @@ impl ValidatorClient {
         sign: Sign,
         body: Option<&Value>,
     ) -> Result<T, RestError> {
-        let response = self.call(method.clone(), path, sign, body).await?;
+        let retry = Retry::for_method(&method);
+        self.json_with(method, path, sign, body, retry).await
+    }
+
+    async fn json_with<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        sign: Sign,
+        body: Option<&Value>,
+        retry: Retry,
+    ) -> Result<T, RestError> {
+        let response = self.send(method.clone(), path, sign, body, self.options.timeout, retry).await?;
         let bytes = response.bytes().await.map_err(|e| self.decode(method.clone(), path, e.to_string()))?;
         serde_json::from_slice(&bytes).map_err(|e| {
             let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
@@ -402,7 +439,8 @@ impl ValidatorClient {
         sign: Sign,
         body: Option<&Value>,
     ) -> Result<reqwest::Response, RestError> {
-        self.send(method, path, sign, body, self.options.timeout).await
+        let retry = Retry::for_method(&method);
+        self.send(method, path, sign, body, self.options.timeout, retry).await
     }
 
     /// Sends with signing and retries; a non-2xx final answer is an error.
@@ -413,6 +451,7 @@ impl ValidatorClient {
         sign: Sign,
         body: Option<&Value>,
         timeout: Duration,
+        retry: Retry,
     ) -> Result<reqwest::Response, RestError> {
         let url = format!("{}{}", self.base, path);
         // The exact bytes sent are the bytes hashed: serde_json's compact form, as orjson.
@@ -422,7 +461,8 @@ impl ValidatorClient {
             }
             None => None,
         };
-        let idempotent = matches!(method, Method::GET | Method::DELETE);
+        let idempotent = retry == Retry::Idempotent;
+        let attempts = self.options.attempts.max(1);
         let mut backoff = Backoff::new(self.options.backoff_initial, self.options.backoff_cap);
         let mut attempt = 0;
         loop {
@@ -442,10 +482,10 @@ impl ValidatorClient {
             if let Some(b) = &bytes {
                 request = request.header("content-type", "application/json").body(b.clone());
             }
-            let last = attempt >= self.options.attempts.max(1);
+            let last = attempt >= attempts;
             match request.send().await {
                 Ok(response) if response.status().is_success() => return Ok(response),
-                Ok(response) if response.status().is_server_error() && !last => {
+                Ok(response) if response.status().is_server_error() && !last && retry != Retry::Never => {
                     tracing::warn!(%method, %url, status = response.status().as_u16(), attempt, "validator API error; retrying");
                 }
                 Ok(response) => {
