@@ -43,7 +43,7 @@ impl Metrics {
 
     pub fn observe(&self, method: &str, route: &str, status: u16, took: Duration) {
         let mut map = lock(&self.requests);
-        let e = map.entry((method.to_owned(), route.to_owned(), status)).or_default();
+        let e = map.entry((method_label(method).to_owned(), route.to_owned(), status)).or_default();
         e.0 += 1;
         e.1 += took.as_secs_f64();
     }
@@ -96,8 +96,26 @@ impl Metrics {
     }
 }
 
+/// The method as a label. hyper accepts any token as a method, so anything outside
+/// the standard set is `other`: a caller inventing methods cannot grow the table.
+fn method_label(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        "CONNECT" => "CONNECT",
+        "TRACE" => "TRACE",
+        _ => "other",
+    }
+}
+
 /// Middleware: times each request and counts it under its route template
-/// (`/servers/{id_or_name}/lock`, never the raw path, so labels stay bounded).
+/// (`/servers/{id_or_name}/lock`, never the raw path; `unmatched` for the fallback)
+/// and its method label, so labels stay bounded.
 pub async fn track(State(metrics): State<std::sync::Arc<Metrics>>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()

@@ -477,6 +477,33 @@ async fn metrics_count_requests_by_route_template() {
     assert!(!text.contains("gpu-1"), "raw paths must not become labels");
 }
 
+/// hyper accepts any token as a method: made-up ones must not grow the label set.
+#[tokio::test]
+async fn made_up_methods_share_one_metrics_label() {
+    let api = Api::start().await;
+    let metrics = || async { api.http.get(api.url("/metrics")).send().await.unwrap().text().await.unwrap() };
+    metrics().await;
+    let before = metrics().await;
+    for n in 1..=50 {
+        let method = reqwest::Method::from_bytes(format!("FOO{n}").as_bytes()).unwrap();
+        for path in ["/ping", &format!("/made-up/{n}")] {
+            let status = api.http.request(method.clone(), api.url(path)).send().await.unwrap().status();
+            assert!(status.is_client_error(), "FOO{n} {path}: {status}");
+        }
+    }
+    let after = metrics().await;
+    assert!(!after.contains("FOO"), "{after}");
+    assert!(!after.contains("made-up"), "raw paths must not become labels: {after}");
+    for line in [
+        r#"miner_api_requests_total{method="other",route="/ping",status="405"} 50"#,
+        r#"miner_api_requests_total{method="other",route="unmatched",status="404"} 50"#,
+    ] {
+        assert!(after.lines().any(|l| l == line), "{line}\n{after}");
+    }
+    // Two series (count and seconds) per (method, route, status), nothing else.
+    assert_eq!(after.lines().count(), before.lines().count() + 4, "{before}\n---\n{after}");
+}
+
 // ---- POST /servers/ ----
 
 fn args(api_validator: &str) -> Value {

@@ -1,6 +1,9 @@
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use redis::Value;
 use redis::aio::MultiplexedConnection;
@@ -37,6 +40,8 @@ pub struct Consumer {
     cfg: StreamConfig,
     group: String,
     name: String,
+    /// Sessions in a row that ended in an error (shared by clones).
+    failures: Arc<AtomicU32>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -68,7 +73,14 @@ impl Consumer {
             cfg,
             group: group.to_owned(),
             name: consumer_name.to_owned(),
+            failures: Arc::new(AtomicU32::new(0)),
         })
+    }
+
+    /// Sessions with Redis in a row that ended in an error without making progress;
+    /// 0 once one did. The reconnect delay grows with it: for health reports.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.failures.load(Ordering::Relaxed)
     }
 
     /// Reads and handles events until `shutdown` is cancelled. Never gives up on
@@ -80,7 +92,10 @@ impl Consumer {
         Fut: Future<Output = Result<(), E>>,
         E: Display,
     {
-        let mut backoff = Backoff::new(self.cfg.retry_initial, self.cfg.retry_cap);
+        let mut retry = Reconnect {
+            backoff: Backoff::new(self.cfg.retry_initial, self.cfg.retry_cap),
+            failures: &self.failures,
+        };
         while !shutdown.is_cancelled() {
             let result = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -89,14 +104,14 @@ impl Consumer {
             let outcome = match result {
                 Ok(conn) => {
                     let mut session = Session { c: self, conn, handler: &mut handler, shutdown: &shutdown };
-                    session.run(&mut backoff).await
+                    session.run(&mut retry).await
                 }
                 Err(e) => Err(e),
             };
             match outcome {
                 Ok(()) => break,
                 Err(e) => {
-                    let delay = backoff.next_delay();
+                    let delay = retry.failed();
                     tracing::warn!(error = %e, retry_in = ?delay, consumer = %self.name, "event consumer lost Redis");
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
@@ -105,6 +120,27 @@ impl Consumer {
                 }
             }
         }
+    }
+}
+
+/// The reconnect delay, and the failure count [`Consumer::consecutive_failures`] shows.
+struct Reconnect<'a> {
+    backoff: Backoff,
+    failures: &'a AtomicU32,
+}
+
+impl Reconnect<'_> {
+    /// The session did real work: the next failure starts from the initial delay.
+    fn progressed(&mut self) {
+        self.backoff.reset();
+        self.failures.store(0, Ordering::Relaxed);
+    }
+
+    /// The session ended in an error: the delay before the next one.
+    fn failed(&mut self) -> Duration {
+        let delay = self.backoff.next_delay();
+        self.failures.store(self.backoff.attempts(), Ordering::Relaxed);
+        delay
     }
 }
 
@@ -122,11 +158,11 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: Display,
 {
-    async fn run(&mut self, backoff: &mut Backoff) -> SessionResult {
+    async fn run(&mut self, retry: &mut Reconnect<'_>) -> SessionResult {
         self.ensure_group().await?;
-        backoff.reset();
         self.own_pending().await?;
         let mut next_claim = Instant::now();
+        let mut progressed = false;
         loop {
             if self.shutdown.is_cancelled() {
                 return Ok(());
@@ -153,6 +189,17 @@ where
                 _ = self.shutdown.cancelled() => return Ok(()),
                 r = read.query_async(&mut self.conn) => r.map_err(|e| self.c.endpoint.err(e))?,
             };
+            // Reset the backoff only once a whole round worked: group, own pending
+            // entries (handled and acked or dead-lettered), a claim pass and a read. A
+            // command that fails every time (XAUTOCLAIM before Redis 6.2 or denied by an
+            // ACL, a refused XACK or dead-letter XADD, whose entry then comes back first
+            // next session) fails before this point, so its delays keep growing. Neither
+            // "acked an event" (an idle stream acks nothing) nor "up for a while" (a
+            // handler longer than the period, then a refused XACK, would reset each time).
+            if !progressed {
+                progressed = true;
+                retry.progressed();
+            }
             for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
                 self.handle(entry, Some(1)).await?;
             }

@@ -424,3 +424,56 @@ async fn a_long_handler_keeps_its_event_from_other_replicas() {
         redis_cmd(&url, redis::cmd("XPENDING").arg("miner_events").arg("gepetto")).await;
     assert_eq!(pending.0, 0, "A acknowledged it");
 }
+
+/// A command that fails in every session (XAUTOCLAIM here, refused by an ACL as by a
+/// Redis older than 6.2) must not reset the reconnect backoff: the consumer would
+/// reconnect ~10 times a second forever. The count of failures in a row is what the
+/// backoff grows by (delay n is at least `retry_initial * 2^(n-2)`), so it reaching 6
+/// shows the delays kept growing; the deadline only bounds a failing run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_failing_in_every_session_keeps_the_reconnect_delay_growing() {
+    let redis = Redis::start().unwrap();
+    let admin = redis.url();
+    let _: () = redis_cmd(
+        &admin,
+        redis::cmd("ACL").arg(&["SETUSER", "noclaim", "on", ">pw", "~*", "&*", "+@all", "-xautoclaim"][..]),
+    )
+    .await;
+    let limited = format!("redis://noclaim:pw@127.0.0.1:{}/", redis.port());
+    let cfg = StreamConfig {
+        retry_initial: Duration::from_millis(10),
+        retry_cap: Duration::from_secs(60),
+        ..fast()
+    };
+    let consumer = Consumer::new(&limited, "gepetto", "c1", cfg).unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn({
+        let (consumer, stop) = (consumer.clone(), stop.clone());
+        async move { consumer.run(|_d: Delivery| async { Err::<(), _>("no event expected") }, stop).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while consumer.consecutive_failures() < 6 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the backoff was reset by sessions that did nothing: {} failures in a row",
+            consumer.consecutive_failures()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    // Each session got as far as XAUTOCLAIM (the group was made) and was refused there.
+    let log: Vec<HashMap<String, redis::Value>> = redis_cmd(&admin, redis::cmd("ACL").arg("LOG")).await;
+    let refused: i64 = log
+        .iter()
+        .filter(|e| {
+            e.get("username") == Some(&redis::Value::BulkString(b"noclaim".to_vec()))
+                && e.get("object") == Some(&redis::Value::BulkString(b"xautoclaim".to_vec()))
+        })
+        .map(|e| match e.get("count") {
+            Some(redis::Value::Int(n)) => *n,
+            other => panic!("ACL LOG count: {other:?}"),
+        })
+        .sum();
+    assert!(refused >= 6, "{log:?}");
+}
