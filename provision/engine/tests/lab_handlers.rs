@@ -4,11 +4,13 @@
 //! where nothing notifies it any more (the host remembers it in
 //! `/var/lib/minerctl/pending-handlers`).
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::sync::Arc;
 
 use lab_hosts::lab::{Lab, LabHost};
 use provision_engine::*;
+use test_support::Captured;
 
 const PENDING: &str = "/var/lib/minerctl/pending-handlers";
 
@@ -53,49 +55,11 @@ fn phases() -> Vec<Phase> {
     )]
 }
 
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-impl std::io::Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// One run; its result and what it printed.
 async fn provision(h: &LabHost, check: bool) -> (RunResult, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let kh = dir.path().join("known_hosts");
-    std::fs::write(&kh, h.known_hosts_line() + "\n").unwrap();
-    let inv = format!(
-        "vars:\n  login_user: root\n  ssh:\n    key: {}\nhosts:\n  {}:\n    address: {}\n    external_ip: 10.9.9.9\n    wireguard_ip: 192.168.0.1\n    is_primary: true\n",
-        h.client_key_path().display(),
-        h.name(),
-        h.addr()
-    );
-    let inv = Arc::new(provision_inventory::parse_str(&inv, Path::new("lab.yml")).unwrap());
-    let mut ssh = provision_ssh::Options::new();
-    ssh.known_hosts = kh;
-    let opts = RunOptions {
-        forks: 1,
-        check,
-        fail_fast: false,
-        limit: None,
-        tags: vec![],
-        ssh,
-        local: false,
-        connect_attempts: 1,
-        profile: false,
-    };
-    let red = Redactor::default();
-    let buf = Buf::default();
-    let reporter = Reporter::new(OutputFormat::Human, red.clone(), true, Box::new(buf.clone()));
-    let r = run(inv, phases(), opts, reporter, Log::none(red)).await;
-    let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    (r, out)
+    let buf = Captured::default();
+    let r = common::run_on(h, phases(), check, Box::new(buf.clone())).await;
+    (r, buf.text())
 }
 
 /// What the host says about the handler: its pending list and how often it ran.

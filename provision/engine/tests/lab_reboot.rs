@@ -3,7 +3,8 @@
 //! has no kernel of its own) drops every SSH connection and brings sshd back a moment later. The
 //! engine must notice, reconnect, and carry on with the next phase on the new connection.
 
-use std::path::Path;
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,16 +56,6 @@ async fn one_failed_boot_id_read_is_not_a_reboot() {
 
 /// Phase "driver" (a command that notifies the reboot handler) then phase "after".
 async fn run_two_phases(h: &lab_hosts::lab::LabHost, reboot_timeout: Duration) -> RunResult {
-    let dir = tempfile::tempdir().unwrap();
-    let kh = dir.path().join("known_hosts");
-    std::fs::write(&kh, h.known_hosts_line() + "\n").unwrap();
-    let inv = format!(
-        "vars:\n  login_user: root\n  ssh:\n    key: {}\nhosts:\n  {}:\n    address: {}\n    external_ip: 10.9.9.9\n    wireguard_ip: 192.168.0.1\n    is_primary: true\n",
-        h.client_key_path().display(),
-        h.name(),
-        h.addr()
-    );
-    let inv = Arc::new(provision_inventory::parse_str(&inv, Path::new("lab.yml")).unwrap());
     let phases = vec![
         Phase {
             serial: false,
@@ -102,20 +93,5 @@ async fn run_two_phases(h: &lab_hosts::lab::LabHost, reboot_timeout: Duration) -
             }),
         },
     ];
-    let mut ssh = provision_ssh::Options::new();
-    ssh.known_hosts = kh;
-    let opts = RunOptions {
-        forks: 1,
-        check: false,
-        fail_fast: false,
-        limit: None,
-        tags: vec![],
-        ssh,
-        local: false,
-        connect_attempts: 1,
-        profile: false,
-    };
-    let red = Redactor::default();
-    let reporter = Reporter::new(OutputFormat::Human, red.clone(), true, Box::new(std::io::sink()));
-    run(inv, phases, opts, reporter, Log::none(red)).await
+    common::run_on(h, phases, false, Box::new(std::io::sink())).await
 }

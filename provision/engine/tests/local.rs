@@ -4,10 +4,11 @@
 //! touch a temporary directory.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use provision_engine::*;
+use test_support::Captured;
 
 fn inventory(hosts: &[&str]) -> Arc<provision_inventory::Inventory> {
     let mut y = String::from("hosts:\n");
@@ -19,23 +20,6 @@ fn inventory(hosts: &[&str]) -> Arc<provision_inventory::Inventory> {
         ));
     }
     Arc::new(provision_inventory::parse_str(&y, Path::new("test.yml")).unwrap())
-}
-
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-impl std::io::Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-impl Buf {
-    fn text(&self) -> String {
-        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
-    }
 }
 
 fn opts(check: bool) -> RunOptions {
@@ -59,7 +43,7 @@ async fn run_with(
     format: OutputFormat,
     log: Option<&Path>,
 ) -> (RunResult, String) {
-    let buf = Buf::default();
+    let buf = Captured::default();
     let red = Redactor::default();
     let reporter = Reporter::new(format, red.clone(), false, Box::new(buf.clone()));
     let log = match log {
@@ -450,7 +434,7 @@ async fn check_mode_skips_host_changing_captures_and_waits() {
 async fn live_board_shows_one_line_per_host_and_its_outcome() {
     let tmp = tempfile::tempdir().unwrap();
     let inv = inventory(&["h1", "h2"]);
-    let buf = Buf::default();
+    let buf = Captured::default();
     let red = Redactor::default();
     let reporter = Reporter::new(OutputFormat::Human, red.clone(), false, Box::new(buf.clone()))
         .with_live_board(&["h1".to_string(), "h2".to_string()]);

@@ -6,6 +6,8 @@
 //! * [`signed`]: the management headers a hotkey signs, as a list to send with it.
 //! * [`proptest_config`]: the configuration every property test runs under: a fixed
 //!   seed, so CI sees the same inputs on every run.
+//! * [`Captured`]: a writer whose clones share what was written, for reports and logs a
+//!   test hands away as `Box<dyn Write>` and reads back.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{Read, Write};
@@ -116,5 +118,27 @@ mod tests {
         let first = draw();
         assert_eq!(first, draw(), "two runners drew different inputs");
         assert!(first.iter().any(|s| !s.is_empty()), "the generator drew nothing: {first:?}");
+    }
+}
+
+/// A `Write` whose clones share one buffer: give one away, read what it got.
+#[derive(Clone, Default)]
+pub struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Everything written so far, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+impl Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

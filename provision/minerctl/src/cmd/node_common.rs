@@ -135,23 +135,10 @@ async fn run_phases(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use provision_engine::{Action, PhasePlan, PlanCtx, Step};
+    use test_support::Captured;
 
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     /// The worker's "join cluster" step runs the join command the primary minted (a secret
     /// capture): its summary on the terminal must not show the token.
@@ -214,11 +201,11 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let log = Log::open(&dir.path().join("add-node.log"), Redactor::default()).unwrap();
-        let out = Buf::default();
+        let out = Captured::default();
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
         let result = rt.block_on(run_phases(&log, inv, phases, opts, false, Box::new(out.clone())));
         assert!(result.success(), "{:?}", result.recap);
-        let printed = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let printed = out.text();
         assert!(printed.contains("join / join cluster: changed (run: : <redacted> --worker"), "{printed}");
         assert!(!printed.contains("feedc0ffee42"), "the join token reached the terminal: {printed}");
         let logged = std::fs::read_to_string(dir.path().join("add-node.log")).unwrap();
