@@ -2,7 +2,8 @@
 # GPU check for the GraVal v2 CUDA backend:
 # - CUDA hashes equal CPU hashes, bit for bit, at several sizes (tests/cuda.rs);
 # - a full proof over >= 95% of free VRAM accepted by the CUDA verifier (90 checks)
-#   and the CPU verifier (one iteration-0 position), a tampered hash refused;
+#   and a CPU verifier on a budget of 2 x iterations full products (positions drawn
+#   over every iteration), a tampered hash refused;
 # - the bootstrap server on the GPU: signed /prove, v2 work product, CPU-verified;
 # - the benchmark: cuBLAS's own INT8 GEMM (cublasGemmEx, COMPUTE_32I) beside the
 #   proof chain's throughput (target >= 0.9 of it), VRAM filled, the model plan's

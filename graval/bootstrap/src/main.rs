@@ -45,10 +45,16 @@ struct Args {
     /// multi-GPU node in the lab.
     #[arg(long, default_value_t = 1)]
     cpu_devices: usize,
-    /// Matrix side length; validator and miner must agree. Default: by device memory
-    /// (16384 from 40 GB, 8192 from 8 GB, else 4096).
-    #[arg(long)]
+    #[arg(long, help = matrix_size_help())]
     matrix_size: Option<usize>,
+}
+
+/// Built from `graval::schedule`'s constants, so it states the rule the code uses.
+fn matrix_size_help() -> String {
+    format!(
+        "Matrix side length; validator and miner must agree. Default: by device memory ({})",
+        graval::schedule::auto_matrix_size_rule()
+    )
 }
 
 fn default_backend() -> Backend {
@@ -105,4 +111,35 @@ async fn shutdown() {
         _ = term => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Args;
+
+    /// The help states the rule `graval::schedule::auto_matrix_size` implements: the
+    /// thresholds formatted from its constants, and the function agreeing at them.
+    #[test]
+    fn matrix_size_help_states_the_rule_the_code_uses() {
+        use graval::schedule::{
+            DEFAULT_MATRIX_SIZE, LARGE_MATRIX_MIN_MEMORY, SMALL_MATRIX_SIZE, auto_matrix_size,
+        };
+        let cmd = Args::command();
+        let help = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "matrix_size")
+            .and_then(|a| a.get_help())
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        let rule = format!(
+            "{DEFAULT_MATRIX_SIZE} from {} GB, else {SMALL_MATRIX_SIZE}",
+            LARGE_MATRIX_MIN_MEMORY / 1_000_000_000
+        );
+        assert!(help.contains(&rule), "{help}");
+        assert!(help.contains("8192 from 16 GB, else 4096"), "{help}");
+        assert_eq!(auto_matrix_size(LARGE_MATRIX_MIN_MEMORY), DEFAULT_MATRIX_SIZE);
+        assert_eq!(auto_matrix_size(LARGE_MATRIX_MIN_MEMORY - 1), SMALL_MATRIX_SIZE);
+    }
 }

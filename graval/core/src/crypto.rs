@@ -5,10 +5,10 @@
 //! info = "aes-256-gcm" || iterations_le)`, where `seed_key` binds seed and device
 //! identity and `r(0,0)` is `SeedKey::first_rows_hash` of the chain's first product's
 //! hashed rows (`mix(fill_0 . R_0^T)`, both PRNG matrices). The validator computes it from
-//! a few row products (cheap); the miner gets it from its own run, so a device that
-//! computes any bit of those rows wrongly cannot decrypt. See README.md (design
-//! difference 4) for why the key cannot depend on the *last* step without the validator
-//! redoing the whole run.
+//! a few row products (cheap), and so can anyone with the seed and device identity:
+//! decrypting proves liveness, not work or memory (spot checks and timing do that). See
+//! README.md (design difference 3) for why the key cannot depend on a later step: the
+//! ciphertext goes out before the run.
 //!
 //! IV: 16 random bytes as in the original's transport; the first 12 are the GCM nonce
 //! and all 16 are authenticated as associated data, so no byte of it can be altered.

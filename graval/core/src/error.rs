@@ -100,8 +100,11 @@ pub enum VerifyError {
     HashFormat(usize),
     #[error("position (iteration {iteration}, step {index}) is outside the proof")]
     Position { iteration: u64, index: u64 },
-    #[error("no spot position fits the verification budget of {0} full products")]
-    NoEligiblePosition(usize),
+    #[error(
+        "a verification budget of {budget} full products cannot replay a check in the last of \
+         {iterations} iterations (it needs {iterations}); a smaller budget would leave later iterations unchecked"
+    )]
+    Budget { budget: usize, iterations: u64 },
     #[error("hash mismatch at (iteration {iteration}, step {index})")]
     HashMismatch { iteration: u64, index: u64 },
     #[error("plaintext mismatch for device {0}")]

@@ -24,11 +24,14 @@ pub const WORK_PRODUCT_VERSION: u32 = 2;
 pub const MAX_ITERATIONS: u64 = 64;
 
 /// The work product: the original's fields plus `version` and the matrix size.
+/// Parsed version first (`RawWorkProduct`): a product of another version parses with
+/// whatever of its fields it has, so the verifier refuses it by its version rather
+/// than the parser by a v2 field it never had.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawWorkProduct")]
 pub struct WorkProduct {
     /// 2 for this chain. A product without the field is GraVal v1's (the original and
     /// this crate's first chain) and is refused by the verifier, not misread.
-    #[serde(default = "v1")]
     pub version: u32,
     /// Hex SHA-256 per step, `intermediate_hashes[i * num_matrices + p]` for step `p`
     /// of iteration `i`.
@@ -41,6 +44,40 @@ pub struct WorkProduct {
 
 fn v1() -> u32 {
     1
+}
+
+#[derive(Deserialize)]
+struct RawWorkProduct {
+    #[serde(default = "v1")]
+    version: u32,
+    intermediate_hashes: Option<Vec<String>>,
+    num_matrices: Option<u64>,
+    total_iterations: Option<u64>,
+    matrix_size: Option<usize>,
+}
+
+impl TryFrom<RawWorkProduct> for WorkProduct {
+    type Error = String;
+
+    fn try_from(r: RawWorkProduct) -> Result<Self, String> {
+        let v2 = r.version == WORK_PRODUCT_VERSION;
+        // Only a v2 product must have every field; another version's missing ones are
+        // placeholders that `Verifier::check_structure` never reads past the version.
+        fn field<T: Default>(v2: bool, value: Option<T>, name: &str) -> Result<T, String> {
+            match value {
+                Some(v) => Ok(v),
+                None if v2 => Err(format!("missing field `{name}`")),
+                None => Ok(T::default()),
+            }
+        }
+        Ok(Self {
+            version: r.version,
+            intermediate_hashes: field(v2, r.intermediate_hashes, "intermediate_hashes")?,
+            num_matrices: field(v2, r.num_matrices, "num_matrices")?,
+            total_iterations: field(v2, r.total_iterations, "total_iterations")?,
+            matrix_size: field(v2, r.matrix_size, "matrix_size")?,
+        })
+    }
 }
 
 /// One device's finished run.

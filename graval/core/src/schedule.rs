@@ -30,10 +30,23 @@ impl Default for ProofParams {
 /// cuBLAS to run near peak) and 64 MiB states, so ~1,246 slots fill an 80 GB card.
 pub const DEFAULT_MATRIX_SIZE: usize = 8192;
 
-/// Matrix size for a device with `memory` bytes in total: 8192 from 16 GB, else 4096
-/// (16 MiB states, so small cards still hold hundreds of slots).
+/// Devices with at least this many bytes get [`DEFAULT_MATRIX_SIZE`], smaller ones
+/// [`SMALL_MATRIX_SIZE`] (16 MiB states, so small cards still hold hundreds of slots).
+pub const LARGE_MATRIX_MIN_MEMORY: u64 = 16_000_000_000;
+pub const SMALL_MATRIX_SIZE: usize = 4096;
+
+/// Matrix size for a device with `memory` bytes in total: 8192 from 16 GB, else 4096.
 pub fn auto_matrix_size(memory: u64) -> usize {
-    if memory >= 16_000_000_000 { DEFAULT_MATRIX_SIZE } else { 4096 }
+    if memory >= LARGE_MATRIX_MIN_MEMORY { DEFAULT_MATRIX_SIZE } else { SMALL_MATRIX_SIZE }
+}
+
+/// [`auto_matrix_size`]'s rule in words ("8192 from 16 GB, else 4096"), formatted from
+/// the same constants so help texts cannot drift from the code.
+pub fn auto_matrix_size_rule() -> String {
+    format!(
+        "{DEFAULT_MATRIX_SIZE} from {} GB, else {SMALL_MATRIX_SIZE}",
+        LARGE_MATRIX_MIN_MEMORY / 1_000_000_000
+    )
 }
 
 /// States per step beside the slots: the fresh operand (n^2 i8) and the product (n^2 i32).
@@ -268,5 +281,14 @@ mod tests {
         assert_eq!(p.filled_bytes(10), 15 * (64 << 20));
         assert_eq!(auto_matrix_size(80_000_000_000), 8192);
         assert_eq!(auto_matrix_size(12_000_000_000), 4096);
+    }
+
+    #[test]
+    fn the_matrix_size_rule_in_words_is_the_one_implemented() {
+        // Whole GB, or the rule's "16 GB" would round the threshold.
+        assert_eq!(LARGE_MATRIX_MIN_MEMORY % 1_000_000_000, 0);
+        assert_eq!(auto_matrix_size(LARGE_MATRIX_MIN_MEMORY), DEFAULT_MATRIX_SIZE);
+        assert_eq!(auto_matrix_size(LARGE_MATRIX_MIN_MEMORY - 1), SMALL_MATRIX_SIZE);
+        assert_eq!(auto_matrix_size_rule(), "8192 from 16 GB, else 4096");
     }
 }

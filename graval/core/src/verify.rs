@@ -33,8 +33,7 @@ use crate::schedule::{Consume, ProofParams, SeedKey};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SpotCheck {
     /// This many distinct positions drawn uniformly over all steps (every iteration),
-    /// leaving out only those whose replay needs more than
-    /// `Verifier::max_full_products`.
+    /// fewer if `Verifier::max_full_products` runs out first.
     Random(usize),
     /// Exactly these (iteration, step within the iteration) positions, whatever they
     /// cost; hash `iteration * num_matrices + step`.
@@ -63,9 +62,11 @@ pub struct CheckReport {
 #[derive(Clone, Debug)]
 pub struct Verifier {
     pub params: ProofParams,
-    /// A random position is drawn only if its replay needs at most this many full
-    /// products (position (i, p) needs i + 1). The default reaches every position;
-    /// lower it to trade reach for speed (1 keeps iteration 0 only).
+    /// Full products `SpotCheck::Random` may replay in all, counted as i + 1 per
+    /// position of iteration i. Positions are drawn uniformly over every iteration
+    /// until the next one no longer fits, so a budget B >= I guarantees floor(B / I)
+    /// checks; B < I is refused (`VerifyError::Budget`), since capping the depth
+    /// instead would leave later iterations unchecked. Default: no limit.
     pub max_full_products: usize,
     /// Slots and step scratch, `(num_matrices + 5) * n^2` bytes, must reach this
     /// fraction of the declared `memory` (total VRAM; the miner fills 95% of *free*
@@ -85,9 +86,9 @@ impl Verifier {
         Self::new(ProofParams::for_device(device))
     }
 
-    /// The key a correct miner derives after the first step of its run: from the
-    /// hashed rows of step (0, 0), `mix(fill_0 . R_0^T)`: row r needs row r of the fill
-    /// and all of `R_0`, a few row products.
+    /// The challenge key, from the hashed rows of step (0, 0), `mix(fill_0 . R_0^T)`:
+    /// row r needs row r of the fill and all of `R_0`, a few row products. Anyone with
+    /// (seed, device, iterations) can derive it so, miner included: it proves liveness only.
     pub fn challenge_key(&self, device: &DeviceInfo, seed: u64, iterations: u64) -> ChallengeKey {
         let key = SeedKey::derive(seed, device);
         let n = self.params.matrix_size;
@@ -206,7 +207,7 @@ impl Verifier {
                     }
                 })
                 .collect::<Result<_, _>>()?,
-            SpotCheck::Random(count) => self.pick(hashes.len() as u64, num, *count)?,
+            SpotCheck::Random(count) => self.pick(iterations, num, *count, &mut || OsRng.next_u64())?,
         };
         let schedule = Schedule::new(&key, num, &hashes);
         // Per slot, the deepest iteration any check needs: one replay per chain.
@@ -236,17 +237,39 @@ impl Verifier {
         Ok(iteration as usize + 1)
     }
 
-    /// `count` distinct uniform positions among `total` whose replay fits the budget.
-    fn pick(&self, total: u64, num: u64, count: usize) -> Result<Vec<u64>, VerifyError> {
-        let eligible = total.min(num.saturating_mul(self.max_full_products as u64));
-        if eligible == 0 && count > 0 {
-            return Err(VerifyError::NoEligiblePosition(self.max_full_products));
+    /// Up to `count` distinct positions, each uniform over all `iterations * num`,
+    /// drawn until the next one's replay (i + 1 products, chain sharing ignored, so
+    /// the count is an upper bound) no longer fits the budget. The draw that does not
+    /// fit ends the picking: skipping it and drawing on would favour cheap early
+    /// positions, which a miner could then leave honest and fake the rest.
+    fn pick(
+        &self,
+        iterations: u64,
+        num: u64,
+        count: usize,
+        next: &mut dyn FnMut() -> u64,
+    ) -> Result<Vec<u64>, VerifyError> {
+        let total = iterations.saturating_mul(num);
+        if count == 0 || total == 0 {
+            return Ok(Vec::new());
         }
-        // Positions are iteration-major, so those within budget are a prefix.
-        let want = (count as u64).min(eligible);
+        if (self.max_full_products as u64) < iterations {
+            return Err(VerifyError::Budget { budget: self.max_full_products, iterations });
+        }
+        let want = (count as u64).min(total);
+        let mut left = self.max_full_products as u64;
         let mut picked = std::collections::BTreeSet::new();
         while (picked.len() as u64) < want {
-            picked.insert(OsRng.next_u64() % eligible);
+            let t = next() % total;
+            if picked.contains(&t) {
+                continue;
+            }
+            let cost = t / num + 1;
+            if cost > left {
+                break;
+            }
+            left -= cost;
+            picked.insert(t);
         }
         Ok(picked.into_iter().collect())
     }
@@ -375,6 +398,31 @@ mod tests {
         );
         assert!(w.check_upper(1.0, 56.0).is_ok());
         assert!(w.check_upper(73.0, 56.0).is_err());
+    }
+
+    /// Positions (iteration-major, 4 per iteration) fed in order.
+    fn feed(seq: &[u64]) -> impl FnMut() -> u64 + '_ {
+        let mut i = 0;
+        move || {
+            i += 1;
+            seq[i - 1]
+        }
+    }
+
+    #[test]
+    fn the_budget_ends_the_draws_and_never_skips_to_cheaper_positions() {
+        let mut v = Verifier::new(ProofParams::with_matrix_size(16));
+        v.max_full_products = 8;
+        // Iteration 3 (4 products), a repeat (redrawn), iteration 0 (1), iteration 3
+        // (4 > 3 left): the picking ends there, though position 1 would still fit.
+        let got = v.pick(4, 4, 90, &mut feed(&[13, 13, 2, 14, 1])).unwrap();
+        assert_eq!(got, vec![2, 13]);
+        // floor(8 / 4) = 2 checks at the deepest iteration always fit.
+        assert_eq!(v.pick(4, 4, 90, &mut feed(&[12, 15, 14])).unwrap(), vec![12, 15]);
+        assert_eq!(v.pick(4, 4, 1, &mut feed(&[0])).unwrap(), vec![0]);
+        assert!(v.pick(4, 4, 0, &mut feed(&[])).unwrap().is_empty());
+        v.max_full_products = 3;
+        assert_eq!(v.pick(4, 4, 1, &mut feed(&[0])), Err(VerifyError::Budget { budget: 3, iterations: 4 }));
     }
 
     #[test]

@@ -319,17 +319,16 @@ fn verifier_work_is_counted_in_products() {
     let report =
         v.check_proof(&device(), SEED, iterations, &r.work_product, &all_positions(iterations, num)).unwrap();
     assert_eq!(report.full_products, (iterations * num) as usize);
-    // A budget of one product keeps random checks in iteration 0.
+    // A budget bounds the replay; it must afford one check of the last iteration.
     let mut cheap = verifier();
-    cheap.max_full_products = 1;
+    cheap.max_full_products = iterations as usize;
     let report =
         cheap.check_proof(&device(), SEED, iterations, &r.work_product, &SpotCheck::Random(3)).unwrap();
-    assert_eq!(report.full_products, 3);
-    assert!(report.checked.iter().all(|&(i, _)| i == 0), "{report:?}");
-    cheap.max_full_products = 0;
+    assert!(!report.checked.is_empty() && report.full_products <= 4, "{report:?}");
+    cheap.max_full_products = 3;
     assert_eq!(
         cheap.check_proof(&device(), SEED, iterations, &r.work_product, &SpotCheck::Random(1)),
-        Err(VerifyError::NoEligiblePosition(0))
+        Err(VerifyError::Budget { budget: 3, iterations: 4 })
     );
 }
 
@@ -357,4 +356,86 @@ fn engine_step_refuses_a_slot_that_does_not_exist() {
     assert!(matches!(err, BackendError::Slot { slot: 3, count: 3 }), "{err:?}");
     assert!(e.fill(7, [1, 2], 0).is_err());
     assert!(e.step(2, [1, 2], 3, &[0], &mut out).is_ok());
+}
+
+/// The review's forgery: iteration 0 computed honestly, every later hash junk (240 of
+/// the 256 at 16 iterations). Returns the honest product and the forged one.
+fn forged_tail(iterations: u64) -> (graval::WorkProduct, graval::WorkProduct) {
+    let honest = run(device(), SEED, iterations, 2).work_product;
+    let mut forged = honest.clone();
+    let num = forged.num_matrices as usize;
+    for h in forged.intermediate_hashes.iter_mut().skip(num) {
+        *h = "00".repeat(32);
+    }
+    (honest, forged)
+}
+
+/// A budget below `iterations` full products cannot replay a check of the last
+/// iteration; the verifier refuses it rather than checking early iterations only (the
+/// review's `max_full_products = 1` accepted the forged tail every time).
+#[test]
+fn a_budget_that_cannot_reach_the_last_iteration_is_refused() {
+    let iterations = 16;
+    let (honest, forged) = forged_tail(iterations);
+    let mut v = verifier();
+    v.max_full_products = 1;
+    for wp in [&forged, &honest] {
+        let err = v.check_proof(&device(), SEED, iterations, wp, &SpotCheck::default()).unwrap_err();
+        assert_eq!(err, VerifyError::Budget { budget: 1, iterations: 16 });
+        assert!(err.to_string().contains("last of 16 iterations"), "{err}");
+    }
+}
+
+/// The budget gpu-check's CPU verifiers use, `max_full_products = 2 * iterations`:
+/// positions are drawn over every iteration, the replay stays within the budget, and
+/// the forged tail is always refused. A pass would need 17 iteration-0 draws (each
+/// costs 1, and only a draw that no longer fits ends the checks) and there are 16.
+#[test]
+fn a_budgeted_verifier_checks_every_iteration_within_its_budget() {
+    let iterations = 16;
+    let (honest, forged) = forged_tail(iterations);
+    let mut v = verifier();
+    v.max_full_products = 2 * iterations as usize;
+    let mut deepest = 0;
+    for _ in 0..20 {
+        let r = v.check_proof(&device(), SEED, iterations, &honest, &SpotCheck::default()).unwrap();
+        assert!(r.full_products <= v.max_full_products, "{r:?}");
+        assert!(r.checked.len() >= 2, "the budget affords at least two checks at any depth: {r:?}");
+        deepest = deepest.max(r.checked.iter().map(|&(i, _)| i).max().unwrap_or(0));
+        let err = v.check_proof(&device(), SEED, iterations, &forged, &SpotCheck::default()).unwrap_err();
+        assert!(matches!(err, VerifyError::HashMismatch { .. }), "{err:?}");
+    }
+    // 40+ uniform draws all in iteration 0 would have probability below 16^-40.
+    assert!(deepest > 0);
+}
+
+/// An original (v1) work product has `intermediate_hashes`, `num_matrices` and
+/// `total_iterations` only. It parses and is refused by its version, not by a missing
+/// v2 field; a v2 product still needs `matrix_size`.
+#[test]
+fn an_original_v1_shaped_work_product_is_refused_by_its_version() {
+    let hashes: Vec<String> = (0..16).map(|i| format!("{i:064x}")).collect();
+    let json = serde_json::json!({"intermediate_hashes": hashes, "num_matrices": 16, "total_iterations": 1});
+    let wp: graval::WorkProduct = serde_json::from_value(json).unwrap();
+    assert_eq!(wp.version, 1);
+    assert_eq!(
+        verifier().check_proof(&device(), SEED, 1, &wp, &SpotCheck::Random(1)),
+        Err(VerifyError::Version { got: 1, want: 2 })
+    );
+    let r = run(device(), SEED, 1, 2);
+    let mut v2 = serde_json::to_value(&r.work_product).unwrap();
+    v2.as_object_mut().unwrap().remove("matrix_size");
+    let err = serde_json::from_value::<graval::WorkProduct>(v2).unwrap_err();
+    assert!(err.to_string().contains("matrix_size"), "{err}");
+}
+
+/// The challenge key needs only (seed, device, iterations): anyone derives it as the
+/// validator does, without slots or a run. Decrypting proves liveness, not work.
+#[test]
+fn the_challenge_key_needs_no_run() {
+    let v = verifier();
+    let transport = v.encrypt_challenge(&device(), SEED, 16, "decrypt me please").unwrap();
+    let (_, blob) = graval::crypto::parse_transport(&transport).unwrap();
+    let key = verifier().challenge_key(&device(), SEED, 16);
+    assert_eq!(key.decrypt(&blob).unwrap(), "decrypt me please");
 }

@@ -225,11 +225,12 @@ fn gpu(args: &[String]) {
                 ),
                 Err(e) => fail("CUDA verifier", &e),
             }
-            // The CPU verifier: one position of iteration 0 (one full product).
+            // The CPU verifier on gpu-check's budget: 2 x iterations full products,
+            // positions drawn over every iteration.
             let mut v = Verifier::new(params);
-            v.max_full_products = 1;
+            v.max_full_products = 2 * iterations as usize;
             let t = Instant::now();
-            match v.check_proof(&info, 7, iterations, &run.work_product, &SpotCheck::Random(1)) {
+            match v.check_proof(&info, 7, iterations, &run.work_product, &SpotCheck::default()) {
                 Ok(rep) => println!(
                     "RESULT gpu_verify_cpu n={n} iterations={iterations} checked={:?} full_products={} verify_s={:.2}",
                     rep.checked,
