@@ -403,3 +403,64 @@ fn prometheus_server_scrapes_chute_pods_metrics_on_the_control_node_without_pers
     let data = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "data").unwrap();
     assert_eq!(data["persistentVolumeClaim"]["claimName"], "prometheus-server");
 }
+
+/// Every Kubernetes type the runtime's code names (`k8s_openapi::api::<group>::<version>::<Kind>`)
+/// is granted by the miner's Role or ClusterRole: with RBAC on (microk8s leaves it off by
+/// default, so nothing else would notice), a missing rule is a 403 at run time.
+#[test]
+fn the_miner_roles_grant_every_resource_the_runtime_uses() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../../runtime");
+    let mut sources = vec![std::path::PathBuf::from(root)];
+    let mut text = String::new();
+    while let Some(dir) = sources.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if path.is_dir() && name != "tests" && name != "target" {
+                sources.push(path);
+            } else if name.ends_with(".rs") {
+                text.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    // (path in k8s_openapi, API group, resource)
+    let known = [
+        ("batch::v1::Job", "batch", "jobs"),
+        ("core::v1::Pod", "", "pods"),
+        ("core::v1::Service", "", "services"),
+        ("core::v1::ConfigMap", "", "configmaps"),
+        ("core::v1::Node", "", "nodes"),
+        ("apps::v1::Deployment", "apps", "deployments"),
+    ];
+    let m = render(&Values::defaults().unwrap()).unwrap();
+    let granted: Vec<(String, String)> = m
+        .objects
+        .iter()
+        .filter(|o| (o.kind() == "Role" && o.name() == "chutes") || o.kind() == "ClusterRole")
+        .flat_map(|o| o.value["rules"].as_array().unwrap().clone())
+        .filter(|r| r["verbs"].as_array().unwrap().iter().any(|v| v == "get"))
+        .flat_map(|r| {
+            let groups: Vec<String> =
+                r["apiGroups"].as_array().unwrap().iter().map(|g| g.as_str().unwrap().to_owned()).collect();
+            let resources: Vec<String> =
+                r["resources"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_owned()).collect();
+            groups.into_iter().flat_map(move |g| resources.clone().into_iter().map(move |x| (g.clone(), x)))
+        })
+        .collect();
+    let mut used = 0;
+    for (path, group, resource) in known {
+        let kind = path.rsplit("::").next().unwrap();
+        let named = text.contains(&format!("api::{path}")) || {
+            let (module, _) = path.rsplit_once("::").unwrap();
+            text.contains(&format!("api::{module}::{{")) && text.contains(kind)
+        };
+        if named {
+            used += 1;
+            assert!(
+                granted.iter().any(|(g, r)| g == group && r == resource),
+                "the runtime uses {path} but no miner role grants get on {group}/{resource}"
+            );
+        }
+    }
+    assert!(used >= 5, "the scan found the runtime's Kubernetes types ({used})");
+}
