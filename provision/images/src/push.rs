@@ -37,8 +37,8 @@ pub enum PushError {
     Ssh(#[from] SshError),
     #[error("{host}: `{command}` failed ({status}): {stderr}")]
     Command { host: String, command: String, status: String, stderr: String },
-    #[error("{host}: imported {image} but containerd does not list digest {digest}")]
-    NotListed { host: String, image: String, digest: String },
+    #[error("{host}: imported {image} but containerd does not list {reference}")]
+    NotListed { host: String, image: String, reference: String },
     #[error("{host}: the copy of {archive} arrived with another sha256; removed it")]
     Corrupt { host: String, archive: std::path::PathBuf },
     #[error(transparent)]
@@ -47,15 +47,37 @@ pub enum PushError {
 
 const LIST: &str = "microk8s ctr images ls";
 
-/// The manifest digests containerd lists (`ctr images ls`: REF TYPE DIGEST SIZE ...).
-pub fn listed_digests(listing: &str) -> BTreeSet<String> {
+/// The names containerd lists with their manifest digests (`ctr images ls`: REF TYPE
+/// DIGEST SIZE ...).
+pub fn listed_names(listing: &str) -> BTreeSet<(String, String)> {
     listing
         .lines()
         .skip(1)
-        .filter_map(|l| l.split_whitespace().nth(2))
-        .filter(|d| d.starts_with("sha256:"))
-        .map(String::from)
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let name = f.next()?;
+            let digest = f.nth(1)?;
+            digest.starts_with("sha256:").then(|| (name.to_string(), digest.to_string()))
+        })
         .collect()
+}
+
+/// Whether the kubelet finds `image` on the node: containerd's CRI resolves an image by
+/// its exact name, so the digest under another name (`repo:tag`, `import-<date>@...`)
+/// is not enough for the `repo@sha256:...` reference the manifests use.
+fn holds(listed: &BTreeSet<(String, String)>, image: &LockedImage) -> bool {
+    listed.contains(&(image.reference.clone(), image.digest.clone()))
+}
+
+/// The import command: `--base-name` with `--digests` names the image `repo@<digest>` as
+/// well as `repo:tag` from the archive (without `--base-name` the digest name would be
+/// `import-<date>@<digest>`, which nothing references).
+fn import_command(image: &LockedImage, quoted_archive: &str) -> String {
+    let repo = image.reference.split_once('@').map_or(image.reference.as_str(), |(repo, _)| repo);
+    format!(
+        "microk8s ctr image import --base-name {} --digests {quoted_archive}; s=$?; rm -f {quoted_archive}; exit $s",
+        shell_quote(repo)
+    )
 }
 
 async fn run(session: &Session, command: &str, stdin: Option<&[u8]>) -> Result<String, PushError> {
@@ -121,10 +143,10 @@ pub async fn push_host(
     images: &[(&String, &LockedImage)],
     check: bool,
 ) -> Result<Vec<(String, Outcome)>, PushError> {
-    let present = listed_digests(&run(session, LIST, None).await?);
+    let present = listed_names(&run(session, LIST, None).await?);
     let mut outcomes = Vec::new();
     for (name, image) in images {
-        if present.contains(&image.digest) {
+        if holds(&present, image) {
             outcomes.push((name.to_string(), Outcome::Present));
             continue;
         }
@@ -137,13 +159,12 @@ pub async fn push_host(
         let q = shell_quote(&remote);
         upload(session, &archive, &q).await?;
         // Removed whatever the import's outcome: a failed one must not leave 100s of MB behind.
-        run(session, &format!("microk8s ctr image import --digests {q}; s=$?; rm -f {q}; exit $s"), None)
-            .await?;
-        if !listed_digests(&run(session, LIST, None).await?).contains(&image.digest) {
+        run(session, &import_command(image, &q), None).await?;
+        if !holds(&listed_names(&run(session, LIST, None).await?), image) {
             return Err(PushError::NotListed {
                 host: session.name().to_string(),
                 image: name.to_string(),
-                digest: image.digest.clone(),
+                reference: image.reference.clone(),
             });
         }
         outcomes.push((name.to_string(), Outcome::Imported));
@@ -155,14 +176,39 @@ pub async fn push_host(
 mod tests {
     use super::*;
 
+    fn image() -> LockedImage {
+        LockedImage {
+            reference: "chutes.local/chutes-miner@sha256:aa".into(),
+            tag: "chutes.local/chutes-miner:0123".into(),
+            digest: "sha256:aa".into(),
+            archive: "chutes-miner.oci.tar".into(),
+            size: 1,
+        }
+    }
+
     #[test]
-    fn digests_come_from_the_third_column() {
+    fn an_image_is_held_only_under_the_name_the_manifests_use() {
         let listing = "REF TYPE DIGEST SIZE PLATFORMS LABELS\n\
             chutes.local/chutes-miner:0123 application/vnd.oci.image.manifest.v1+json sha256:aa 20.1 MiB linux/amd64 -\n\
+            import-2026-12-07@sha256:aa application/vnd.oci.image.manifest.v1+json sha256:aa 20.1 MiB linux/amd64 -\n\
             docker.io/library/redis:7 application/vnd.oci.image.index.v1+json sha256:bb 40.0 MiB linux/amd64 io.cri-containerd.image=managed\n";
-        assert_eq!(
-            listed_digests(listing),
-            BTreeSet::from(["sha256:aa".to_string(), "sha256:bb".to_string()])
+        let listed = listed_names(listing);
+        assert!(listed.contains(&("docker.io/library/redis:7".into(), "sha256:bb".into())));
+        assert!(!holds(&listed, &image()), "the digest under other names: the kubelet would pull");
+        let named = format!(
+            "{listing}chutes.local/chutes-miner@sha256:aa application/vnd.oci.image.manifest.v1+json sha256:aa 20.1 MiB linux/amd64 -\n"
+        );
+        assert!(holds(&listed_names(&named), &image()));
+    }
+
+    #[test]
+    fn the_import_names_the_image_by_its_digest_reference() {
+        let cmd = import_command(&image(), "'/var/tmp/x.tar'");
+        assert!(
+            cmd.starts_with(
+                "microk8s ctr image import --base-name chutes.local/chutes-miner --digests '/var/tmp/x.tar';"
+            ),
+            "{cmd}"
         );
     }
 }
