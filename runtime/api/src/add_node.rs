@@ -9,10 +9,13 @@
 //! Fixes over the original: a missing node is a 404 (the original's 404 branch was
 //! dead code and answered 500); a zero or negative hourly cost and an unknown
 //! validator are refused up front; the bootstrap runs to its end (including
-//! cleanup) even when the client disconnects; and a failure ends the stream with an
-//! error line instead of cutting the connection.
+//! cleanup) even when the client disconnects; a failure ends the stream with an
+//! error line instead of cutting the connection; and an API shutting down stops a
+//! bootstrap in flight and waits for its cleanup ([`Bootstraps`]) instead of leaving
+//! the server row, the validator's GPUs and a GraVal Job holding every GPU behind.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::body::Body;
@@ -20,6 +23,8 @@ use axum::http::{StatusCode, header};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -52,8 +57,32 @@ pub trait NodeBootstrap: Send + Sync {
     /// answers (502).
     async fn preflight(&self, args: &ServerArgs) -> Result<(), ApiError>;
 
-    /// Runs every step; on failure undoes what it did and returns why.
-    async fn run(&self, args: ServerArgs, progress: Progress) -> Result<(), String>;
+    /// Runs every step; on failure, or once `stop` is cancelled (the API is shutting
+    /// down), undoes what it did and returns why.
+    async fn run(&self, args: ServerArgs, progress: Progress, stop: CancellationToken) -> Result<(), String>;
+}
+
+/// The add-node bootstraps in flight, so a shutdown can stop them and wait for their
+/// cleanup: a bootstrap task left running when the process exits dies mid-step.
+#[derive(Clone, Debug, Default)]
+pub struct Bootstraps {
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Bootstraps {
+    /// Asks every bootstrap in flight to stop and undo what it did; no new one starts.
+    pub fn stop(&self) {
+        self.tasks.close();
+        self.stop.cancel();
+    }
+
+    /// Waits up to `bound` for the bootstraps to finish their cleanup (after
+    /// [`Bootstraps::stop`]); false when some were still running.
+    pub async fn finished(&self, bound: Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(bound, self.tasks.wait()).await.is_ok()
+    }
 }
 
 /// One SSE line as the original's `sse_message`.
@@ -103,13 +132,17 @@ pub async fn start(state: AppState, args: ServerArgs) -> Result<Response, ApiErr
         ApiError::unavailable("add-node is not available: this API was started without a Kubernetes client")
     })?;
     bootstrap.preflight(&args).await?;
+    if state.bootstraps.stop.is_cancelled() {
+        return Err(ApiError::unavailable("the miner API is shutting down; add the node once it is back"));
+    }
 
     let (tx, rx) = mpsc::channel::<String>(64);
     let name = args.name.clone();
-    tokio::spawn(async move {
+    let stop = state.bootstraps.stop.clone();
+    state.bootstraps.tasks.spawn(async move {
         let progress = Progress(tx);
         let started = std::time::Instant::now();
-        match bootstrap.run(args, progress.clone()).await {
+        match bootstrap.run(args, progress.clone(), stop).await {
             Ok(()) => {
                 progress
                     .say(format!(

@@ -32,6 +32,7 @@ use miner_db::{Db, NewGpu, NewServer};
 use miner_k8s::{parse_cpu, parse_gib, per_gpu_resources};
 use miner_validator::rest::{ValidatorClient, Verification};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 use crate::add_node::{NodeBootstrap, Progress, ServerArgs};
 use crate::error::ApiError;
@@ -193,7 +194,12 @@ impl KubeBootstrap {
         u16::try_from(port).map_err(|_| format!("node port {port} out of range"))
     }
 
-    async fn wait_for_graval(&self, node: &str, progress: &Progress) -> Result<(), String> {
+    async fn wait_for_graval(
+        &self,
+        node: &str,
+        progress: &Progress,
+        stop: &CancellationToken,
+    ) -> Result<(), String> {
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         let selector = miner_k8s::graval::pod_selector(node);
         let deadline = Instant::now() + self.timings.timeout;
@@ -224,7 +230,15 @@ impl KubeBootstrap {
                     self.timings.timeout.as_secs()
                 ));
             }
-            tokio::time::sleep(self.timings.poll).await;
+            self.pause(stop).await?;
+        }
+    }
+
+    /// One poll interval, cut short by a stop.
+    async fn pause(&self, stop: &CancellationToken) -> Result<(), String> {
+        tokio::select! {
+            () = tokio::time::sleep(self.timings.poll) => Ok(()),
+            () = stop.cancelled() => Err(STOPPING.to_owned()),
         }
     }
 
@@ -257,7 +271,7 @@ impl KubeBootstrap {
         Err(format!("GraVal {url}: {last}"))
     }
 
-    async fn remove_graval(&self, node: &str, progress: &Progress) {
+    async fn remove_graval(&self, node: &str, progress: &Progress, wait: bool) {
         let jobs: Api<Job> = Api::namespaced(self.client.clone(), &self.namespace);
         let services: Api<Service> = Api::namespaced(self.client.clone(), &self.namespace);
         let foreground = DeleteParams {
@@ -277,6 +291,9 @@ impl KubeBootstrap {
                 Err(e) => progress.say(format!("warning: deleting the GraVal {what}: {e}")).await,
             }
         }
+        if !wait {
+            return;
+        }
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
         let deadline = Instant::now() + self.timings.cleanup_wait;
         let selector = miner_k8s::graval::pod_selector(node);
@@ -289,24 +306,30 @@ impl KubeBootstrap {
         progress.say("warning: GraVal pods still present after cleanup").await;
     }
 
+    /// The steps, each run whole: a stop is seen between them and in the waits (GraVal
+    /// coming up, the validator verifying), never inside a call, so what a step made is
+    /// always recorded for the undo.
     async fn steps(
         &self,
         args: &ServerArgs,
         progress: &Progress,
+        stop: &CancellationToken,
         server_id: &mut Option<String>,
         gpu_ids: &mut Vec<String>,
         graval_created: &mut bool,
     ) -> Result<(), String> {
         // track() inserts the row last, so on its failure there is nothing of ours to delete
         // (in particular not a server of the same name tracked before).
+        stopped(stop)?;
         let (server, expected) = self.track(args, progress).await?;
         *server_id = Some(server.server_id.clone());
         let ip = server.ip_address.clone().unwrap_or_default();
 
+        stopped(stop)?;
         *graval_created = true;
         let port = self.deploy_graval(&server, expected).await?;
         progress.say(format!("GraVal bootstrap deployed on node port {port}")).await;
-        self.wait_for_graval(&server.name, progress).await?;
+        self.wait_for_graval(&server.name, progress, stop).await?;
 
         let devices = self.fetch_devices(&(self.graval_address)(&ip, port)).await?;
         if devices.len() as i64 != expected {
@@ -343,6 +366,7 @@ impl KubeBootstrap {
             })
             .collect();
         let validator = self.validator(&args.validator)?;
+        stopped(stop)?;
         let reply = validator
             .post_nodes(&json!({"nodes": nodes, "server_id": server.server_id}))
             .await
@@ -380,9 +404,17 @@ impl KubeBootstrap {
                 ));
             }
             progress.say("waiting for the validator to verify the GPUs...").await;
-            tokio::time::sleep(self.timings.poll).await;
+            self.pause(stop).await?;
         }
     }
+}
+
+/// Why a bootstrap stopped when the API shuts down.
+const STOPPING: &str = "the miner API is shutting down; add the node again once it is back";
+
+/// `Err` once the API is shutting down.
+fn stopped(stop: &CancellationToken) -> Result<(), String> {
+    if stop.is_cancelled() { Err(STOPPING.to_owned()) } else { Ok(()) }
 }
 
 #[async_trait]
@@ -412,14 +444,16 @@ impl NodeBootstrap for KubeBootstrap {
         Ok(())
     }
 
-    async fn run(&self, args: ServerArgs, progress: Progress) -> Result<(), String> {
+    async fn run(&self, args: ServerArgs, progress: Progress, stop: CancellationToken) -> Result<(), String> {
         let mut server_id = None;
         let mut gpu_ids = Vec::new();
         let mut graval_created = false;
-        let result = self.steps(&args, &progress, &mut server_id, &mut gpu_ids, &mut graval_created).await;
+        let result =
+            self.steps(&args, &progress, &stop, &mut server_id, &mut gpu_ids, &mut graval_created).await;
         if graval_created {
             progress.say("removing the GraVal bootstrap job").await;
-            self.remove_graval(&args.name, &progress).await;
+            // Shutting down: the Job and Service are deleted, their pods not waited for.
+            self.remove_graval(&args.name, &progress, !stop.is_cancelled()).await;
         }
         match result {
             Ok(()) => {

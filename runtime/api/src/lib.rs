@@ -29,7 +29,7 @@ use miner_config::Validators;
 use miner_db::Db;
 use miner_events::{MinerEvent, Producer};
 
-pub use add_node::{NodeBootstrap, Progress, ServerArgs};
+pub use add_node::{Bootstraps, NodeBootstrap, Progress, ServerArgs};
 pub use error::ApiError;
 pub use metrics::Metrics;
 
@@ -42,6 +42,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub validators: Arc<Validators>,
     pub bootstrap: Option<Arc<dyn NodeBootstrap>>,
+    /// The add-node runs in flight (stopped and awaited by [`serve`] at shutdown).
+    pub bootstraps: Bootstraps,
     /// How long a request waits for Redis to confirm an event.
     pub event_timeout: Duration,
     /// Refuse management signatures over the plain purpose `management` (the
@@ -67,6 +69,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             validators: Arc::new(validators),
             bootstrap: None,
+            bootstraps: Bootstraps::default(),
             event_timeout: Duration::from_secs(5),
             bound_management_only: false,
         })
@@ -141,7 +144,25 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
+    let bootstraps = state.bootstraps.clone();
+    let stopping = bootstraps.clone();
+    // On the signal, add-node runs stop at once and undo what they did: their progress
+    // streams are requests the graceful shutdown waits for, and they end with them.
+    let shutdown = async move {
+        shutdown.await;
+        stopping.stop();
+    };
+    let served = axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    // A bootstrap whose client was gone had no stream to wait for: wait for it here,
+    // within the pod's termination grace period.
+    if !bootstraps.finished(BOOTSTRAP_CLEANUP_BOUND).await {
+        tracing::warn!("an add-node was still undoing its steps at exit");
+    }
+    served
 }
+
+/// How long a shutdown waits for add-node cleanups after the server stopped (the API
+/// pod's `terminationGracePeriodSeconds` leaves room for it).
+pub const BOOTSTRAP_CLEANUP_BOUND: Duration = Duration::from_secs(30);

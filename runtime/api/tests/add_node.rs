@@ -104,3 +104,34 @@ async fn preflight_refusals_name_the_problem() {
 fn args_for(validator: &str, name: &str) -> Value {
     json!({"name": name, "validator": validator, "hourly_cost": 0.8, "gpu_short_ref": "a6000"})
 }
+
+#[tokio::test]
+async fn an_api_shutting_down_stops_an_add_node_and_undoes_it() {
+    let mut w = world(gpu_node("gpu-s")).await;
+    // The validator never finishes verifying: the bootstrap waits for it.
+    w.validator.set_default_verification("pending");
+    let resp = w.api.post("/servers/", &args(&w, "gpu-s", "a6000")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let advertised =
+        || w.validator.requests().iter().any(|r| r.method == "POST" && r.path.starts_with("/nodes"));
+    for _ in 0..600 {
+        if advertised() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(advertised(), "the GPUs were never advertised");
+    assert_eq!(w.api.db.list_servers().await.unwrap().len(), 1);
+
+    // SIGTERM (a rollout of the API, a drained node) while the validator verifies.
+    w.api.shutdown.take().unwrap().send(()).unwrap();
+    let lines = stream(resp).await;
+    let last = lines.last().unwrap();
+    assert!(
+        last.starts_with("error: bootstrap of gpu-s failed") && last.contains("shutting down"),
+        "{lines:#?}"
+    );
+    assert!(w.api.db.list_servers().await.unwrap().is_empty(), "server row removed");
+    assert_eq!(w.validator.deleted_nodes().len(), 1, "the validator was told to drop the GPU");
+    assert_eq!(graval_objects(&w.client).await, 0, "no GraVal Job left holding the node's GPUs");
+}

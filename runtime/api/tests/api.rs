@@ -557,7 +557,12 @@ impl NodeBootstrap for Scripted {
         }
         Ok(())
     }
-    async fn run(&self, args: ServerArgs, progress: Progress) -> Result<(), String> {
+    async fn run(
+        &self,
+        args: ServerArgs,
+        progress: Progress,
+        _stop: tokio_util::sync::CancellationToken,
+    ) -> Result<(), String> {
         progress.say(format!("labelling node {}", args.name)).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
         if self.fail { Err("graval pod failed".into()) } else { Ok(()) }
