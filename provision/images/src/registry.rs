@@ -17,7 +17,8 @@
 //!   The manifest goes last, by tag, so a registry never lists an image whose blobs it
 //!   lacks.
 //! * The password lives in [`Credentials`], whose `Debug` redacts it; it appears in no
-//!   error, URL or log line.
+//!   error, URL or log line. Credentials (Basic, or a Bearer token for the registry) go to
+//!   the registry's own origin only; see [`Route`] for a `Location` or redirect elsewhere.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -160,6 +161,43 @@ pub enum Pushed {
     Uploaded { blobs: usize, bytes: u64, skipped: usize },
 }
 
+/// Where a request may go, by its URL against the registry's (`https://<host>`).
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    /// The registry's own origin (scheme, host and port): with the credentials.
+    Registry,
+    /// Another origin over HTTPS (an upload `Location` on object storage or a CDN, which
+    /// the distribution spec allows: the URL carries its own state or signature): without
+    /// the credentials, which belong to the registry and not to its storage backend.
+    Elsewhere,
+    /// Plain HTTP, even to the registry's host (a proxy that terminates TLS and lets the
+    /// registry believe it is reached over HTTP): refused, whatever it would carry. Blobs
+    /// and upload state would cross the network in the clear, and the registry is always
+    /// reached over HTTPS.
+    Downgrade,
+}
+
+fn route(base: &reqwest::Url, url: &reqwest::Url) -> Route {
+    if url.origin() == base.origin() {
+        Route::Registry
+    } else if url.scheme() == "https" {
+        Route::Elsewhere
+    } else {
+        Route::Downgrade
+    }
+}
+
+/// A URL as an error shows it: no user or password, query (upload state, signatures) or
+/// fragment.
+fn shown(url: &reqwest::Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.set_query(None);
+    url.set_fragment(None);
+    url.to_string()
+}
+
 #[derive(Clone)]
 enum Auth {
     Anonymous,
@@ -171,7 +209,8 @@ enum Auth {
 pub struct Client {
     http: reqwest::Client,
     registry: RegistryRef,
-    base: String,
+    /// `https://<host>/`: the origin that gets the credentials.
+    base: reqwest::Url,
     credentials: Option<Credentials>,
     auth: Auth,
     /// Bearer tokens by repository.
@@ -228,8 +267,27 @@ impl Client {
         ca_file: Option<&Path>,
     ) -> Result<Client, RegistryError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let base = reqwest::Url::parse(&format!("https://{}/", registry.host)).map_err(|e| {
+            RegistryError::Invalid { value: registry.to_string(), reason: format!("not a host: {e}") }
+        })?;
+        // Redirects (a blob or manifest HEAD sent on to storage): reqwest (0.13) drops
+        // `Authorization` itself when a redirect changes scheme, host or port
+        // (`redirect::remove_sensitive_headers`); `send` answers no challenge from another
+        // origin; and this policy refuses HTTPS to plain HTTP, as `route` does.
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            let from_https = attempt.previous().iter().any(|u| u.scheme() == "https");
+            if from_https && attempt.url().scheme() != "https" {
+                let to = shown(attempt.url());
+                attempt.error(format!("refused a redirect to {to}: plain HTTP, not HTTPS"))
+            } else if attempt.previous().len() >= 10 {
+                attempt.error("too many redirects")
+            } else {
+                attempt.follow()
+            }
+        });
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("minerctl/", env!("CARGO_PKG_VERSION")))
+            .redirect(redirects)
             .connect_timeout(std::time::Duration::from_secs(30))
             .read_timeout(std::time::Duration::from_secs(300));
         if let Some(path) = ca_file {
@@ -246,7 +304,6 @@ impl Client {
             what: "setting up the HTTPS client".into(),
             reason: chain(&e),
         })?;
-        let base = format!("https://{}", registry.host);
         Ok(Client { http, registry, base, credentials, auth: Auth::Anonymous, tokens: HashMap::new() })
     }
 
@@ -361,8 +418,30 @@ impl Client {
         }
     }
 
+    /// `url` (a path under `/v2/`, or an upload location) resolved against the registry,
+    /// and whether it gets the credentials ([`Route`]).
+    fn target(&self, url: &str, what: &str) -> Result<(reqwest::Url, bool), RegistryError> {
+        let err = |reason: String| RegistryError::Http {
+            registry: self.registry.to_string(),
+            what: what.to_string(),
+            reason,
+        };
+        let url = self.base.join(url).map_err(|e| err(format!("a URL it named: {e}")))?;
+        match route(&self.base, &url) {
+            Route::Registry => Ok((url, true)),
+            Route::Elsewhere => Ok((url, false)),
+            Route::Downgrade => Err(err(format!(
+                "it sent this request to {}, over plain HTTP: refused (the registry is reached over \
+                 HTTPS only; a proxy that terminates TLS in front of it must pass on the original \
+                 scheme, e.g. `X-Forwarded-Proto: https`)",
+                shown(&url)
+            ))),
+        }
+    }
+
     /// One request to `url` (a path under `/v2/` or an upload location), answering an
-    /// authentication challenge once. 401 after that is a refusal of the credentials.
+    /// authentication challenge of the registry once. 401 after that is a refusal of the
+    /// credentials; 401 from another origin is an error naming it.
     async fn send(
         &mut self,
         method: Method,
@@ -372,17 +451,13 @@ impl Client {
         body: Option<bytes::Bytes>,
         what: &str,
     ) -> Result<reqwest::Response, RegistryError> {
-        let url = if url.starts_with("https://") || url.starts_with("http://") {
-            url.to_string()
-        } else {
-            format!("{}{url}", self.base)
-        };
+        let (url, credentials) = self.target(url, what)?;
         for attempt in 0..2 {
-            let mut request = self.http.request(method.clone(), &url);
+            let mut request = self.http.request(method.clone(), url.clone());
             for (name, value) in headers {
                 request = request.header(name, value);
             }
-            if let Some(a) = self.authorization(repo) {
+            if let Some(a) = self.authorization(repo).filter(|_| credentials) {
                 request = request.header(AUTHORIZATION, a.as_str());
             }
             if let Some(b) = &body {
@@ -391,6 +466,18 @@ impl Client {
             let response = request.send().await.map_err(|e| self.http_err(what, e))?;
             if response.status() != StatusCode::UNAUTHORIZED {
                 return Ok(response);
+            }
+            // (the URL that answered, after any redirect)
+            if route(&self.base, response.url()) != Route::Registry {
+                return Err(RegistryError::Http {
+                    registry: self.registry.to_string(),
+                    what: what.to_string(),
+                    reason: format!(
+                        "{} asks for credentials: those of the registry go to {} only",
+                        shown(response.url()),
+                        self.base.origin().ascii_serialization()
+                    ),
+                });
             }
             if attempt == 1 {
                 return Err(self.refused(response.status()));
@@ -423,7 +510,8 @@ impl Client {
         }
     }
 
-    /// The upload location a response names (absolute, or relative to the registry).
+    /// The upload location a response names: absolute, or relative to the URL that
+    /// answered. [`Client::target`] decides whether it gets the credentials.
     fn location(&self, response: &reqwest::Response, what: &str) -> Result<String, RegistryError> {
         let location = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| {
             RegistryError::Http {
@@ -432,7 +520,12 @@ impl Client {
                 reason: "the answer names no Location".into(),
             }
         })?;
-        Ok(if location.starts_with('/') { format!("{}{location}", self.base) } else { location.to_string() })
+        let url = response.url().join(location).map_err(|e| RegistryError::Http {
+            registry: self.registry.to_string(),
+            what: what.to_string(),
+            reason: format!("the answer's Location is no URL: {e}"),
+        })?;
+        Ok(url.to_string())
     }
 
     /// Uploads one blob from `file`, checking its digest on the way.
@@ -618,6 +711,26 @@ mod tests {
         assert_eq!(p["realm"], "https://auth.example/token");
         assert_eq!(p["service"], "registry.example");
         assert_eq!(p["scope"], "repository:a/b:pull,push");
+    }
+
+    #[test]
+    fn credentials_go_to_the_registry_origin_only_and_never_over_plain_http() {
+        let base = reqwest::Url::parse("https://registry.example:5000/").unwrap();
+        let to = |url: &str| route(&base, &base.join(url).unwrap());
+        assert_eq!(to("/v2/a/blobs/uploads/1?_state=x"), Route::Registry);
+        assert_eq!(to("https://registry.example:5000/v2/a/blobs/uploads/1"), Route::Registry);
+        assert_eq!(to("https://REGISTRY.example:5000/v2/"), Route::Registry);
+        assert_eq!(to("https://registry.example/v2/"), Route::Elsewhere, "another port");
+        assert_eq!(to("https://storage.example/upload?sig=x"), Route::Elsewhere);
+        assert_eq!(to("http://registry.example:5000/v2/"), Route::Downgrade, "the same host over HTTP");
+        assert_eq!(to("http://storage.example/upload"), Route::Downgrade);
+        let default_port = reqwest::Url::parse("https://registry.example/").unwrap();
+        assert_eq!(
+            route(&default_port, &default_port.join("https://registry.example:443/v2/").unwrap()),
+            Route::Registry
+        );
+        let url = reqwest::Url::parse("https://u:pw@storage.example/up/1?sig=secret#f").unwrap();
+        assert_eq!(shown(&url), "https://storage.example/up/1");
     }
 
     #[test]

@@ -715,3 +715,233 @@ fn push_to_a_registry_that_hands_out_bearer_tokens() {
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     assert_eq!(out.matches("unchanged (digest present)").count(), lock.images.len(), "{out}");
 }
+
+// ---------------------------------------------------------------------------- scripted registry
+
+/// What a scripted listener was asked: (method, path, whether it carried `Authorization`).
+type Seen = Arc<std::sync::Mutex<Vec<(String, String, bool)>>>;
+
+/// A throwaway CA and a certificate for 127.0.0.1 that it signed: the scripted
+/// listeners' TLS, and the CA's PEM file (`--registry-ca`).
+fn scripted_tls(dir: &Path) -> (Arc<rustls::ServerConfig>, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let o = Command::new("openssl").args(args).current_dir(dir).output().unwrap();
+        assert!(o.status.success(), "openssl {args:?}: {}", text(&o));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let days = ["-days", "2"];
+    openssl(
+        &[&["req", "-x509"][..], &ec, &days, &["-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=ca"]]
+            .concat(),
+    );
+    openssl(
+        &[&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]]
+            .concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        &[
+            &["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial"][..],
+            &days,
+            &["-extfile", "server.ext", "-outform", "DER", "-out", "server.der"],
+        ]
+        .concat(),
+    );
+    openssl(&[
+        "pkcs8",
+        "-topk8",
+        "-nocrypt",
+        "-in",
+        "server.key",
+        "-outform",
+        "DER",
+        "-out",
+        "server.key.der",
+    ]);
+    let cert = rustls::pki_types::CertificateDer::from(std::fs::read(dir.join("server.der")).unwrap());
+    let key = rustls::pki_types::PrivatePkcs8KeyDer::from(std::fs::read(dir.join("server.key.der")).unwrap());
+    let config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key.into())
+            .unwrap();
+    (Arc::new(config), dir.join("ca.crt"))
+}
+
+type Answer = dyn Fn(&str, &str, bool) -> (u16, Vec<(&'static str, String)>) + Send + Sync;
+
+/// A scripted HTTP/1.1 listener (HTTPS with `tls`) on a port of its own, i.e. an origin of
+/// its own: records every request before it answers it with `answer(method, path,
+/// authorized)` (a status and headers, no body).
+struct Scripted {
+    port: u16,
+    seen: Seen,
+}
+
+impl Scripted {
+    fn start(
+        tls: Option<Arc<rustls::ServerConfig>>,
+        answer: impl Fn(&str, &str, bool) -> (u16, Vec<(&'static str, String)>) + Send + Sync + 'static,
+    ) -> Scripted {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Seen::default();
+        let answer: Arc<Answer> = Arc::new(answer);
+        let recorded = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (seen, answer, tls) = (recorded.clone(), answer.clone(), tls.clone());
+                std::thread::spawn(move || match tls {
+                    Some(config) => {
+                        let conn = rustls::ServerConnection::new(config).unwrap();
+                        Self::serve(rustls::StreamOwned::new(conn, stream), &seen, &*answer);
+                    }
+                    None => Self::serve(stream, &seen, &*answer),
+                });
+            }
+        });
+        Scripted { port, seen }
+    }
+
+    /// Requests of one connection, until the client closes it.
+    fn serve(mut stream: impl std::io::Read + std::io::Write, seen: &Seen, answer: &Answer) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 64 << 10];
+        let mut fill = |buf: &mut Vec<u8>, stream: &mut dyn std::io::Read| match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        };
+        loop {
+            let head_end = loop {
+                if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+                if !fill(&mut buf, &mut stream) {
+                    return;
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+            let header = |name: &str| {
+                head.lines().skip(1).find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                })
+            };
+            let length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            while buf.len() < head_end + length {
+                if !fill(&mut buf, &mut stream) {
+                    return;
+                }
+            }
+            buf.drain(..head_end + length);
+            let mut first = head.lines().next().unwrap_or("").split(' ');
+            let (method, path) =
+                (first.next().unwrap_or("").to_string(), first.next().unwrap_or("").to_string());
+            let authorized = header("authorization").is_some();
+            seen.lock().unwrap().push((method.clone(), path.clone(), authorized));
+            let (status, headers) = answer(&method, &path, authorized);
+            let mut response = format!("HTTP/1.1 {status} Scripted\r\nContent-Length: 0\r\n");
+            for (k, v) in headers {
+                response.push_str(&format!("{k}: {v}\r\n"));
+            }
+            response.push_str("\r\n");
+            if stream.write_all(response.as_bytes()).and_then(|()| stream.flush()).is_err() {
+                return;
+            }
+        }
+    }
+
+    fn seen(&self) -> Vec<(String, String, bool)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// A registry that wants Basic credentials, holds nothing, sends each blob upload to
+/// `upload_to` and answers a manifest `HEAD` with a redirect to `head_to` (if any).
+fn scripted_registry(
+    tls: &Arc<rustls::ServerConfig>,
+    upload_to: String,
+    head_to: Option<String>,
+) -> Scripted {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let uploads = AtomicU32::new(0);
+    Scripted::start(Some(tls.clone()), move |method, path, authorized| {
+        if !authorized {
+            return (401, vec![("WWW-Authenticate", "Basic realm=\"scripted\"".into())]);
+        }
+        match (method, path) {
+            ("GET", "/v2/") => (200, vec![]),
+            ("HEAD", p) if p.contains("/manifests/") => match &head_to {
+                Some(to) => (307, vec![("Location", format!("{to}/manifest"))]),
+                None => (404, vec![]),
+            },
+            ("POST", p) if p.ends_with("/blobs/uploads/") => {
+                let n = uploads.fetch_add(1, Ordering::Relaxed);
+                (202, vec![("Location", format!("{upload_to}/upload/{n}?_state=opaque"))])
+            }
+            ("PUT", p) if p.contains("/manifests/") => (201, vec![]),
+            _ => (404, vec![]),
+        }
+    })
+}
+
+/// Another origin that takes uploads without asking for credentials (a storage backend).
+fn scripted_storage(tls: Option<Arc<rustls::ServerConfig>>) -> Scripted {
+    Scripted::start(tls, |method, _, _| if method == "PUT" { (201, vec![]) } else { (404, vec![]) })
+}
+
+#[test]
+fn push_sends_the_credentials_to_the_registry_only() {
+    use minerctl_images::registry::{Client, Credentials, Pushed, RegistryError, RegistryRef};
+    let dir = tempfile::tempdir().unwrap();
+    let lock_path = stand_in_lock(dir.path());
+    let image = Lock::read(&lock_path).unwrap().images["chutes-miner"].clone();
+    let (tls, ca) = scripted_tls(dir.path());
+    let password = dir.path().join("password");
+    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let push = |registry: &Scripted| -> Result<Pushed, RegistryError> {
+        let at = RegistryRef::parse(&format!("127.0.0.1:{}/chutes", registry.port)).unwrap();
+        let credentials = Credentials::from_file("miner", &password).unwrap();
+        let mut client = Client::new(at, Some(credentials), Some(&ca)).unwrap();
+        rt.block_on(async {
+            client.check().await?;
+            client.push(&lock_path, "chutes-miner", &image, false).await
+        })
+    };
+
+    // Uploads (and a manifest HEAD, by redirect) sent to another origin over HTTPS, as
+    // registries on object storage or behind a CDN do: followed, without the credentials.
+    let storage = scripted_storage(Some(tls.clone()));
+    let elsewhere = format!("https://127.0.0.1:{}", storage.port);
+    let registry = scripted_registry(&tls, elsewhere.clone(), Some(elsewhere));
+    let pushed = push(&registry).unwrap();
+    assert!(matches!(pushed, Pushed::Uploaded { blobs: 2, skipped: 0, .. }), "{pushed:?}");
+    let seen = storage.seen();
+    assert_eq!(seen.iter().filter(|(m, _, _)| m == "PUT").count(), 2, "{seen:?}");
+    assert!(seen.iter().any(|(m, p, _)| m == "HEAD" && p == "/manifest"), "{seen:?}");
+    assert!(seen.iter().all(|(_, _, authorized)| !authorized), "credentials left the registry: {seen:?}");
+    // ... while the registry itself got them on every request after its challenge.
+    let seen = registry.seen();
+    assert!(seen.iter().skip(1).all(|(_, _, authorized)| *authorized), "{seen:?}");
+
+    // An upload sent to plain HTTP (a proxy that terminates TLS and tells the registry
+    // it was reached over HTTP): refused before anything goes there, naming the
+    // registry and where it sent the upload.
+    let plain = scripted_storage(None);
+    let registry = scripted_registry(&tls, format!("http://127.0.0.1:{}", plain.port), None);
+    let e = push(&registry).unwrap_err().to_string();
+    assert!(e.contains(&format!("registry 127.0.0.1:{}/chutes", registry.port)), "{e}");
+    assert!(e.contains(&format!("http://127.0.0.1:{}/upload/0", plain.port)), "{e}");
+    assert!(e.contains("plain HTTP") && !e.contains(PASSWORD), "{e}");
+    assert_eq!(plain.seen(), [], "nothing went over plain HTTP");
+}
