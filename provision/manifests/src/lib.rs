@@ -1,10 +1,14 @@
 //! The miner's Kubernetes manifests: the typed values schema (`values`), the Tera templates
 //! in `templates/` rendered into checked objects (`render`), and the k8s-openapi check that
-//! no rendered field is unknown to Kubernetes (`typed`). This crate never talks to a cluster
+//! no rendered field is unknown to Kubernetes (`typed`). Values load also refuses what
+//! the cluster or the runtime would refuse after a deploy: resource quantities (`quantity`)
+//! and the rendered environment, run through the runtime's own loaders (`runtime_env`). This crate never talks to a cluster
 //! and never sees a secret value: secrets are rendered without data.
 
 pub mod error;
+mod quantity;
 pub mod render;
+mod runtime_env;
 mod typed;
 pub mod values;
 

@@ -312,16 +312,30 @@ fn requirements(r: &crate::values::Resources) -> Value {
     json!({"requests": q, "limits": q})
 }
 
-fn context(values: &Values) -> Result<tera::Context, RenderError> {
-    let context_error =
-        |e: serde_json::Error| RenderError::Template { template: "(context)".into(), message: e.to_string() };
+/// The environment of each runtime container, as rendered: plain values and references
+/// to Secrets (`valueFrom`), in order (later entries may use `$(EARLIER)`).
+/// `minerctl render` writes these; [`crate::runtime_env`] checks them at values load
+/// with the runtime's own settings loaders.
+pub(crate) struct WorkloadEnv {
+    /// The API container.
+    pub api: Vec<Value>,
+    /// Gepetto's container.
+    pub gepetto: Vec<Value>,
+    /// The audit exporter's container.
+    pub audit: Vec<Value>,
+    /// The `migrate` init container of the API and Gepetto.
+    pub migrate: Vec<Value>,
+    /// Porter's container (rendered only when porter is enabled).
+    pub porter: Vec<Value>,
+}
+
+pub(crate) fn workload_env(values: &Values) -> Result<WorkloadEnv, serde_json::Error> {
     let ns = values.namespace.as_str();
     let validators_json = serde_json::to_string(&ValidatorsEnv {
         default_registry: &values.validators.default_registry,
         default_api: &values.validators.default_api,
         supported: &values.validators.supported,
-    })
-    .map_err(context_error)?;
+    })?;
     let pg = &values.postgres;
     // Shared by the api, gepetto and the audit exporter (chutes-miner.md §3.2).
     // `migrate` needs the database only: no hotkey seed in the init container.
@@ -364,7 +378,7 @@ fn context(values: &Values) -> Result<tera::Context, RenderError> {
     gepetto.extend([
         plain_env("CACHE_MAX_AGE_DAYS", values.cache.max_age_days.to_string()),
         plain_env("CACHE_MAX_SIZE_GB", values.cache.max_size_gb.to_string()),
-        plain_env("CACHE_OVERRIDES", serde_json::to_string(&values.cache.overrides).map_err(context_error)?),
+        plain_env("CACHE_OVERRIDES", serde_json::to_string(&values.cache.overrides)?),
         // The chute Jobs' cache-init container runs `chutes-miner cache-clean` from
         // Gepetto's own image (no chart-side script, no third-party image).
         plain_env("CACHE_CLEANER_IMAGE", values.gepetto.image.clone()),
@@ -373,6 +387,23 @@ fn context(values: &Values) -> Result<tera::Context, RenderError> {
     if !values.gepetto.record_trace_dir.is_empty() {
         gepetto.push(plain_env("GEPETTO_RECORD_TRACE", format!("{TRACE_MOUNT}/trace.jsonl")));
     }
+    let porter = vec![
+        plain_env("REAL_AXON_HOST", values.porter.real_host.clone()),
+        plain_env("REAL_AXON_PORT", values.porter.real_port.to_string()),
+        secret_env("MINER_HOTKEY_SS58", "miner-credentials", "ss58"),
+        plain_env(
+            "VALIDATOR_WHITELIST",
+            values.validators.supported.iter().map(|v| v.hotkey.as_str()).collect::<Vec<_>>().join(","),
+        ),
+    ];
+    Ok(WorkloadEnv { api, gepetto, audit: common, migrate, porter })
+}
+
+fn context(values: &Values) -> Result<tera::Context, RenderError> {
+    let context_error =
+        |e: serde_json::Error| RenderError::Template { template: "(context)".into(), message: e.to_string() };
+    let ns = values.namespace.as_str();
+    let WorkloadEnv { api, gepetto, audit, migrate, porter } = workload_env(values).map_err(context_error)?;
     let dns_ports = json!([{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]);
 
     let mut ctx = tera::Context::new();
@@ -402,10 +433,9 @@ fn context(values: &Values) -> Result<tera::Context, RenderError> {
             "porter": requirements(&values.porter.resources),
         }),
     );
-    ctx.insert("env", &json!({"api": api, "gepetto": gepetto, "audit": common, "migrate": migrate}));
     ctx.insert(
-        "validator_whitelist",
-        &values.validators.supported.iter().map(|v| v.hotkey.as_str()).collect::<Vec<_>>().join(","),
+        "env",
+        &json!({"api": api, "gepetto": gepetto, "audit": audit, "migrate": migrate, "porter": porter}),
     );
     ctx.insert("dns_ports", &dns_ports);
     ctx.insert("dns_egress", &json!([{"ports": dns_ports}]));

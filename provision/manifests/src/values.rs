@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::ValuesError;
+use crate::quantity;
 
 /// The defaults shipped with the templates (`templates/values.yaml`).
 pub const DEFAULT_VALUES: &str = include_str!("../../../templates/values.yaml");
@@ -461,7 +462,52 @@ impl Values {
                 );
             }
         }
-        Ok(())
+        // k8s-openapi's Quantity is a plain string: without this, `4GB` renders and the
+        // API server refuses it half-way through a deploy, naming the object's field.
+        let resources = [
+            ("minerApi", &self.miner_api.resources),
+            ("gepetto", &self.gepetto.resources),
+            ("postgres", &self.postgres.resources),
+            ("redis", &self.redis.resources),
+            ("prometheus", &self.prometheus.resources),
+            ("registry", &self.registry.resources),
+            ("porter", &self.porter.resources),
+        ];
+        for (component, r) in resources {
+            check_quantity(&format!("{component}.resources.cpu"), &r.cpu, false)?;
+            check_quantity(&format!("{component}.resources.memory"), &r.memory, false)?;
+        }
+        let sizes = [
+            ("postgres.persistence.size", &self.postgres.persistence.size),
+            ("redis.persistence.size", &self.redis.persistence.size),
+            ("prometheus.persistence.size", &self.prometheus.persistence.size),
+        ];
+        for (key, size) in sizes {
+            check_quantity(key, size, true)?;
+        }
+        // Last: what the runtime parses at start-up, by the runtime's own loaders.
+        crate::runtime_env::check(self)
+    }
+}
+
+/// A Kubernetes quantity the API server accepts: not negative, and more than zero for a
+/// claim's size.
+fn check_quantity(key: &str, text: &str, claim_size: bool) -> Result<(), ValuesError> {
+    let invalid = |message: String| Err(ValuesError::Invalid { key: key.to_string(), message });
+    match quantity::parse(text) {
+        None => {
+            let hint = quantity::suggestion(text)
+                .map(|s| format!("{s}?"))
+                .unwrap_or_else(|| "a number with an optional suffix, like 500m, 2, 1.5G or 4Gi".into());
+            invalid(format!("{text:?} is not a Kubernetes quantity ({hint})"))
+        }
+        Some(q) if q.negative && !q.zero => {
+            invalid(format!("{text:?} is negative: Kubernetes refuses a negative quantity"))
+        }
+        Some(q) if claim_size && q.zero => {
+            invalid(format!("{text:?}: Kubernetes refuses a claim of size zero"))
+        }
+        Some(_) => Ok(()),
     }
 }
 
@@ -794,6 +840,65 @@ mod tests {
             (v.gepetto.record_trace_dir.as_str(), v.gepetto.strategy),
             ("/var/lib/gepetto", GepettoStrategy::Multiplier)
         );
+    }
+
+    /// Kubernetes refuses `4GB` with a 422 naming the object field, after deploy has
+    /// applied half the objects: it is refused at load, naming the values key.
+    #[test]
+    fn a_quantity_kubernetes_refuses_is_an_error_naming_the_values_key() {
+        let err =
+            Values::load(&[Layer::Set("minerApi.resources.memory=4GB".into())]).unwrap_err().to_string();
+        assert!(err.contains("minerApi.resources.memory") && err.contains("\"4GB\""), "{err}");
+        assert!(err.contains("4G or 4Gi"), "{err}");
+        for (set, key) in [
+            ("postgres.persistence.size=100GB", "postgres.persistence.size"),
+            ("redis.persistence.size=ten", "redis.persistence.size"),
+            ("prometheus.persistence.size=5 Gi", "prometheus.persistence.size"),
+            ("gepetto.resources.cpu=1core", "gepetto.resources.cpu"),
+            ("porter.resources.memory=128mb", "porter.resources.memory"),
+            ("registry.resources.cpu=-1", "registry.resources.cpu"),
+            ("postgres.persistence.size=0", "postgres.persistence.size"),
+        ] {
+            let err = Values::load(&[Layer::Set(set.into())]).unwrap_err().to_string();
+            assert!(err.contains(key), "{set}: {err}");
+        }
+        let v = Values::load(&[Layer::Set(
+            "minerApi.resources.memory=4G,minerApi.resources.cpu=1.5,gepetto.resources.cpu=500m,postgres.persistence.size=1e11,redis.resources.memory=1.5Gi".into(),
+        )])
+        .unwrap();
+        assert_eq!(
+            (v.miner_api.resources.memory.as_str(), v.miner_api.resources.cpu.as_str()),
+            ("4G", "1.5")
+        );
+    }
+
+    /// Values the runtime parses at start-up (`VALIDATORS`, porter's settings) are
+    /// checked by the runtime's own loaders at load: a bad one would only show as
+    /// CrashLoopBackOff after deploy.
+    #[test]
+    fn a_value_the_runtime_refuses_at_start_up_is_an_error_naming_the_values_key() {
+        let err = Values::load(&[Layer::Set("validators.supported[0].api=api.chutes.ai".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("validators.supported[0].api") && err.contains("api.chutes.ai"), "{err}");
+        assert!(err.contains("https://"), "says what is expected: {err}");
+        let err = Values::load(&[Layer::Set("validators.supported[0].socket=ws.chutes.ai".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("validators.supported[0].socket"), "{err}");
+        // Alphanumeric, the right length, one character changed: the checksum fails.
+        let err = Values::load(&[Layer::Set(
+            "validators.supported[0].hotkey=5Dt7HZ7Zpw4DppPxFM7Ke3Cm7sDAWhsZXmM5ZAmE7dSVJbcR".into(),
+        )])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("validators.supported[0].hotkey"), "{err}");
+        let err = Values::load(&[Layer::Set("porter.enabled=true,porter.realHost=".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("porter.realHost"), "{err}");
+        // Porter off: its settings are not read by anything.
+        Values::load(&[Layer::Set("porter.realHost=".into())]).unwrap();
     }
 
     #[test]

@@ -119,6 +119,17 @@ fn the_api_service_keeps_client_addresses_for_registry_auth() {
     }
 }
 
+/// Porter limits connections and requests per peer address. Behind a NodePort with the
+/// default policy kube-proxy rewrites every outside caller to a node address, so one
+/// caller's connections would use up every validator's share.
+#[test]
+fn the_porter_service_keeps_client_addresses_for_its_per_peer_limits() {
+    let m = render(&full_values()).unwrap();
+    let porter = m.objects.iter().find(|o| o.kind() == "Service" && o.name() == "porter").unwrap();
+    assert_eq!(porter.value["spec"]["type"], "NodePort");
+    assert_eq!(porter.value["spec"]["externalTrafficPolicy"], "Local", "{}", porter.value);
+}
+
 #[test]
 fn optional_components_follow_their_switches() {
     let names = |v: &Values| -> BTreeSet<String> {
