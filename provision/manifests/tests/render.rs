@@ -475,3 +475,13 @@ fn the_miner_roles_grant_every_resource_the_runtime_uses() {
     }
     assert!(used >= 5, "the scan found the runtime's Kubernetes types ({used})");
 }
+
+/// The API's pod outlives its own shutdown: stopping add-node bootstraps (up to
+/// `miner_api::BOOTSTRAP_CLEANUP_BOUND`, 30 s) and flushing events (10 s) before a SIGKILL.
+#[test]
+fn the_api_has_time_to_undo_an_add_node_when_it_stops() {
+    let m = render(&Values::defaults().unwrap()).unwrap();
+    let api = object(&m, "Deployment", "api");
+    let grace = api["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
+    assert!(grace >= 30 + 10 + 5, "terminationGracePeriodSeconds {grace}");
+}
