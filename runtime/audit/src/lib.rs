@@ -93,7 +93,20 @@ pub struct InvocationTotal {
     pub deployment_id: String,
     pub function: String,
     pub total_seconds: f64,
-    pub total_count: f64,
+    /// `int(float(value))` as the original wrote it (see [`python_int_count`]).
+    pub total_count: i64,
+}
+
+/// The original's `int(float(values[0][1]))` for a count series, and `0` when the
+/// series is missing: truncated toward zero (`4.0421` → `4`, `-2.7` → `-2`). A NaN or
+/// infinite value (where Python's `int()` raises) is written as 0 like a missing one;
+/// beyond the `i64` range the count saturates.
+pub fn python_int_count(value: Option<f64>) -> i64 {
+    match value {
+        // `as` truncates toward zero and saturates: Python's int() within i64.
+        Some(v) if v.is_finite() => v as i64,
+        _ => 0,
+    }
 }
 
 /// An audit row in column order with ISO timestamps (the original's `dict(row)`).
@@ -215,7 +228,7 @@ impl Exporter {
             .into_iter()
             .filter(|(_, secs)| *secs > 0.0)
             .map(|(key, total_seconds)| InvocationTotal {
-                total_count: counts.iter().find(|(k, _)| *k == key).map(|(_, n)| *n).unwrap_or(0.0),
+                total_count: python_int_count(counts.iter().find(|(k, _)| *k == key).map(|(_, n)| *n)),
                 chute_id: key.1,
                 deployment_id: key.0,
                 function: key.2,
@@ -329,5 +342,31 @@ impl Exporter {
             }
         }
         Err(AuditError::Upload { url: url.clone(), attempts: self.cfg.attempts, last })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::python_int_count;
+
+    #[test]
+    fn counts_truncate_toward_zero_like_python_int() {
+        // python3 -c 'print([int(float(v)) for v in ["4.0421", "4", "0.99", "-0.5", "-2.7", "-0", "1e18"]])'
+        let cases = [
+            ("4.0421", 4),
+            ("4", 4),
+            ("0.99", 0),
+            ("-0.5", 0),
+            ("-2.7", -2),
+            ("-0", 0),
+            ("1e18", 1_000_000_000_000_000_000),
+        ];
+        for (text, python) in cases {
+            let parsed: f64 = text.parse().unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(python_int_count(Some(parsed)), python, "{text}");
+        }
+        assert_eq!(python_int_count(None), 0);
+        assert_eq!(python_int_count(Some(f64::NAN)), 0);
+        assert_eq!(python_int_count(Some(f64::INFINITY)), 0);
     }
 }

@@ -47,14 +47,23 @@ async fn query_range(
     if !s.lock().unwrap().prometheus_up {
         return (StatusCode::BAD_GATEWAY, axum::Json(json!({})));
     }
-    let value = if q["query"].contains("invocation_duration_sum") { "12.5" } else { "4" };
-    let zero = "0";
+    // increase() extrapolates, so counts come back fractional (and, after a counter
+    // reset, can dip below zero); d-3 has seconds but no count series at all.
+    let series: &[(&str, &str)] = if q["query"].contains("invocation_duration_sum") {
+        &[("d-1", "12.5"), ("d-2", "0"), ("d-3", "3.5"), ("d-4", "1")]
+    } else {
+        &[("d-1", "4.0421"), ("d-2", "0"), ("d-4", "-2.7")]
+    };
+    let result: Vec<Value> = series
+        .iter()
+        .map(|(d, v)| {
+            json!({"metric": {"chutes_deployment_id": d, "chute_id": "chute-1", "function": "generate"},
+                   "values": [[1, v]]})
+        })
+        .collect();
     (
         StatusCode::OK,
-        axum::Json(json!({"status": "success", "data": {"resultType": "matrix", "result": [
-            {"metric": {"chutes_deployment_id": "d-1", "chute_id": "chute-1", "function": "generate"}, "values": [[1, value]]},
-            {"metric": {"chutes_deployment_id": "d-2", "chute_id": "chute-1", "function": "generate"}, "values": [[1, zero]]}
-        ]}})),
+        axum::Json(json!({"status": "success", "data": {"resultType": "matrix", "result": result}})),
     )
 }
 
@@ -190,7 +199,7 @@ async fn uploads_the_hour_signed_with_the_block_header() {
 
     let text = std::str::from_utf8(&body).unwrap();
     assert!(text.starts_with(&format!(
-        r#"{{"miner_hotkey": "{}", "start_time": "2026-11-26T10:00:00+00:00", "end_time": "2026-11-26T11:00:00+00:00", "prometheus_message": "", "prometheus_metrics": [{{"chute_id": "chute-1", "deployment_id": "d-1", "function": "generate", "total_seconds": 12.5, "total_count": 4.0}}], "deployment_audit": ["#,
+        r#"{{"miner_hotkey": "{}", "start_time": "2026-11-26T10:00:00+00:00", "end_time": "2026-11-26T11:00:00+00:00", "prometheus_message": "", "prometheus_metrics": [{{"chute_id": "chute-1", "deployment_id": "d-1", "function": "generate", "total_seconds": 12.5, "total_count": 4}}, {{"chute_id": "chute-1", "deployment_id": "d-3", "function": "generate", "total_seconds": 3.5, "total_count": 0}}, {{"chute_id": "chute-1", "deployment_id": "d-4", "function": "generate", "total_seconds": 1.0, "total_count": -2}}], "deployment_audit": ["#,
         hotkey.ss58()
     )), "{text}");
     let report: Value = serde_json::from_slice(&body).unwrap();
