@@ -48,9 +48,33 @@ impl ExtraPort {
         let mut seen = BTreeSet::new();
         ports.into_iter().filter(|p| seen.insert(p.clone())).collect()
     }
+
+    /// 8000/TCP or 8001/TCP: already a port of every chute. Such an extra port is
+    /// not added to the Service or the container a second time (Kubernetes refuses a
+    /// repeated port); its `CHUTES_PORT_TCP_<port>` is the fixed port's NodePort.
+    pub fn is_fixed(&self) -> bool {
+        self.protocol == "TCP" && FIXED_PORTS.contains(&self.port)
+    }
+
+    /// Its Service port name: `chute-<port>` (section 12.2), or `chute-<port>-udp`
+    /// for a UDP port whose number is also used over TCP (a fixed port or another
+    /// extra port in `all`), since Service port names must be unique.
+    pub fn service_port_name(&self, all: &[ExtraPort]) -> String {
+        let tcp_twin = FIXED_PORTS.contains(&self.port)
+            || all.iter().any(|p| p.port == self.port && p.protocol == "TCP");
+        if self.protocol == "UDP" && tcp_twin {
+            format!("chute-{}-udp", self.port)
+        } else {
+            format!("chute-{}", self.port)
+        }
+    }
 }
 
-/// The chute Service: 8000 and 8001, then one port per extra job port.
+/// The ports every chute Service and container has (primary and logging), over TCP.
+pub const FIXED_PORTS: [u16; 2] = [8000, 8001];
+
+/// The chute Service: 8000 and 8001, then one port per distinct extra job port
+/// (8000/TCP and 8001/TCP are not repeated), named by [`ExtraPort::service_port_name`].
 pub fn service(
     deployment_id: &str,
     chute_id: &str,
@@ -61,8 +85,9 @@ pub fn service(
         json!({"name": "chute-8000", "port": 8000, "targetPort": 8000, "protocol": "TCP"}),
         json!({"name": "chute-8001", "port": 8001, "targetPort": 8001, "protocol": "TCP"}),
     ];
-    for p in extra {
-        ports.push(json!({"name": format!("chute-{}", p.port), "port": p.port, "targetPort": p.port,
+    let extra = ExtraPort::dedup(extra.iter().filter(|p| !p.is_fixed()).cloned());
+    for p in &extra {
+        ports.push(json!({"name": p.service_port_name(&extra), "port": p.port, "targetPort": p.port,
                           "protocol": p.protocol}));
     }
     typed(
@@ -88,16 +113,23 @@ pub struct ServicePorts {
 }
 
 impl ServicePorts {
-    /// Reads the node ports back from a created Service; `None` when one is missing.
+    /// Reads the node ports back from a created Service, matching each port by
+    /// number and protocol; `None` when one is missing.
     pub fn from_service(service: &Service, extra: &[ExtraPort]) -> Option<ServicePorts> {
         let ports = service.spec.as_ref()?.ports.as_ref()?;
-        let node_port = |port: i32| ports.iter().find(|p| p.port == port).and_then(|p| p.node_port);
+        // A port without a protocol is TCP (the API server's default).
+        let node_port = |port: u16, protocol: &str| {
+            ports
+                .iter()
+                .find(|p| p.port == i32::from(port) && p.protocol.as_deref().unwrap_or("TCP") == protocol)
+                .and_then(|p| p.node_port)
+        };
         Some(ServicePorts {
-            primary: node_port(8000)?,
-            logging: node_port(8001)?,
+            primary: node_port(8000, "TCP")?,
+            logging: node_port(8001, "TCP")?,
             extra: extra
                 .iter()
-                .map(|p| Some((p.clone(), node_port(i32::from(p.port))?)))
+                .map(|p| Some((p.clone(), node_port(p.port, p.protocol)?)))
                 .collect::<Option<Vec<_>>>()?,
         })
     }
@@ -276,9 +308,12 @@ impl ChuteJob {
             json!({"containerPort": 8000, "protocol": "TCP"}),
             json!({"containerPort": 8001, "protocol": "TCP"}),
         ];
+        let mut declared: BTreeSet<ExtraPort> = BTreeSet::new();
         for (p, node_port) in &self.ports.extra {
             envs.push(env(&format!("CHUTES_PORT_{}_{}", p.protocol, p.port), node_port));
-            container_ports.push(json!({"containerPort": p.port, "protocol": p.protocol}));
+            if !p.is_fixed() && declared.insert(p.clone()) {
+                container_ports.push(json!({"containerPort": p.port, "protocol": p.protocol}));
+            }
         }
         let resources = json!({
             "cpu": (self.cpu_per_gpu * self.gpu_count).to_string(),
@@ -381,5 +416,105 @@ mod tests {
             ExtraPort::new(9001, "udp"),
         ]);
         assert_eq!(p, vec![ExtraPort::new(9000, "TCP"), ExtraPort::new(9001, "UDP")]);
+    }
+
+    /// `(name, port, protocol)` of each Service port, in order.
+    fn service_ports(svc: &Service) -> Vec<(String, i32, String)> {
+        let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref()).cloned().unwrap_or_default();
+        ports
+            .into_iter()
+            .map(|p| (p.name.unwrap_or_default(), p.port, p.protocol.unwrap_or_default()))
+            .collect()
+    }
+
+    fn assert_unique(ports: &[(String, i32, String)]) {
+        let names: BTreeSet<&str> = ports.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(names.len(), ports.len(), "duplicate port names in {ports:?}");
+        let keys: BTreeSet<(i32, &str)> = ports.iter().map(|p| (p.1, p.2.as_str())).collect();
+        assert_eq!(keys.len(), ports.len(), "duplicate port/protocol in {ports:?}");
+    }
+
+    #[test]
+    fn one_port_over_tcp_and_udp_gets_unique_service_port_names() {
+        let extra = ExtraPort::dedup([ExtraPort::new(9000, "udp"), ExtraPort::new(9000, "tcp")]);
+        let ports = service_ports(&service("d", "c", "v", &extra).unwrap_or_else(|e| panic!("{e}")));
+        assert_unique(&ports);
+        let s = |n: &str, p: i32, proto: &str| (n.to_owned(), p, proto.to_owned());
+        assert_eq!(
+            ports,
+            vec![
+                s("chute-8000", 8000, "TCP"),
+                s("chute-8001", 8001, "TCP"),
+                s("chute-9000-udp", 9000, "UDP"),
+                s("chute-9000", 9000, "TCP"),
+            ]
+        );
+    }
+
+    /// A Service as the API server answers it: `service(...)` with node ports filled in.
+    fn with_node_ports(mut svc: Service, node_ports: &[((i32, &str), i32)]) -> Service {
+        for p in svc.spec.as_mut().and_then(|s| s.ports.as_mut()).into_iter().flatten() {
+            let key = (p.port, p.protocol.as_deref().unwrap_or("TCP"));
+            p.node_port = node_ports.iter().find(|(k, _)| *k == key).map(|(_, n)| *n);
+        }
+        svc
+    }
+
+    #[test]
+    fn from_service_maps_each_protocol_to_its_own_node_port() {
+        let extra = vec![ExtraPort::new(9000, "tcp"), ExtraPort::new(9000, "udp")];
+        let svc = service("d", "c", "v", &extra).unwrap_or_else(|e| panic!("{e}"));
+        let svc = with_node_ports(
+            svc,
+            &[((8000, "TCP"), 31000), ((8001, "TCP"), 31001), ((9000, "UDP"), 31003), ((9000, "TCP"), 31002)],
+        );
+        let got = ServicePorts::from_service(&svc, &extra).unwrap_or_else(|| panic!("no node ports"));
+        assert_eq!(
+            got,
+            ServicePorts {
+                primary: 31000,
+                logging: 31001,
+                extra: vec![(ExtraPort::new(9000, "tcp"), 31002), (ExtraPort::new(9000, "udp"), 31003)],
+            }
+        );
+        // A UDP-only port is not answered by a TCP one of the same number.
+        let tcp_only = with_node_ports(
+            service("d", "c", "v", &extra[..1]).unwrap_or_else(|e| panic!("{e}")),
+            &[((8000, "TCP"), 31000), ((8001, "TCP"), 31001), ((9000, "TCP"), 31002)],
+        );
+        assert_eq!(ServicePorts::from_service(&tcp_only, &extra[1..]), None);
+    }
+
+    #[test]
+    fn extra_ports_equal_to_the_fixed_ones_keep_the_fixed_ones() {
+        let extra = ExtraPort::dedup([
+            ExtraPort::new(8000, "tcp"),
+            ExtraPort::new(8001, "http"),
+            ExtraPort::new(8000, "udp"),
+        ]);
+        let svc = service("d", "c", "v", &extra).unwrap_or_else(|e| panic!("{e}"));
+        let ports = service_ports(&svc);
+        assert_unique(&ports);
+        let s = |n: &str, p: i32, proto: &str| (n.to_owned(), p, proto.to_owned());
+        assert_eq!(
+            ports,
+            vec![
+                s("chute-8000", 8000, "TCP"),
+                s("chute-8001", 8001, "TCP"),
+                s("chute-8000-udp", 8000, "UDP")
+            ]
+        );
+        // The chute still learns where each requested port is reachable.
+        let svc =
+            with_node_ports(svc, &[((8000, "TCP"), 31000), ((8001, "TCP"), 31001), ((8000, "UDP"), 31002)]);
+        let got = ServicePorts::from_service(&svc, &extra).unwrap_or_else(|| panic!("no node ports"));
+        assert_eq!(
+            got.extra,
+            vec![
+                (ExtraPort::new(8000, "tcp"), 31000),
+                (ExtraPort::new(8001, "tcp"), 31001),
+                (ExtraPort::new(8000, "udp"), 31002)
+            ]
+        );
     }
 }

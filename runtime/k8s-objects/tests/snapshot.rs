@@ -92,3 +92,27 @@ fn the_launch_token_stays_out_of_debug_output() {
     let j = job(true);
     assert!(!format!("{j:?}").contains("jwt.token.value"));
 }
+
+#[test]
+fn an_extra_port_equal_to_a_fixed_one_is_not_a_second_container_port() {
+    let mut j = job(true);
+    j.ports.extra = vec![(ExtraPort::new(8000, "tcp"), 31000), (ExtraPort::new(8000, "udp"), 31004)];
+    let built = serde_json::to_value(j.build().unwrap()).unwrap();
+    let container = &built["spec"]["template"]["spec"]["containers"][0];
+    let ports: Vec<(i64, &str)> = container["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["containerPort"].as_i64().unwrap(), p["protocol"].as_str().unwrap()))
+        .collect();
+    assert_eq!(ports, vec![(8000, "TCP"), (8001, "TCP"), (8000, "UDP")]);
+    // The env still names every requested port.
+    let env: Vec<(&str, &str)> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), e["value"].as_str().unwrap()))
+        .collect();
+    assert!(env.contains(&("CHUTES_PORT_TCP_8000", "31000")), "{env:?}");
+    assert!(env.contains(&("CHUTES_PORT_UDP_8000", "31004")), "{env:?}");
+}
