@@ -417,7 +417,7 @@ fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out(
     let out = cli.node(&["remove-node", gpu.name(), "--api", &w.api_url, "--kubeconfig", kc]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let e = stderr(&out);
-    assert!(e.contains("gpu-1 runs 1 job(s); nothing was changed"), "{}", text(&out));
+    assert!(e.contains("gpu-1 runs 1 job(s); this run changed nothing"), "{}", text(&out));
     assert!(e.contains("job_id job-7"), "{}", text(&out));
     assert_eq!(w.kube.resource_version(), before, "the cluster was not touched");
     assert_eq!(w.rt.block_on(w.db.list_servers()).unwrap().len(), 2);
@@ -445,18 +445,72 @@ fn add_node_provisions_joins_labels_and_registers_then_remove_node_takes_it_out(
     assert!(wg0.contains(gpu2_key.trim()), "gpu-2 stays a peer:\n{wg0}");
     assert!(node_labels(&w, "cpu-0").is_some(), "the primary's node stays");
 
-    // A dead host (the usual reason to remove one): it cannot be told to leave, the rest
-    // is done. The operator has taken gpu-1 out of the inventory as told.
+    // A dead host (the usual reason to remove one) with a chute Job's pod on it: no SSH, its
+    // Node NotReady, so the evicted pod stays Terminating (no kubelet confirms it). It
+    // cannot be told to leave; the pod is not waited for and the rest is done. A drain
+    // timeout of 0: success comes from the node's state, not from a wait. The operator has
+    // taken gpu-1 out of the inventory as told.
+    let gpu2_id =
+        w.rt.block_on(w.db.list_servers())
+            .unwrap()
+            .into_iter()
+            .find(|s| s.server.name == "gpu-2")
+            .unwrap()
+            .server
+            .server_id;
+    w.rt.block_on(w.db.create_deployment(
+        &NewDeployment {
+            deployment_id: "d-job-2".into(),
+            validator: w.validator_hotkey.clone(),
+            chute_id: "chute-1".into(),
+            server_id: gpu2_id,
+            version: "v1".into(),
+            job_id: Some("job-8".into()),
+            config_id: None,
+        },
+        1,
+    ))
+    .unwrap();
+    w.kube
+        .create(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "chute-job-8", "namespace": "chutes"},
+                       "spec": {"nodeName": "gpu-2", "containers": [{"name": "chute", "image": "u/sdxl:1"}]}}))
+        .unwrap();
     write_inventory(&cli.inventory, &[primary, gpu2], &w.validator_hotkey);
     gpu2.kill_sshd().unwrap();
-    let out = cli.node(&["remove-node", gpu2.name(), "--api", &w.api_url, "--kubeconfig", kc]);
+    assert!(w.kube.set_node_ready("gpu-2", false));
+    let remove_gpu2 = |extra: &[&str]| {
+        let mut a = vec!["remove-node", gpu2.name(), "--api", &w.api_url, "--kubeconfig", kc];
+        a.extend(extra);
+        cli.node(&a)
+    };
+    let out = remove_gpu2(&["--force", "--drain-timeout", "0"]);
     assert!(out.status.success(), "{}", text(&out));
     let s = stdout(&out);
+    assert!(s.contains("node gpu-2: evicted pod chutes/chute-job-8"), "{}", text(&out));
+    assert!(s.contains("node gpu-2: not Ready: not waiting for pod chutes/chute-job-8"), "{}", text(&out));
     assert!(s.contains("gpu-2: could not make it leave the cluster"), "{}", text(&out));
     assert!(s.contains("node gpu-2: deleted from the cluster"), "{}", text(&out));
     assert!(node_labels(&w, "gpu-2").is_none());
+    assert!(w.kube.get("v1", "Pod", Some("chutes"), "chute-job-8").unwrap().is_none(), "gone with its Node");
     let wg0 = primary.read_to_string("/etc/wireguard/wg0.conf").unwrap();
     assert!(!wg0.contains(gpu2_key.trim()) && !wg0.contains("[Peer]"), "no peers left:\n{wg0}");
+
+    // A rerun after the API was told: until Gepetto has undeployed the job (no Gepetto
+    // runs here), the API still lists it. The refusal says what this run did (nothing)
+    // and how to finish, not that nothing was ever changed.
+    let before = w.kube.resource_version();
+    let out = remove_gpu2(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let e = stderr(&out);
+    assert!(e.contains("gpu-2 runs 1 job(s); this run changed nothing"), "{}", text(&out));
+    assert!(!e.contains("nothing was changed"), "{}", text(&out));
+    assert!(
+        e.contains("If an earlier remove-node already asked the miner API to delete gpu-2")
+            && e.contains("pass --force to finish removing it"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(w.kube.resource_version(), before, "the cluster was not touched");
 }
 
 #[test]

@@ -1,10 +1,12 @@
 //! `minerctl remove-node <host>`: take a GPU node out of the miner and the cluster.
 //!
 //! 1. Asks the API which jobs run on the node and refuses while any does, unless
-//!    `--force` (nothing has changed at that point).
+//!    `--force` (this run has changed nothing at that point; an earlier run may have got
+//!    past step 2, and the API lists the jobs until Gepetto has undeployed them).
 //! 2. `DELETE /servers/<host>`: the API records the deletion; Gepetto undeploys and tells
 //!    the validators.
-//! 3. Cordons the node and evicts its pods.
+//! 3. Cordons the node and evicts its pods (on a NotReady node, pods already being deleted
+//!    are not waited for: no kubelet confirms them; see `minerctl_nodes::drain`).
 //! 4. On the host (when reachable): `microk8s leave` and the mesh interface down, so its
 //!    kubelet does not register the node again.
 //! 5. Deletes the Node.
@@ -67,8 +69,13 @@ pub fn run(args: RemoveNodeArgs) -> anyhow::Result<ExitCode> {
         match &jobs {
             Some(jobs) if !jobs.is_empty() && !args.force => {
                 let list: Vec<String> = jobs.iter().map(|j| format!("  - {}", describe(j))).collect();
+                // "This run": an earlier remove-node may have sent the DELETE already (and
+                // stopped at the drain or later); the API lists the jobs until Gepetto has
+                // undeployed them, so a rerun lands here too.
                 bail!(
-                    "{name} runs {} job(s); nothing was changed. Wait for them to finish, or pass --force to remove it anyway:\n{}",
+                    "{name} runs {} job(s); this run changed nothing. Wait for them to finish, or pass --force to remove it anyway:\n{}\n\
+                     If an earlier remove-node already asked the miner API to delete {name}, the API lists these jobs until \
+                     Gepetto has undeployed them: pass --force to finish removing it.",
                     jobs.len(),
                     list.join("\n")
                 );
@@ -91,7 +98,17 @@ pub fn run(args: RemoveNodeArgs) -> anyhow::Result<ExitCode> {
         let client =
             minerctl_deploy::client_from_kubeconfig(&yaml, args.kube.context.as_deref(), args.kube.api_server.as_deref()).await?;
         let opts = DrainOptions { timeout: Duration::from_secs(args.drain_timeout), ..DrainOptions::default() };
-        minerctl_nodes::drain(&client, name, &opts, &mut super::Progress).await?;
+        let drained = minerctl_nodes::drain(&client, name, &opts, &mut super::Progress).await;
+        if jobs.is_some() {
+            drained.with_context(|| {
+                format!(
+                    "the miner API was told to delete {name}, but its node was not drained, left or deleted; \
+                     rerun remove-node (with --force while the API still lists jobs on it)"
+                )
+            })?;
+        } else {
+            drained?;
+        }
 
         outln!("== {name}: leaving the cluster");
         let left = args.common.provision(&log, inv.clone(), phases::leave(name), vec![name.to_string()], &[], false).await;
