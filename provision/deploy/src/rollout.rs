@@ -52,7 +52,69 @@ pub(crate) fn readiness(kind: &str, obj: &Value) -> (bool, String) {
     (ok, line)
 }
 
-/// Why a pod is not ready, in one line, from its conditions and container states.
+/// `; last exit code 1 (Error): message` from a container status's previous run, if any.
+fn last_exit(status: &Value) -> String {
+    let Some(t) = status.pointer("/lastState/terminated") else {
+        return String::new();
+    };
+    let mut line = format!("; last exit code {} ({})", t["exitCode"], t["reason"].as_str().unwrap_or("?"));
+    if let Some(m) = t["message"].as_str().map(str::trim).filter(|m| !m.is_empty()) {
+        line.push_str(&format!(": {m}"));
+    }
+    line
+}
+
+/// The init container that keeps the pod from starting, in one line; None once they are
+/// done. Init containers run one after the other before the app containers, which wait
+/// meanwhile as `PodInitializing`: that says nothing, the init container does. Each one
+/// that exited 0 is done; a sidecar (`restartPolicy: Always` in the spec) is done while it
+/// runs; a later one waiting as `PodInitializing` only waits its turn.
+fn init_problem(name: &str, pod: &Value) -> Option<String> {
+    let statuses = pod.pointer("/status/initContainerStatuses").and_then(Value::as_array)?;
+    let sidecar = |container: &str| {
+        pod.pointer("/spec/initContainers")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| cs.iter().any(|c| c["name"] == container && c["restartPolicy"] == "Always"))
+    };
+    for s in statuses {
+        let container = s["name"].as_str().unwrap_or("?");
+        if let Some(t) = s.pointer("/state/terminated") {
+            if t["exitCode"].as_i64() == Some(0) {
+                continue;
+            }
+            let mut line = format!(
+                "pod {name}: init container {container} terminated: {} (exit code {})",
+                t["reason"].as_str().unwrap_or("?"),
+                t["exitCode"]
+            );
+            if let Some(m) = t["message"].as_str().map(str::trim).filter(|m| !m.is_empty()) {
+                line.push_str(&format!(": {m}"));
+            }
+            return Some(line);
+        }
+        if let Some(w) = s.pointer("/state/waiting") {
+            let reason = w["reason"].as_str().unwrap_or("?");
+            if reason == "PodInitializing" {
+                continue;
+            }
+            return Some(format!(
+                "pod {name}: init container {container} waiting: {reason}: {}{}",
+                w["message"].as_str().unwrap_or(""),
+                last_exit(s)
+            ));
+        }
+        if s.pointer("/state/running").is_some() && !sidecar(container) {
+            return Some(format!(
+                "pod {name}: init container {container} running, not finished{}",
+                last_exit(s)
+            ));
+        }
+    }
+    None
+}
+
+/// Why a pod is not ready, in one line, from its conditions and container states (init
+/// containers first: the app containers cannot start before them).
 pub(crate) fn pod_problem(pod: &Value) -> String {
     let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?");
     let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Unknown");
@@ -63,6 +125,9 @@ pub(crate) fn pod_problem(pod: &Value) -> String {
             c["reason"].as_str().unwrap_or("not scheduled"),
             c["message"].as_str().unwrap_or("")
         );
+    }
+    if let Some(problem) = init_problem(name, pod) {
+        return problem;
     }
     let statuses =
         pod.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
@@ -215,5 +280,70 @@ mod tests {
         let p = json!({"metadata": {"name": "api-1"}, "status": {"phase": "Pending", "containerStatuses": [
             {"name": "api", "state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}}}]}});
         assert_eq!(pod_problem(&p), "pod api-1: container api waiting: ErrImagePull: not found");
+    }
+
+    /// The API's `migrate` init container crash-loops (a DB password mismatch): the report
+    /// names it, with its last exit and message, not the app container's PodInitializing.
+    #[test]
+    fn a_failing_init_container_is_the_problem_reported() {
+        let p = json!({"metadata": {"name": "api-7d9"},
+            "spec": {"initContainers": [{"name": "migrate"}], "containers": [{"name": "api"}]},
+            "status": {"phase": "Pending", "conditions": [
+                {"type": "Initialized", "status": "False", "reason": "ContainersNotInitialized"},
+                {"type": "PodScheduled", "status": "True"}],
+            "initContainerStatuses": [{"name": "migrate", "restartCount": 4,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 1m20s restarting failed container=migrate"}},
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": "password authentication failed for user \"chutes\""}}}],
+            "containerStatuses": [{"name": "api", "state": {"waiting": {"reason": "PodInitializing"}}}]}});
+        assert_eq!(
+            pod_problem(&p),
+            "pod api-7d9: init container migrate waiting: CrashLoopBackOff: back-off 1m20s restarting failed container=migrate; \
+             last exit code 1 (Error): password authentication failed for user \"chutes\""
+        );
+
+        // Redis's `config` init container, caught between restarts; the first init
+        // container completed, the later ones wait their turn.
+        let p = json!({"metadata": {"name": "redis-0"},
+            "status": {"phase": "Pending",
+            "initContainerStatuses": [
+                {"name": "perms", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+                {"name": "config", "state": {"terminated": {"exitCode": 2, "reason": "Error", "message": "REDIS_PASSWORD is not set"}}},
+                {"name": "later", "state": {"waiting": {"reason": "PodInitializing"}}}],
+            "containerStatuses": [{"name": "redis", "state": {"waiting": {"reason": "PodInitializing"}}}]}});
+        assert_eq!(
+            pod_problem(&p),
+            "pod redis-0: init container config terminated: Error (exit code 2): REDIS_PASSWORD is not set"
+        );
+
+        // An init container that cannot be pulled.
+        let p = json!({"metadata": {"name": "api-1"}, "status": {"phase": "Pending",
+            "initContainerStatuses": [{"name": "migrate", "state": {"waiting": {"reason": "ImagePullBackOff", "message": "manifest unknown"}}}],
+            "containerStatuses": [{"name": "api", "state": {"waiting": {"reason": "PodInitializing"}}}]}});
+        assert_eq!(
+            pod_problem(&p),
+            "pod api-1: init container migrate waiting: ImagePullBackOff: manifest unknown"
+        );
+
+        // One that has not finished yet (migrations running, or stuck reaching the DB).
+        let p = json!({"metadata": {"name": "api-1"},
+            "spec": {"initContainers": [{"name": "migrate"}]},
+            "status": {"phase": "Pending",
+            "initContainerStatuses": [{"name": "migrate", "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}}}],
+            "containerStatuses": [{"name": "api", "state": {"waiting": {"reason": "PodInitializing"}}}]}});
+        assert_eq!(pod_problem(&p), "pod api-1: init container migrate running, not finished");
+    }
+
+    /// Init containers that completed, and a running sidecar (an init container with
+    /// `restartPolicy: Always`), are no problem: the app container's state is reported.
+    #[test]
+    fn finished_init_containers_and_sidecars_leave_the_app_container_reported() {
+        let p = json!({"metadata": {"name": "api-1"},
+            "spec": {"initContainers": [{"name": "migrate"}, {"name": "proxy", "restartPolicy": "Always"}]},
+            "status": {"phase": "Running",
+            "initContainerStatuses": [
+                {"name": "migrate", "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+                {"name": "proxy", "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}}}],
+            "containerStatuses": [{"name": "api", "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off"}}}]}});
+        assert_eq!(pod_problem(&p), "pod api-1: container api waiting: CrashLoopBackOff: back-off");
     }
 }
