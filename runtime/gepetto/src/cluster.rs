@@ -92,6 +92,16 @@ impl Cluster {
             .collect()
     }
 
+    /// Deployments with at least one pod in the namespace, whatever its phase.
+    pub fn deployments_with_pods(&self) -> std::collections::HashSet<String> {
+        self.pods
+            .state()
+            .into_iter()
+            .filter(|p| p.metadata.namespace.as_deref() == Some(self.namespace.as_str()))
+            .filter_map(|p| p.metadata.labels.as_ref()?.get(l::DEPLOYMENT_ID).cloned())
+            .collect()
+    }
+
     /// Pods of one deployment.
     pub fn deployment_pods(&self, deployment_id: &str) -> Vec<Arc<Pod>> {
         self.pods

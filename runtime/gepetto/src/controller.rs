@@ -149,6 +149,10 @@ pub(crate) struct Inner {
     pub(crate) tasks: TaskTracker,
     /// `instance_created` that named a launch config no row had yet.
     early: Mutex<HashMap<String, String>>,
+    /// The disk each deployment was placed with (a job's `disk_gb`), held in the
+    /// snapshot until a pod of it exists (the node's disk then counts its request).
+    /// Process memory: after a restart, `default_disk_gb` stands in.
+    disk_reserved: Mutex<HashMap<String, f64>>,
     pub(crate) remote: RwLock<HashMap<String, RemoteState>>,
     pub(crate) prometheus: Prometheus,
     /// The inventory decisions read (kept current from Gepetto's own writes).
@@ -190,6 +194,7 @@ impl Gepetto {
                 placement: tokio::sync::Mutex::new(()),
                 tasks: TaskTracker::new(),
                 early: Mutex::new(HashMap::new()),
+                disk_reserved: Mutex::new(HashMap::new()),
                 remote: RwLock::new(HashMap::new()),
                 prometheus,
                 recording: OnceLock::new(),
@@ -723,8 +728,17 @@ impl Gepetto {
     pub async fn snapshot(&self) -> Result<FleetSnapshot, GepettoError> {
         let rows = self.inner.inv.rows().await?;
         let disk = self.inner.cluster.disk(f64::from(self.inner.cfg.disk_reserve_gb));
-        let jobs = self.inner.cluster.chute_jobs();
-        Ok(fleet_from_rows(rows, &disk, &jobs, f64::from(self.inner.cfg.default_disk_gb)))
+        let with_pods = self.inner.cluster.deployments_with_pods();
+        let reserved = match self.inner.disk_reserved.lock() {
+            Ok(mut r) => {
+                // A pod exists: the node's disk counts it from now on.
+                r.retain(|d, _| !with_pods.contains(d));
+                r.clone()
+            }
+            Err(_) => HashMap::new(),
+        };
+        let pending = PendingDisk { with_pods: &with_pods, reserved: &reserved };
+        Ok(fleet_from_rows(rows, &disk, &pending, f64::from(self.inner.cfg.default_disk_gb)))
     }
 
     /// The validators' view merged for strategies.
@@ -833,6 +847,9 @@ impl Gepetto {
             }
         };
         let server_id = new.server_id.clone();
+        if let Ok(mut reserved) = self.inner.disk_reserved.lock() {
+            reserved.insert(deployment_id.clone(), disk_gb);
+        }
         drop(guard);
         tracing::info!(chute = %chute.chute_id, server = %server_id, deployment = %deployment_id,
             job = ?new.job_id, "deploying");
@@ -916,7 +933,8 @@ impl Gepetto {
                 &plan.victims,
                 move |_, fleet, snap, disk| {
                     let s = fleet.server(&server)?;
-                    (s.has_disk(disk) && s.free_gpus(&snap.supported_gpus) >= snap.gpu_count)
+                    // Locked since the plan was made: the operator's word wins.
+                    (!s.locked && s.has_disk(disk) && s.free_gpus(&snap.supported_gpus) >= snap.gpu_count)
                         .then(|| server.clone())
                 },
             )
@@ -1103,6 +1121,9 @@ impl Gepetto {
     /// the audit), validator instance, Job (else a legacy Deployment), Service.
     /// Idempotent: every step tolerates "already gone".
     pub async fn undeploy(&self, deployment_id: &str) -> Result<(), GepettoError> {
+        if let Ok(mut reserved) = self.inner.disk_reserved.lock() {
+            reserved.remove(deployment_id);
+        }
         if let Some(row) = self.inner.inv.take_deployment(deployment_id).await?
             && let Some(instance) = &row.instance_id
             && let Some(v) = self.inner.validators.get(&row.validator)
@@ -1200,11 +1221,21 @@ fn background() -> DeleteParams {
 /// Builds the strategies' snapshot from database rows and the cluster's disk
 /// accounting. Deployments whose Job has no pod yet still hold their disk
 /// (`pending_disk_gb` each), so a burst of deploys cannot overfill a node.
+/// What the nodes' disk does not count yet: deployments with no pod (placed, their Job
+/// still to be made or its pod still to be created), each holding what it was placed
+/// with, else the default.
+pub struct PendingDisk<'a> {
+    /// Deployments with a pod (any phase): the node's disk has counted it, or it ended.
+    pub with_pods: &'a HashSet<String>,
+    /// The disk each deployment was placed with, where known.
+    pub reserved: &'a HashMap<String, f64>,
+}
+
 pub fn fleet_from_rows(
     rows: FleetRows,
     disk: &HashMap<String, miner_k8s::DiskUsage>,
-    jobs: &HashMap<String, Arc<Job>>,
-    pending_disk_gb: f64,
+    pending_disk: &PendingDisk<'_>,
+    default_disk_gb: f64,
 ) -> FleetSnapshot {
     let FleetRows { servers, gpus, deployments, chutes, private_chutes } = rows;
     let mut gpu_counts: HashMap<&str, usize> = HashMap::new();
@@ -1243,8 +1274,9 @@ pub fn fleet_from_rows(
     }
     let mut pending: HashMap<&str, f64> = HashMap::new();
     for d in &deployments {
-        if !jobs.contains_key(&d.deployment_id) {
-            *pending.entry(d.server_id.as_str()).or_default() += pending_disk_gb;
+        if !pending_disk.with_pods.contains(&d.deployment_id) {
+            let gb = pending_disk.reserved.get(&d.deployment_id).copied().unwrap_or(default_disk_gb);
+            *pending.entry(d.server_id.as_str()).or_default() += gb;
         }
     }
     let server_snaps = servers

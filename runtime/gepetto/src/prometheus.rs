@@ -62,17 +62,44 @@ impl Prometheus {
             .json()
             .await
             .map_err(|e| e.to_string())?;
-        let results = reply["data"]["result"].as_array().ok_or("no data.result in the answer")?;
-        let mut out = LastInvocations::new();
-        for r in results {
-            let (Some(chute), Some(ts)) = (r["metric"]["chute_id"].as_str(), r["value"][1].as_str()) else {
-                continue;
-            };
-            let Ok(secs) = ts.parse::<f64>() else { continue };
-            if let Some(t) = DateTime::<Utc>::from_timestamp(secs as i64, 0) {
-                out.insert(chute.to_owned(), t);
-            }
+        last_invocations(&reply)
+    }
+}
+
+/// The chutes' last invocations from an instant-vector answer. A value that is no finite
+/// number (Prometheus writes `"NaN"`) is left out: it is unknown, which protects a victim,
+/// where `NaN as i64` would read as 1970 and expose the chute's last instance.
+fn last_invocations(reply: &serde_json::Value) -> Result<LastInvocations, String> {
+    let results = reply["data"]["result"].as_array().ok_or("no data.result in the answer")?;
+    let mut out = LastInvocations::new();
+    for r in results {
+        let (Some(chute), Some(ts)) = (r["metric"]["chute_id"].as_str(), r["value"][1].as_str()) else {
+            continue;
+        };
+        let Ok(secs) = ts.parse::<f64>() else { continue };
+        if !secs.is_finite() {
+            continue;
         }
-        Ok(out)
+        if let Some(t) = DateTime::<Utc>::from_timestamp(secs as i64, 0) {
+            out.insert(chute.to_owned(), t);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_that_are_no_finite_number_are_unknown_not_1970() {
+        let reply = serde_json::json!({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {"chute_id": "a"}, "value": [1765000000.0, "1764990000"]},
+            {"metric": {"chute_id": "b"}, "value": [1765000000.0, "NaN"]},
+            {"metric": {"chute_id": "c"}, "value": [1765000000.0, "+Inf"]},
+        ]}});
+        let got = last_invocations(&reply).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got.keys().cloned().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(got["a"].timestamp(), 1764990000);
     }
 }

@@ -579,3 +579,26 @@ async fn reconcile_keeps_an_instance_that_runs_as_a_legacy_deployment() {
     let report = w.gepetto.reconcile_once().await.unwrap();
     assert_eq!(report.undeployed, vec![(d.deployment_id.clone(), "its Job is gone".to_owned())]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_placed_but_not_yet_running_holds_the_disk_it_asked_for() {
+    // One node with 2000 GiB of ephemeral storage.
+    let w = world(Shape::default()).await;
+    w.chute("j1", "v1", 1);
+    w.twice(&w.created("j1", "v1", true)).await;
+    w.validator.add_job("big");
+    w.validator.add_job("second");
+    // The first job's launch token is slow: its Job (and so its pod) does not exist yet.
+    let held = w.validator.hold_next("/instances/launch_config");
+    w.gepetto.handle(&job_created(&w.vhot, "j1", "big", vec![], 1500)).await.unwrap();
+    held.made().await;
+    w.gepetto.handle(&job_created(&w.vhot, "j1", "second", vec![], 1000)).await.unwrap();
+    let rows = w.db.fleet_rows().await.unwrap();
+    let jobs: Vec<_> = rows.deployments.iter().filter_map(|d| d.job_id.clone()).collect();
+    assert_eq!(jobs, ["big"], "1500 + 1000 GiB do not fit a 2000 GiB node, Job or no Job yet");
+    held.release();
+    w.gepetto.wait_idle().await;
+    let d = &w.db.fleet_rows().await.unwrap().deployments[0];
+    let c = &w.job(&d.deployment_id).unwrap()["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["resources"]["limits"]["ephemeral-storage"], "1500Gi");
+}

@@ -127,7 +127,7 @@ impl Strategy for Heuristic {
             (usage + rate_limited * per_invocation) / m.instance_count.max(1) as f64
         };
         let mut counts: std::collections::HashMap<String, usize> = Default::default();
-        let servers = preemption_servers(fleet, &supported, chute.gpu_count, disk_gb);
+        let servers = preemption_servers(fleet, chute, &supported, disk_gb);
         for server in servers {
             let free = server.free_gpus(&supported);
             if free >= chute.gpu_count {

@@ -141,7 +141,9 @@ pub(crate) fn fitting_servers<'a>(
     let mut fits: Vec<(&ServerSnap, usize)> = fleet
         .servers
         .iter()
-        .filter(|s| !s.locked && s.has_disk(disk_gb))
+        // A server is registered with one validator: a chute of another cannot run there
+        // (its launch token is refused, a legacy announce names GPUs it never verified).
+        .filter(|s| !s.locked && s.validator == chute.validator && s.has_disk(disk_gb))
         .map(|s| (s, s.free_gpus(&chute.supported_gpus)))
         .filter(|(_, free)| *free >= chute.gpu_count)
         .collect();
@@ -189,14 +191,11 @@ pub(crate) fn screen_job(job: &JobOffer, miner: &str, chute: &ChuteSnap) -> Opti
 /// (bin packing), then by name.
 pub(crate) fn preemption_servers<'a>(
     fleet: &'a FleetSnapshot,
+    chute: &ChuteSnap,
     models: &[String],
-    gpu_count: usize,
     disk_gb: f64,
 ) -> Vec<&'a ServerSnap> {
-    preemption_servers_where(fleet, models, gpu_count, disk_gb, |_| true)
-        .into_iter()
-        .map(|(_, s)| s)
-        .collect()
+    preemption_servers_where(fleet, chute, models, disk_gb, |_| true).into_iter().map(|(_, s)| s).collect()
 }
 
 /// [`preemption_servers`] among those `keep` accepts, given each server's position in
@@ -204,17 +203,24 @@ pub(crate) fn preemption_servers<'a>(
 /// cannot help); with their positions.
 pub(crate) fn preemption_servers_where<'a>(
     fleet: &'a FleetSnapshot,
+    chute: &ChuteSnap,
     models: &[String],
-    gpu_count: usize,
     disk_gb: f64,
     keep: impl Fn(usize) -> bool,
 ) -> Vec<(usize, &'a ServerSnap)> {
+    let gpu_count = chute.gpu_count;
     // Free GPUs counted once per server, not once per comparison of the sort.
     let mut servers: Vec<(usize, &ServerSnap, usize)> = fleet
         .servers
         .iter()
         .enumerate()
-        .filter(|(i, s)| keep(*i) && !s.locked && s.has_disk(disk_gb) && s.total_gpus(models) >= gpu_count)
+        .filter(|(i, s)| {
+            keep(*i)
+                && !s.locked
+                && s.validator == chute.validator
+                && s.has_disk(disk_gb)
+                && s.total_gpus(models) >= gpu_count
+        })
         .map(|(i, s)| (i, s, s.free_gpus(models)))
         .collect();
     servers.sort_by(|(_, a, fa), (_, b, fb)| {
@@ -229,13 +235,13 @@ pub(crate) fn per_cost(gain: f64, server: &ServerSnap, gpu_count: usize) -> f64 
     gain / (server.hourly_cost * gpu_count.max(1) as f64).max(1e-6)
 }
 
-/// Caches `scale_up_server` per (supported models, gpu count) within one decision:
+/// Caches `scale_up_server` per (validator, supported models, gpu count) within one decision:
 /// thousands of chutes share a handful of GPU requirements, so one autoscaler pass
 /// scans the fleet once per distinct requirement, not once per chute.
 pub(crate) struct PlacementCache<'a> {
     fleet: &'a FleetSnapshot,
     disk_gb: f64,
-    cache: std::collections::HashMap<(Vec<String>, usize), Option<usize>>,
+    cache: std::collections::HashMap<(String, Vec<String>, usize), Option<usize>>,
 }
 
 impl<'a> PlacementCache<'a> {
@@ -250,7 +256,7 @@ impl<'a> PlacementCache<'a> {
         }
         let mut models = chute.supported_gpus.clone();
         models.sort();
-        let key = (models, chute.gpu_count);
+        let key = (chute.validator.clone(), models, chute.gpu_count);
         let fleet = self.fleet;
         let disk = self.disk_gb;
         let index = *self.cache.entry(key).or_insert_with(|| {

@@ -411,9 +411,7 @@ impl<'a> Victims<'a> {
             self.by_server[i].first().is_some_and(|(w, _)| *w < below)
                 || fleet.servers[i].free_gpus(&chute.supported_gpus) >= chute.gpu_count
         };
-        for (i, server) in
-            preemption_servers_where(fleet, &chute.supported_gpus, chute.gpu_count, disk_gb, helps)
-        {
+        for (i, server) in preemption_servers_where(fleet, chute, &chute.supported_gpus, disk_gb, helps) {
             let free = server.free_gpus(&chute.supported_gpus);
             if free >= chute.gpu_count {
                 return Some(Preemption { server_id: server.server_id.clone(), victims: Vec::new() });

@@ -564,3 +564,27 @@ fn multiplier_launches_more_than_one_instance_while_unserved_demand_remains() {
     f.deployments[p].active = false;
     assert!(!ids(&f).contains(&"wanted".to_owned()), "{:?}", ids(&f));
 }
+
+#[test]
+fn a_chute_is_placed_only_on_servers_of_its_own_validator() {
+    let theirs = ServerSnap { validator: "5Other".into(), ..server("cheap-other", "h100", 8, 1.0) };
+    let ours = server("ours", "h100", 8, 2.0);
+    let c = chute("c", &["h100"], 1);
+    let mut f = fleet_of(vec![theirs, ours], [c.clone(), chute("busy", &["h100"], 8)]);
+    let view = ValidatorView::default();
+    for strategy in [&Heuristic as &dyn Strategy, &Multiplier::default()] {
+        assert_eq!(
+            strategy.scale_up_server(&c, &f, 10.0).as_deref(),
+            Some("ours"),
+            "{}: the cheaper server is another validator's",
+            strategy.name()
+        );
+    }
+    let mut cache = PlacementCache::new(&f, 10.0);
+    assert_eq!(cache.best(&c).map(|s| s.server_id.as_str()), Some("ours"));
+    // Full: preemption looks for room on this validator's servers only.
+    place(&mut f, "d-ours", "busy", "ours", 8, 120);
+    assert!(preemption_servers(&f, &c, &c.supported_gpus, 10.0).iter().all(|s| s.server_id == "ours"));
+    let plan = Heuristic.preempt(&c, &f, &view, &Default::default(), Utc::now(), 10.0);
+    assert!(plan.as_ref().is_none_or(|p| p.server_id == "ours"), "{plan:?}");
+}
