@@ -1,17 +1,26 @@
 //! SSH transport for minerctl, on russh. This is the only crate that opens SSH connections.
 //!
 //! Invariants:
-//! - A host key is accepted only if it matches the pinned key, or known_hosts (hashed entries
-//!   and `[host]:port` included), or — with [`HostKeyPolicy::AcceptNew`] — the host is absent
-//!   from known_hosts (it is then recorded). A mismatch is [`SshError::HostKeyMismatch`] with
-//!   both fingerprints, raised during the handshake, before authentication: nothing runs.
+//! - A host key is accepted only if it matches the pinned key, or known_hosts (matched as
+//!   OpenSSH does: lowercase names, `[host]:port`, `*`/`?`/`!` patterns, hashed `|1|` names;
+//!   `@revoked` keys are always refused; a host named only by `@cert-authority` lines is
+//!   refused), or — with [`HostKeyPolicy::AcceptNew`] — the host is absent from known_hosts in
+//!   every form (it is then recorded; read, decision and append under one lock). A mismatch is
+//!   [`SshError::HostKeyMismatch`] with both fingerprints, raised during the handshake, before
+//!   authentication: nothing runs.
 //! - One [`Session`] is one TCP connection (plus one to the jump host), reused for every
 //!   command; commands are independent channels, so several may run at once.
 //! - [`Session::exec`] returns only after the channel closes: output that arrives after the
 //!   exit status is kept (russh#222).
+//! - An `exec` that ends without the channel's Close (connection lost) is
+//!   [`SshError::Disconnected`], even after an exit status: cut-short output is never a result.
+//! - A command past its timeout is stopped (SIGTERM, then SIGKILL, to its process group) and
+//!   its channel closed before [`SshError::CommandTimeout`] is returned, so it neither runs on
+//!   nor holds one of sshd's MaxSessions.
 //! - Commands run as root: directly when the login user is root, otherwise through
 //!   `sudo -n`. A sudo that wants a password is found at connect time
-//!   ([`SshError::SudoNeedsPassword`]), not half-way through a run.
+//!   ([`SshError::SudoNeedsPassword`]), not half-way through a run. A jump host only
+//!   authenticates and forwards: no root, no sudo probe there.
 
 mod client;
 mod hostkey;
@@ -89,6 +98,33 @@ pub enum SshError {
          pin it in the inventory (ssh.host_key), or run with --accept-new to trust it on first use."
     )]
     HostKeyUnknown { host: String, addr: String, known_hosts: String, offered: String },
+    #[error(
+        "{host}: the host key {offered} offered by {addr} is REVOKED ({recorded_at}). Refusing to connect; \
+         nothing was run. Someone may be impersonating the host: check it out of band before touching known_hosts."
+    )]
+    HostKeyRevoked { host: String, addr: String, offered: String, recorded_at: String },
+    #[error(
+        "{host}: {addr} is known only through a @cert-authority line ({recorded_at}), which minerctl cannot check \
+         (it does not verify host certificates); the server offered {offered}, which is not trusted on first use. \
+         Check that fingerprint out of band, then pin the key in the inventory (ssh.host_key) or add a plain \
+         known_hosts line for {addr}."
+    )]
+    HostKeyCertAuthority { host: String, addr: String, recorded_at: String, offered: String },
+    #[error(
+        "{host}: {addr} is recorded in known_hosts only with another key type ({known}); the server offered \
+         {offered}, which is not trusted on first use (--accept-new does not apply to a known host). Check that \
+         fingerprint out of band (on the host: ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), then add it \
+         (`{scan} >> ~/.ssh/known_hosts`) or pin it in the inventory (ssh.host_key)."
+    )]
+    HostKeyOtherType {
+        host: String,
+        addr: String,
+        /// The recorded key types and where, e.g. `ecdsa-sha2-nistp256 at ~/.ssh/known_hosts:3`.
+        known: String,
+        offered: String,
+        /// The ssh-keyscan command that fetches the offered type.
+        scan: String,
+    },
     #[error("{host}: cannot record host key in {path}: {reason}")]
     KnownHosts { host: String, path: String, reason: String },
     #[error("{host}: the pinned host key is not a valid public key: {reason}")]

@@ -33,6 +33,11 @@ fn free_port() -> u16 {
 
 impl Sshd {
     fn start() -> Sshd {
+        Sshd::start_with("MaxSessions 50\n")
+    }
+
+    /// An sshd with `extra` appended to its config (say "MaxSessions 50\n"; nothing = OpenSSH's defaults).
+    fn start_with(extra: &str) -> Sshd {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         keygen(&d.join("host_key"));
@@ -45,7 +50,7 @@ impl Sshd {
             format!(
                 "ListenAddress 127.0.0.1:{port}\nHostKey {d}/host_key\nAuthorizedKeysFile {d}/authorized_keys\n\
                  PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-                 UsePAM no\nStrictModes no\nPidFile none\nAllowTcpForwarding yes\nMaxSessions 50\nMaxStartups 100\n",
+                 UsePAM no\nStrictModes no\nPidFile none\nAllowTcpForwarding yes\nMaxStartups 100\n{extra}",
                 d = d.display()
             ),
         )
@@ -93,9 +98,7 @@ impl Sshd {
     }
 
     fn known_line(&self) -> String {
-        let mut parts = self.host_pub().split_whitespace().map(str::to_string).collect::<Vec<_>>();
-        parts.truncate(2);
-        format!("[127.0.0.1]:{} {}\n", self.port, parts.join(" "))
+        format!("[127.0.0.1]:{} {}\n", self.port, key_only(&self.host_pub()))
     }
 }
 
@@ -103,6 +106,11 @@ fn other_key() -> String {
     let d = tempfile::tempdir().unwrap();
     keygen(&d.path().join("k"));
     std::fs::read_to_string(d.path().join("k.pub")).unwrap().trim().to_string()
+}
+
+/// `<algorithm> <base64>` of a `.pub` line, without its comment.
+fn key_only(public: &str) -> String {
+    public.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
 }
 
 const T: Duration = Duration::from_secs(20);
@@ -292,24 +300,8 @@ impl StdinBytes for Command {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssh_agent_keys_are_used_when_no_key_file_is_set() {
     let sshd = Sshd::start();
-    let sock = sshd.path("agent.sock");
-    let mut agent = Command::new("ssh-agent")
-        .arg("-D")
-        .arg("-a")
-        .arg(&sock)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if sock.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let added =
-        Command::new("ssh-add").arg(sshd.path("client_key")).env("SSH_AUTH_SOCK", &sock).output().unwrap();
-    assert!(added.status.success(), "{added:?}");
-    // Only this test reads SSH_AUTH_SOCK: the others name their key file.
+    let _env = AGENT_ENV.lock().await;
+    let (mut agent, sock) = start_agent(&sshd, &sshd.path("client_key"));
     unsafe { std::env::set_var("SSH_AUTH_SOCK", &sock) };
     let opts = sshd.options(&sshd.known_line(), HostKeyPolicy::Strict);
     let t = Target { key: None, ..sshd.target() };
@@ -343,4 +335,281 @@ async fn host_lock_keeps_a_second_run_out_until_the_first_connection_ends() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(ok, "lock not released after the holder disconnected");
+}
+
+// ---- known_hosts matching as OpenSSH does it ----
+
+fn err_of(r: Result<Session, SshError>) -> SshError {
+    match r {
+        Ok(_) => panic!("connected, but the connection should have been refused"),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_names_match_known_hosts_case_insensitively_under_accept_new() {
+    let sshd = Sshd::start();
+    // OpenSSH lowercases host names: `LOCALHOST` is the host recorded as `localhost`.
+    let line = format!("[localhost]:{} {}\n", sshd.port, key_only(&other_key()));
+    let opts = sshd.options(&line, HostKeyPolicy::AcceptNew);
+    let t = Target { address: "LOCALHOST".into(), ..sshd.target() };
+    let err = err_of(Session::connect(&t, &opts).await);
+    assert!(matches!(err, SshError::HostKeyMismatch { .. }), "{err}");
+    assert_eq!(std::fs::read_to_string(&opts.known_hosts).unwrap(), line, "known_hosts must not change");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_known_hosts_line_with_another_key_is_a_mismatch() {
+    let sshd = Sshd::start();
+    let line = format!("*.example.org,* {}\n", key_only(&other_key()));
+    let opts = sshd.options(&line, HostKeyPolicy::AcceptNew);
+    let err = err_of(Session::connect(&sshd.target(), &opts).await);
+    assert!(matches!(err, SshError::HostKeyMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("known_hosts:1"), "{err}");
+    // `?` matches one character.
+    let line = format!("[127.0.0.?]:{} {}\n", sshd.port, key_only(&other_key()));
+    let opts = sshd.options(&line, HostKeyPolicy::AcceptNew);
+    let err = err_of(Session::connect(&sshd.target(), &opts).await);
+    assert!(matches!(err, SshError::HostKeyMismatch { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negated_pattern_excludes_the_line() {
+    let sshd = Sshd::start();
+    // Line 1 would be a mismatch, but it excludes this host; line 2 (a wildcard) holds the real key.
+    let lines = format!(
+        "*,![127.0.0.1]:{p} {other}\n[127.0.0.?]:{p} {real}\n",
+        p = sshd.port,
+        other = key_only(&other_key()),
+        real = key_only(&sshd.host_pub())
+    );
+    let opts = sshd.options(&lines, HostKeyPolicy::Strict);
+    Session::connect(&sshd.target(), &opts).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_host_key_is_refused_even_when_also_listed_as_known() {
+    let sshd = Sshd::start();
+    let lines = format!("{}@revoked * {}\n", sshd.known_line(), key_only(&sshd.host_pub()));
+    for policy in [HostKeyPolicy::Strict, HostKeyPolicy::AcceptNew] {
+        let opts = sshd.options(&lines, policy);
+        let err = err_of(Session::connect(&sshd.target(), &opts).await);
+        let msg = err.to_string();
+        assert!(msg.contains("REVOKED") && msg.contains("known_hosts:2"), "{msg}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_known_only_through_a_cert_authority_is_not_trusted_on_first_use() {
+    let sshd = Sshd::start();
+    let line = format!("@cert-authority [127.0.0.1]:{} {}\n", sshd.port, key_only(&other_key()));
+    let opts = sshd.options(&line, HostKeyPolicy::AcceptNew);
+    let err = err_of(Session::connect(&sshd.target(), &opts).await);
+    assert!(err.to_string().contains("@cert-authority"), "{err}");
+    assert_eq!(std::fs::read_to_string(&opts.known_hosts).unwrap(), line, "known_hosts must not change");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_known_only_with_another_key_type_says_so() {
+    let sshd = Sshd::start();
+    let d = tempfile::tempdir().unwrap();
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ecdsa", "-N", "", "-f"])
+        .arg(d.path().join("k"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let ecdsa = std::fs::read_to_string(d.path().join("k.pub")).unwrap();
+    let line = format!("[127.0.0.1]:{} {}\n", sshd.port, key_only(&ecdsa));
+    for policy in [HostKeyPolicy::Strict, HostKeyPolicy::AcceptNew] {
+        let opts = sshd.options(&line, policy);
+        let msg = err_of(Session::connect(&sshd.target(), &opts).await).to_string();
+        assert!(msg.contains("another key type") && msg.contains("ecdsa-sha2-nistp256"), "{msg}");
+        assert!(msg.contains("ssh-keyscan") && msg.contains("-t ed25519"), "{msg}");
+        assert!(!msg.contains("run with --accept-new"), "{msg}");
+    }
+}
+
+// ---- trust on first use under concurrency ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_first_connections_record_the_host_key_once() {
+    let sshd = Sshd::start();
+    let opts = sshd.options("", HostKeyPolicy::AcceptNew);
+    let t = sshd.target();
+    let mut tasks = vec![];
+    for _ in 0..8 {
+        let (t, opts) = (t.clone(), opts.clone());
+        tasks.push(tokio::spawn(async move { Session::connect(&t, &opts).await.map(|_| ()) }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let recorded = std::fs::read_to_string(&opts.known_hosts).unwrap();
+    assert_eq!(recorded.lines().filter(|l| !l.trim().is_empty()).count(), 1, "{recorded}");
+}
+
+// ---- jump host ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_root_jump_user_without_sudo_only_forwards() {
+    // `nobody` has no sudo and a nologin shell: it can forward, it cannot run anything.
+    let out = Command::new("getent").args(["passwd", "nobody"]).output().unwrap();
+    assert!(out.status.success(), "this test needs the system user `nobody`");
+    let jump = Sshd::start();
+    let target_sshd = Sshd::start();
+    // sshd reads authorized_keys as the logging-in user.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(jump.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(jump.path("authorized_keys"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let lines = format!("{}{}", jump.known_line(), target_sshd.known_line());
+    let opts = jump.options(&lines, HostKeyPolicy::Strict);
+    let mut t = target_sshd.target();
+    t.jump = Some(Box::new(Target { name: "bastion".into(), user: "nobody".into(), ..jump.target() }));
+    let s = Session::connect(&t, &opts).await.unwrap();
+    assert_eq!(s.exec("echo via-jump", None, T).await.unwrap().stdout_str(), "via-jump\n");
+}
+
+// ---- command timeout ----
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timed_out_commands_are_stopped_and_free_their_session_slots() {
+    // OpenSSH's default MaxSessions (10): a command left running holds one of them.
+    let sshd = Sshd::start_with("");
+    let opts = sshd.options(&sshd.known_line(), HostKeyPolicy::Strict);
+    let s = Session::connect(&sshd.target(), &opts).await.unwrap();
+    for _ in 0..10 {
+        let err = s.exec("sleep 60", None, Duration::from_millis(300)).await.unwrap_err();
+        assert!(matches!(err, SshError::CommandTimeout { .. }), "{err}");
+    }
+    let out = s.exec("true", None, T).await.unwrap();
+    assert!(out.success());
+}
+
+// ---- authentication ----
+
+/// SSH_AUTH_SOCK is process-wide: tests that set it take turns.
+static AGENT_ENV: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_file_with_a_passphrase_falls_back_to_ssh_agent() {
+    let sshd = Sshd::start();
+    let key = sshd.path("client_key");
+    // The same key, with a passphrase, is the configured ssh.key; the agent holds it unlocked.
+    let locked = sshd.path("client_key_locked");
+    std::fs::copy(&key, &locked).unwrap();
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-p", "-P", "", "-N", "s3cret-passphrase", "-f"])
+        .arg(&locked)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let opts = sshd.options(&sshd.known_line(), HostKeyPolicy::Strict);
+    let t = Target { key: Some(locked.clone()), ..sshd.target() };
+    let _env = AGENT_ENV.lock().await;
+    // Without an agent: a clear error naming the file and what to do.
+    unsafe { std::env::set_var("SSH_AUTH_SOCK", sshd.path("no-agent.sock")) };
+    let msg = err_of(Session::connect(&t, &opts).await).to_string();
+    assert!(msg.contains("passphrase") && msg.contains("ssh-add"), "{msg}");
+    assert!(!msg.contains("s3cret"), "{msg}");
+    let (mut agent, sock) = start_agent(&sshd, &key);
+    unsafe { std::env::set_var("SSH_AUTH_SOCK", &sock) };
+    let s = Session::connect(&t, &opts).await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    s.unwrap();
+}
+
+fn start_agent(sshd: &Sshd, key: &Path) -> (Child, PathBuf) {
+    let sock = sshd.path("agent.sock");
+    let agent = Command::new("ssh-agent")
+        .arg("-D")
+        .arg("-a")
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let added = Command::new("ssh-add").arg(key).env("SSH_AUTH_SOCK", &sock).output().unwrap();
+    assert!(added.status.success(), "{added:?}");
+    (agent, sock)
+}
+
+// ---- a connection lost after the exit status ----
+
+/// A russh server whose `exec` answers with part of the output and exit status 0, then drops
+/// the connection without closing the channel.
+struct CutShort;
+
+impl russh::server::Handler for CutShort {
+    type Error = russh::Error;
+
+    async fn auth_publickey(
+        &mut self,
+        _user: &str,
+        _key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<russh::server::Auth, Self::Error> {
+        Ok(russh::server::Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        _channel: russh::Channel<russh::server::Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: russh::ChannelId,
+        _data: &[u8],
+        session: &mut russh::server::Session,
+    ) -> Result<(), Self::Error> {
+        session.data(channel, b"first half".to_vec())?;
+        session.exit_status_request(channel, 0)?;
+        session.disconnect(russh::Disconnect::ByApplication, "gone", "en")?;
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_cut_short_by_a_lost_connection_is_not_a_success() {
+    let d = tempfile::tempdir().unwrap();
+    keygen(&d.path().join("host_key"));
+    keygen(&d.path().join("client_key"));
+    let host_key = russh::keys::load_secret_key(d.path().join("host_key"), None).unwrap();
+    let config = std::sync::Arc::new(russh::server::Config { keys: vec![host_key], ..Default::default() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.unwrap();
+        if let Ok(running) = russh::server::run_stream(config, stream, CutShort).await {
+            let _ = running.await;
+        }
+    });
+    let host_pub = std::fs::read_to_string(d.path().join("host_key.pub")).unwrap();
+    let t = Target {
+        name: "cut".into(),
+        address: "127.0.0.1".into(),
+        port,
+        user: "root".into(),
+        key: Some(d.path().join("client_key")),
+        pinned_host_key: Some(key_only(&host_pub)),
+        jump: None,
+    };
+    let opts = Options { known_hosts: d.path().join("known_hosts"), ..Options::new() };
+    let s = Session::connect(&t, &opts).await.unwrap();
+    let r = s.exec("cat big-file", None, T).await;
+    server.abort();
+    let err = r.expect_err("a cut-short output was reported as the command's result");
+    assert!(matches!(err, SshError::Disconnected { .. }), "{err}");
+    assert!(err.is_unreachable());
 }
