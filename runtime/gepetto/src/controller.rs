@@ -223,7 +223,14 @@ impl Gepetto {
     /// Starts recording a trace into `path` (continuing it if it holds an earlier
     /// run's), for `minerctl simulate --trace`. Call before [`Gepetto::run`].
     pub fn record_to(&self, path: &Path) -> Result<(), GepettoError> {
-        let recording = Recording::open(path, &self.inner.cfg.miner_ss58)?;
+        let cfg = &self.inner.cfg;
+        // The header carries this miner's own settings, so the replay ticks and sizes as it did.
+        let settings = miner_trace::ValidatorModel {
+            autoscale_s: cfg.autoscaler_interval.as_secs().max(1),
+            default_disk_gb: f64::from(cfg.default_disk_gb),
+            ..miner_trace::ValidatorModel::default()
+        };
+        let recording = Recording::open(path, &cfg.miner_ss58, &settings)?;
         self.inner
             .recording
             .set(recording)

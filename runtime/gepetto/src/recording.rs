@@ -16,8 +16,8 @@ use std::sync::Mutex;
 use chrono::Utc;
 use miner_events::payloads as ev;
 use miner_k8s::DiskUsage;
-use miner_trace::{Chute, Record, Recorder, Server, TraceError, others_from_active};
-use miner_validator::rest::RemoteChute;
+use miner_trace::{Chute, Record, Recorder, Server, TraceError, ValidatorModel, others_from_active};
+use miner_validator::rest::{RemoteChute, RemoteMetrics};
 
 use crate::snapshot::{FleetSnapshot, ValidatorView};
 
@@ -94,8 +94,8 @@ pub struct Recording<W: Write = File> {
 
 impl Recording<File> {
     /// Opens (or continues, after a restart) the recording at `path` for `miner`.
-    pub fn open(path: &Path, miner: &str) -> Result<Recording, TraceError> {
-        let (rec, existing) = Recorder::open(path, Utc::now().timestamp(), miner)?;
+    pub fn open(path: &Path, miner: &str, settings: &ValidatorModel) -> Result<Recording, TraceError> {
+        let (rec, existing) = Recorder::open(path, Utc::now().timestamp(), miner, settings)?;
         Ok(Recording::resume(path, rec, existing))
     }
 }
@@ -247,15 +247,15 @@ impl<W: Write> Recording<W> {
             let mut demand = Vec::new();
             let mut others = Vec::new();
             for id in chutes {
-                if let Some(m) = view.metrics.get(id) {
-                    let load = m.demand_instances();
-                    let moved = st
-                        .demand
-                        .get(id)
-                        .is_none_or(|old| (load - old).abs() > (old * DEMAND_STEP).max(0.01));
-                    if moved {
-                        demand.push((id.clone(), load));
-                    }
+                // A chute the validator's metrics no longer list had no traffic in the last
+                // hour: its demand is 0 from now on, not the last figure recorded.
+                let load = view.metrics.get(id).map_or(0.0, RemoteMetrics::demand_instances);
+                let moved = match st.demand.get(id) {
+                    Some(old) => (load - old).abs() > (old * DEMAND_STEP).max(0.01),
+                    None => view.metrics.contains_key(id),
+                };
+                if moved {
+                    demand.push((id.clone(), load));
                 }
                 // An empty listing means an older validator without it, not a quiet network.
                 if !view.active_instances.is_empty() {
@@ -413,11 +413,66 @@ mod tests {
         .unwrap()
     }
 
+    /// A writer the test reads back.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_chute_the_metrics_stop_listing_is_recorded_with_no_demand() {
+        let out = Shared::default();
+        let rec = Recorder::start(out.clone(), 0, 0, "5Miner", &ValidatorModel::default()).unwrap();
+        let r = Recording::resume(Path::new("/trace.jsonl"), rec, None);
+        r.chute(&remote("a"));
+        let busy: RemoteMetrics = serde_json::from_value(serde_json::json!({
+            "chute_id": "a", "total_compute_time": 3600.0, "total_invocations": 10.0,
+            "rate_limit_count": 0.0, "instance_count": 1,
+        }))
+        .unwrap();
+        let mut view = ValidatorView::default();
+        view.metrics.insert("a".into(), busy);
+        let tick = |view: &ValidatorView| {
+            r.observe(view, &FleetSnapshot::default(), &HashSet::new(), &HashSet::new());
+        };
+        tick(&view);
+        // No traffic in the last hour: the validator's metrics no longer list the chute.
+        tick(&ValidatorView::default());
+        tick(&ValidatorView::default());
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let trace = miner_trace::Trace::read(text.as_bytes()).unwrap();
+        let loads: Vec<f64> = trace
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Record::Demand { load, .. } => Some(*load),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(loads.len(), 2, "{loads:?}");
+        assert!(loads[0] > 0.0 && loads[1] == 0.0, "{loads:?}");
+    }
+
     #[test]
     fn a_recording_that_cannot_write_stops_quietly_and_tries_no_more() {
         let failed = Arc::new(AtomicUsize::new(0));
-        let rec =
-            Recorder::start(Full { header_done: false, failed: failed.clone() }, 0, 0, "5Miner").unwrap();
+        let rec = Recorder::start(
+            Full { header_done: false, failed: failed.clone() },
+            0,
+            0,
+            "5Miner",
+            &ValidatorModel::default(),
+        )
+        .unwrap();
         let r = Recording::resume(Path::new("/full/trace.jsonl"), rec, None);
         r.chute(&remote("a"));
         r.chute(&remote("b"));

@@ -63,9 +63,14 @@ fn job(w: &World, job_id: &str, exclude: Vec<String>) -> Event {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gepetto_records_its_week_and_the_simulator_replays_it() {
-    let w =
-        world(Shape { servers: 2, gpus: 8, strategy: Arc::new(Multiplier::default()), ..Shape::default() })
-            .await;
+    let w = world(Shape {
+        servers: 2,
+        gpus: 8,
+        strategy: Arc::new(Multiplier::default()),
+        default_disk_gb: 20,
+        ..Shape::default()
+    })
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("week.jsonl");
     w.validator.add_image(image(None, "0.3.40"));
@@ -132,6 +137,8 @@ async fn gepetto_records_its_week_and_the_simulator_replays_it() {
     let trace = read(&path);
     assert_eq!(trace.header.source, "recorded");
     assert_eq!(trace.header.miner, w.miner);
+    // This miner's own settings, so the replay ticks and sizes placements as it did.
+    assert_eq!((trace.header.validator.autoscale_s, trace.header.validator.default_disk_gb), (15, 20.0));
     let servers: Vec<_> =
         trace.servers.iter().map(|s| (s.server_id.as_str(), s.gpu_model.as_str(), s.gpus)).collect();
     assert_eq!(servers, [(w.servers[0].1.as_str(), "h100", 8), (w.servers[1].1.as_str(), "h100", 8)]);

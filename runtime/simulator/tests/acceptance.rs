@@ -74,8 +74,14 @@ fn a_recording_is_a_trace_the_simulator_replays() {
     let generated =
         generate(&GenParams { seed: 5, days: 0.5, servers: 4, chutes: 6, ..GenParams::default() });
     // what a Gepetto would append as things happen: setup, then events in order
-    let mut rec =
-        Recorder::start(Vec::new(), generated.header.start_unix, generated.header.duration_s, "5Me").unwrap();
+    let mut rec = Recorder::start(
+        Vec::new(),
+        generated.header.start_unix,
+        generated.header.duration_s,
+        "5Me",
+        &generated.header.validator,
+    )
+    .unwrap();
     for s in &generated.servers {
         rec.record(&miner_simulator::Record::Server(s.clone())).unwrap();
     }

@@ -269,23 +269,40 @@ impl Trace {
     }
 
     /// Reads JSON lines: a header first, then records in any order (events are
-    /// sorted by time, stably, so a recorder may append as things happen).
-    pub fn read(input: impl BufRead) -> Result<Trace, TraceError> {
+    /// sorted by time, stably, so a recorder may append as things happen). A last line
+    /// without its newline that does not parse is a write cut short (a crash, a full
+    /// disk) and is left out: the recording up to it is whole.
+    pub fn read(mut input: impl BufRead) -> Result<Trace, TraceError> {
         let mut header = None;
         let mut servers = Vec::new();
         let mut chutes = Vec::new();
         let mut events = Vec::new();
-        for (n, line) in input.lines().enumerate() {
-            let line = line.map_err(TraceError::Io)?;
-            if line.trim().is_empty() {
-                continue;
+        let mut buf = Vec::new();
+        let mut n = 0;
+        loop {
+            buf.clear();
+            if input.read_until(b'\n', &mut buf).map_err(TraceError::Io)? == 0 {
+                break;
             }
-            let record: Record = serde_json::from_str(&line)
-                .map_err(|e| TraceError::Invalid(format!("line {}: {e}", n + 1)))?;
+            n += 1;
+            let torn = !buf.ends_with(b"\n");
+            let parsed = std::str::from_utf8(&buf).map_err(|e| e.to_string()).and_then(|line| {
+                if line.trim().is_empty() {
+                    Ok(None)
+                } else {
+                    serde_json::from_str(line).map(Some).map_err(|e| e.to_string())
+                }
+            });
+            let record: Record = match parsed {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(_) if torn => break,
+                Err(e) => return Err(TraceError::Invalid(format!("line {n}: {e}"))),
+            };
             match record {
                 Record::Header(h) => {
                     if header.is_some() {
-                        return Err(TraceError::Invalid(format!("line {}: a second header", n + 1)));
+                        return Err(TraceError::Invalid(format!("line {n}: a second header")));
                     }
                     if h.format != FORMAT {
                         return Err(TraceError::Invalid(format!(
@@ -296,7 +313,7 @@ impl Trace {
                     header = Some(h);
                 }
                 _ if header.is_none() => {
-                    return Err(TraceError::Invalid(format!("line {}: records before the header", n + 1)));
+                    return Err(TraceError::Invalid(format!("line {n}: records before the header")));
                 }
                 Record::Server(s) => servers.push(s),
                 Record::Chute(c) => chutes.push(c),
@@ -335,6 +352,28 @@ mod tests {
             miner: "5Miner".into(),
             validator,
         }
+    }
+
+    #[test]
+    fn a_last_line_cut_short_is_left_out_and_a_broken_whole_line_is_an_error() {
+        let mut text = Vec::new();
+        write_line(&mut text, &Record::Header(header(ValidatorModel::default()))).unwrap();
+        let demand = |t| Record::Demand { t, chute_id: "c".into(), load: 1.0 };
+        write_line(&mut text, &demand(5)).unwrap();
+        let mut torn = text.clone();
+        torn.extend_from_slice(b"{\"kind\":\"demand\",\"t\":9,\"chu");
+        let trace = Trace::read(&torn[..]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(trace.events, [demand(5)], "the recording up to the torn line");
+        // A whole line that does not parse is not a torn write: refused, with its number.
+        let mut broken = text.clone();
+        broken.extend_from_slice(b"{\"kind\":\"demand\",\"t\":9,\"chu\n");
+        let err = Trace::read(&broken[..]).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err.contains("line 3"), "{err}");
+        // A last line without its newline that parses is kept.
+        let mut unterminated = text.clone();
+        write_line(&mut unterminated, &demand(7)).unwrap();
+        unterminated.pop();
+        assert_eq!(Trace::read(&unterminated[..]).unwrap().events, [demand(5), demand(7)]);
     }
 
     #[test]

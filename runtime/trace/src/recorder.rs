@@ -30,6 +30,7 @@ impl Recorder<File> {
         path: &Path,
         now_unix: i64,
         miner: &str,
+        settings: &ValidatorModel,
     ) -> Result<(Recorder<File>, Option<Trace>), TraceError> {
         let io = |source| TraceError::File { path: path.display().to_string(), source };
         let mut file = OpenOptions::new().read(true).append(true).create(true).open(path).map_err(io)?;
@@ -40,7 +41,7 @@ impl Recorder<File> {
         if whole == 0 {
             // Empty, or only a header torn by a crash: nothing was recorded yet.
             file.set_len(0).map_err(io)?;
-            return Ok((Recorder::start(file, now_unix, 0, miner)?, None));
+            return Ok((Recorder::start(file, now_unix, 0, miner, settings)?, None));
         }
         let existing = Trace::read(BufReader::new(&text[..whole]))
             .map_err(|e| TraceError::Invalid(format!("{} cannot be continued: {e}", path.display())))?;
@@ -61,8 +62,16 @@ impl Recorder<File> {
 }
 
 impl<W: Write> Recorder<W> {
-    /// Starts a recording: writes the header (`source: recorded`, seed 0).
-    pub fn start(mut out: W, start_unix: i64, duration_s: u64, miner: &str) -> Result<Self, TraceError> {
+    /// Starts a recording: writes the header (`source: recorded`, seed 0). `settings`
+    /// carries the recording miner's own settings (`autoscale_s`, `default_disk_gb`), the
+    /// validator model's defaults otherwise.
+    pub fn start(
+        mut out: W,
+        start_unix: i64,
+        duration_s: u64,
+        miner: &str,
+        settings: &ValidatorModel,
+    ) -> Result<Self, TraceError> {
         let header = Header {
             format: FORMAT,
             seed: 0,
@@ -70,7 +79,7 @@ impl<W: Write> Recorder<W> {
             start_unix,
             duration_s,
             miner: miner.to_owned(),
-            validator: ValidatorModel::default(),
+            validator: settings.clone(),
         };
         write_line(&mut out, &Record::Header(header))?;
         Ok(Recorder { out, start_unix })
@@ -118,13 +127,13 @@ mod tests {
     fn a_restarted_recorder_continues_the_same_file_on_the_same_clock() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("week.jsonl");
-        let (mut rec, existing) = Recorder::open(&path, 1_000, "5Miner").unwrap();
+        let (mut rec, existing) = Recorder::open(&path, 1_000, "5Miner", &ValidatorModel::default()).unwrap();
         assert!(existing.is_none());
         rec.record(&demand(rec.t(1_060), 0.5)).unwrap();
         drop(rec);
 
         // the process restarts 10 minutes later
-        let (mut rec, existing) = Recorder::open(&path, 1_600, "5Miner").unwrap();
+        let (mut rec, existing) = Recorder::open(&path, 1_600, "5Miner", &ValidatorModel::default()).unwrap();
         assert_eq!(existing.unwrap().events, vec![demand(60, 0.5)]);
         assert_eq!(rec.t(1_660), 660, "times stay relative to the first start");
         rec.record(&demand(rec.t(1_660), 0.7)).unwrap();
@@ -141,21 +150,21 @@ mod tests {
     fn a_line_torn_by_a_crash_is_dropped_when_the_recording_continues() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("week.jsonl");
-        let (mut rec, _) = Recorder::open(&path, 1_000, "5Miner").unwrap();
+        let (mut rec, _) = Recorder::open(&path, 1_000, "5Miner", &ValidatorModel::default()).unwrap();
         rec.record(&demand(5, 0.5)).unwrap();
         drop(rec);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(br#"{"kind":"demand","t":9,"chu"#).unwrap();
         drop(f);
 
-        let (mut rec, _) = Recorder::open(&path, 1_010, "5Miner").unwrap();
+        let (mut rec, _) = Recorder::open(&path, 1_010, "5Miner", &ValidatorModel::default()).unwrap();
         rec.record(&demand(20, 0.9)).unwrap();
         drop(rec);
         assert_eq!(read(&path).events, vec![demand(5, 0.5), demand(20, 0.9)]);
 
         // a crash while the very first line, the header, was written: start afresh
         std::fs::write(&path, br#"{"kind":"header","for"#).unwrap();
-        let (mut rec, existing) = Recorder::open(&path, 2_000, "5Miner").unwrap();
+        let (mut rec, existing) = Recorder::open(&path, 2_000, "5Miner", &ValidatorModel::default()).unwrap();
         assert!(existing.is_none());
         rec.record(&demand(1, 0.1)).unwrap();
         drop(rec);
@@ -167,15 +176,20 @@ mod tests {
     fn another_miners_recording_is_refused_and_left_as_it_was() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("week.jsonl");
-        let (mut rec, _) = Recorder::open(&path, 1_000, "5Miner").unwrap();
+        let (mut rec, _) = Recorder::open(&path, 1_000, "5Miner", &ValidatorModel::default()).unwrap();
         rec.record(&demand(5, 0.5)).unwrap();
         drop(rec);
         let before = std::fs::read(&path).unwrap();
 
-        let err = Recorder::open(&path, 2_000, "5Other").err().expect("refused").to_string();
+        let err = Recorder::open(&path, 2_000, "5Other", &ValidatorModel::default())
+            .err()
+            .expect("refused")
+            .to_string();
         assert!(err.contains("5Miner") && err.contains("week.jsonl"), "{err}");
         std::fs::write(dir.path().join("junk.jsonl"), b"not json\n").unwrap();
-        let err = Recorder::open(&dir.path().join("junk.jsonl"), 2_000, "5Miner").err().expect("refused");
+        let err = Recorder::open(&dir.path().join("junk.jsonl"), 2_000, "5Miner", &ValidatorModel::default())
+            .err()
+            .expect("refused");
         assert!(err.to_string().contains("junk.jsonl cannot be continued"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), before);
     }

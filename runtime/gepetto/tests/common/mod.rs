@@ -60,11 +60,19 @@ pub struct Shape {
     pub gpus: usize,
     pub stub_grace: Duration,
     pub strategy: Arc<dyn Strategy>,
+    /// `GEPETTO_DEFAULT_DISK_GB`.
+    pub default_disk_gb: u32,
 }
 
 impl Default for Shape {
     fn default() -> Self {
-        Shape { servers: 1, gpus: 8, stub_grace: Duration::from_secs(600), strategy: Arc::new(Heuristic) }
+        Shape {
+            servers: 1,
+            gpus: 8,
+            stub_grace: Duration::from_secs(600),
+            strategy: Arc::new(Heuristic),
+            default_disk_gb: 10,
+        }
     }
 }
 
@@ -165,6 +173,7 @@ pub async fn gepetto_on(
     let miner = hotkey(MINER_SEED);
     let mut cfg = Config::new(NS, miner.ss58());
     cfg.stub_grace = shape.stub_grace;
+    cfg.default_disk_gb = shape.default_disk_gb;
     let target =
         ValidatorTarget { hotkey: vhot.to_owned(), api: validator.api_url(), socket: validator.socket_url() };
     let options = RestOptions {
