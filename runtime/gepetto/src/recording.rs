@@ -413,24 +413,9 @@ mod tests {
         .unwrap()
     }
 
-    /// A writer the test reads back.
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Shared {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn a_chute_the_metrics_stop_listing_is_recorded_with_no_demand() {
-        let out = Shared::default();
+        let out = test_support::Captured::default();
         let rec = Recorder::start(out.clone(), 0, 0, "5Miner", &ValidatorModel::default()).unwrap();
         let r = Recording::resume(Path::new("/trace.jsonl"), rec, None);
         r.chute(&remote("a"));
@@ -448,8 +433,7 @@ mod tests {
         // No traffic in the last hour: the validator's metrics no longer list the chute.
         tick(&ValidatorView::default());
         tick(&ValidatorView::default());
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        let trace = miner_trace::Trace::read(text.as_bytes()).unwrap();
+        let trace = miner_trace::Trace::read(out.text().as_bytes()).unwrap();
         let loads: Vec<f64> = trace
             .events
             .iter()
