@@ -187,6 +187,21 @@ fn route(base: &reqwest::Url, url: &reqwest::Url) -> Route {
     }
 }
 
+/// Whether the registry's credentials may go to the token service its Bearer challenge
+/// names: over https, or over plain http only on this machine's loopback (nothing crosses
+/// the network; the lab's token service). The realm is the registry's word, but a
+/// misconfigured or hostile one must not get the password sent in the clear.
+fn realm_takes_credentials(realm: &reqwest::Url) -> bool {
+    let host = realm.host_str().unwrap_or_default();
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    realm.scheme() == "https" || (realm.scheme() == "http" && loopback)
+}
+
 /// A URL as an error shows it: no user or password, query (upload state, signatures) or
 /// fragment.
 fn shown(url: &reqwest::Url) -> String {
@@ -385,6 +400,16 @@ impl Client {
                 q.append_pair("service", s);
             }
             q.append_pair("scope", &format!("repository:{repo}:pull,push"));
+        }
+        if self.credentials.is_some() && !realm_takes_credentials(&url) {
+            return Err(RegistryError::Http {
+                registry: self.registry.to_string(),
+                what: "fetching a token".into(),
+                reason: format!(
+                    "its token service {} is not https: the credentials are not sent there in the clear",
+                    shown(&url)
+                ),
+            });
         }
         let mut request = self.http.get(url);
         if let Some(c) = &self.credentials {
@@ -731,6 +756,17 @@ mod tests {
         );
         let url = reqwest::Url::parse("https://u:pw@storage.example/up/1?sig=secret#f").unwrap();
         assert_eq!(shown(&url), "https://storage.example/up/1");
+    }
+
+    #[test]
+    fn a_token_service_gets_the_credentials_over_https_or_on_loopback_only() {
+        let takes = |u: &str| realm_takes_credentials(&reqwest::Url::parse(u).unwrap());
+        assert!(takes("https://auth.example/token"));
+        assert!(takes("http://127.0.0.1:5001/token") && takes("http://[::1]/token"));
+        assert!(takes("http://LOCALHOST:8080/token"));
+        assert!(!takes("http://auth.example/token"), "cleartext over the network");
+        assert!(!takes("http://192.0.2.7/token"));
+        assert!(!takes("ftp://auth.example/token"));
     }
 
     #[test]
