@@ -333,7 +333,13 @@ impl Gepetto {
                                     .is_none()
                             {
                                 why = Some("its Job is gone".into());
-                                give_back_job = true;
+                                // A finished Job is deleted 300 s after it ends (its TTL),
+                                // so after a longer downtime "gone" may be a success. A job
+                                // that never activated never ran: give it back. One that
+                                // did has an outcome we cannot read any more; handing a
+                                // completed job back could cost its pay, so the
+                                // validator's own `job_deleted` (or its timeout) ends it.
+                                give_back_job = d.activated_at.is_none();
                             }
                         }
                     }

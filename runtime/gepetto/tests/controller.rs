@@ -581,6 +581,56 @@ async fn reconcile_keeps_an_instance_that_runs_as_a_legacy_deployment() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_job_object_expired_is_given_back_only_if_it_never_ran() {
+    let w = world(Shape::default()).await;
+    w.chute("j1", "v1", 1);
+    w.twice(&w.created("j1", "v1", true)).await;
+    w.validator.add_job("ran");
+    w.validator.add_job("never");
+    w.twice(&job_created(&w.vhot, "j1", "ran", vec![], 30)).await;
+    w.twice(&job_created(&w.vhot, "j1", "never", vec![], 30)).await;
+    let rows = w.db.fleet_rows().await.unwrap();
+    let of = |job: &str| rows.deployments.iter().find(|d| d.job_id.as_deref() == Some(job)).unwrap().clone();
+    let (ran, never) = (of("ran"), of("never"));
+    // "ran" became an instance and ran; "never" did not get that far.
+    w.twice(&w.instance("created", "inst-ran", ran.config_id.as_deref())).await;
+    w.twice(&w.instance("verified", "inst-ran", None)).await;
+    w.twice(&w.instance("activated", "inst-ran", ran.config_id.as_deref())).await;
+    // The validator still lists the instance (its `job_deleted` is not in yet).
+    w.validator.set_listing(
+        validator_emulator::Listing::Instances,
+        vec![
+            json!({"instance_id": "inst-ran", "chute_id": "j1", "config_id": ran.config_id, "active": true}),
+        ],
+    );
+    // While Gepetto was down, both Jobs ended and their TTL (300 s) deleted them: the
+    // cluster no longer says whether "ran" succeeded.
+    let jobs: kube::Api<k8s_openapi::api::batch::v1::Job> = kube::Api::namespaced(w.client.clone(), NS);
+    for d in [&ran, &never] {
+        jobs.delete(&format!("chute-{}", d.deployment_id), &kube::api::DeleteParams::background())
+            .await
+            .unwrap();
+    }
+    let cluster = w.gepetto.cluster().clone();
+    eventually("the Job watch to see both gone", || {
+        let cluster = cluster.clone();
+        async move { cluster.chute_jobs().is_empty() }
+    })
+    .await;
+
+    let report = w.gepetto.reconcile_once().await.unwrap();
+    let undeployed: BTreeSet<(String, String)> = report.undeployed.into_iter().collect();
+    let gone = |d: &miner_db::Deployment| (d.deployment_id.clone(), "its Job is gone".to_owned());
+    assert_eq!(undeployed, BTreeSet::from([gone(&ran), gone(&never)]));
+    assert!(w.db.fleet_rows().await.unwrap().deployments.is_empty());
+    assert_eq!(
+        w.validator.released_jobs(),
+        ["never".to_owned()],
+        "a job that ran may have succeeded: only the one that never ran goes back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_placed_but_not_yet_running_holds_the_disk_it_asked_for() {
     // One node with 2000 GiB of ephemeral storage.
     let w = world(Shape::default()).await;
