@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::error::ValuesError;
-use crate::quantity;
+use crate::{cron, duration, quantity};
 
 /// The defaults shipped with the templates (`templates/values.yaml`).
 pub const DEFAULT_VALUES: &str = include_str!("../../../templates/values.yaml");
@@ -485,6 +485,35 @@ impl Values {
         for (key, size) in sizes {
             check_quantity(key, size, true)?;
         }
+        // Both land in Prometheus' own config and flags, plain strings to Kubernetes: a bad
+        // one deploys and shows only as a crash-looping prometheus-server.
+        let durations = [
+            (
+                "prometheus.scrapeInterval",
+                &self.prometheus.scrape_interval,
+                "a scrape interval must be more than zero (e.g. 30s)",
+            ),
+            (
+                "prometheus.retention",
+                &self.prometheus.retention,
+                // Prometheus takes a zero retention as "unset" and keeps its default, 15d.
+                "Prometheus reads a zero retention as its default, 15d: write the time to keep (e.g. 15d)",
+            ),
+        ];
+        for (key, text, if_zero) in durations {
+            check_duration(key, text, if_zero)?;
+        }
+        // Checked whether or not the CronJob is enabled, as the images and quantities of
+        // switched-off components are: enabling it later must not be what finds the typo.
+        let schedules = [
+            ("auditExporter.schedule", &self.audit_exporter.schedule),
+            ("failedChuteCleanup.schedule", &self.failed_chute_cleanup.schedule),
+        ];
+        for (key, text) in schedules {
+            if let Err(why) = cron::check(text) {
+                return invalid(key, format!("{text:?} is not a valid CronJob schedule: {why}"));
+            }
+        }
         // Last: what the runtime parses at start-up, by the runtime's own loaders.
         crate::runtime_env::check(self)
     }
@@ -508,6 +537,19 @@ fn check_quantity(key: &str, text: &str, claim_size: bool) -> Result<(), ValuesE
             invalid(format!("{text:?}: Kubernetes refuses a claim of size zero"))
         }
         Some(_) => Ok(()),
+    }
+}
+
+/// A Prometheus duration (`model.ParseDuration`), and not zero: neither setting has a
+/// use for zero, which Prometheus accepts but reads as something else (`if_zero` says what).
+fn check_duration(key: &str, text: &str, if_zero: &str) -> Result<(), ValuesError> {
+    let invalid = |message: String| Err(ValuesError::Invalid { key: key.to_string(), message });
+    match duration::parse(text) {
+        Err(why) => invalid(format!(
+            "{text:?} is not a Prometheus duration: {why}; write one or more <number><unit> with units y, w, d, h, m, s, ms from largest to smallest, like 30s, 1m30s or 15d"
+        )),
+        Ok(d) if d.is_zero() => invalid(format!("{text:?}: {if_zero}")),
+        Ok(_) => Ok(()),
     }
 }
 
@@ -736,6 +778,12 @@ mod tests {
         assert_eq!(v.namespace, "chutes");
         assert_eq!(v.miner_api.node_port, 32000);
         assert_eq!(v.validators.supported[0].registry_node_port, 30500);
+        // The shipped durations and schedules pass the checks they are held to.
+        assert_eq!((v.prometheus.scrape_interval.as_str(), v.prometheus.retention.as_str()), ("30s", "15d"));
+        assert_eq!(
+            (v.audit_exporter.schedule.as_str(), v.failed_chute_cleanup.schedule.as_str()),
+            ("1 * * * *", "* * * * *")
+        );
     }
 
     #[test]
@@ -870,6 +918,96 @@ mod tests {
             (v.miner_api.resources.memory.as_str(), v.miner_api.resources.cpu.as_str()),
             ("4G", "1.5")
         );
+    }
+
+    /// Prometheus refuses `15` or `1.5m` only when the pod starts, after deploy: they are
+    /// refused at load, naming the values key, the text and what is accepted.
+    #[test]
+    fn a_prometheus_duration_prometheus_refuses_is_an_error_naming_the_values_key() {
+        let err = Values::load(&[Layer::Set("prometheus.scrapeInterval=15".into())]).unwrap_err().to_string();
+        assert!(err.contains("prometheus.scrapeInterval") && err.contains("\"15\""), "{err}");
+        assert!(err.contains("`15s`") && err.contains("1m30s"), "says what is accepted: {err}");
+        for (set, key, bad) in [
+            ("prometheus.scrapeInterval=1.5m", "prometheus.scrapeInterval", "\"1.5m\""),
+            ("prometheus.scrapeInterval=15S", "prometheus.scrapeInterval", "\"15S\""),
+            ("prometheus.scrapeInterval=1s1m", "prometheus.scrapeInterval", "\"1s1m\""),
+            ("prometheus.scrapeInterval=", "prometheus.scrapeInterval", "\"\""),
+            ("prometheus.retention=10sec", "prometheus.retention", "\"10sec\""),
+            ("prometheus.retention=15 days", "prometheus.retention", "\"15 days\""),
+            ("prometheus.retention=20GB", "prometheus.retention", "\"20GB\""),
+            ("prometheus.retention=d", "prometheus.retention", "\"d\""),
+        ] {
+            let err = Values::load(&[Layer::Set(set.into())]).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(bad), "{set}: {err}");
+        }
+        // Zero is a Prometheus duration, but not a usable interval or retention.
+        for set in ["prometheus.scrapeInterval=0", "prometheus.scrapeInterval=0s"] {
+            let err = Values::load(&[Layer::Set(set.into())]).unwrap_err().to_string();
+            assert!(err.contains("prometheus.scrapeInterval") && err.contains("more than zero"), "{err}");
+        }
+        let err = Values::load(&[Layer::Set("prometheus.retention=0d".into())]).unwrap_err().to_string();
+        assert!(err.contains("prometheus.retention") && err.contains("15d"), "{err}");
+        let v = Values::load(&[Layer::Set("prometheus.scrapeInterval=1m30s,prometheus.retention=2w".into())])
+            .unwrap();
+        assert_eq!((v.prometheus.scrape_interval.as_str(), v.prometheus.retention.as_str()), ("1m30s", "2w"));
+    }
+
+    /// The API server refuses `60 * * * *` with a 422 after deploy has applied half the
+    /// objects: refused at load, naming the CronJob's values key and the schedule.
+    #[test]
+    fn a_cron_schedule_kubernetes_refuses_is_an_error_naming_the_values_key() {
+        let yaml = |text: &str| Layer::Yaml { source: "schedules".into(), text: text.into() };
+        for (doc, key, bad, says) in [
+            ("auditExporter: {schedule: '60 * * * *'}", "auditExporter.schedule", "60 * * * *", "0-59"),
+            (
+                "failedChuteCleanup: {schedule: '* 24 * * *'}",
+                "failedChuteCleanup.schedule",
+                "* 24 * * *",
+                "0-23",
+            ),
+            ("auditExporter: {schedule: '0 * * *'}", "auditExporter.schedule", "0 * * *", "exactly 5"),
+            (
+                "auditExporter: {schedule: '*/0 * * * *'}",
+                "auditExporter.schedule",
+                "*/0 * * * *",
+                "more than 0",
+            ),
+            (
+                "auditExporter: {schedule: '5-1 * * * *'}",
+                "auditExporter.schedule",
+                "5-1 * * * *",
+                "backwards",
+            ),
+            ("auditExporter: {schedule: '0 0 * * 7'}", "auditExporter.schedule", "0 0 * * 7", "0-6"),
+            ("auditExporter: {schedule: '@every 1h'}", "auditExporter.schedule", "@every 1h", "cron fields"),
+            (
+                "auditExporter: {schedule: 'CRON_TZ=UTC 1 * * * *'}",
+                "auditExporter.schedule",
+                "CRON_TZ=UTC",
+                "timeZone",
+            ),
+            ("auditExporter: {schedule: '@Hourly'}", "auditExporter.schedule", "@Hourly", "@hourly"),
+            ("auditExporter: {schedule: ''}", "auditExporter.schedule", "\"\"", "empty"),
+            // A switched-off CronJob's schedule is still checked (as its image is).
+            (
+                "failedChuteCleanup: {enabled: false, schedule: '* * * * * *'}",
+                "failedChuteCleanup.schedule",
+                "* * * * * *",
+                "exactly 5",
+            ),
+        ] {
+            let err = Values::load(&[yaml(doc)]).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(bad) && err.contains(says), "{doc}: {err}");
+        }
+        let v = Values::load(&[yaml(
+            "auditExporter: {schedule: '0 9 * * MON-FRI'}\nfailedChuteCleanup: {schedule: '@hourly'}",
+        )])
+        .unwrap();
+        assert_eq!(
+            (v.audit_exporter.schedule.as_str(), v.failed_chute_cleanup.schedule.as_str()),
+            ("0 9 * * MON-FRI", "@hourly")
+        );
+        Values::load(&[Layer::Set(r"auditExporter.schedule=0\,30 */2 1-15 JAN-JUN/2 ?".into())]).unwrap();
     }
 
     /// Values the runtime parses at start-up (`VALIDATORS`, porter's settings) are
