@@ -139,7 +139,9 @@ impl Strategy for Heuristic {
             let mut freed = free;
             let mut victims = Vec::new();
             for d in deployments {
-                if d.job_id.is_some() {
+                // Private (non-preemptible) chutes postdate the original; its successor
+                // never preempts them, and neither does this port anywhere else.
+                if d.job_id.is_some() || !d.preemptible {
                     continue;
                 }
                 if d.chute_id == chute.chute_id {

@@ -153,14 +153,15 @@ pub(crate) fn fitting_servers<'a>(
     fits
 }
 
-/// Adds a scale-up candidate worth `gain` on the chute's best server, if one fits.
+/// Adds a scale-up candidate worth `gain` on the server `placements` picks for the
+/// chute, if one fits.
 pub(crate) fn push_candidate(
     out: &mut Vec<ScaleUp>,
     placements: &mut PlacementCache<'_>,
     chute: &ChuteSnap,
     gain: f64,
 ) {
-    if let Some(server) = placements.best(chute) {
+    if let Some(server) = placements.pick(chute) {
         out.push(ScaleUp {
             chute_id: chute.chute_id.clone(),
             server_id: server.server_id.clone(),
@@ -235,35 +236,54 @@ pub(crate) fn per_cost(gain: f64, server: &ServerSnap, gpu_count: usize) -> f64 
     gain / (server.hourly_cost * gpu_count.max(1) as f64).max(1e-6)
 }
 
-/// Caches `scale_up_server` per (validator, supported models, gpu count) within one decision:
-/// thousands of chutes share a handful of GPU requirements, so one autoscaler pass
-/// scans the fleet once per distinct requirement, not once per chute.
+/// Caches the fitting servers per (validator, supported models, gpu count) within one
+/// decision: thousands of chutes share a handful of GPU requirements, so one
+/// autoscaler pass scans the fleet once per distinct requirement, not once per chute.
 pub(crate) struct PlacementCache<'a> {
     fleet: &'a FleetSnapshot,
     disk_gb: f64,
-    cache: std::collections::HashMap<(String, Vec<String>, usize), Option<usize>>,
+    /// How many of the best fits a pick rotates through (1: always the best).
+    pool: usize,
+    /// Which of them this decision picks (taken modulo the fits there are).
+    turn: usize,
+    cache: std::collections::HashMap<(String, Vec<String>, usize), Vec<usize>>,
 }
 
 impl<'a> PlacementCache<'a> {
+    /// Every pick is the best fit ([`fitting_servers`]'s first).
     pub(crate) fn new(fleet: &'a FleetSnapshot, disk_gb: f64) -> Self {
-        PlacementCache { fleet, disk_gb, cache: Default::default() }
+        Self::rotating(fleet, disk_gb, 1, 0)
     }
 
-    /// The best server for a chute (same answer as [`fitting_servers`]'s first).
-    pub(crate) fn best(&mut self, chute: &ChuteSnap) -> Option<&'a ServerSnap> {
+    /// Picks are the `turn`-th (modulo) of the best `pool` fits of each requirement.
+    pub(crate) fn rotating(fleet: &'a FleetSnapshot, disk_gb: f64, pool: usize, turn: usize) -> Self {
+        PlacementCache { fleet, disk_gb, pool: pool.max(1), turn, cache: Default::default() }
+    }
+
+    /// The server this decision places the chute on: one of its best `pool` fits.
+    pub(crate) fn pick(&mut self, chute: &ChuteSnap) -> Option<&'a ServerSnap> {
+        let (fleet, turn) = (self.fleet, self.turn);
+        let fits = self.fits(chute);
+        (!fits.is_empty()).then(|| &fleet.servers[fits[turn % fits.len()]])
+    }
+
+    /// Positions in `fleet.servers` of the chute's best `pool` fits, best first.
+    fn fits(&mut self, chute: &ChuteSnap) -> &[usize] {
+        // Not cached: a banned chute's empty answer is not its requirement's.
         if chute.banned {
-            return None;
+            return &[];
         }
         let mut models = chute.supported_gpus.clone();
         models.sort();
         let key = (chute.validator.clone(), models, chute.gpu_count);
-        let fleet = self.fleet;
-        let disk = self.disk_gb;
-        let index = *self.cache.entry(key).or_insert_with(|| {
-            let best = fitting_servers(chute, fleet, disk).first().map(|(s, _)| s.server_id.clone());
-            best.and_then(|id| fleet.servers.iter().position(|s| s.server_id == id))
-        });
-        index.map(|i| &fleet.servers[i])
+        let (fleet, disk, pool) = (self.fleet, self.disk_gb, self.pool);
+        self.cache.entry(key).or_insert_with(|| {
+            fitting_servers(chute, fleet, disk)
+                .iter()
+                .take(pool)
+                .filter_map(|(s, _)| fleet.servers.iter().position(|x| x.server_id == s.server_id))
+                .collect()
+        })
     }
 }
 

@@ -235,7 +235,11 @@ impl Strategy for Multiplier {
     }
 
     fn autoscale(&self, fleet: &FleetSnapshot, view: &ValidatorView, disk_gb: f64) -> Vec<ScaleUp> {
-        let mut placements = super::PlacementCache::new(fleet, disk_gb);
+        // Each tick places on one of the best two fits in turn, as `scale_up_server`
+        // does: a broken cheapest server (pods that never start) would otherwise take
+        // every deploy.
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let mut placements = super::PlacementCache::rotating(fleet, disk_gb, CANDIDATE_POOL, turn);
         let mut out = Vec::new();
         for (chute, worth) in Self::wanted(fleet, view, &Self::pending(fleet)) {
             push_candidate(&mut out, &mut placements, chute, worth);

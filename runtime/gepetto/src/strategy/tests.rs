@@ -226,6 +226,28 @@ fn multiplier_spreads_over_the_two_best_servers() {
     let picks: std::collections::BTreeSet<_> =
         (0..4).filter_map(|_| s.scale_up_server(&c, &f, 10.0)).collect();
     assert_eq!(picks.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+
+    // The autoscaler too: if "a" were broken (pods that never start), its deploys
+    // would not all vanish there.
+    let mut view = ValidatorView::default();
+    view.chutes.insert(
+        "c".into(),
+        RemoteChuteInfo { version: "v1".into(), has_cords: true, effective_compute_multiplier: Some(1.0) },
+    );
+    view.metrics.insert(
+        "c".into(),
+        RemoteMetrics {
+            chute_id: "c".into(),
+            total_compute_time: 3600.0,
+            total_invocations: 360.0,
+            rate_limit_count: 360.0,
+            instance_count: 1,
+            ..Default::default()
+        },
+    );
+    let ticks: Vec<String> = (0..4).map(|_| s.autoscale(&f, &view, 10.0)[0].server_id.clone()).collect();
+    assert_eq!(ticks.iter().collect::<std::collections::BTreeSet<_>>().len(), 2, "{ticks:?}");
+    assert!(ticks.iter().all(|t| t != "z"), "only the two best: {ticks:?}");
 }
 
 #[test]
@@ -254,6 +276,10 @@ fn heuristic_preemption_follows_the_original_rules() {
     same.deployments[1].chute_id = "new".into();
     view.metrics.get_mut("popular").unwrap().instance_count = 5;
     assert_eq!(Heuristic.preempt(&new, &same, &view, &none, now, 10.0), None);
+    // a private (non-preemptible) instance is never a victim
+    assert!(Heuristic.preempt(&new, &f, &view, &none, now, 10.0).is_some());
+    f.deployments[1].preemptible = false;
+    assert_eq!(Heuristic.preempt(&new, &f, &view, &none, now, 10.0), None, "private: kept");
 }
 
 #[test]
@@ -325,7 +351,7 @@ fn placement_cache_agrees_with_a_fresh_scan() {
     let mut cache = PlacementCache::new(&fleet, 10.0);
     for chute in fleet.chutes.values() {
         let fresh = Heuristic.scale_up_server(chute, &fleet, 10.0);
-        assert_eq!(cache.best(chute).map(|s| s.server_id.clone()), fresh, "{}", chute.chute_id);
+        assert_eq!(cache.pick(chute).map(|s| s.server_id.clone()), fresh, "{}", chute.chute_id);
     }
 }
 
@@ -581,7 +607,7 @@ fn a_chute_is_placed_only_on_servers_of_its_own_validator() {
         );
     }
     let mut cache = PlacementCache::new(&f, 10.0);
-    assert_eq!(cache.best(&c).map(|s| s.server_id.as_str()), Some("ours"));
+    assert_eq!(cache.pick(&c).map(|s| s.server_id.as_str()), Some("ours"));
     // Full: preemption looks for room on this validator's servers only.
     place(&mut f, "d-ours", "busy", "ours", 8, 120);
     assert!(preemption_servers(&f, &c, &c.supported_gpus, 10.0).iter().all(|s| s.server_id == "ours"));
