@@ -56,6 +56,10 @@ enum Internal {
     Recover(usize),
     BountyExpire(usize, u64),
     Create(usize),
+    /// A job offered in the very second its chute appears (`trace.events` index):
+    /// handled once the chute exists, as Gepetto handles `job_created` after
+    /// `chute_created`.
+    Offer(usize),
     Tick,
     Sample,
     /// The start of the trace's last day ([`LAST_DAY_S`]): the value earned so far.
@@ -71,7 +75,9 @@ impl Internal {
             Internal::Ready(_) | Internal::JobDone(_) | Internal::Recover(_) | Internal::BountyExpire(..) => {
                 0
             }
-            Internal::Create(_) => 2,
+            // An offer is pushed while its second's trace events run, so after the
+            // chute's creation (pushed at the start) within the class.
+            Internal::Create(_) | Internal::Offer(_) => 2,
             Internal::Tick => 3,
             Internal::Sample | Internal::LastDay => 4,
         }
@@ -316,7 +322,7 @@ impl<'a> Simulator<'a> {
                     continue;
                 }
                 self.advance(e.t());
-                self.on_record(e)?;
+                self.on_record(e, next - 1)?;
             } else if let Some(Reverse((t, _, _, e))) = self.heap.pop() {
                 if t > end {
                     continue;
@@ -363,7 +369,8 @@ impl<'a> Simulator<'a> {
         })
     }
 
-    fn on_record(&mut self, r: &Record) -> Result<(), SimError> {
+    /// A trace event; `index` is its position in `trace.events`.
+    fn on_record(&mut self, r: &Record, index: usize) -> Result<(), SimError> {
         match r {
             Record::Header(_) | Record::Server(_) | Record::Chute(_) => {}
             Record::Demand { chute_id, load, .. } => {
@@ -399,8 +406,15 @@ impl<'a> Simulator<'a> {
             }
             Record::Job { job_id, chute_id, duration_s, compute_multiplier, disk_gb, excluded, .. } => {
                 let c = self.chute_of(chute_id)?;
-                if *excluded || !self.chutes[c].created {
+                if *excluded {
                     return Ok(()); // Gepetto drops excluded offers before asking the strategy
+                }
+                if !self.chutes[c].created {
+                    // Its chute appears later this second (trace events sort first).
+                    if self.trace.chutes[c].created_s == self.now {
+                        self.push(self.now, Internal::Offer(index));
+                    }
+                    return Ok(());
                 }
                 self.on_job(c, job_id, *duration_s, *compute_multiplier, *disk_gb);
             }
@@ -432,6 +446,16 @@ impl<'a> Simulator<'a> {
                     self.stats.busy_gpu_s += ((self.now - since) * d.gpus.len() as u64) as f64;
                     self.stats.jobs_completed += 1;
                     self.remove(seq, false);
+                }
+            }
+            Internal::Offer(index) => {
+                let trace = self.trace;
+                if let Some(Record::Job { chute_id, job_id, duration_s, compute_multiplier, disk_gb, .. }) =
+                    trace.events.get(index)
+                    && let Some(&c) = self.chute_index.get(chute_id)
+                    && self.chutes[c].created
+                {
+                    self.on_job(c, job_id, *duration_s, *compute_multiplier, *disk_gb);
                 }
             }
             Internal::Recover(s) => {

@@ -173,6 +173,28 @@ fn one_gpu_one_chute(days: f64, preemptible: bool) -> Trace {
 }
 
 #[test]
+fn a_job_offered_in_the_second_its_chute_appears_is_run() {
+    let mut trace = one_gpu_one_chute(0.5, true);
+    trace.header.validator.job_win_probability = 1.0;
+    trace.header.validator.refusal_probability = 0.0;
+    let chute = &mut trace.chutes[0];
+    chute.job_only = true;
+    chute.created_s = 600;
+    trace.events = vec![Record::Job {
+        t: 600,
+        job_id: "j1".into(),
+        chute_id: "c1".into(),
+        duration_s: 1800,
+        compute_multiplier: 2.0,
+        disk_gb: 10.0,
+        excluded: false,
+    }];
+    let r = &compare(&trace, &["heuristic".to_owned()]).unwrap().results[0];
+    assert_eq!(r.jobs_completed, 1, "{r:?}");
+    assert!((r.value_jobs - 1800.0 * 2.0 / 3600.0).abs() < 1e-9, "{r:?}");
+}
+
+#[test]
 fn the_bonus_locked_in_at_activation_is_reported() {
     // kept for good without drift
     let week =
