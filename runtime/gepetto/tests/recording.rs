@@ -10,7 +10,7 @@ use std::sync::Arc;
 use common::*;
 use miner_events::Event;
 use miner_events::payloads::*;
-use miner_gepetto::Multiplier;
+use miner_gepetto::{Gepetto, Multiplier};
 use miner_trace::{Record, Trace};
 use serde_json::json;
 use validator_emulator::{ChuteSpec, Traffic};
@@ -35,10 +35,10 @@ fn traffic(invocations: u64, compute_s: f64) -> Traffic {
     }
 }
 
-/// Waits until Gepetto's node watch sees `node` Ready (or not).
-async fn node_seen(w: &World, node: &str, ready: bool) {
+/// Waits until `gepetto`'s node watch sees `node` Ready (or not).
+async fn node_seen(gepetto: &Gepetto, node: &str, ready: bool) {
     eventually(&format!("the node watch to see {node} Ready={ready}"), || async {
-        w.gepetto.cluster().nodes()[node]
+        gepetto.cluster().nodes()[node]
             .status
             .as_ref()
             .and_then(|s| s.conditions.as_ref())
@@ -124,12 +124,12 @@ async fn gepetto_records_its_week_and_the_simulator_replays_it() {
     w.validator
         .set_utilization(vec![json!({"chute_id": "llm", "scalable": false, "update_in_progress": true})]);
     assert!(w.kube.set_node_ready(&w.servers[1].0, false));
-    node_seen(&w, "gpu-1", false).await;
+    node_seen(&w.gepetto, "gpu-1", false).await;
     w.gepetto.autoscale_once().await.unwrap();
     w.validator
         .set_utilization(vec![json!({"chute_id": "llm", "scalable": true, "update_in_progress": false})]);
     assert!(w.kube.set_node_ready(&w.servers[1].0, true));
-    node_seen(&w, "gpu-1", true).await;
+    node_seen(&w.gepetto, "gpu-1", true).await;
     w.gepetto.autoscale_once().await.unwrap();
     // The operator removes gpu-1 (delivered twice, recorded once).
     w.twice(&Event::ServerDeleted(ServerDeleted { server_id: w.servers[1].1.clone() })).await;
@@ -213,12 +213,24 @@ async fn gepetto_records_its_week_and_the_simulator_replays_it() {
     });
     assert_eq!(removed, [w.servers[1].1.as_str()]);
 
+    // Gepetto stops while a job runs, llm is mid-update again and gpu-0 is NotReady:
+    // none of them has ended, so none is in the trace yet.
+    w.twice(&job(&w, "job-3", vec![])).await;
+    w.validator
+        .set_utilization(vec![json!({"chute_id": "llm", "scalable": false, "update_in_progress": true})]);
+    assert!(w.kube.set_node_ready(&w.servers[0].0, false));
+    node_seen(&w.gepetto, "gpu-0", false).await;
+    w.gepetto.autoscale_once().await.unwrap();
+    assert_eq!(read(&path).events, trace.events);
+    let stopped_at = u64::try_from(chrono::Utc::now().timestamp() - trace.header.start_unix).unwrap();
+
     // A restarted Gepetto continues the file: with nothing new it writes nothing (no
     // second header, server, chute or unchanged figure); what changes next is appended.
     let before = std::fs::read_to_string(&path).unwrap();
     let shape = Shape { servers: 2, gpus: 8, strategy: Arc::new(Multiplier::default()), ..Shape::default() };
     let restarted = gepetto_on(&w.db, &w.client, &w.validator, &w.vhot, &shape, &w.shutdown).await;
     restarted.record_to(&path).unwrap();
+    node_seen(&restarted, "gpu-0", false).await;
     restarted.reconcile_once().await.unwrap();
     restarted.autoscale_once().await.unwrap();
     assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
@@ -229,8 +241,50 @@ async fn gepetto_records_its_week_and_the_simulator_replays_it() {
     let appended: Vec<_> = after.events.iter().filter(|e| !trace.events.contains(e)).collect();
     assert!(matches!(appended[..], [Record::Demand { load, .. }] if *load == 4.0), "{appended:?}");
 
+    // What was in progress ends after the restart and is written from when it began,
+    // before the restart (kept in week.jsonl.open.json meanwhile).
+    w.validator
+        .set_utilization(vec![json!({"chute_id": "llm", "scalable": true, "update_in_progress": false})]);
+    assert!(w.kube.set_node_ready(&w.servers[0].0, true));
+    node_seen(&restarted, "gpu-0", true).await;
+    restarted.autoscale_once().await.unwrap();
+    let deleted = Event::JobDeleted(JobDeleted {
+        job_id: "job-3".into(),
+        instance_id: None,
+        validator: w.vhot.clone(),
+    });
+    for _ in 0..2 {
+        restarted.handle(&deleted).await.unwrap();
+    }
+    restarted.wait_idle().await;
+    let last = read(&path);
+    // By position: within a second, this update's line can equal the first one's.
+    let ended: Vec<&Record> = last.events[after.events.len()..].iter().collect();
+    let pick_ended =
+        |f: &dyn Fn(&Record) -> Option<u64>| ended.iter().filter_map(|e| f(e)).collect::<Vec<_>>();
+    let updated = pick_ended(&|e| match e {
+        Record::Updating { t, chute_id, .. } if chute_id == "llm" => Some(*t),
+        _ => None,
+    });
+    let down = pick_ended(&|e| match e {
+        Record::NodeFailure { t, server_id, .. } if *server_id == w.servers[0].1 => Some(*t),
+        _ => None,
+    });
+    let jobs = pick_ended(&|e| match e {
+        Record::Job { t, job_id, compute_multiplier, disk_gb, excluded, .. }
+            if job_id == "job-3" && (*compute_multiplier, *disk_gb, *excluded) == (4.0, 50.0, false) =>
+        {
+            Some(*t)
+        }
+        _ => None,
+    });
+    assert_eq!(ended.len(), 3, "the update, the outage and the job, once each: {ended:?}");
+    for t in [&updated, &down, &jobs] {
+        assert!(matches!(t[..], [t] if t <= stopped_at), "begun before the restart: {ended:?}");
+    }
+
     // The simulator replays the recording with every strategy.
-    let cmp = miner_simulator::compare(&after, &["heuristic".into(), "multiplier".into()]).unwrap();
+    let cmp = miner_simulator::compare(&last, &["heuristic".into(), "multiplier".into()]).unwrap();
     assert_eq!(cmp.source, "recorded");
     assert_eq!((cmp.servers, cmp.gpus, cmp.chutes), (2, 16, 2));
 }
