@@ -8,7 +8,7 @@
 //! * [`rest`]: the signed REST client for the validator API (section 10 of the
 //!   reference): body-hash or purpose signatures as each endpoint expects, the
 //!   `data: {json}` listings with the `NO_ITEMS` sentinel, timeouts, and retries on
-//!   connection errors and 5xx only.
+//!   connection errors and 5xx only (writes on 502 and 503 alone).
 //!
 //! All signing goes through `chutes-protocol`; nothing here touches key material
 //! beyond calling [`chutes_protocol::Hotkey::sign_request`].

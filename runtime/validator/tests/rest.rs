@@ -209,7 +209,15 @@ async fn server_errors_and_refused_connections_are_retried_client_errors_are_not
 
     let count = |path: &str| emulator.requests().iter().filter(|r| r.path == path).count();
     assert_eq!(count("/chutes/utilization"), 3, "two 503s then success");
-    assert_eq!(count("/nodes/"), 2, "a 502 on POST is retried too");
+    assert_eq!(count("/nodes/"), 2, "a 502 on POST is retried too: no server took it");
+    // A 500 or 504 may come after the write was applied: the caller sees it, once.
+    for status in [500, 504] {
+        emulator.fail_next("/nodes/", status, 1);
+        let err = c.post_nodes(&json!({"nodes": [], "server_id": "s"})).await.unwrap_err();
+        assert_eq!(err.status(), Some(status));
+        assert!(err.to_string().contains("after 1 attempt(s)"), "{err}");
+    }
+    assert_eq!(count("/nodes/"), 4, "one request each");
     assert_eq!(count("/chutes/rolling_updates"), 3, "gave up after the configured attempts");
     assert_eq!(count("/miner/chutes/c9/v"), 1, "a 400 is final");
 

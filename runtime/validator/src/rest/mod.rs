@@ -8,8 +8,11 @@
 //! Retries: connection failures and 5xx answers are retried with capped, jittered
 //! backoff, re-signing each attempt (fresh nonce). A 4xx is never retried: the
 //! validator has decided. Timeouts are retried only for reads and deletes, since a
-//! POST that timed out may have been applied. `launch_config` is a GET that is not
-//! a read: it is sent again only when no connection was made.
+//! POST that timed out may have been applied; for the same reason a write is sent
+//! again after a 502 or 503 (a gateway that reached no server, a server turning work
+//! away) but not after a 500 or 504, which can come after the write was applied.
+//! `launch_config` is a GET that is not a read: it is sent again only when no
+//! connection was made.
 
 mod listing;
 pub mod remote;
@@ -159,7 +162,9 @@ enum Sign {
 enum Retry {
     /// Reads and deletes: connection failures, 5xx and timeouts.
     Idempotent,
-    /// Writes: connection failures and 5xx (a write that timed out may have been applied).
+    /// Writes: connection failures, 502 and 503. Not a timeout, a 500 or a 504: the
+    /// write may have been applied, and sending `POST /nodes/` again would then fail
+    /// as a duplicate, or a legacy announce register the instance twice.
     Write,
     /// Sent again only when it never reached the validator (no connection). chutes-api's
     /// `GET /instances/launch_config` appends the miner to the job's history (a second
@@ -171,6 +176,15 @@ enum Retry {
 impl Retry {
     fn for_method(method: &Method) -> Retry {
         if matches!(*method, Method::GET | Method::DELETE) { Retry::Idempotent } else { Retry::Write }
+    }
+
+    /// Whether a request answered with this 5xx may be sent again.
+    fn after_status(self, status: reqwest::StatusCode) -> bool {
+        match self {
+            Retry::Idempotent => true,
+            Retry::Write => matches!(status.as_u16(), 502 | 503),
+            Retry::Never => false,
+        }
     }
 }
 
@@ -485,7 +499,11 @@ impl ValidatorClient {
             let last = attempt >= attempts;
             match request.send().await {
                 Ok(response) if response.status().is_success() => return Ok(response),
-                Ok(response) if response.status().is_server_error() && !last && retry != Retry::Never => {
+                Ok(response)
+                    if response.status().is_server_error()
+                        && !last
+                        && retry.after_status(response.status()) =>
+                {
                     tracing::warn!(%method, %url, status = response.status().as_u16(), attempt, "validator API error; retrying");
                 }
                 Ok(response) => {
