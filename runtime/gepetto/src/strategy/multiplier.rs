@@ -72,32 +72,41 @@ pub(crate) struct Share {
 }
 
 impl Share {
-    /// The share of every chute this miner has deployments of (one pass over the
-    /// deployments and instances, not one per chute).
-    pub(crate) fn all<'a>(
-        fleet: &'a FleetSnapshot,
-        view: &ValidatorView,
-    ) -> std::collections::HashMap<&'a str, Share> {
-        let mut ours: std::collections::HashMap<&str, std::collections::HashSet<&str>> = Default::default();
+    /// This miner's instance ids by chute, for [`Share::of`] (one pass over the
+    /// deployments, not one per chute).
+    pub(crate) fn ours(fleet: &FleetSnapshot) -> std::collections::HashMap<&str, Vec<&str>> {
+        // A miner holds a handful of instances per chute: a list compared by value costs
+        // less than hashing every miner's instance ids, on every autoscaler tick.
+        let mut ours: std::collections::HashMap<&str, Vec<&str>> = Default::default();
         for d in &fleet.deployments {
-            let ids = ours.entry(d.chute_id.as_str()).or_default();
             if let Some(id) = d.instance_id.as_deref() {
-                ids.insert(id);
+                ours.entry(d.chute_id.as_str()).or_default().push(id);
             }
         }
-        ours.into_iter()
-            .map(|(chute_id, ids)| {
-                let paid = view
-                    .active_instances
-                    .get(chute_id)
-                    .into_iter()
-                    .flatten()
-                    .filter(|i| ids.contains(i.instance_id.as_str()))
-                    .filter_map(|i| i.compute_multiplier)
-                    .sum();
-                (chute_id, Share::new(chute_id, view, paid))
-            })
-            .collect()
+        ours
+    }
+
+    /// A chute's share, given this miner's instance ids of it: what the validator pays
+    /// those of them that are active, with one lookup per listing.
+    pub(crate) fn of(chute_id: &str, view: &ValidatorView, ours: &[&str]) -> Share {
+        let active = view.active_instances.get(chute_id);
+        let paid = if ours.is_empty() {
+            0.0
+        } else {
+            active
+                .into_iter()
+                .flatten()
+                .filter(|i| ours.contains(&i.instance_id.as_str()))
+                .filter_map(|i| i.compute_multiplier)
+                .sum()
+        };
+        let metrics = view.metrics.get(chute_id);
+        // As `ValidatorView::instance_count`: the active listing, else the metrics' count.
+        let instances = match active {
+            Some(list) => list.len(),
+            None => metrics.map_or(0, |m| m.instance_count.max(0) as usize),
+        };
+        Share { demand: metrics.map(RemoteMetrics::demand_instances), instances, ours: paid }
     }
 
     /// A chute's share given what this miner's active instances of it are paid.
@@ -150,19 +159,23 @@ impl Multiplier {
         pending: &std::collections::HashMap<&str, usize>,
     ) -> Vec<(&'a ChuteSnap, f64)> {
         let mut out = Vec::new();
-        let shares = Share::all(fleet, view);
+        let ours = Share::ours(fleet);
         for (chute_id, remote) in &view.chutes {
+            // The checks that need no lookup first: this runs for every chute, twice on
+            // most autoscaler ticks.
+            let Some(multiplier) = remote.effective_compute_multiplier else { continue };
+            if !remote.has_cords {
+                continue;
+            }
             let Some(chute) = fleet.chutes.get(chute_id) else { continue };
-            if chute.version != remote.version || !remote.has_cords || view.capped.contains(chute_id) {
+            if chute.version != remote.version || view.capped.contains(chute_id) {
                 continue;
             }
             let launching = pending.get(chute_id.as_str()).copied().unwrap_or(0);
             if launching > 0 && launching as f64 >= unmet_instances(chute_id, view) {
                 continue; // what is launching already covers the unserved demand
             }
-            let Some(multiplier) = remote.effective_compute_multiplier else { continue };
-            let share =
-                shares.get(chute_id.as_str()).copied().unwrap_or_else(|| Share::new(chute_id, view, 0.0));
+            let share = Share::of(chute_id, view, ours.get(chute_id.as_str()).map_or(&[][..], Vec::as_slice));
             // else it would sit idle, or only split work, on GPUs a busier chute can use
             if let Some(gain) = share.worth_an_instance(multiplier) {
                 out.push((chute, gain));
@@ -384,7 +397,13 @@ impl<'a> Victims<'a> {
         let mut cheapest_by_model: std::collections::HashMap<&str, f64> = Default::default();
         for (server, list) in fleet.servers.iter().zip(&by_server) {
             let Some((w, _)) = list.first() else { continue };
+            // A server's GPUs are of one model: look each model up once, not once per GPU.
+            let mut last: Option<&str> = None;
             for g in server.gpus.iter().filter(|g| g.verified) {
+                if last == Some(g.model.as_str()) {
+                    continue;
+                }
+                last = Some(g.model.as_str());
                 let least = cheapest_by_model.entry(g.model.as_str()).or_insert(f64::INFINITY);
                 *least = least.min(*w);
             }
