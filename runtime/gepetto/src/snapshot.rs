@@ -139,10 +139,20 @@ impl ValidatorView {
     /// Global instance count of a chute: active instances when known, else the
     /// metrics' `instance_count`.
     pub fn instance_count(&self, chute_id: &str) -> Option<usize> {
-        if let Some(list) = self.active_instances.get(chute_id) {
-            return Some(list.len());
+        let active = self.active_instances.get(chute_id);
+        Self::count_instances(active, active.is_none().then(|| self.metrics.get(chute_id)).flatten())
+    }
+
+    /// [`ValidatorView::instance_count`] from a chute's entries already looked up (a
+    /// caller that needs them anyway hashes the chute id once per map).
+    pub(crate) fn count_instances(
+        active: Option<&Vec<ActiveInstance>>,
+        metrics: Option<&RemoteMetrics>,
+    ) -> Option<usize> {
+        match active {
+            Some(list) => Some(list.len()),
+            None => metrics.map(|m| m.instance_count.max(0) as usize),
         }
-        self.metrics.get(chute_id).map(|m| m.instance_count.max(0) as usize)
     }
 
     /// The compute multiplier the validator pays an instance.

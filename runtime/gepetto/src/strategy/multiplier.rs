@@ -101,17 +101,8 @@ impl Share {
                 .sum()
         };
         let metrics = view.metrics.get(chute_id);
-        // As `ValidatorView::instance_count`: the active listing, else the metrics' count.
-        let instances = match active {
-            Some(list) => list.len(),
-            None => metrics.map_or(0, |m| m.instance_count.max(0) as usize),
-        };
+        let instances = ValidatorView::count_instances(active, metrics).unwrap_or(0);
         Share { demand: metrics.map(RemoteMetrics::demand_instances), instances, ours: paid }
-    }
-
-    /// A chute's share given what this miner's active instances of it are paid.
-    pub(crate) fn new(chute_id: &str, view: &ValidatorView, ours: f64) -> Share {
-        Share { demand: demand(chute_id, view), instances: view.instance_count(chute_id).unwrap_or(0), ours }
     }
 
     /// The share of time each of `n` instances is busy.
@@ -194,7 +185,7 @@ impl Multiplier {
         }
         let multiplier =
             view.chutes.get(&chute.chute_id).and_then(|c| c.effective_compute_multiplier).unwrap_or(1.0);
-        Share::new(&chute.chute_id, view, 0.0).worth_an_instance(multiplier).is_some()
+        Share::of(&chute.chute_id, view, &[]).worth_an_instance(multiplier).is_some()
     }
 
     /// Instances launching (not a job's, not yet activated), by chute.
