@@ -120,8 +120,10 @@ pub struct RemoteState {
     pub instances: Option<HashMap<String, RemoteInstance>>,
     pub metrics: HashMap<String, RemoteMetrics>,
     pub capped: HashSet<String>,
-    /// Chutes the validator marks mid-update (`update_in_progress`).
-    pub updating: HashSet<String>,
+    /// Chutes the validator marks mid-update (`update_in_progress`); `None` until its
+    /// utilization listing has answered once (after a restart, "none updating" is not
+    /// known yet).
+    pub updating: Option<HashSet<String>>,
     pub active_instances: HashMap<String, Vec<miner_validator::rest::ActiveInstance>>,
     pub rolling: HashSet<String>,
     pub images: Option<HashMap<String, crate::loops::RemoteImage>>,

@@ -96,11 +96,12 @@ impl Gepetto {
             }
             match utilization {
                 Ok(u) => {
-                    st.updating = u
-                        .iter()
-                        .filter(|u| u.update_in_progress == Some(true))
-                        .map(|u| u.chute_id.clone())
-                        .collect();
+                    st.updating = Some(
+                        u.iter()
+                            .filter(|u| u.update_in_progress == Some(true))
+                            .map(|u| u.chute_id.clone())
+                            .collect(),
+                    );
                     st.capped = u.into_iter().filter(|u| u.capped()).map(|u| u.chute_id).collect();
                 }
                 Err(e) => tracing::debug!(validator = %hotkey, error = %e, "utilization unavailable"),
@@ -193,8 +194,16 @@ impl Gepetto {
         fleet: &FleetSnapshot,
     ) {
         rec.servers(fleet, || self.inner.cluster.disk(f64::from(self.inner.cfg.disk_reserve_gb)));
-        let updating =
-            self.inner.remote.read().await.values().flat_map(|st| st.updating.iter().cloned()).collect();
+        // Known only once every validator's utilization listing has answered: before that
+        // (a restart whose first listing failed), an update the recording continues from
+        // before the restart has not ended, it is just not seen yet.
+        let updating: Option<HashSet<String>> = {
+            let remote = self.inner.remote.read().await;
+            self.inner.validators.keys().try_fold(HashSet::new(), |mut all, hotkey| {
+                all.extend(remote.get(hotkey)?.updating.iter().flatten().cloned());
+                Some(all)
+            })
+        };
         let nodes = self.inner.cluster.nodes();
         let down = fleet
             .servers
@@ -202,7 +211,7 @@ impl Gepetto {
             .filter(|s| nodes.get(&s.name).is_some_and(|n| !node_ready(n)))
             .map(|s| s.server_id.clone())
             .collect();
-        rec.observe(view, fleet, &updating, &down);
+        rec.observe(view, fleet, updating.as_ref(), &down);
     }
 
     /// One activator tick: legacy (chutes < 0.3.0) instances whose pod is ready are

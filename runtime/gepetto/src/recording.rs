@@ -304,13 +304,14 @@ impl<W: Write> Recording<W> {
     }
 
     /// After an autoscaler refresh: demand and other miners' instances that moved,
-    /// rolling updates that ended (`updating`: chutes mid-update now) and node
-    /// outages that ended (`down`: server ids whose node is not Ready now).
+    /// rolling updates that ended (`updating`: chutes mid-update now; `None` when the
+    /// validator's utilization listing has not answered yet, which starts and ends no
+    /// update) and node outages that ended (`down`: server ids whose node is not Ready now).
     pub(crate) fn observe(
         &self,
         view: &ValidatorView,
         fleet: &FleetSnapshot,
-        updating: &HashSet<String>,
+        updating: Option<&HashSet<String>>,
         down: &HashSet<String>,
     ) {
         let ours: HashSet<String> = fleet.deployments.iter().filter_map(|d| d.instance_id.clone()).collect();
@@ -362,18 +363,20 @@ impl<W: Write> Recording<W> {
                 st.others.insert(chute_id.clone(), (instances, compute_multiplier));
                 lines.push(Record::Others { t: at_start(now), chute_id, instances, compute_multiplier });
             }
-            for id in updating.iter().filter(|id| st.chutes.contains_key(*id)) {
-                if !st.open.updating.contains_key(id) {
-                    st.open.updating.insert(id.clone(), now);
-                    st.open_changed = true;
+            if let Some(updating) = updating {
+                for id in updating.iter().filter(|id| st.chutes.contains_key(*id)) {
+                    if !st.open.updating.contains_key(id) {
+                        st.open.updating.insert(id.clone(), now);
+                        st.open_changed = true;
+                    }
                 }
-            }
-            let ended: Vec<String> =
-                st.open.updating.keys().filter(|id| !updating.contains(*id)).cloned().collect();
-            for chute_id in ended {
-                if let Some(t) = st.open.updating.remove(&chute_id) {
-                    st.open_changed = true;
-                    lines.push(Record::Updating { t, chute_id, until: now });
+                let ended: Vec<String> =
+                    st.open.updating.keys().filter(|id| !updating.contains(*id)).cloned().collect();
+                for chute_id in ended {
+                    if let Some(t) = st.open.updating.remove(&chute_id) {
+                        st.open_changed = true;
+                        lines.push(Record::Updating { t, chute_id, until: now });
+                    }
                 }
             }
             for id in down.iter().filter(|id| st.servers.contains(*id)) {
@@ -590,7 +593,14 @@ mod tests {
     /// An autoscaler tick that sees `updating` chutes mid-update and `down` servers' nodes not Ready.
     fn tick<W: Write>(r: &Recording<W>, updating: &[&str], down: &[&str]) {
         let set = |ids: &[&str]| ids.iter().map(|id| (*id).to_owned()).collect::<HashSet<String>>();
-        r.observe(&ValidatorView::default(), &fleet(), &set(updating), &set(down));
+        r.observe(&ValidatorView::default(), &fleet(), Some(&set(updating)), &set(down));
+    }
+
+    /// An autoscaler tick whose utilization listing has not answered (mid-update
+    /// unknown) and that sees `down` servers' nodes not Ready.
+    fn tick_without_utilization<W: Write>(r: &Recording<W>, down: &[&str]) {
+        let down = down.iter().map(|id| (*id).to_owned()).collect::<HashSet<String>>();
+        r.observe(&ValidatorView::default(), &fleet(), None, &down);
     }
 
     fn job_created(job_id: &str) -> ev::JobCreated {
@@ -691,6 +701,35 @@ mod tests {
     }
 
     #[test]
+    fn an_update_in_progress_at_a_restart_outlives_a_tick_whose_utilization_listing_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("week.jsonl");
+        drop(recording(&path, &["llm"], &[]));
+        an_hour_passes(&path);
+
+        let r = Recording::open(&path, "5Miner", &ValidatorModel::default()).unwrap();
+        // the first listing after the restart fails: whether llm is still updating is unknown
+        tick_without_utilization(&r, &[]);
+        let updates =
+            |path: &Path| read(path).events.iter().filter(|e| matches!(e, Record::Updating { .. })).count();
+        assert_eq!(updates(&path), 0, "the update is not cut short");
+        assert!(r.state.lock().unwrap().open.updating.contains_key("llm"));
+        // the listing answers: llm is no longer updating
+        tick(&r, &[], &[]);
+        drop(r);
+        let trace = read(&path);
+        let ended: Vec<_> = trace
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Record::Updating { t, chute_id, until } => Some((*t, chute_id.as_str(), *until)),
+                _ => None,
+            })
+            .collect();
+        assert!(matches!(ended[..], [(t, "llm", until)] if t < 3600 && until >= 3600), "{ended:?}");
+    }
+
+    #[test]
     fn a_garbled_in_progress_file_is_warned_about_and_the_recording_starts_with_nothing_in_progress() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("week.jsonl");
@@ -774,7 +813,7 @@ mod tests {
         let mut view = ValidatorView::default();
         view.metrics.insert("a".into(), busy);
         let tick = |view: &ValidatorView| {
-            r.observe(view, &FleetSnapshot::default(), &HashSet::new(), &HashSet::new());
+            r.observe(view, &FleetSnapshot::default(), Some(&HashSet::new()), &HashSet::new());
         };
         tick(&view);
         // No traffic in the last hour: the validator's metrics no longer list the chute.
@@ -808,12 +847,22 @@ mod tests {
         r.chute(&remote("a"));
         r.chute(&remote("b"));
         // the next tick writes both chute lines: the first fails and stops the recording
-        r.observe(&ValidatorView::default(), &FleetSnapshot::default(), &HashSet::new(), &HashSet::new());
+        r.observe(
+            &ValidatorView::default(),
+            &FleetSnapshot::default(),
+            Some(&HashSet::new()),
+            &HashSet::new(),
+        );
         assert_eq!(failed.load(Ordering::SeqCst), 1, "one failed write, not one per line");
         assert!(r.state.lock().unwrap().stopped);
         r.chute(&remote("c"));
         r.bounty("a", Some(1.0));
-        r.observe(&ValidatorView::default(), &FleetSnapshot::default(), &HashSet::new(), &HashSet::new());
+        r.observe(
+            &ValidatorView::default(),
+            &FleetSnapshot::default(),
+            Some(&HashSet::new()),
+            &HashSet::new(),
+        );
         assert_eq!(failed.load(Ordering::SeqCst), 1, "nothing more is tried once stopped");
     }
 }
