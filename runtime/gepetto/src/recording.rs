@@ -630,6 +630,18 @@ mod tests {
         std::fs::write(path, format!("{header}\n{rest}")).unwrap();
     }
 
+    /// The trace's rolling updates: (start, chute, end).
+    fn updates(trace: &miner_trace::Trace) -> Vec<(u64, &str, u64)> {
+        trace
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                Record::Updating { t, chute_id, until } => Some((*t, chute_id.as_str(), *until)),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn read(path: &Path) -> miner_trace::Trace {
         miner_trace::Trace::read(std::io::BufReader::new(File::open(path).unwrap())).unwrap()
     }
@@ -667,14 +679,7 @@ mod tests {
             matches!(failures[..], [(t, "s1", down_s)] if t < 3600 && down_s >= 3600),
             "dated from before the restart, down the whole time: {failures:?}"
         );
-        let updates: Vec<_> = trace
-            .events
-            .iter()
-            .filter_map(|e| match e {
-                Record::Updating { t, chute_id, until } => Some((*t, chute_id.as_str(), *until)),
-                _ => None,
-            })
-            .collect();
+        let updates = updates(&trace);
         assert!(matches!(updates[..], [(t, "llm", until)] if t < 3600 && until >= 3600), "{updates:?}");
         let jobs: Vec<_> = trace
             .events
@@ -710,22 +715,13 @@ mod tests {
         let r = Recording::open(&path, "5Miner", &ValidatorModel::default()).unwrap();
         // the first listing after the restart fails: whether llm is still updating is unknown
         tick_without_utilization(&r, &[]);
-        let updates =
-            |path: &Path| read(path).events.iter().filter(|e| matches!(e, Record::Updating { .. })).count();
-        assert_eq!(updates(&path), 0, "the update is not cut short");
+        assert_eq!(updates(&read(&path)), vec![], "the update is not cut short");
         assert!(r.state.lock().unwrap().open.updating.contains_key("llm"));
         // the listing answers: llm is no longer updating
         tick(&r, &[], &[]);
         drop(r);
         let trace = read(&path);
-        let ended: Vec<_> = trace
-            .events
-            .iter()
-            .filter_map(|e| match e {
-                Record::Updating { t, chute_id, until } => Some((*t, chute_id.as_str(), *until)),
-                _ => None,
-            })
-            .collect();
+        let ended = updates(&trace);
         assert!(matches!(ended[..], [(t, "llm", until)] if t < 3600 && until >= 3600), "{ended:?}");
     }
 
