@@ -197,13 +197,7 @@ impl Gepetto {
         // Known only once every validator's utilization listing has answered: before that
         // (a restart whose first listing failed), an update the recording continues from
         // before the restart has not ended, it is just not seen yet.
-        let updating: Option<HashSet<String>> = {
-            let remote = self.inner.remote.read().await;
-            self.inner.validators.keys().try_fold(HashSet::new(), |mut all, hotkey| {
-                all.extend(remote.get(hotkey)?.updating.iter().flatten().cloned());
-                Some(all)
-            })
-        };
+        let updating = updating_everywhere(&*self.inner.remote.read().await, self.inner.validators.keys());
         let nodes = self.inner.cluster.nodes();
         let down = fleet
             .servers
@@ -571,8 +565,43 @@ impl Gepetto {
     }
 }
 
+/// The chutes mid-update at any of `hotkeys`' validators; `None` while one of them has
+/// no answered utilization listing yet (whether its chutes are updating is unknown).
+fn updating_everywhere<'a>(
+    remote: &HashMap<String, RemoteState>,
+    hotkeys: impl IntoIterator<Item = &'a String>,
+) -> Option<HashSet<String>> {
+    hotkeys.into_iter().try_fold(HashSet::new(), |mut all, hotkey| {
+        all.extend(remote.get(hotkey)?.updating.as_ref()?.iter().cloned());
+        Some(all)
+    })
+}
+
 /// A node whose `Ready` condition is `True` (a node that never reported is not down).
 fn node_ready(node: &k8s_openapi::api::core::v1::Node) -> bool {
     let conditions = node.status.as_ref().and_then(|s| s.conditions.as_ref());
     conditions.is_none_or(|c| c.iter().filter(|c| c.type_ == "Ready").all(|c| c.status == "True"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn updates_are_unknown_until_every_validators_utilization_listing_has_answered() {
+        let hotkeys = ["5A".to_owned(), "5B".to_owned()];
+        let answered = |ids: &[&str]| RemoteState {
+            updating: Some(ids.iter().map(|id| (*id).to_owned()).collect()),
+            ..RemoteState::default()
+        };
+        let mut remote = HashMap::from([("5A".to_owned(), answered(&["llm"]))]);
+        assert_eq!(updating_everywhere(&remote, &hotkeys), None, "5B never refreshed");
+        remote.insert("5B".into(), RemoteState::default());
+        assert_eq!(updating_everywhere(&remote, &hotkeys), None, "5B's listings answered, not utilization");
+        remote.insert("5B".into(), answered(&["tts"]));
+        let both = updating_everywhere(&remote, &hotkeys);
+        assert_eq!(both, Some(HashSet::from(["llm".to_owned(), "tts".to_owned()])));
+        remote.insert("5B".into(), answered(&[]));
+        assert_eq!(updating_everywhere(&remote, &hotkeys), Some(HashSet::from(["llm".to_owned()])));
+    }
 }
