@@ -248,6 +248,20 @@ fn spawn_stuck_consumer(
     })
 }
 
+/// Waits (30 s at most) until a handler has been handed `chute`: how long a consumer takes
+/// to connect and read is the machine's business, not the test's.
+async fn wait_for_chute(seen: &Mutex<Vec<String>>, chute: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !seen.lock().unwrap().iter().any(|c| c == chute) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{chute} never reached a handler: {:?}",
+            seen.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_consumers_pending_events_are_claimed_by_another_and_by_itself_on_restart() {
     let redis = Redis::start().unwrap();
@@ -263,7 +277,7 @@ async fn a_dead_consumers_pending_events_are_claimed_by_another_and_by_itself_on
     let seen = Arc::new(Mutex::new(Vec::new()));
     let slow_claims = StreamConfig { claim_idle: Duration::from_secs(3600), ..fast() };
     let a = spawn_stuck_consumer(&url, "g-a", slow_claims.clone(), "c-3", seen.clone());
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_for_chute(&seen, "c-3").await;
     a.abort();
     let _ = a.await;
     assert_eq!(*seen.lock().unwrap(), ["c-0", "c-1", "c-2", "c-3"]);
@@ -271,7 +285,7 @@ async fn a_dead_consumers_pending_events_are_claimed_by_another_and_by_itself_on
     // Restarted under the same name, it re-reads what it held at once (no claim delay).
     let seen2 = Arc::new(Mutex::new(Vec::new()));
     let a2 = spawn_stuck_consumer(&url, "g-a", slow_claims, "c-6", seen2.clone());
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    wait_for_chute(&seen2, "c-6").await;
     a2.abort();
     let _ = a2.await;
     assert_eq!(seen2.lock().unwrap()[0], "c-3", "its own pending entry first: {:?}", seen2.lock().unwrap());
@@ -345,7 +359,23 @@ async fn a_failing_event_is_retried_then_dead_lettered_without_blocking_the_rest
             )
             .await
     });
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Until the failing event is dead-lettered and the rest handled, then two more claim
+    // periods in which a fourth attempt would show.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let dead: u64 = redis_cmd(&url, redis::cmd("XLEN").arg("miner_events:dead")).await;
+        if dead > 0 && handled.lock().unwrap().len() == 5 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not dead-lettered in time: {dead} dead, handled {:?}, attempts {:?}",
+            handled.lock().unwrap(),
+            attempts.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     stop.cancel();
     task.await.unwrap();
     assert_eq!(handled.lock().unwrap().len(), 5, "the rest flowed past the failing event");
@@ -410,7 +440,12 @@ async fn a_long_handler_keeps_its_event_from_other_replicas() {
             )
             .await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // B starts once A holds the event: started earlier, B could simply read it first.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while *started.lock().unwrap() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "A never started the event");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Replica B claims stale entries every 200 ms.
     let (mut rx_b, stop_b, b) = spawn_collector(&url, "g-b", fast());
     tokio::time::sleep(Duration::from_millis(2500)).await;
