@@ -115,7 +115,10 @@ fn launch(dir: &Path, port: u16) -> Result<Child, HarnessError> {
         .stdout(log_file.try_clone().map_err(io("dup the redis log"))?)
         .stderr(log_file);
     let mut child = process::spawn(cmd, "redis-server")?;
-    let ready = wait_until(Duration::from_secs(15), || matches!(child.try_wait(), Ok(Some(_))) || ping(port));
+    let pid = child.id();
+    let ready = wait_until(Duration::from_secs(15), || {
+        matches!(child.try_wait(), Ok(Some(_))) || serves_as(port, pid)
+    });
     if ready && matches!(child.try_wait(), Ok(None)) {
         return Ok(child);
     }
@@ -123,14 +126,28 @@ fn launch(dir: &Path, port: u16) -> Result<Child, HarnessError> {
     Err(HarnessError::NotReady { what: "redis-server".into(), secs: 15, tail: tail(&log), log })
 }
 
-fn ping(port: u16) -> bool {
+/// Whether the Redis answering on `port` is process `pid`: a free port can be taken by
+/// another test's server between `free_port` and the bind, and then a bare PING would
+/// be answered by that one while this child fails to bind.
+fn serves_as(port: u16, pid: u32) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(b"PING\r\n").is_err() {
+    if s.write_all(b"INFO server\r\n").is_err() {
         return false;
     }
-    let mut buf = [0u8; 7];
-    matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+    let want = format!("\r\nprocess_id:{pid}\r\n");
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while reply.len() < 64 * 1024 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => reply.extend_from_slice(&buf[..n]),
+        }
+        if String::from_utf8_lossy(&reply).contains(&want) {
+            return true;
+        }
+    }
+    false
 }
 
 impl Drop for Redis {
