@@ -196,12 +196,20 @@ async fn the_api_relays_validator_broadcasts_into_the_stream_exactly() {
     expected["validator"] = validator.clone().into();
     assert_eq!(event, serde_json::json!({"event_type": "chute_created", "event_data": expected}));
 
-    let (_, metrics) = test_support::http(&format!("127.0.0.1:{port}"), "GET", "/metrics", &[], b"");
+    // The producer frees the event's queue slot only once Redis's reply is back, which
+    // can be a moment after the entry is visible to XRANGE.
+    let metrics = loop {
+        let (_, metrics) = test_support::http(&format!("127.0.0.1:{port}"), "GET", "/metrics", &[], b"");
+        if metrics.contains("miner_events_queued 0") {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "the queue never emptied: {metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(
         metrics.contains(&format!("miner_validator_events_accepted_total{{validator=\"{validator}\"}} 1")),
         "{metrics}"
     );
-    assert!(metrics.contains("miner_events_queued 0"), "{metrics}");
 
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let deadline = Instant::now() + Duration::from_secs(15);

@@ -178,11 +178,13 @@ async fn launch_config_is_sent_once_even_after_a_5xx_or_a_timeout() {
     let impatient = ValidatorClient::with_options(
         &target(emulator.socket_url(), emulator.api_url()),
         miner_hotkey(),
-        RestOptions { timeout: Duration::from_millis(500), ..fast() },
+        // Long enough for the request to reach the emulator on a busy machine; the answer
+        // is held, so the timeout fires all the same.
+        RestOptions { timeout: Duration::from_secs(2), ..fast() },
     )
     .unwrap();
     let err = impatient.launch_config("c1", Some("j2")).await.unwrap_err();
-    hold.made().await;
+    tokio::time::timeout(Duration::from_secs(30), hold.made()).await.expect("the held request never arrived");
     hold.release();
     assert!(
         matches!(&err, LaunchError::Other(RestError::Transport { attempts: 1, .. })),

@@ -12,7 +12,7 @@ use chutes_protocol::auth::headers;
 use common::*;
 use lab_hosts::Redis;
 use miner_events::Producer;
-use miner_validator::socket::{self, SocketState};
+use miner_validator::socket::{self, SocketOptions, SocketState};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use validator_emulator::Emulator;
@@ -64,12 +64,18 @@ async fn broadcasts_arrive_in_the_stream_exactly_as_sent() {
     emulator.register_hotkeys([hotkey.ss58()]);
     let producer = Producer::connect(&redis.url(), fast_stream()).unwrap();
     let shutdown = CancellationToken::new();
+    // One handshake is asserted below: no busy-machine stall may time the first one out.
+    let patient = SocketOptions {
+        connect_timeout: Duration::from_secs(30),
+        auth_timeout: Duration::from_secs(30),
+        ..fast_socket()
+    };
     let mut handle = socket::spawn_with(
         target(emulator.socket_url(), emulator.api_url()),
         hotkey.clone(),
         producer.clone(),
         shutdown.clone(),
-        fast_socket(),
+        patient,
     );
     assert!(wait_state(&mut handle.state, SocketState::Authenticated, 10).await);
 
@@ -201,9 +207,11 @@ async fn killing_the_validator_redis_and_the_consumer_mid_stream_loses_no_event(
 
     // Broadcast continuously; count what the emulator really sent to the miner.
     let stop_broadcasting = CancellationToken::new();
+    let sent_count = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let broadcaster = {
         let emulator = emulator.clone();
         let stop = stop_broadcasting.clone();
+        let sent_count = sent_count.clone();
         tokio::spawn(async move {
             let (mut seq, mut sent) = (0u64, BTreeSet::new());
             while !stop.is_cancelled() {
@@ -213,6 +221,7 @@ async fn killing_the_validator_redis_and_the_consumer_mid_stream_loses_no_event(
                     > 0
                 {
                     sent.insert(seq);
+                    sent_count.fetch_add(1, Ordering::SeqCst);
                 }
                 drop(e);
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -224,11 +233,16 @@ async fn killing_the_validator_redis_and_the_consumer_mid_stream_loses_no_event(
     let mut consumer = (consumer, stop_consumer);
     for round in 0..2 {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        // Validator crash: held between two broadcasts so the emulator's own send
-        // buffer is flushed (losing that would be the validator's loss, not ours).
+        // Validator crash: held between two broadcasts, once the miner has received all
+        // it was sent (what the emulator's send buffer still held at a crash would be the
+        // validator's loss, not ours).
         {
             let mut e = emulator.lock().await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while handle.stats.events_accepted.load(Ordering::SeqCst) < sent_count.load(Ordering::SeqCst) {
+                assert!(tokio::time::Instant::now() < deadline, "the miner never received what was sent");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             e.restart();
             assert!(
                 e.wait_authenticated(1, Duration::from_secs(10)).await,
@@ -345,7 +359,9 @@ async fn a_validator_that_stops_pinging_is_detected_and_reconnected() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed();
-    assert_eq!(handle.stats.authenticated.load(Ordering::SeqCst), 2, "reconnected after the pings stopped");
+    // At least 2: a machine stalled past another 500 ms of silence sees a third, rightly.
+    let authenticated = handle.stats.authenticated.load(Ordering::SeqCst);
+    assert!(authenticated >= 2, "reconnected after the pings stopped: {authenticated}");
     assert!(
         elapsed >= Duration::from_millis(500),
         "waited out pingInterval + pingTimeout first: {elapsed:?}"
@@ -354,7 +370,10 @@ async fn a_validator_that_stops_pinging_is_detected_and_reconnected() {
     while let Ok(f) = seen.try_recv() {
         frames.push(f);
     }
-    assert_eq!(frames.iter().filter(|f| *f == "40").count(), 2, "{frames:?}");
+    assert!(
+        frames.iter().filter(|f| *f == "40").count() >= 2,
+        "a namespace connect on each connection: {frames:?}"
+    );
     shutdown.cancel();
     handle.join.await.unwrap();
 }

@@ -15,8 +15,9 @@ import sys
 import socketio
 from aiohttp import web
 
-# Short ping schedule: a client that does not answer pings is dropped within ~2 s.
-sio = socketio.AsyncServer(async_mode="aiohttp", ping_interval=1, ping_timeout=1, transports=["websocket"])
+# Short ping schedule: a client that does not answer pings is dropped within ~4 s. The
+# timeout leaves a busy test machine 3 s for a pong; the wait below outlasts interval + timeout.
+sio = socketio.AsyncServer(async_mode="aiohttp", ping_interval=1, ping_timeout=3, transports=["websocket"])
 app = web.Application()
 sio.attach(app)
 
@@ -55,7 +56,7 @@ async def authenticate(sid, data):
         callback=acked,
     )
     # Several ping cycles later the connection must still be up.
-    await asyncio.sleep(3.5)
+    await asyncio.sleep(5)
     await sio.emit("miner_broadcast", {"reason": "chute_deleted", "data": {"chute_id": "py-1", "version": "v1"}}, to=sid)
     out("sent_late")
 
