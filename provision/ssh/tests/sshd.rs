@@ -55,15 +55,23 @@ impl Sshd {
             ),
         )
         .unwrap();
-        let child = Command::new("/usr/sbin/sshd")
+        let log = std::fs::File::create(d.join("sshd.log")).unwrap();
+        let mut child = Command::new("/usr/sbin/sshd")
             .args(["-D", "-e", "-f"])
             .arg(d.join("sshd_config"))
-            .stderr(std::process::Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let why = match child.try_wait().unwrap() {
+                Some(status) => Some(format!("sshd exited ({status})")),
+                None if std::time::Instant::now() > deadline => Some("sshd not listening after 30 s".into()),
+                None => None,
+            };
+            if let Some(why) = why {
+                let _ = child.kill();
+                panic!("{why}: {}", std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -529,10 +537,9 @@ fn start_agent(sshd: &Sshd, key: &Path) -> (Child, PathBuf) {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    for _ in 0..100 {
-        if sock.exists() {
-            break;
-        }
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !sock.exists() {
+        assert!(std::time::Instant::now() < deadline, "ssh-agent made no socket in 30 s");
         std::thread::sleep(Duration::from_millis(20));
     }
     let added = Command::new("ssh-add").arg(key).env("SSH_AUTH_SOCK", &sock).output().unwrap();

@@ -498,13 +498,15 @@ fn reboot_over_ssh_ends_sessions_and_brings_the_host_back_as_enabled() {
 
     let out = ssh(&host, &line, &[], "reboot");
     assert!(out.status.code() == Some(0) || out.status.code() == Some(255), "{}", text(&out.stderr));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // As long as `engine/tests/lab_reboot.rs` allows: the stand-in waits for the old sshd
+    // to go before it writes the new boot id, seconds on a busy machine.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     // A command running at the moment of the reboot is killed with the rest: retry.
     while host.read_to_string("/proc/sys/kernel/random/boot_id").map_or(true, |id| id == boot_id) {
-        assert!(std::time::Instant::now() < deadline, "no reboot within 10 s");
+        assert!(std::time::Instant::now() < deadline, "no reboot within 60 s");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    host.wait_for_sshd(std::time::Duration::from_secs(10)).unwrap();
+    host.wait_for_sshd(std::time::Duration::from_secs(30)).unwrap();
 
     assert_eq!(host.boot_count().unwrap(), 1);
     assert_eq!(host.calls("reboot").unwrap(), [Vec::<String>::new()]);
@@ -544,7 +546,9 @@ fn a_boot_whose_sshd_fails_to_listen_starts_it_again() {
     }
     let log = log();
     assert!(log.starts_with("boot 1: try 1: no sshd"), "{log}");
-    assert!(log.ends_with("boot 1: sshd up (try 2)\n"), "{log}");
+    // Up on a later try: the second, unless a slow machine kept it from listening in time.
+    let last = log.lines().last().unwrap_or_default();
+    assert!(last.starts_with("boot 1: sshd up (try ") && !last.ends_with("(try 1)"), "{log}");
     let out = ssh(&host, &host.known_hosts_line(), &[], "hostname");
     assert_eq!(text(&out.stdout), "reboot-retry\n", "{}", text(&out.stderr));
 }

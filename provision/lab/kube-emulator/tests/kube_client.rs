@@ -330,7 +330,8 @@ async fn deployments_schedule_by_labels_roll_out_and_report_why_not() {
 #[tokio::test]
 async fn pods_wait_for_the_start_delay_and_nodes_going_away_take_their_pods() {
     let emu = Emulator::start().unwrap();
-    emu.set_pod_start_delay(Duration::from_millis(300));
+    // Long enough that no stall between the create and the list can outlast it.
+    emu.set_pod_start_delay(Duration::from_secs(3600));
     emu.add_node(Node::new("gpu-0").gpus(8));
     let c = client(&emu).await;
     let jobs: Api<Job> = Api::namespaced(c.clone(), "default");
@@ -340,6 +341,8 @@ async fn pods_wait_for_the_start_delay_and_nodes_going_away_take_their_pods() {
         pods.list(&ListParams::default()).await.unwrap().items.first().and_then(|p| p.status.clone()?.phase)
     };
     assert_eq!(phase().await.as_deref(), Some("Pending"));
+    // A shorter delay counts from when the kubelet first saw the pod: it wakes by itself.
+    emu.set_pod_start_delay(Duration::from_millis(300));
     eventually("running after the delay", || async { phase().await.as_deref() == Some("Running") }).await;
     let first = pods.list(&ListParams::default()).await.unwrap().items.remove(0).metadata.name;
     assert!(emu.remove_node("gpu-0"));
