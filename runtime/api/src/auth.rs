@@ -24,6 +24,9 @@ use crate::netaddr::is_internal;
 /// Management bodies are small JSON documents.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// How long a prechecked request may take to send its body (at most [`MAX_BODY`]).
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub fn refusal_label(e: &AuthError) -> &'static str {
     match e {
         AuthError::MissingHeader(_) | AuthError::BadHeader(_) => "missing_header",
@@ -57,9 +60,9 @@ pub async fn management(State(state): State<AppState>, req: Request, next: Next)
         Err(e) => return refuse(&state, req.uri().path(), &e),
     };
     let (parts, body) = req.into_parts();
-    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(b) => b,
-        Err(_) => {
+    let bytes = match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
             state.metrics.refused("body_too_large");
             return ApiError::new(
                 axum::http::StatusCode::PAYLOAD_TOO_LARGE,
@@ -67,7 +70,18 @@ pub async fn management(State(state): State<AppState>, req: Request, next: Next)
             )
             .into_response();
         }
+        Err(_) => {
+            state.metrics.refused("body_timeout");
+            return ApiError::new(
+                axum::http::StatusCode::REQUEST_TIMEOUT,
+                format!("request body not received within {} s", BODY_TIMEOUT.as_secs()),
+            )
+            .into_response();
+        }
     };
+    // The nonce is checked again at this moment: a body held back must not outlive the
+    // window (the replay cache forgets a signature once the window refuses its nonce).
+    let now = now_unix();
     let verified = if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) {
         // The body hash binds a POST to its content; `POST /servers/` is the only
         // route with a body, so it cannot be redirected to another.

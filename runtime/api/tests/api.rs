@@ -645,3 +645,32 @@ async fn bodies_are_bounded_and_strangers_bodies_are_never_read() {
         .unwrap();
     assert_eq!(resp.status(), 401);
 }
+
+/// A signed request whose body never finishes is cut after `BODY_TIMEOUT` (408), and it
+/// changes nothing: a held-back body cannot be finished later, outside the nonce window.
+#[tokio::test]
+async fn a_signed_request_whose_body_never_finishes_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = Api::start().await;
+    let body = serde_json::to_vec(&json!({"name": "held", "validator": "x"})).unwrap();
+    let req = api.signed_bytes(Method::POST, "/servers/", Some(body.clone()), &api.miner).build().unwrap();
+    let mut head =
+        format!("POST /servers/ HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\n", api.addr, body.len());
+    for (name, value) in req.headers() {
+        head.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
+    }
+    head.push_str("\r\n");
+    // Before the first byte: the API's clock for the body starts later than this one.
+    let started = std::time::Instant::now();
+    let mut tcp = tokio::net::TcpStream::connect(api.addr).await.unwrap();
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&body[..body.len() / 2]).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), tcp.read_to_end(&mut answer)).await.unwrap().unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("not received within 10 s"), "{answer}");
+    assert!(started.elapsed() >= miner_api::auth::BODY_TIMEOUT, "cut only after the timeout");
+    assert!(api.db.list_servers().await.unwrap().is_empty());
+    assert!(api.events().await.is_empty());
+}

@@ -195,7 +195,9 @@ async fn axon(State(p): State<Porter>, req: Request) -> Response {
     let verifier = p.verifier.clone();
     let check = tokio::task::spawn_blocking(move || {
         let _held: (OwnedSemaphorePermit, PeerSlot) = (slot, peer_slot);
-        verifier.finish(&pre, Payload::Purpose("porter"), now)
+        // The time of the check, not of the arrival: a request queued here past the
+        // nonce window is refused.
+        verifier.finish(&pre, Payload::Purpose("porter"), now_unix())
     });
     match tokio::time::timeout(p.limits.request_timeout, check).await {
         Ok(Ok(Ok(_))) => {

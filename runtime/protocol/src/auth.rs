@@ -172,6 +172,16 @@ pub enum AuthError {
     Replayed,
 }
 
+/// The one spelling of a signature the replay cache keys on: its 64 bytes in lowercase
+/// hex. Any other spelling that decodes to the same bytes (`0X`, upper-case digits) would
+/// otherwise pass as a new signature.
+fn canonical_signature(text: &str) -> Result<String, AuthError> {
+    let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(text);
+    let mut raw = [0u8; 64];
+    hex::decode_to_slice(digits, &mut raw).map_err(|_| SignatureError::Encoding)?;
+    Ok(hex::encode(raw))
+}
+
 fn header<'h>(map: &'h HeaderMap, name: &'static str) -> Result<&'h str, AuthError> {
     map.get(name).ok_or(AuthError::MissingHeader(name))?.to_str().map_err(|_| AuthError::BadHeader(name))
 }
@@ -181,6 +191,10 @@ fn check_nonce(text: &str, now: u64, max_age: u64, max_ahead: u64) -> Result<u64
         return Err(AuthError::BadNonce);
     }
     let nonce: u64 = text.parse().map_err(|_| AuthError::BadNonce)?;
+    check_window(nonce, now, max_age, max_ahead)
+}
+
+fn check_window(nonce: u64, now: u64, max_age: u64, max_ahead: u64) -> Result<u64, AuthError> {
     if nonce <= now {
         let age = now - nonce;
         if age >= max_age {
@@ -326,7 +340,7 @@ impl InboundVerifier {
             return Err(AuthError::UnknownSigner { got: validator.to_owned() });
         }
         let nonce = check_nonce(nonce_text, now, self.max_age, self.max_ahead)?;
-        let signature = signature.trim_start_matches("0x").to_ascii_lowercase();
+        let signature = canonical_signature(signature)?;
         if self.lock_seen().contains_key(&signature) {
             return Err(AuthError::Replayed);
         }
@@ -335,7 +349,13 @@ impl InboundVerifier {
 
     /// The signature check of a prechecked request; on success the signature is
     /// remembered so it is accepted once. Returns the signer's address.
+    ///
+    /// `now` is the time of this call, not of the precheck: the nonce is checked against
+    /// the window again, so a request whose body was held back (or that queued for the
+    /// curve check) past the window is refused, as it would be once its signature has
+    /// been forgotten by the replay cache.
     pub fn finish(&self, pre: &Prechecked, payload: Payload<'_>, now: u64) -> Result<String, AuthError> {
+        check_window(pre.nonce, now, self.max_age, self.max_ahead)?;
         let key = self
             .signers
             .get(&pre.validator)

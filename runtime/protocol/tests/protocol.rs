@@ -269,3 +269,46 @@ fn precheck_refuses_without_the_body_and_catches_replays_before_the_signature() 
     // Once accepted, the same signature is refused by the cheap check.
     assert_eq!(v.precheck(&map, now).unwrap_err(), AuthError::Replayed);
 }
+
+/// A replay spelled differently (`0X` prefix, upper-case digits) is the same signature:
+/// refused, including for a different route's purpose (before the fix `0X<hex>` missed
+/// the replay cache and verified after the prefix was stripped).
+#[test]
+fn a_replayed_signature_in_another_spelling_is_still_a_replay() {
+    let v = verifier();
+    let now = 1_800_000_000;
+    let signed = validator().sign_management_at(ADDRESS, Payload::Purpose("management"), now);
+    let map = signed.to_header_map();
+    assert!(v.verify(&map, Payload::Purpose("management"), now).is_ok());
+    let original = map.get(headers::SIGNATURE).unwrap().to_str().unwrap().trim_start_matches("0x").to_owned();
+    for spelling in [format!("0X{original}"), format!("0x{original}"), original.to_ascii_uppercase()] {
+        let mut again = map.clone();
+        again.insert(
+            http::HeaderName::from_bytes(headers::SIGNATURE.as_bytes()).unwrap(),
+            spelling.parse().unwrap(),
+        );
+        assert_eq!(v.precheck(&again, now + 1).unwrap_err(), AuthError::Replayed, "{spelling}");
+        assert_eq!(
+            v.verify(&again, Payload::Purpose("management"), now + 1).unwrap_err(),
+            AuthError::Replayed,
+            "{spelling}"
+        );
+    }
+}
+
+/// The nonce window is checked again when the signature is: a request whose body (or
+/// turn at the curve check) came after the window is refused, even once the replay
+/// cache has forgotten its signature.
+#[test]
+fn finish_refuses_a_prechecked_request_whose_nonce_left_the_window() {
+    let v = verifier();
+    let now = 1_800_000_000;
+    let signed = validator().sign_management_at(ADDRESS, Payload::Body(BODY.as_bytes()), now);
+    let pre = v.precheck(&signed.to_header_map(), now).unwrap();
+    assert!(matches!(
+        v.finish(&pre, Payload::Body(BODY.as_bytes()), now + 31),
+        Err(AuthError::StaleNonce { age: 31, .. })
+    ));
+    // Inside the window it is accepted, once.
+    assert_eq!(v.finish(&pre, Payload::Body(BODY.as_bytes()), now + 29), Ok(validator().ss58().to_owned()));
+}
