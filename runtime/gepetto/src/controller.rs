@@ -116,7 +116,12 @@ pub struct ValidatorLink {
 /// What Gepetto remembers of one validator between listings.
 #[derive(Debug, Default, Clone)]
 pub struct RemoteState {
+    /// The validator's chutes: its last listing's answer plus what events stored since,
+    /// or (before any listing has answered) only what events stored.
     pub chutes: Option<HashMap<String, RemoteChute>>,
+    /// Whether a chutes listing has answered since this process started: only then is a
+    /// chute missing from `chutes` gone at the validator, rather than not yet seen.
+    pub chutes_listed: bool,
     pub instances: Option<HashMap<String, RemoteInstance>>,
     pub metrics: HashMap<String, RemoteMetrics>,
     pub capped: HashSet<String>,

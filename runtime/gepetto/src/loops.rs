@@ -126,7 +126,8 @@ impl Gepetto {
                             rec.chute(c);
                         }
                     }
-                    st.chutes = Some(list.into_iter().map(|c| (c.chute_id.clone(), c)).collect())
+                    st.chutes = Some(list.into_iter().map(|c| (c.chute_id.clone(), c)).collect());
+                    st.chutes_listed = true;
                 }
                 Some(Err(e)) => tracing::warn!(validator = %hotkey, error = %e, "chutes listing failed"),
                 _ => {}
@@ -290,6 +291,7 @@ impl Gepetto {
             if why.is_none()
                 && d.job_id.is_none()
                 && let Some(st) = st
+                && st.chutes_listed
                 && let Some(chutes) = &st.chutes
                 && !st.rolling.contains(&d.chute_id)
             {
@@ -404,7 +406,7 @@ impl Gepetto {
         for c in &rows.chutes {
             let Some(st) = remote.get(&c.validator) else { continue };
             let Some(chutes) = &st.chutes else { continue };
-            if st.rolling.contains(&c.chute_id) {
+            if !st.chutes_listed || st.rolling.contains(&c.chute_id) {
                 continue;
             }
             match chutes.get(&c.chute_id) {

@@ -212,3 +212,30 @@ async fn the_multiplier_strategy_preempts_by_the_validators_active_instances() {
         .count();
     assert_eq!(deleted, 1, "the preempted instance is removed at the validator");
 }
+
+/// After a restart, an event stores one chute before any chutes listing has answered;
+/// the listing then fails. That one chute is not the validator's whole list: reconcile
+/// must not judge every other chute gone and tear its deployments down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chute_stored_by_an_event_before_the_first_listing_is_not_taken_for_the_whole_list() {
+    let w = world(Shape { servers: 1, gpus: 2, ..Shape::default() }).await;
+    w.validator.add_image(image(None, "0.3.40"));
+    w.validator.add_chute(chute_spec("running", 1.0));
+    w.validator.add_chute(chute_spec("new", 1.0));
+    w.twice(&w.created("running", "v1", false)).await;
+    let running = w.db.fleet_rows().await.unwrap().deployments[0].clone();
+
+    // A restarted process: nothing listed yet. The backlog brings "new" first.
+    let restarted = gepetto_on(&w.db, &w.client, &w.validator, &w.vhot, &Shape::default(), &w.shutdown).await;
+    restarted.handle(&w.created("new", "v1", false)).await.unwrap();
+    restarted.wait_idle().await;
+    w.validator.fail_next("/miner/chutes", 500, 1000);
+    let report = restarted.reconcile_once().await.unwrap();
+    restarted.wait_idle().await;
+
+    assert!(report.undeployed.is_empty(), "nothing is known gone without a listing: {report:?}");
+    let rows = w.db.fleet_rows().await.unwrap();
+    assert!(rows.deployments.iter().any(|d| d.deployment_id == running.deployment_id), "{rows:?}");
+    assert!(w.job(&running.deployment_id).is_some(), "the running chute's Job is still there");
+    assert!(w.db.chute("running").await.unwrap().is_some());
+}
