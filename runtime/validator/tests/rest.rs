@@ -237,3 +237,50 @@ async fn a_bad_api_url_is_refused_up_front() {
     assert!(err.to_string().contains("ftp://validator"), "{err}");
     assert!(ValidatorClient::new(&target("ws://x".into(), "not a url".into()), miner_hotkey()).is_err());
 }
+
+/// Serves one canned HTTP reply to every request; returns its base URL.
+async fn canned_server(body: &'static str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+/// A launch config whose shape drifted (here a numeric `config_id`) fails to decode; the
+/// error, which Gepetto logs, names where it broke but never quotes the token. Other
+/// replies are still quoted, which is what makes drift diagnosable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launch_config_that_fails_to_decode_never_quotes_its_token() {
+    let api = canned_server(r#"{"token": "eyJhbGciOiJIUzI1NiJ9.SECRET-PART.sig", "config_id": 17}"#).await;
+    let c = ValidatorClient::with_options(&target("ws://127.0.0.1:1".into(), api), miner_hotkey(), fast())
+        .unwrap();
+    let err = c.launch_config("c1", Some("j1")).await.unwrap_err();
+    let text = format!("{err} {err:?}");
+    assert!(matches!(&err, LaunchError::Other(RestError::Decode { .. })), "{text}");
+    assert!(!text.contains("SECRET") && !text.contains("eyJ"), "the token leaked: {text}");
+    assert!(text.contains("line 1 column"), "{text}");
+
+    // The same reply to another read is quoted: there is no secret in it.
+    let shown = c.nodes_supported().await.unwrap_err();
+    assert!(shown.to_string().contains("config_id"), "{shown}");
+}

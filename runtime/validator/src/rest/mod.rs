@@ -157,6 +157,14 @@ enum Sign {
     Body,
 }
 
+/// Whether a reply that fails to decode may be quoted in the error (and so reach logs).
+#[derive(Debug, Clone, Copy)]
+enum Echo {
+    Shown,
+    /// The reply carries a secret (a launch token): say only where it broke.
+    Secret,
+}
+
 /// Which failures a request may be sent again after.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Retry {
@@ -378,7 +386,10 @@ impl ValidatorClient {
         if let Some(job) = job_id {
             path.push_str(&format!("&job_id={}", encode(job)));
         }
-        match self.json_with(Method::GET, &path, Sign::Purpose("launch"), None, Retry::Never).await {
+        match self
+            .json_with(Method::GET, &path, Sign::Purpose("launch"), None, Retry::Never, Echo::Secret)
+            .await
+        {
             Ok(config) => Ok(config),
             Err(e) => Err(match e.status() {
                 Some(423) => LaunchError::AtCapacity,
@@ -427,7 +438,7 @@ impl ValidatorClient {
         body: Option<&Value>,
     ) -> Result<T, RestError> {
         let retry = Retry::for_method(&method);
-        self.json_with(method, path, sign, body, retry).await
+        self.json_with(method, path, sign, body, retry, Echo::Shown).await
     }
 
     async fn json_with<T: serde::de::DeserializeOwned>(
@@ -437,12 +448,26 @@ impl ValidatorClient {
         sign: Sign,
         body: Option<&Value>,
         retry: Retry,
+        echo: Echo,
     ) -> Result<T, RestError> {
         let response = self.send(method.clone(), path, sign, body, self.options.timeout, retry).await?;
         let bytes = response.bytes().await.map_err(|e| self.decode(method.clone(), path, e.to_string()))?;
         serde_json::from_slice(&bytes).map_err(|e| {
-            let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
-            self.decode(method, path, format!("{e}: {shown}"))
+            let reason = match echo {
+                Echo::Shown => {
+                    let shown = String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned();
+                    format!("{e}: {shown}")
+                }
+                // serde's own message may quote a value of the body, so only where it broke.
+                Echo::Secret => format!(
+                    "{:?} error at line {} column {} of a {}-byte reply (not shown: it carries a secret)",
+                    e.classify(),
+                    e.line(),
+                    e.column(),
+                    bytes.len()
+                ),
+            };
+            self.decode(method, path, reason)
         })
     }
 
