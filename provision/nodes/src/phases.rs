@@ -35,8 +35,8 @@ pub fn check_worker<'a>(inv: &'a Inventory, name: &str) -> Result<&'a Host, Stri
 /// `limit = [node, primary]`.
 ///
 /// Selection is by each step's own tag, the rule `--tags` uses: one phase can hold several
-/// roles (the roles crate runs base, nvidia, microk8s and the join token as one "host setup"
-/// phase), so filtering whole phases would drop the primary's join token with the rest.
+/// roles (the roles crate runs the wireguard check, base, nvidia, microk8s and primary as one
+/// "host setup" phase), so filtering whole phases would drop the primary's WireGuard check.
 pub fn add_node(node: &str) -> Vec<Phase> {
     provision_roles::phases()
         .into_iter()

@@ -96,8 +96,7 @@ fn add_node_runs_every_role_on_the_node_and_only_mesh_join_and_gpu_layer_on_the_
         "{on_primary:?}"
     );
     assert!(!on_primary.iter().any(|(t, _)| t == "base" || t == "nvidia"), "{on_primary:?}");
-    // The roles run the join token inside the multi-role "host setup" phase: it must survive
-    // the filter, or the node would be told to join with no token.
+    // The join token must survive the filter, or the node would be told to join with no token.
     // Nor may the GPU layer's check: a GPU worker whose GPUs chutes cannot use is not added.
     for step in ["join token", "gpu-2 external-ip label", "gpu nodes ready for chutes"] {
         assert!(on_primary.iter().any(|(_, s)| s == step), "{step} missing on the primary: {on_primary:?}");

@@ -100,6 +100,10 @@ pub fn phases() -> Vec<Phase> {
         // this phase, so their probes share one round trip per host. Steps keep their role as
         // `--tags` name.
         phase("host setup", "base", host_setup),
+        // Its own phase, right before the join: the token lives 600 s, and a fresh GPU
+        // worker's host setup (CUDA, microk8s, a reboot) takes longer than that after the
+        // primary's own has ended.
+        phase("join token", "join", join_token),
         phase("join", "join", join),
         phase("label nodes", "join", label_nodes),
         phase("gpu layer", "gpu", gpu_layer),
@@ -107,12 +111,11 @@ pub fn phases() -> Vec<Phase> {
     ]
 }
 
-/// wireguard check, base, nvidia, microk8s, primary and the join token, in that order, as one
-/// phase (one probe round trip per host); the reboot handler (if any) runs last.
+/// wireguard check, base, nvidia, microk8s and primary, in that order, as one phase (one
+/// probe round trip per host); the reboot handler (if any) runs last.
 ///
 /// The WireGuard check can open it because the config phase before ended at a barrier (the
-/// primary's wg0 is up); the join token can close it because microk8s runs by then and the
-/// workers' membership was captured in the first phase.
+/// primary's wg0 is up).
 fn host_setup(c: &PlanCtx) -> PhasePlan {
     let mut steps = vec![];
     let mut handlers = vec![];
@@ -123,7 +126,6 @@ fn host_setup(c: &PlanCtx) -> PhasePlan {
         ("nvidia", nvidia(c)),
         ("microk8s", microk8s(c)),
         ("primary", primary(c)),
-        ("join", join_token(c)),
     ];
     for (tag, plan) in sections {
         steps.extend(plan.steps.into_iter().map(|st| st.tag(tag)));
@@ -966,28 +968,40 @@ fn join(c: &PlanCtx) -> PhasePlan {
         let token = var(c, &primary.name, "join_command").cloned();
         let joined = var(c, &c.host.name, "joined").map(String::as_str) == Some("yes");
         let join = token.clone().unwrap_or_else(|| "microk8s join <token from the primary>".into());
-        PhasePlan {
-            steps: vec![
-                // A joined node needs no token; an unjoined one must never run the placeholder
-                // (check mode shows it instead).
-                Step::new(
-                    "join token known",
-                    Action::Assert {
-                        ok: token.is_some() || joined || c.check,
-                        message: format!(
-                            "no join token from the primary {}: it must run in the same invocation (not excluded by --limit or --tags)",
-                            primary.name
-                        ),
-                    },
-                ),
-                Step::new("join cluster", cmd(format!("{join} --worker --skip-verify"), JOINED)),
-            ],
-            handlers: vec![],
+        let mut steps = vec![
+            // A joined node needs no token; an unjoined one must never run the placeholder
+            // (check mode shows it instead).
+            Step::new(
+                "join token known",
+                Action::Assert {
+                    ok: token.is_some() || joined || c.check,
+                    message: format!(
+                        "no join token from the primary {}: it must run in the same invocation (not excluded by --limit or --tags)",
+                        primary.name
+                    ),
+                },
+            ),
+        ];
+        if !joined {
+            // A host that rebooted at the end of its setup is back on SSH before microk8s
+            // serves again (the original waited up to 300 s too).
+            steps.push(Step::new(
+                "microk8s ready to join",
+                Action::WaitFor {
+                    target: WaitTarget::Command(
+                        "microk8s status --wait-ready --timeout 30 >/dev/null 2>&1".into(),
+                    ),
+                    timeout: Duration::from_secs(300),
+                    interval: Duration::from_secs(5),
+                },
+            ));
         }
+        steps.push(Step::new("join cluster", cmd(format!("{join} --worker --skip-verify"), JOINED)));
+        PhasePlan { steps, handlers: vec![] }
     })
 }
 
-/// Host variable on the primary: `NAME READY EXTERNAL_IP` per node, as read in "host setup".
+/// Host variable on the primary: `NAME READY EXTERNAL_IP` per node, as read in "join token".
 const NODE_STATES: &str = "node_states";
 
 /// Nodes that were Ready and carried their external-ip label when the primary was read.

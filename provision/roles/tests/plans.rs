@@ -45,11 +45,10 @@ fn plan_in(inv: &Inventory, host: &str, phase: &str) -> PhasePlan {
     let vars = vars();
     let facts = Facts { os_id: "ubuntu".into(), os_version: "22.04".into(), ..Default::default() };
     let h = inv.host(host).unwrap();
-    // The wireguard check, base, nvidia, microk8s, primary and join token are tagged sections
-    // of the "host setup" phase.
+    // The wireguard check, base, nvidia, microk8s and primary are tagged sections of the
+    // "host setup" phase.
     let (name, tag) = match phase {
         "base" | "nvidia" | "microk8s" | "primary" => ("host setup", Some(phase)),
-        "join token" => ("host setup", Some("join")),
         "wireguard check" => ("host setup", Some("wireguard")),
         other => (other, None),
     };
@@ -312,7 +311,7 @@ fn nodes_read_ready_and_labelled_are_not_asked_again() {
     });
     assert!(before.steps.is_empty(), "{:?}", names(&before));
     // The read itself: one capture on the primary, never failing on a fresh one.
-    let setup = plan_host_setup_primary(&inv, &facts, &vars);
+    let setup = plan_join_token_primary(&inv, &facts, &vars);
     let Action::Capture { run, read_only, .. } =
         &setup.steps.iter().find(|s| s.name == "node states").unwrap().action
     else {
@@ -321,8 +320,8 @@ fn nodes_read_ready_and_labelled_are_not_asked_again() {
     assert!(*read_only && run.starts_with("echo nodes:;") && run.ends_with("; true"), "{run}");
 }
 
-fn plan_host_setup_primary(inv: &Inventory, facts: &Facts, vars: &HostVars) -> PhasePlan {
-    let p = provision_roles::phases().into_iter().find(|p| p.name == "host setup").unwrap();
+fn plan_join_token_primary(inv: &Inventory, facts: &Facts, vars: &HostVars) -> PhasePlan {
+    let p = provision_roles::phases().into_iter().find(|p| p.name == "join token").unwrap();
     (p.plan)(&PlanCtx {
         inventory: inv,
         host: inv.host("cpu-0").unwrap(),
@@ -673,4 +672,23 @@ fn a_held_cuda_toolkit_counts_as_installed_so_nothing_is_purged_again() {
         let out = sh_with(unless, &[("dpkg-query", &format!("printf '{status}'"))]);
         assert_eq!(out.status.success(), skipped, "toolkit status {status:?}: {out:?}");
     }
+}
+
+/// The join token is minted in its own phase, right before the join: a token minted at the
+/// end of the primary's host setup (600 s TTL) expired while a fresh GPU worker was still
+/// installing CUDA and rebooting, and that worker's join failed. An unjoined worker also
+/// waits for its microk8s (back from that reboot) before it joins.
+#[test]
+fn the_join_token_is_minted_right_before_workers_join() {
+    let phases: Vec<String> = provision_roles::phases().into_iter().map(|p| p.name).collect();
+    let at = |name: &str| phases.iter().position(|p| p == name).unwrap();
+    assert_eq!(at("join token"), at("host setup") + 1, "{phases:?}");
+    assert_eq!(at("join"), at("join token") + 1, "{phases:?}");
+    let setup = plan("cpu-0", "host setup");
+    assert!(!names(&setup).iter().any(|n| n == "join token"), "{:?}", names(&setup));
+    let steps = names(&plan("gpu-1", "join"));
+    let ready = steps.iter().position(|n| n == "microk8s ready to join").expect("a readiness wait");
+    assert_eq!(steps.get(ready + 1).map(String::as_str), Some("join cluster"), "{steps:?}");
+    // A joined worker has nothing to wait for.
+    assert!(!names(&plan("gpu-0", "join")).iter().any(|n| n == "microk8s ready to join"));
 }
