@@ -17,6 +17,10 @@ use crate::controller::{Gepetto, GepettoError, RemoteState};
 use crate::snapshot::{FleetSnapshot, ValidatorView};
 use crate::strategy::AutoscaleMode;
 
+/// How long a deployed Job may go without the validator listing an instance for it before
+/// reconcile undeploys it (the original's 30 minutes, 11.8 step 7).
+pub const NO_INSTANCE_GRACE: Duration = Duration::from_secs(30 * 60);
+
 /// An item of `/miner/images/`: what reconcile's image sync (reference 11.8 step 6)
 /// needs of it.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -312,6 +316,23 @@ impl Gepetto {
                     Some(job) => {
                         why = job_finished(job, &self.inner.cluster.deployment_pods(&d.deployment_id));
                         give_back_job |= why.is_some() && !job_succeeded(job);
+                        // A chute registers its instance as it starts; a Job that has none
+                        // after NO_INSTANCE_GRACE (its pod stuck Pending on an image pull
+                        // or a node, say) would hold its GPUs for ever (11.8 step 7). Only
+                        // judged against an instances listing that answered, which would
+                        // have filled the instance above.
+                        let age = d.created_at.map(|c| now - c).unwrap_or_default();
+                        if why.is_none()
+                            && instance.is_none()
+                            && st.is_some_and(|s| s.instances.is_some())
+                            && age.to_std().is_ok_and(|age| age >= NO_INSTANCE_GRACE)
+                        {
+                            why = Some(format!(
+                                "no instance {} min after its deploy",
+                                NO_INSTANCE_GRACE.as_secs() / 60
+                            ));
+                            give_back_job = true;
+                        }
                     }
                     None => {
                         let age = d.created_at.map(|c| now - c).unwrap_or_default();

@@ -239,3 +239,42 @@ async fn a_chute_stored_by_an_event_before_the_first_listing_is_not_taken_for_th
     assert!(w.job(&running.deployment_id).is_some(), "the running chute's Job is still there");
     assert!(w.db.chute("running").await.unwrap().is_some());
 }
+
+/// A Job whose chute never registers an instance (its pod stuck on an image pull, say)
+/// is undeployed after 30 minutes, as the original's reconcile did; before that, or
+/// once the validator lists an instance, it is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_with_no_instance_after_30_minutes_is_undeployed() {
+    let w = world(Shape { servers: 1, gpus: 2, ..Shape::default() }).await;
+    w.validator.add_image(image(None, "0.3.40"));
+    w.validator.add_chute(chute_spec("stuck", 1.0));
+    w.validator.add_chute(chute_spec("serving", 1.0));
+    w.twice(&w.created("stuck", "v1", false)).await;
+    w.twice(&w.created("serving", "v1", false)).await;
+    let rows = w.db.fleet_rows().await.unwrap();
+    let of = |chute: &str| rows.deployments.iter().find(|d| d.chute_id == chute).unwrap().clone();
+    let (stuck, serving) = (of("stuck"), of("serving"));
+    let config = serving.config_id.clone().unwrap();
+    w.validator.start_chute(&config, "192.0.2.1", 32000, &[&gpu_uuid(0, 1)]).await.unwrap();
+
+    // Young: both kept, though "stuck" has no instance yet.
+    let report = w.gepetto.reconcile_once().await.unwrap();
+    assert!(report.undeployed.is_empty(), "{report:?}");
+
+    let pool = sqlx::PgPool::connect(&w.db_url).await.unwrap();
+    sqlx::query("UPDATE deployments SET created_at = NOW() - INTERVAL '31 minutes'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let report = w.gepetto.reconcile_once().await.unwrap();
+    w.gepetto.wait_idle().await;
+    assert_eq!(
+        report.undeployed,
+        [(stuck.deployment_id.clone(), "no instance 30 min after its deploy".to_string())],
+        "{report:?}"
+    );
+    assert!(w.job(&stuck.deployment_id).is_none(), "its Job is gone, and its GPU free");
+    let rows = w.db.fleet_rows().await.unwrap();
+    assert!(rows.deployments.iter().any(|d| d.deployment_id == serving.deployment_id), "{rows:?}");
+    assert!(!rows.deployments.iter().any(|d| d.deployment_id == stuck.deployment_id), "{rows:?}");
+}
