@@ -63,6 +63,9 @@ fn converges_then_noop_then_check_shows_drift_then_repairs() {
     assert!(lab::joined(&hosts[2]).unwrap().starts_with("target=192.168.0.1:25000/"));
     assert_eq!(lab::node_label(&hosts[0], "gpu-3", "chutes/external-ip"), "203.0.113.4");
     assert!(file(&hosts[1], "/var/snap/microk8s/current/args/kubelet").contains("--node-ip=192.168.0.2\n"));
+    // The control plane's claims have a default StorageClass to bind to.
+    assert_eq!(hosts[0].sh("microk8s status -a hostpath-storage").unwrap(), "enabled\n");
+    assert_eq!(hosts[1].sh("microk8s status -a hostpath-storage").unwrap(), "disabled\n", "primary only");
     // The join token never reaches output or the log.
     let log = std::fs::read_to_string(s.dir.path().join("provision.log")).unwrap();
     let tokens = file(&hosts[0], "/var/lib/lab-standins/microk8s/tokens");
@@ -344,6 +347,7 @@ fn gpu_layer_is_installed_on_the_primary_and_a_node_without_gpus_fails_by_name()
     assert_eq!(
         enables,
         vec![
+            ["enable", "hostpath-storage"].map(String::from).to_vec(),
             [
                 "enable",
                 "nvidia",

@@ -900,6 +900,11 @@ fn primary(c: &PlanCtx) -> PhasePlan {
                 ),
             )
             .notify("save iptables"),
+            // Postgres, Redis (and Prometheus, when persistent) claim volumes of the default
+            // StorageClass (values: `storageClass: ""`), and a bare microk8s has none: their
+            // claims would stay Pending and the miner never start. microk8s' own addon makes
+            // `microk8s-hostpath` the default. (microk8s runs: its section came first.)
+            Step::new("hostpath-storage addon", cmd("microk8s enable hostpath-storage", addon_enabled("hostpath-storage"))),
         ],
         handlers: vec![Step::new("save iptables", Action::Command { run: "netfilter-persistent save".into(), creates: None, unless: None })],
     }
