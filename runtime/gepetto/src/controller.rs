@@ -130,7 +130,9 @@ pub struct RemoteState {
     /// known yet).
     pub updating: Option<HashSet<String>>,
     pub active_instances: HashMap<String, Vec<miner_validator::rest::ActiveInstance>>,
-    pub rolling: HashSet<String>,
+    /// Chutes mid rolling update (`/chutes/rolling_updates`); `None` until that listing has
+    /// answered, and again after it fails: an old version is then not judged "moved".
+    pub rolling: Option<HashSet<String>>,
     pub images: Option<HashMap<String, crate::loops::RemoteImage>>,
 }
 

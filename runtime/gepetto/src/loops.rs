@@ -154,8 +154,17 @@ impl Gepetto {
                 Some(Err(e)) => tracing::warn!(validator = %hotkey, error = %e, "images listing failed"),
                 _ => {}
             }
-            if let Some(Ok(r)) = rolling {
-                st.rolling = r.iter().filter_map(|v| v["chute_id"].as_str().map(str::to_owned)).collect();
+            match rolling {
+                Some(Ok(r)) => {
+                    st.rolling =
+                        Some(r.iter().filter_map(|v| v["chute_id"].as_str().map(str::to_owned)).collect())
+                }
+                Some(Err(e)) => {
+                    // Without it, every instance of a chute mid-update would read as "moved".
+                    st.rolling = None;
+                    tracing::warn!(validator = %hotkey, error = %e, "rolling updates listing failed");
+                }
+                None => {}
             }
         }
     }
@@ -297,7 +306,7 @@ impl Gepetto {
                 && let Some(st) = st
                 && st.chutes_listed
                 && let Some(chutes) = &st.chutes
-                && !st.rolling.contains(&d.chute_id)
+                && st.rolling.as_ref().is_some_and(|r| !r.contains(&d.chute_id))
             {
                 match chutes.get(&d.chute_id) {
                     None => why = Some("its chute is gone at the validator".into()),
@@ -427,7 +436,7 @@ impl Gepetto {
         for c in &rows.chutes {
             let Some(st) = remote.get(&c.validator) else { continue };
             let Some(chutes) = &st.chutes else { continue };
-            if !st.chutes_listed || st.rolling.contains(&c.chute_id) {
+            if !st.chutes_listed || st.rolling.as_ref().is_none_or(|r| r.contains(&c.chute_id)) {
                 continue;
             }
             match chutes.get(&c.chute_id) {
@@ -454,7 +463,10 @@ impl Gepetto {
             let Some(chutes) = &st.chutes else { continue };
             let mut missing: Vec<&RemoteChute> = chutes
                 .values()
-                .filter(|r| !local.contains(r.chute_id.as_str()) && !st.rolling.contains(&r.chute_id))
+                .filter(|r| {
+                    !local.contains(r.chute_id.as_str())
+                        && st.rolling.as_ref().is_some_and(|rolling| !rolling.contains(&r.chute_id))
+                })
                 .collect();
             missing.sort_by(|a, b| a.chute_id.cmp(&b.chute_id));
             for r in missing {

@@ -278,3 +278,28 @@ async fn a_deployment_with_no_instance_after_30_minutes_is_undeployed() {
     assert!(rows.deployments.iter().any(|d| d.deployment_id == serving.deployment_id), "{rows:?}");
     assert!(!rows.deployments.iter().any(|d| d.deployment_id == stuck.deployment_id), "{rows:?}");
 }
+
+/// While a chute rolls to a new version its old instances are replaced one by one (the
+/// `rolling_update` events). When the rolling-updates listing fails, reconcile does not
+/// know which chutes roll, and must not undeploy the old version as "moved".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rolling_updates_listing_undeploys_no_old_version() {
+    let w = world(Shape::default()).await;
+    w.validator.add_image(image(None, "0.3.40"));
+    w.validator.add_chute(chute_spec("llm", 1.0));
+    w.twice(&w.created("llm", "v1", false)).await;
+    let ours = w.db.fleet_rows().await.unwrap().deployments[0].clone();
+
+    // v2 is rolling out; the listing that says so fails on this pass.
+    w.chute("llm", "v2", 1);
+    w.validator.set_rolling_updates(vec![serde_json::json!({"chute_id": "llm", "old_version": "v1"})]);
+    w.validator.fail_next("/chutes/rolling_updates", 500, 1000);
+    let report = w.gepetto.reconcile_once().await.unwrap();
+    w.gepetto.wait_idle().await;
+    assert!(report.undeployed.is_empty(), "{report:?}");
+    assert_eq!(report.chutes_updated, 0, "{report:?}");
+    assert!(
+        w.db.fleet_rows().await.unwrap().deployments.iter().any(|d| d.deployment_id == ours.deployment_id)
+    );
+    assert!(w.job(&ours.deployment_id).is_some());
+}
