@@ -86,6 +86,21 @@ fn fail(what: impl std::fmt::Display) -> String {
 }
 
 impl KubeBootstrap {
+    async fn mark_verified(&self, server_id: &str) -> Result<(), String> {
+        let mut attempt = 1;
+        loop {
+            match self.db.verify_server_gpus(server_id).await {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt >= 3 => return Err(format!("recording the verified GPUs failed: {e}")),
+                Err(e) => {
+                    tracing::warn!(server = %server_id, attempt, error = %e, "recording the verified GPUs failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
     fn validator(&self, hotkey: &str) -> Result<&ValidatorClient, String> {
         self.validators.get(hotkey).ok_or_else(|| format!("validator {hotkey} is not supported"))
     }
@@ -455,20 +470,19 @@ impl NodeBootstrap for KubeBootstrap {
             // Shutting down: the Job and Service are deleted, their pods not waited for.
             self.remove_graval(&args.name, &progress, !stop.is_cancelled()).await;
         }
+        let result = match (result, &server_id) {
+            // The validator verified the GPUs; a database that fails to record it gets a few
+            // tries, then the whole add is undone rather than left tracked but unusable.
+            (Ok(()), Some(id)) => self.mark_verified(id).await,
+            (other, _) => other,
+        };
         match result {
-            Ok(()) => {
-                if let Some(id) = &server_id {
-                    self.db.verify_server_gpus(id).await.map_err(fail)?;
-                }
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(why) => {
                 progress.say(format!("bootstrap failed: {why}; undoing")).await;
-                if let Some(id) = &server_id
-                    && let Err(e) = self.db.delete_server(id).await
-                {
-                    progress.say(format!("warning: could not delete server {id}: {e}")).await;
-                }
+                // The validator first, the row last: while the row exists, a new add of the
+                // same node is refused (409), so it cannot advertise these GPUs again only to
+                // have this undo remove them from the validator behind it.
                 if !gpu_ids.is_empty()
                     && let Ok(validator) = self.validator(&args.validator)
                 {
@@ -479,6 +493,11 @@ impl NodeBootstrap for KubeBootstrap {
                                 .await;
                         }
                     }
+                }
+                if let Some(id) = &server_id
+                    && let Err(e) = self.db.delete_server(id).await
+                {
+                    progress.say(format!("warning: could not delete server {id}: {e}")).await;
                 }
                 Err(why)
             }

@@ -135,3 +135,40 @@ async fn an_api_shutting_down_stops_an_add_node_and_undoes_it() {
     assert_eq!(w.validator.deleted_nodes().len(), 1, "the validator was told to drop the GPU");
     assert_eq!(graval_objects(&w.client).await, 0, "no GraVal Job left holding the node's GPUs");
 }
+
+/// An undo removes the GPUs from the validator before it drops the server row: while
+/// that runs (a slow validator takes minutes), a new add of the same node is refused,
+/// so it cannot advertise the GPUs again only to have the undo remove them behind it.
+#[tokio::test]
+async fn an_undo_keeps_the_server_row_until_the_validator_has_dropped_its_gpus() {
+    let w = world(gpu_node("gpu-u")).await;
+    w.validator.set_default_verification("pending");
+    let resp = w.api.post("/servers/", &args(&w, "gpu-u", "a6000")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let gpu = loop {
+        if let Some(s) = w.api.db.list_servers().await.unwrap().first()
+            && let Some(g) = s.gpus.first()
+            && w.validator.requests().iter().any(|r| r.method == "POST" && r.path.starts_with("/nodes"))
+        {
+            break g.gpu_id.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "the GPUs were never advertised");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    let hold = w.validator.hold_next(&format!("/nodes/{gpu}"));
+    w.validator.set_default_verification("failed");
+    tokio::time::timeout(std::time::Duration::from_secs(60), hold.made())
+        .await
+        .expect("the undo never asked");
+
+    assert_eq!(w.api.db.list_servers().await.unwrap().len(), 1, "the row outlives the validator's delete");
+    let (status, body) =
+        json_of(w.api.post("/servers/", &args(&w, "gpu-u", "a6000")).send().await.unwrap()).await;
+    assert_eq!(status, 409, "{body}");
+    hold.release();
+    let lines = stream(resp).await;
+    assert!(lines.last().unwrap().starts_with("error: bootstrap of gpu-u failed"), "{lines:#?}");
+    assert!(w.api.db.list_servers().await.unwrap().is_empty(), "then the row goes");
+    assert_eq!(w.validator.deleted_nodes(), [gpu]);
+}
