@@ -974,7 +974,16 @@ impl Gepetto {
             Err(e @ (LaunchError::AtCapacity | LaunchError::AlreadyTried | LaunchError::JobNotFound)) => {
                 Err(e.to_string())
             }
-            Err(LaunchError::Other(e)) => Err(e.to_string()),
+            Err(LaunchError::Other(e)) => {
+                // A 5xx or a timeout can come after the validator granted the job (chutes-api
+                // records the miner in the job's history first): give it back, or it stays
+                // locked to this miner until the validator's own timeout. One never granted
+                // is answered 404, which costs a log line.
+                if let Some(j) = job {
+                    self.release_job(&chute.validator, &j.job_id).await;
+                }
+                Err(e.to_string())
+            }
         }
     }
 

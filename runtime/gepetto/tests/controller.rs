@@ -652,3 +652,22 @@ async fn a_job_placed_but_not_yet_running_holds_the_disk_it_asked_for() {
     let c = &w.job(&d.deployment_id).unwrap()["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["resources"]["limits"]["ephemeral-storage"], "1500Gi");
 }
+
+/// A launch config that fails with a 5xx (or a timeout) may have been granted before the
+/// answer was lost: the job is given back, so it is not locked to this miner until the
+/// validator's timeout. The deploy it was for leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_launch_config_failed_transiently_is_given_back() {
+    let w = world(Shape::default()).await;
+    w.chute("j1", "v1", 1);
+    w.twice(&w.created("j1", "v1", true)).await;
+    w.validator.add_job("flaky");
+    w.validator.fail_next("/instances/launch_config", 502, 1);
+    w.gepetto.handle(&job_created(&w.vhot, "j1", "flaky", vec![], 10)).await.unwrap();
+    w.gepetto.wait_idle().await;
+    assert_eq!(w.validator.released_jobs(), vec!["flaky".to_owned()]);
+    let rows = w.db.fleet_rows().await.unwrap();
+    assert!(rows.deployments.is_empty(), "{:?}", rows.deployments);
+    assert!(rows.gpus.iter().all(|g| g.deployment_id.is_none()));
+    assert!(w.jobs().is_empty());
+}
