@@ -229,6 +229,9 @@ impl Action {
                 (None, Some(u)) => format!("if ( {u} ) >/dev/null 2>&1; then echo DONE; else echo TODO; fi"),
                 (None, None) => return None,
             },
+            Action::CommandWithInput { unless, .. } => {
+                format!("if ( {unless} ) >/dev/null 2>&1; then echo DONE; else echo TODO; fi")
+            }
             Action::Capture { run, .. } => run.clone(),
             // The first attempt rides with the phase's probes: a converged host needs no extra round trip.
             Action::WaitFor { target, .. } => wait_command(target),
@@ -512,6 +515,19 @@ impl Action {
                     summary: format!("run: {}", first_line(run)),
                     diff: None,
                     mutation: Mutation::Script { script: run.clone(), stdin: None },
+                })
+            }
+            Action::CommandWithInput { run, input, .. } => {
+                if out.text.trim() == "DONE" {
+                    return Ok(Decision::Ok);
+                }
+                Decision::Change(Change {
+                    summary: format!("run: {}", first_line(run)),
+                    diff: None,
+                    mutation: Mutation::Script {
+                        script: run.clone(),
+                        stdin: Some(input.clone().into_bytes()),
+                    },
                 })
             }
             Action::Capture { run, secret, pick, .. } => {

@@ -19,7 +19,9 @@ pub struct Step {
 impl Step {
     pub fn new(name: impl Into<String>, action: Action) -> Step {
         let timeout = match &action {
-            Action::Apt { .. } | Action::Command { .. } => Duration::from_secs(1800),
+            Action::Apt { .. } | Action::Command { .. } | Action::CommandWithInput { .. } => {
+                Duration::from_secs(1800)
+            }
             Action::Reboot { timeout } | Action::WaitFor { timeout, .. } => {
                 *timeout + Duration::from_secs(30)
             }
@@ -106,6 +108,10 @@ pub enum Action {
     /// A command, guarded: skipped when `creates` exists or `unless` exits 0. Without guards it
     /// always runs and reports changed (as Ansible's `command`).
     Command { run: String, creates: Option<String>, unless: Option<String> },
+    /// As a guarded `Command`, with `input` (a secret, e.g. a join token) on its standard
+    /// input rather than in the script: a script is an argument of `sudo sh -c`, visible in
+    /// `ps` and logged by sudo (`COMMAND=` in auth.log), stdin is neither.
+    CommandWithInput { run: String, input: String, unless: String },
     /// Reboot and wait until SSH answers again with a new boot id.
     Reboot { timeout: Duration },
     /// Wait until something answers; never changes anything.
@@ -141,7 +147,7 @@ impl Action {
             Action::Sudoers { .. } => "sudoers",
             Action::Service { .. } => "service",
             Action::Sysctl { .. } => "sysctl",
-            Action::Command { .. } => "command",
+            Action::Command { .. } | Action::CommandWithInput { .. } => "command",
             Action::Reboot { .. } => "reboot",
             Action::WaitFor { .. } => "wait_for",
             Action::Capture { .. } => "capture",

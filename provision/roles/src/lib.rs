@@ -1001,7 +1001,16 @@ fn join(c: &PlanCtx) -> PhasePlan {
                 },
             ));
         }
-        steps.push(Step::new("join cluster", cmd(format!("{join} --worker --skip-verify"), JOINED)));
+        // The join string carries the cluster's token: on stdin, so that neither `ps` nor
+        // sudo's log shows it (microk8s' own argv still holds it while it joins).
+        steps.push(Step::new(
+            "join cluster",
+            Action::CommandWithInput {
+                run: "set -f; IFS=' ' read -r join; $join --worker --skip-verify".into(),
+                input: format!("{join}\n"),
+                unless: JOINED.into(),
+            },
+        ));
         PhasePlan { steps, handlers: vec![] }
     })
 }

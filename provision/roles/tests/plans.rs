@@ -174,9 +174,11 @@ fn join_token_only_when_a_worker_has_not_joined_and_matches_the_primary_ip() {
     assert_eq!(pick.as_deref(), Some("microk8s join 10.77.0.1:"));
     let j = plan("gpu-1", "join");
     let step = j.steps.iter().find(|s| s.name == "join cluster").unwrap();
-    let Action::Command { run, unless, .. } = &step.action else { panic!() };
-    assert_eq!(run, "microk8s join 10.77.0.1:25000/abc/def --worker --skip-verify");
-    assert!(unless.as_deref().unwrap().contains("acting as a node in a cluster"));
+    let Action::CommandWithInput { run, input, unless } = &step.action else { panic!() };
+    // The token travels on stdin, never in the script (an argument of `sudo sh -c`).
+    assert_eq!(input, "microk8s join 10.77.0.1:25000/abc/def\n");
+    assert!(!run.contains("abc/def") && run.ends_with("--worker --skip-verify"), "{run}");
+    assert!(unless.contains("acting as a node in a cluster"));
 }
 
 #[test]
