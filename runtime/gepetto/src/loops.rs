@@ -414,7 +414,16 @@ impl Gepetto {
             self.undeploy(id).await?;
             report.orphans_deleted.push(id.clone());
         }
-        // Validator instances that are ours by neither instance nor config id.
+        // Validator instances that are ours by neither instance nor config id. A deploy
+        // placed while this pass ran is in neither set: its row came after `rows` was read.
+        // It stores its config id before its Job exists, so any instance of it that a
+        // listing shows is in the rows as they are now.
+        if remote.values().any(|st| st.instances.is_some()) {
+            for d in self.inner.db.fleet_rows().await?.deployments {
+                ours_instances.extend(d.instance_id);
+                ours_configs.extend(d.config_id);
+            }
+        }
         for (hotkey, st) in &remote {
             let (Some(instances), Some(link)) = (&st.instances, self.inner.validators.get(hotkey)) else {
                 continue;

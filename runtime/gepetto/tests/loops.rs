@@ -303,3 +303,38 @@ async fn a_failed_rolling_updates_listing_undeploys_no_old_version() {
     );
     assert!(w.job(&ours.deployment_id).is_some());
 }
+
+/// A deploy placed after reconcile read its rows (here while the metrics listing, which
+/// comes before the others, was on the way) registers its instance before the instances
+/// listing is made: that listing shows an instance the rows read at the start do not
+/// know. It is ours, not a stranger's to purge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconcile_does_not_purge_an_instance_deployed_during_its_own_pass() {
+    let w = world(Shape { servers: 1, gpus: 2, ..Shape::default() }).await;
+    w.validator.add_image(image(None, "0.3.40"));
+    w.validator.add_chute(chute_spec("old", 1.0));
+    w.validator.add_chute(chute_spec("new", 1.0));
+    w.twice(&w.created("old", "v1", false)).await;
+
+    let hold = w.validator.hold_next("/miner/metrics");
+    let gepetto = w.gepetto.clone();
+    let reconcile = tokio::spawn(async move { gepetto.reconcile_once().await });
+    hold.made().await;
+    // Meanwhile: "new" is deployed and its chute registers with the validator.
+    w.twice(&w.created("new", "v1", false)).await;
+    let new = w.db.fleet_rows().await.unwrap().deployments.into_iter().find(|d| d.chute_id == "new").unwrap();
+    let instance = w
+        .validator
+        .start_chute(&new.config_id.clone().unwrap(), "192.0.2.1", 32001, &[&gpu_uuid(0, 1)])
+        .await
+        .unwrap();
+    hold.release();
+    let report = reconcile.await.unwrap().unwrap();
+
+    assert_eq!(report.instances_purged, 0, "{report:?}");
+    assert!(w.validator.instances().iter().any(|i| i.instance_id == instance), "the new instance lives");
+    assert!(w.job(&new.deployment_id).is_some());
+    w.gepetto.wait_idle().await;
+    let news = w.db.fleet_rows().await.unwrap().deployments.iter().filter(|d| d.chute_id == "new").count();
+    assert_eq!(news, 1, "the chute's creation, seen again by this pass, deployed nothing more");
+}
