@@ -176,10 +176,7 @@ pub enum AuthError {
 /// hex. Any other spelling that decodes to the same bytes (`0X`, upper-case digits) would
 /// otherwise pass as a new signature.
 fn canonical_signature(text: &str) -> Result<String, AuthError> {
-    let digits = text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")).unwrap_or(text);
-    let mut raw = [0u8; 64];
-    hex::decode_to_slice(digits, &mut raw).map_err(|_| SignatureError::Encoding)?;
-    Ok(hex::encode(raw))
+    Ok(hex::encode(crate::keys::signature_bytes(text)?))
 }
 
 fn header<'h>(map: &'h HeaderMap, name: &'static str) -> Result<&'h str, AuthError> {

@@ -228,9 +228,17 @@ impl PublicKey {
     }
 }
 
-fn parse_signature(signature_hex: &str) -> Result<schnorrkel::Signature, SignatureError> {
-    let digits = signature_hex.strip_prefix("0x").unwrap_or(signature_hex);
+/// A hex signature's 64 bytes (an optional `0x`/`0X` prefix, digits in either case).
+pub(crate) fn signature_bytes(signature_hex: &str) -> Result<[u8; 64], SignatureError> {
+    let digits = signature_hex
+        .strip_prefix("0x")
+        .or_else(|| signature_hex.strip_prefix("0X"))
+        .unwrap_or(signature_hex);
     let mut raw = [0u8; 64];
     hex::decode_to_slice(digits, &mut raw).map_err(|_| SignatureError::Encoding)?;
-    schnorrkel::Signature::from_bytes(&raw).map_err(|_| SignatureError::Malformed)
+    Ok(raw)
+}
+
+fn parse_signature(signature_hex: &str) -> Result<schnorrkel::Signature, SignatureError> {
+    schnorrkel::Signature::from_bytes(&signature_bytes(signature_hex)?).map_err(|_| SignatureError::Malformed)
 }
