@@ -31,4 +31,4 @@ pub use report::{HostRecap, Log, OutputFormat, Redactor, Reporter, StepEvent};
 pub use runner::{
     HostVars, Phase, PhasePlan, PlanCtx, Planner, ProfileRow, RunOptions, RunResult, run, target_for,
 };
-pub use step::{Action, Meta, PackageState, Status, Step, WaitTarget};
+pub use step::{Action, Meta, PackageState, SecretInput, Status, Step, WaitTarget};

@@ -526,7 +526,7 @@ impl Action {
                     diff: None,
                     mutation: Mutation::Script {
                         script: run.clone(),
-                        stdin: Some(input.clone().into_bytes()),
+                        stdin: Some(input.expose().as_bytes().to_vec()),
                     },
                 })
             }

@@ -111,7 +111,7 @@ pub enum Action {
     /// As a guarded `Command`, with `input` (a secret, e.g. a join token) on its standard
     /// input rather than in the script: a script is an argument of `sudo sh -c`, visible in
     /// `ps` and logged by sudo (`COMMAND=` in auth.log), stdin is neither.
-    CommandWithInput { run: String, input: String, unless: String },
+    CommandWithInput { run: String, input: SecretInput, unless: String },
     /// Reboot and wait until SSH answers again with a new boot id.
     Reboot { timeout: Duration },
     /// Wait until something answers; never changes anything.
@@ -131,6 +131,27 @@ pub enum Action {
     /// missing match or a non-zero exit fails the step, naming what was expected and what
     /// the command printed (with tokens redacted for secret captures).
     Capture { var: String, run: String, secret: bool, read_only: bool, pick: Option<String> },
+}
+
+/// A secret a step hands to its host on stdin; `Debug` shows no part of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretInput(String);
+
+impl SecretInput {
+    pub fn new(value: impl Into<String>) -> Self {
+        SecretInput(value.into())
+    }
+
+    /// The value itself, for the one place that sends it (and tests).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SecretInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretInput(<redacted>)")
+    }
 }
 
 impl Action {

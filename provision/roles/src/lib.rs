@@ -14,7 +14,9 @@ pub mod render;
 use std::sync::Arc;
 use std::time::Duration;
 
-use provision_engine::{Action, Meta, PackageState, Phase, PhasePlan, PlanCtx, Step, WaitTarget};
+use provision_engine::{
+    Action, Meta, PackageState, Phase, PhasePlan, PlanCtx, SecretInput, Step, WaitTarget,
+};
 use provision_inventory::{Host, Inventory};
 use provision_ssh::shell_quote as q;
 
@@ -1007,7 +1009,7 @@ fn join(c: &PlanCtx) -> PhasePlan {
             "join cluster",
             Action::CommandWithInput {
                 run: "set -f; IFS=' ' read -r join; $join --worker --skip-verify".into(),
-                input: format!("{join}\n"),
+                input: SecretInput::new(format!("{join}\n")),
                 unless: JOINED.into(),
             },
         ));
