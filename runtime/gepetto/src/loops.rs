@@ -169,6 +169,19 @@ impl Gepetto {
         }
     }
 
+    /// Whether a deployment row names this instance (by config or instance id) now. A
+    /// deploy stores its config id before its Job exists, so any instance of it a listing
+    /// shows is found here.
+    async fn has_row_for(&self, i: &RemoteInstance) -> Result<bool, GepettoError> {
+        use miner_db::DeploymentKey;
+        if let Some(c) = &i.config_id
+            && !self.inner.db.deployments_where(DeploymentKey::Config, c).await?.is_empty()
+        {
+            return Ok(true);
+        }
+        Ok(!self.inner.db.deployments_where(DeploymentKey::Instance, &i.instance_id).await?.is_empty())
+    }
+
     /// One autoscaler tick (11.5 / 20.7); returns how many instances it placed.
     pub async fn autoscale_once(&self) -> Result<usize, GepettoError> {
         self.refresh(false).await;
@@ -320,6 +333,7 @@ impl Gepetto {
             // the validator, so another miner (or this one) can take it again; one that
             // completed stays with us, and the validator's own `job_deleted` ends it.
             let mut give_back_job = d.stub;
+            let age = d.created_at.map(|c| now - c).unwrap_or_default();
             if why.is_none() {
                 match jobs.get(&d.deployment_id) {
                     Some(job) => {
@@ -330,7 +344,6 @@ impl Gepetto {
                         // or a node, say) would hold its GPUs for ever (11.8 step 7). Only
                         // judged against an instances listing that answered, which would
                         // have filled the instance above.
-                        let age = d.created_at.map(|c| now - c).unwrap_or_default();
                         if why.is_none()
                             && instance.is_none()
                             && st.is_some_and(|s| s.instances.is_some())
@@ -344,7 +357,6 @@ impl Gepetto {
                         }
                     }
                     None => {
-                        let age = d.created_at.map(|c| now - c).unwrap_or_default();
                         if d.stub && age >= grace {
                             why = Some("its deploy never created a Job".into());
                             if d.job_id.is_none() {
@@ -414,16 +426,7 @@ impl Gepetto {
             self.undeploy(id).await?;
             report.orphans_deleted.push(id.clone());
         }
-        // Validator instances that are ours by neither instance nor config id. A deploy
-        // placed while this pass ran is in neither set: its row came after `rows` was read.
-        // It stores its config id before its Job exists, so any instance of it that a
-        // listing shows is in the rows as they are now.
-        if remote.values().any(|st| st.instances.is_some()) {
-            for d in self.inner.db.fleet_rows().await?.deployments {
-                ours_instances.extend(d.instance_id);
-                ours_configs.extend(d.config_id);
-            }
-        }
+        // Validator instances that are ours by neither instance nor config id.
         for (hotkey, st) in &remote {
             let (Some(instances), Some(link)) = (&st.instances, self.inner.validators.get(hotkey)) else {
                 continue;
@@ -431,6 +434,9 @@ impl Gepetto {
             for i in instances.values() {
                 let ours = ours_instances.contains(&i.instance_id)
                     || i.config_id.as_ref().is_some_and(|c| ours_configs.contains(c));
+                // A deploy placed while this pass ran is in neither set: its row came after
+                // `rows` was read. Only such candidates are looked up again.
+                let ours = ours || self.has_row_for(i).await?;
                 if !ours && let Some(chute) = &i.chute_id {
                     match link.client.delete_instance(chute, &i.instance_id).await {
                         Ok(_) => report.instances_purged += 1,
