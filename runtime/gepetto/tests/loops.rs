@@ -18,11 +18,18 @@ fn chute_spec(id: &str, multiplier: f64) -> ChuteSpec {
     ChuteSpec { compute_multiplier: multiplier, ..ChuteSpec::simple(id, "img-1", &["h100"]) }
 }
 
+/// The validator offers these chutes (id, compute multiplier) on one image.
+fn offer(w: &World, chutes: &[(&str, f64)]) {
+    w.validator.add_image(image(None, "0.3.40"));
+    for (id, multiplier) in chutes {
+        w.validator.add_chute(chute_spec(id, *multiplier));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_follows_rebuilt_images_and_creates_chutes_it_missed() {
     let w = world(Shape { servers: 1, gpus: 4, ..Shape::default() }).await;
-    w.validator.add_image(image(None, "0.3.40"));
-    w.validator.add_chute(chute_spec("synced", 1.0));
+    offer(&w, &[("synced", 1.0)]);
     w.twice(&w.created("synced", "v1", false)).await;
     let before = w.db.chute("synced").await.unwrap().unwrap();
     assert_eq!(before.image, "chutes/vllm:0.9");
@@ -65,8 +72,7 @@ async fn reconcile_follows_rebuilt_images_and_creates_chutes_it_missed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_keeps_an_instance_an_event_stored_while_its_listing_was_on_the_way() {
     let w = world(Shape::default()).await;
-    w.validator.add_image(image(None, "0.3.40"));
-    w.validator.add_chute(chute_spec("llm", 1.0));
+    offer(&w, &[("llm", 1.0)]);
     w.twice(&w.created("llm", "v1", false)).await;
     let ours = w.db.fleet_rows().await.unwrap().deployments[0].clone();
     let config = ours.config_id.clone().unwrap();
@@ -96,9 +102,7 @@ async fn reconcile_keeps_an_instance_an_event_stored_while_its_listing_was_on_th
 /// successor spares the first 62 min); "rich" (3) is stored, not deployed. Returns our
 /// deployment and its instance.
 async fn cheap_on_our_only_gpu(w: &World) -> (miner_db::Deployment, String) {
-    w.validator.add_image(image(None, "0.3.40"));
-    w.validator.add_chute(chute_spec("cheap", 1.0));
-    w.validator.add_chute(chute_spec("rich", 3.0));
+    offer(w, &[("cheap", 1.0), ("rich", 3.0)]);
     w.twice(&w.created("cheap", "v1", false)).await;
     let ours = w.db.fleet_rows().await.unwrap().deployments[0].clone();
     let config = ours.config_id.clone().unwrap();
@@ -219,9 +223,7 @@ async fn the_multiplier_strategy_preempts_by_the_validators_active_instances() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chute_stored_by_an_event_before_the_first_listing_is_not_taken_for_the_whole_list() {
     let w = world(Shape { servers: 1, gpus: 2, ..Shape::default() }).await;
-    w.validator.add_image(image(None, "0.3.40"));
-    w.validator.add_chute(chute_spec("running", 1.0));
-    w.validator.add_chute(chute_spec("new", 1.0));
+    offer(&w, &[("running", 1.0), ("new", 1.0)]);
     w.twice(&w.created("running", "v1", false)).await;
     let running = w.db.fleet_rows().await.unwrap().deployments[0].clone();
 
@@ -246,9 +248,7 @@ async fn a_chute_stored_by_an_event_before_the_first_listing_is_not_taken_for_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_with_no_instance_after_30_minutes_is_undeployed() {
     let w = world(Shape { servers: 1, gpus: 2, ..Shape::default() }).await;
-    w.validator.add_image(image(None, "0.3.40"));
-    w.validator.add_chute(chute_spec("stuck", 1.0));
-    w.validator.add_chute(chute_spec("serving", 1.0));
+    offer(&w, &[("stuck", 1.0), ("serving", 1.0)]);
     w.twice(&w.created("stuck", "v1", false)).await;
     w.twice(&w.created("serving", "v1", false)).await;
     let rows = w.db.fleet_rows().await.unwrap();
@@ -285,8 +285,7 @@ async fn a_deployment_with_no_instance_after_30_minutes_is_undeployed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_rolling_updates_listing_undeploys_no_old_version() {
     let w = world(Shape::default()).await;
-    w.validator.add_image(image(None, "0.3.40"));
-    w.validator.add_chute(chute_spec("llm", 1.0));
+    offer(&w, &[("llm", 1.0)]);
     w.twice(&w.created("llm", "v1", false)).await;
     let ours = w.db.fleet_rows().await.unwrap().deployments[0].clone();
 
@@ -311,9 +310,7 @@ async fn a_failed_rolling_updates_listing_undeploys_no_old_version() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconcile_does_not_purge_an_instance_deployed_during_its_own_pass() {
     let w = world(Shape { servers: 1, gpus: 2, ..Shape::default() }).await;
-    w.validator.add_image(image(None, "0.3.40"));
-    w.validator.add_chute(chute_spec("old", 1.0));
-    w.validator.add_chute(chute_spec("new", 1.0));
+    offer(&w, &[("old", 1.0), ("new", 1.0)]);
     w.twice(&w.created("old", "v1", false)).await;
 
     let hold = w.validator.hold_next("/miner/metrics");
