@@ -14,6 +14,7 @@ use kube::api::{DeleteParams, PostParams, PropagationPolicy};
 use miner_db::{Chute, Db, DbError, DeploymentKey, FleetRows, NewDeployment};
 use miner_events::payloads::{self as ev, Event};
 use miner_k8s::chute::{self as objects, ChuteJob, ExtraPort, LaunchToken, ServicePorts, version_at_least};
+use miner_k8s::quantity::{pod_ephemeral_gib, pod_holds_disk};
 use miner_validator::rest::{LaunchError, RemoteChute, RemoteInstance, RemoteMetrics, ValidatorClient};
 use tokio::sync::{OnceCell, RwLock, Semaphore};
 use tokio_util::task::TaskTracker;
@@ -603,12 +604,19 @@ impl Gepetto {
                 // Same server when its GPU type still fits; otherwise the autoscaler places it.
                 let server_id = d.server_id.clone();
                 let disk = f64::from(self.inner.cfg.default_disk_gb);
-                self.place_with_disk(&chute, None, None, disk, replacing, move |_, fleet, snap, _| {
-                    let s = fleet.server(&server_id)?;
-                    (!s.locked && s.free_gpus(&snap.supported_gpus) >= snap.gpu_count)
-                        .then(|| server_id.clone())
-                })
-                .await?;
+                let placed = self
+                    .place_with_disk(&chute, None, None, disk, replacing, move |_, fleet, snap, _| {
+                        let s = fleet.server(&server_id)?;
+                        (!s.locked && s.free_gpus(&snap.supported_gpus) >= snap.gpu_count)
+                            .then(|| server_id.clone())
+                    })
+                    .await?;
+                if placed.is_none() {
+                    // The server is locked, or the new version needs more GPUs than the
+                    // old one frees: the old version goes anyway, and the autoscaler
+                    // places the new one where it fits.
+                    self.undeploy(&d.deployment_id).await?;
+                }
             }
             _ => self.undeploy(&d.deployment_id).await?,
         }
@@ -803,7 +811,10 @@ impl Gepetto {
     /// `replacing` are deployments to remove first (preemption's victims, a rolling
     /// update's old instance): they are undeployed under the same lock as the
     /// allocation, so no other placement can take the GPUs they free, and the Job is
-    /// created once their pods are gone (or `pod_exit_wait` has passed).
+    /// created once their pods are gone (or `pod_exit_wait` has passed). The decision
+    /// is made before any of them is touched, on the fleet as it will be without them:
+    /// a plan made earlier, outside the lock, may no longer fit (another placement took
+    /// a GPU it counted on, the server was locked), and then nothing is removed.
     async fn place_with_disk<F>(
         &self,
         chute: &Chute,
@@ -826,17 +837,37 @@ impl Gepetto {
             .await
             .map_err(|_| GepettoError::Invalid("deploys are shutting down".into()))?;
         let guard = self.inner.placement.lock().await;
-        for old in replacing {
-            self.undeploy(old).await?;
+        let mut decided = None;
+        if !replacing.is_empty() {
+            let mut fleet = self.snapshot().await?;
+            fleet.without_deployments(replacing, |d| self.disk_held(d));
+            let Some(snap) = fleet.chutes.get(&chute.chute_id) else { return Ok(None) };
+            let Some(server_id) = choose(self.inner.strategy.as_ref(), &fleet, snap, disk_gb) else {
+                tracing::info!(chute = %chute.chute_id, replacing = ?replacing,
+                    "the fleet changed since the plan and it no longer fits; nothing removed");
+                return Ok(None);
+            };
+            for old in replacing {
+                self.undeploy(old).await?;
+            }
+            // The pods of what was just undeployed may still be in the watch (and on
+            // the disk): the decision above already counts them gone.
+            decided = Some(server_id);
         }
         let deployment_id = miner_k8s::uuid4(rand::random());
         let mut attempt = 0;
         let (new, gpus) = loop {
             attempt += 1;
-            let fleet = self.snapshot().await?;
-            let Some(snap) = fleet.chutes.get(&chute.chute_id) else { return Ok(None) };
-            let Some(server_id) = choose(self.inner.strategy.as_ref(), &fleet, snap, disk_gb) else {
-                return Ok(None);
+            let server_id = match decided.take() {
+                Some(server_id) => server_id,
+                None => {
+                    let fleet = self.snapshot().await?;
+                    let Some(snap) = fleet.chutes.get(&chute.chute_id) else { return Ok(None) };
+                    let Some(server_id) = choose(self.inner.strategy.as_ref(), &fleet, snap, disk_gb) else {
+                        return Ok(None);
+                    };
+                    server_id
+                }
             };
             let new = NewDeployment {
                 deployment_id: deployment_id.clone(),
@@ -887,6 +918,17 @@ impl Gepetto {
             }
         });
         Ok(Some(deployment_id))
+    }
+
+    /// Disk a deployment holds on its node: its pods' ephemeral-storage requests, or
+    /// what it reserved while it has no pod yet (as [`fleet_from_rows`] counts it).
+    fn disk_held(&self, deployment_id: &str) -> f64 {
+        let pods = self.inner.cluster.deployment_pods(deployment_id);
+        if pods.is_empty() {
+            let reserved = self.inner.disk_reserved.lock().ok().and_then(|r| r.get(deployment_id).copied());
+            return reserved.unwrap_or(f64::from(self.inner.cfg.default_disk_gb));
+        }
+        pods.iter().filter(|p| pod_holds_disk(p)).map(|p| pod_ephemeral_gib(p)).sum()
     }
 
     async fn release_job(&self, validator: &str, job_id: &str) {

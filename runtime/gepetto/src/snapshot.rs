@@ -107,6 +107,24 @@ impl FleetSnapshot {
         self.deployments.iter().filter(move |d| d.chute_id == chute_id)
     }
 
+    /// The fleet as it will be once `ids` are undeployed: their GPUs free, their rows
+    /// gone, and the disk each holds (`disk_gb`) back on its server.
+    pub fn without_deployments(&mut self, ids: &[String], disk_gb: impl Fn(&str) -> f64) {
+        for d in self.deployments.iter().filter(|d| ids.contains(&d.deployment_id)) {
+            if let Some(s) = self.servers.iter_mut().find(|s| s.server_id == d.server_id)
+                && let Some(free) = &mut s.disk_available_gb
+            {
+                *free += disk_gb(&d.deployment_id);
+            }
+        }
+        self.deployments.retain(|d| !ids.contains(&d.deployment_id));
+        for g in self.servers.iter_mut().flat_map(|s| s.gpus.iter_mut()) {
+            if g.deployment_id.as_ref().is_some_and(|d| ids.contains(d)) {
+                g.deployment_id = None;
+            }
+        }
+    }
+
     /// Non-job deployments of a chute at its local version.
     pub fn non_job_count(&self, chute: &ChuteSnap) -> usize {
         self.deployments_of(&chute.chute_id)

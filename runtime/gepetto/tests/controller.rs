@@ -451,17 +451,7 @@ async fn a_rolling_update_moves_the_chute_to_its_new_version_on_the_same_server(
     let cfg = before.config_id.clone().unwrap();
     w.gepetto.handle(&w.instance("created", "inst-old", Some(&cfg))).await.unwrap();
     w.chute("c1", "v2", 2);
-    let update = Event::RollingUpdate(RollingUpdate {
-        chute_id: "c1".into(),
-        instance_id: "inst-old".into(),
-        miner_hotkey: Some(w.miner.clone()),
-        old_version: Some("v1".into()),
-        new_version: "v2".into(),
-        reason: None,
-        image: None,
-        validator: w.vhot.clone(),
-    });
-    w.twice(&update).await;
+    w.twice(&rolling_update(&w, "c1", "inst-old", "v2")).await;
     let rows = w.db.fleet_rows().await.unwrap();
     assert_eq!(rows.deployments.len(), 1);
     let after = &rows.deployments[0];
@@ -471,6 +461,42 @@ async fn a_rolling_update_moves_the_chute_to_its_new_version_on_the_same_server(
     let job = w.job(&after.deployment_id).unwrap();
     assert_eq!(job["metadata"]["labels"]["chutes/version"], "v2");
     assert_eq!(w.db.chute("c1").await.unwrap().unwrap().version, "v2");
+}
+
+fn rolling_update(w: &World, chute: &str, instance: &str, new_version: &str) -> Event {
+    Event::RollingUpdate(RollingUpdate {
+        chute_id: chute.into(),
+        instance_id: instance.into(),
+        miner_hotkey: Some(w.miner.clone()),
+        old_version: Some("v1".into()),
+        new_version: new_version.into(),
+        reason: None,
+        image: None,
+        validator: w.vhot.clone(),
+    })
+}
+
+/// The operator locked the server while an old version runs there: the new version is
+/// not placed on it, and the old one still goes (the autoscaler places the new one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_on_a_locked_server_removes_the_old_version_and_places_nothing_there() {
+    let w = world(Shape { servers: 2, gpus: 2, ..Shape::default() }).await;
+    w.chute("c1", "v1", 2);
+    w.twice(&w.created("c1", "v1", false)).await;
+    let before = w.db.fleet_rows().await.unwrap().deployments[0].clone();
+    let cfg = before.config_id.clone().unwrap();
+    w.gepetto.handle(&w.instance("created", "inst-old", Some(&cfg))).await.unwrap();
+    w.db.set_locked(&before.server_id, true).await.unwrap().unwrap();
+    w.gepetto.reconcile_once().await.unwrap(); // reads the lock into Gepetto's inventory
+    w.gepetto.wait_idle().await;
+    assert!(w.job(&before.deployment_id).is_some(), "a locked server keeps what runs on it");
+
+    w.chute("c1", "v2", 2);
+    w.twice(&rolling_update(&w, "c1", "inst-old", "v2")).await;
+    let rows = w.db.fleet_rows().await.unwrap();
+    assert!(rows.deployments.iter().all(|d| d.server_id != before.server_id), "{rows:?}");
+    assert!(!rows.deployments.iter().any(|d| d.version == "v1"), "the old version is gone: {rows:?}");
+    assert!(w.job(&before.deployment_id).is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

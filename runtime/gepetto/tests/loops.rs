@@ -98,11 +98,12 @@ async fn reconcile_keeps_an_instance_an_event_stored_while_its_listing_was_on_th
     assert!(again.undeployed.is_empty() && again.instances_purged == 0, "{again:?}");
 }
 
-/// Our only GPU runs "cheap" (multiplier 1), its instance active for two hours (the
-/// successor spares the first 62 min); "rich" (3) is stored, not deployed. Returns our
-/// deployment and its instance.
-async fn cheap_on_our_only_gpu(w: &World) -> (miner_db::Deployment, String) {
-    offer(w, &[("cheap", 1.0), ("rich", 3.0)]);
+/// Our first GPU runs "cheap" (multiplier 1), its instance active for two hours (the
+/// successor spares the first 62 min); `rich` (multiplier 3) is stored, not deployed.
+/// Returns our deployment and its instance.
+async fn cheap_on_our_first_gpu(w: &World, rich: ChuteSpec) -> (miner_db::Deployment, String) {
+    offer(w, &[("cheap", 1.0)]);
+    w.validator.add_chute(rich);
     w.twice(&w.created("cheap", "v1", false)).await;
     let ours = w.db.fleet_rows().await.unwrap().deployments[0].clone();
     let config = ours.config_id.clone().unwrap();
@@ -123,7 +124,7 @@ async fn a_preempting_job_holds_the_freed_gpus_until_its_victim_is_gone_and_gets
     let w =
         world(Shape { servers: 1, gpus: 1, strategy: Arc::new(Multiplier::default()), ..Shape::default() })
             .await;
-    let (victim, _) = cheap_on_our_only_gpu(&w).await;
+    let (victim, _) = cheap_on_our_first_gpu(&w, chute_spec("rich", 3.0)).await;
     // Another miner runs cheap too: ours is no longer its last instance. A tick reads
     // that and the inventory (the two hours); rich has no traffic, so it places nothing.
     w.other_miner_runs("cheap").await;
@@ -178,7 +179,7 @@ async fn the_multiplier_strategy_preempts_by_the_validators_active_instances() {
     let w =
         world(Shape { servers: 1, gpus: 1, strategy: Arc::new(Multiplier::default()), ..Shape::default() })
             .await;
-    let (ours, instance) = cheap_on_our_only_gpu(&w).await;
+    let (ours, instance) = cheap_on_our_first_gpu(&w, chute_spec("rich", 3.0)).await;
     let bounty = Event::BountyChange(BountyChange {
         chute_id: "rich".into(),
         bounty: Some(10.0),
@@ -334,4 +335,58 @@ async fn reconcile_does_not_purge_an_instance_deployed_during_its_own_pass() {
     w.gepetto.wait_idle().await;
     let news = w.db.fleet_rows().await.unwrap().deployments.iter().filter(|d| d.chute_id == "new").count();
     assert_eq!(news, 1, "the chute's creation, seen again by this pass, deployed nothing more");
+}
+
+/// A preemption is planned on one view of the fleet and carried out later, after the
+/// validator grants its launch config. When the fleet changed in between so the plan
+/// no longer fits, no victim is removed: losing a running instance for a deploy that
+/// cannot happen is the worst of both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preemption_that_no_longer_fits_when_carried_out_removes_no_victim() {
+    let w =
+        world(Shape { servers: 1, gpus: 2, strategy: Arc::new(Multiplier::default()), ..Shape::default() })
+            .await;
+    // "rich" needs both GPUs; "cheap" holds one, the other is free.
+    let (victim, _) = cheap_on_our_first_gpu(&w, ChuteSpec { gpu_count: 2, ..chute_spec("rich", 3.0) }).await;
+    w.other_miner_runs("cheap").await;
+    assert_eq!(w.gepetto.autoscale_once().await.unwrap(), 0);
+    w.validator.add_chute(chute_spec("filler", 1.0));
+
+    // A job for rich: the plan is to preempt cheap. Its launch config is slow to come.
+    w.validator.add_job("big");
+    let held = w.validator.hold_next("/instances/launch_config");
+    let job = Event::JobCreated(JobCreated {
+        job_id: "big".into(),
+        method: Some("run".into()),
+        chute_id: "rich".into(),
+        image_id: None,
+        gpu_count: Some(2),
+        compute_multiplier: Some(3.0),
+        exclude: vec![],
+        disk_gb: Some(100),
+        validator: w.vhot.clone(),
+    });
+    let gepetto = w.gepetto.clone();
+    let preempting = tokio::spawn(async move { gepetto.handle(&job).await });
+    held.made().await;
+    // Meanwhile a new chute takes the free GPU.
+    w.gepetto.handle(&w.created("filler", "v1", false)).await.unwrap();
+    held.release();
+    preempting.await.unwrap().unwrap();
+    w.gepetto.wait_idle().await;
+
+    let rows = w.db.fleet_rows().await.unwrap();
+    let mut chutes: Vec<&str> = rows.deployments.iter().map(|d| d.chute_id.as_str()).collect();
+    chutes.sort_unstable();
+    assert_eq!(chutes, ["cheap", "filler"], "the victim still runs: {rows:?}");
+    assert!(rows.deployments.iter().any(|d| d.deployment_id == victim.deployment_id));
+    assert!(w.job(&victim.deployment_id).is_some(), "its Job was not deleted");
+    assert!(
+        !w.validator
+            .requests()
+            .iter()
+            .any(|r| r.method == "DELETE" && r.path.starts_with("/instances/cheap/")),
+        "its validator instance was not deleted"
+    );
+    assert_eq!(w.validator.released_jobs(), ["big"], "the job goes back to the validator");
 }

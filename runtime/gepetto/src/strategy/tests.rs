@@ -614,3 +614,24 @@ fn a_chute_is_placed_only_on_servers_of_its_own_validator() {
     let plan = Heuristic.preempt(&c, &f, &view, &Default::default(), Utc::now(), 10.0);
     assert!(plan.as_ref().is_none_or(|p| p.server_id == "ours"), "{plan:?}");
 }
+
+#[test]
+fn a_fleet_without_some_deployments_has_their_gpus_and_disk_free() {
+    let mut f = FleetSnapshot {
+        servers: vec![server("a", "h100", 4, 2.0), server("b", "h100", 2, 2.0)],
+        ..FleetSnapshot::default()
+    };
+    f.servers[1].disk_available_gb = None;
+    place(&mut f, "d1", "x", "a", 2, 120);
+    place(&mut f, "d2", "y", "a", 1, 120);
+    place(&mut f, "d3", "x", "b", 2, 120);
+    let h100 = ["h100".to_owned()];
+
+    f.without_deployments(&["d1".to_owned(), "d3".to_owned()], |d| if d == "d1" { 40.0 } else { 7.0 });
+    let ids: Vec<&str> = f.deployments.iter().map(|d| d.deployment_id.as_str()).collect();
+    assert_eq!(ids, ["d2"]);
+    let a = f.server("a").unwrap();
+    assert_eq!((a.free_gpus(&h100), a.disk_available_gb), (3, Some(540.0)));
+    let b = f.server("b").unwrap();
+    assert_eq!((b.free_gpus(&h100), b.disk_available_gb), (2, None), "an unknown disk stays unknown");
+}
