@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::Api;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
+use miner_k8s::chute::pod_gpu_devices;
 use miner_k8s::labels as l;
 use miner_k8s::quantity::{DiskUsage, node_disk_gib, pod_ephemeral_gib, pod_holds_disk};
 use tokio_util::sync::CancellationToken;
@@ -92,30 +93,38 @@ impl Cluster {
             .collect()
     }
 
-    /// Deployments with at least one pod in the namespace, whatever its phase.
-    pub fn deployments_with_pods(&self) -> std::collections::HashSet<String> {
+    /// Pods in the chute namespace.
+    fn namespace_pods(&self) -> impl Iterator<Item = Arc<Pod>> + '_ {
         self.pods
             .state()
             .into_iter()
             .filter(|p| p.metadata.namespace.as_deref() == Some(self.namespace.as_str()))
-            .filter_map(|p| p.metadata.labels.as_ref()?.get(l::DEPLOYMENT_ID).cloned())
-            .collect()
+    }
+
+    /// Deployments with at least one pod in the namespace, whatever its phase.
+    pub fn deployments_with_pods(&self) -> std::collections::HashSet<String> {
+        self.namespace_pods().filter_map(|p| deployment_of(&p).map(str::to_owned)).collect()
     }
 
     /// Pods of one deployment.
     pub fn deployment_pods(&self, deployment_id: &str) -> Vec<Arc<Pod>> {
-        self.pods
-            .state()
-            .into_iter()
+        self.namespace_pods().filter(|p| deployment_of(p) == Some(deployment_id)).collect()
+    }
+
+    /// Pods in the namespace, of a deployment other than `except`, that still run on
+    /// one of `devices` (`GPU-<uuid>`, as [`miner_k8s::chute::gpu_device`] names them):
+    /// a pod that is being deleted holds its GPUs until its containers have stopped.
+    pub fn pods_on_gpus(&self, devices: &[String], except: &str) -> Vec<String> {
+        self.namespace_pods()
             .filter(|p| {
-                p.metadata.namespace.as_deref() == Some(self.namespace.as_str())
-                    && p.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|labels| labels.get(l::DEPLOYMENT_ID))
-                        .map(String::as_str)
-                        == Some(deployment_id)
+                deployment_of(p) != Some(except)
+                    && !matches!(
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                        Some("Succeeded" | "Failed")
+                    )
+                    && pod_gpu_devices(p).iter().any(|d| devices.iter().any(|m| m == d))
             })
+            .filter_map(|p| p.metadata.name.clone())
             .collect()
     }
 
@@ -145,6 +154,11 @@ impl Cluster {
             })
             .collect()
     }
+}
+
+/// The deployment a chute pod belongs to (its label).
+fn deployment_of(pod: &Pod) -> Option<&str> {
+    pod.metadata.labels.as_ref()?.get(l::DEPLOYMENT_ID).map(String::as_str)
 }
 
 /// Whether a chute Job ran to completion (a finished validator job).

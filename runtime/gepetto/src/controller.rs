@@ -810,8 +810,8 @@ impl Gepetto {
     ///
     /// `replacing` are deployments to remove first (preemption's victims, a rolling
     /// update's old instance): they are undeployed under the same lock as the
-    /// allocation, so no other placement can take the GPUs they free, and the Job is
-    /// created once their pods are gone (or `pod_exit_wait` has passed). The decision
+    /// allocation, so no other placement can take the GPUs they free. Every deploy's
+    /// Job is created once no other pod runs on its GPUs ([`Gepetto::wait_gpus_released`]). The decision
     /// is made before any of them is touched, on the fleet as it will be without them:
     /// a plan made earlier, outside the lock, may no longer fit (another placement took
     /// a GPU it counted on, the server was locked), and then nothing is removed.
@@ -903,10 +903,9 @@ impl Gepetto {
         let me = self.clone();
         let chute = chute.clone();
         let dep = deployment_id.clone();
-        let replacing = replacing.to_vec();
         self.inner.tasks.spawn(async move {
             let _permit = permit;
-            me.wait_pods_gone(&replacing).await;
+            me.wait_gpus_released(&dep, &gpus).await;
             if let Err(e) = me.run_deploy(&chute, &dep, &server_id, &gpus, job.clone(), token, disk_gb).await {
                 tracing::warn!(deployment = %dep, chute = %chute.chute_id, error = %e, "deploy failed; undoing");
                 if let Err(e) = me.undeploy(&dep).await {
@@ -1202,26 +1201,30 @@ impl Gepetto {
         self.delete_objects(deployment_id).await
     }
 
-    /// Undeploy's last step (reference 11.2): until no pod of these deployments is
-    /// left, at most `pod_exit_wait`, so a deploy onto their GPUs does not meet a pod
-    /// still holding them. Reads the pod watch (a condition, not a fixed sleep); at the
-    /// bound it logs and goes on. Nothing else holds the new pod back: chute pods are
-    /// pinned to GPUs by `NVIDIA_VISIBLE_DEVICES` and `nodeName`, not by a
-    /// `nvidia.com/gpu` request the scheduler would count.
-    pub(crate) async fn wait_pods_gone(&self, deployment_ids: &[String]) {
+    /// Undeploy's last step (reference 11.2), run before a deploy's Job is created:
+    /// until no other pod runs on one of its GPUs, at most `pod_exit_wait`. A GPU is
+    /// free in the inventory the moment its deployment's row goes (a preemption's
+    /// victim, a rolling update's old instance, an instance the validator removed), but
+    /// the pod takes its grace period to stop, and nothing else keeps a new pod off it:
+    /// chute pods are pinned to GPUs by `NVIDIA_VISIBLE_DEVICES` and `nodeName`, not by
+    /// an `nvidia.com/gpu` request the scheduler would count. Reads the pod watch (a
+    /// condition, not a fixed sleep; no wait when no pod holds them); at the bound it
+    /// logs and goes on.
+    pub(crate) async fn wait_gpus_released(&self, deployment_id: &str, gpu_ids: &[String]) {
         let wait = self.inner.cfg.pod_exit_wait;
-        if deployment_ids.is_empty() || wait.is_zero() {
+        let devices: Vec<String> = gpu_ids.iter().filter_map(|g| objects::gpu_device(g).ok()).collect();
+        if devices.is_empty() || wait.is_zero() {
             return;
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let left: Vec<&String> =
-                deployment_ids.iter().filter(|d| !self.inner.cluster.deployment_pods(d).is_empty()).collect();
+            let left = self.inner.cluster.pods_on_gpus(&devices, deployment_id);
             if left.is_empty() {
                 return;
             }
             if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(deployments = ?left, waited = ?wait, "pods of undeployed deployments are still there; going on");
+                tracing::warn!(deployment = %deployment_id, pods = ?left, waited = ?wait,
+                    "pods of removed deployments still run on this deployment's GPUs; going on");
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

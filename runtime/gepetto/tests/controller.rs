@@ -483,20 +483,60 @@ async fn a_rolling_update_on_a_locked_server_removes_the_old_version_and_places_
     let w = world(Shape { servers: 2, gpus: 2, ..Shape::default() }).await;
     w.chute("c1", "v1", 2);
     w.twice(&w.created("c1", "v1", false)).await;
-    let before = w.db.fleet_rows().await.unwrap().deployments[0].clone();
+    let rows = w.db.fleet_rows().await.unwrap();
+    let before = rows.deployments[0].clone();
     let cfg = before.config_id.clone().unwrap();
-    w.gepetto.handle(&w.instance("created", "inst-old", Some(&cfg))).await.unwrap();
+    let gpus: Vec<&str> = rows
+        .gpus
+        .iter()
+        .filter(|g| g.deployment_id.as_ref() == Some(&before.deployment_id))
+        .map(|g| g.gpu_id.as_str())
+        .collect();
+    let instance = w.validator.start_chute(&cfg, "192.0.2.1", 32000, &gpus).await.unwrap();
+    w.twice(&w.instance("created", &instance, Some(&cfg))).await;
     w.db.set_locked(&before.server_id, true).await.unwrap().unwrap();
     w.gepetto.reconcile_once().await.unwrap(); // reads the lock into Gepetto's inventory
     w.gepetto.wait_idle().await;
     assert!(w.job(&before.deployment_id).is_some(), "a locked server keeps what runs on it");
 
     w.chute("c1", "v2", 2);
-    w.twice(&rolling_update(&w, "c1", "inst-old", "v2")).await;
+    w.twice(&rolling_update(&w, "c1", &instance, "v2")).await;
     let rows = w.db.fleet_rows().await.unwrap();
     assert!(rows.deployments.iter().all(|d| d.server_id != before.server_id), "{rows:?}");
     assert!(!rows.deployments.iter().any(|d| d.version == "v1"), "the old version is gone: {rows:?}");
     assert!(w.job(&before.deployment_id).is_none());
+}
+
+/// The validator removes our instance; its GPU is free in the inventory at once, but
+/// its pod takes its grace period to stop. A chute placed on that GPU meanwhile gets
+/// its Job only once the old pod is gone: chute pods are pinned to GPUs by
+/// `NVIDIA_VISIBLE_DEVICES`, so nothing else would keep the two on one GPU apart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chute_placed_on_a_gpu_whose_old_pod_is_still_stopping_waits_for_it() {
+    let w = world(Shape { servers: 1, gpus: 1, ..Shape::default() }).await;
+    w.chute("old", "v1", 1);
+    w.chute("new", "v1", 1);
+    w.twice(&w.created("old", "v1", false)).await;
+    let old = w.db.fleet_rows().await.unwrap().deployments[0].clone();
+    let cfg = old.config_id.clone().unwrap();
+    w.twice(&w.instance("created", "inst-old", Some(&cfg))).await;
+    eventually("the old chute's pod", || async { w.pods_of(&old.deployment_id).len() == 1 }).await;
+    let old_pod = w.pods_of(&old.deployment_id).remove(0);
+
+    w.kube.hold_pod_terminations(true);
+    w.twice(&w.instance("deleted", "inst-old", Some(&cfg))).await;
+    w.gepetto.handle(&w.created("new", "v1", false)).await.unwrap();
+    let rows = w.db.fleet_rows().await.unwrap();
+    let new = rows.deployments.iter().find(|d| d.chute_id == "new").expect("placed on the freed GPU").clone();
+    assert_eq!(rows.gpus[0].deployment_id.as_deref(), Some(new.deployment_id.as_str()));
+    let old_job = w.job(&old.deployment_id).expect("the old Job waits for its pod (foreground deletion)");
+    assert!(old_job["metadata"]["deletionTimestamp"].is_string(), "the old Job is being deleted");
+    assert_eq!(w.pods_of(&old.deployment_id), std::slice::from_ref(&old_pod), "its pod is still stopping");
+    assert!(w.job(&new.deployment_id).is_none(), "no Job while the old pod still runs on the GPU");
+
+    assert!(w.kube.finish_pod_termination(NS, &old_pod));
+    w.gepetto.wait_idle().await;
+    assert!(w.job(&new.deployment_id).is_some(), "the Job once the GPU is released");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -145,16 +145,7 @@ async fn a_preempting_job_holds_the_freed_gpus_until_its_victim_is_gone_and_gets
     });
     w.gepetto.handle(&job).await.unwrap();
 
-    let pods_of = |deployment: &str| -> Vec<String> {
-        w.kube
-            .list("v1", "Pod", Some(NS))
-            .unwrap()
-            .iter()
-            .filter(|p| p["metadata"]["labels"]["chutes/deployment-id"] == deployment)
-            .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
-            .collect()
-    };
-    let victim_pods = pods_of(&victim.deployment_id);
+    let victim_pods = w.pods_of(&victim.deployment_id);
     assert_eq!(victim_pods.len(), 1, "the victim's pod is still terminating");
     let holder = |rows: &miner_db::FleetRows| rows.gpus[0].deployment_id.clone();
     let rows = w.db.fleet_rows().await.unwrap();

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use serde_json::{Value, json};
 
 use crate::ids::{canonical_gpu_uuid, code_configmap_name};
@@ -239,6 +239,24 @@ fn env(name: &str, value: impl ToString) -> Value {
     json!({"name": name, "value": value.to_string()})
 }
 
+/// A GPU as `NVIDIA_VISIBLE_DEVICES` names it: `GPU-<uuid>`.
+pub fn gpu_device(gpu_id: &str) -> Result<String, ObjectError> {
+    canonical_gpu_uuid(gpu_id).map(|u| format!("GPU-{u}"))
+}
+
+/// The GPUs a chute pod is pinned to: its containers' `NVIDIA_VISIBLE_DEVICES`, as
+/// [`ChuteJob::build`] writes it (nothing for a pod without one).
+pub fn pod_gpu_devices(pod: &Pod) -> Vec<&str> {
+    pod.spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.env.iter().flatten())
+        .filter(|e| e.name == "NVIDIA_VISIBLE_DEVICES")
+        .filter_map(|e| e.value.as_deref())
+        .flat_map(|v| v.split(',').map(str::trim).filter(|d| !d.is_empty()))
+        .collect()
+}
+
 impl ChuteJob {
     /// Labels of the Job and its pod.
     pub fn labels(&self) -> Value {
@@ -259,11 +277,7 @@ impl ChuteJob {
     /// The Job of section 12.1. GPUs are pinned with NVIDIA_VISIBLE_DEVICES, not
     /// requested as `nvidia.com/gpu` (the original's commit e08e8fd).
     pub fn build(&self) -> Result<Job, ObjectError> {
-        let devices = self
-            .gpu_ids
-            .iter()
-            .map(|g| canonical_gpu_uuid(g).map(|u| format!("GPU-{u}")))
-            .collect::<Result<Vec<_>, _>>()?;
+        let devices = self.gpu_ids.iter().map(|g| gpu_device(g)).collect::<Result<Vec<_>, _>>()?;
         if devices.len() as i64 != self.gpu_count {
             return Err(ObjectError::Invalid {
                 object: job_name(&self.deployment_id),

@@ -116,3 +116,23 @@ fn an_extra_port_equal_to_a_fixed_one_is_not_a_second_container_port() {
     assert!(env.contains(&("CHUTES_PORT_TCP_8000", "31000")), "{env:?}");
     assert!(env.contains(&("CHUTES_PORT_UDP_8000", "31004")), "{env:?}");
 }
+
+/// Gepetto tells which GPUs a running chute pod holds from its env alone: what the Job
+/// pins is read back, in the canonical form, from a pod made from its template.
+#[test]
+fn a_chute_pods_gpus_read_back_from_its_template() {
+    let built = job(false).build().unwrap();
+    let template = built.spec.unwrap().template;
+    let pod = k8s_openapi::api::core::v1::Pod {
+        metadata: template.metadata.unwrap_or_default(),
+        spec: template.spec,
+        status: None,
+    };
+    let expected: Vec<String> = job(false).gpu_ids.iter().map(|g| chute::gpu_device(g).unwrap()).collect();
+    assert_eq!(
+        expected,
+        ["GPU-0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9", "GPU-1a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"]
+    );
+    assert_eq!(chute::pod_gpu_devices(&pod), expected);
+    assert!(chute::pod_gpu_devices(&k8s_openapi::api::core::v1::Pod::default()).is_empty());
+}

@@ -241,6 +241,17 @@ impl World {
         })
     }
 
+    /// Names of the pods of one deployment in the chute namespace.
+    pub fn pods_of(&self, deployment_id: &str) -> Vec<String> {
+        self.kube
+            .list("v1", "Pod", Some(NS))
+            .unwrap()
+            .iter()
+            .filter(|p| p["metadata"]["labels"]["chutes/deployment-id"] == deployment_id)
+            .map(|p| p["metadata"]["name"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     pub fn instance(&self, kind: &str, instance_id: &str, config_id: Option<&str>) -> Event {
         let e = InstanceEvent {
             instance_id: instance_id.into(),
