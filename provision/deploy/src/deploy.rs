@@ -218,6 +218,89 @@ async fn preflight(
             )));
         }
     }
+    storage_classes(client, ns, items).await
+}
+
+/// The annotation that makes a StorageClass the cluster's default.
+const DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
+
+/// Every claim the deploy would create has a StorageClass to be provisioned from: a
+/// claim without one stays Pending, and so does the pod that mounts it (Postgres,
+/// Redis), which the rollout wait would only report as "not ready" minutes later. A
+/// claim that already exists is bound or not already; it is not judged again.
+async fn storage_classes(client: &kube::Client, ns: &str, items: &[Item]) -> Result<(), DeployError> {
+    let mut wanted: Vec<(String, Option<String>)> = Vec::new();
+    for i in items {
+        let claims: Vec<(String, &Value)> = match i.key.kind.as_str() {
+            // The claim of ordinal 0 stands for the set's claims.
+            "StatefulSet" => i.value["spec"]["volumeClaimTemplates"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    (format!("{}-{}-0", t["metadata"]["name"].as_str().unwrap_or_default(), i.key.name), t)
+                })
+                .collect(),
+            "PersistentVolumeClaim" => vec![(i.key.name.clone(), &i.value)],
+            _ => continue,
+        };
+        for (claim, template) in claims {
+            let key = ObjectKey {
+                api_version: "v1".into(),
+                kind: "PersistentVolumeClaim".into(),
+                namespace: Some(ns.into()),
+                name: claim,
+            };
+            if live(client, &key).await?.is_some() {
+                continue;
+            }
+            let class = template["spec"]["storageClassName"].as_str().map(str::to_owned);
+            if class.as_deref() != Some("") {
+                // "" asks for no class: a volume made by hand, nothing to check.
+                wanted.push((i.key.to_string(), class));
+            }
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let ar = api_resource("storage.k8s.io/v1", "StorageClass").ok_or_else(|| DeployError::UnknownKind {
+        object: "storageclasses".into(),
+        kind: "StorageClass".into(),
+    })?;
+    let classes = Api::<DynamicObject>::all_with(client.clone(), &ar)
+        .list(&Default::default())
+        .await
+        .map_err(|e| DeployError::Api { object: "storageclasses".into(), message: e.to_string() })?
+        .items;
+    let exists = |name: &str| classes.iter().any(|c| c.metadata.name.as_deref() == Some(name));
+    let has_default = classes.iter().any(|c| {
+        c.metadata.annotations.as_ref().and_then(|a| a.get(DEFAULT_CLASS)).map(String::as_str) == Some("true")
+    });
+    for (object, class) in wanted {
+        match class {
+            None if !has_default => {
+                return Err(DeployError::Preflight(format!(
+                    "{object} claims a volume from the cluster's default StorageClass, and the cluster has none: \
+                     its pod would stay Pending. Enable one on the cluster (`microk8s enable hostpath-storage`, \
+                     which `minerctl provision` does on the primary) or name an existing class in values \
+                     (`<component>.persistence.storageClass`)"
+                )));
+            }
+            Some(name) if !exists(&name) => {
+                let mut known: Vec<&str> =
+                    classes.iter().filter_map(|c| c.metadata.name.as_deref()).collect();
+                known.sort_unstable();
+                let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+                return Err(DeployError::Preflight(format!(
+                    "{object} claims a volume from StorageClass {name}, which does not exist in the cluster \
+                     (it has: {known}): its pod would stay Pending. Fix `<component>.persistence.storageClass` \
+                     in values, or leave it empty for the cluster's default"
+                )));
+            }
+            _ => {}
+        }
+    }
     Ok(())
 }
 

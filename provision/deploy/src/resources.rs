@@ -1,7 +1,7 @@
 //! apiVersion/kind -> the REST resource to call, from the k8s-openapi types themselves, so
 //! no discovery round trip is needed and a typo cannot name a plural that does not exist.
 
-use k8s_openapi::api::{apps, batch, core, networking, rbac};
+use k8s_openapi::api::{apps, batch, core, networking, rbac, storage};
 use kube::discovery::ApiResource;
 
 pub fn api_resource(api_version: &str, kind: &str) -> Option<ApiResource> {
@@ -13,6 +13,7 @@ pub fn api_resource(api_version: &str, kind: &str) -> Option<ApiResource> {
         ("v1", "Service") => ApiResource::erase::<core::v1::Service>(&()),
         ("v1", "PersistentVolumeClaim") => ApiResource::erase::<core::v1::PersistentVolumeClaim>(&()),
         ("v1", "Pod") => ApiResource::erase::<core::v1::Pod>(&()),
+        ("storage.k8s.io/v1", "StorageClass") => ApiResource::erase::<storage::v1::StorageClass>(&()),
         ("apps/v1", "Deployment") => ApiResource::erase::<apps::v1::Deployment>(&()),
         ("apps/v1", "StatefulSet") => ApiResource::erase::<apps::v1::StatefulSet>(&()),
         ("apps/v1", "DaemonSet") => ApiResource::erase::<apps::v1::DaemonSet>(&()),

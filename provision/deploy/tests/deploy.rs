@@ -19,7 +19,16 @@ struct Env {
     client: kube::Client,
 }
 
+/// A cluster as `minerctl provision` leaves it: a CPU and a GPU node, and microk8s'
+/// hostpath-storage addon's default StorageClass.
 async fn env() -> Env {
+    let env = bare_env().await;
+    env.emu.add_storage_class("microk8s-hostpath", true).unwrap();
+    env
+}
+
+/// The nodes and no StorageClass.
+async fn bare_env() -> Env {
     let emu = Emulator::start().unwrap();
     emu.add_node(Node::new("cpu-0"));
     emu.add_node(Node::new("gpu-0").gpus(8));
@@ -215,6 +224,7 @@ async fn rollout_timeout_names_the_object_and_why() {
     // No node for the control plane: the scheduler's reason is reported.
     let env = Env { emu: Emulator::start().unwrap(), client: env.client };
     env.emu.add_node(Node::new("gpu-0").gpus(8));
+    env.emu.add_storage_class("microk8s-hostpath", true).unwrap();
     let client =
         minerctl_deploy::client_from_kubeconfig(&env.emu.kubeconfig_yaml(), None, None).await.unwrap();
     let env = Env { emu: env.emu, client };
@@ -227,6 +237,41 @@ async fn rollout_timeout_names_the_object_and_why() {
         ),
         "{err}"
     );
+}
+
+/// Postgres and Redis keep their data on claims. With no StorageClass to provision them
+/// from, their pods would stay Pending and the rollout wait would only say "not ready";
+/// deploy says why before any change, and goes through once the cluster has one.
+#[tokio::test]
+async fn claims_without_a_storage_class_are_refused_before_any_change() {
+    let env = bare_env().await;
+    let (r, out) = run(&env, &[], &creds(), &opts()).await;
+    let err = r.unwrap_err().to_string();
+    assert!(
+        err.contains("StatefulSet chutes/postgres claims a volume from the cluster's default StorageClass, and the cluster has none"),
+        "{err}"
+    );
+    assert!(err.contains("microk8s enable hostpath-storage"), "{err}");
+    assert!(env.emu.get("v1", "Namespace", None, "chutes").unwrap().is_none(), "nothing applied: {out}");
+
+    env.emu.add_storage_class("microk8s-hostpath", true).unwrap();
+    let (r, _) = run(&env, &["redis.persistence.storageClass=fast-ssd"], &creds(), &opts()).await;
+    let err = r.unwrap_err().to_string();
+    assert!(
+        err.contains("StatefulSet chutes/redis claims a volume from StorageClass fast-ssd, which does not exist in the cluster (it has: microk8s-hostpath)"),
+        "{err}"
+    );
+    assert!(env.emu.get("v1", "Namespace", None, "chutes").unwrap().is_none());
+
+    let (r, out) = run(&env, &[], &creds(), &opts()).await;
+    r.unwrap_or_else(|e| panic!("{e}\n{out}"));
+    let claim =
+        env.emu.get("v1", "PersistentVolumeClaim", Some("chutes"), "data-postgres-0").unwrap().unwrap();
+    assert_eq!(claim["spec"]["storageClassName"], "microk8s-hostpath");
+    assert_eq!(claim["status"]["phase"], "Bound");
+    // Its claims exist now: a later deploy does not judge them again.
+    let (r, out) = run(&env, &["redis.persistence.storageClass=fast-ssd"], &creds(), &opts()).await;
+    assert!(!r.as_ref().is_err_and(|e| e.to_string().contains("StorageClass")), "{out}");
 }
 
 #[tokio::test]

@@ -66,6 +66,8 @@ fn converges_then_noop_then_check_shows_drift_then_repairs() {
     // The control plane's claims have a default StorageClass to bind to.
     assert_eq!(hosts[0].sh("microk8s status -a hostpath-storage").unwrap(), "enabled\n");
     assert_eq!(hosts[1].sh("microk8s status -a hostpath-storage").unwrap(), "disabled\n", "primary only");
+    let class = file(&hosts[0], "/var/lib/lab-standins/kube/storageclasses/microk8s-hostpath.json");
+    assert!(class.contains(r#""storageclass.kubernetes.io/is-default-class": "true""#), "{class}");
     // The join token never reaches output or the log.
     let log = std::fs::read_to_string(s.dir.path().join("provision.log")).unwrap();
     let tokens = file(&hosts[0], "/var/lib/lab-standins/microk8s/tokens");

@@ -51,6 +51,8 @@ fn emulated_cluster(dir: &Path) -> (Emulator, PathBuf, PathBuf) {
     let emu = Emulator::start().unwrap();
     emu.add_node(Node::new("cpu-0"));
     emu.add_node(Node::new("gpu-0").gpus(8));
+    // What `minerctl provision` enables on the primary (hostpath-storage).
+    emu.add_storage_class("microk8s-hostpath", true).unwrap();
     let kc = dir.join("kubeconfig");
     emu.write_kubeconfig(&kc).unwrap();
     (emu, kc, hotkey_file(dir))
@@ -174,6 +176,7 @@ fn deploy_whose_reader_went_away_still_applies_everything() {
 fn deploy_reads_the_kubeconfig_from_the_primary_over_ssh() {
     let emu = Emulator::start().unwrap();
     emu.add_node(Node::new("cpu-0"));
+    emu.add_storage_class("microk8s-hostpath", true).unwrap();
     let lab = Lab::start_named(&["cpu-0"]).unwrap();
     let h = &lab.hosts()[0];
     h.install_standins(&[Standin::Snap, Standin::Microk8s]).unwrap();

@@ -12,6 +12,9 @@ Where the objects live:
 - Without one, Nodes are JSON files in `$LAB_STATE/kube/nodes/NAME.json` on this host (a test
   registers the nodes that will join with `LabHost::set_kube_node`); the host's own node exists
   while microk8s runs. Reads never write (a `--check` run must leave no trace).
+- `enable hostpath-storage` makes the addon's default StorageClass `microk8s-hostpath`: in the
+  API emulator when there is one (so `minerctl deploy`'s claims find it), else in
+  `$LAB_STATE/kube/storageclasses/`.
 - RuntimeClasses are always local (`$LAB_STATE/kube/runtimeclasses/NAME.json`): the emulator
   does not model node.k8s.io.
 
@@ -475,8 +478,27 @@ def kubectl(args):
     # Anything else: recorded by the microk8s stand-in, nothing modelled.
 
 
+HOSTPATH_CLASS = {
+    "apiVersion": "storage.k8s.io/v1",
+    "kind": "StorageClass",
+    "metadata": {"name": "microk8s-hostpath",
+                 "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+    "provisioner": "microk8s.io/hostpath",
+    "reclaimPolicy": "Delete",
+    "volumeBindingMode": "WaitForFirstConsumer",
+}
+
+
 def addon(args):
     name, flags = args[0], args[1:]
+    if name == "hostpath-storage":
+        # The addon's default StorageClass, where the cluster's objects live.
+        url = emulator()
+        if url:
+            Emulator(url).call("POST", "/apis/storage.k8s.io/v1/storageclasses", HOSTPATH_CLASS)
+        else:
+            write(KUBE + "/storageclasses/microk8s-hostpath.json", json.dumps(HOSTPATH_CLASS) + "\n")
+        return
     if name != "nvidia":
         return
     rc = "nvidia"

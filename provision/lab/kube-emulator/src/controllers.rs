@@ -101,8 +101,63 @@ impl State {
             "StatefulSet" => self.statefulset(k, &obj),
             "DaemonSet" => self.daemonset(k, &obj),
             "Job" => self.job(k, &obj),
+            "PersistentVolumeClaim" => self.claim(k, &obj),
             _ => {}
         }
+    }
+
+    /// The volume binder, with a provisioner behind every class: a claim whose class
+    /// exists is bound at once, with what it requested; one with no class, or one that
+    /// does not exist, stays Pending, and so do the pods that mount it.
+    ///
+    /// A claim that names no class (not even "") gets the default one once there is one
+    /// (retroactive default class assignment, Kubernetes 1.28).
+    fn claim(&mut self, k: &Key, pvc: &Value) {
+        if phase(pvc) == "Bound" {
+            return;
+        }
+        let mut class = s(pvc, "/spec/storageClassName").to_string();
+        if pvc.pointer("/spec/storageClassName").is_none_or(Value::is_null)
+            && let Some(default) = crate::defaults::default_storage_class(self)
+        {
+            let mut new = pvc.clone();
+            new["spec"]["storageClassName"] = json!(default);
+            let _ = self.update(kind("v1", "PersistentVolumeClaim"), pvc, new, false);
+            class = default;
+        }
+        if class.is_empty() || self.get(kind("storage.k8s.io/v1", "StorageClass"), "", &class).is_none() {
+            return;
+        }
+        let status = json!({
+            "phase": "Bound",
+            "accessModes": pvc.pointer("/spec/accessModes").cloned().unwrap_or(json!(["ReadWriteOnce"])),
+            "capacity": {"storage": pvc.pointer("/spec/resources/requests/storage").cloned().unwrap_or(json!("1Gi"))},
+        });
+        self.set_status(kind("v1", "PersistentVolumeClaim"), &k.2, &k.3, status);
+        // Pods that waited for it are tried again.
+        self.sched_all = true;
+    }
+
+    /// Why the pod cannot be scheduled yet for its claims: one missing or not bound.
+    fn unbound_claim(&self, pod: &Value, nodes: usize) -> Option<String> {
+        let ns = s(pod, "/metadata/namespace");
+        let volumes = pod.pointer("/spec/volumes").and_then(Value::as_array)?;
+        for v in volumes {
+            let name = s(v, "/persistentVolumeClaim/claimName");
+            if name.is_empty() {
+                continue;
+            }
+            match self.get(kind("v1", "PersistentVolumeClaim"), ns, name) {
+                None => return Some(format!("persistentvolumeclaim \"{name}\" not found")),
+                Some(c) if phase(c) != "Bound" => {
+                    return Some(format!(
+                        "0/{nodes} nodes are available: pod has unbound immediate PersistentVolumeClaims."
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        None
     }
 
     /// The garbage collector's part of a deletion: drop `foregroundDeletion` once the
@@ -519,6 +574,10 @@ impl State {
             if !s(&pod, "/spec/nodeName").is_empty() || !live(&pod) {
                 continue;
             }
+            if let Some(message) = self.unbound_claim(&pod, nodes.len()) {
+                self.unschedulable(&k, message);
+                continue;
+            }
             let reqs = pod_requests(&pod);
             let spec = &pod["spec"];
             let signature =
@@ -539,17 +598,21 @@ impl State {
                 }
                 Err(message) => {
                     failed.insert(signature, message.clone());
-                    self.set_status(
-                        pods(),
-                        &k.2,
-                        &k.3,
-                        json!({"phase": "Pending", "conditions": [{
-                            "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
-                        }]}),
-                    );
+                    self.unschedulable(&k, message);
                 }
             }
         }
+    }
+
+    fn unschedulable(&mut self, k: &Key, message: String) {
+        self.set_status(
+            pods(),
+            &k.2,
+            &k.3,
+            json!({"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
+            }]}),
+        );
     }
 
     /// The first node (by name) that takes the pod, or the scheduler's message for why none does.

@@ -76,6 +76,18 @@ pub fn apply_defaults(
             template(spec);
         }
         "Job" => job(obj),
+        "PersistentVolumeClaim" if old.is_none() => {
+            // The DefaultStorageClass admission plugin: a claim that names no class gets
+            // the default one (an explicit "" asks for none and keeps it).
+            if obj.pointer("/spec/storageClassName").is_none_or(Value::is_null)
+                && let Some(default) = default_storage_class(state)
+            {
+                spec_of(obj)["storageClassName"] = json!(default);
+            }
+            if obj.get("status").is_none() {
+                obj["status"] = json!({"phase": "Pending"});
+            }
+        }
         "CronJob" => {
             let spec = spec_of(obj);
             fill(spec, "concurrencyPolicy", json!("Allow"));
@@ -287,4 +299,21 @@ fn service(state: &mut State, old: Option<&Value>, obj: &mut Value) -> Result<()
         }
     }
     Ok(())
+}
+
+/// The StorageClass annotated as the cluster's default (the newest, when several are).
+pub fn default_storage_class(state: &State) -> Option<String> {
+    let mut defaults: Vec<&Value> = state
+        .list(kind("storage.k8s.io/v1", "StorageClass"), None)
+        .into_iter()
+        .filter(|c| {
+            c.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class")
+                .and_then(Value::as_str)
+                == Some("true")
+        })
+        .collect();
+    defaults.sort_by_key(|c| {
+        c.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or_default()
+    });
+    defaults.last().and_then(|c| c.pointer("/metadata/name")).and_then(Value::as_str).map(str::to_owned)
 }

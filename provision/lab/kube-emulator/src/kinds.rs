@@ -54,6 +54,7 @@ pub const KINDS: &[Kind] = &[
     kind!("", "v1", "Secret", "secrets", "secret", true, false),
     kind!("", "v1", "ServiceAccount", "serviceaccounts", "serviceaccount", true, false),
     kind!("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", "persistentvolumeclaim", true, true),
+    kind!("storage.k8s.io", "v1", "StorageClass", "storageclasses", "storageclass", false, false),
     kind!("", "v1", "Event", "events", "event", true, false),
     kind!("apps", "v1", "Deployment", "deployments", "deployment", true, true),
     kind!("apps", "v1", "StatefulSet", "statefulsets", "statefulset", true, true),

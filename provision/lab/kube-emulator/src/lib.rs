@@ -412,6 +412,22 @@ impl Emulator {
         Ok(self.shared.lock().list(k, namespace).into_iter().cloned().collect())
     }
 
+    /// Adds a StorageClass, as a cluster's storage addon does (microk8s'
+    /// `hostpath-storage` makes `microk8s-hostpath`, the default). Claims of that class
+    /// are bound from then on (every class has a provisioner here).
+    pub fn add_storage_class(&self, name: &str, default: bool) -> Result<(), EmulatorError> {
+        let mut class = serde_json::json!({
+            "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": name},
+            "provisioner": "microk8s.io/hostpath", "reclaimPolicy": "Delete", "volumeBindingMode": "Immediate",
+        });
+        if default {
+            class["metadata"]["annotations"] =
+                serde_json::json!({"storageclass.kubernetes.io/is-default-class": "true"});
+        }
+        self.create(class).map(|_| ())
+    }
+
     /// Creates an object directly (as manager `emulator`), e.g. to seed a test.
     pub fn create(&self, object: Value) -> Result<Value, EmulatorError> {
         let api_version = object["apiVersion"].as_str().unwrap_or_default().to_string();

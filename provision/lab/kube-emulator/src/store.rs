@@ -242,7 +242,10 @@ fn node_name(p: &Value) -> &str {
 
 /// Kinds a controller of the emulator acts on.
 fn controlled(kind: &Kind) -> bool {
-    matches!(kind.kind, "Deployment" | "StatefulSet" | "DaemonSet" | "Job" | "Pod" | "Namespace")
+    matches!(
+        kind.kind,
+        "Deployment" | "StatefulSet" | "DaemonSet" | "Job" | "Pod" | "Namespace" | "PersistentVolumeClaim"
+    )
 }
 
 impl State {
@@ -766,6 +769,15 @@ impl State {
                         .filter(|(_, p)| node_name(p) == name)
                         .map(|(k, _)| k.clone()),
                 );
+                self.dirty.extend(wake);
+            }
+            "StorageClass" => {
+                // Claims waiting for a class look again.
+                let wake: Vec<Key> = self
+                    .list_keyed(kind_const("PersistentVolumeClaim"), None)
+                    .into_iter()
+                    .map(|(k, _)| k.clone())
+                    .collect();
                 self.dirty.extend(wake);
             }
             "ServiceAccount" | "ConfigMap" | "Secret" => {

@@ -567,3 +567,82 @@ async fn apply_merges_containers_env_and_ports_by_key_and_strategic_patches_use_
     let stored = emu.get("apps/v1", "Deployment", Some("default"), "chute").unwrap().unwrap();
     assert!(!stored.to_string().contains("$patch") && !stored.to_string().contains("$setElementOrder"));
 }
+
+/// A claim binds only through a StorageClass: with none (microk8s before its
+/// hostpath-storage addon) the claim and the pod that mounts it stay Pending, with the
+/// scheduler's message; once a default class exists the claim gets it (retroactively,
+/// as since Kubernetes 1.28) and the pod is scheduled. A claim that asks for no class
+/// ("") or a missing one stays Pending.
+#[tokio::test]
+async fn claims_bind_through_a_storage_class_and_their_pods_wait_for_them() {
+    let emu = Emulator::start().unwrap();
+    emu.add_node(Node::new("cpu-0"));
+    let c = client(&emu).await;
+    let sts: Api<StatefulSet> = Api::namespaced(c.clone(), "default");
+    let st: StatefulSet = serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "db"}, "spec": {"serviceName": "db",
+        "selector": {"matchLabels": {"app": "db"}}, "template": {"metadata": {"labels": {"app": "db"}},
+            "spec": {"containers": [{"name": "db", "image": "postgres:17", "volumeMounts": [{"name": "data", "mountPath": "/d"}]}]}},
+        "volumeClaimTemplates": [{"metadata": {"name": "data"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}}}}]}}))
+    .unwrap();
+    sts.create(&PostParams::default(), &st).await.unwrap();
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(c.clone(), "default");
+    let claim = |name: &str, class: Value| -> PersistentVolumeClaim {
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name}, "spec": {"storageClassName": class, "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}}}}))
+        .unwrap()
+    };
+    pvcs.create(&PostParams::default(), &claim("none", json!(""))).await.unwrap();
+    pvcs.create(&PostParams::default(), &claim("fast", json!("fast-ssd"))).await.unwrap();
+    let pods: Api<Pod> = Api::namespaced(c.clone(), "default");
+    let orphan = pod(
+        "orphan",
+        json!({"containers": [{"name": "c", "image": "x"}],
+        "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "nope"}}]}),
+    );
+    pods.create(&PostParams::default(), &orphan).await.unwrap();
+
+    let status = |p: &PersistentVolumeClaim| p.status.clone().and_then(|s| s.phase).unwrap_or_default();
+    let data = pvcs.get("data-db-0").await.unwrap();
+    assert_eq!((status(&data), data.spec.unwrap().storage_class_name), ("Pending".into(), None));
+    let db = pods.get("db-0").await.unwrap();
+    assert_eq!(phase(&db), "Pending");
+    assert!(db.spec.clone().unwrap().node_name.is_none());
+    assert_eq!(
+        condition_message(&db),
+        "0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims."
+    );
+    let orphan = pods.get("orphan").await.unwrap();
+    assert_eq!(condition_message(&orphan), "persistentvolumeclaim \"nope\" not found");
+
+    emu.add_storage_class("microk8s-hostpath", true).unwrap();
+    eventually("the claim to be bound and its pod scheduled", || async {
+        pods.get("db-0").await.unwrap().spec.unwrap().node_name.as_deref() == Some("cpu-0")
+    })
+    .await;
+    let data = pvcs.get("data-db-0").await.unwrap();
+    assert_eq!(status(&data), "Bound");
+    assert_eq!(data.spec.unwrap().storage_class_name.as_deref(), Some("microk8s-hostpath"));
+    assert_eq!(data.status.unwrap().capacity.unwrap()["storage"].0, "5Gi");
+    let new = pvcs.create(&PostParams::default(), &claim("later", Value::Null)).await.unwrap();
+    assert_eq!(
+        new.spec.unwrap().storage_class_name.as_deref(),
+        Some("microk8s-hostpath"),
+        "admission fills it"
+    );
+    for (name, class) in [("none", Some("")), ("fast", Some("fast-ssd"))] {
+        let p = pvcs.get(name).await.unwrap();
+        assert_eq!(
+            (status(&p).as_str(), p.spec.unwrap().storage_class_name.as_deref()),
+            ("Pending", class),
+            "{name}"
+        );
+    }
+    emu.add_storage_class("fast-ssd", false).unwrap();
+    eventually("the claim of a class that now exists to be bound", || async {
+        status(&pvcs.get("fast").await.unwrap()) == "Bound"
+    })
+    .await;
+}
