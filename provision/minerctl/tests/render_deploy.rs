@@ -152,6 +152,65 @@ fn deploy_with_a_kubeconfig_twice_then_dry_run() {
     assert_eq!(emu.resource_version(), clock, "the dry run changed something");
 }
 
+/// The nodes pull chute images through the registry mirror `minerctl provision` made from
+/// the inventory; values that disagree with it are refused before the cluster changes,
+/// naming both settings, and a validator the mirror does not cover is warned about.
+#[test]
+fn deploy_refuses_values_whose_registry_port_the_nodes_mirror_does_not_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let (emu, kc, hotkey) = emulated_cluster(dir.path());
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../inventory.example.yml");
+    let inventory = dir.path().join("inventory.yml");
+    std::fs::copy(&example, &inventory).unwrap();
+    let args = |extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["deploy", "--kubeconfig", path(&kc), "-i", path(&inventory)]
+            .into_iter()
+            .chain(["--hotkey", path(&hotkey), "--timeout", "20"])
+            .map(str::to_owned)
+            .collect();
+        a.extend(extra.iter().map(|s| (*s).to_owned()));
+        a
+    };
+    let run = |a: Vec<String>| Command::new(env!("CARGO_BIN_EXE_minerctl")).args(&a).output().unwrap();
+
+    let o = run(args(&["--set", "validators.supported[0].registryNodePort=30600"]));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("validators.supported[0].registryNodePort is 30600 but the nodes' registry mirror")
+            && err.contains("vars.registry_port in")
+            && err.contains("inventory.yml"),
+        "{err}"
+    );
+    assert!(emu.get("v1", "Namespace", None, "chutes").unwrap().is_none(), "nothing applied");
+
+    let o = run(args(&[
+        "--set",
+        "validators.supported[0].hotkey=5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty",
+    ]));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("which values do not list in validators.supported"));
+
+    // Agreeing values deploy; a second validator has no mirror, which is said.
+    let two = dir.path().join("two.yaml");
+    std::fs::write(
+        &two,
+        "validators:\n  supported:\n  - {hotkey: 5Dt7HZ7Zpw4DppPxFM7Ke3Cm7sDAWhsZXmM5ZAmE7dSVJbcQ, registry: r, \
+         api: http://a, socket: ws://s, registryNodePort: 30500}\n  - {hotkey: \
+         5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty, registry: r, api: http://a, socket: ws://s, \
+         registryNodePort: 30501}\n",
+    )
+    .unwrap();
+    let o = run(args(&["-f", path(&two)]));
+    assert!(o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning: validators.supported[1] (5FHneW46xGXgs5mUiveU4sbTyGBzmstUspZC92UhjJM694ty) has no registry mirror"),
+        "{err}"
+    );
+    assert!(!err.contains("supported[0]"), "{err}");
+}
+
 #[test]
 fn deploy_whose_reader_went_away_still_applies_everything() {
     // `minerctl deploy | head -1`: nobody reads the progress after the first line. The

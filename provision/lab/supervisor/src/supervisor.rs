@@ -395,8 +395,24 @@ fn start_steps(
     // Without built images the chart's default image references stay (the lock is absent).
     let lock_path = lock.clone().unwrap_or_else(|| dir.file("no-images.lock.json"));
     let lp = path_str(&lock_path)?;
-    let args =
-        ["deploy", "--kubeconfig", kc, "--hotkey", hk, "--timeout", "300", "-i", inv, "--images-lock", lp];
+    // The chart's validator is the one the nodes' registry mirror was provisioned for
+    // (the inventory's), which deploy checks.
+    let validator = format!("validators.supported[0].hotkey={validator_ss58}");
+    let args = [
+        "deploy",
+        "--kubeconfig",
+        kc,
+        "--hotkey",
+        hk,
+        "--timeout",
+        "300",
+        "-i",
+        inv,
+        "--images-lock",
+        lp,
+        "--set",
+        &validator,
+    ];
     run_minerctl(opts, dir, "deploy", &args)?;
     p.end(shared)?;
     interrupted(down, pending)?;

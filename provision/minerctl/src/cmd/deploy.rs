@@ -120,10 +120,79 @@ pub(crate) async fn kubeconfig_from_primary(
     Ok(out.stdout_str())
 }
 
+/// What the nodes' registry mirror says of the validators in values: an error when the
+/// validator the mirror was provisioned for is missing or on another port (no chute image
+/// could be pulled), a warning for each further validator (its chutes' images cannot be).
+///
+/// `minerctl provision` points containerd on every node at the registry proxy for
+/// `<vars.validator>.localregistry.chutes.ai:<vars.registry_port>`; chute Jobs name their
+/// image by the validator's hotkey and its `registryNodePort` from values. When the two
+/// disagree, pulls fail on the nodes with a DNS error that names neither setting.
+fn registry_mirror_check(
+    inv: &provision_inventory::Inventory,
+    inventory_path: &std::path::Path,
+    values: &minerctl_manifests::Values,
+) -> Result<Vec<String>, String> {
+    let (hotkey, port) = (&inv.vars.validator, inv.vars.registry_port);
+    let mirror = format!("{}:{port}", inv.registry_hostname());
+    let supported = &values.validators.supported;
+    let Some(i) = supported.iter().position(|v| v.hotkey.eq_ignore_ascii_case(hotkey)) else {
+        return Err(format!(
+            "the nodes' registry mirror ({mirror}, from vars.validator and vars.registry_port in {}) is for \
+             validator {hotkey}, which values do not list in validators.supported: no chute image could be \
+             pulled. Make vars.validator one of validators.supported[].hotkey and run `minerctl provision` again",
+            inventory_path.display()
+        ));
+    };
+    if supported[i].registry_node_port != port {
+        return Err(format!(
+            "validators.supported[{i}].registryNodePort is {} but the nodes' registry mirror ({mirror}) was \
+             provisioned for port {port} (vars.registry_port in {}): chute images could not be pulled. Make \
+             them agree (after changing the inventory, run `minerctl provision` again)",
+            supported[i].registry_node_port,
+            inventory_path.display()
+        ));
+    }
+    Ok(supported
+        .iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .map(|(j, v)| {
+            format!(
+                "warning: validators.supported[{j}] ({}) has no registry mirror on the nodes (`minerctl \
+                 provision` sets one up for vars.validator only): its chutes' images cannot be pulled",
+                v.hotkey
+            )
+        })
+        .collect())
+}
+
+/// The inventory, when there is one to compare values with. Without `--kubeconfig` it is
+/// needed anyway (the kubeconfig comes from its primary), so an unreadable one is an
+/// error; with it, the check is skipped and says so.
+fn inventory_for_check(args: &DeployArgs) -> anyhow::Result<Option<provision_inventory::Inventory>> {
+    if args.kube.kubeconfig.is_some() && !args.inventory.exists() {
+        return Ok(None);
+    }
+    match crate::cmd::load_inventory(&args.inventory) {
+        Ok(inv) => Ok(Some(inv)),
+        Err(e) if args.kube.kubeconfig.is_some() => {
+            eprintln!("warning: the registry mirror was not checked against the inventory: {e:#}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 pub fn run(args: DeployArgs) -> anyhow::Result<ExitCode> {
     // Everything local is checked before the cluster is contacted.
     let values = args.values.load()?;
     let manifest = minerctl_manifests::render(&values)?;
+    if let Some(inv) = inventory_for_check(&args)? {
+        for warning in registry_mirror_check(&inv, &args.inventory, &values).map_err(anyhow::Error::msg)? {
+            eprintln!("{warning}");
+        }
+    }
     let creds = credentials(&args)?;
     let opts = Options {
         dry_run: args.dry_run,
