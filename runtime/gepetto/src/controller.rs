@@ -839,6 +839,9 @@ impl Gepetto {
         let guard = self.inner.placement.lock().await;
         let mut decided = None;
         if !replacing.is_empty() {
+            // Removing running instances rests on this decision: made on the database's
+            // rows, not a copy another replica or the API may have outdated.
+            self.inner.inv.reload().await?;
             let mut fleet = self.snapshot().await?;
             fleet.without_deployments(replacing, |d| self.disk_held(d));
             let Some(snap) = fleet.chutes.get(&chute.chute_id) else { return Ok(None) };
@@ -903,9 +906,10 @@ impl Gepetto {
         let me = self.clone();
         let chute = chute.clone();
         let dep = deployment_id.clone();
+        let replacing = replacing.to_vec();
         self.inner.tasks.spawn(async move {
             let _permit = permit;
-            me.wait_gpus_released(&dep, &gpus).await;
+            me.wait_gpus_released(&dep, &gpus, &replacing).await;
             if let Err(e) = me.run_deploy(&chute, &dep, &server_id, &gpus, job.clone(), token, disk_gb).await {
                 tracing::warn!(deployment = %dep, chute = %chute.chute_id, error = %e, "deploy failed; undoing");
                 if let Err(e) = me.undeploy(&dep).await {
@@ -1209,16 +1213,30 @@ impl Gepetto {
     /// chute pods are pinned to GPUs by `NVIDIA_VISIBLE_DEVICES` and `nodeName`, not by
     /// an `nvidia.com/gpu` request the scheduler would count. Reads the pod watch (a
     /// condition, not a fixed sleep; no wait when no pod holds them); at the bound it
-    /// logs and goes on.
-    pub(crate) async fn wait_gpus_released(&self, deployment_id: &str, gpu_ids: &[String]) {
+    /// logs and goes on. The pods of `replacing` are waited for whatever their env says:
+    /// an instance from before 2025-07-17 (a legacy Deployment) got its GPUs through an
+    /// `nvidia.com/gpu` request, with no `NVIDIA_VISIBLE_DEVICES` in its spec.
+    pub(crate) async fn wait_gpus_released(
+        &self,
+        deployment_id: &str,
+        gpu_ids: &[String],
+        replacing: &[String],
+    ) {
         let wait = self.inner.cfg.pod_exit_wait;
         let devices: Vec<String> = gpu_ids.iter().filter_map(|g| objects::gpu_device(g).ok()).collect();
-        if devices.is_empty() || wait.is_zero() {
+        if (devices.is_empty() && replacing.is_empty()) || wait.is_zero() {
             return;
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let left = self.inner.cluster.pods_on_gpus(&devices, deployment_id);
+            let mut left = self.inner.cluster.pods_on_gpus(&devices, deployment_id);
+            for old in replacing {
+                left.extend(
+                    self.inner.cluster.deployment_pods(old).iter().filter_map(|p| p.metadata.name.clone()),
+                );
+            }
+            left.sort_unstable();
+            left.dedup();
             if left.is_empty() {
                 return;
             }

@@ -520,7 +520,11 @@ async fn a_chute_placed_on_a_gpu_whose_old_pod_is_still_stopping_waits_for_it() 
     let old = w.db.fleet_rows().await.unwrap().deployments[0].clone();
     let cfg = old.config_id.clone().unwrap();
     w.twice(&w.instance("created", "inst-old", Some(&cfg))).await;
-    eventually("the old chute's pod", || async { w.pods_of(&old.deployment_id).len() == 1 }).await;
+    // Gepetto's pod watch has it (what the deploy reads), not just the API server.
+    eventually("the old chute's pod in Gepetto's watch", || async {
+        w.gepetto.cluster().deployment_pods(&old.deployment_id).len() == 1
+    })
+    .await;
     let old_pod = w.pods_of(&old.deployment_id).remove(0);
 
     w.kube.hold_pod_terminations(true);
@@ -534,9 +538,16 @@ async fn a_chute_placed_on_a_gpu_whose_old_pod_is_still_stopping_waits_for_it() 
     assert_eq!(w.pods_of(&old.deployment_id), std::slice::from_ref(&old_pod), "its pod is still stopping");
     assert!(w.job(&new.deployment_id).is_none(), "no Job while the old pod still runs on the GPU");
 
+    w.kube.clear_requests();
     assert!(w.kube.finish_pod_termination(NS, &old_pod));
     w.gepetto.wait_idle().await;
     assert!(w.job(&new.deployment_id).is_some(), "the Job once the GPU is released");
+    let created = format!("POST /apis/batch/v1/namespaces/{NS}/jobs");
+    assert!(
+        w.kube.requests().iter().any(|r| r.starts_with(&created)),
+        "the Job was created after the old pod was gone, not before: {:?}",
+        w.kube.requests()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
