@@ -221,8 +221,10 @@ async fn preflight(
     storage_classes(client, ns, items).await
 }
 
-/// The annotation that makes a StorageClass the cluster's default.
-const DEFAULT_CLASS: &str = "storageclass.kubernetes.io/is-default-class";
+/// The annotations that make a StorageClass the cluster's default (the beta one is
+/// still honoured by the admission plugin).
+const DEFAULT_CLASS: [&str; 2] =
+    ["storageclass.kubernetes.io/is-default-class", "storageclass.beta.kubernetes.io/is-default-class"];
 
 /// Every claim the deploy would create has a StorageClass to be provisioned from: a
 /// claim without one stays Pending, and so does the pod that mounts it (Postgres,
@@ -275,7 +277,8 @@ async fn storage_classes(client: &kube::Client, ns: &str, items: &[Item]) -> Res
         .items;
     let exists = |name: &str| classes.iter().any(|c| c.metadata.name.as_deref() == Some(name));
     let has_default = classes.iter().any(|c| {
-        c.metadata.annotations.as_ref().and_then(|a| a.get(DEFAULT_CLASS)).map(String::as_str) == Some("true")
+        let annotations = c.metadata.annotations.as_ref();
+        DEFAULT_CLASS.iter().any(|k| annotations.and_then(|a| a.get(*k)).map(String::as_str) == Some("true"))
     });
     for (object, class) in wanted {
         match class {

@@ -254,11 +254,15 @@ async fn claims_without_a_storage_class_are_refused_before_any_change() {
     assert!(err.contains("microk8s enable hostpath-storage"), "{err}");
     assert!(env.emu.get("v1", "Namespace", None, "chutes").unwrap().is_none(), "nothing applied: {out}");
 
-    env.emu.add_storage_class("microk8s-hostpath", true).unwrap();
+    // A default class marked with the older beta annotation, which admission still honours.
+    env.emu
+        .create(json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "provisioner": "rancher.io/local-path",
+            "metadata": {"name": "local-path", "annotations": {"storageclass.beta.kubernetes.io/is-default-class": "true"}}}))
+        .unwrap();
     let (r, _) = run(&env, &["redis.persistence.storageClass=fast-ssd"], &creds(), &opts()).await;
     let err = r.unwrap_err().to_string();
     assert!(
-        err.contains("StatefulSet chutes/redis claims a volume from StorageClass fast-ssd, which does not exist in the cluster (it has: microk8s-hostpath)"),
+        err.contains("StatefulSet chutes/redis claims a volume from StorageClass fast-ssd, which does not exist in the cluster (it has: local-path)"),
         "{err}"
     );
     assert!(env.emu.get("v1", "Namespace", None, "chutes").unwrap().is_none());
@@ -267,11 +271,14 @@ async fn claims_without_a_storage_class_are_refused_before_any_change() {
     r.unwrap_or_else(|e| panic!("{e}\n{out}"));
     let claim =
         env.emu.get("v1", "PersistentVolumeClaim", Some("chutes"), "data-postgres-0").unwrap().unwrap();
-    assert_eq!(claim["spec"]["storageClassName"], "microk8s-hostpath");
+    assert_eq!(claim["spec"]["storageClassName"], "local-path");
     assert_eq!(claim["status"]["phase"], "Bound");
-    // Its claims exist now: a later deploy does not judge them again.
-    let (r, out) = run(&env, &["redis.persistence.storageClass=fast-ssd"], &creds(), &opts()).await;
-    assert!(!r.as_ref().is_err_and(|e| e.to_string().contains("StorageClass")), "{out}");
+    // Its claims exist and are bound: a later deploy does not judge them again, even once
+    // the class is gone.
+    let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(env.client.clone());
+    classes.delete("local-path", &Default::default()).await.unwrap();
+    let (r, out) = run(&env, &[], &creds(), &opts()).await;
+    r.unwrap_or_else(|e| panic!("{e}\n{out}"));
 }
 
 #[tokio::test]

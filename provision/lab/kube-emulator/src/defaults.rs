@@ -301,15 +301,19 @@ fn service(state: &mut State, old: Option<&Value>, obj: &mut Value) -> Result<()
     Ok(())
 }
 
-/// The StorageClass annotated as the cluster's default (the newest, when several are).
+/// The StorageClass annotated as the cluster's default, GA or beta annotation (the
+/// newest, when several are).
 pub fn default_storage_class(state: &State) -> Option<String> {
     let mut defaults: Vec<&Value> = state
         .list(kind("storage.k8s.io/v1", "StorageClass"), None)
         .into_iter()
         .filter(|c| {
-            c.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class")
-                .and_then(Value::as_str)
-                == Some("true")
+            [
+                "storageclass.kubernetes.io~1is-default-class",
+                "storageclass.beta.kubernetes.io~1is-default-class",
+            ]
+            .iter()
+            .any(|k| c.pointer(&format!("/metadata/annotations/{k}")).and_then(Value::as_str) == Some("true"))
         })
         .collect();
     defaults.sort_by_key(|c| {
