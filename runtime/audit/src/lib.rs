@@ -22,6 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Duration as ChronoDuration, DurationRound, Utc};
 use chutes_protocol::Hotkey;
 use chutes_protocol::auth::{Payload, headers, sha256_hex};
+use chutes_protocol::redact::redact_url;
 use miner_db::{AuditRow, Db};
 use serde::Serialize;
 use serde_json::Value;
@@ -40,6 +41,13 @@ pub enum AuditError {
     Upload { url: String, attempts: u32, last: String },
     #[error("HTTP client: {0}")]
     Client(String),
+}
+
+/// A client error without the URL reqwest puts in its text: the configured URLs may
+/// carry an API key (`?apikey=`, `user:token@`), and these messages reach logs and,
+/// for Prometheus, the uploaded report. Callers name the URL redacted where it helps.
+fn http_error(e: reqwest::Error) -> String {
+    e.without_url().to_string()
 }
 
 #[derive(Debug, Clone)]
@@ -259,11 +267,11 @@ impl Exporter {
     }
 
     async fn get_json(&self, url: &str) -> Result<Value, String> {
-        let resp = self.http.get(url).send().await.map_err(|e| e.to_string())?;
+        let resp = self.http.get(url).send().await.map_err(http_error)?;
         if !resp.status().is_success() {
-            return Err(format!("{url} answered {}", resp.status()));
+            return Err(format!("{} answered {}", redact_url(url), resp.status()));
         }
-        resp.json().await.map_err(|e| e.to_string())
+        resp.json().await.map_err(http_error)
     }
 
     /// `((deployment_id, chute_id, function), last value)` per series.
@@ -280,11 +288,11 @@ impl Exporter {
             .query(&[("query", query), ("start", &end), ("end", &end), ("step", "3600")])
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(http_error)?;
         if !resp.status().is_success() {
             return Err(format!("query_range answered {}", resp.status()));
         }
-        let v: Value = resp.json().await.map_err(|e| e.to_string())?;
+        let v: Value = resp.json().await.map_err(http_error)?;
         let series = v["data"]["result"].as_array().ok_or("query_range: no data.result")?;
         Ok(series
             .iter()
@@ -300,10 +308,10 @@ impl Exporter {
     /// The chain's current block number.
     pub async fn block_number(&self) -> Result<u64, AuditError> {
         let url = self.cfg.subtensor_rpc.clone();
-        let fail = |reason: String| AuditError::Block { url: url.clone(), reason };
+        let fail = |reason: String| AuditError::Block { url: redact_url(&url), reason };
         let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "chain_getHeader", "params": []});
-        let resp = self.http.post(&url).json(&body).send().await.map_err(|e| fail(e.to_string()))?;
-        let v: Value = resp.json().await.map_err(|e| fail(e.to_string()))?;
+        let resp = self.http.post(&url).json(&body).send().await.map_err(|e| fail(http_error(e)))?;
+        let v: Value = resp.json().await.map_err(|e| fail(http_error(e)))?;
         let number =
             v["result"]["number"].as_str().ok_or_else(|| fail(format!("no result.number in {v}")))?;
         u64::from_str_radix(number.trim_start_matches("0x"), 16)
@@ -331,17 +339,17 @@ impl Exporter {
                 Ok(resp) if resp.status().is_client_error() => {
                     let status = resp.status().as_u16();
                     let body = resp.text().await.unwrap_or_default();
-                    return Err(AuditError::Refused { url: url.clone(), status, body });
+                    return Err(AuditError::Refused { url: redact_url(url), status, body });
                 }
                 Ok(resp) => last = format!("status {}", resp.status()),
-                Err(e) => last = e.to_string(),
+                Err(e) => last = http_error(e),
             }
             tracing::warn!(attempt, error = %last, "audit upload failed; retrying");
             if attempt < self.cfg.attempts {
                 tokio::time::sleep(self.cfg.retry_delay).await;
             }
         }
-        Err(AuditError::Upload { url: url.clone(), attempts: self.cfg.attempts, last })
+        Err(AuditError::Upload { url: redact_url(url), attempts: self.cfg.attempts, last })
     }
 }
 

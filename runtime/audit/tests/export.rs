@@ -270,3 +270,33 @@ async fn an_unreachable_chain_stops_before_uploading() {
     assert!(err.to_string().contains("block number from http://127.0.0.1:9/rpc"), "{err}");
     assert!(shared.lock().unwrap().uploads.is_empty());
 }
+
+/// The configured URLs may carry an API key. Neither the errors (logged by the CronJob)
+/// nor the report uploaded to the validator (its Prometheus note) show it.
+#[tokio::test]
+async fn keys_in_the_configured_urls_never_reach_errors_or_the_report() {
+    let (_, db, base, shared, hotkey) = setup().await;
+    seed(&db).await;
+    let mut cfg = ExporterConfig::new(
+        format!("{base}/audit/miner_data?token=UPLOADKEY"),
+        "http://prom:PROMKEY@127.0.0.1:9".into(),
+        format!("{base}/rpc?apikey=CHAINKEY"),
+    );
+    cfg.retry_delay = Duration::from_millis(10);
+    cfg.attempts = 1;
+    let exporter = Exporter::new(db.clone(), hotkey.clone(), cfg).unwrap();
+    shared.lock().unwrap().script = vec![401];
+    let err = exporter.run(window()).await.unwrap_err().to_string();
+    assert!(err.contains("token=***") && !err.contains("UPLOADKEY"), "{err}");
+    let report = String::from_utf8(shared.lock().unwrap().uploads[0].1.to_vec()).unwrap();
+    assert!(report.contains("prometheus metrics unavailable") && !report.contains("PROMKEY"), "{report}");
+
+    let cfg = ExporterConfig::new(
+        format!("{base}/audit/miner_data"),
+        base.clone(),
+        "http://rpc:CHAINKEY@127.0.0.1:9/rpc?apikey=CHAINKEY".into(),
+    );
+    let err = Exporter::new(db, hotkey, cfg).unwrap().run(window()).await.unwrap_err().to_string();
+    assert!(err.contains("block number from http://rpc:***@127.0.0.1:9/rpc?apikey=***"), "{err}");
+    assert!(!err.contains("CHAINKEY"), "{err}");
+}
