@@ -183,6 +183,9 @@ async fn devices(
 #[serde(deny_unknown_fields)]
 pub struct Challenge {
     pub seed: u64,
+    /// 64 hex characters, fresh for every `/prove` ([`graval::Nonce`]): without it the
+    /// whole proof could be computed before the validator asks. Required.
+    pub nonce: String,
     #[serde(default = "one")]
     pub iterations: u64,
     #[serde(default)]
@@ -219,6 +222,8 @@ async fn prove(
         serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid challenge body: {e}")))?;
     // The prover's own bound (v2 plans ask 16..=64 per model), checked before any work.
     graval::proof::check_iterations(challenge.iterations).map_err(|e| bad_request(e.to_string()))?;
+    let nonce = graval::Nonce::from_hex(&challenge.nonce)
+        .ok_or_else(|| bad_request("nonce must be 64 hex characters (32 fresh random bytes)"))?;
     let by_uuid: HashMap<&str, usize> =
         s.devices.iter().enumerate().map(|(i, d)| (d.uuid.as_str(), i)).collect();
     if let Some(unknown) = challenge.ciphertext.keys().find(|u| !by_uuid.contains_key(u.as_str())) {
@@ -229,7 +234,7 @@ async fn prove(
     let (seed, iterations) = (challenge.seed, challenge.iterations);
     let runs = tokio::task::spawn_blocking(move || {
         let mut node = guard;
-        node.prove(seed, iterations)
+        node.prove(seed, &nonce, iterations)
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("proof task failed: {e}")))?

@@ -10,6 +10,9 @@ use std::process::{Child, Command, Stdio};
 use chutes_protocol::Hotkey;
 use chutes_protocol::auth::{Payload, now_unix};
 use graval::{DeviceInfo, ProofParams, SpotCheck, Verifier, WorkProduct};
+
+/// The validator's fresh value for one `/prove`.
+const NONCE: graval::Nonce = graval::Nonce([0x6e; 32]);
 use test_support::{http, signed};
 
 const N: usize = 32;
@@ -80,9 +83,9 @@ fn validator_povw_flow_round_trip() {
     let (seed, iterations) = (987_654_321u64, 2u64);
     let v = Verifier::new(ProofParams::with_matrix_size(N));
     let plaintext = "decrypt me please: 0b7e";
-    let transport = v.encrypt_challenge(dev, seed, iterations, plaintext).unwrap();
+    let transport = v.encrypt_challenge(dev, seed, &NONCE, iterations, plaintext).unwrap();
     let b64 = transport.split_once('|').unwrap().1;
-    let body = serde_json::json!({"seed": seed, "iterations": iterations, "ciphertext": {&dev.uuid: b64}});
+    let body = serde_json::json!({"seed": seed, "nonce": NONCE.to_hex(), "iterations": iterations, "ciphertext": {&dev.uuid: b64}});
     let body = serde_json::to_vec(&body).unwrap();
     let h = signed(&validator, miner.ss58(), Payload::Body(&body));
     let (status, text) = http(&server.addr, "POST", "/prove", &h, &body);
@@ -96,7 +99,7 @@ fn validator_povw_flow_round_trip() {
     assert_eq!(p["device_name"], dev.name.as_str());
     assert_eq!(p["work_product"]["version"], graval::WORK_PRODUCT_VERSION, "the node serves v2 proofs");
     let wp: WorkProduct = serde_json::from_value(p["work_product"].clone()).unwrap();
-    v.check_proof(dev, seed, iterations, &wp, &SpotCheck::Random(3)).unwrap();
+    v.check_proof(dev, seed, &NONCE, iterations, &wp, &SpotCheck::Random(3)).unwrap();
     assert_eq!(serde_json::from_value::<Vec<DeviceInfo>>(resp["devices"].clone()).unwrap(), devs);
 
     // Replaying the exact signed request is refused.
@@ -175,13 +178,24 @@ fn empty_whitelist_refuses_every_validator_call() {
 fn bad_challenges_get_clear_400s() {
     let (miner, validator) = (key(10), key(11));
     let server = start(miner.ss58(), validator.ss58());
-    let cases: [(&[u8], &str); 4] = [
-        (br#"{"seed": 1, "iterations": 65}"#, "iterations must be in 1..=64"),
-        (br#"{"seed": -1}"#, "invalid challenge body"),
-        (br#"{"seed": 1, "ciphertext": {"00000000000000000000000000000000": "AAAA"}}"#, "does not have"),
-        (br#"{"seed": 1, "extra": 1}"#, "unknown field"),
+    let n = NONCE.to_hex();
+    let cases: [(String, &str); 7] = [
+        (format!(r#"{{"seed": 1, "nonce": "{n}", "iterations": 65}}"#), "iterations must be in 1..=64"),
+        (format!(r#"{{"seed": -1, "nonce": "{n}"}}"#), "invalid challenge body"),
+        (
+            format!(
+                r#"{{"seed": 1, "nonce": "{n}", "ciphertext": {{"00000000000000000000000000000000": "AAAA"}}}}"#
+            ),
+            "does not have",
+        ),
+        (format!(r#"{{"seed": 1, "nonce": "{n}", "extra": 1}}"#), "unknown field"),
+        // Without a fresh nonce the work could have been done before the request.
+        (r#"{"seed": 1}"#.to_owned(), "missing field `nonce`"),
+        (r#"{"seed": 1, "nonce": "zz"}"#.to_owned(), "nonce must be 64 hex characters"),
+        (format!(r#"{{"seed": 1, "nonce": "{}"}}"#, &n[..62]), "nonce must be 64 hex characters"),
     ];
     for (body, want) in cases {
+        let body = body.as_bytes();
         let h = signed(&validator, miner.ss58(), Payload::Body(body));
         let (status, text) = http(&server.addr, "POST", "/prove", &h, body);
         assert_eq!(status, 400, "{text}");
@@ -190,9 +204,9 @@ fn bad_challenges_get_clear_400s() {
     // A ciphertext for another seed does not decrypt: 400 naming the device.
     let dev = &devices(&server, &miner)[0];
     let v = Verifier::new(ProofParams::with_matrix_size(N));
-    let other = v.encrypt_challenge(dev, 2, 1, "x").unwrap();
+    let other = v.encrypt_challenge(dev, 2, &NONCE, 1, "x").unwrap();
     let body = serde_json::to_vec(
-        &serde_json::json!({"seed": 1, "ciphertext": {&dev.uuid: other.split_once('|').unwrap().1}}),
+        &serde_json::json!({"seed": 1, "nonce": NONCE.to_hex(), "ciphertext": {&dev.uuid: other.split_once('|').unwrap().1}}),
     )
     .unwrap();
     let h = signed(&validator, miner.ss58(), Payload::Body(&body));
@@ -305,11 +319,13 @@ fn cuda_node_povw_flow() {
     v.max_full_products = 2 * iterations as usize;
     let mut cts = serde_json::Map::new();
     for d in &devs {
-        let t = v.encrypt_challenge(d, seed, iterations, &format!("decrypt me please: {}", d.uuid)).unwrap();
+        let t = v
+            .encrypt_challenge(d, seed, &NONCE, iterations, &format!("decrypt me please: {}", d.uuid))
+            .unwrap();
         cts.insert(d.uuid.clone(), t.split_once('|').unwrap().1.into());
     }
     let body =
-        serde_json::to_vec(&serde_json::json!({"seed": seed, "iterations": iterations, "ciphertext": cts}))
+        serde_json::to_vec(&serde_json::json!({"seed": seed, "nonce": NONCE.to_hex(), "iterations": iterations, "ciphertext": cts}))
             .unwrap();
     let h = signed(&validator, miner.ss58(), Payload::Body(&body));
     let t = std::time::Instant::now();
@@ -320,7 +336,7 @@ fn cuda_node_povw_flow() {
     for d in &devs {
         assert_eq!(resp["plaintext"][&d.uuid], format!("decrypt me please: {}", d.uuid));
         let wp: WorkProduct = serde_json::from_value(resp["proof"][&d.uuid]["work_product"].clone()).unwrap();
-        let report = v.check_proof(d, seed, iterations, &wp, &SpotCheck::default()).unwrap();
+        let report = v.check_proof(d, seed, &NONCE, iterations, &wp, &SpotCheck::default()).unwrap();
         println!(
             "RESULT bootstrap_prove device={:?} version={} slots={} n={} iterations={iterations} e2e_s={elapsed:.2} \
              cpu_checked={:?} full_products={}",

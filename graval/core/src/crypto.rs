@@ -130,7 +130,7 @@ mod tests {
             ecc: false,
             concurrent_kernels: false,
         };
-        ChallengeKey::derive(&SeedKey::derive(5, &dev), &[7u8; 32], 1)
+        ChallengeKey::derive(&SeedKey::derive(5, &crate::schedule::Nonce([3; 32]), &dev), &[7u8; 32], 1)
     }
 
     #[test]

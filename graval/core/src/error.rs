@@ -105,6 +105,8 @@ pub enum VerifyError {
          {iterations} iterations (it needs {iterations}); a smaller budget would leave later iterations unchecked"
     )]
     Budget { budget: usize, iterations: u64 },
+    #[error("no position to check: a verification that replays nothing proves nothing")]
+    NothingChecked,
     #[error("hash mismatch at (iteration {iteration}, step {index})")]
     HashMismatch { iteration: u64, index: u64 },
     #[error("plaintext mismatch for device {0}")]

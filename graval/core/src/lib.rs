@@ -41,5 +41,5 @@ pub use engine::Engine;
 pub use error::{BackendError, ChallengeError, CryptoError, DeviceError, ProofError, VerifyError};
 pub use node::Node;
 pub use proof::{ProofRun, WORK_PRODUCT_VERSION, WorkProduct, prove};
-pub use schedule::{ProofParams, SeedKey};
+pub use schedule::{Nonce, ProofParams, SeedKey};
 pub use verify::{CheckReport, SpotCheck, TimingWindow, Verifier};

@@ -6,7 +6,7 @@ use crate::device::DeviceInfo;
 use crate::engine::Engine;
 use crate::error::{BackendError, CryptoError, ProofError};
 use crate::proof::{ProofRun, prove_all};
-use crate::schedule::{ProofParams, SeedKey};
+use crate::schedule::{Nonce, ProofParams, SeedKey};
 
 pub struct Node {
     engines: Vec<Box<dyn Engine>>,
@@ -58,9 +58,9 @@ impl Node {
     }
 
     /// One proof per device, all devices at once (one host thread each).
-    pub fn prove(&mut self, seed: u64, iterations: u64) -> Result<Vec<ProofRun>, ProofError> {
+    pub fn prove(&mut self, seed: u64, nonce: &Nonce, iterations: u64) -> Result<Vec<ProofRun>, ProofError> {
         let params: Vec<ProofParams> = (0..self.engines.len()).filter_map(|i| self.params(i)).collect();
-        prove_all(&mut self.engines, seed, iterations, &params).into_iter().collect()
+        prove_all(&mut self.engines, seed, nonce, iterations, &params).into_iter().collect()
     }
 }
 
@@ -71,6 +71,10 @@ pub fn decrypt_challenge(run: &ProofRun, iterations: u64, transport: &str) -> Re
     if seed.is_some_and(|s| s != run.seed) {
         return Err(CryptoError::Transport("seed differs from the proof's seed"));
     }
-    let key = ChallengeKey::derive(&SeedKey::derive(run.seed, &run.device), &run.first_hash, iterations);
+    let key = ChallengeKey::derive(
+        &SeedKey::derive(run.seed, &run.nonce, &run.device),
+        &run.first_hash,
+        iterations,
+    );
     key.decrypt(&blob)
 }

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::device::DeviceInfo;
 use crate::engine::Engine;
 use crate::error::{BackendError, ProofError};
-use crate::schedule::{Consume, ProofParams, SeedKey};
+use crate::schedule::{Consume, Nonce, ProofParams, SeedKey};
 
 /// The version this crate proves and verifies.
 pub const WORK_PRODUCT_VERSION: u32 = 2;
@@ -85,6 +85,7 @@ impl TryFrom<RawWorkProduct> for WorkProduct {
 pub struct ProofRun {
     pub device: DeviceInfo,
     pub seed: u64,
+    pub nonce: Nonce,
     pub work_product: WorkProduct,
     /// Hash of step (0, 0)'s hashed rows; input to the challenge key (see `crypto`).
     pub first_hash: [u8; 32],
@@ -134,6 +135,7 @@ pub fn check_iterations(iterations: u64) -> Result<(), ProofError> {
 pub fn prove<E: Engine + ?Sized>(
     engine: &mut E,
     seed: u64,
+    nonce: &Nonce,
     iterations: u64,
     params: &ProofParams,
 ) -> Result<ProofRun, ProofError> {
@@ -143,12 +145,13 @@ pub fn prove<E: Engine + ?Sized>(
     let free = engine.free_memory()?;
     let count = plan_matrices(free, engine.reserve_bytes(), params)?;
     engine.allocate(params.matrix_size, count)?;
-    let result = run_chain(engine, &device, seed, iterations, params, count);
+    let result = run_chain(engine, &SeedKey::derive(seed, nonce, &device), iterations, params, count);
     engine.release();
     let (hashes, first_hash, fill_seconds, chain_seconds) = result?;
     Ok(ProofRun {
         device,
         seed,
+        nonce: *nonce,
         work_product: WorkProduct {
             version: WORK_PRODUCT_VERSION,
             intermediate_hashes: hashes.iter().map(hex::encode).collect(),
@@ -169,13 +172,11 @@ type Chain = (Vec<[u8; 32]>, [u8; 32], f64, f64);
 
 fn run_chain<E: Engine + ?Sized>(
     engine: &mut E,
-    device: &DeviceInfo,
-    seed: u64,
+    key: &SeedKey,
     iterations: u64,
     params: &ProofParams,
     count: usize,
 ) -> Result<Chain, BackendError> {
-    let key = SeedKey::derive(seed, device);
     let t0 = Instant::now();
     engine.fill_all(key.philox_key())?;
     let fill_seconds = t0.elapsed().as_secs_f64();
@@ -188,7 +189,7 @@ fn run_chain<E: Engine + ?Sized>(
     for i in 0..iterations {
         let mut consume = Consume::new(count as u64);
         for p in 0..count as u64 {
-            let Some(slot) = consume.next(&key, i, p, &prev) else { break };
+            let Some(slot) = consume.next(key, i, p, &prev) else { break };
             let rows = key.hash_rows(i, p, params);
             let fresh = key.fresh_key(i, p, &prev);
             let digest = engine.step(slot as usize, fresh, key.mix_salt(i, p), &rows, &mut rows_out)?;
@@ -208,6 +209,7 @@ fn run_chain<E: Engine + ?Sized>(
 pub fn prove_all(
     engines: &mut [Box<dyn Engine>],
     seed: u64,
+    nonce: &Nonce,
     iterations: u64,
     params: &[ProofParams],
 ) -> Vec<Result<ProofRun, ProofError>> {
@@ -216,7 +218,7 @@ pub fn prove_all(
         let handles: Vec<_> = engines
             .iter_mut()
             .zip(params)
-            .map(|(e, p)| s.spawn(move || prove(e.as_mut(), seed, iterations, p)))
+            .map(|(e, p)| s.spawn(move || prove(e.as_mut(), seed, nonce, iterations, p)))
             .collect();
         handles
             .into_iter()

@@ -1,5 +1,5 @@
-//! Everything derived from (seed, device identity): the seed key, the PRNG key, the
-//! per-step mix salt and fresh-operand key, the rows each step hashes, the consume
+//! Everything derived from (seed, nonce, device identity): the seed key, the PRNG key,
+//! the per-step mix salt and fresh-operand key, the rows each step hashes, the consume
 //! rule's slot draws, and the step hash itself. Miner and verifier call the same functions.
 
 use sha2::{Digest, Sha256};
@@ -99,9 +99,44 @@ fn h(parts: &[&[u8]]) -> [u8; 32] {
     d.finalize().into()
 }
 
+/// The validator's fresh value for one `/prove`: 32 random bytes, 64 hex characters on
+/// the wire. The seed is the node's (the miner posted it when it registered the node),
+/// so a key from the seed alone would let a miner compute the whole proof before it is
+/// asked, on any hardware and at any speed, and answer inside the timing window from a
+/// cache. Mixed into the seed key, the nonce makes every value of the run unknowable
+/// until the request arrives. Not secret.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Nonce(pub [u8; 32]);
+
+impl Nonce {
+    /// A fresh nonce from the operating system's generator (the validator's side).
+    pub fn random() -> Self {
+        use aes_gcm::aead::{OsRng, rand_core::RngCore};
+        let mut b = [0u8; 32];
+        OsRng.fill_bytes(&mut b);
+        Self(b)
+    }
+
+    /// From its 64 hex characters; `None` for anything else.
+    pub fn from_hex(text: &str) -> Option<Self> {
+        let mut b = [0u8; 32];
+        (text.len() == 64 && hex::decode_to_slice(text, &mut b).is_ok()).then_some(Self(b))
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl std::fmt::Debug for Nonce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Nonce({})", self.to_hex())
+    }
+}
+
 impl SeedKey {
-    pub fn derive(seed: u64, device: &DeviceInfo) -> Self {
-        Self(h(&[b"seed", &seed.to_le_bytes(), &device.identity_bytes()]))
+    pub fn derive(seed: u64, nonce: &Nonce, device: &DeviceInfo) -> Self {
+        Self(h(&[b"seed", &seed.to_le_bytes(), &nonce.0, &device.identity_bytes()]))
     }
 
     pub fn as_bytes(&self) -> &[u8; 32] {

@@ -27,7 +27,7 @@ use crate::error::{CryptoError, VerifyError};
 use crate::gemm::{MatRef, igemm_nt};
 use crate::prng::{FRESH_MATRIX, fill_matrix_vec, fill_row, mix_slice};
 use crate::proof::{WORK_PRODUCT_VERSION, WorkProduct};
-use crate::schedule::{Consume, ProofParams, SeedKey};
+use crate::schedule::{Consume, Nonce, ProofParams, SeedKey};
 
 /// Which positions to check.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,9 +88,16 @@ impl Verifier {
 
     /// The challenge key, from the hashed rows of step (0, 0), `mix(fill_0 . R_0^T)`:
     /// row r needs row r of the fill and all of `R_0`, a few row products. Anyone with
-    /// (seed, device, iterations) can derive it so, miner included: it proves liveness only.
-    pub fn challenge_key(&self, device: &DeviceInfo, seed: u64, iterations: u64) -> ChallengeKey {
-        let key = SeedKey::derive(seed, device);
+    /// (seed, nonce, device, iterations) can derive it so, miner included: it proves
+    /// liveness only.
+    pub fn challenge_key(
+        &self,
+        device: &DeviceInfo,
+        seed: u64,
+        nonce: &Nonce,
+        iterations: u64,
+    ) -> ChallengeKey {
+        let key = SeedKey::derive(seed, nonce, device);
         let n = self.params.matrix_size;
         let rows = key.hash_rows(0, 0, &self.params);
         let mut s = vec![0i8; rows.len() * n];
@@ -114,10 +121,11 @@ impl Verifier {
         &self,
         device: &DeviceInfo,
         seed: u64,
+        nonce: &Nonce,
         iterations: u64,
         plaintext: &str,
     ) -> Result<String, CryptoError> {
-        let blob = self.challenge_key(device, seed, iterations).encrypt(plaintext)?;
+        let blob = self.challenge_key(device, seed, nonce, iterations).encrypt(plaintext)?;
         Ok(format_transport(seed, &blob))
     }
 
@@ -132,7 +140,7 @@ impl Verifier {
         if wp.version != WORK_PRODUCT_VERSION {
             return Err(VerifyError::Version { got: wp.version, want: WORK_PRODUCT_VERSION });
         }
-        if wp.total_iterations != iterations {
+        if wp.total_iterations != iterations || crate::proof::check_iterations(iterations).is_err() {
             return Err(VerifyError::Iterations { got: wp.total_iterations, want: iterations });
         }
         if wp.matrix_size != self.params.matrix_size {
@@ -173,28 +181,33 @@ impl Verifier {
         &self,
         device: &DeviceInfo,
         seed: u64,
+        nonce: &Nonce,
         iterations: u64,
         wp: &WorkProduct,
         spots: &SpotCheck,
     ) -> Result<CheckReport, VerifyError> {
         let mut engine = CpuEngine::with_device(device.clone(), self.threads);
-        self.check_proof_on(&mut engine, device, seed, iterations, wp, spots)
+        self.check_proof_on(&mut engine, device, seed, nonce, iterations, wp, spots)
     }
 
     /// Structural checks, then spot checks replayed on `engine` (a GPU engine when
     /// the validator has one). The engine's own device is irrelevant: it needs room
     /// for one state and the step scratch.
+    // The request's seed, nonce and iterations as they went over the wire, beside the
+    // product and the check: named where they are used rather than bundled.
+    #[allow(clippy::too_many_arguments)]
     pub fn check_proof_on(
         &self,
         engine: &mut dyn Engine,
         device: &DeviceInfo,
         seed: u64,
+        nonce: &Nonce,
         iterations: u64,
         wp: &WorkProduct,
         spots: &SpotCheck,
     ) -> Result<CheckReport, VerifyError> {
         let hashes = self.check_structure(device, iterations, wp)?;
-        let key = SeedKey::derive(seed, device);
+        let key = SeedKey::derive(seed, nonce, device);
         let num = wp.num_matrices;
         let positions: Vec<u64> = match spots {
             SpotCheck::At(list) => list
@@ -209,6 +222,9 @@ impl Verifier {
                 .collect::<Result<_, _>>()?,
             SpotCheck::Random(count) => self.pick(iterations, num, *count, &mut || OsRng.next_u64())?,
         };
+        if positions.is_empty() {
+            return Err(VerifyError::NothingChecked);
+        }
         let schedule = Schedule::new(&key, num, &hashes);
         // Per slot, the deepest iteration any check needs: one replay per chain.
         let mut deepest: BTreeMap<u64, u64> = BTreeMap::new();

@@ -27,6 +27,8 @@ const SLOTS: u64 = 16;
 const ITERATIONS: u64 = 6;
 const T: u64 = SLOTS * ITERATIONS;
 const SEED: u64 = 77_000;
+/// The validator's fresh value for the runs these tests make.
+const NONCE: graval::Nonce = graval::Nonce([0x6e; 32]);
 
 fn params() -> ProofParams {
     ProofParams::with_matrix_size(N)
@@ -261,7 +263,7 @@ impl Engine for Cheater {
 
 fn cheat_run(cheat: Cheat, seed: u64) -> (Cheater, graval::WorkProduct) {
     let mut c = Cheater::new(cheat, seed ^ 0x5eed);
-    let run = prove(&mut c, seed, ITERATIONS, &params()).unwrap();
+    let run = prove(&mut c, seed, &NONCE, ITERATIONS, &params()).unwrap();
     assert_eq!(run.work_product.num_matrices, SLOTS);
     (c, run.work_product)
 }
@@ -274,7 +276,7 @@ fn verdicts_match_prediction(cheat: Cheat, seed: u64) -> (Cheater, Vec<bool>) {
     let v = verifier();
     for t in 0..T {
         let pos = (t / SLOTS, t % SLOTS);
-        let got = v.check_proof(&device(), seed, ITERATIONS, &wp, &SpotCheck::At(vec![pos]));
+        let got = v.check_proof(&device(), seed, &NONCE, ITERATIONS, &wp, &SpotCheck::At(vec![pos]));
         match (bad[t as usize], got) {
             (false, Ok(_)) => {}
             (true, Err(VerifyError::HashMismatch { .. })) => {}
@@ -321,7 +323,7 @@ fn survival_rate_matches(cheat: Cheat, k: usize, runs: u64, draws: u64) -> (u64,
                 picks.insert(mix64(&mut rng) % T);
             }
             let spots = SpotCheck::At(picks.iter().map(|&t| (t / SLOTS, t % SLOTS)).collect());
-            let passed = v.check_proof(&device(), seed, ITERATIONS, &wp, &spots).is_ok();
+            let passed = v.check_proof(&device(), seed, &NONCE, ITERATIONS, &wp, &spots).is_ok();
             assert_eq!(passed, picks.iter().all(|&t| !bad[t as usize]), "{cheat:?} seed {seed} {picks:?}");
             passes += u64::from(passed);
         }
@@ -341,7 +343,7 @@ fn the_honest_prover_passes_every_check_with_the_honest_work() {
     assert_eq!(c.peak_held, SLOTS as usize);
     let (_, wp) = cheat_run(Cheat::Honest, SEED);
     let all: Vec<(u64, u64)> = (0..T).map(|t| (t / SLOTS, t % SLOTS)).collect();
-    verifier().check_proof(&device(), SEED, ITERATIONS, &wp, &SpotCheck::At(all)).unwrap();
+    verifier().check_proof(&device(), SEED, &NONCE, ITERATIONS, &wp, &SpotCheck::At(all)).unwrap();
 }
 
 /// Below 8 bits per element a state cannot be held (it is uniform over all 256

@@ -8,6 +8,8 @@ use graval::node::decrypt_challenge;
 use graval::{CpuEngine, Engine, ProofParams, SpotCheck, Verifier, prove};
 
 const SEED: u64 = 1_234_567_890_123;
+/// The validator's fresh value for the runs these tests make.
+const NONCE: graval::Nonce = graval::Nonce([0x6e; 32]);
 
 /// CUDA and CPU give the same hashes, bit for bit, when sized to the same budget.
 fn same_hashes(n: usize, slots: u64, iterations: u64) {
@@ -15,10 +17,10 @@ fn same_hashes(n: usize, slots: u64, iterations: u64) {
     let bytes = params.filled_bytes(slots);
     let mut gpu = CudaEngine::new(0).expect("CUDA device 0").with_memory_limit(bytes);
     let info = gpu.device_info().clone();
-    let g = prove(&mut gpu, SEED, iterations, &params).unwrap();
+    let g = prove(&mut gpu, SEED, &NONCE, iterations, &params).unwrap();
     let threads = std::thread::available_parallelism().map(|t| t.get()).unwrap_or(1);
     let mut cpu = CpuEngine::with_device(info, threads).with_memory_limit(bytes);
-    let c = prove(&mut cpu, SEED, iterations, &params).unwrap();
+    let c = prove(&mut cpu, SEED, &NONCE, iterations, &params).unwrap();
     assert_eq!(g.work_product.num_matrices, slots);
     assert_eq!(g.work_product, c.work_product, "n={n}: CUDA hashes differ from CPU hashes");
     assert_eq!(g.first_hash, c.first_hash);
@@ -100,7 +102,7 @@ fn full_size_proof_fills_vram_and_both_verifiers_accept_it() {
     let params = ProofParams::for_device(&info);
     let iterations = 4;
     let t = std::time::Instant::now();
-    let run = prove(&mut gpu, SEED, iterations, &params).unwrap();
+    let run = prove(&mut gpu, SEED, &NONCE, iterations, &params).unwrap();
     println!(
         "RESULT full_proof n={} slots={} iterations={iterations} wall_s={:.2} chain_tops={:.1} \
          free_filled={:.4} total_filled={:.4}",
@@ -115,7 +117,7 @@ fn full_size_proof_fills_vram_and_both_verifiers_accept_it() {
     let v = Verifier::new(params);
     let t = std::time::Instant::now();
     let report = v
-        .check_proof_on(&mut gpu, &info, SEED, iterations, &run.work_product, &SpotCheck::default())
+        .check_proof_on(&mut gpu, &info, SEED, &NONCE, iterations, &run.work_product, &SpotCheck::default())
         .unwrap();
     println!(
         "RESULT full_proof_cuda_verifier checks={} full_products={} verify_s={:.2}",
@@ -127,7 +129,7 @@ fn full_size_proof_fills_vram_and_both_verifiers_accept_it() {
     cpu_v.max_full_products = 2 * iterations as usize;
     let t = std::time::Instant::now();
     let report =
-        cpu_v.check_proof(&info, SEED, iterations, &run.work_product, &SpotCheck::default()).unwrap();
+        cpu_v.check_proof(&info, SEED, &NONCE, iterations, &run.work_product, &SpotCheck::default()).unwrap();
     println!(
         "RESULT full_proof_cpu_verifier checked={:?} full_products={} verify_s={:.2}",
         report.checked,
@@ -137,8 +139,11 @@ fn full_size_proof_fills_vram_and_both_verifiers_accept_it() {
     // A tampered hash is refused by the CUDA verifier too.
     let mut bad = run.work_product.clone();
     bad.intermediate_hashes[0] = "00".repeat(32);
-    assert!(v.check_proof_on(&mut gpu, &info, SEED, iterations, &bad, &SpotCheck::At(vec![(0, 0)])).is_err());
-    let transport = v.encrypt_challenge(&info, SEED, iterations, "decrypt me please: gpu").unwrap();
+    assert!(
+        v.check_proof_on(&mut gpu, &info, SEED, &NONCE, iterations, &bad, &SpotCheck::At(vec![(0, 0)]))
+            .is_err()
+    );
+    let transport = v.encrypt_challenge(&info, SEED, &NONCE, iterations, "decrypt me please: gpu").unwrap();
     assert_eq!(decrypt_challenge(&run, iterations, &transport).unwrap(), "decrypt me please: gpu");
 }
 
@@ -149,7 +154,7 @@ fn asking_for_more_than_the_device_has_fails_fast_and_clearly() {
     let total = gpu.device_info().memory;
     // Pretend twice the real memory is free: allocation must fail with a clear error.
     let mut gpu2 = CudaEngine::new(0).unwrap().with_memory_limit(total * 2);
-    let err = prove(&mut gpu2, SEED, 1, &ProofParams::for_device(gpu.device_info())).unwrap_err();
+    let err = prove(&mut gpu2, SEED, &NONCE, 1, &ProofParams::for_device(gpu.device_info())).unwrap_err();
     let msg = err.to_string();
     println!("expected failure: {msg}");
     assert!(msg.contains("allocation of slot"), "{msg}");

@@ -17,6 +17,8 @@ use graval::{
 };
 
 const SEED: u64 = 1_234_567_890_123;
+/// The validator's fresh value for the runs these tests make.
+const NONCE: graval::Nonce = graval::Nonce([0x6e; 32]);
 const N: usize = 32;
 const MATRIX_BYTES: u64 = (N * N) as u64;
 
@@ -30,7 +32,7 @@ fn device() -> DeviceInfo {
 }
 
 fn run(dev: DeviceInfo, seed: u64, iterations: u64, threads: usize) -> ProofRun {
-    prove(&mut CpuEngine::with_device(dev, threads), seed, iterations, &params()).unwrap()
+    prove(&mut CpuEngine::with_device(dev, threads), seed, &NONCE, iterations, &params()).unwrap()
 }
 
 fn verifier() -> Verifier {
@@ -56,13 +58,13 @@ fn fixed_vectors_pin_the_algorithm() {
     let pinned = [&h[0], &h[1], &h[2], &h[15], &h[16], &h[31], &hex::encode(r.first_hash)];
     expect![[r#"
         [
-            "6d6f298c790c675f88593209e6e88f8e0da42a783643699d82e0748458415668",
-            "1db13fc361a8d25f2db54a147c584147683f912c9cfd27886ad9de04dce6cae2",
-            "e21520371860fb0159720fbc540a416b1f3a2b5f4834ce214696f343ade90977",
-            "a1947c37e856c80aefb4a3aa083c091ca4ae62a1faf0ebd5184f38ab0cf759de",
-            "bc86ae1764e5f106559812504daa5734cf2925648c0ffc4a33c9a5e06a68145a",
-            "1ec50c006e8b97f1d4971d33c257d89ab783a859c92247ae71b3ec69005c4636",
-            "873d94c63c921ad0692765dcbc515469bc1fb743c1546abf87c13c298444dd00",
+            "9c2ff6f8247551219a8bf5c3e9fc9fd131c5ff373852a8755aa4c97c85949436",
+            "9c4474d56e3330cb565cd8a0c8a0366c4ce173e34be2724bca8942e20ad177ef",
+            "04af6de1de8d5866c893a5560875907f87f00fc58c9695e300982da6a5b964c7",
+            "0e99fee63963d374f66644c5ac480626cc947090355dadb5285223cd7be11a8d",
+            "8f787627e6fcf8820a94cb1113a9d9b45aa76d756c9f9555b68ea3a9d053aa50",
+            "27ca46881af53a91ad5a2aa438b69b40858070002b281305a7b63ea6853e7b75",
+            "d238b580327b2d9457cc95a24858dc08890f35f59b63240d84913ba1a337947b",
         ]
     "#]]
     .assert_debug_eq(&pinned);
@@ -90,14 +92,14 @@ fn a_v1_work_product_is_refused_with_a_clear_error() {
     json.as_object_mut().unwrap().remove("version");
     let v1: graval::WorkProduct = serde_json::from_value(json).unwrap();
     assert_eq!(v1.version, 1);
-    let err = verifier().check_proof(&device(), SEED, 1, &v1, &SpotCheck::Random(1)).unwrap_err();
+    let err = verifier().check_proof(&device(), SEED, &NONCE, 1, &v1, &SpotCheck::Random(1)).unwrap_err();
     assert_eq!(err, VerifyError::Version { got: 1, want: 2 });
     let msg = err.to_string();
     assert!(msg.contains("version is 1") && msg.contains("GraVal v1") && msg.contains("version 2"), "{msg}");
     let mut v3 = r.work_product.clone();
     v3.version = 3;
     assert_eq!(
-        verifier().check_proof(&device(), SEED, 1, &v3, &SpotCheck::Random(1)),
+        verifier().check_proof(&device(), SEED, &NONCE, 1, &v3, &SpotCheck::Random(1)),
         Err(VerifyError::Version { got: 3, want: 2 })
     );
 }
@@ -115,15 +117,17 @@ fn prove_then_verify_round_trip() {
     let r = run(device(), SEED, iterations, 2);
     let v = verifier();
     // Every position, whatever it costs.
-    let report =
-        v.check_proof(&device(), SEED, iterations, &r.work_product, &all_positions(iterations, 16)).unwrap();
+    let report = v
+        .check_proof(&device(), SEED, &NONCE, iterations, &r.work_product, &all_positions(iterations, 16))
+        .unwrap();
     assert_eq!(report.checked.len(), 32);
     // The default: 90 random positions (all 32 here).
-    let report = v.check_proof(&device(), SEED, iterations, &r.work_product, &SpotCheck::default()).unwrap();
+    let report =
+        v.check_proof(&device(), SEED, &NONCE, iterations, &r.work_product, &SpotCheck::default()).unwrap();
     assert_eq!(report.checked.len(), 32);
 
     let plaintext = "decrypt me please: 6f1c";
-    let transport = v.encrypt_challenge(&device(), SEED, iterations, plaintext).unwrap();
+    let transport = v.encrypt_challenge(&device(), SEED, &NONCE, iterations, plaintext).unwrap();
     assert!(transport.starts_with(&format!("{SEED}|")));
     let got = decrypt_challenge(&r, iterations, &transport).unwrap();
     assert_eq!(got, plaintext);
@@ -141,8 +145,9 @@ fn every_tampered_hash_is_caught() {
         let h = &mut wp.intermediate_hashes[t];
         let flipped = if h.starts_with('0') { "1" } else { "0" };
         h.replace_range(0..1, flipped);
-        let err =
-            v.check_proof(&device(), SEED, iterations, &wp, &all_positions(iterations, 16)).unwrap_err();
+        let err = v
+            .check_proof(&device(), SEED, &NONCE, iterations, &wp, &all_positions(iterations, 16))
+            .unwrap_err();
         assert!(matches!(err, VerifyError::HashMismatch { .. }), "position {t}: {err:?}");
     }
 }
@@ -152,35 +157,45 @@ fn a_single_spot_check_catches_a_tampered_hash_at_that_position() {
     let r = run(device(), SEED, 1, 2);
     let mut wp = r.work_product.clone();
     wp.intermediate_hashes[5] = "ab".repeat(32);
-    let err = verifier().check_proof(&device(), SEED, 1, &wp, &SpotCheck::At(vec![(0, 5)])).unwrap_err();
+    let err =
+        verifier().check_proof(&device(), SEED, &NONCE, 1, &wp, &SpotCheck::At(vec![(0, 5)])).unwrap_err();
     assert_eq!(err, VerifyError::HashMismatch { iteration: 0, index: 5 });
 }
 
 #[test]
-fn wrong_seed_or_wrong_uuid_fails_verification_and_decryption() {
+fn wrong_seed_nonce_or_uuid_fails_verification_and_decryption() {
     let r = run(device(), SEED, 1, 2);
     let v = verifier();
     let all = all_positions(1, 16);
     assert!(matches!(
-        v.check_proof(&device(), SEED + 1, 1, &r.work_product, &all),
+        v.check_proof(&device(), SEED + 1, &NONCE, 1, &r.work_product, &all),
         Err(VerifyError::HashMismatch { .. })
     ));
     let mut other = device();
     other.uuid = "f123456789abcdef0123456789abcdef".into();
     assert!(matches!(
-        v.check_proof(&other, SEED, 1, &r.work_product, &all),
+        v.check_proof(&other, SEED, &NONCE, 1, &r.work_product, &all),
         Err(VerifyError::HashMismatch { .. })
     ));
+    // Work done for another nonce (before the validator asked, with the node's known
+    // seed) is not the work it asked for.
+    let earlier = graval::Nonce([0x01; 32]);
+    assert!(matches!(
+        v.check_proof(&device(), SEED, &earlier, 1, &r.work_product, &all),
+        Err(VerifyError::HashMismatch { .. })
+    ));
+    let for_other_nonce = v.encrypt_challenge(&device(), SEED, &earlier, 1, "x").unwrap();
+    assert_eq!(decrypt_challenge(&r, 1, &for_other_nonce), Err(CryptoError::Decrypt));
 
     // A ciphertext for another seed or another device does not open.
-    let for_other_seed = v.encrypt_challenge(&device(), SEED + 1, 1, "x").unwrap();
+    let for_other_seed = v.encrypt_challenge(&device(), SEED + 1, &NONCE, 1, "x").unwrap();
     let bare = for_other_seed.split_once('|').unwrap().1;
     assert_eq!(decrypt_challenge(&r, 1, bare), Err(CryptoError::Decrypt));
     assert!(matches!(decrypt_challenge(&r, 1, &for_other_seed), Err(CryptoError::Transport(_))));
-    let for_other_device = v.encrypt_challenge(&other, SEED, 1, "x").unwrap();
+    let for_other_device = v.encrypt_challenge(&other, SEED, &NONCE, 1, "x").unwrap();
     assert_eq!(decrypt_challenge(&r, 1, &for_other_device), Err(CryptoError::Decrypt));
     // Nor one for other iterations.
-    let for_other_iterations = v.encrypt_challenge(&device(), SEED, 2, "x").unwrap();
+    let for_other_iterations = v.encrypt_challenge(&device(), SEED, &NONCE, 2, "x").unwrap();
     assert_eq!(decrypt_challenge(&r, 1, &for_other_iterations), Err(CryptoError::Decrypt));
 }
 
@@ -188,7 +203,7 @@ fn wrong_seed_or_wrong_uuid_fails_verification_and_decryption() {
 fn any_ciphertext_byte_flip_is_caught() {
     let r = run(device(), SEED, 1, 2);
     let v = verifier();
-    let transport = v.encrypt_challenge(&device(), SEED, 1, "decrypt me please").unwrap();
+    let transport = v.encrypt_challenge(&device(), SEED, &NONCE, 1, "decrypt me please").unwrap();
     let (_, blob) = graval::crypto::parse_transport(&transport).unwrap();
     for i in 0..blob.len() {
         let mut bad = blob.clone();
@@ -206,29 +221,46 @@ fn structural_lies_are_refused() {
     let mut wp = r.work_product.clone();
     wp.intermediate_hashes.pop();
     assert_eq!(
-        v.check_proof(&device(), SEED, 1, &wp, &spot),
+        v.check_proof(&device(), SEED, &NONCE, 1, &wp, &spot),
         Err(VerifyError::HashCount { got: 15, want: 16 })
     );
     assert!(matches!(
-        v.check_proof(&device(), SEED, 2, &r.work_product, &spot),
+        v.check_proof(&device(), SEED, &NONCE, 2, &r.work_product, &spot),
         Err(VerifyError::Iterations { got: 1, want: 2 })
     ));
     let mut wp = r.work_product.clone();
     wp.intermediate_hashes[3] = "zz".repeat(32);
-    assert_eq!(v.check_proof(&device(), SEED, 1, &wp, &spot), Err(VerifyError::HashFormat(3)));
+    assert_eq!(v.check_proof(&device(), SEED, &NONCE, 1, &wp, &spot), Err(VerifyError::HashFormat(3)));
+    // A check that replays nothing accepts nothing, and zero iterations are no proof.
+    for nothing in [SpotCheck::At(vec![]), SpotCheck::Random(0)] {
+        assert_eq!(
+            v.check_proof(&device(), SEED, &NONCE, 1, &r.work_product, &nothing),
+            Err(VerifyError::NothingChecked)
+        );
+    }
+    let mut empty = r.work_product.clone();
+    empty.total_iterations = 0;
+    empty.intermediate_hashes.clear();
+    assert_eq!(
+        v.check_proof(&device(), SEED, &NONCE, 0, &empty, &spot),
+        Err(VerifyError::Iterations { got: 0, want: 0 })
+    );
     // Claiming fewer matrices than the declared memory holds: not VRAM-filling.
     let mut wp = r.work_product.clone();
     wp.num_matrices = 8;
     wp.intermediate_hashes.truncate(8);
-    assert!(matches!(v.check_proof(&device(), SEED, 1, &wp, &spot), Err(VerifyError::VramFraction { .. })));
+    assert!(matches!(
+        v.check_proof(&device(), SEED, &NONCE, 1, &wp, &spot),
+        Err(VerifyError::VramFraction { .. })
+    ));
     let mut wp = r.work_product.clone();
     wp.matrix_size = 64;
     assert_eq!(
-        v.check_proof(&device(), SEED, 1, &wp, &spot),
+        v.check_proof(&device(), SEED, &NONCE, 1, &wp, &spot),
         Err(VerifyError::MatrixSize { got: 64, want: 32 })
     );
     assert!(matches!(
-        v.check_proof(&device(), SEED, 1, &r.work_product, &SpotCheck::At(vec![(1, 0)])),
+        v.check_proof(&device(), SEED, &NONCE, 1, &r.work_product, &SpotCheck::At(vec![(1, 0)])),
         Err(VerifyError::Position { iteration: 1, index: 0 })
     ));
 }
@@ -243,22 +275,23 @@ fn sizing_fills_95_percent_or_fails_clearly() {
     // Budget for 6 slots: the scratch takes 5, one slot is not a chain set.
     let mut small = device();
     small.memory = MATRIX_BYTES * 6;
-    let err = prove(&mut CpuEngine::with_device(small, 1), SEED, 1, &params()).unwrap_err();
+    let err = prove(&mut CpuEngine::with_device(small, 1), SEED, &NONCE, 1, &params()).unwrap_err();
     assert!(matches!(err, ProofError::Backend(BackendError::TooLittleMemory { fit: 1, .. })), "{err:?}");
     assert!(err.to_string().contains("cannot fill 95% of free memory"), "{err}");
 
     // 7.9 slots of budget: 2 fit beside the scratch, which is only 89% of it.
     let mut ragged = device();
     ragged.memory = MATRIX_BYTES * 79 / 10;
-    let err = prove(&mut CpuEngine::with_device(ragged, 1), SEED, 1, &params()).unwrap_err();
+    let err = prove(&mut CpuEngine::with_device(ragged, 1), SEED, &NONCE, 1, &params()).unwrap_err();
     assert!(matches!(err, ProofError::Backend(BackendError::TooLittleMemory { fit: 2, .. })), "{err:?}");
 
-    let err = prove(&mut CpuEngine::with_device(device(), 1), SEED, 0, &params()).unwrap_err();
+    let err = prove(&mut CpuEngine::with_device(device(), 1), SEED, &NONCE, 0, &params()).unwrap_err();
     assert!(matches!(err, ProofError::Iterations(0)));
-    let err = prove(&mut CpuEngine::with_device(device(), 1), SEED, 65, &params()).unwrap_err();
+    let err = prove(&mut CpuEngine::with_device(device(), 1), SEED, &NONCE, 65, &params()).unwrap_err();
     assert!(matches!(err, ProofError::Iterations(65)));
-    let err = prove(&mut CpuEngine::with_device(device(), 1), SEED, 1, &ProofParams::with_matrix_size(40))
-        .unwrap_err();
+    let err =
+        prove(&mut CpuEngine::with_device(device(), 1), SEED, &NONCE, 1, &ProofParams::with_matrix_size(40))
+            .unwrap_err();
     assert!(err.to_string().contains("multiple of 16"), "{err}");
 }
 
@@ -271,10 +304,10 @@ fn node_proves_every_device_in_parallel() {
         Box::new(CpuEngine::with_device(second.clone(), 1)),
     ];
     let mut node = Node::new(engines, Some(N));
-    let runs = node.prove(SEED, 1).unwrap();
+    let runs = node.prove(SEED, &NONCE, 1).unwrap();
     assert_eq!(runs.len(), 2);
     assert_ne!(runs[0].work_product, runs[1].work_product, "the device identity keys the PRNG");
-    verifier().check_proof(&second, SEED, 1, &runs[1].work_product, &SpotCheck::Random(2)).unwrap();
+    verifier().check_proof(&second, SEED, &NONCE, 1, &runs[1].work_product, &SpotCheck::Random(2)).unwrap();
 }
 
 #[test]
@@ -310,24 +343,33 @@ fn verifier_work_is_counted_in_products() {
             let cost = v.replay_cost(&r.work_product, i, k).unwrap();
             assert_eq!(cost, i as usize + 1);
             let report = v
-                .check_proof(&device(), SEED, iterations, &r.work_product, &SpotCheck::At(vec![(i, k)]))
+                .check_proof(
+                    &device(),
+                    SEED,
+                    &NONCE,
+                    iterations,
+                    &r.work_product,
+                    &SpotCheck::At(vec![(i, k)]),
+                )
                 .unwrap();
             assert_eq!(report.full_products, cost, "({i}, {k})");
         }
     }
     assert!(v.replay_cost(&r.work_product, iterations, 0).is_err());
-    let report =
-        v.check_proof(&device(), SEED, iterations, &r.work_product, &all_positions(iterations, num)).unwrap();
+    let report = v
+        .check_proof(&device(), SEED, &NONCE, iterations, &r.work_product, &all_positions(iterations, num))
+        .unwrap();
     assert_eq!(report.full_products, (iterations * num) as usize);
     // A budget bounds the replay; it must afford one check of the last iteration.
     let mut cheap = verifier();
     cheap.max_full_products = iterations as usize;
-    let report =
-        cheap.check_proof(&device(), SEED, iterations, &r.work_product, &SpotCheck::Random(3)).unwrap();
+    let report = cheap
+        .check_proof(&device(), SEED, &NONCE, iterations, &r.work_product, &SpotCheck::Random(3))
+        .unwrap();
     assert!(!report.checked.is_empty() && report.full_products <= 4, "{report:?}");
     cheap.max_full_products = 3;
     assert_eq!(
-        cheap.check_proof(&device(), SEED, iterations, &r.work_product, &SpotCheck::Random(1)),
+        cheap.check_proof(&device(), SEED, &NONCE, iterations, &r.work_product, &SpotCheck::Random(1)),
         Err(VerifyError::Budget { budget: 3, iterations: 4 })
     );
 }
@@ -341,7 +383,7 @@ fn the_verifier_replays_through_a_given_engine() {
     other.uuid = "99999999999999999999999999999999".into();
     let mut engine = CpuEngine::with_device(other, 2);
     let report = verifier()
-        .check_proof_on(&mut engine, &device(), SEED, 2, &r.work_product, &all_positions(2, 16))
+        .check_proof_on(&mut engine, &device(), SEED, &NONCE, 2, &r.work_product, &all_positions(2, 16))
         .unwrap();
     assert_eq!(report.full_products, 32);
 }
@@ -380,7 +422,7 @@ fn a_budget_that_cannot_reach_the_last_iteration_is_refused() {
     let mut v = verifier();
     v.max_full_products = 1;
     for wp in [&forged, &honest] {
-        let err = v.check_proof(&device(), SEED, iterations, wp, &SpotCheck::default()).unwrap_err();
+        let err = v.check_proof(&device(), SEED, &NONCE, iterations, wp, &SpotCheck::default()).unwrap_err();
         assert_eq!(err, VerifyError::Budget { budget: 1, iterations: 16 });
         assert!(err.to_string().contains("last of 16 iterations"), "{err}");
     }
@@ -398,11 +440,12 @@ fn a_budgeted_verifier_checks_every_iteration_within_its_budget() {
     v.max_full_products = 2 * iterations as usize;
     let mut deepest = 0;
     for _ in 0..20 {
-        let r = v.check_proof(&device(), SEED, iterations, &honest, &SpotCheck::default()).unwrap();
+        let r = v.check_proof(&device(), SEED, &NONCE, iterations, &honest, &SpotCheck::default()).unwrap();
         assert!(r.full_products <= v.max_full_products, "{r:?}");
         assert!(r.checked.len() >= 2, "the budget affords at least two checks at any depth: {r:?}");
         deepest = deepest.max(r.checked.iter().map(|&(i, _)| i).max().unwrap_or(0));
-        let err = v.check_proof(&device(), SEED, iterations, &forged, &SpotCheck::default()).unwrap_err();
+        let err =
+            v.check_proof(&device(), SEED, &NONCE, iterations, &forged, &SpotCheck::default()).unwrap_err();
         assert!(matches!(err, VerifyError::HashMismatch { .. }), "{err:?}");
     }
     // 40+ uniform draws all in iteration 0 would have probability below 16^-40.
@@ -419,7 +462,7 @@ fn an_original_v1_shaped_work_product_is_refused_by_its_version() {
     let wp: graval::WorkProduct = serde_json::from_value(json).unwrap();
     assert_eq!(wp.version, 1);
     assert_eq!(
-        verifier().check_proof(&device(), SEED, 1, &wp, &SpotCheck::Random(1)),
+        verifier().check_proof(&device(), SEED, &NONCE, 1, &wp, &SpotCheck::Random(1)),
         Err(VerifyError::Version { got: 1, want: 2 })
     );
     let r = run(device(), SEED, 1, 2);
@@ -434,8 +477,8 @@ fn an_original_v1_shaped_work_product_is_refused_by_its_version() {
 #[test]
 fn the_challenge_key_needs_no_run() {
     let v = verifier();
-    let transport = v.encrypt_challenge(&device(), SEED, 16, "decrypt me please").unwrap();
+    let transport = v.encrypt_challenge(&device(), SEED, &NONCE, 16, "decrypt me please").unwrap();
     let (_, blob) = graval::crypto::parse_transport(&transport).unwrap();
-    let key = verifier().challenge_key(&device(), SEED, 16);
+    let key = verifier().challenge_key(&device(), SEED, &NONCE, 16);
     assert_eq!(key.decrypt(&blob).unwrap(), "decrypt me please");
 }

@@ -393,12 +393,12 @@ fn the_graval_cpu_image_serves_pings_refuses_unsigned_calls_and_proves() {
     let devs: Vec<DeviceInfo> = serde_json::from_value(v["devices"].clone()).unwrap();
     let dev = &devs[0];
 
-    let (seed, iterations) = (42_424_242u64, 2u64);
+    let (seed, iterations, nonce) = (42_424_242u64, 2u64, graval::Nonce::random());
     let verifier = Verifier::new(ProofParams::with_matrix_size(N));
-    let transport = verifier.encrypt_challenge(dev, seed, iterations, "from the container").unwrap();
+    let transport = verifier.encrypt_challenge(dev, seed, &nonce, iterations, "from the container").unwrap();
     let b64 = transport.split_once('|').unwrap().1;
     let body = serde_json::to_vec(&serde_json::json!({
-        "seed": seed, "iterations": iterations, "ciphertext": {&dev.uuid: b64}
+        "seed": seed, "nonce": nonce.to_hex(), "iterations": iterations, "ciphertext": {&dev.uuid: b64}
     }))
     .unwrap();
     let (status, text) =
@@ -407,7 +407,7 @@ fn the_graval_cpu_image_serves_pings_refuses_unsigned_calls_and_proves() {
     let resp: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(resp["plaintext"][&dev.uuid], "from the container");
     let wp: WorkProduct = serde_json::from_value(resp["proof"][&dev.uuid]["work_product"].clone()).unwrap();
-    verifier.check_proof(dev, seed, iterations, &wp, &SpotCheck::Random(3)).unwrap();
+    verifier.check_proof(dev, seed, &nonce, iterations, &wp, &SpotCheck::Random(3)).unwrap();
 }
 
 // ---------------------------------------------------------------------------- push

@@ -13,7 +13,7 @@ use std::time::Instant;
 use args::*;
 use graval::gemm::{BLayout, Kernel, MatRef, igemm_with};
 use graval::prng::fill_matrix_vec;
-use graval::{CpuEngine, Engine, ProofParams, prove};
+use graval::{CpuEngine, Engine, Nonce, ProofParams, prove};
 
 /// Tiny argument helpers (the library crate keeps no CLI dependency).
 mod args {
@@ -74,7 +74,7 @@ fn cpu_proof(args: &[String]) {
     let iterations: u64 = arg(args, "--iterations", 4);
     let mut engine = CpuEngine::host(mib << 20);
     let t = Instant::now();
-    match prove(&mut engine, 42, iterations, &ProofParams::with_matrix_size(n)) {
+    match prove(&mut engine, 42, &Nonce::random(), iterations, &ProofParams::with_matrix_size(n)) {
         Ok(run) => {
             let wall = t.elapsed().as_secs_f64();
             println!(
@@ -184,8 +184,10 @@ fn gpu(args: &[String]) {
         }
         for iterations in runs {
             let params = ProofParams::with_matrix_size(n);
+            let run_nonce = Nonce::random();
             let t = Instant::now();
-            let run = prove(&mut engine, 7, iterations, &params).unwrap_or_else(|e| fail("proof", &e));
+            let run =
+                prove(&mut engine, 7, &run_nonce, iterations, &params).unwrap_or_else(|e| fail("proof", &e));
             let wall = t.elapsed().as_secs_f64();
             let tops = run.chain_ops() / run.chain_seconds / 1e12;
             println!(
@@ -214,6 +216,7 @@ fn gpu(args: &[String]) {
                 &mut engine,
                 &info,
                 7,
+                &run_nonce,
                 iterations,
                 &run.work_product,
                 &SpotCheck::Random(checks),
@@ -230,7 +233,7 @@ fn gpu(args: &[String]) {
             let mut v = Verifier::new(params);
             v.max_full_products = 2 * iterations as usize;
             let t = Instant::now();
-            match v.check_proof(&info, 7, iterations, &run.work_product, &SpotCheck::default()) {
+            match v.check_proof(&info, 7, &run_nonce, iterations, &run.work_product, &SpotCheck::default()) {
                 Ok(rep) => println!(
                     "RESULT gpu_verify_cpu n={n} iterations={iterations} checked={:?} full_products={} verify_s={:.2}",
                     rep.checked,

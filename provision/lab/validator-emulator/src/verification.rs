@@ -256,19 +256,23 @@ async fn verify_task(job: &Job, shared: &Shared) -> Result<(), String> {
     if plans.iter().any(|p| p.1 != iterations) {
         return Err("the GPUs of one server need different iteration counts".into());
     }
+    // Fresh for this request: the seed is the node's, known to the miner in advance.
+    let nonce = graval::Nonce::random();
     let mut ciphertext = BTreeMap::new();
     let mut expected = Vec::new();
     for (g, (params, _, _)) in gpus.iter().zip(&plans) {
         let plaintext = format!("decrypt me please: {}", graval::challenge::generate(1));
         let transport = Verifier::new(*params)
-            .encrypt_challenge(&g.device, seed, iterations, &plaintext)
+            .encrypt_challenge(&g.device, seed, &nonce, iterations, &plaintext)
             .map_err(|e| format!("encrypting the challenge for {}: {e}", g.device.uuid))?;
         let blob = transport.split_once('|').map_or(transport.as_str(), |(_, b)| b).to_owned();
         ciphertext.insert(g.device.uuid.clone(), blob);
         expected.push((g.device.uuid.clone(), plaintext));
     }
-    let body = serde_json::to_vec(&json!({"seed": seed, "iterations": iterations, "ciphertext": ciphertext}))
-        .map_err(|e| e.to_string())?;
+    let body = serde_json::to_vec(
+        &json!({"seed": seed, "nonce": nonce.to_hex(), "iterations": iterations, "ciphertext": ciphertext}),
+    )
+    .map_err(|e| e.to_string())?;
     let signed = v.hotkey.sign_management(&miner, Payload::Body(&body));
     let started = Instant::now();
     let answer = send(
@@ -303,7 +307,7 @@ async fn verify_task(job: &Job, shared: &Shared) -> Result<(), String> {
         let spots = v.spot_checks.clone();
         // The replay is CPU work: off the emulator's only runtime worker.
         tokio::task::spawn_blocking(move || {
-            Verifier::new(params).check_proof(&g.device, seed, iterations, &wp, &spots)
+            Verifier::new(params).check_proof(&g.device, seed, &nonce, iterations, &wp, &spots)
         })
         .await
         .map_err(|e| format!("verifier task: {e}"))?
