@@ -298,6 +298,12 @@ where
     }
 
     async fn handle(&mut self, entry: StreamId, attempt: Option<u64>) -> SessionResult {
+        // After a shutdown request nothing more is started: the rest of a batch stays
+        // pending under this consumer's name (unacknowledged) and its next start handles
+        // it first, in order. Handling on would race the grace period's SIGKILL.
+        if self.shutdown.is_cancelled() {
+            return Ok(());
+        }
         // Not pending under our name any more (another consumer claimed and acked it).
         let Some(attempt) = attempt else { return Ok(()) };
         let delivery = match parse(&entry) {

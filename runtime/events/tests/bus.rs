@@ -420,19 +420,22 @@ async fn a_long_handler_keeps_its_event_from_other_replicas() {
     let producer = Producer::connect(&url, fast()).unwrap();
     producer.publish_confirmed(&event(1)).await.unwrap();
 
-    // Replica A takes four claim_idle periods to handle the event.
+    // Replica A holds c-1 until the test lets it go.
     let started = Arc::new(Mutex::new(0u32));
+    let release = CancellationToken::new();
     let consumer = Consumer::new(&url, "gepetto", "g-a", fast()).unwrap();
     let stop_a = CancellationToken::new();
-    let (s, st) = (stop_a.clone(), started.clone());
+    let (s, st, rel) = (stop_a.clone(), started.clone(), release.clone());
     let a = tokio::spawn(async move {
         consumer
             .run(
-                move |_d: Delivery| {
-                    let st = st.clone();
+                move |d: Delivery| {
+                    let (st, rel) = (st.clone(), rel.clone());
                     async move {
-                        *st.lock().unwrap() += 1;
-                        tokio::time::sleep(Duration::from_secs(2)).await;
+                        if d.event.event_data["chute_id"] == "c-1" {
+                            *st.lock().unwrap() += 1;
+                            rel.cancelled().await;
+                        }
                         Ok::<(), String>(())
                     }
                 },
@@ -446,9 +449,14 @@ async fn a_long_handler_keeps_its_event_from_other_replicas() {
         assert!(tokio::time::Instant::now() < deadline, "A never started the event");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Replica B claims stale entries every 200 ms.
+    // Replica B claims stale entries every 200 ms. It is reading (it gets c-2, which
+    // A, busy, cannot take) before the four claim_idle periods it has to take c-1 count.
     let (mut rx_b, stop_b, b) = spawn_collector(&url, "g-b", fast());
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    producer.publish_confirmed(&event(2)).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(30), rx_b.recv()).await.unwrap().unwrap();
+    assert_eq!(first.event.event_data["chute_id"], "c-2", "B took c-1 while A held it");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    release.cancel();
     stop_a.cancel();
     stop_b.cancel();
     a.await.unwrap();
@@ -457,7 +465,7 @@ async fn a_long_handler_keeps_its_event_from_other_replicas() {
     assert!(rx_b.try_recv().is_err(), "B must not run the event A is still handling");
     let pending: PendingSummary =
         redis_cmd(&url, redis::cmd("XPENDING").arg("miner_events").arg("gepetto")).await;
-    assert_eq!(pending.0, 0, "A acknowledged it");
+    assert_eq!(pending.0, 0, "A acknowledged c-1 and B c-2");
 }
 
 /// A command that fails in every session (XAUTOCLAIM here, refused by an ACL as by a
@@ -511,4 +519,57 @@ async fn a_command_failing_in_every_session_keeps_the_reconnect_delay_growing() 
         })
         .sum();
     assert!(refused >= 6, "{log:?}");
+}
+
+/// A shutdown (SIGTERM) that arrives while a batch is being handled stops after the
+/// event in hand: the rest of the batch stays pending under the consumer's name, and the
+/// next start (same name) handles it first and in order. Handling on would race the
+/// grace period's SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_mid_batch_leaves_the_rest_for_the_next_start_in_order() {
+    let redis = Redis::start().unwrap();
+    let url = redis.url();
+    let producer = Producer::connect(&url, fast()).unwrap();
+    for n in 0..5 {
+        producer.publish(&event(n)).await.unwrap();
+    }
+    producer.flush().await.unwrap();
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let stop = CancellationToken::new();
+    let consumer = Consumer::new(&url, "gepetto", "gepetto", fast()).unwrap();
+    let (s, stop_in_handler) = (seen.clone(), stop.clone());
+    consumer
+        .run(
+            move |d: Delivery| {
+                let (seen, stop) = (s.clone(), stop_in_handler.clone());
+                async move {
+                    let chute = d.event.event_data["chute_id"].as_str().unwrap_or("").to_owned();
+                    if chute == "c-1" {
+                        stop.cancel(); // SIGTERM while c-1 is handled
+                    }
+                    seen.lock().unwrap().push(chute);
+                    Ok::<(), String>(())
+                }
+            },
+            stop,
+        )
+        .await;
+    assert_eq!(*seen.lock().unwrap(), ["c-0", "c-1"], "nothing handled after the shutdown");
+    let pending: PendingSummary =
+        redis_cmd(&url, redis::cmd("XPENDING").arg("miner_events").arg("gepetto")).await;
+    assert_eq!(pending.0, 3, "c-2..c-4 wait, unacknowledged");
+
+    let (mut rx, stop, task) = spawn_collector(&url, "gepetto", fast());
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < 3 {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(d)) => got.push(d.event.event_data["chute_id"].as_str().unwrap().to_owned()),
+            _ => break,
+        }
+    }
+    stop.cancel();
+    task.await.unwrap();
+    assert_eq!(got, ["c-2", "c-3", "c-4"]);
 }
