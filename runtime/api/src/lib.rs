@@ -101,8 +101,9 @@ impl AppState {
                 Err(ApiError::unavailable(format!("event stream unavailable, {event_type} not sent: {e}")))
             }
             Err(_) => Err(ApiError::unavailable(format!(
-                "event stream (Redis) did not confirm {event_type} within {} s; it stays queued and is delivered \
-                 when Redis is back",
+                "event stream (Redis) did not confirm {event_type} within {} s; it stays queued in this API \
+                 process and is sent when Redis is back, but is lost if the API restarts first: check that \
+                 Gepetto acted on it, else repeat the request",
                 self.event_timeout.as_secs()
             ))),
         }
