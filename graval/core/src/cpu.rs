@@ -82,8 +82,8 @@ pub fn host_device_info(budget: u64, threads: usize) -> DeviceInfo {
             .and_then(|l| l.split_once(':'))
             .map(|(_, v)| v.trim().to_string())
     };
-    let mut name = format!("CPU {}", field("model name").unwrap_or_else(|| "unknown".into()));
-    name.truncate(63);
+    let name =
+        crate::device::clip_name(format!("CPU {}", field("model name").unwrap_or_else(|| "unknown".into())));
     let mhz: f64 = field("cpu MHz").and_then(|v| v.parse().ok()).unwrap_or(0.0);
     let machine_id = ["/etc/machine-id", "/proc/sys/kernel/hostname"]
         .iter()

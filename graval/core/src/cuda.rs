@@ -159,8 +159,7 @@ pub fn gather_device_info(ctx: &Arc<CudaContext>) -> Result<DeviceInfo, BackendE
         *b = *c as u8;
     }
     let (major, minor) = ctx.compute_capability().map_err(cuda_err("compute capability"))?;
-    let mut name = ctx.name().map_err(cuda_err("cuDeviceGetName"))?;
-    name.truncate(63);
+    let name = crate::device::clip_name(ctx.name().map_err(cuda_err("cuDeviceGetName"))?);
     Ok(DeviceInfo {
         name,
         uuid: uuid_hex(&bytes),

@@ -29,10 +29,24 @@ pub struct DeviceInfo {
     pub concurrent_kernels: bool,
 }
 
+/// The longest device name the protocol takes ([`DeviceInfo::validate`]).
+pub const MAX_NAME_BYTES: usize = 63;
+
+/// `name` cut to [`MAX_NAME_BYTES`] at a character boundary (`String::truncate` at a
+/// byte inside a multi-byte character panics; a CPU model or a driver may report one).
+pub fn clip_name(mut name: String) -> String {
+    let mut end = name.len().min(MAX_NAME_BYTES);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name.truncate(end);
+    name
+}
+
 impl DeviceInfo {
     /// Checks the fields the proof and the challenge depend on, naming the bad one.
     pub fn validate(&self) -> Result<(), DeviceError> {
-        if self.name.is_empty() || self.name.len() > 63 {
+        if self.name.is_empty() || self.name.len() > MAX_NAME_BYTES {
             return Err(DeviceError::Name(self.name.len()));
         }
         if !is_uuid_hex(&self.uuid) {
@@ -75,6 +89,16 @@ pub fn uuid_hex(bytes: &[u8; 16]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_names_are_clipped_at_a_character_boundary() {
+        let ascii = "x".repeat(80);
+        assert_eq!(clip_name(ascii).len(), 63);
+        // 62 ASCII bytes, then a 3-byte character straddling byte 63.
+        let straddling = format!("{}€tail", "a".repeat(62));
+        assert_eq!(clip_name(straddling), "a".repeat(62));
+        assert_eq!(clip_name("NVIDIA H100 80GB HBM3".into()), "NVIDIA H100 80GB HBM3");
+    }
 
     pub(crate) fn h100() -> DeviceInfo {
         DeviceInfo {

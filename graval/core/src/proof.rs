@@ -142,6 +142,9 @@ pub fn prove<E: Engine + ?Sized>(
     check_iterations(iterations)?;
     let device = engine.device_info().clone();
     device.validate()?;
+    // A run that panicked (caught by `prove_all`) never released its slots; on a GPU
+    // they would hold ~95% of memory and fail every later proof at sizing.
+    engine.release();
     let free = engine.free_memory()?;
     let count = plan_matrices(free, engine.reserve_bytes(), params)?;
     engine.allocate(params.matrix_size, count)?;
