@@ -229,6 +229,18 @@ async fn prove(
     if let Some(unknown) = challenge.ciphertext.keys().find(|u| !by_uuid.contains_key(u.as_str())) {
         return Err(bad_request(format!("ciphertext names device {unknown}, which this node does not have")));
     }
+    // What can be told from the text alone is refused before a minute of proof work.
+    for (uuid, ct) in &challenge.ciphertext {
+        match graval::crypto::parse_transport(ct) {
+            Ok((Some(seed), _)) if seed != challenge.seed => {
+                return Err(bad_request(format!(
+                    "ciphertext for device {uuid}: its seed is not the request's"
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(bad_request(format!("ciphertext for device {uuid}: {e}"))),
+        }
+    }
     tracing::info!(validator = %signer, seed = challenge.seed, iterations = challenge.iterations, "proving");
     let guard = s.node.clone().lock_owned().await;
     let (seed, iterations) = (challenge.seed, challenge.iterations);
@@ -302,7 +314,8 @@ async fn remote_token(
     let req: TokenRequest = serde_json::from_slice(&body)
         .map_err(|e| bad_request(format!("invalid body, expected {{\"token_url\": ...}}: {e}")))?;
     token::fetch_token(&req.token_url, reach).await.map_err(|e| match e {
-        token::TokenError::NotPublic { .. } => bad_request(e.to_string()),
+        // The request's own URL is wrong: the caller's error, not the upstream's.
+        token::TokenError::NotPublic { .. } | token::TokenError::Url(_) => bad_request(e.to_string()),
         other => ApiError(StatusCode::BAD_GATEWAY, other.to_string()),
     })
 }

@@ -213,6 +213,19 @@ fn bad_challenges_get_clear_400s() {
     let (status, text) = http(&server.addr, "POST", "/prove", &h, &body);
     assert_eq!(status, 400, "{text}");
     assert!(text.contains(&dev.uuid) && text.contains("decryption failed"), "{text}");
+    // Text that is no ciphertext, or one that names another seed, is refused as such.
+    for (ct, want) in
+        [("not base64!", "ciphertext for device"), (other.as_str(), "its seed is not the request's")]
+    {
+        let body = serde_json::to_vec(
+            &serde_json::json!({"seed": 1, "nonce": NONCE.to_hex(), "ciphertext": {&dev.uuid: ct}}),
+        )
+        .unwrap();
+        let h = signed(&validator, miner.ss58(), Payload::Body(&body));
+        let (status, text) = http(&server.addr, "POST", "/prove", &h, &body);
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains(&dev.uuid) && text.contains(want), "{text}");
+    }
 }
 
 #[test]
@@ -253,7 +266,7 @@ fn remote_token_fetches_the_url_from_the_node() {
     let body = br#"{"token_url": "https://example.invalid/"}"#;
     let h = signed(&validator, miner.ss58(), Payload::Purpose("graval"));
     let (status, text) = http(&server.addr, "POST", "/remote_token", &h, body);
-    assert_eq!(status, 502, "{text}");
+    assert_eq!(status, 400, "a token_url this node cannot fetch is the caller's error: {text}");
     assert!(text.contains("https is not supported"), "{text}");
 }
 
