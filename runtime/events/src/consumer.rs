@@ -266,6 +266,13 @@ where
             if !reply.claimed.is_empty() {
                 tracing::info!(count = reply.claimed.len(), consumer = %self.c.name, "claimed stale events");
             }
+            if !reply.deleted_ids.is_empty() {
+                // Redis (7+) drops these from the pending list itself: their payload is gone,
+                // so there is nothing to dead-letter; say so, loudly, once.
+                tracing::error!(count = reply.deleted_ids.len(), ids = ?reply.deleted_ids,
+                    "events were trimmed from the stream before any replica handled them: they are lost \
+                     (the consumers fell further behind than the stream's MAXLEN)");
+            }
             self.handle_batch(reply.claimed).await?;
             if reply.next_stream_id == "0-0" {
                 break;
