@@ -383,10 +383,6 @@ pub(crate) fn workload_env(values: &Values) -> Result<WorkloadEnv, serde_json::E
         // Gepetto's own image (no chart-side script, no third-party image).
         plain_env("CACHE_CLEANER_IMAGE", values.gepetto.image.clone()),
         plain_env("GEPETTO_STRATEGY", values.gepetto.strategy.as_str()),
-        // One replica (Recreate): a fixed consumer name lets a restarted Gepetto take back,
-        // first and in order, the events its predecessor had read and not acknowledged; the
-        // pod name would change on every restart and leave them to the idle-claim pass.
-        plain_env("GEPETTO_CONSUMER", "gepetto"),
     ]);
     if !values.gepetto.record_trace_dir.is_empty() {
         gepetto.push(plain_env("GEPETTO_RECORD_TRACE", format!("{TRACE_MOUNT}/trace.jsonl")));
