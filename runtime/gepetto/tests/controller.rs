@@ -748,3 +748,50 @@ async fn a_job_whose_launch_config_failed_transiently_is_given_back() {
     assert!(rows.gpus.iter().all(|g| g.deployment_id.is_none()));
     assert!(w.jobs().is_empty());
 }
+
+/// A server whose add-node is still running lends no GPU, even once the validator's
+/// `gpu_verified` events have marked them: its GraVal Job holds them, and a failed add
+/// removes the server (and would take a chute placed there with it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_still_being_added_gets_no_chute_until_its_add_completes() {
+    let w = world(Shape { servers: 2, gpus: 2, ..Shape::default() }).await;
+    w.chute("filler", "v1", 2);
+    w.chute("big", "v1", 2);
+    w.twice(&w.created("filler", "v1", false)).await;
+    let (_, adding) = w.servers[1].clone();
+    let filler = w.db.fleet_rows().await.unwrap().deployments[0].clone();
+    assert_ne!(filler.server_id, adding, "the cheaper server took it");
+
+    // The API is adding gpu-1: its row exists, not in service, GPUs not verified yet.
+    let pool = sqlx::PgPool::connect(&w.db_url).await.unwrap();
+    sqlx::query("UPDATE servers SET status = 'Bootstrapping' WHERE server_id = $1")
+        .bind(&adding)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE gpus SET verified = FALSE WHERE server_id = $1")
+        .bind(&adding)
+        .execute(&pool)
+        .await
+        .unwrap();
+    w.gepetto.autoscale_once().await.unwrap(); // reads the rows again
+    for g in 0..2 {
+        let verified = Event::GpuVerified(GpuVerified {
+            gpu_id: gpu_uuid(1, g),
+            miner_hotkey: Some(w.miner.clone()),
+            validator: w.vhot.clone(),
+        });
+        w.twice(&verified).await;
+    }
+    w.twice(&w.created("big", "v1", false)).await;
+    let rows = w.db.fleet_rows().await.unwrap();
+    assert!(rows.deployments.iter().all(|d| d.chute_id != "big"), "nothing placed on gpu-1 yet: {rows:?}");
+
+    // The add completes.
+    assert!(w.db.verify_server_gpus(&adding).await.unwrap());
+    w.gepetto.autoscale_once().await.unwrap();
+    w.twice(&w.created("big", "v1", false)).await;
+    let rows = w.db.fleet_rows().await.unwrap();
+    let big = rows.deployments.iter().find(|d| d.chute_id == "big").expect("placed once the add completed");
+    assert_eq!(big.server_id, adding);
+}
