@@ -202,6 +202,8 @@ impl KubeBootstrap {
             cpu_per_gpu: server.cpu_per_gpu.into(),
             memory_per_gpu: server.memory_per_gpu.into(),
             pull_secrets: &self.image_pull_secrets,
+            // The pod wait and the verification wait, each up to `timeout`, and a margin.
+            active_deadline_s: 3 * self.timings.timeout.as_secs().max(60),
         }
         .build()
         .map_err(fail)?;
