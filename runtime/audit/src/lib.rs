@@ -22,6 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Duration as ChronoDuration, DurationRound, Utc};
 use chutes_protocol::Hotkey;
 use chutes_protocol::auth::{Payload, headers, sha256_hex};
+use chutes_protocol::redact::url_origin;
 use miner_db::{AuditRow, Db};
 use serde::Serialize;
 use serde_json::Value;
@@ -48,19 +49,6 @@ pub enum AuditError {
 /// origin ([`url_origin`]) where it helps.
 fn http_error(e: reqwest::Error) -> String {
     e.without_url().to_string()
-}
-
-/// `scheme://host[:port]` of a configured URL: which endpoint is meant, and nothing of
-/// the userinfo, path or query where a key may sit.
-fn url_origin(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(u) => match (u.host_str(), u.port()) {
-            (Some(host), Some(port)) => format!("{}://{host}:{port}", u.scheme()),
-            (Some(host), None) => format!("{}://{host}", u.scheme()),
-            (None, _) => format!("a {} URL", u.scheme()),
-        },
-        Err(_) => "an unparseable URL".to_owned(),
-    }
 }
 
 #[derive(Clone)]
