@@ -5,16 +5,14 @@
 //! |---|---|---|
 //! | `GET /ping` | none | `pong` |
 //! | `GET /devices` | the miner itself, purpose `graval` | `{"devices": [device_info…]}` |
-//! | `POST /prove` | whitelisted validator, body hash | `{seed, nonce, iterations, ciphertext: {uuid: b64}}` → `{devices, seed, proof: {uuid: {...}}, plaintext: {uuid: str}}` |
+//! | `POST /prove` | whitelisted validator, body hash | `{seed, iterations, ciphertext: {uuid: b64}}` → `{devices, seed, proof: {uuid: {...}}, plaintext: {uuid: str}}` |
 //! | `GET /info?challenge=` | whitelisted validator, purpose `graval` | 64-char text |
 //! | `POST /remote_token` | whitelisted validator, purpose `graval` | `{token_url}` → the URL's JSON `token` as text |
 //!
 //! Differences from the original: an empty whitelist refuses every validator call
 //! instead of switching verification off; nonces are bounded in the future too and a
 //! nonce+signature pair is accepted once (both from `chutes_protocol::InboundVerifier`);
-//! an unknown device uuid or an undecryptable ciphertext is a 400 naming it, not a 500;
-//! `/prove` requires the validator's fresh `nonce` (64 hex), without which the whole
-//! proof could be computed before the request (`graval::Nonce`).
+//! an unknown device uuid or an undecryptable ciphertext is a 400 naming it, not a 500.
 //!
 //! Every signed route checks what needs no body first (headers, miner, whitelist,
 //! nonce window, replay: `InboundVerifier::precheck`, in a route layer), and only
@@ -224,9 +222,8 @@ async fn prove(
         serde_json::from_slice(&body).map_err(|e| bad_request(format!("invalid challenge body: {e}")))?;
     // The prover's own bound (v2 plans ask 16..=64 per model), checked before any work.
     graval::proof::check_iterations(challenge.iterations).map_err(|e| bad_request(e.to_string()))?;
-    let nonce = graval::Nonce::from_hex(&challenge.nonce).ok_or_else(|| {
-        bad_request("nonce must be 64 hex characters (32 fresh random bytes, not all zero)")
-    })?;
+    let nonce = graval::Nonce::from_hex(&challenge.nonce)
+        .ok_or_else(|| bad_request("nonce must be 64 hex characters (32 fresh random bytes)"))?;
     let by_uuid: HashMap<&str, usize> =
         s.devices.iter().enumerate().map(|(i, d)| (d.uuid.as_str(), i)).collect();
     if let Some(unknown) = challenge.ciphertext.keys().find(|u| !by_uuid.contains_key(u.as_str())) {

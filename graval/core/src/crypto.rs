@@ -2,10 +2,10 @@
 //! run, carried as `"<seed>|" + base64(iv16 || ciphertext+tag)` like GraVal v0.2.
 //!
 //! Key: `HKDF-SHA256(salt = "graval-rs/v1/challenge", ikm = seed_key || r(0,0),
-//! info = "aes-256-gcm" || iterations_le)`, where `seed_key` binds seed, nonce and
-//! device identity and `r(0,0)` is `SeedKey::first_rows_hash` of the chain's first product's
+//! info = "aes-256-gcm" || iterations_le)`, where `seed_key` binds seed and device
+//! identity and `r(0,0)` is `SeedKey::first_rows_hash` of the chain's first product's
 //! hashed rows (`mix(fill_0 . R_0^T)`, both PRNG matrices). The validator computes it from
-//! a few row products (cheap), and so can anyone with the seed, nonce and device identity:
+//! a few row products (cheap), and so can anyone with the seed and device identity:
 //! decrypting proves liveness, not work or memory (spot checks and timing do that). See
 //! README.md (design difference 3) for why the key cannot depend on a later step: the
 //! ciphertext goes out before the run.

@@ -3,7 +3,7 @@
 //!
 //! Map of the crate (miner side first, then the validator's):
 //! - [`device`]: the device-info dict (original field names and units).
-//! - [`schedule`]: everything derived from (seed, nonce, device): seed key, PRNG key, mix
+//! - [`schedule`]: everything derived from (seed, device): seed key, PRNG key, mix
 //!   salts, fresh-operand keys, hashed rows, the consume rule's slot draws, step hashes.
 //! - [`prng`]: Philox4x32-10 i8 fills, the exact integer mix and the step digest
 //!   (shared with the CUDA kernels).

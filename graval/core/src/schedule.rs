@@ -79,8 +79,7 @@ impl ProofParams {
     }
 }
 
-/// SHA-256 of the seed, the request's nonce and the device identity: the root of every
-/// derived value.
+/// SHA-256 of the seed and the device identity: the root of every derived value.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct SeedKey([u8; 32]);
 
@@ -118,11 +117,10 @@ impl Nonce {
         Self(b)
     }
 
-    /// From its 64 hex characters; `None` for anything else, and for all zeros (no
-    /// validator's draw gives it; a validator that forgot to draw one would).
+    /// From its 64 hex characters; `None` for anything else.
     pub fn from_hex(text: &str) -> Option<Self> {
         let mut b = [0u8; 32];
-        (text.len() == 64 && hex::decode_to_slice(text, &mut b).is_ok() && b != [0u8; 32]).then_some(Self(b))
+        (text.len() == 64 && hex::decode_to_slice(text, &mut b).is_ok()).then_some(Self(b))
     }
 
     pub fn to_hex(&self) -> String {

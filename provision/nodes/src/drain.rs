@@ -179,14 +179,6 @@ pub async fn drain(
 }
 
 /// Deletes the Node object. Returns false when it was already gone.
-/// Whether the cluster answers, and knows `node`. Asked before anything changes, so a
-/// cluster that cannot be reached (a wrong `--context`, the primary's SSH down) stops
-/// remove-node before the miner API is told to forget the server.
-pub async fn node_exists(client: &kube::Client, node: &str) -> Result<bool, NodesError> {
-    let nodes: Api<Node> = Api::all(client.clone());
-    nodes.get_opt(node).await.map(|n| n.is_some()).map_err(|e| NodesError::kube(node, e))
-}
-
 pub async fn delete_node(client: &kube::Client, node: &str, out: &mut dyn Write) -> Result<bool, NodesError> {
     let nodes: Api<Node> = Api::all(client.clone());
     match nodes.delete(node, &DeleteParams::default()).await {

@@ -27,5 +27,5 @@ pub mod sse;
 pub mod status;
 
 pub use api::{AddOutcome, MinerApi, ServerArgs};
-pub use drain::{DrainOptions, delete_node, drain, node_exists};
+pub use drain::{DrainOptions, delete_node, drain};
 pub use error::NodesError;

@@ -90,8 +90,7 @@ impl KubeBootstrap {
         let mut attempt = 1;
         loop {
             match self.db.verify_server_gpus(server_id).await {
-                Ok(true) => return Ok(()),
-                Ok(false) => return Err("the server was removed while it was being added".into()),
+                Ok(_) => return Ok(()),
                 Err(e) if attempt >= 3 => return Err(format!("recording the verified GPUs failed: {e}")),
                 Err(e) => {
                     tracing::warn!(server = %server_id, attempt, error = %e, "recording the verified GPUs failed; retrying");
@@ -202,8 +201,6 @@ impl KubeBootstrap {
             cpu_per_gpu: server.cpu_per_gpu.into(),
             memory_per_gpu: server.memory_per_gpu.into(),
             pull_secrets: &self.image_pull_secrets,
-            // The pod wait and the verification wait, each up to `timeout`, and a margin.
-            active_deadline_s: 3 * self.timings.timeout.as_secs().max(60),
         }
         .build()
         .map_err(fail)?;
@@ -486,39 +483,16 @@ impl NodeBootstrap for KubeBootstrap {
                 // The validator first, the row last: while the row exists, a new add of the
                 // same node is refused (409), so it cannot advertise these GPUs again only to
                 // have this undo remove them from the validator behind it.
-                let mut still_listed = Vec::new();
                 if !gpu_ids.is_empty()
                     && let Ok(validator) = self.validator(&args.validator)
                 {
                     for gpu in &gpu_ids {
-                        match validator.delete_node(gpu).await {
-                            Ok(()) => {}
-                            // Never advertised (stopped before POST /nodes/), or already gone.
-                            Err(e) if e.status() == Some(404) => {}
-                            Err(e) => {
-                                progress
-                                    .say(format!(
-                                        "warning: could not remove GPU {gpu} from the validator: {e}"
-                                    ))
-                                    .await;
-                                still_listed.push(gpu.clone());
-                            }
+                        if let Err(e) = validator.delete_node(gpu).await {
+                            progress
+                                .say(format!("warning: could not remove GPU {gpu} from the validator: {e}"))
+                                .await;
                         }
                     }
-                }
-                if !still_listed.is_empty() {
-                    // Without its row nothing would ever retry: the validator would keep
-                    // advertising GPUs this miner no longer knows, and a new add of the node
-                    // would be refused there as a duplicate. The row stays (its server is
-                    // still bootstrapping, so nothing is placed on it) for remove-node,
-                    // whose server_deleted removes them at the validator and then the row.
-                    return Err(format!(
-                        "{why}; the validator still lists GPU(s) {} of {}: the server is kept (nothing is \
-                         placed on it); run `minerctl remove-node {}` once the validator answers",
-                        still_listed.join(", "),
-                        args.name,
-                        args.name
-                    ));
                 }
                 if let Some(id) = &server_id
                     && let Err(e) = self.db.delete_server(id).await

@@ -22,7 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Duration as ChronoDuration, DurationRound, Utc};
 use chutes_protocol::Hotkey;
 use chutes_protocol::auth::{Payload, headers, sha256_hex};
-use chutes_protocol::redact::url_origin;
+use chutes_protocol::redact::redact_url;
 use miner_db::{AuditRow, Db};
 use serde::Serialize;
 use serde_json::Value;
@@ -44,14 +44,13 @@ pub enum AuditError {
 }
 
 /// A client error without the URL reqwest puts in its text: the configured URLs may
-/// carry an API key (`?apikey=`, `user:token@`, or a path like `/v3/<key>`), and these
-/// messages reach logs and, for Prometheus, the uploaded report. Callers name the URL's
-/// origin ([`url_origin`]) where it helps.
+/// carry an API key (`?apikey=`, `user:token@`), and these messages reach logs and,
+/// for Prometheus, the uploaded report. Callers name the URL redacted where it helps.
 fn http_error(e: reqwest::Error) -> String {
     e.without_url().to_string()
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ExporterConfig {
     pub upload_url: String,
     pub prometheus_url: String,
@@ -60,20 +59,6 @@ pub struct ExporterConfig {
     pub attempts: u32,
     pub retry_delay: Duration,
     pub timeout: Duration,
-}
-
-/// The URLs by origin only: they may carry keys (see [`url_origin`]).
-impl std::fmt::Debug for ExporterConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExporterConfig")
-            .field("upload_url", &url_origin(&self.upload_url))
-            .field("prometheus_url", &url_origin(&self.prometheus_url))
-            .field("subtensor_rpc", &url_origin(&self.subtensor_rpc))
-            .field("attempts", &self.attempts)
-            .field("retry_delay", &self.retry_delay)
-            .field("timeout", &self.timeout)
-            .finish()
-    }
 }
 
 impl ExporterConfig {
@@ -284,7 +269,7 @@ impl Exporter {
     async fn get_json(&self, url: &str) -> Result<Value, String> {
         let resp = self.http.get(url).send().await.map_err(http_error)?;
         if !resp.status().is_success() {
-            return Err(format!("{} answered {}", url_origin(url), resp.status()));
+            return Err(format!("{} answered {}", redact_url(url), resp.status()));
         }
         resp.json().await.map_err(http_error)
     }
@@ -320,26 +305,10 @@ impl Exporter {
             .collect())
     }
 
-    /// The chain's current block number, with the upload's attempts and delay: a blip of a
-    /// public RPC endpoint must not lose the hour (the CronJob does not run it again).
+    /// The chain's current block number.
     pub async fn block_number(&self) -> Result<u64, AuditError> {
-        let mut attempt = 1;
-        loop {
-            match self.block_number_once().await {
-                Ok(n) => return Ok(n),
-                Err(e) if attempt >= self.cfg.attempts => return Err(e),
-                Err(e) => {
-                    tracing::warn!(attempt, error = %e, "block number unavailable; retrying");
-                    tokio::time::sleep(self.cfg.retry_delay).await;
-                    attempt += 1;
-                }
-            }
-        }
-    }
-
-    async fn block_number_once(&self) -> Result<u64, AuditError> {
         let url = self.cfg.subtensor_rpc.clone();
-        let fail = |reason: String| AuditError::Block { url: url_origin(&url), reason };
+        let fail = |reason: String| AuditError::Block { url: redact_url(&url), reason };
         let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "chain_getHeader", "params": []});
         let resp = self.http.post(&url).json(&body).send().await.map_err(|e| fail(http_error(e)))?;
         let v: Value = resp.json().await.map_err(|e| fail(http_error(e)))?;
@@ -370,7 +339,7 @@ impl Exporter {
                 Ok(resp) if resp.status().is_client_error() => {
                     let status = resp.status().as_u16();
                     let body = resp.text().await.unwrap_or_default();
-                    return Err(AuditError::Refused { url: url_origin(url), status, body });
+                    return Err(AuditError::Refused { url: redact_url(url), status, body });
                 }
                 Ok(resp) => last = format!("status {}", resp.status()),
                 Err(e) => last = http_error(e),
@@ -380,7 +349,7 @@ impl Exporter {
                 tokio::time::sleep(self.cfg.retry_delay).await;
             }
         }
-        Err(AuditError::Upload { url: url_origin(url), attempts: self.cfg.attempts, last })
+        Err(AuditError::Upload { url: redact_url(url), attempts: self.cfg.attempts, last })
     }
 }
 

@@ -41,13 +41,6 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"))
 }
 
-/// `servers.status` from `insert_server` until its add-node has verified every GPU:
-/// nothing is placed on it meanwhile (its GraVal Job holds the GPUs, and a failed add
-/// removes it), whatever `gpu_verified` events say of single GPUs.
-pub const SERVER_BOOTSTRAPPING: &str = "Bootstrapping";
-/// `servers.status` of a server in service.
-pub const SERVER_READY: &str = "Ready";
-
 /// A pool on the inventory database.
 #[derive(Clone, Debug)]
 pub struct Db {
@@ -133,7 +126,7 @@ impl Db {
         let row = sqlx::query(
             "INSERT INTO servers (server_id, validator, name, ip_address, status, labels, gpu_count, \
              cpu_per_gpu, memory_per_gpu, hourly_cost, locked) \
-             VALUES ($1, $2, $3, $4, $10, $5, $6, $7, $8, $9, FALSE) RETURNING *",
+             VALUES ($1, $2, $3, $4, 'Ready', $5, $6, $7, $8, $9, FALSE) RETURNING *",
         )
         .bind(&s.server_id)
         .bind(&s.validator)
@@ -144,7 +137,6 @@ impl Db {
         .bind(s.cpu_per_gpu)
         .bind(s.memory_per_gpu)
         .bind(s.hourly_cost)
-        .bind(SERVER_BOOTSTRAPPING)
         .fetch_one(&self.pool)
         .await
         .map_err(|e| {
@@ -241,25 +233,13 @@ impl Db {
         Ok(rows.iter().map(Gpu::from_row).collect::<Result<_, _>>()?)
     }
 
-    /// Marks every GPU of a server verified and the server [`SERVER_READY`] (the end of
-    /// a successful add-node). `false` when the server is gone (removed while it was
-    /// being added).
-    pub async fn verify_server_gpus(&self, server_id: &str) -> Result<bool, DbError> {
-        let mut tx = self.pool.begin().await?;
-        let server = sqlx::query("UPDATE servers SET status = $2 WHERE server_id = $1")
+    /// Marks every GPU of a server verified (end of a successful add-node).
+    pub async fn verify_server_gpus(&self, server_id: &str) -> Result<u64, DbError> {
+        let done = sqlx::query("UPDATE gpus SET verified = TRUE WHERE server_id = $1")
             .bind(server_id)
-            .bind(SERVER_READY)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await?;
-        if server.rows_affected() == 0 {
-            return Ok(false);
-        }
-        sqlx::query("UPDATE gpus SET verified = TRUE WHERE server_id = $1")
-            .bind(server_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(true)
+        Ok(done.rows_affected())
     }
 
     // ---- chutes ----

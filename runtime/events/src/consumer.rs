@@ -304,34 +304,11 @@ where
         Ok(())
     }
 
-    /// Gives an entry skipped at shutdown back the delivery count it had before this read:
-    /// the next start's re-read (`XREADGROUP` from 0) adds one, so skipping it across
-    /// restarts would otherwise count as failed tries and dead-letter it unhandled.
-    /// Best effort: at worst the entry counts one try more.
-    async fn unread(&mut self, id: &str, attempt: Option<u64>) {
-        let before = attempt.unwrap_or(1).saturating_sub(1);
-        let reset: Result<redis::Value, redis::RedisError> = redis::cmd("XCLAIM")
-            .arg(&self.c.cfg.stream)
-            .arg(&self.c.group)
-            .arg(&self.c.name)
-            .arg(0)
-            .arg(id)
-            .arg("RETRYCOUNT")
-            .arg(before)
-            .arg("JUSTID")
-            .query_async(&mut self.conn)
-            .await;
-        if let Err(e) = reset {
-            tracing::debug!(id, error = %e, "could not reset the delivery count of a skipped entry");
-        }
-    }
-
     async fn handle(&mut self, entry: StreamId, attempt: Option<u64>) -> SessionResult {
         // After a shutdown request nothing more is started: the rest of a batch stays
         // pending under this consumer's name (unacknowledged) and its next start handles
         // it first, in order. Handling on would race the grace period's SIGKILL.
         if self.shutdown.is_cancelled() {
-            self.unread(&entry.id, attempt).await;
             return Ok(());
         }
         // Not pending under our name any more (another consumer claimed and acked it).

@@ -1351,19 +1351,12 @@ pub fn fleet_from_rows(
             preemptible: d.preemptible,
         })
         .collect();
-    // A server whose add-node has not finished lends no GPU, whatever `gpu_verified`
-    // events said of single ones: its GraVal Job holds them, and a failed add removes it.
-    let bootstrapping: HashSet<&str> = servers
-        .iter()
-        .filter(|s| s.status.as_deref() == Some(miner_db::SERVER_BOOTSTRAPPING))
-        .map(|s| s.server_id.as_str())
-        .collect();
     let mut by_server: HashMap<String, Vec<GpuSnap>> = HashMap::new();
     for g in gpus {
         by_server.entry(g.server_id.clone()).or_default().push(GpuSnap {
-            verified: g.verified && !bootstrapping.contains(g.server_id.as_str()),
             gpu_id: g.gpu_id,
             model: g.model_short_ref,
+            verified: g.verified,
             deployment_id: g.deployment_id,
         });
     }

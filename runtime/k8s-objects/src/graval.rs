@@ -59,10 +59,6 @@ pub struct GravalJob<'a> {
     pub memory_per_gpu: i64,
     /// Secrets for a private registry (values `imagePullSecrets`); empty: none.
     pub pull_secrets: &'a [String],
-    /// `activeDeadlineSeconds`: the API removes the Job when the add ends, but an API
-    /// that died mid-add (OOM, node failure) cannot; the deadline ends it so the GPUs
-    /// it holds come back. Longer than any add the API itself would wait for.
-    pub active_deadline_s: u64,
 }
 
 impl GravalJob<'_> {
@@ -77,7 +73,6 @@ impl GravalJob<'_> {
                          "labels": {"app": "graval", "chute/chute": "false", "graval-node": self.node}},
             "spec": {
                 "parallelism": 1, "completions": 1, "backoffLimit": 3, "ttlSecondsAfterFinished": 300,
-                "activeDeadlineSeconds": self.active_deadline_s,
                 "template": {
                     "metadata": {"labels": {"app": "graval", "graval-node": self.node}},
                     "spec": {
@@ -140,7 +135,6 @@ mod tests {
             cpu_per_gpu: 4,
             memory_per_gpu: 80,
             pull_secrets: &[],
-            active_deadline_s: 2700,
         }
         .build()
         .unwrap();
@@ -164,7 +158,6 @@ mod tests {
                 cpu_per_gpu: 4,
                 memory_per_gpu: 80,
                 pull_secrets,
-                active_deadline_s: 2700,
             }
             .build()
             .unwrap();
@@ -187,7 +180,6 @@ mod tests {
             cpu_per_gpu: 4,
             memory_per_gpu: 80,
             pull_secrets: &[],
-            active_deadline_s: 2700,
         }
         .build()
         .unwrap();
@@ -198,7 +190,6 @@ mod tests {
                          "labels": {"app": "graval", "chute/chute": "false", "graval-node": "gpu-1.lab"}},
             "spec": {
                 "parallelism": 1, "completions": 1, "backoffLimit": 3, "ttlSecondsAfterFinished": 300,
-                "activeDeadlineSeconds": 2700,
                 "template": {
                     "metadata": {"labels": {"app": "graval", "graval-node": "gpu-1.lab"}},
                     "spec": {

@@ -66,38 +66,9 @@ fn is_secret_param(name: &str) -> bool {
     SECRET_PARAMS.iter().any(|s| name.contains(s))
 }
 
-/// `scheme://host[:port]` of a URL: which endpoint is meant, and nothing of the
-/// userinfo, path or query. For URLs whose path may hold a key too (RPC providers put
-/// it there: `/v3/<key>`), where [`redact_url`] keeps the path.
-pub fn url_origin(url: &str) -> String {
-    let (scheme, rest) = match url.find("://") {
-        Some(i) => (&url[..i + 3], &url[i + 3..]),
-        None => ("", url),
-    };
-    // As in `redact_url`: the userinfo ends at the last `@` before the query, so a
-    // password with an unencoded `/` does not pass for the host.
-    let query_start = rest.find(['?', '#']).unwrap_or(rest.len());
-    let after = rest[..query_start].rfind('@').map_or(rest, |at| &rest[at + 1..]);
-    let host = &after[..after.find(['/', '?', '#']).unwrap_or(after.len())];
-    format!("{scheme}{host}")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_origin_keeps_the_endpoint_and_nothing_a_key_could_sit_in() {
-        for (raw, shown) in [
-            ("https://rpc.example/v3/KEY", "https://rpc.example"),
-            ("http://u:KEY@127.0.0.1:9/rpc?apikey=KEY", "http://127.0.0.1:9"),
-            ("http://u:pa/ss@host:80/x", "http://host:80"),
-            ("http://host?token=KEY", "http://host"),
-            ("host:5432/db", "host:5432"),
-        ] {
-            assert_eq!(url_origin(raw), shown, "{raw}");
-        }
-    }
 
     #[test]
     fn passwords_are_masked_wherever_they_sit() {

@@ -213,7 +213,6 @@ async fn graval_jobs_and_a_chute_run_in_podman_behind_their_node_ports() {
             cpu_per_gpu: 1,
             memory_per_gpu: 4,
             pull_secrets: &[],
-            active_deadline_s: 3600,
         }
         .build()
         .unwrap();

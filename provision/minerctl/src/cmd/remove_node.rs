@@ -65,19 +65,6 @@ pub fn run(args: RemoveNodeArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     rt.block_on(async {
         let name = host.name.as_str();
-        // The cluster first: the miner API must not be told to forget a server whose
-        // node this run then cannot drain, leave or delete.
-        let yaml = match kubeconfig {
-            Some(y) => y,
-            None => super::deploy::kubeconfig_from_primary(&inv, &args.common.ssh_options())
-                .await
-                .context("reading the kubeconfig from the primary (or pass --kubeconfig); nothing changed")?,
-        };
-        let client =
-            minerctl_deploy::client_from_kubeconfig(&yaml, args.kube.context.as_deref(), args.kube.api_server.as_deref()).await?;
-        minerctl_nodes::node_exists(&client, name)
-            .await
-            .with_context(|| format!("reaching the cluster to remove {name}; nothing changed"))?;
         let jobs = api.delete_preflight(name).await.context("asking the miner API what runs on the node")?;
         match &jobs {
             Some(jobs) if !jobs.is_empty() && !args.force => {
@@ -102,6 +89,14 @@ pub fn run(args: RemoveNodeArgs) -> anyhow::Result<ExitCode> {
             outln!("{name}: {detail}");
         }
 
+        let yaml = match kubeconfig {
+            Some(y) => y,
+            None => super::deploy::kubeconfig_from_primary(&inv, &args.common.ssh_options())
+                .await
+                .context("reading the kubeconfig from the primary (or pass --kubeconfig)")?,
+        };
+        let client =
+            minerctl_deploy::client_from_kubeconfig(&yaml, args.kube.context.as_deref(), args.kube.api_server.as_deref()).await?;
         let opts = DrainOptions { timeout: Duration::from_secs(args.drain_timeout), ..DrainOptions::default() };
         let drained = minerctl_nodes::drain(&client, name, &opts, &mut super::Progress).await;
         if jobs.is_some() {
